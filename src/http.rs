@@ -1,0 +1,180 @@
+//! The HTTP surface: one axum router served by lambda_http in Lambda and by a local server.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::ingress::graph::{GraphIngress, handshake_token};
+use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
+use crate::queue::{WorkItem, WorkQueue};
+use crate::secrets::{SecretStore, SecretsError};
+
+/// Everything the handlers need, built once at cold start.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub tokens: Option<Arc<TokenVerifier>>,
+    pub queue: Arc<dyn WorkQueue>,
+}
+
+impl AppState {
+    /// Builds the state; the validation-token audience is the Graph client id from the secrets.
+    pub async fn new(
+        config: Config,
+        secrets: Arc<dyn SecretStore>,
+        queue: Arc<dyn WorkQueue>,
+        http: reqwest::Client,
+    ) -> Result<Self, SecretsError> {
+        let client_id = secrets.load().await?.client_id.clone();
+        let tokens = client_id.map(|audience| {
+            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks_min_refresh);
+            Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
+        });
+        Ok(Self {
+            config: Arc::new(config),
+            secrets,
+            tokens,
+            queue,
+        })
+    }
+}
+
+/// The application's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graph/notifications", post(graph_notifications))
+        .route("/graph/lifecycle", post(graph_notifications))
+        .route("/health", get(|| async { "ok" }))
+        // Bodies are limited in `read_body`, with our own limit and a 413 that says so.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {limit} bytes"),
+        )),
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, "body could not be read")),
+    }
+}
+
+/// Sends items to the queue; 503 if they could not be kept, so the sender retries.
+pub async fn enqueue(queue: &dyn WorkQueue, items: &[WorkItem]) -> Result<(), Response> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    queue.send(items).await.map_err(|e| {
+        tracing::error!(error = %e, items = items.len(), "could not keep accepted work");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "events could not be kept; retry",
+        )
+    })
+}
+
+/// `POST /graph/notifications` and `/graph/lifecycle`: handshake or notification batch.
+pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: Body) -> Response {
+    if let Some(token) = handshake_token(uri.query()) {
+        return match token {
+            Ok(token) => (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    ),
+                    (
+                        header::X_CONTENT_TYPE_OPTIONS,
+                        HeaderValue::from_static("nosniff"),
+                    ),
+                ],
+                token,
+            )
+                .into_response(),
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    }
+    let body = match read_body(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let secrets = match state.secrets.load().await {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            tracing::error!(error = %e, "secrets unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secrets unavailable; retry",
+            );
+        }
+    };
+    let ingress = GraphIngress {
+        config: &state.config,
+        secrets: &secrets,
+        tokens: state.tokens.as_deref(),
+    };
+    let outcome = match ingress.process(&body).await {
+        Ok(outcome) => outcome,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    for dropped in &outcome.dropped {
+        tracing::warn!(
+            index = dropped.index,
+            subscription_id = dropped.subscription_id.as_deref().unwrap_or(""),
+            reason = %dropped.reason,
+            "graph notification dropped"
+        );
+    }
+    let items: Vec<WorkItem> = outcome
+        .events
+        .iter()
+        .cloned()
+        .map(WorkItem::Risk)
+        .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
+        .collect();
+    if let Err(response) = enqueue(state.queue.as_ref(), &items).await {
+        return response;
+    }
+    for event in &outcome.events {
+        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
+    }
+    for notice in &outcome.lifecycle {
+        tracing::info!(tenant_id = %notice.tenant_id, subscription_id = %notice.subscription_id, kind = ?notice.kind, "lifecycle notification accepted");
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "accepted": outcome.events.len(),
+            "lifecycle": outcome.lifecycle.len(),
+            "dropped": outcome.dropped.len(),
+        })),
+    )
+        .into_response()
+}
+
+/// The secret store the configuration names.
+pub fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, SecretsError> {
+    use crate::config::SecretsSource;
+    use crate::secrets::{Secrets, StaticSecretStore};
+    Ok(match &config.secrets {
+        SecretsSource::EmbeddedDev => Arc::new(StaticSecretStore::new(Secrets::embedded_dev()?)),
+        SecretsSource::File(path) => Arc::new(StaticSecretStore::from_file(path)?),
+    })
+}

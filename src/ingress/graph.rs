@@ -1,0 +1,482 @@
+//! Microsoft Graph change notifications: the validation handshake, batch parsing, and the
+//! per-notification checks (clientState, tenant, validation tokens, decryption) that turn a
+//! batch into [`RiskEvent`]s and [`LifecycleNotice`]s.
+
+use aws_lc_rs::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
+use super::validation_tokens::{TokenError, TokenVerifier};
+use crate::config::Config;
+use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
+use crate::secrets::{SecretString, Secrets};
+
+/// Longest validation token echoed back (Graph's are well under this).
+pub const MAX_VALIDATION_TOKEN_LEN: usize = 1024;
+
+/// Why a handshake token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("validationToken is empty")]
+    Empty,
+    #[error("validationToken is longer than {MAX_VALIDATION_TOKEN_LEN} bytes")]
+    TooLong,
+    #[error("validationToken contains characters that are not allowed")]
+    BadCharacters,
+}
+
+/// The decoded `validationToken` query parameter, if the request is a handshake.
+/// `Some(Err(_))` when the parameter is present but unacceptable.
+pub fn handshake_token(query: Option<&str>) -> Option<Result<String, HandshakeError>> {
+    let query = query?;
+    let (_, token) =
+        form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "validationToken")?;
+    Some(check_handshake_token(&token).map(|()| token.into_owned()))
+}
+
+fn check_handshake_token(token: &str) -> Result<(), HandshakeError> {
+    if token.is_empty() {
+        return Err(HandshakeError::Empty);
+    }
+    if token.len() > MAX_VALIDATION_TOKEN_LEN {
+        return Err(HandshakeError::TooLong);
+    }
+    // Printable ASCII only, and nothing that could form markup or break out of an attribute.
+    let allowed = |c: char| {
+        c.is_ascii_graphic() && !matches!(c, '<' | '>' | '&' | '"' | '\'' | '`') || c == ' '
+    };
+    if token.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(HandshakeError::BadCharacters)
+    }
+}
+
+/// The body is not a notification batch at all (answered 400).
+#[derive(Debug, thiserror::Error)]
+#[error("body is not a Graph notification batch: {0}")]
+pub struct BatchError(String);
+
+/// One notification of a batch, as Graph sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeNotification {
+    #[serde(default)]
+    id: Option<String>,
+    subscription_id: String,
+    #[serde(default)]
+    client_state: Option<String>,
+    #[serde(default)]
+    change_type: Option<String>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    resource_data: Option<serde_json::Value>,
+    #[serde(default)]
+    encrypted_content: Option<EncryptedContent>,
+    #[serde(default)]
+    lifecycle_event: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationBatch {
+    value: Vec<serde_json::Value>,
+    #[serde(default)]
+    validation_tokens: Option<Vec<String>>,
+}
+
+/// Kinds of lifecycle notification Graph sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LifecycleKind {
+    /// The subscription must be reauthorized (`POST /subscriptions/{id}/reauthorize`).
+    ReauthorizationRequired,
+    /// The subscription was removed; it must be recreated.
+    SubscriptionRemoved,
+    /// Notifications were missed; resynchronise.
+    Missed,
+}
+
+/// A validated lifecycle notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleNotice {
+    pub tenant_id: String,
+    pub subscription_id: String,
+    pub kind: LifecycleKind,
+}
+
+/// Why one notification of a batch was dropped. Never carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("notification is malformed: {0}")]
+    Malformed(String),
+    #[error("clientState is missing")]
+    MissingClientState,
+    #[error("clientState does not match")]
+    ClientStateMismatch,
+    #[error("tenantId is missing")]
+    MissingTenant,
+    #[error("tenant {0} is not allowed")]
+    TenantNotAllowed(String),
+    #[error("resource {0:?} is not a users or security/alerts resource")]
+    UnsupportedResource(String),
+    #[error("lifecycle event {0:?} is not known")]
+    UnknownLifecycleEvent(String),
+    #[error("encryptedContent without validationTokens")]
+    MissingValidationTokens,
+    #[error("validation token refused: {0}")]
+    ValidationToken(TokenError),
+    #[error("no validation token vouches for tenant {0}")]
+    TenantNotVouched(String),
+    #[error("no decryption key for encryptionCertificateId {0:?}")]
+    UnknownDecryptionKey(String),
+    #[error("encryptedContent refused: {0}")]
+    Decryption(DecryptError),
+    #[error("decrypted content is not JSON")]
+    DecryptedNotJson,
+    #[error("user was deleted: nothing to remediate")]
+    UserDeleted,
+}
+
+/// A dropped notification: its position, subscription (when readable) and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub index: usize,
+    pub subscription_id: Option<String>,
+    pub reason: Rejection,
+}
+
+/// What a batch yielded.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub events: Vec<RiskEvent>,
+    pub lifecycle: Vec<LifecycleNotice>,
+    pub dropped: Vec<Dropped>,
+}
+
+/// Context a batch is checked against.
+pub struct GraphIngress<'a> {
+    pub config: &'a Config,
+    pub secrets: &'a Secrets,
+    /// Verifier for `validationTokens`; `None` when no Graph app id is configured, in which
+    /// case notifications with resource data are refused.
+    pub tokens: Option<&'a TokenVerifier>,
+}
+
+impl GraphIngress<'_> {
+    /// Parses and checks a batch. Errors only when the body is not a batch; individual bad
+    /// notifications are reported in [`BatchOutcome::dropped`].
+    pub async fn process(&self, body: &[u8]) -> Result<BatchOutcome, BatchError> {
+        let batch: NotificationBatch =
+            serde_json::from_slice(body).map_err(|e| BatchError(e.to_string()))?;
+        let vouched = self.verify_tokens(batch.validation_tokens.as_deref()).await;
+        let mut outcome = BatchOutcome::default();
+        for (index, raw) in batch.value.into_iter().enumerate() {
+            let subscription_id = raw
+                .get("subscriptionId")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            match self.check(raw, &vouched) {
+                Ok(Item::Event(event)) => outcome.events.push(*event),
+                Ok(Item::Lifecycle(notice)) => outcome.lifecycle.push(notice),
+                Err(reason) => outcome.dropped.push(Dropped {
+                    index,
+                    subscription_id,
+                    reason,
+                }),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Verifies every token; the batch is trusted for resource data only if all pass.
+    async fn verify_tokens(&self, tokens: Option<&[String]>) -> Vouched {
+        let Some(tokens) = tokens.filter(|t| !t.is_empty()) else {
+            return Vouched::NoTokens;
+        };
+        let Some(verifier) = self.tokens else {
+            return Vouched::Refused(TokenError::Invalid(
+                "no Graph application id configured to check the audience".into(),
+            ));
+        };
+        let mut tenants = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            match verifier
+                .verify(token, |tid| self.config.tenant_allowed(tid))
+                .await
+            {
+                Ok(tid) => tenants.push(tid),
+                Err(e) => return Vouched::Refused(e),
+            }
+        }
+        Vouched::Tenants(tenants)
+    }
+
+    fn check(&self, raw: serde_json::Value, vouched: &Vouched) -> Result<Item, Rejection> {
+        // A batch whose tokens fail is suspicious as a whole: drop every notification in it.
+        if let Vouched::Refused(e) = vouched {
+            return Err(Rejection::ValidationToken(e.clone()));
+        }
+        let n: ChangeNotification =
+            serde_json::from_value(raw).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let presented = n
+            .client_state
+            .as_deref()
+            .ok_or(Rejection::MissingClientState)?;
+        if !client_state_matches(presented, &self.secrets.client_states) {
+            return Err(Rejection::ClientStateMismatch);
+        }
+        let tenant_id = n
+            .tenant_id
+            .as_deref()
+            .ok_or(Rejection::MissingTenant)?
+            .to_ascii_lowercase();
+        if !self.config.tenant_allowed(&tenant_id) {
+            return Err(Rejection::TenantNotAllowed(tenant_id));
+        }
+
+        if let Some(kind) = &n.lifecycle_event {
+            let kind = match kind.as_str() {
+                "reauthorizationRequired" => LifecycleKind::ReauthorizationRequired,
+                "subscriptionRemoved" => LifecycleKind::SubscriptionRemoved,
+                "missed" => LifecycleKind::Missed,
+                other => return Err(Rejection::UnknownLifecycleEvent(other.to_owned())),
+            };
+            return Ok(Item::Lifecycle(LifecycleNotice {
+                tenant_id,
+                subscription_id: n.subscription_id,
+                kind,
+            }));
+        }
+
+        let decrypted = match &n.encrypted_content {
+            None => None,
+            Some(content) => Some(self.decrypt(content, &tenant_id, vouched)?),
+        };
+        to_event(n, tenant_id, decrypted).map(|e| Item::Event(Box::new(e)))
+    }
+
+    fn decrypt(
+        &self,
+        content: &EncryptedContent,
+        tenant_id: &str,
+        vouched: &Vouched,
+    ) -> Result<serde_json::Value, Rejection> {
+        match vouched {
+            Vouched::NoTokens => return Err(Rejection::MissingValidationTokens),
+            Vouched::Refused(e) => return Err(Rejection::ValidationToken(e.clone())),
+            Vouched::Tenants(tenants) => {
+                if !tenants.iter().any(|t| t == tenant_id) {
+                    return Err(Rejection::TenantNotVouched(tenant_id.to_owned()));
+                }
+            }
+        }
+        let cert_id = content
+            .encryption_certificate_id
+            .clone()
+            .unwrap_or_default();
+        let key = self
+            .secrets
+            .decryption_key(&cert_id)
+            .ok_or(Rejection::UnknownDecryptionKey(cert_id))?;
+        let plaintext = decrypt_content(content, key).map_err(Rejection::Decryption)?;
+        serde_json::from_slice(&plaintext).map_err(|_| Rejection::DecryptedNotJson)
+    }
+}
+
+enum Vouched {
+    NoTokens,
+    Refused(TokenError),
+    Tenants(Vec<String>),
+}
+
+enum Item {
+    Event(Box<RiskEvent>),
+    Lifecycle(LifecycleNotice),
+}
+
+/// Constant-time comparison of the presented clientState against every accepted value.
+/// Both sides are hashed first so neither content nor length leaks through timing.
+pub fn client_state_matches(presented: &str, accepted: &[SecretString]) -> bool {
+    let presented = digest(&SHA256, presented.as_bytes());
+    accepted.iter().fold(false, |found, candidate| {
+        let candidate = digest(&SHA256, candidate.expose().as_bytes());
+        found | bool::from(presented.as_ref().ct_eq(candidate.as_ref()))
+    })
+}
+
+fn to_event(
+    n: ChangeNotification,
+    tenant_id: String,
+    decrypted: Option<serde_json::Value>,
+) -> Result<RiskEvent, Rejection> {
+    let resource = n.resource.clone().unwrap_or_default();
+    let change_type = n.change_type.clone().unwrap_or_default();
+    let (source, subject, risk_level) =
+        classify(&resource, n.resource_data.as_ref(), decrypted.as_ref())?;
+    if source == EventSource::GraphUser && change_type == "deleted" {
+        return Err(Rejection::UserDeleted);
+    }
+    let notification_id = n.id.clone().unwrap_or_default();
+    let event_id = derive_event_id(&[
+        "graph",
+        &tenant_id,
+        &n.subscription_id,
+        &resource,
+        &change_type,
+        &notification_id,
+    ]);
+    let source_id = if notification_id.is_empty() {
+        format!("{}:{resource}", n.subscription_id)
+    } else {
+        notification_id
+    };
+    Ok(RiskEvent {
+        event_id,
+        tenant_id,
+        source,
+        subject,
+        risk_level,
+        detected_at: OffsetDateTime::now_utc(),
+        source_id,
+        resource_data: decrypted,
+    })
+}
+
+/// Maps a notification's resource to an event source and subject.
+fn classify(
+    resource: &str,
+    resource_data: Option<&serde_json::Value>,
+    decrypted: Option<&serde_json::Value>,
+) -> Result<(EventSource, Subject, RiskLevel), Rejection> {
+    let lower = resource.to_ascii_lowercase();
+    let id_from_data = || {
+        resource_data
+            .and_then(|d| d.get("id"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    if let Some(rest) = lower.strip_prefix("users/") {
+        let id = last_segment(&resource[resource.len() - rest.len()..])
+            .map(str::to_owned)
+            .or_else(id_from_data);
+        let upn = decrypted
+            .and_then(|d| d.get("userPrincipalName"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        if id.is_none() && upn.is_none() {
+            return Err(Rejection::UnsupportedResource(resource.to_owned()));
+        }
+        return Ok((
+            EventSource::GraphUser,
+            Subject::User { id, upn },
+            RiskLevel::Unknown,
+        ));
+    }
+    if let Some(rest) = lower.strip_prefix("security/alerts/") {
+        let alert_id = last_segment(&resource[resource.len() - rest.len()..])
+            .map(str::to_owned)
+            .or_else(id_from_data)
+            .ok_or_else(|| Rejection::UnsupportedResource(resource.to_owned()))?;
+        let severity = decrypted
+            .and_then(|d| d.get("severity"))
+            .and_then(|v| v.as_str())
+            .map_or(RiskLevel::Unknown, RiskLevel::parse_lenient);
+        let user = decrypted
+            .and_then(|d| d.get("userStates"))
+            .and_then(|v| v.as_array())
+            .and_then(|states| states.first())
+            .map(|state| Subject::User {
+                id: state
+                    .get("aadUserId")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+                upn: state
+                    .get("userPrincipalName")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            });
+        let subject = user.unwrap_or(Subject::SecurityAlert { id: alert_id });
+        return Ok((EventSource::GraphSecurityAlert, subject, severity));
+    }
+    Err(Rejection::UnsupportedResource(resource.to_owned()))
+}
+
+/// The first path segment of `rest`, or `None` if empty.
+fn last_segment(rest: &str) -> Option<&str> {
+    rest.split('/').next().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_decodes_and_bounds_the_token() {
+        let token = handshake_token(Some(
+            "validationToken=Validation%3a+Testing+client+application+reachability",
+        ));
+        assert_eq!(
+            token,
+            Some(Ok(
+                "Validation: Testing client application reachability".into()
+            ))
+        );
+        assert_eq!(handshake_token(Some("other=1")), None);
+        assert_eq!(handshake_token(None), None);
+        assert_eq!(
+            handshake_token(Some("validationToken=%3Cscript%3E")),
+            Some(Err(HandshakeError::BadCharacters))
+        );
+        assert_eq!(
+            handshake_token(Some("validationToken=")),
+            Some(Err(HandshakeError::Empty))
+        );
+        let long = format!(
+            "validationToken={}",
+            "a".repeat(MAX_VALIDATION_TOKEN_LEN + 1)
+        );
+        assert_eq!(
+            handshake_token(Some(&long)),
+            Some(Err(HandshakeError::TooLong))
+        );
+    }
+
+    #[test]
+    fn client_state_compares_against_every_accepted_value() {
+        let accepted = [
+            SecretString::new("old-state"),
+            SecretString::new("new-state"),
+        ];
+        assert!(client_state_matches("new-state", &accepted));
+        assert!(client_state_matches("old-state", &accepted));
+        assert!(!client_state_matches("new-stat", &accepted));
+        assert!(!client_state_matches("", &accepted));
+        assert!(!client_state_matches("new-state", &[]));
+    }
+
+    #[test]
+    fn resources_map_to_subjects() {
+        let (source, subject, _) = classify("Users/abc-123", None, None).unwrap();
+        assert_eq!(source, EventSource::GraphUser);
+        assert_eq!(
+            subject,
+            Subject::User {
+                id: Some("abc-123".into()),
+                upn: None
+            }
+        );
+        let (source, subject, _) = classify("security/alerts/al-9", None, None).unwrap();
+        assert_eq!(source, EventSource::GraphSecurityAlert);
+        assert_eq!(subject, Subject::SecurityAlert { id: "al-9".into() });
+        assert!(matches!(
+            classify("me/messages/1", None, None),
+            Err(Rejection::UnsupportedResource(_))
+        ));
+    }
+}

@@ -1,0 +1,5 @@
+//! Ingress: pure checks over request bytes and headers that turn deliveries into events.
+
+pub mod decrypt;
+pub mod graph;
+pub mod validation_tokens;

@@ -1,0 +1,55 @@
+//! Port for handing accepted work to the worker, and its in-memory adapter.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::event::RiskEvent;
+use crate::ingress::graph::LifecycleNotice;
+
+/// A unit of work for the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "body", rename_all = "snake_case")]
+pub enum WorkItem {
+    /// Investigate and remediate a risk signal.
+    Risk(RiskEvent),
+    /// Act on a subscription lifecycle notification (reauthorize, recreate).
+    Lifecycle(LifecycleNotice),
+}
+
+/// The queue refused or could not be reached; the delivery must be retried by its sender.
+#[derive(Debug, thiserror::Error)]
+#[error("work queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+/// Port: durable hand-off of work items.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Sends all items, or fails as a whole so the caller can answer 5xx.
+    async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError>;
+}
+
+/// Keeps items in memory: the local server and replay drain it inline.
+#[derive(Default)]
+pub struct MemoryQueue {
+    items: Mutex<Vec<WorkItem>>,
+}
+
+impl MemoryQueue {
+    /// Removes and returns everything sent so far.
+    pub fn drain(&self) -> Vec<WorkItem> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait]
+impl WorkQueue for MemoryQueue {
+    async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError> {
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(items);
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! Shared test helpers: app state over in-memory adapters, a local JWKS server, token
+//! signing with test keys, log capture, and Lambda event fixtures.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::routing::get;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use risk_responder::config::Config;
+use risk_responder::http::AppState;
+use risk_responder::queue::{MemoryQueue, QueueError, WorkItem, WorkQueue};
+use risk_responder::secrets::{Secrets, StaticSecretStore};
+
+pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_STATE: &str = "local-dev-client-state-change-me";
+pub const GRAPH_PUBLISHER: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
+
+/// Reads a saved Lambda HTTP event from `events/` as a lambda_http request.
+pub fn lambda_event(path: &str) -> lambda_http::Request {
+    let text = std::fs::read_to_string(format!("{}/events/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("fixture {path}: {e}"));
+    lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// A local JWKS endpoint serving `tests/fixtures/jwks.json`, counting fetches.
+pub struct JwksServer {
+    pub url: String,
+    pub hits: Arc<AtomicUsize>,
+}
+
+pub async fn jwks_server() -> JwksServer {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let jwks = include_str!("../fixtures/jwks.json");
+    let app = axum::Router::new().route(
+        "/common/discovery/v2.0/keys",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { ([("content-type", "application/json")], jwks) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    JwksServer {
+        url: format!("http://{addr}/common/discovery/v2.0/keys"),
+        hits,
+    }
+}
+
+/// Claims of a validation token; tests change fields to break one rule at a time.
+pub fn token_claims() -> serde_json::Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    serde_json::json!({
+        "aud": APP_ID,
+        "iss": format!("https://sts.windows.net/{TENANT}/"),
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + 3600,
+        "appid": GRAPH_PUBLISHER,
+        "appidacr": "2",
+        "tid": TENANT,
+        "ver": "1.0",
+    })
+}
+
+/// Signs `claims` with test key `key_file` (in tests/fixtures), announcing `kid`.
+pub fn sign_token(claims: &serde_json::Value, key_file: &str, kid: &str) -> String {
+    let pem = std::fs::read(format!(
+        "{}/tests/fixtures/{key_file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// A valid token signed by the JWKS key.
+pub fn valid_token() -> String {
+    sign_token(&token_claims(), "jwt-test-key-1.pem", "test-kid-1")
+}
+
+/// A queue that refuses everything, as SQS does when unreachable.
+pub struct FailingQueue;
+
+#[async_trait]
+impl WorkQueue for FailingQueue {
+    async fn send(&self, _items: &[WorkItem]) -> Result<(), QueueError> {
+        Err(QueueError("connection refused".into()))
+    }
+}
+
+/// Application state over the embedded development secrets and an in-memory queue.
+pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
+    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    AppState::new(config, secrets, queue, reqwest::Client::new())
+        .await
+        .unwrap()
+}
+
+pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        jwks_url: jwks_url.to_owned(),
+        ..Config::default()
+    };
+    (app_with(config, queue.clone()).await, queue)
+}
+
+/// Captures every log line written while the guard lives (current thread).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends a request through the router and returns status, content type and body text.
+pub async fn call<B>(state: AppState, request: http::Request<B>) -> (u16, String, String)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = risk_responder::http::router(state)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// A JSON POST to `path`.
+pub fn post_json(path: &str, body: impl Into<String>) -> http::Request<axum::body::Body> {
+    http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.into()))
+        .unwrap()
+}

@@ -1,0 +1,471 @@
+//! Graph change-notification ingress, end to end through the router, driven by saved
+//! Lambda HTTP events (Function URL and API Gateway v2) and by signed validation tokens.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use risk_responder::config::Config;
+use risk_responder::event::{EventSource, Subject};
+use risk_responder::queue::{MemoryQueue, WorkItem};
+
+const UNREACHABLE_JWKS: &str = "http://127.0.0.1:9/keys";
+
+fn risk_events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent> {
+    queue
+        .drain()
+        .into_iter()
+        .filter_map(|item| match item {
+            WorkItem::Risk(event) => Some(event),
+            WorkItem::Lifecycle(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn handshake_echoes_the_decoded_token_as_text() {
+    for fixture in [
+        "graph/handshake.function-url.json",
+        "graph/handshake-lifecycle.apigw-v2.json",
+    ] {
+        let (state, queue) = app(UNREACHABLE_JWKS).await;
+        let (status, content_type, body) = call(state, lambda_event(fixture)).await;
+        assert_eq!(status, 200, "{fixture}");
+        assert_eq!(content_type, "text/plain; charset=utf-8");
+        assert_eq!(
+            body,
+            "Validation: Testing client application reachability for subscription Request-Id: 25ef2ac4-0a1e-45a1-8f3c-2d6b1c7e9a10"
+        );
+        assert!(queue.drain().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn handshake_with_markup_is_refused_not_reflected() {
+    let (state, _) = app(UNREACHABLE_JWKS).await;
+    let (status, content_type, body) = call(
+        state,
+        lambda_event("graph/handshake-markup.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(content_type, "application/json");
+    assert!(!body.contains("<script>"), "{body}");
+}
+
+#[tokio::test]
+async fn user_notification_becomes_a_risk_event() {
+    for fixture in [
+        "graph/users-updated.function-url.json",
+        "graph/users-updated.apigw-v2.json",
+    ] {
+        let (state, queue) = app(UNREACHABLE_JWKS).await;
+        let (status, _, body) = call(state, lambda_event(fixture)).await;
+        assert_eq!(status, 202, "{fixture}: {body}");
+        let events = risk_events(&queue);
+        assert_eq!(events.len(), 1);
+        let event = &events[0];
+        assert_eq!(event.tenant_id, TENANT);
+        assert_eq!(event.source, EventSource::GraphUser);
+        assert_eq!(
+            event.subject,
+            Subject::User {
+                id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+                upn: None
+            }
+        );
+        assert_eq!(event.source_id, "lsgTZMr9KwAAA");
+    }
+}
+
+#[tokio::test]
+async fn redelivery_yields_the_same_event_id() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    call(
+        state.clone(),
+        lambda_event("graph/users-updated.function-url.json"),
+    )
+    .await;
+    call(state, lambda_event("graph/users-updated.apigw-v2.json")).await;
+    let events = risk_events(&queue);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event_id, events[1].event_id);
+}
+
+#[tokio::test]
+async fn security_alert_notification_names_the_alert() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, _) = call(
+        state,
+        lambda_event("graph/security-alert-created.apigw-v2.json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let events = risk_events(&queue);
+    assert_eq!(events[0].source, EventSource::GraphSecurityAlert);
+    assert_eq!(
+        events[0].subject,
+        Subject::SecurityAlert {
+            id: "5f3b0c8e2d0a4a4f9a3e7c1b2d4e6f80".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn wrong_client_state_is_dropped_logged_and_still_acknowledged() {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, body) = call(
+        state,
+        lambda_event("graph/wrong-client-state.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(body.contains("\"dropped\":1"), "{body}");
+    assert!(queue.drain().is_empty());
+    let logs = logs.text();
+    assert!(logs.contains("clientState does not match"), "{logs}");
+    assert!(
+        !logs.contains("guessed-client-state-1234"),
+        "presented value logged"
+    );
+    assert!(!logs.contains(CLIENT_STATE), "secret logged");
+}
+
+#[tokio::test]
+async fn unknown_tenant_is_dropped() {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, _) = call(
+        state,
+        lambda_event("graph/unknown-tenant.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(queue.drain().is_empty());
+    assert!(
+        logs.text()
+            .contains("tenant f00dfeed-0000-4000-8000-000000000bad is not allowed")
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, content_type, body) = call(
+        state,
+        lambda_event("graph/malformed-json.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(content_type, "application/json");
+    assert!(body.contains("not a Graph notification batch"), "{body}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn json_that_is_not_a_batch_is_400() {
+    let (state, _) = app(UNREACHABLE_JWKS).await;
+    let (status, _, _) = call(state, post_json("/graph/notifications", r#"{"values":[]}"#)).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        max_body_bytes: 4096,
+        ..Config::default()
+    };
+    let state = app_with(config, queue).await;
+    let body = format!(r#"{{"value":[],"pad":"{}"}}"#, "x".repeat(5000));
+    let (status, _, text) = call(state, post_json("/graph/notifications", body)).await;
+    assert_eq!(status, 413, "{text}");
+}
+
+#[tokio::test]
+async fn mixed_batch_keeps_the_good_and_drops_the_bad() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, body) = call(state, lambda_event("graph/mixed-batch.apigw-v2.json")).await;
+    assert_eq!(status, 202);
+    assert!(
+        body.contains("\"accepted\":2") && body.contains("\"dropped\":1"),
+        "{body}"
+    );
+    assert_eq!(risk_events(&queue).len(), 2);
+}
+
+#[tokio::test]
+async fn lifecycle_reauthorization_is_recognised() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, _) = call(
+        state,
+        lambda_event("graph/lifecycle-reauthorization-required.apigw-v2.json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let items = queue.drain();
+    assert_eq!(items.len(), 1);
+    match &items[0] {
+        WorkItem::Lifecycle(notice) => {
+            assert_eq!(
+                notice.kind,
+                risk_responder::ingress::graph::LifecycleKind::ReauthorizationRequired
+            );
+            assert_eq!(
+                notice.subscription_id,
+                "7f105c7d-2dc5-4530-97cd-4e7ae6534c07"
+            );
+        }
+        other => panic!("expected lifecycle, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn queue_failure_is_503_so_graph_retries() {
+    let state = app_with(Config::default(), Arc::new(FailingQueue)).await;
+    let (status, _, _) = call(state, lambda_event("graph/users-updated.function-url.json")).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn get_is_not_allowed() {
+    let (state, _) = app(UNREACHABLE_JWKS).await;
+    let request = http::Request::get("/graph/notifications")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, _, _) = call(state, request).await;
+    assert_eq!(status, 405);
+}
+
+// ---- rich notifications: validationTokens + encryptedContent ----
+
+fn rich_batch(tokens: Option<Vec<String>>) -> String {
+    let mut content: serde_json::Value = serde_json::from_str(include_str!(
+        "vectors/graph-rich-notification/encrypted-content.json"
+    ))
+    .unwrap();
+    content["encryptionCertificateId"] = "custom-id-for-testing".into();
+    content["encryptionCertificateThumbprint"] = "4B95353E086AD37196606ACF834A14532F03E6DB".into();
+    let mut batch = serde_json::json!({
+        "value": [{
+            "id": "rich-1",
+            "subscriptionId": "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+            "subscriptionExpirationDateTime": "2026-11-26T06:00:00.000Z",
+            "clientState": CLIENT_STATE,
+            "changeType": "updated",
+            "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204",
+            "tenantId": TENANT,
+            "resourceData": { "id": "6e7b768e-07e2-4810-8459-485f84f8f204" },
+            "encryptedContent": content,
+        }]
+    });
+    if let Some(tokens) = tokens {
+        batch["validationTokens"] = tokens.into();
+    }
+    batch.to_string()
+}
+
+async fn deliver_rich(
+    tokens: Option<Vec<String>>,
+) -> (u16, Vec<risk_responder::event::RiskEvent>, String) {
+    let jwks = jwks_server().await;
+    let (state, queue) = app(&jwks.url).await;
+    let (logs, _guard) = Logs::capture();
+    let (status, _, _) = call(state, post_json("/graph/notifications", rich_batch(tokens))).await;
+    (status, risk_events(&queue), logs.text())
+}
+
+#[tokio::test]
+async fn rich_notification_with_valid_token_is_decrypted() {
+    let (status, events, _) = deliver_rich(Some(vec![valid_token()])).await;
+    assert_eq!(status, 202);
+    assert_eq!(events.len(), 1);
+    let data = events[0].resource_data.as_ref().expect("decrypted content");
+    assert_eq!(data["etag"], "1625126194597");
+    assert_eq!(data["body"]["content"], "Hello World");
+}
+
+#[tokio::test]
+async fn v2_token_with_azp_is_accepted() {
+    let mut claims = token_claims();
+    claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
+    claims.as_object_mut().unwrap().remove("appid");
+    claims["azp"] = GRAPH_PUBLISHER.into();
+    let token = sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1");
+    let (_, events, _) = deliver_rich(Some(vec![token])).await;
+    assert_eq!(events.len(), 1);
+}
+
+async fn assert_refused(token: String, reason: &str) {
+    let (status, events, logs) = deliver_rich(Some(vec![token])).await;
+    assert_eq!(status, 202, "Graph still gets a 2xx");
+    assert!(events.is_empty(), "{reason}: event accepted");
+    assert!(logs.contains(reason), "expected {reason:?} in {logs}");
+}
+
+#[tokio::test]
+async fn tampered_signature_is_refused() {
+    // Signed by a key that is not in the JWKS, but claiming the JWKS key's id.
+    let token = sign_token(&token_claims(), "jwt-test-key-2.pem", "test-kid-1");
+    assert_refused(token, "InvalidSignature").await;
+}
+
+#[tokio::test]
+async fn wrong_audience_is_refused() {
+    let mut claims = token_claims();
+    claims["aud"] = "99999999-0000-0000-0000-000000000000".into();
+    assert_refused(
+        sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1"),
+        "InvalidAudience",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expired_token_is_refused() {
+    let mut claims = token_claims();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    claims["exp"] = (now - 3600).into();
+    assert_refused(
+        sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1"),
+        "ExpiredSignature",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn token_from_another_app_is_refused() {
+    let mut claims = token_claims();
+    claims["appid"] = "22222222-0000-0000-0000-000000000000".into();
+    assert_refused(
+        sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1"),
+        "appid/azp is not the Graph notification publisher",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn foreign_issuer_is_refused() {
+    let mut claims = token_claims();
+    claims["iss"] = "https://evil.example/".into();
+    assert_refused(
+        sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1"),
+        "is not a Microsoft issuer",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn token_for_unlisted_tenant_is_refused() {
+    let mut claims = token_claims();
+    let other = "f00dfeed-0000-4000-8000-000000000bad";
+    claims["tid"] = other.into();
+    claims["iss"] = format!("https://sts.windows.net/{other}/").into();
+    assert_refused(
+        sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1"),
+        "is not allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_kid_is_refused() {
+    let token = sign_token(&token_claims(), "jwt-test-key-2.pem", "test-kid-2");
+    assert_refused(token, "not in the JWKS").await;
+}
+
+#[tokio::test]
+async fn encrypted_content_without_tokens_is_refused() {
+    let (status, events, logs) = deliver_rich(None).await;
+    assert_eq!(status, 202);
+    assert!(events.is_empty());
+    assert!(
+        logs.contains("encryptedContent without validationTokens"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn one_bad_token_taints_the_whole_batch() {
+    let mut claims = token_claims();
+    claims["aud"] = "99999999-0000-0000-0000-000000000000".into();
+    let bad = sign_token(&claims, "jwt-test-key-1.pem", "test-kid-1");
+    let (_, events, _) = deliver_rich(Some(vec![valid_token(), bad])).await;
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn jwks_is_fetched_once_and_cached() {
+    let jwks = jwks_server().await;
+    let (state, queue) = app(&jwks.url).await;
+    for _ in 0..3 {
+        let (status, _, _) = call(
+            state.clone(),
+            post_json(
+                "/graph/notifications",
+                rich_batch(Some(vec![valid_token()])),
+            ),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(risk_events(&queue).len(), 3);
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 1);
+
+    // Unknown kids within the throttle window (60 s by default) do not refetch.
+    let forged = sign_token(&token_claims(), "jwt-test-key-2.pem", "forged-kid");
+    for _ in 0..2 {
+        call(
+            state.clone(),
+            post_json(
+                "/graph/notifications",
+                rich_batch(Some(vec![forged.clone()])),
+            ),
+        )
+        .await;
+    }
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_the_throttle_allows() {
+    let jwks = jwks_server().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        jwks_url: jwks.url.clone(),
+        jwks_min_refresh: std::time::Duration::ZERO,
+        ..Config::default()
+    };
+    let state = app_with(config, queue.clone()).await;
+    let forged = sign_token(&token_claims(), "jwt-test-key-2.pem", "rotated-kid");
+    for expected_hits in 1..=2 {
+        call(
+            state.clone(),
+            post_json(
+                "/graph/notifications",
+                rich_batch(Some(vec![forged.clone()])),
+            ),
+        )
+        .await;
+        assert_eq!(jwks.hits.load(Ordering::SeqCst), expected_hits);
+    }
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_jwks_refuses_rich_content_without_failing_the_batch() {
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (status, _, _) = call(
+        state,
+        post_json(
+            "/graph/notifications",
+            rich_batch(Some(vec![valid_token()])),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(queue.drain().is_empty());
+}
