@@ -5,9 +5,17 @@
 run:
 	cargo run --bin risk-responder -- serve
 
+VENV := .venv
+
+# Python tools the tests drive (independent signer; later moto server).
+$(VENV)/ready: requirements-test.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	touch $@
+
 # The project's tests (what CI runs).
-test:
-	cargo test --locked --all-targets
+test: $(VENV)/ready
+	RR_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python cargo test --locked --all-targets
 
 lint:
 	cargo fmt --check

@@ -50,6 +50,8 @@ pub struct Config {
     pub token_leeway: Duration,
     /// Least time between JWKS refetches caused by an unknown key id.
     pub jwks_min_refresh: Duration,
+    /// Accepted age (either way) of a Standard Webhooks `webhook-timestamp`.
+    pub webhook_tolerance: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             secrets: SecretsSource::EmbeddedDev,
             token_leeway: Duration::from_secs(60),
             jwks_min_refresh: Duration::from_secs(60),
+            webhook_tolerance: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -13,6 +13,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::ingress::graph::{GraphIngress, handshake_token};
+use crate::ingress::sentinel::{self, SentinelError};
+use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
 use crate::queue::{WorkItem, WorkQueue};
 use crate::secrets::{SecretStore, SecretsError};
@@ -24,6 +26,7 @@ pub struct AppState {
     pub secrets: Arc<dyn SecretStore>,
     pub tokens: Option<Arc<TokenVerifier>>,
     pub queue: Arc<dyn WorkQueue>,
+    pub replay_guard: Arc<dyn ReplayGuard>,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             secrets,
             tokens,
             queue,
+            replay_guard: Arc::new(MemoryReplayGuard::default()),
         })
     }
 }
@@ -53,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graph/notifications", post(graph_notifications))
         .route("/graph/lifecycle", post(graph_notifications))
+        .route("/sentinel/alerts", post(sentinel_alerts))
         .route("/health", get(|| async { "ok" }))
         // Bodies are limited in `read_body`, with our own limit and a 413 that says so.
         .layer(DefaultBodyLimit::disable())
@@ -85,6 +90,16 @@ pub async fn enqueue(queue: &dyn WorkQueue, items: &[WorkItem]) -> Result<(), Re
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "events could not be kept; retry",
+        )
+    })
+}
+
+async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, Response> {
+    state.secrets.load().await.map_err(|e| {
+        tracing::error!(error = %e, "secrets unavailable");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "secrets unavailable; retry",
         )
     })
 }
@@ -177,4 +192,77 @@ pub fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, SecretsErro
         SecretsSource::EmbeddedDev => Arc::new(StaticSecretStore::new(Secrets::embedded_dev()?)),
         SecretsSource::File(path) => Arc::new(StaticSecretStore::from_file(path)?),
     })
+}
+
+/// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.
+pub async fn sentinel_alerts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let secrets = match load_secrets(&state).await {
+        Ok(secrets) => secrets,
+        Err(response) => return response,
+    };
+    let tolerance = state.config.webhook_tolerance;
+    let now = time::OffsetDateTime::now_utc();
+    let webhook =
+        match signature::verify(&headers, &body, &secrets.webhook_hmac_keys, now, tolerance) {
+            Ok(webhook) => webhook,
+            Err(e) => {
+                tracing::warn!(reason = %e, "sentinel delivery not authenticated");
+                return error(StatusCode::UNAUTHORIZED, e.to_string());
+            }
+        };
+    let outcome = match sentinel::parse(&body, &state.config) {
+        Ok(outcome) => outcome,
+        Err(e @ SentinelError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::warn!(webhook_id = %webhook.id, reason = %e, "sentinel payload refused");
+            return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+        }
+    };
+    // Remember the id for the whole window in which its timestamp would still be accepted.
+    match state
+        .replay_guard
+        .first_seen(&webhook.id, tolerance * 2)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(webhook_id = %webhook.id, "sentinel delivery replayed");
+            return error(
+                StatusCode::CONFLICT,
+                signature::SignatureError::Replayed.to_string(),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "replay store unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay store unavailable; retry",
+            );
+        }
+    }
+    for reason in &outcome.dropped {
+        tracing::warn!(webhook_id = %webhook.id, %reason, "sentinel account dropped");
+    }
+    let items: Vec<WorkItem> = outcome.events.iter().cloned().map(WorkItem::Risk).collect();
+    if let Err(response) = enqueue(state.queue.as_ref(), &items).await {
+        // Not kept: let the sender's retry with the same webhook-id through.
+        state.replay_guard.forget(&webhook.id).await;
+        return response;
+    }
+    for event in &outcome.events {
+        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "accepted": outcome.events.len(), "dropped": outcome.dropped.len() })),
+    )
+        .into_response()
 }

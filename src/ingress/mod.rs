@@ -2,4 +2,6 @@
 
 pub mod decrypt;
 pub mod graph;
+pub mod sentinel;
+pub mod signature;
 pub mod validation_tokens;

@@ -179,3 +179,49 @@ pub fn post_json(path: &str, body: impl Into<String>) -> http::Request<axum::bod
         .body(axum::body::Body::from(body.into()))
         .unwrap()
 }
+
+/// The webhook key of the embedded development secrets (the Standard Webhooks spec example).
+pub const WEBHOOK_KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Reads a file under `events/`.
+pub fn event_body(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/events/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// Standard Webhooks headers for `body`, signed now with `key`.
+pub fn signed_headers(key: &str, id: &str, body: &str) -> Vec<(&'static str, String)> {
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let raw = risk_responder::ingress::signature::decode_key(key).unwrap();
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        (
+            "webhook-signature",
+            risk_responder::ingress::signature::sign(&raw, id, ts, body.as_bytes()),
+        ),
+    ]
+}
+
+/// A POST to `/sentinel/alerts` with the given headers.
+pub fn post_sentinel(
+    body: &str,
+    headers: &[(&'static str, String)],
+) -> http::Request<axum::body::Body> {
+    let mut request = post_json("/sentinel/alerts", body.to_owned());
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    request
+}
+
+/// The Python interpreter of the test venv (made by `make test`), with `standardwebhooks`.
+pub fn test_python() -> String {
+    let python = std::env::var("RR_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} missing: run the tests with `make test`, which creates the venv"
+    );
+    python
+}

@@ -1,0 +1,300 @@
+//! Standard Webhooks authentication (HMAC-SHA256): `webhook-id`, `webhook-timestamp` and
+//! `webhook-signature: v1,<base64>` headers over `{id}.{timestamp}.{body}`, `whsec_` keys
+//! (several at once for rotation), timestamp tolerance, and refusal of replayed ids.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::HeaderMap;
+use time::OffsetDateTime;
+
+use crate::secrets::SecretString;
+
+/// Accepted distance between `webhook-timestamp` and our clock, either way.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// Most `v1,` entries examined in one signature header.
+const MAX_SIGNATURES: usize = 8;
+/// Longest accepted `webhook-id`.
+const MAX_ID_LEN: usize = 256;
+
+/// Why a request is not authenticated (answered 401, except [`SignatureError::Replayed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    #[error("webhook-id is empty, too long or not printable")]
+    BadId,
+    #[error("webhook-timestamp is not a unix time in seconds")]
+    BadTimestamp,
+    #[error("webhook-timestamp is outside the {0}-second tolerance")]
+    Stale(u64),
+    #[error("no webhook-signature matches any configured key")]
+    NoMatch,
+    #[error("no webhook signing key is configured")]
+    NoKeys,
+    #[error("webhook-id was already received")]
+    Replayed,
+}
+
+/// A request whose signature verified: its id and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedWebhook {
+    pub id: String,
+    pub timestamp: OffsetDateTime,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or(SignatureError::MissingHeader(name))
+}
+
+/// Decodes a `whsec_<base64>` key (the prefix is optional) into HMAC key bytes.
+pub fn decode_key(key: &str) -> Option<Vec<u8>> {
+    let encoded = key.strip_prefix("whsec_").unwrap_or(key);
+    STANDARD.decode(encoded).ok().filter(|k| !k.is_empty())
+}
+
+/// Verifies headers and body against `keys` at time `now`. Does not check for replay.
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    keys: &[SecretString],
+    now: OffsetDateTime,
+    tolerance: Duration,
+) -> Result<VerifiedWebhook, SignatureError> {
+    let id = header(headers, "webhook-id")?;
+    let timestamp = header(headers, "webhook-timestamp")?;
+    let signatures = header(headers, "webhook-signature")?;
+    if id.len() > MAX_ID_LEN || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(SignatureError::BadId);
+    }
+    let seconds: i64 = timestamp
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
+    let sent =
+        OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| SignatureError::BadTimestamp)?;
+    if (now - sent).unsigned_abs() > tolerance {
+        return Err(SignatureError::Stale(tolerance.as_secs()));
+    }
+
+    let keys: Vec<hmac::Key> = keys
+        .iter()
+        .filter_map(|k| decode_key(k.expose()))
+        .map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k))
+        .collect();
+    if keys.is_empty() {
+        return Err(SignatureError::NoKeys);
+    }
+    let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+
+    let candidates = signatures
+        .split(' ')
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|sig| STANDARD.decode(sig).ok())
+        .take(MAX_SIGNATURES);
+    for candidate in candidates {
+        // hmac::verify compares in constant time.
+        if keys
+            .iter()
+            .any(|key| hmac::verify(key, &signed, &candidate).is_ok())
+        {
+            return Ok(VerifiedWebhook {
+                id: id.to_owned(),
+                timestamp: sent,
+            });
+        }
+    }
+    Err(SignatureError::NoMatch)
+}
+
+/// Signs like a Standard Webhooks sender: the `webhook-signature` header value for a key.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(id.as_bytes());
+    ctx.update(b".");
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("v1,{}", STANDARD.encode(ctx.sign().as_ref()))
+}
+
+/// The replay store could not be reached: the delivery cannot be accepted safely (503).
+#[derive(Debug, thiserror::Error)]
+#[error("replay store unavailable: {0}")]
+pub struct ReplayStoreError(pub String);
+
+/// Port: remembers webhook ids long enough to refuse replays within the tolerance window.
+#[async_trait]
+pub trait ReplayGuard: Send + Sync {
+    /// Records `id`; `Ok(false)` if it was already recorded and has not expired.
+    async fn first_seen(&self, id: &str, remember_for: Duration) -> Result<bool, ReplayStoreError>;
+    /// Forgets `id`, so that a retry of a delivery that could not be kept is let through.
+    async fn forget(&self, id: &str);
+}
+
+/// In-process replay guard (one instance; the DynamoDB ledger serves several).
+#[derive(Default)]
+pub struct MemoryReplayGuard {
+    seen: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+#[async_trait]
+impl ReplayGuard for MemoryReplayGuard {
+    async fn first_seen(&self, id: &str, remember_for: Duration) -> Result<bool, ReplayStoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, expires| *expires > now);
+        if seen.contains_key(id) {
+            return Ok(false);
+        }
+        seen.insert(id.to_owned(), now + remember_for);
+        Ok(true)
+    }
+
+    async fn forget(&self, id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Published example of the Standard Webhooks specification.
+    const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const TS: i64 = 1614265330;
+    const BODY: &[u8] = br#"{"test": 2432232314}"#;
+    const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("webhook-id", id.parse().unwrap());
+        h.insert("webhook-timestamp", ts.parse().unwrap());
+        h.insert("webhook-signature", sig.parse().unwrap());
+        h
+    }
+
+    fn at(ts: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(ts).unwrap()
+    }
+
+    fn keys(list: &[&str]) -> Vec<SecretString> {
+        list.iter().map(|k| SecretString::new(*k)).collect()
+    }
+
+    #[test]
+    fn spec_example_verifies() {
+        let h = headers(ID, &TS.to_string(), SIG);
+        let ok = verify(&h, BODY, &keys(&[KEY]), at(TS), DEFAULT_TOLERANCE).unwrap();
+        assert_eq!(ok.id, ID);
+        assert_eq!(sign(&decode_key(KEY).unwrap(), ID, TS, BODY), SIG);
+    }
+
+    #[test]
+    fn any_of_several_keys_and_signatures_may_match() {
+        let sigs = format!("v1,AAAA v2,whatever {SIG}");
+        let h = headers(ID, &TS.to_string(), &sigs);
+        let ring = keys(&["whsec_b2xkb2xkb2xkb2xk", KEY]);
+        assert!(verify(&h, BODY, &ring, at(TS), DEFAULT_TOLERANCE).is_ok());
+    }
+
+    #[test]
+    fn tampered_body_id_or_wrong_key_fails() {
+        let h = headers(ID, &TS.to_string(), SIG);
+        let tampered = br#"{"test": 2432232315}"#;
+        let err = verify(&h, tampered, &keys(&[KEY]), at(TS), DEFAULT_TOLERANCE);
+        assert_eq!(err, Err(SignatureError::NoMatch));
+        let h2 = headers("msg_other", &TS.to_string(), SIG);
+        let err = verify(&h2, BODY, &keys(&[KEY]), at(TS), DEFAULT_TOLERANCE);
+        assert_eq!(err, Err(SignatureError::NoMatch));
+        let err = verify(
+            &h,
+            BODY,
+            &keys(&["whsec_b2xkb2xkb2xkb2xk"]),
+            at(TS),
+            DEFAULT_TOLERANCE,
+        );
+        assert_eq!(err, Err(SignatureError::NoMatch));
+    }
+
+    #[test]
+    fn timestamp_tolerance_is_five_minutes_either_way() {
+        let h = headers(ID, &TS.to_string(), SIG);
+        let k = keys(&[KEY]);
+        assert!(verify(&h, BODY, &k, at(TS + 300), DEFAULT_TOLERANCE).is_ok());
+        assert!(verify(&h, BODY, &k, at(TS - 300), DEFAULT_TOLERANCE).is_ok());
+        assert_eq!(
+            verify(&h, BODY, &k, at(TS + 301), DEFAULT_TOLERANCE),
+            Err(SignatureError::Stale(300))
+        );
+        assert_eq!(
+            verify(&h, BODY, &k, at(TS - 301), DEFAULT_TOLERANCE),
+            Err(SignatureError::Stale(300))
+        );
+    }
+
+    #[test]
+    fn missing_or_malformed_headers_are_named() {
+        let k = keys(&[KEY]);
+        let mut h = headers(ID, &TS.to_string(), SIG);
+        h.remove("webhook-signature");
+        assert_eq!(
+            verify(&h, BODY, &k, at(TS), DEFAULT_TOLERANCE),
+            Err(SignatureError::MissingHeader("webhook-signature"))
+        );
+        let h = headers(ID, "yesterday", SIG);
+        assert_eq!(
+            verify(&h, BODY, &k, at(TS), DEFAULT_TOLERANCE),
+            Err(SignatureError::BadTimestamp)
+        );
+        let h = headers(ID, &TS.to_string(), SIG);
+        assert_eq!(
+            verify(&h, BODY, &[], at(TS), DEFAULT_TOLERANCE),
+            Err(SignatureError::NoKeys)
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_guard_refuses_a_second_delivery() {
+        let guard = MemoryReplayGuard::default();
+        assert!(
+            guard
+                .first_seen("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !guard
+                .first_seen("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            guard
+                .first_seen("b", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(guard.first_seen("c", Duration::ZERO).await.unwrap());
+        assert!(guard.first_seen("c", Duration::ZERO).await.unwrap());
+    }
+}

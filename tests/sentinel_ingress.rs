@@ -1,0 +1,262 @@
+//! Sentinel alerts and incidents over Standard Webhooks HMAC authentication.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use risk_responder::config::Config;
+use risk_responder::event::{EventSource, RiskLevel, Subject};
+use risk_responder::queue::{MemoryQueue, WorkItem};
+
+const JWKS: &str = "http://127.0.0.1:9/keys";
+
+fn events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent> {
+    queue
+        .drain()
+        .into_iter()
+        .filter_map(|item| match item {
+            WorkItem::Risk(event) => Some(event),
+            WorkItem::Lifecycle(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn signed_alert_becomes_one_event_per_account() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_alert_1", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    let events = events(&queue);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].source, EventSource::Sentinel);
+    assert_eq!(events[0].tenant_id, TENANT);
+    assert_eq!(events[0].risk_level, RiskLevel::Medium);
+    assert_eq!(events[0].source_id, "8c3f6f51-0d41-4a3b-8d6b-1d6f2f4b9e77");
+    assert_eq!(
+        events[0].subject,
+        Subject::User {
+            id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+            upn: Some("adele.vance@contoso.onmicrosoft.com".into()),
+        }
+    );
+}
+
+#[tokio::test]
+async fn lambda_function_url_event_is_accepted_once_resigned() {
+    let (state, queue) = app(JWKS).await;
+    let mut request = lambda_event("sentinel/alert.function-url.json");
+    let body =
+        serde_json::from_str::<serde_json::Value>(&event_body("sentinel/alert.function-url.json"))
+            .unwrap()["body"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    for (name, value) in signed_headers(WEBHOOK_KEY, "msg_2pXrUqLc0bJ8y3vQ1Hn5kT", &body) {
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (status, _, _) = call(state, request).await;
+    assert_eq!(status, 202);
+    assert_eq!(events(&queue).len(), 1);
+}
+
+#[tokio::test]
+async fn the_saved_signature_of_the_lambda_event_is_stale() {
+    let (state, _) = app(JWKS).await;
+    let (status, _, text) = call(state, lambda_event("sentinel/alert.function-url.json")).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("outside the 300-second tolerance"), "{text}");
+}
+
+#[tokio::test]
+async fn incident_yields_each_account() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/incident-two-accounts.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_incident_1", &body);
+    let (status, _, _) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202);
+    let events = events(&queue);
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.risk_level == RiskLevel::High));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.source_id == "3d2f7a91-6c0b-4e5f-9a8d-1b2c3d4e5f60")
+    );
+    assert_ne!(events[0].event_id, events[1].event_id);
+}
+
+#[tokio::test]
+async fn log_analytics_row_with_entities_as_string_is_understood() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/alert-securityalert-table-row.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_row_1", &body);
+    let (status, _, _) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202);
+    assert_eq!(events(&queue).len(), 1);
+}
+
+#[tokio::test]
+async fn missing_signature_is_401_with_a_clear_message() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let mut headers = signed_headers(WEBHOOK_KEY, "msg_x", &body);
+    headers.retain(|(name, _)| *name != "webhook-signature");
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("missing webhook-signature header"), "{text}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_key_or_tampered_body_is_401() {
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let (state, queue) = app(JWKS).await;
+    let headers = signed_headers("whsec_b2xkb2xkb2xkb2xkb2xkb2xk", "msg_y", &body);
+    let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("no webhook-signature matches"), "{text}");
+
+    let headers = signed_headers(WEBHOOK_KEY, "msg_z", &body);
+    let tampered = body.replace("Medium", "Low");
+    let (status, _, _) = call(state, post_sentinel(&tampered, &headers)).await;
+    assert_eq!(status, 401);
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn stale_timestamp_is_401() {
+    let (state, _) = app(JWKS).await;
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let old = time::OffsetDateTime::now_utc().unix_timestamp() - 301;
+    let raw = risk_responder::ingress::signature::decode_key(WEBHOOK_KEY).unwrap();
+    let headers = vec![
+        ("webhook-id", "msg_old".to_owned()),
+        ("webhook-timestamp", old.to_string()),
+        (
+            "webhook-signature",
+            risk_responder::ingress::signature::sign(&raw, "msg_old", old, body.as_bytes()),
+        ),
+    ];
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("tolerance"), "{text}");
+}
+
+#[tokio::test]
+async fn replayed_webhook_id_is_refused() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_once", &body);
+    let (first, _, _) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    let (second, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!((first, second), (202, 409));
+    assert!(text.contains("already received"), "{text}");
+    assert_eq!(events(&queue).len(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_that_could_not_be_kept_may_be_retried() {
+    let state = app_with(Config::default(), Arc::new(FailingQueue)).await;
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_retry", &body);
+    let (status, _, _) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 503);
+    // Same webhook-id again: not refused as a replay (it reaches the queue, which fails again).
+    let (status, _, _) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn unknown_schema_is_422_naming_the_field() {
+    let (state, _) = app(JWKS).await;
+    let body = event_body("sentinel/unknown-schema.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_schema", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 422);
+    assert!(text.contains("missing field `SystemAlertId`"), "{text}");
+}
+
+#[tokio::test]
+async fn incident_without_entities_is_422_naming_the_field() {
+    let (state, _) = app(JWKS).await;
+    let body = r#"{"object":{"name":"inc-1","properties":{"severity":"High"}}}"#;
+    let headers = signed_headers(WEBHOOK_KEY, "msg_inc", body);
+    let (status, _, text) = call(state, post_sentinel(body, &headers)).await;
+    assert_eq!(status, 422);
+    assert!(text.contains("object.properties.relatedEntities"), "{text}");
+}
+
+#[tokio::test]
+async fn alert_without_accounts_is_422() {
+    let (state, _) = app(JWKS).await;
+    let body = event_body("sentinel/alert-without-accounts.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_noacct", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 422);
+    assert!(text.contains("no Account entity"), "{text}");
+}
+
+#[tokio::test]
+async fn signed_garbage_is_400() {
+    let (state, _) = app(JWKS).await;
+    let body = "not json at all";
+    let headers = signed_headers(WEBHOOK_KEY, "msg_garbage", body);
+    let (status, _, _) = call(state, post_sentinel(body, &headers)).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn account_of_a_foreign_tenant_is_dropped() {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body("sentinel/alert-identity-protection.json")
+        .replace(TENANT, "f00dfeed-0000-4000-8000-000000000bad");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_foreign", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202);
+    assert!(text.contains("\"dropped\":1"), "{text}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn signatures_from_the_python_standardwebhooks_library_verify() {
+    let python = test_python();
+    let body = event_body("sentinel/incident-two-accounts.json");
+    let script = r#"
+import sys, json, datetime
+from standardwebhooks import Webhook
+key, msg_id, body = sys.argv[1], sys.argv[2], sys.stdin.read()
+now = datetime.datetime.now(tz=datetime.timezone.utc)
+print(json.dumps({"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                  "webhook-signature": Webhook(key).sign(msg_id, now, body)}))
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script, WEBHOOK_KEY, "msg_from_python"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "python signer failed");
+    let signed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let headers: Vec<(&'static str, String)> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .into_iter()
+            .map(|name| (name, signed[name].as_str().unwrap().to_owned()))
+            .collect();
+
+    let (state, queue) = app(JWKS).await;
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(events(&queue).len(), 2);
+}
