@@ -6,5 +6,6 @@ pub mod event;
 pub mod http;
 pub mod ingress;
 pub mod queue;
+pub mod replay;
 pub mod secrets;
 pub mod telemetry;

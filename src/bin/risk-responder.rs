@@ -24,6 +24,16 @@ enum Command {
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
     },
+    /// Run saved events (raw Graph/Sentinel bodies or Lambda HTTP events) through the
+    /// pipeline inline, and print a summary per file.
+    Replay {
+        /// Files to replay.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Print one JSON object per file instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -32,6 +42,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { bind } => serve(bind).await,
+        Command::Replay { files, json } => replay(&files, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,6 +51,42 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn replay(
+    files: &[std::path::PathBuf],
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::from_env()?;
+    let store = secret_store(&config)?;
+    let state = AppState::new(
+        config,
+        store,
+        Arc::new(MemoryQueue::default()),
+        reqwest::Client::new(),
+    )
+    .await?;
+    let secrets = state.secrets.load().await?;
+    let mut failed = 0;
+    for file in files {
+        let summary = risk_responder::replay::replay_file(
+            file,
+            &state.config,
+            &secrets,
+            state.tokens.as_deref(),
+        )
+        .await;
+        failed += usize::from(summary.error.is_some());
+        if json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            print!("{summary}");
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} files could not be replayed", files.len()).into());
+    }
+    Ok(())
 }
 
 async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), Box<dyn std::error::Error>> {
