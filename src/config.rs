@@ -31,6 +31,8 @@ pub enum SecretsSource {
     EmbeddedDev,
     /// A local JSON file.
     File(PathBuf),
+    /// An AWS Secrets Manager secret (name or ARN).
+    SecretsManager(String),
 }
 
 /// Configuration shared by the webhook, the local server and the CLI.
@@ -52,6 +54,14 @@ pub struct Config {
     pub jwks_min_refresh: Duration,
     /// Accepted age (either way) of a Standard Webhooks `webhook-timestamp`.
     pub webhook_tolerance: Duration,
+    /// Microsoft Graph base URL.
+    pub graph_base_url: String,
+    /// Microsoft identity platform authority (token endpoint host).
+    pub login_authority: String,
+    /// Remediation policy file; the embedded `config/policy.toml` when unset.
+    pub policy_file: Option<PathBuf>,
+    /// How long secrets are cached before Secrets Manager is asked again.
+    pub secrets_ttl: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +75,10 @@ impl Default for Config {
             token_leeway: Duration::from_secs(60),
             jwks_min_refresh: Duration::from_secs(60),
             webhook_tolerance: Duration::from_secs(5 * 60),
+            graph_base_url: "https://graph.microsoft.com/v1.0".to_owned(),
+            login_authority: "https://login.microsoftonline.com".to_owned(),
+            policy_file: None,
+            secrets_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -100,7 +114,25 @@ impl Config {
                 reason: format!("{e}"),
             })?;
         }
-        if let Some(path) = get("RR_SECRETS_FILE") {
+        if let Some(url) = get("RR_GRAPH_BASE_URL") {
+            config.graph_base_url = url;
+        }
+        if let Some(url) = get("RR_LOGIN_AUTHORITY") {
+            config.login_authority = url;
+        }
+        if let Some(path) = get("RR_POLICY_FILE") {
+            config.policy_file = Some(PathBuf::from(path));
+        }
+        if let Some(secs) = get("RR_SECRETS_TTL_SECONDS") {
+            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_SECRETS_TTL_SECONDS",
+                reason: format!("{e}"),
+            })?;
+            config.secrets_ttl = Duration::from_secs(secs);
+        }
+        if let Some(id) = get("RR_SECRET_ID") {
+            config.secrets = SecretsSource::SecretsManager(id);
+        } else if let Some(path) = get("RR_SECRETS_FILE") {
             config.secrets = SecretsSource::File(PathBuf::from(path));
         } else if get("AWS_LAMBDA_FUNCTION_NAME").is_some() {
             return Err(ConfigError::NoSecretsInLambda);

@@ -184,16 +184,6 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .into_response()
 }
 
-/// The secret store the configuration names.
-pub fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, SecretsError> {
-    use crate::config::SecretsSource;
-    use crate::secrets::{Secrets, StaticSecretStore};
-    Ok(match &config.secrets {
-        SecretsSource::EmbeddedDev => Arc::new(StaticSecretStore::new(Secrets::embedded_dev()?)),
-        SecretsSource::File(path) => Arc::new(StaticSecretStore::from_file(path)?),
-    })
-}
-
 /// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.
 pub async fn sentinel_alerts(
     State(state): State<AppState>,

@@ -13,6 +13,7 @@ use crate::event::RiskEvent;
 use crate::ingress::graph::{GraphIngress, LifecycleNotice, handshake_token};
 use crate::ingress::sentinel;
 use crate::ingress::validation_tokens::TokenVerifier;
+use crate::pipeline::{Pipeline, Report};
 use crate::secrets::Secrets;
 
 /// Which ingress a saved event belongs to.
@@ -33,8 +34,20 @@ pub struct ReplaySummary {
     pub events: Vec<RiskEvent>,
     pub lifecycle: Vec<LifecycleNotice>,
     pub dropped: Vec<String>,
+    /// Investigation, plan and outcome per event, when replay runs the pipeline.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What replay runs saved events against.
+pub struct ReplayContext<'a> {
+    pub config: &'a Config,
+    pub secrets: &'a Secrets,
+    pub tokens: Option<&'a TokenVerifier>,
+    /// The pipeline (investigate, plan, remediate); `None` to stop after ingress.
+    pub pipeline: Option<&'a Pipeline>,
 }
 
 impl ReplaySummary {
@@ -45,6 +58,7 @@ impl ReplaySummary {
             events: Vec::new(),
             lifecycle: Vec::new(),
             dropped: Vec::new(),
+            reports: Vec::new(),
             error: None,
         }
     }
@@ -98,13 +112,18 @@ fn classify(text: &str) -> Result<Saved, String> {
 }
 
 /// Replays one saved file's text.
-pub async fn replay_text(
-    file: &str,
-    text: &str,
-    config: &Config,
-    secrets: &Secrets,
-    tokens: Option<&TokenVerifier>,
-) -> ReplaySummary {
+pub async fn replay_text(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummary {
+    let mut summary = ingest(file, text, ctx).await;
+    if let Some(pipeline) = ctx.pipeline {
+        for event in &summary.events {
+            summary.reports.push(pipeline.process(event).await);
+        }
+    }
+    summary
+}
+
+async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummary {
+    let (config, secrets, tokens) = (ctx.config, ctx.secrets, ctx.tokens);
     let saved = match classify(text) {
         Ok(saved) => saved,
         Err(e) => return ReplaySummary::failed(file, e),
@@ -143,15 +162,10 @@ pub async fn replay_text(
 }
 
 /// Replays a file from disk.
-pub async fn replay_file(
-    path: &Path,
-    config: &Config,
-    secrets: &Secrets,
-    tokens: Option<&TokenVerifier>,
-) -> ReplaySummary {
+pub async fn replay_file(path: &Path, ctx: &ReplayContext<'_>) -> ReplaySummary {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => replay_text(&file, &text, config, secrets, tokens).await,
+        Ok(text) => replay_text(&file, &text, ctx).await,
         Err(e) => ReplaySummary::failed(&file, format!("cannot read: {e}")),
     }
 }
@@ -188,6 +202,37 @@ impl fmt::Display for ReplaySummary {
         }
         for reason in &self.dropped {
             writeln!(f, "  dropped: {reason}")?;
+        }
+        for report in &self.reports {
+            write!(f, "  event {}: ", report.event_id)?;
+            if let Some(error) = &report.error {
+                writeln!(f, "not investigated: {error}")?;
+                continue;
+            }
+            if let Some(findings) = &report.findings {
+                let risk = findings.risky_user.as_ref();
+                write!(
+                    f,
+                    "user {} riskLevel {} riskState {}, {} blocked sign-in(s); ",
+                    findings
+                        .user_principal_name
+                        .as_deref()
+                        .unwrap_or(&findings.user_id),
+                    risk.and_then(|r| r.risk_level.as_deref()).unwrap_or("-"),
+                    risk.and_then(|r| r.risk_state.as_deref()).unwrap_or("-"),
+                    findings.blocked_sign_ins.len()
+                )?;
+            }
+            if let Some(outcome) = &report.outcome {
+                match (&outcome.plan.rule, &outcome.plan.reason) {
+                    (Some(rule), _) => writeln!(f, "{:?} by rule {rule:?}", outcome.mode)?,
+                    (None, Some(reason)) => writeln!(f, "nothing to do: {reason}")?,
+                    (None, None) => writeln!(f, "nothing to do")?,
+                }
+                for action in &outcome.actions {
+                    writeln!(f, "    {:?}: {:?}", action.action, action.status)?;
+                }
+            }
         }
         if self.kind == Some(SavedKind::GraphHandshake) {
             writeln!(f, "  handshake: nothing to replay")?;

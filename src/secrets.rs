@@ -66,6 +66,10 @@ struct SecretsDocument {
     #[serde(default)]
     client_secret: Option<SecretString>,
     #[serde(default)]
+    certificate_private_key: Option<SecretString>,
+    #[serde(default)]
+    certificate_thumbprint: Option<String>,
+    #[serde(default)]
     client_states: Vec<SecretString>,
     #[serde(default)]
     webhook_hmac_keys: Vec<SecretString>,
@@ -82,6 +86,10 @@ pub struct Secrets {
     pub client_id: Option<String>,
     /// Graph application client secret.
     pub client_secret: Option<SecretString>,
+    /// PEM private key of the application's certificate (preferred over the secret).
+    pub certificate_private_key: Option<SecretString>,
+    /// SHA-1 thumbprint (hex) of that certificate.
+    pub certificate_thumbprint: Option<String>,
     /// Accepted `clientState` values (several during rotation).
     pub client_states: Vec<SecretString>,
     /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint.
@@ -118,6 +126,8 @@ impl Secrets {
             tenant_id: doc.tenant_id,
             client_id: doc.client_id,
             client_secret: doc.client_secret,
+            certificate_private_key: doc.certificate_private_key,
+            certificate_thumbprint: doc.certificate_thumbprint,
             client_states: doc.client_states,
             webhook_hmac_keys: doc.webhook_hmac_keys,
             decryption_keys,
@@ -127,6 +137,18 @@ impl Secrets {
     /// The development secrets compiled into the binary.
     pub fn embedded_dev() -> Result<Self, SecretsError> {
         Self::from_json(EMBEDDED_DEV_SECRETS)
+    }
+
+    /// The Graph credential: the certificate if one is configured, else the client secret.
+    pub fn credential(&self) -> Option<crate::graph::ClientCredential> {
+        use crate::graph::ClientCredential;
+        match (&self.certificate_private_key, &self.certificate_thumbprint) {
+            (Some(key), Some(thumbprint)) => Some(ClientCredential::Certificate {
+                private_key_pem: key.clone(),
+                thumbprint_sha1_hex: thumbprint.clone(),
+            }),
+            _ => self.client_secret.clone().map(ClientCredential::Secret),
+        }
     }
 
     /// The RSA-OAEP key for a subscription's `encryptionCertificateId`.
@@ -175,6 +197,161 @@ impl StaticSecretStore {
 impl SecretStore for StaticSecretStore {
     async fn load(&self) -> Result<Arc<Secrets>, SecretsError> {
         Ok(self.secrets.clone())
+    }
+}
+
+/// Secrets from one AWS Secrets Manager secret (JSON), cached in-process by
+/// `aws_secretsmanager_caching`; the parsed form is kept per secret version.
+pub struct SecretsManagerStore {
+    client: aws_secretsmanager_caching::SecretsManagerCachingClient,
+    secret_id: String,
+    parsed: tokio::sync::Mutex<Option<(String, Arc<Secrets>)>>,
+}
+
+impl SecretsManagerStore {
+    /// A store over `secret_id`, refreshed from Secrets Manager after `ttl`.
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: impl Into<String>,
+        ttl: std::time::Duration,
+    ) -> Result<Self, SecretsError> {
+        let size = std::num::NonZeroUsize::new(4).expect("non-zero");
+        let client =
+            aws_secretsmanager_caching::SecretsManagerCachingClient::new(client, size, ttl, false)
+                .map_err(|e| SecretsError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            client,
+            secret_id: secret_id.into(),
+            parsed: tokio::sync::Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerStore {
+    async fn load(&self) -> Result<Arc<Secrets>, SecretsError> {
+        let value = self
+            .client
+            .get_secret_value(&self.secret_id, None, None, false)
+            .await
+            .map_err(|e| SecretsError::Unavailable(e.to_string()))?;
+        let version = value.version_id.clone().unwrap_or_default();
+        let mut parsed = self.parsed.lock().await;
+        if let Some((cached_version, secrets)) = parsed.as_ref()
+            && *cached_version == version
+        {
+            return Ok(secrets.clone());
+        }
+        let json = value
+            .secret_string
+            .ok_or_else(|| SecretsError::Invalid("secret has no SecretString".into()))?;
+        let secrets = Arc::new(Secrets::from_json(&json)?);
+        *parsed = Some((version, secrets.clone()));
+        Ok(secrets)
+    }
+}
+
+/// Temporary passwords as short-lived Secrets Manager secrets, tagged with their expiry.
+pub struct SecretsManagerPasswordVault {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+/// Tag holding the RFC 3339 time after which a temporary-password secret is deleted.
+pub const EXPIRES_AT_TAG: &str = "risk-responder:expires-at";
+
+impl SecretsManagerPasswordVault {
+    /// A vault over a Secrets Manager client.
+    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
+        Self { client }
+    }
+
+    /// Deletes (without recovery) temporary-password secrets under `prefix` whose expiry has
+    /// passed. Returns how many were deleted.
+    pub async fn sweep_expired(&self, prefix: &str) -> Result<usize, String> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let now = time::OffsetDateTime::now_utc();
+        let mut deleted = 0;
+        let mut pages = self
+            .client
+            .list_secrets()
+            .filters(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&e))?;
+            for secret in page.secret_list() {
+                if !secret.name().unwrap_or_default().starts_with(prefix) {
+                    continue;
+                }
+                let expired = secret
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(EXPIRES_AT_TAG))
+                    .and_then(|t| t.value())
+                    .and_then(|v| {
+                        time::OffsetDateTime::parse(
+                            v,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .is_some_and(|at| at <= now);
+                if expired {
+                    self.client
+                        .delete_secret()
+                        .secret_id(secret.arn().or(secret.name()).unwrap_or_default())
+                        .force_delete_without_recovery(true)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(&e))?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// A readable AWS SDK error (service code and message), without request contents.
+pub fn aws_error<E: std::error::Error>(error: &E) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
+}
+
+#[async_trait]
+impl crate::remediate::PasswordVault for SecretsManagerPasswordVault {
+    async fn store(
+        &self,
+        name: &str,
+        password: &SecretString,
+        ttl_hours: u32,
+    ) -> Result<String, String> {
+        use aws_sdk_secretsmanager::types::Tag;
+        let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(ttl_hours));
+        let expires = expires
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| e.to_string())?;
+        let created = self
+            .client
+            .create_secret()
+            .name(name)
+            .description("risk-responder temporary password; deleted after its expires-at tag")
+            .secret_string(password.expose())
+            .tags(Tag::builder().key(EXPIRES_AT_TAG).value(expires).build())
+            .send()
+            .await
+            .map_err(|e| aws_error(&e))?;
+        Ok(created.arn().unwrap_or(name).to_owned())
     }
 }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use risk_responder::app::secret_store;
 use risk_responder::config::Config;
-use risk_responder::http::{AppState, router, secret_store};
+use risk_responder::http::{AppState, router};
 use risk_responder::queue::MemoryQueue;
 
 #[derive(Parser)]
@@ -33,6 +34,12 @@ enum Command {
         /// Print one JSON object per file instead of text.
         #[arg(long)]
         json: bool,
+        /// Carry out the plan when the policy's mode is enforce (default: report-only).
+        #[arg(long)]
+        enforce: bool,
+        /// Stop after ingress: do not investigate (no Graph calls).
+        #[arg(long)]
+        ingress_only: bool,
     },
 }
 
@@ -42,7 +49,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { bind } => serve(bind).await,
-        Command::Replay { files, json } => replay(&files, json).await,
+        Command::Replay {
+            files,
+            json,
+            enforce,
+            ingress_only,
+        } => replay(&files, json, enforce, ingress_only).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,26 +68,50 @@ async fn main() -> ExitCode {
 async fn replay(
     files: &[std::path::PathBuf],
     json: bool,
+    enforce: bool,
+    ingress_only: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use risk_responder::pipeline::Pipeline;
+    use risk_responder::policy::Mode;
+    use risk_responder::replay::{ReplayContext, replay_file};
+
     let config = Config::from_env()?;
-    let store = secret_store(&config)?;
+    let store = secret_store(&config).await?;
+    let http = reqwest::Client::new();
+    let mut policy = risk_responder::app::load_policy(&config)?;
+    if !enforce {
+        policy.mode = Mode::ReportOnly;
+    }
     let state = AppState::new(
         config,
         store,
         Arc::new(MemoryQueue::default()),
-        reqwest::Client::new(),
+        http.clone(),
     )
     .await?;
     let secrets = state.secrets.load().await?;
+    let vault = risk_responder::app::password_vault(&policy).await;
+    let pipeline = if ingress_only {
+        None
+    } else {
+        Some(Pipeline::from_secrets(
+            &secrets,
+            &state.config.graph_base_url,
+            &state.config.login_authority,
+            http,
+            Arc::new(policy),
+            vault,
+        )?)
+    };
+    let ctx = ReplayContext {
+        config: &state.config,
+        secrets: &secrets,
+        tokens: state.tokens.as_deref(),
+        pipeline: pipeline.as_ref(),
+    };
     let mut failed = 0;
     for file in files {
-        let summary = risk_responder::replay::replay_file(
-            file,
-            &state.config,
-            &secrets,
-            state.tokens.as_deref(),
-        )
-        .await;
+        let summary = replay_file(file, &ctx).await;
         failed += usize::from(summary.error.is_some());
         if json {
             println!("{}", serde_json::to_string(&summary)?);
@@ -95,7 +131,7 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), Box<dyn std::er
         config.bind = bind;
     }
     let addr = config.bind;
-    let secrets = secret_store(&config)?;
+    let secrets = secret_store(&config).await?;
     let queue = Arc::new(MemoryQueue::default());
     let state = AppState::new(config, secrets, queue.clone(), reqwest::Client::new()).await?;
 

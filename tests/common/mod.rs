@@ -2,6 +2,8 @@
 //! signing with test keys, log capture, and Lambda event fixtures.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

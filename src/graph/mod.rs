@@ -1,0 +1,283 @@
+//! Microsoft Graph over reqwest: app-only tokens, retries (honouring `Retry-After` on 429
+//! and 503), `@odata.nextLink` paging and timeouts, and the typed calls the worker makes.
+
+pub mod api;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use token::{ClientCredential, TokenProvider};
+
+/// Errors from Graph or its token endpoint. Messages never include tokens or passwords.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("token request refused: {error}: {description}")]
+    TokenRefused { error: String, description: String },
+    #[error("token endpoint unavailable: {0}")]
+    TokenUnavailable(String),
+    #[error("Graph refused access (403 {code}): {message}; check the application permissions")]
+    Forbidden { code: String, message: String },
+    #[error("Graph resource not found (404 {code}): {message}")]
+    NotFound { code: String, message: String },
+    #[error("Graph still throttling after {attempts} attempts")]
+    Throttled { attempts: u32 },
+    #[error("Graph error {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("Graph unreachable: {0}")]
+    Transport(String),
+    #[error("unexpected Graph response: {0}")]
+    Decode(String),
+    #[error("Graph client configuration: {0}")]
+    Config(String),
+}
+
+impl GraphError {
+    /// Whether a later attempt may succeed (throttling, outages), as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            GraphError::TokenUnavailable(_)
+                | GraphError::Throttled { .. }
+                | GraphError::Transport(_)
+                | GraphError::Api {
+                    status: 500..=599,
+                    ..
+                }
+        )
+    }
+}
+
+/// Retry settings.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    pub max_attempts: u32,
+    /// First backoff when the server gives no `Retry-After`; doubled each time.
+    pub base_delay: Duration,
+    /// Longest single wait (a longer `Retry-After` fails the call as throttled).
+    pub max_delay: Duration,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+    /// Most pages followed by one listing.
+    pub max_pages: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(15),
+            max_pages: 50,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: ErrorBody,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A Graph client for one application, usable for many tenants.
+pub struct GraphClient {
+    http: reqwest::Client,
+    base_url: String,
+    tokens: Arc<TokenProvider>,
+    retry: RetryPolicy,
+}
+
+impl GraphClient {
+    /// `base_url` is e.g. `https://graph.microsoft.com/v1.0`.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: impl Into<String>,
+        tokens: Arc<TokenProvider>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            tokens,
+            retry,
+        }
+    }
+
+    /// Sends one request (path relative to the base URL, or an absolute URL on the same
+    /// base) with retries. Returns the JSON body, or `Value::Null` for empty answers.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        method: Method,
+        path_or_url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, GraphError> {
+        let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            // Only follow links on our Graph base: a token must never go anywhere else.
+            if !path_or_url.starts_with(&format!("{}/", self.base_url)) {
+                return Err(GraphError::Decode(
+                    "link points outside the Graph base URL".into(),
+                ));
+            }
+            path_or_url.to_owned()
+        } else {
+            format!("{}{}", self.base_url, path_or_url)
+        };
+        let mut attempt = 0;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            let token = self.tokens.token(tenant).await?;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose())
+                .timeout(self.retry.request_timeout);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    if attempt < self.retry.max_attempts {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(GraphError::Transport(e.without_url().to_string()));
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| GraphError::Transport(e.without_url().to_string()))?;
+                if bytes.is_empty() {
+                    return Ok(Value::Null);
+                }
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| GraphError::Decode(e.to_string()));
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let envelope: ErrorEnvelope = response.json().await.unwrap_or_default();
+            let ErrorBody { code, message } = envelope.error;
+            match status {
+                StatusCode::UNAUTHORIZED if !reauthenticated => {
+                    // A revoked or expired token: fetch a new one once.
+                    self.tokens.invalidate(tenant).await;
+                    reauthenticated = true;
+                    attempt -= 1;
+                    continue;
+                }
+                StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::INTERNAL_SERVER_ERROR => {
+                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    if attempt >= self.retry.max_attempts || wait > self.retry.max_delay {
+                        tracing::warn!(
+                            status = status.as_u16(),
+                            attempt,
+                            "Graph retries exhausted"
+                        );
+                        return Err(if status == StatusCode::TOO_MANY_REQUESTS {
+                            GraphError::Throttled { attempts: attempt }
+                        } else {
+                            GraphError::Api {
+                                status: status.as_u16(),
+                                code,
+                                message,
+                            }
+                        });
+                    }
+                    tracing::info!(
+                        status = status.as_u16(),
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "Graph asked to retry"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                StatusCode::FORBIDDEN => return Err(GraphError::Forbidden { code, message }),
+                StatusCode::NOT_FOUND => return Err(GraphError::NotFound { code, message }),
+                _ => {
+                    return Err(GraphError::Api {
+                        status: status.as_u16(),
+                        code,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// GETs a collection and follows `@odata.nextLink` until the end (or `max_pages`).
+    pub async fn get_all(&self, tenant: &str, path: &str) -> Result<Vec<Value>, GraphError> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        let mut pages = 0;
+        while let Some(link) = next.take() {
+            pages += 1;
+            if pages > self.retry.max_pages {
+                tracing::warn!(
+                    pages = self.retry.max_pages,
+                    "stopped paging at the page limit"
+                );
+                break;
+            }
+            let page = self.send(tenant, Method::GET, &link, None).await?;
+            match page.get("value") {
+                Some(Value::Array(values)) => items.extend(values.iter().cloned()),
+                _ => {
+                    return Err(GraphError::Decode(
+                        "collection without a value array".into(),
+                    ));
+                }
+            }
+            next = page
+                .get("@odata.nextLink")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        Ok(items)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1 << attempt.saturating_sub(1).min(10));
+        // Full jitter keeps many workers from retrying in step.
+        let mut byte = [0u8; 1];
+        let jitter = if aws_lc_rs::rand::fill(&mut byte).is_ok() {
+            f64::from(byte[0]) / 255.0
+        } else {
+            1.0
+        };
+        exp.min(self.retry.max_delay).mul_f64(0.5 + jitter / 2.0)
+    }
+}

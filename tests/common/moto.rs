@@ -1,0 +1,64 @@
+//! A moto server (AWS stand-in from PyPI `moto[server]`) on 127.0.0.1, one per test process,
+//! stopped when the test process exits (it watches its stdin).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+struct Moto {
+    endpoint: String,
+    _child: Mutex<Child>,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+const SCRIPT: &str = r#"
+import sys, socket
+from moto.server import ThreadedMotoServer
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+server.start()
+print(port, flush=True)
+sys.stdin.read()
+server.stop()
+"#;
+
+/// The moto endpoint, starting the server on first use.
+pub fn endpoint() -> String {
+    MOTO.get_or_init(|| {
+        let mut child = Command::new(super::test_python())
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("moto port");
+        let port: u16 = line.trim().parse().expect("moto printed its port");
+        // Keep stdin open for the life of the process: moto stops when it closes.
+        std::mem::forget(child.stdin.take());
+        Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: Mutex::new(child),
+        }
+    })
+    .endpoint
+    .clone()
+}
+
+/// AWS SDK configuration pointing at moto, with test credentials.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await
+}
