@@ -2,9 +2,21 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, SecretsSource};
+use crate::config::{Config, ConfigError, SecretsSource};
+use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
+use crate::http::Intake;
+use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
+use crate::ledger::Ledger;
+use crate::ledger::dynamodb::DynamoLedger;
+use crate::ledger::sqlite::SqliteLedger;
+use crate::pipeline::Pipeline;
 use crate::policy::{Policy, PolicyError};
+use crate::queue::{MemoryQueue, SqsQueue, WorkQueue};
 use crate::secrets::{SecretStore, Secrets, SecretsError, SecretsManagerStore, StaticSecretStore};
+use crate::subscriptions::{ResourceSpec, SubscriptionManager};
+
+/// Any start-up failure.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
 /// AWS SDK configuration from the environment (honours `AWS_ENDPOINT_URL`, region, role).
 pub async fn aws_config() -> aws_config::SdkConfig {
@@ -59,4 +71,115 @@ pub async fn password_vault(policy: &Policy) -> Option<Arc<dyn crate::remediate:
         }
         _ => None,
     }
+}
+
+/// The ledger: DynamoDB when `RR_LEDGER_TABLE` is set, else the SQLite file (not in Lambda).
+pub async fn ledger(
+    config: &Config,
+) -> Result<(Arc<dyn Ledger>, Arc<dyn ReplayGuard>), StartError> {
+    match &config.ledger_table {
+        Some(table) => {
+            let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
+            let ledger = Arc::new(DynamoLedger::new(client, table.clone()));
+            Ok((ledger.clone(), ledger))
+        }
+        None if config.in_lambda => Err(ConfigError::RequiredInLambda("RR_LEDGER_TABLE").into()),
+        None => Ok((
+            Arc::new(SqliteLedger::open(&config.ledger_path)?),
+            Arc::new(MemoryReplayGuard::default()),
+        )),
+    }
+}
+
+/// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).
+pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>), StartError> {
+    let (ledger, replay_guard) = ledger(config).await?;
+    let (queue, memory): (Arc<dyn WorkQueue>, _) = match &config.queue_url {
+        Some(url) => {
+            let client = aws_sdk_sqs::Client::new(&aws_config().await);
+            (Arc::new(SqsQueue::new(client, url.clone())), None)
+        }
+        None if config.in_lambda => {
+            return Err(ConfigError::RequiredInLambda("RR_QUEUE_URL").into());
+        }
+        None => {
+            let memory = Arc::new(MemoryQueue::default());
+            (memory.clone(), Some(memory))
+        }
+    };
+    Ok((
+        Intake {
+            ledger,
+            queue,
+            replay_guard,
+        },
+        memory,
+    ))
+}
+
+/// A Graph client with the secrets' application credentials.
+pub fn graph_client(
+    config: &Config,
+    secrets: &Secrets,
+    http: reqwest::Client,
+) -> Result<Arc<GraphClient>, StartError> {
+    let client_id = secrets
+        .client_id
+        .clone()
+        .ok_or("secrets have no client_id")?;
+    let credential = secrets
+        .credential()
+        .ok_or("secrets have neither a client secret nor a certificate")?;
+    let tokens = Arc::new(TokenProvider::new(
+        http.clone(),
+        &config.login_authority,
+        client_id,
+        credential,
+        "https://graph.microsoft.com/.default",
+    ));
+    Ok(Arc::new(GraphClient::new(
+        http,
+        &config.graph_base_url,
+        tokens,
+        RetryPolicy::default(),
+    )))
+}
+
+/// The pipeline with the configured policy (its mode replaced by `mode` if given).
+pub async fn pipeline(
+    graph: Arc<GraphClient>,
+    config: &Config,
+    mode: Option<crate::policy::Mode>,
+) -> Result<Arc<Pipeline>, StartError> {
+    let mut policy = load_policy(config)?;
+    if let Some(mode) = mode {
+        policy.mode = mode;
+    }
+    let vault = password_vault(&policy).await;
+    Ok(Arc::new(Pipeline::new(graph, Arc::new(policy), vault)))
+}
+
+/// The subscription manager, when `RR_NOTIFICATION_URL` is set.
+pub fn subscriptions(
+    config: &Config,
+    secrets: &Secrets,
+    graph: Arc<GraphClient>,
+) -> Option<Arc<SubscriptionManager>> {
+    let notification_url = config.notification_url.clone()?;
+    let base = notification_url
+        .strip_suffix("/graph/notifications")
+        .unwrap_or(&notification_url)
+        .to_owned();
+    let client_state = secrets.client_states.first()?.clone();
+    let mut resources = vec![ResourceSpec::users()];
+    if config.subscribe_ipc_alerts {
+        resources.push(ResourceSpec::ipc_alerts());
+    }
+    Some(Arc::new(SubscriptionManager {
+        graph,
+        notification_url,
+        lifecycle_url: format!("{base}/graph/lifecycle"),
+        client_state,
+        resources,
+    }))
 }

@@ -22,6 +22,8 @@ pub enum ConfigError {
         "no secrets configured: set RR_SECRETS_FILE (or RR_SECRET_ID); embedded development secrets are refused inside Lambda"
     )]
     NoSecretsInLambda,
+    #[error("{0} must be set inside Lambda (in-process adapters would lose events)")]
+    RequiredInLambda(&'static str),
 }
 
 /// Where secrets are read from.
@@ -62,6 +64,18 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// How long secrets are cached before Secrets Manager is asked again.
     pub secrets_ttl: Duration,
+    /// SQS queue URL for accepted work; in-process when unset (local only).
+    pub queue_url: Option<String>,
+    /// DynamoDB ledger table; the SQLite file `ledger_path` when unset.
+    pub ledger_table: Option<String>,
+    /// SQLite ledger file (local server, replay, audit).
+    pub ledger_path: PathBuf,
+    /// Public URL of `/graph/notifications` (subscriptions); unset: subscriptions are not managed.
+    pub notification_url: Option<String>,
+    /// Also subscribe to legacy IPC security alerts (retired by Microsoft on 2026-10-15).
+    pub subscribe_ipc_alerts: bool,
+    /// Whether this process runs inside AWS Lambda.
+    pub in_lambda: bool,
 }
 
 impl Default for Config {
@@ -79,6 +93,12 @@ impl Default for Config {
             login_authority: "https://login.microsoftonline.com".to_owned(),
             policy_file: None,
             secrets_ttl: Duration::from_secs(300),
+            queue_url: None,
+            ledger_table: None,
+            ledger_path: PathBuf::from("risk-responder.sqlite"),
+            notification_url: None,
+            subscribe_ipc_alerts: false,
+            in_lambda: false,
         }
     }
 }
@@ -130,6 +150,14 @@ impl Config {
             })?;
             config.secrets_ttl = Duration::from_secs(secs);
         }
+        config.queue_url = get("RR_QUEUE_URL").filter(|v| !v.is_empty());
+        config.ledger_table = get("RR_LEDGER_TABLE").filter(|v| !v.is_empty());
+        if let Some(path) = get("RR_LEDGER_PATH") {
+            config.ledger_path = PathBuf::from(path);
+        }
+        config.notification_url = get("RR_NOTIFICATION_URL").filter(|v| !v.is_empty());
+        config.subscribe_ipc_alerts = get("RR_SUBSCRIBE_IPC_ALERTS").is_some_and(|v| v == "true");
+        config.in_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
         if let Some(id) = get("RR_SECRET_ID") {
             config.secrets = SecretsSource::SecretsManager(id);
         } else if let Some(path) = get("RR_SECRETS_FILE") {

@@ -16,8 +16,45 @@ use crate::ingress::graph::{GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
+use crate::ledger::Ledger;
+use crate::ledger::LedgerError;
+use crate::ledger::sqlite::SqliteLedger;
 use crate::queue::{WorkItem, WorkQueue};
 use crate::secrets::{SecretStore, SecretsError};
+
+/// Where accepted work goes: the ledger (audit of what was received), then the queue.
+#[derive(Clone)]
+pub struct Intake {
+    pub ledger: Arc<dyn Ledger>,
+    pub queue: Arc<dyn WorkQueue>,
+    /// Remembers Standard Webhooks ids to refuse replays.
+    pub replay_guard: Arc<dyn ReplayGuard>,
+}
+
+impl Intake {
+    /// An intake over in-process adapters: an in-memory SQLite ledger, a memory queue and
+    /// replay guard (local server, replay, tests).
+    pub fn in_process(queue: Arc<dyn WorkQueue>) -> Result<Self, LedgerError> {
+        Ok(Self {
+            ledger: Arc::new(SqliteLedger::in_memory()?),
+            queue,
+            replay_guard: Arc::new(MemoryReplayGuard::default()),
+        })
+    }
+
+    /// Records the events and sends all items; an error means nothing may be assumed kept.
+    pub async fn keep(&self, items: &[WorkItem]) -> Result<(), String> {
+        for item in items {
+            if let WorkItem::Risk(event) = item {
+                self.ledger.accept(event).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if !items.is_empty() {
+            self.queue.send(items).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
 
 /// Everything the handlers need, built once at cold start.
 #[derive(Clone)]
@@ -25,8 +62,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub secrets: Arc<dyn SecretStore>,
     pub tokens: Option<Arc<TokenVerifier>>,
-    pub queue: Arc<dyn WorkQueue>,
-    pub replay_guard: Arc<dyn ReplayGuard>,
+    pub intake: Intake,
 }
 
 impl AppState {
@@ -34,7 +70,7 @@ impl AppState {
     pub async fn new(
         config: Config,
         secrets: Arc<dyn SecretStore>,
-        queue: Arc<dyn WorkQueue>,
+        intake: Intake,
         http: reqwest::Client,
     ) -> Result<Self, SecretsError> {
         let client_id = secrets.load().await?.client_id.clone();
@@ -46,8 +82,7 @@ impl AppState {
             config: Arc::new(config),
             secrets,
             tokens,
-            queue,
-            replay_guard: Arc::new(MemoryReplayGuard::default()),
+            intake,
         })
     }
 }
@@ -80,12 +115,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     }
 }
 
-/// Sends items to the queue; 503 if they could not be kept, so the sender retries.
-pub async fn enqueue(queue: &dyn WorkQueue, items: &[WorkItem]) -> Result<(), Response> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    queue.send(items).await.map_err(|e| {
+/// Keeps items (ledger + queue); 503 if they could not be kept, so the sender retries.
+pub async fn enqueue(intake: &Intake, items: &[WorkItem]) -> Result<(), Response> {
+    intake.keep(items).await.map_err(|e| {
         tracing::error!(error = %e, items = items.len(), "could not keep accepted work");
         error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -164,7 +196,7 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .map(WorkItem::Risk)
         .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
         .collect();
-    if let Err(response) = enqueue(state.queue.as_ref(), &items).await {
+    if let Err(response) = enqueue(&state.intake, &items).await {
         return response;
     }
     for event in &outcome.events {
@@ -218,6 +250,7 @@ pub async fn sentinel_alerts(
     };
     // Remember the id for the whole window in which its timestamp would still be accepted.
     match state
+        .intake
         .replay_guard
         .first_seen(&webhook.id, tolerance * 2)
         .await
@@ -242,9 +275,9 @@ pub async fn sentinel_alerts(
         tracing::warn!(webhook_id = %webhook.id, %reason, "sentinel account dropped");
     }
     let items: Vec<WorkItem> = outcome.events.iter().cloned().map(WorkItem::Risk).collect();
-    if let Err(response) = enqueue(state.queue.as_ref(), &items).await {
+    if let Err(response) = enqueue(&state.intake, &items).await {
         // Not kept: let the sender's retry with the same webhook-id through.
-        state.replay_guard.forget(&webhook.id).await;
+        state.intake.replay_guard.forget(&webhook.id).await;
         return response;
     }
     for event in &outcome.events {

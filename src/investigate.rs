@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::event::{RiskEvent, Subject};
@@ -10,7 +10,7 @@ use crate::graph::api::{RiskyUser, SignIn};
 use crate::graph::{GraphClient, GraphError};
 
 /// What Graph says about the event's user now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Findings {
     pub tenant_id: String,
     pub user_id: String,

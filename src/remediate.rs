@@ -146,8 +146,15 @@ pub struct Remediator {
 }
 
 impl Remediator {
-    /// Executes `plan` (or only records it in report-only mode). Stops at the first failure.
-    pub async fn execute(&self, event: &RiskEvent, findings: &Findings, plan: Plan) -> Outcome {
+    /// Executes `plan` (or only records it in report-only mode), skipping actions in `done`
+    /// (completed by an earlier attempt). Stops at the first failure.
+    pub async fn execute(
+        &self,
+        event: &RiskEvent,
+        findings: &Findings,
+        plan: Plan,
+        done: &[Action],
+    ) -> Outcome {
         let mode = self.policy.mode;
         let mut actions = Vec::with_capacity(plan.actions.len());
         let mut stopped = false;
@@ -156,6 +163,10 @@ impl Remediator {
                 ActionStatus::Planned
             } else if stopped {
                 ActionStatus::NotAttempted
+            } else if done.contains(&action) {
+                ActionStatus::Done {
+                    detail: Some("done in an earlier attempt".into()),
+                }
             } else {
                 match self.run(action, event, findings, &plan).await {
                     Ok(detail) => ActionStatus::Done { detail },

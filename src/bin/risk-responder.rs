@@ -1,14 +1,18 @@
-//! Command line: the local server (`serve`).
+//! Command line: the local server, replay of saved events, the audit, and subscriptions.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use risk_responder::app::secret_store;
+use risk_responder::app::{self, StartError};
 use risk_responder::config::Config;
-use risk_responder::http::{AppState, router};
+use risk_responder::http::{AppState, Intake, router};
+use risk_responder::policy::Mode;
 use risk_responder::queue::MemoryQueue;
+use risk_responder::replay::{ReplayContext, replay_file};
+use risk_responder::worker::Worker;
 
 #[derive(Parser)]
 #[command(version, about = "Automated response to Entra ID risky users")]
@@ -19,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the webhook on a local address (default 127.0.0.1:3000, or RR_BIND).
+    /// Serve the webhook locally (default 127.0.0.1:3000, or RR_BIND), with an inline worker
+    /// and the SQLite ledger (RR_LEDGER_PATH).
     Serve {
         /// Address to listen on.
         #[arg(long)]
@@ -30,7 +35,7 @@ enum Command {
     Replay {
         /// Files to replay.
         #[arg(required = true)]
-        files: Vec<std::path::PathBuf>,
+        files: Vec<PathBuf>,
         /// Print one JSON object per file instead of text.
         #[arg(long)]
         json: bool,
@@ -41,13 +46,39 @@ enum Command {
         #[arg(long)]
         ingress_only: bool,
     },
+    /// List what the ledger recorded: events, decisions, actions (newest first).
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage Graph change-notification subscriptions (needs RR_NOTIFICATION_URL).
+    Subscriptions {
+        #[command(subcommand)]
+        action: SubscriptionAction,
+        /// Tenant (default: every allowed tenant).
+        #[arg(long, global = true)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum SubscriptionAction {
+    /// Create the missing subscriptions.
+    Create,
+    /// Renew subscriptions expiring within three days.
+    Renew,
+    /// List our subscriptions.
+    List,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     risk_responder::telemetry::init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
         Command::Serve { bind } => serve(bind).await,
         Command::Replay {
             files,
@@ -55,6 +86,8 @@ async fn main() -> ExitCode {
             enforce,
             ingress_only,
         } => replay(&files, json, enforce, ingress_only).await,
+        Command::Audit { limit, json } => audit(limit, json).await,
+        Command::Subscriptions { action, tenant } => subscriptions(action, tenant).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,48 +99,29 @@ async fn main() -> ExitCode {
 }
 
 async fn replay(
-    files: &[std::path::PathBuf],
+    files: &[PathBuf],
     json: bool,
     enforce: bool,
     ingress_only: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use risk_responder::pipeline::Pipeline;
-    use risk_responder::policy::Mode;
-    use risk_responder::replay::{ReplayContext, replay_file};
-
+) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    let store = secret_store(&config).await?;
+    let store = app::secret_store(&config).await?;
     let http = reqwest::Client::new();
-    let mut policy = risk_responder::app::load_policy(&config)?;
-    if !enforce {
-        policy.mode = Mode::ReportOnly;
-    }
-    let state = AppState::new(
-        config,
-        store,
-        Arc::new(MemoryQueue::default()),
-        http.clone(),
-    )
-    .await?;
+    let intake = Intake::in_process(Arc::new(MemoryQueue::default()))?;
+    let state = AppState::new(config, store, intake, http.clone()).await?;
     let secrets = state.secrets.load().await?;
-    let vault = risk_responder::app::password_vault(&policy).await;
     let pipeline = if ingress_only {
         None
     } else {
-        Some(Pipeline::from_secrets(
-            &secrets,
-            &state.config.graph_base_url,
-            &state.config.login_authority,
-            http,
-            Arc::new(policy),
-            vault,
-        )?)
+        let graph = app::graph_client(&state.config, &secrets, http)?;
+        let mode = (!enforce).then_some(Mode::ReportOnly);
+        Some(app::pipeline(graph, &state.config, mode).await?)
     };
     let ctx = ReplayContext {
         config: &state.config,
         secrets: &secrets,
         tokens: state.tokens.as_deref(),
-        pipeline: pipeline.as_ref(),
+        pipeline: pipeline.as_deref(),
     };
     let mut failed = 0;
     for file in files {
@@ -125,27 +139,124 @@ async fn replay(
     Ok(())
 }
 
-async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), Box<dyn std::error::Error>> {
+async fn audit(limit: usize, json: bool) -> Result<(), StartError> {
+    let config = Config::from_env()?;
+    let (ledger, _) = app::ledger(&config).await?;
+    for entry in ledger.list(limit).await? {
+        if json {
+            println!("{}", serde_json::to_string(&entry)?);
+            continue;
+        }
+        let decision = entry
+            .report
+            .as_ref()
+            .map(|r| match (&r.error, &r.outcome) {
+                (Some(error), _) => format!("error: {error}"),
+                (None, Some(outcome)) => {
+                    let actions: Vec<String> = outcome
+                        .actions
+                        .iter()
+                        .map(|a| format!("{:?}={}", a.action, status_word(&a.status)))
+                        .collect();
+                    match (&outcome.plan.rule, &outcome.plan.reason) {
+                        (Some(rule), _) => {
+                            format!("{:?} rule {rule:?}: {}", outcome.mode, actions.join(" "))
+                        }
+                        (None, reason) => {
+                            format!("no action: {}", reason.as_deref().unwrap_or("-"))
+                        }
+                    }
+                }
+                (None, None) => "-".into(),
+            })
+            .unwrap_or_else(|| "not processed yet".into());
+        println!(
+            "{}  {}  tenant {}  {:?}  attempts {}  {decision}",
+            entry.updated_at, entry.event_id, entry.tenant_id, entry.status, entry.attempts
+        );
+    }
+    Ok(())
+}
+
+fn status_word(status: &risk_responder::remediate::ActionStatus) -> &'static str {
+    use risk_responder::remediate::ActionStatus::*;
+    match status {
+        Planned => "planned",
+        Done { .. } => "done",
+        Failed { .. } => "failed",
+        NotAttempted => "not-attempted",
+    }
+}
+
+async fn subscriptions(
+    action: SubscriptionAction,
+    tenant: Option<String>,
+) -> Result<(), StartError> {
+    let config = Config::from_env()?;
+    let secrets = app::secret_store(&config).await?.load().await?;
+    let graph = app::graph_client(&config, &secrets, reqwest::Client::new())?;
+    let manager = app::subscriptions(&config, &secrets, graph)
+        .ok_or("set RR_NOTIFICATION_URL (public URL of /graph/notifications) and a clientState")?;
+    let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
+    for tenant in tenants {
+        match action {
+            SubscriptionAction::Create => {
+                for s in manager.ensure(&tenant).await? {
+                    println!(
+                        "{tenant}  created {}  {}  until {}",
+                        s.id, s.resource, s.expiration_date_time
+                    );
+                }
+            }
+            SubscriptionAction::Renew => {
+                let n = manager
+                    .renew(&tenant, Duration::from_secs(3 * 24 * 3600))
+                    .await?;
+                println!("{tenant}  renewed {n}");
+            }
+            SubscriptionAction::List => {
+                for s in manager.list(&tenant).await? {
+                    println!(
+                        "{tenant}  {}  {}  {}  until {}",
+                        s.id, s.resource, s.change_type, s.expiration_date_time
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
     let mut config = Config::from_env()?;
     if let Some(bind) = bind {
         config.bind = bind;
     }
     let addr = config.bind;
-    let secrets = secret_store(&config).await?;
-    let queue = Arc::new(MemoryQueue::default());
-    let state = AppState::new(config, secrets, queue.clone(), reqwest::Client::new()).await?;
+    let store = app::secret_store(&config).await?;
+    let secrets = store.load().await?;
+    let http = reqwest::Client::new();
+    let (intake, memory) = app::intake(&config).await?;
+    let graph = app::graph_client(&config, &secrets, http.clone())?;
+    let worker = Worker {
+        ledger: intake.ledger.clone(),
+        pipeline: app::pipeline(graph.clone(), &config, None).await?,
+        subscriptions: app::subscriptions(&config, &secrets, graph),
+    };
+    let state = AppState::new(config, store, intake, http).await?;
 
-    // Inline queue: print accepted work as JSON lines until the worker pipeline consumes it.
-    tokio::spawn(async move {
-        loop {
-            for item in queue.drain() {
-                if let Ok(line) = serde_json::to_string(&item) {
-                    println!("{line}");
+    // Inline queue: the worker drains it in the background.
+    if let Some(queue) = memory {
+        tokio::spawn(async move {
+            loop {
+                for item in queue.drain() {
+                    let disposition = worker.handle(&item).await;
+                    tracing::info!(?disposition, "inline work item handled");
                 }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+        });
+    }
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");

@@ -1,19 +1,17 @@
 //! Lambda entry point for the webhook: the axum router behind a Function URL or HTTP API.
-
-use std::sync::Arc;
+//! Accepted work goes to the DynamoDB ledger and SQS (`RR_LEDGER_TABLE`, `RR_QUEUE_URL`).
 
 use lambda_http::{Error, run};
-use risk_responder::app::secret_store;
+use risk_responder::app;
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, router};
-use risk_responder::queue::MemoryQueue;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     risk_responder::telemetry::init();
     let config = Config::from_env()?;
-    let secrets = secret_store(&config).await?;
-    let queue = Arc::new(MemoryQueue::default());
-    let state = AppState::new(config, secrets, queue, reqwest::Client::new()).await?;
+    let secrets = app::secret_store(&config).await?;
+    let (intake, _) = app::intake(&config).await?;
+    let state = AppState::new(config, secrets, intake, reqwest::Client::new()).await?;
     run(router(state)).await
 }

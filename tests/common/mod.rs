@@ -102,7 +102,8 @@ impl WorkQueue for FailingQueue {
 /// Application state over the embedded development secrets and an in-memory queue.
 pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
     let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
-    AppState::new(config, secrets, queue, reqwest::Client::new())
+    let intake = risk_responder::http::Intake::in_process(queue).unwrap();
+    AppState::new(config, secrets, intake, reqwest::Client::new())
         .await
         .unwrap()
 }
