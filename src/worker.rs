@@ -71,7 +71,10 @@ impl Worker {
                 return Disposition::Refused("payload does not match the recorded event".into());
             }
         };
-        let report = self.pipeline.process_after(event, previous.as_deref()).await;
+        let report = self
+            .pipeline
+            .process_after(event, previous.as_deref())
+            .await;
         if report.retryable {
             let reason = report
                 .error

@@ -119,9 +119,10 @@ pub fn payload_hash(event: &RiskEvent) -> String {
 /// How long ledger records are kept (DynamoDB TTL; SQLite prunes on write).
 pub const RECORD_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// Shared contract tests, run against every adapter.
-#[cfg(test)]
-pub(crate) mod contract {
+/// The behaviour every ledger adapter must have, run by each adapter's tests
+/// (SQLite in unit tests, DynamoDB against moto in `tests/durable_pipeline.rs`).
+#[doc(hidden)]
+pub mod contract {
     use super::*;
     use crate::event::{EventSource, RiskLevel, Subject};
 

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -35,6 +35,8 @@ pub struct Faults {
     pub unavailable_next: usize,
     /// Paths (method + path prefix) answered 403 Authorization_RequestDenied.
     pub forbidden: Vec<(Method, String)>,
+    /// Paths (method + path prefix) answered 503 while listed.
+    pub unavailable_paths: Vec<(Method, String)>,
 }
 
 /// A certificate credential the token endpoint accepts.
@@ -58,6 +60,8 @@ pub struct Directory {
     pub faults: Faults,
     pub certificate: Option<CertificateCredential>,
     pub page_size: usize,
+    pub subscriptions: Vec<Value>,
+    pub reauthorized: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -121,6 +125,15 @@ pub async fn start() -> StandIn {
     };
     let app = Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(
+            "/v1.0/subscriptions",
+            get(list_subscriptions).post(create_subscription),
+        )
+        .route("/v1.0/subscriptions/{id}", patch(renew_subscription))
+        .route(
+            "/v1.0/subscriptions/{id}/reauthorize",
+            post(reauthorize_subscription),
+        )
         .fallback(graph)
         .with_state(standin.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -205,39 +218,32 @@ fn query_params(uri: &Uri) -> HashMap<String, String> {
         .collect()
 }
 
-async fn graph(
-    State(s): State<StandIn>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut dir = s.dir.lock().unwrap();
+/// Records the call, checks the bearer token, and applies injected faults.
+fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     let call = format!(
         "{method} {}{}",
         uri.path(),
         uri.query().map(|q| format!("?{q}")).unwrap_or_default()
     );
     dir.calls.push((call, Instant::now()));
-
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match bearer {
         None => {
-            return error(
+            return Some(error(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
                 "Access token is empty.",
-            );
+            ));
         }
         Some(token) if !dir.issued.contains(token) => {
-            return error(
+            return Some(error(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
                 "Access token validation failure. Invalid audience.",
-            );
+            ));
         }
         _ => {}
     }
@@ -252,31 +258,45 @@ async fn graph(
             "retry-after",
             dir.faults.retry_after.to_string().parse().unwrap(),
         );
-        return response;
+        return Some(response);
     }
-    if dir.faults.unavailable_next > 0 {
-        dir.faults.unavailable_next -= 1;
-        return error(
+    let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
+    let matches = |list: &[(Method, String)]| {
+        list.iter()
+            .any(|(m, prefix)| m == method && path.starts_with(prefix.as_str()))
+    };
+    if dir.faults.unavailable_next > 0 || matches(&dir.faults.unavailable_paths) {
+        dir.faults.unavailable_next = dir.faults.unavailable_next.saturating_sub(1);
+        return Some(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "serviceNotAvailable",
             "The service is temporarily unavailable.",
-        );
+        ));
+    }
+    if matches(&dir.faults.forbidden) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        ));
+    }
+    None
+}
+
+async fn graph(
+    State(s): State<StandIn>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut dir = s.dir.lock().unwrap();
+    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+        return response;
     }
     let Some(path) = uri.path().strip_prefix("/v1.0") else {
         return error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid version.");
     };
-    if dir
-        .faults
-        .forbidden
-        .iter()
-        .any(|(m, prefix)| *m == method && path.starts_with(prefix.as_str()))
-    {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Authorization_RequestDenied",
-            "Insufficient privileges to complete the operation.",
-        );
-    }
     let body: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -587,4 +607,227 @@ fn sign_in(id: &str, user: &str, code: i64, at: String) -> Value {
         "status": { "errorCode": code, "failureReason": if code == 53011 { "User blocked due to risk on home tenant." } else { "" }, "additionalDetails": null },
         "riskLevelAggregated": "high", "riskState": "atRisk"
     })
+}
+
+// ---- subscriptions ----
+
+fn max_minutes(resource: &str) -> Option<i64> {
+    if resource == "users" {
+        Some(41_760)
+    } else if resource == "security/alerts?$filter=vendorInformation/provider eq 'IPC'" {
+        Some(43_200)
+    } else {
+        None
+    }
+}
+
+fn check_expiry(resource: &str, value: &Value) -> Result<(), Response> {
+    let max = max_minutes(resource).ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!("Resource '{resource}' is not supported."),
+        )
+    })?;
+    let at = value
+        .as_str()
+        .and_then(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "expirationDateTime is invalid.",
+            )
+        })?;
+    let now = time::OffsetDateTime::now_utc();
+    if at <= now || at > now + time::Duration::minutes(max) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!("Subscription expiration can only be {max} minutes in the future."),
+        ));
+    }
+    Ok(())
+}
+
+async fn handshake(url: &str) -> bool {
+    let token = format!(
+        "Validation: Testing client application reachability for subscription Request-Id: {}",
+        uuid::Uuid::new_v4()
+    );
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("validationToken", &token)
+        .finish();
+    let response = reqwest::Client::new()
+        .post(format!("{url}?{query}"))
+        .header("content-type", "text/plain; charset=utf-8")
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let ok = r.status() == 200
+                && r.headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/plain"));
+            ok && r.text().await.ok().as_deref() == Some(token.as_str())
+        }
+        Err(_) => false,
+    }
+}
+
+async fn list_subscriptions(
+    State(s): State<StandIn>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut dir = s.dir.lock().unwrap();
+    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+        return response;
+    }
+    let skip: usize = query_params(&uri)
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let page: Vec<Value> = dir
+        .subscriptions
+        .iter()
+        .skip(skip)
+        .take(dir.page_size)
+        .cloned()
+        .collect();
+    let mut out = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions",
+        "value": page,
+    });
+    if skip + dir.page_size < dir.subscriptions.len() {
+        out["@odata.nextLink"] = format!(
+            "{}/v1.0/subscriptions?$skiptoken={}",
+            s.base,
+            skip + dir.page_size
+        )
+        .into();
+    }
+    axum::Json(out).into_response()
+}
+
+async fn create_subscription(
+    State(s): State<StandIn>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = {
+        let mut dir = s.dir.lock().unwrap();
+        if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+            return response;
+        }
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "Unable to read JSON request payload.",
+                );
+            }
+        }
+    };
+    let resource = body["resource"].as_str().unwrap_or("");
+    if let Err(response) = check_expiry(resource, &body["expirationDateTime"]) {
+        return response;
+    }
+    if body["clientState"].as_str().is_none_or(|c| c.len() > 128)
+        || body["changeType"].as_str().is_none()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "clientState and changeType are required; clientState at most 128 characters.",
+        );
+    }
+    // Graph validates both endpoints before creating the subscription (no lock held).
+    for field in ["notificationUrl", "lifecycleNotificationUrl"] {
+        if let Some(url) = body[field].as_str() {
+            if !handshake(url).await {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "ValidationError",
+                    "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
+                );
+            }
+        }
+    }
+    let mut subscription = body.clone();
+    subscription["id"] = uuid::Uuid::new_v4().to_string().into();
+    subscription["applicationId"] = CLIENT_ID.into();
+    subscription["creatorId"] = CLIENT_ID.into();
+    s.dir
+        .lock()
+        .unwrap()
+        .subscriptions
+        .push(subscription.clone());
+    (StatusCode::CREATED, axum::Json(subscription)).into_response()
+}
+
+async fn renew_subscription(
+    State(s): State<StandIn>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut dir = s.dir.lock().unwrap();
+    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+        return response;
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(index) = dir
+        .subscriptions
+        .iter()
+        .position(|x| x["id"] == id.as_str())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            "The object was not found.",
+        );
+    };
+    let resource = dir.subscriptions[index]["resource"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    if let Err(response) = check_expiry(&resource, &body["expirationDateTime"]) {
+        return response;
+    }
+    dir.subscriptions[index]["expirationDateTime"] = body["expirationDateTime"].clone();
+    axum::Json(dir.subscriptions[index].clone()).into_response()
+}
+
+async fn reauthorize_subscription(
+    State(s): State<StandIn>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut dir = s.dir.lock().unwrap();
+    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+        return response;
+    }
+    if !dir.subscriptions.iter().any(|x| x["id"] == id.as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            "The object was not found.",
+        );
+    }
+    dir.reauthorized.push(id);
+    StatusCode::NO_CONTENT.into_response()
 }

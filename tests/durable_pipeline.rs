@@ -1,0 +1,490 @@
+//! The durable pipeline on moto (DynamoDB, SQS) and the Graph stand-in: intake, worker with
+//! partial batch failures, idempotency under redelivery and concurrency, DLQ, subscriptions.
+
+mod common;
+mod graph_standin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use common::moto;
+use graph_standin::*;
+use reqwest::Method;
+use risk_responder::config::Config;
+use risk_responder::graph::{ClientCredential, GraphClient, RetryPolicy, TokenProvider};
+use risk_responder::http::{AppState, Intake, router};
+use risk_responder::ingress::graph::{LifecycleKind, LifecycleNotice};
+use risk_responder::ingress::signature::ReplayGuard;
+use risk_responder::ledger::dynamodb::DynamoLedger;
+use risk_responder::ledger::{Ledger, Status};
+use risk_responder::pipeline::Pipeline;
+use risk_responder::policy::{Mode, Policy};
+use risk_responder::queue::{SqsQueue, WorkItem};
+use risk_responder::secrets::{SecretString, Secrets, StaticSecretStore};
+use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
+use risk_responder::worker::{Disposition, Worker};
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn table() -> DynamoLedger {
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
+    let ledger = DynamoLedger::new(client, unique("ledger"));
+    ledger.create_table().await.unwrap();
+    ledger
+}
+
+async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&moto::sdk_config().await)
+}
+
+async fn queue(client: &aws_sdk_sqs::Client) -> String {
+    client
+        .create_queue()
+        .queue_name(unique("work"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}
+
+fn graph(s: &StandIn) -> Arc<GraphClient> {
+    let http = reqwest::Client::new();
+    let tokens = Arc::new(TokenProvider::new(
+        http.clone(),
+        s.authority(),
+        CLIENT_ID,
+        ClientCredential::Secret(SecretString::new(CLIENT_SECRET)),
+        "https://graph.microsoft.com/.default",
+    ));
+    let retry = RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(5),
+        ..RetryPolicy::default()
+    };
+    Arc::new(GraphClient::new(http, s.graph_url(), tokens, retry))
+}
+
+fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
+    let mut policy = Policy::default_policy();
+    policy.mode = Mode::Enforce;
+    Worker {
+        ledger,
+        pipeline: Arc::new(Pipeline::new(graph(s), Arc::new(policy), None)),
+        subscriptions: None,
+    }
+}
+
+async fn webhook(intake: Intake) -> AppState {
+    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    AppState::new(Config::default(), secrets, intake, reqwest::Client::new())
+        .await
+        .unwrap()
+}
+
+/// Receives everything on the queue as a Lambda SqsEvent (messages stay until deleted).
+async fn receive(client: &aws_sdk_sqs::Client, url: &str) -> SqsEvent {
+    let out = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    let mut event = SqsEvent::default();
+    for m in out.messages() {
+        let mut message = SqsMessage::default();
+        message.message_id = m.message_id().map(str::to_owned);
+        message.receipt_handle = m.receipt_handle().map(str::to_owned);
+        message.body = m.body().map(str::to_owned);
+        event.records.push(message);
+    }
+    event
+}
+
+fn sqs_event(bodies: &[(&str, String)]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    for (id, body) in bodies {
+        let mut message = SqsMessage::default();
+        message.message_id = Some((*id).to_owned());
+        message.body = Some(body.clone());
+        event.records.push(message);
+    }
+    event
+}
+
+fn risk_item(event_id: &str) -> WorkItem {
+    WorkItem::Risk(risk_responder::event::RiskEvent {
+        event_id: event_id.into(),
+        tenant_id: TENANT.into(),
+        source: risk_responder::event::EventSource::Sentinel,
+        subject: risk_responder::event::Subject::User {
+            id: Some(ADELE.into()),
+            upn: None,
+        },
+        risk_level: risk_responder::event::RiskLevel::High,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: "alert-1".into(),
+        resource_data: None,
+    })
+}
+
+fn revokes(s: &StandIn) -> usize {
+    s.writes()
+        .iter()
+        .filter(|c| c.ends_with("/revokeSignInSessions"))
+        .count()
+}
+
+#[tokio::test]
+async fn dynamodb_ledger_meets_the_contract() {
+    let ledger = table().await;
+    risk_responder::ledger::contract::run(&ledger, "ddb").await;
+}
+
+#[tokio::test]
+async fn dynamodb_replay_guard_refuses_a_second_delivery_until_forgotten() {
+    let ledger = table().await;
+    assert!(
+        ledger
+            .first_seen("msg_1", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .first_seen("msg_1", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    ledger.forget("msg_1").await;
+    assert!(
+        ledger
+            .first_seen("msg_1", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn webhook_to_sqs_to_worker_remediates_once_however_often_delivered() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger = Arc::new(table().await);
+    let client = sqs().await;
+    let url = queue(&client).await;
+    let intake = Intake {
+        ledger: ledger.clone(),
+        queue: Arc::new(SqsQueue::new(client.clone(), url.clone())),
+        replay_guard: ledger.clone(),
+    };
+    let state = webhook(intake).await;
+
+    // Graph delivers the same notification twice (at-least-once).
+    for _ in 0..2 {
+        let (status, _, body) = common::call(
+            state.clone(),
+            common::lambda_event("graph/users-updated.function-url.json"),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let listed = ledger.list(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, Status::Received);
+
+    let batch = receive(&client, &url).await;
+    assert_eq!(batch.records.len(), 2, "both deliveries were queued");
+    let worker = worker(&s, ledger.clone());
+    let response = worker.handle_sqs(batch.clone()).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(revokes(&s), 1, "remediated once");
+
+    // SQS redelivers the whole batch: nothing happens again.
+    let response = worker.handle_sqs(batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(revokes(&s), 1);
+    let entry = &ledger.list(10).await.unwrap()[0];
+    assert_eq!(entry.status, Status::Completed);
+    assert!(entry.report.as_ref().unwrap().outcome.is_some());
+}
+
+#[tokio::test]
+async fn concurrent_workers_remediate_once() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let a = worker(&s, ledger.clone());
+    let b = worker(&s, ledger.clone());
+    let item = risk_item("concurrent-1");
+    let (x, y) = tokio::join!(a.handle(&item), b.handle(&item));
+    let mut outcomes = [x, y];
+    outcomes.sort_by_key(|d| format!("{d:?}"));
+    assert!(outcomes.contains(&Disposition::Done), "{outcomes:?}");
+    assert_eq!(revokes(&s), 1, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn partial_batch_failure_reports_only_the_failed_messages() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let worker = worker(&s, ledger.clone());
+    let good = serde_json::to_string(&risk_item("batch-good")).unwrap();
+    let event = sqs_event(&[("m-good", good), ("m-garbage", "{not json".into())]);
+    let response = worker.handle_sqs(event).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["m-garbage"]);
+    assert_eq!(revokes(&s), 1);
+}
+
+#[tokio::test]
+async fn transient_failure_is_retried_without_repeating_completed_actions() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let worker = worker(&s, ledger.clone());
+    // Graph is down for the password reset step only.
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((Method::POST, "/users/risk-responder".into()))
+    });
+    let body = serde_json::to_string(&risk_item("flaky-1")).unwrap();
+    let response = worker.handle_sqs(sqs_event(&[("m-1", body.clone())])).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "left for SQS to retry"
+    );
+    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Retry);
+    assert_eq!(revokes(&s), 1);
+
+    s.with(|d| d.faults.unavailable_paths.clear());
+    let response = worker.handle_sqs(sqs_event(&[("m-1", body)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        revokes(&s),
+        1,
+        "revoke was done in the first attempt and not repeated"
+    );
+    let blocks = s.writes().iter().filter(|c| c.starts_with("PATCH")).count();
+    assert_eq!(blocks, 2, "block sign-in once, password once");
+    let entry = &ledger.list(10).await.unwrap()[0];
+    assert_eq!(entry.status, Status::Completed);
+    assert_eq!(entry.attempts, 2);
+}
+
+#[tokio::test]
+async fn messages_that_keep_failing_reach_the_dlq() {
+    let client = sqs().await;
+    let dlq = queue(&client).await;
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let main = client
+        .create_queue()
+        .queue_name(unique("work"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"3"}}"#),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    client
+        .send_message()
+        .queue_url(&main)
+        .message_body("{not json")
+        .send()
+        .await
+        .unwrap();
+
+    let s = start().await;
+    let worker = worker(&s, Arc::new(table().await));
+    for _ in 0..3 {
+        let batch = receive(&client, &main).await;
+        let response = worker.handle_sqs(batch).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+    }
+    assert!(receive(&client, &main).await.records.is_empty());
+    let dead = receive(&client, &dlq).await;
+    assert_eq!(
+        dead.records.len(),
+        1,
+        "poison message kept in the DLQ, not lost"
+    );
+    assert_eq!(dead.records[0].body.as_deref(), Some("{not json"));
+}
+
+#[tokio::test]
+async fn sqs_failure_is_503_and_the_sentinel_retry_is_let_through() {
+    let ledger = Arc::new(table().await);
+    let client = sqs().await;
+    let intake = Intake {
+        ledger: ledger.clone(),
+        queue: Arc::new(SqsQueue::new(
+            client,
+            format!("{}/123456789012/absent", moto::endpoint()),
+        )),
+        replay_guard: ledger.clone(),
+    };
+    let state = webhook(intake).await;
+    let (status, _, _) = common::call(
+        state.clone(),
+        common::lambda_event("graph/users-updated.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 503);
+
+    let body = common::event_body("sentinel/alert-identity-protection.json");
+    let headers = common::signed_headers(common::WEBHOOK_KEY, "msg_sqs_down", &body);
+    let (first, _, _) = common::call(state.clone(), common::post_sentinel(&body, &headers)).await;
+    let (second, _, _) = common::call(state, common::post_sentinel(&body, &headers)).await;
+    assert_eq!((first, second), (503, 503), "not refused as a replay");
+}
+
+#[tokio::test]
+async fn ledger_unavailable_is_503() {
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
+    let ledger = Arc::new(DynamoLedger::new(client, "no-such-table"));
+    let intake = Intake {
+        ledger: ledger.clone(),
+        queue: Arc::new(risk_responder::queue::MemoryQueue::default()),
+        replay_guard: ledger,
+    };
+    let (status, _, _) = common::call(
+        webhook(intake).await,
+        common::lambda_event("graph/users-updated.function-url.json"),
+    )
+    .await;
+    assert_eq!(status, 503);
+}
+
+async fn serve_webhook() -> String {
+    let state = webhook(
+        Intake::in_process(Arc::new(risk_responder::queue::MemoryQueue::default())).unwrap(),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn manager(s: &StandIn, base: &str) -> SubscriptionManager {
+    SubscriptionManager {
+        graph: graph(s),
+        notification_url: format!("{base}/graph/notifications"),
+        lifecycle_url: format!("{base}/graph/lifecycle"),
+        client_state: SecretString::new(common::CLIENT_STATE),
+        resources: vec![ResourceSpec::users(), ResourceSpec::ipc_alerts()],
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_are_created_through_the_handshake_listed_and_renewed() {
+    let s = start().await;
+    let base = serve_webhook().await;
+    let manager = manager(&s, &base);
+    let created = manager.ensure(TENANT).await.unwrap();
+    assert_eq!(created.len(), 2);
+    assert!(
+        manager.ensure(TENANT).await.unwrap().is_empty(),
+        "idempotent"
+    );
+    assert_eq!(manager.list(TENANT).await.unwrap().len(), 2);
+
+    // Nothing expires within a day; everything expires within 40 days.
+    assert_eq!(
+        manager
+            .renew(TENANT, Duration::from_secs(24 * 3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        manager
+            .renew(TENANT, Duration::from_secs(40 * 24 * 3600))
+            .await
+            .unwrap(),
+        2
+    );
+
+    // An endpoint that fails the handshake cannot be subscribed.
+    let bad = SubscriptionManager {
+        notification_url: "http://127.0.0.1:9/graph/notifications".into(),
+        ..manager
+    };
+    let err = bad.ensure(TENANT).await.unwrap_err();
+    assert!(err.to_string().contains("ValidationError"), "{err}");
+}
+
+#[tokio::test]
+async fn reauthorization_required_is_handled_by_reauthorizing() {
+    let s = start().await;
+    let base = serve_webhook().await;
+    let manager = Arc::new(manager(&s, &base));
+    let id = manager.ensure(TENANT).await.unwrap()[0].id.clone();
+    let mut worker = worker(
+        &s,
+        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::in_memory().unwrap()),
+    );
+    worker.subscriptions = Some(manager);
+    let item = WorkItem::Lifecycle(LifecycleNotice {
+        tenant_id: TENANT.into(),
+        subscription_id: id.clone(),
+        kind: LifecycleKind::ReauthorizationRequired,
+    });
+    assert_eq!(worker.handle(&item).await, Disposition::Done);
+    assert_eq!(s.with(|d| d.reauthorized.clone()), [id]);
+}
+
+#[tokio::test]
+async fn audit_lists_decisions_from_the_ledger_file() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let path = std::env::temp_dir().join(format!("{}.sqlite", unique("audit")));
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::open(&path).unwrap());
+    worker(&s, ledger).handle(&risk_item("audited-1")).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .arg("audit")
+        .env("RR_LEDGER_PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("audited-1"), "{out}");
+    assert!(out.contains("Completed"), "{out}");
+    assert!(
+        out.contains(
+            "Enforce rule \"high risk, sign-ins already blocked: contain\": RevokeSessions=done"
+        ),
+        "{out}"
+    );
+    std::fs::remove_file(path).ok();
+}
