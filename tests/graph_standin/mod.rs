@@ -621,33 +621,22 @@ fn max_minutes(resource: &str) -> Option<i64> {
     }
 }
 
-fn check_expiry(resource: &str, value: &Value) -> Result<(), Response> {
-    let max = max_minutes(resource).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            &format!("Resource '{resource}' is not supported."),
-        )
-    })?;
+fn check_expiry(resource: &str, value: &Value) -> Result<(), Box<Response>> {
+    let invalid =
+        |message: &str| Box::new(error(StatusCode::BAD_REQUEST, "InvalidRequest", message));
+    let max = max_minutes(resource)
+        .ok_or_else(|| invalid(&format!("Resource '{resource}' is not supported.")))?;
     let at = value
         .as_str()
         .and_then(|v| {
             time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()
         })
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequest",
-                "expirationDateTime is invalid.",
-            )
-        })?;
+        .ok_or_else(|| invalid("expirationDateTime is invalid."))?;
     let now = time::OffsetDateTime::now_utc();
     if at <= now || at > now + time::Duration::minutes(max) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            &format!("Subscription expiration can only be {max} minutes in the future."),
-        ));
+        return Err(invalid(&format!(
+            "Subscription expiration can only be {max} minutes in the future."
+        )));
     }
     Ok(())
 }
@@ -740,7 +729,7 @@ async fn create_subscription(
     };
     let resource = body["resource"].as_str().unwrap_or("");
     if let Err(response) = check_expiry(resource, &body["expirationDateTime"]) {
-        return response;
+        return *response;
     }
     if body["clientState"].as_str().is_none_or(|c| c.len() > 128)
         || body["changeType"].as_str().is_none()
@@ -753,14 +742,14 @@ async fn create_subscription(
     }
     // Graph validates both endpoints before creating the subscription (no lock held).
     for field in ["notificationUrl", "lifecycleNotificationUrl"] {
-        if let Some(url) = body[field].as_str() {
-            if !handshake(url).await {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "ValidationError",
-                    "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
-                );
-            }
+        if let Some(url) = body[field].as_str()
+            && !handshake(url).await
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ValidationError",
+                "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.",
+            );
         }
     }
     let mut subscription = body.clone();
@@ -804,7 +793,7 @@ async fn renew_subscription(
         .unwrap_or("")
         .to_owned();
     if let Err(response) = check_expiry(&resource, &body["expirationDateTime"]) {
-        return response;
+        return *response;
     }
     dir.subscriptions[index]["expirationDateTime"] = body["expirationDateTime"].clone();
     axum::Json(dir.subscriptions[index].clone()).into_response()
