@@ -488,3 +488,37 @@ async fn audit_lists_decisions_from_the_ledger_file() {
     );
     std::fs::remove_file(path).ok();
 }
+
+#[tokio::test]
+async fn every_worker_log_line_names_the_event_and_tenant() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let (logs, _guard) = common::Logs::capture();
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::in_memory().unwrap());
+    worker(&s, ledger).handle(&risk_item("logged-1")).await;
+    let text = logs.text();
+    // Our lines (the stand-in's server and the HTTP client log under their own targets).
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| {
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("risk_responder"))
+        })
+        .collect();
+    assert!(lines.len() >= 5, "{text}");
+    for value in lines {
+        let line = value.to_string();
+        assert_eq!(value["span"]["event_id"], "logged-1", "{line}");
+        assert_eq!(value["span"]["tenant_id"], TENANT, "{line}");
+    }
+    let password = s.with(|d| {
+        d.users.iter().find(|u| u["id"] == ADELE).unwrap()["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    assert!(!text.contains(&password));
+}
