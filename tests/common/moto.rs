@@ -14,15 +14,24 @@ struct Moto {
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
 
+/// moto's backends are not atomic under concurrent requests (two conditional writes on one
+/// item can both pass), whereas DynamoDB serialises writes to an item. Requests are therefore
+/// run one at a time behind a lock, so concurrency tests exercise our conditions, not moto's
+/// races. The server stops when stdin closes.
 const SCRIPT: &str = r#"
-import sys, socket
-from moto.server import ThreadedMotoServer
-sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-server.start()
-print(port, flush=True)
+import sys, threading
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+inner = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def app(environ, start_response):
+    with lock:
+        return list(inner(environ, start_response))
+server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print(server.server_address[1], flush=True)
 sys.stdin.read()
-server.stop()
+server.shutdown()
 "#;
 
 /// The moto endpoint, starting the server on first use.
