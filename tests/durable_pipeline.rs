@@ -12,14 +12,12 @@ use common::moto;
 use graph_standin::*;
 use reqwest::Method;
 use risk_responder::config::Config;
-use risk_responder::graph::{ClientCredential, GraphClient, RetryPolicy, TokenProvider};
+use risk_responder::graph::GraphClient;
 use risk_responder::http::{AppState, Intake, router};
 use risk_responder::ingress::graph::{LifecycleKind, LifecycleNotice};
 use risk_responder::ingress::signature::ReplayGuard;
 use risk_responder::ledger::dynamodb::DynamoLedger;
 use risk_responder::ledger::{Ledger, Status};
-use risk_responder::pipeline::Pipeline;
-use risk_responder::policy::{Mode, Policy};
 use risk_responder::queue::{SqsQueue, WorkItem};
 use risk_responder::secrets::{SecretString, Secrets, StaticSecretStore};
 use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
@@ -56,30 +54,11 @@ async fn queue(client: &aws_sdk_sqs::Client) -> String {
 }
 
 fn graph(s: &StandIn) -> Arc<GraphClient> {
-    let http = reqwest::Client::new();
-    let tokens = Arc::new(TokenProvider::new(
-        http.clone(),
-        s.authority(),
-        CLIENT_ID,
-        ClientCredential::Secret(SecretString::new(CLIENT_SECRET)),
-        "https://graph.microsoft.com/.default",
-    ));
-    let retry = RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
-    Arc::new(GraphClient::new(http, s.graph_url(), tokens, retry))
+    s.secret_client(2)
 }
 
 fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
-    let mut policy = Policy::default_policy();
-    policy.mode = Mode::Enforce;
-    Worker {
-        ledger,
-        pipeline: Arc::new(Pipeline::new(graph(s), Arc::new(policy), None)),
-        subscriptions: None,
-    }
+    s.enforcing_worker(ledger, 2)
 }
 
 async fn webhook(intake: Intake) -> AppState {
@@ -122,19 +101,7 @@ fn sqs_event(bodies: &[(&str, String)]) -> SqsEvent {
 }
 
 fn risk_item(event_id: &str) -> WorkItem {
-    WorkItem::Risk(risk_responder::event::RiskEvent {
-        event_id: event_id.into(),
-        tenant_id: TENANT.into(),
-        source: risk_responder::event::EventSource::Sentinel,
-        subject: risk_responder::event::Subject::User {
-            id: Some(ADELE.into()),
-            upn: None,
-        },
-        risk_level: risk_responder::event::RiskLevel::High,
-        detected_at: time::OffsetDateTime::now_utc(),
-        source_id: "alert-1".into(),
-        resource_data: None,
-    })
+    adele_item(event_id)
 }
 
 fn revokes(s: &StandIn) -> usize {

@@ -9,54 +9,19 @@ use std::time::Duration;
 
 use graph_standin::*;
 use risk_responder::config::Config;
-use risk_responder::graph::{ClientCredential, GraphClient, RetryPolicy, TokenProvider};
 use risk_responder::http::{AppState, Intake};
 use risk_responder::ledger::sqlite::SqliteLedger;
 use risk_responder::ledger::{Ledger, Status};
-use risk_responder::pipeline::Pipeline;
-use risk_responder::policy::{Mode, Policy};
 use risk_responder::queue::{MemoryQueue, WorkItem};
-use risk_responder::secrets::{SecretString, SecretsManagerStore};
+use risk_responder::secrets::SecretsManagerStore;
 use risk_responder::worker::{Disposition, Worker};
 
 fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
-    let http = reqwest::Client::new();
-    let tokens = Arc::new(TokenProvider::new(
-        http.clone(),
-        s.authority(),
-        CLIENT_ID,
-        ClientCredential::Secret(SecretString::new(CLIENT_SECRET)),
-        "https://graph.microsoft.com/.default",
-    ));
-    let retry = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(5),
-        ..RetryPolicy::default()
-    };
-    let graph = Arc::new(GraphClient::new(http, s.graph_url(), tokens, retry));
-    let mut policy = Policy::default_policy();
-    policy.mode = Mode::Enforce;
-    Worker {
-        ledger,
-        pipeline: Arc::new(Pipeline::new(graph, Arc::new(policy), None)),
-        subscriptions: None,
-    }
+    s.enforcing_worker(ledger, 3)
 }
 
 fn item(id: &str) -> WorkItem {
-    WorkItem::Risk(risk_responder::event::RiskEvent {
-        event_id: id.into(),
-        tenant_id: TENANT.into(),
-        source: risk_responder::event::EventSource::GraphUser,
-        subject: risk_responder::event::Subject::User {
-            id: Some(ADELE.into()),
-            upn: None,
-        },
-        risk_level: risk_responder::event::RiskLevel::High,
-        detected_at: time::OffsetDateTime::now_utc(),
-        source_id: "n-1".into(),
-        resource_data: None,
-    })
+    adele_item(id)
 }
 
 fn password(s: &StandIn) -> Option<String> {
@@ -140,15 +105,7 @@ async fn token_endpoint_down() {
 #[tokio::test]
 async fn secrets_manager_unreachable_is_503_but_the_handshake_still_answers() {
     let (logs, _guard) = common::Logs::capture();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url("http://127.0.0.1:9")
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "t", "t", None, None, "t",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
-        .load()
-        .await;
+    let sdk = common::moto::unreachable_sdk_config().await;
     let store = Arc::new(
         SecretsManagerStore::new(
             aws_sdk_secretsmanager::Client::new(&sdk),

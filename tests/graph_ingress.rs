@@ -13,17 +13,6 @@ use risk_responder::queue::{MemoryQueue, WorkItem};
 
 const UNREACHABLE_JWKS: &str = "http://127.0.0.1:9/keys";
 
-fn risk_events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent> {
-    queue
-        .drain()
-        .into_iter()
-        .filter_map(|item| match item {
-            WorkItem::Risk(event) => Some(event),
-            WorkItem::Lifecycle(_) => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn handshake_echoes_the_decoded_token_as_text() {
     for fixture in [

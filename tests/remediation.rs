@@ -10,34 +10,14 @@ use base64::Engine;
 use graph_standin::*;
 use reqwest::Method;
 use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
-use risk_responder::graph::{
-    ClientCredential, GraphClient, GraphError, RetryPolicy, TokenProvider,
-};
+use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
 use risk_responder::pipeline::{Pipeline, Report};
 use risk_responder::policy::{Action, Mode, Policy};
 use risk_responder::remediate::ActionStatus;
 use risk_responder::secrets::SecretString;
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 4,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        max_pages: 50,
-    }
-}
-
 fn graph_client(s: &StandIn, credential: ClientCredential) -> Arc<GraphClient> {
-    let http = reqwest::Client::new();
-    let tokens = Arc::new(TokenProvider::new(
-        http.clone(),
-        s.authority(),
-        CLIENT_ID,
-        credential,
-        "https://graph.microsoft.com/.default",
-    ));
-    Arc::new(GraphClient::new(http, s.graph_url(), tokens, fast_retry()))
+    s.client(credential, 4)
 }
 
 fn secret() -> ClientCredential {

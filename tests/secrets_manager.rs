@@ -72,15 +72,7 @@ async fn missing_or_invalid_secret_is_a_clear_error() {
 
 #[tokio::test]
 async fn unreachable_secrets_manager_fails_cleanly() {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url("http://127.0.0.1:9")
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "t", "t", None, None, "t",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
-        .load()
-        .await;
+    let config = common::moto::unreachable_sdk_config().await;
     let store = SecretsManagerStore::new(
         aws_sdk_secretsmanager::Client::new(&config),
         "any",

@@ -8,20 +8,8 @@ use std::sync::Arc;
 use common::*;
 use risk_responder::config::Config;
 use risk_responder::event::{EventSource, RiskLevel, Subject};
-use risk_responder::queue::{MemoryQueue, WorkItem};
 
 const JWKS: &str = "http://127.0.0.1:9/keys";
-
-fn events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent> {
-    queue
-        .drain()
-        .into_iter()
-        .filter_map(|item| match item {
-            WorkItem::Risk(event) => Some(event),
-            WorkItem::Lifecycle(_) => None,
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn signed_alert_becomes_one_event_per_account() {
@@ -30,7 +18,7 @@ async fn signed_alert_becomes_one_event_per_account() {
     let headers = signed_headers(WEBHOOK_KEY, "msg_alert_1", &body);
     let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202, "{text}");
-    let events = events(&queue);
+    let events = risk_events(&queue);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].source, EventSource::Sentinel);
     assert_eq!(events[0].tenant_id, TENANT);
@@ -60,7 +48,7 @@ async fn lambda_function_url_event_is_accepted_once_resigned() {
     }
     let (status, _, _) = call(state, request).await;
     assert_eq!(status, 202);
-    assert_eq!(events(&queue).len(), 1);
+    assert_eq!(risk_events(&queue).len(), 1);
 }
 
 #[tokio::test]
@@ -78,7 +66,7 @@ async fn incident_yields_each_account() {
     let headers = signed_headers(WEBHOOK_KEY, "msg_incident_1", &body);
     let (status, _, _) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202);
-    let events = events(&queue);
+    let events = risk_events(&queue);
     assert_eq!(events.len(), 2);
     assert!(events.iter().all(|e| e.risk_level == RiskLevel::High));
     assert!(
@@ -96,7 +84,7 @@ async fn log_analytics_row_with_entities_as_string_is_understood() {
     let headers = signed_headers(WEBHOOK_KEY, "msg_row_1", &body);
     let (status, _, _) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202);
-    assert_eq!(events(&queue).len(), 1);
+    assert_eq!(risk_events(&queue).len(), 1);
 }
 
 #[tokio::test]
@@ -155,7 +143,7 @@ async fn replayed_webhook_id_is_refused() {
     let (second, _, text) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!((first, second), (202, 409));
     assert!(text.contains("already received"), "{text}");
-    assert_eq!(events(&queue).len(), 1);
+    assert_eq!(risk_events(&queue).len(), 1);
 }
 
 #[tokio::test]
@@ -258,5 +246,5 @@ print(json.dumps({"webhook-id": msg_id, "webhook-timestamp": str(int(now.timesta
     let (state, queue) = app(JWKS).await;
     let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202, "{text}");
-    assert_eq!(events(&queue).len(), 2);
+    assert_eq!(risk_events(&queue).len(), 2);
 }

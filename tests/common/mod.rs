@@ -228,3 +228,15 @@ pub fn test_python() -> String {
     );
     python
 }
+
+/// The risk events a memory queue holds (lifecycle items are left out), draining it.
+pub fn risk_events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent> {
+    queue
+        .drain()
+        .into_iter()
+        .filter_map(|item| match item {
+            WorkItem::Risk(event) => Some(event),
+            WorkItem::Lifecycle(_) => None,
+        })
+        .collect()
+}

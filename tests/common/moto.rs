@@ -71,3 +71,16 @@ pub async fn sdk_config() -> SdkConfig {
         .load()
         .await
 }
+
+/// AWS SDK configuration for an endpoint nobody listens on, with a single attempt.
+pub async fn unreachable_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:9")
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "t", "t", None, None, "t",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .load()
+        .await
+}

@@ -85,6 +85,59 @@ impl StandIn {
         f(&mut self.dir.lock().unwrap())
     }
 
+    /// A Graph client for this stand-in: `credential`, `max_attempts`, millisecond backoff.
+    pub fn client(
+        &self,
+        credential: risk_responder::graph::ClientCredential,
+        max_attempts: u32,
+    ) -> Arc<risk_responder::graph::GraphClient> {
+        use risk_responder::graph::{GraphClient, RetryPolicy, TokenProvider};
+        let http = reqwest::Client::new();
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            self.authority(),
+            CLIENT_ID,
+            credential,
+            "https://graph.microsoft.com/.default",
+        ));
+        let retry = RetryPolicy {
+            max_attempts,
+            base_delay: std::time::Duration::from_millis(5),
+            max_delay: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(5),
+            max_pages: 50,
+        };
+        Arc::new(GraphClient::new(http, self.graph_url(), tokens, retry))
+    }
+
+    /// A client with the right client secret.
+    pub fn secret_client(&self, max_attempts: u32) -> Arc<risk_responder::graph::GraphClient> {
+        let secret = risk_responder::secrets::SecretString::new(CLIENT_SECRET);
+        self.client(
+            risk_responder::graph::ClientCredential::Secret(secret),
+            max_attempts,
+        )
+    }
+
+    /// A worker over this stand-in with the embedded policy switched to enforce.
+    pub fn enforcing_worker(
+        &self,
+        ledger: Arc<dyn risk_responder::ledger::Ledger>,
+        max_attempts: u32,
+    ) -> risk_responder::worker::Worker {
+        let mut policy = risk_responder::policy::Policy::default_policy();
+        policy.mode = risk_responder::policy::Mode::Enforce;
+        risk_responder::worker::Worker {
+            ledger,
+            pipeline: Arc::new(risk_responder::pipeline::Pipeline::new(
+                self.secret_client(max_attempts),
+                Arc::new(policy),
+                None,
+            )),
+            subscriptions: None,
+        }
+    }
+
     /// Calls that change something (anything but GET).
     pub fn writes(&self) -> Vec<String> {
         self.with(|d| {
@@ -596,6 +649,24 @@ pub fn seed(s: &StandIn, risk_level: &str, risk_state: &str, blocked: usize) {
         d.sign_ins.push(sign_in("old-1", ADELE, 53011, iso(now - time::Duration::days(3))));
         d.sign_ins.push(sign_in("other-1", MANAGER, 53011, iso(now - time::Duration::minutes(1))));
     });
+}
+
+/// A high-risk event about Adele, as a work item.
+pub fn adele_item(event_id: &str) -> risk_responder::queue::WorkItem {
+    use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
+    risk_responder::queue::WorkItem::Risk(RiskEvent {
+        event_id: event_id.into(),
+        tenant_id: TENANT.into(),
+        source: EventSource::Sentinel,
+        subject: Subject::User {
+            id: Some(ADELE.into()),
+            upn: None,
+        },
+        risk_level: RiskLevel::High,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: "alert-1".into(),
+        resource_data: None,
+    })
 }
 
 fn sign_in(id: &str, user: &str, code: i64, at: String) -> Value {
