@@ -24,6 +24,12 @@ lint: $(VENV)/ready
 
 ci: test lint
 
+# Criterion benches, then cold start, RSS and binary sizes; writes BENCHMARKS.md.
+bench:
+	cargo bench --locked --bench pipeline
+	cargo build --locked --release --bins
+	python3 scripts/bench_report.py
+
 # Lambda artifacts (needs cargo-lambda and zig): target/lambda/{webhook,worker,renewer}/bootstrap
 build:
 	cargo lambda build --release --arm64

@@ -1,0 +1,255 @@
+//! Criterion benches: Graph ingress of 100-notification batches (basic, and rich with
+//! validation tokens and encrypted content), Sentinel parsing with HMAC, a report-only replay
+//! of events/, and the raw crypto floor (RSA-OAEP decrypt, JWT verify, HMAC) for comparison.
+//! Run with `make bench` (which also writes BENCHMARKS.md).
+
+#[path = "../tests/graph_standin/mod.rs"]
+mod graph_standin;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use criterion::{Criterion, criterion_group, criterion_main};
+use risk_responder::config::Config;
+use risk_responder::ingress::graph::GraphIngress;
+use risk_responder::ingress::validation_tokens::{JwksCache, TokenVerifier};
+use risk_responder::ingress::{sentinel, signature};
+use risk_responder::secrets::{SecretString, Secrets};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
+const CLIENT_STATE: &str = "local-dev-client-state-change-me";
+const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap()
+}
+
+fn basic_batch(n: usize) -> Vec<u8> {
+    let value: Vec<_> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("n-{i}"), "subscriptionId": "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+                "subscriptionExpirationDateTime": "2026-12-24T06:00:00.000Z", "clientState": CLIENT_STATE,
+                "changeType": "updated", "resource": format!("Users/6e7b768e-07e2-4810-8459-{i:012}"),
+                "tenantId": TENANT, "resourceData": {"@odata.type": "#Microsoft.Graph.User", "id": format!("6e7b768e-07e2-4810-8459-{i:012}")}
+            })
+        })
+        .collect();
+    serde_json::json!({ "value": value })
+        .to_string()
+        .into_bytes()
+}
+
+fn token() -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "aud": APP_ID, "iss": format!("https://sts.windows.net/{TENANT}/"), "iat": now, "nbf": now,
+        "exp": now + 3600, "appid": "0bf30f3b-4a52-48df-9a82-234910c4a086", "tid": TENANT,
+    });
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        read("tests/fixtures/jwt-test-key-1.pem").as_bytes(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-kid-1".into());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn rich_batch(n: usize) -> Vec<u8> {
+    let mut content: serde_json::Value = serde_json::from_str(&read(
+        "tests/vectors/graph-rich-notification/encrypted-content.json",
+    ))
+    .unwrap();
+    content["encryptionCertificateId"] = "custom-id-for-testing".into();
+    let value: Vec<_> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("r-{i}"), "subscriptionId": "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+                "clientState": CLIENT_STATE, "changeType": "updated",
+                "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204", "tenantId": TENANT,
+                "encryptedContent": content,
+            })
+        })
+        .collect();
+    serde_json::json!({ "value": value, "validationTokens": [token()] })
+        .to_string()
+        .into_bytes()
+}
+
+async fn jwks_url() -> String {
+    let jwks = read("tests/fixtures/jwks.json");
+    let app = axum::Router::new().route("/keys", axum::routing::get(move || async move { jwks }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/keys")
+}
+
+fn ingress(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = Config::default();
+    let secrets = Secrets::embedded_dev().unwrap();
+    let url = rt.block_on(jwks_url());
+    let verifier = TokenVerifier::new(
+        JwksCache::new(url, reqwest::Client::new(), Duration::from_secs(60)),
+        APP_ID,
+        Duration::from_secs(60),
+    );
+    let basic = basic_batch(100);
+    let rich = rich_batch(100);
+    let graph = GraphIngress {
+        config: &config,
+        secrets: &secrets,
+        tokens: Some(&verifier),
+    };
+    // Warm the JWKS cache and check the batches are accepted in full.
+    assert_eq!(rt.block_on(graph.process(&rich)).unwrap().events.len(), 100);
+    assert_eq!(
+        rt.block_on(graph.process(&basic)).unwrap().events.len(),
+        100
+    );
+
+    let mut group = c.benchmark_group("ingress");
+    group.sample_size(20);
+    group.bench_function("graph_basic_batch_100", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(graph.process(&basic).await.unwrap()) })
+    });
+    group.bench_function("graph_rich_batch_100", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(graph.process(&rich).await.unwrap()) })
+    });
+
+    let alert = read("events/sentinel/alert-identity-protection.json");
+    let keys = [SecretString::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+    group.bench_function("sentinel_alert_hmac", |b| {
+        b.iter(|| {
+            let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+            let raw = signature::decode_key(keys[0].expose()).unwrap();
+            let mut headers = http::HeaderMap::new();
+            headers.insert("webhook-id", "msg_bench".parse().unwrap());
+            headers.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+            headers.insert(
+                "webhook-signature",
+                signature::sign(&raw, "msg_bench", ts, alert.as_bytes())
+                    .parse()
+                    .unwrap(),
+            );
+            signature::verify(
+                &headers,
+                alert.as_bytes(),
+                &keys,
+                time::OffsetDateTime::now_utc(),
+                signature::DEFAULT_TOLERANCE,
+            )
+            .unwrap();
+            black_box(sentinel::parse(alert.as_bytes(), &config).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let standin = rt.block_on(graph_standin::start());
+    graph_standin::seed(&standin, "high", "atRisk", 3);
+    let config = Config {
+        graph_base_url: standin.graph_url(),
+        login_authority: standin.authority(),
+        ..Config::default()
+    };
+    let secrets = Secrets::embedded_dev().unwrap();
+    let graph =
+        risk_responder::app::graph_client(&config, &secrets, reqwest::Client::new()).unwrap();
+    let pipeline = rt
+        .block_on(risk_responder::app::pipeline(
+            graph,
+            &config,
+            Some(risk_responder::policy::Mode::ReportOnly),
+        ))
+        .unwrap();
+    let mut files: Vec<(String, String)> = Vec::new();
+    for dir in ["events/graph", "events/sentinel"] {
+        for entry in std::fs::read_dir(format!("{ROOT}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            files.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
+        }
+    }
+    let ctx = risk_responder::replay::ReplayContext {
+        config: &config,
+        secrets: &secrets,
+        tokens: None,
+        pipeline: Some(&pipeline),
+    };
+    let mut group = c.benchmark_group("replay");
+    group.sample_size(10);
+    group.bench_function("events_dir_report_only", |b| {
+        b.to_async(&rt).iter(|| async {
+            for (name, text) in &files {
+                black_box(risk_responder::replay::replay_text(name, text, &ctx).await);
+            }
+        })
+    });
+    group.finish();
+    assert!(
+        standin.writes().is_empty(),
+        "report-only replay wrote to Graph"
+    );
+}
+
+fn crypto_floor(c: &mut Criterion) {
+    let secrets = Secrets::embedded_dev().unwrap();
+    let key = secrets.decryption_key("custom-id-for-testing").unwrap();
+    let content: serde_json::Value = serde_json::from_str(&read(
+        "tests/vectors/graph-rich-notification/encrypted-content.json",
+    ))
+    .unwrap();
+    let wrapped = STANDARD
+        .decode(content["dataKey"].as_str().unwrap())
+        .unwrap();
+    let token = token();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&read("tests/fixtures/jwks.json")).unwrap();
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[APP_ID]);
+    let hmac_key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        b"0123456789abcdef0123456789abcdef",
+    );
+    let data = STANDARD.decode(content["data"].as_str().unwrap()).unwrap();
+
+    let mut group = c.benchmark_group("crypto");
+    group.sample_size(20);
+    group.bench_function("rsa4096_oaep_decrypt", |b| {
+        let mut out = vec![0u8; key.min_output_size()];
+        b.iter(|| {
+            black_box(
+                key.decrypt(&OAEP_SHA1_MGF1SHA1, &wrapped, &mut out, None)
+                    .unwrap()
+                    .len(),
+            )
+        })
+    });
+    group.bench_function("jwt_rs256_verify", |b| {
+        b.iter(|| {
+            black_box(
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap(),
+            )
+        })
+    });
+    group.bench_function("hmac_sha256_content", |b| {
+        b.iter(|| black_box(aws_lc_rs::hmac::sign(&hmac_key, &data)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ingress, replay, crypto_floor);
+criterion_main!(benches);
