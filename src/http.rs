@@ -42,13 +42,16 @@ impl Intake {
         })
     }
 
-    /// Records the events and sends all items; an error means nothing may be assumed kept.
+    /// Records the events (concurrently) and sends all items; an error means nothing may be
+    /// assumed kept.
     pub async fn keep(&self, items: &[WorkItem]) -> Result<(), String> {
-        for item in items {
-            if let WorkItem::Risk(event) = item {
-                self.ledger.accept(event).await.map_err(|e| e.to_string())?;
-            }
-        }
+        let accepts = items.iter().filter_map(|item| match item {
+            WorkItem::Risk(event) => Some(self.ledger.accept(event)),
+            WorkItem::Lifecycle(_) => None,
+        });
+        futures_util::future::try_join_all(accepts)
+            .await
+            .map_err(|e| e.to_string())?;
         if !items.is_empty() {
             self.queue.send(items).await.map_err(|e| e.to_string())?;
         }

@@ -323,13 +323,14 @@ fn to_event(
         return Err(Rejection::UserDeleted);
     }
     let notification_id = n.id.clone().unwrap_or_default();
+    let received_at = OffsetDateTime::now_utc();
     let event_id = derive_event_id(&[
         "graph",
         &tenant_id,
         &n.subscription_id,
         &resource,
         &change_type,
-        &notification_id,
+        &change_key(&notification_id, n.resource_data.as_ref(), received_at),
     ]);
     let source_id = if notification_id.is_empty() {
         format!("{}:{resource}", n.subscription_id)
@@ -342,10 +343,31 @@ fn to_event(
         source,
         subject,
         risk_level,
-        detected_at: OffsetDateTime::now_utc(),
+        detected_at: received_at,
         source_id,
         resource_data: decrypted,
     })
+}
+
+/// What tells one change of a resource from another: the notification id; else the resource's
+/// `@odata.etag`; else the hour of receipt. Without it, every later change of a user would share
+/// the id of the first and be skipped as a duplicate; with the hour, redeliveries within it
+/// collapse, and a later one is still harmless because the worker re-reads the user's risk first.
+fn change_key(
+    notification_id: &str,
+    resource_data: Option<&serde_json::Value>,
+    at: OffsetDateTime,
+) -> String {
+    if !notification_id.is_empty() {
+        return notification_id.to_owned();
+    }
+    if let Some(etag) = resource_data
+        .and_then(|d| d.get("@odata.etag"))
+        .and_then(|v| v.as_str())
+    {
+        return format!("etag:{etag}");
+    }
+    format!("hour:{}", at.unix_timestamp() / 3600)
 }
 
 /// Maps a notification's resource to an event source and subject.
@@ -458,6 +480,23 @@ mod tests {
         assert!(!client_state_matches("new-stat", &accepted));
         assert!(!client_state_matches("", &accepted));
         assert!(!client_state_matches("new-state", &[]));
+    }
+
+    #[test]
+    fn changes_without_notification_id_are_told_apart() {
+        let at = OffsetDateTime::from_unix_timestamp(1_795_500_000).unwrap();
+        let later = at + time::Duration::hours(5);
+        assert_eq!(change_key("n-1", None, at), "n-1");
+        let data = serde_json::json!({ "@odata.etag": "W/\"abc\"" });
+        assert_eq!(
+            change_key("", Some(&data), at),
+            change_key("", Some(&data), later)
+        );
+        assert_eq!(
+            change_key("", None, at),
+            change_key("", None, at + time::Duration::minutes(1))
+        );
+        assert_ne!(change_key("", None, at), change_key("", None, later));
     }
 
     #[test]
