@@ -16,7 +16,7 @@ use serde::Deserialize;
 /// secrets file or Secrets Manager secret is configured. Never accepted inside Lambda.
 pub const EMBEDDED_DEV_SECRETS: &str = include_str!("../config/local-secrets.json");
 
-/// A string that must not be logged. `Debug` and `Display` print `[redacted]`.
+/// A string that must not be logged: `Debug` prints `[redacted]`, and the memory is zeroed on drop.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct SecretString(String);
@@ -30,6 +30,12 @@ impl SecretString {
     /// The secret value; call only where the value is used, never to log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

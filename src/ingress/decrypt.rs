@@ -58,7 +58,7 @@ pub fn decrypt_content(
         .decode(&content.data_signature)
         .map_err(|_| DecryptError::Base64("dataSignature"))?;
 
-    let mut key_buf = vec![0u8; key.min_output_size()];
+    let mut key_buf = zeroize::Zeroizing::new(vec![0u8; key.min_output_size()]);
     let symmetric = key
         .decrypt(&OAEP_SHA1_MGF1SHA1, &wrapped, &mut key_buf, None)
         .map_err(|_| DecryptError::KeyUnwrap)?;
