@@ -458,3 +458,79 @@ async fn upn_only_subject_is_resolved_to_the_object_id() {
     let pipeline = Pipeline::new(graph_client(&s, secret()), policy(Mode::ReportOnly), None);
     assert_eq!(pipeline.process(&e).await.findings.unwrap().user_id, ADELE);
 }
+
+#[tokio::test]
+async fn unblock_sign_in_reenables_the_account() {
+    let s = start().await;
+    seed(&s, "low", "atRisk", 0);
+    s.with(|d| d.users[0]["accountEnabled"] = false.into());
+    let policy = Policy::from_toml(
+        r#"mode = "enforce"
+[[rules]]
+name = "low risk: let the user back in"
+min_risk_level = "low"
+actions = ["dismiss_risk", "unblock_sign_in"]"#,
+    )
+    .unwrap();
+    let pipeline = Pipeline::new(graph_client(&s, secret()), Arc::new(policy), None);
+    let report = pipeline.process(&event(RiskLevel::Low)).await;
+    assert!(
+        statuses(&report)
+            .iter()
+            .all(|(_, st)| matches!(st, ActionStatus::Done { .. })),
+        "{report:?}"
+    );
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "dismissed"
+    );
+}
+
+#[tokio::test]
+async fn temporary_password_can_be_delivered_through_secrets_manager() {
+    use risk_responder::remediate::PasswordVault;
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let prefix = format!(
+        "risk-responder/temporary-password/{}/",
+        uuid::Uuid::new_v4()
+    );
+    let policy = Policy::from_toml(&format!(
+        r#"mode = "enforce"
+[password_delivery]
+channel = "secrets-manager"
+name_prefix = "{prefix}"
+ttl_hours = 24
+[[rules]]
+name = "medium"
+min_risk_level = "medium"
+actions = ["reset_password"]"#
+    ))
+    .unwrap();
+    let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
+    let vault: Arc<dyn PasswordVault> = Arc::new(
+        risk_responder::secrets::SecretsManagerPasswordVault::new(sm.clone()),
+    );
+    let pipeline = Pipeline::new(graph_client(&s, secret()), Arc::new(policy), Some(vault));
+    let report = pipeline.process(&event(RiskLevel::Medium)).await;
+    let detail = match &statuses(&report)[0].1 {
+        ActionStatus::Done { detail } => detail.clone().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        detail.starts_with("stored in Secrets Manager as arn:"),
+        "{detail}"
+    );
+    let set = s.with(|d| {
+        d.users[0]["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    let name = format!("{prefix}{TENANT}/{ADELE}/evt-1");
+    let stored = sm.get_secret_value().secret_id(&name).send().await.unwrap();
+    assert_eq!(stored.secret_string(), Some(set.as_str()));
+    assert!(!detail.contains(&set));
+    assert!(s.with(|d| d.mails.is_empty()), "no mail for this channel");
+}
