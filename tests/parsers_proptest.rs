@@ -12,6 +12,10 @@ use risk_responder::ingress::graph::{GraphIngress, MAX_VALIDATION_TOKEN_LEN, han
 use risk_responder::ingress::{sentinel, signature};
 use risk_responder::secrets::{SecretString, Secrets};
 
+/// Parsed once: the embedded secrets hold a 4096-bit key.
+static SECRETS: std::sync::LazyLock<Secrets> =
+    std::sync::LazyLock::new(|| Secrets::embedded_dev().unwrap());
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -103,8 +107,8 @@ proptest! {
     fn graph_batches_never_panic(body in bytes()) {
         let rt = runtime();
         let config = Config::default();
-        let secrets = Secrets::embedded_dev().unwrap();
-        let ingress = GraphIngress { config: &config, secrets: &secrets, tokens: None };
+        let secrets = &*SECRETS;
+        let ingress = GraphIngress { config: &config, secrets, tokens: None };
         let _ = rt.block_on(ingress.process(&body));
     }
 
@@ -112,8 +116,8 @@ proptest! {
     fn every_notification_is_accounted_for(items in prop::collection::vec(notification(), 0..20), tokens in prop::option::of(prop::collection::vec("[ -~]{0,80}", 0..3))) {
         let rt = runtime();
         let config = Config::default();
-        let secrets = Secrets::embedded_dev().unwrap();
-        let ingress = GraphIngress { config: &config, secrets: &secrets, tokens: None };
+        let secrets = &*SECRETS;
+        let ingress = GraphIngress { config: &config, secrets, tokens: None };
         let mut batch = serde_json::json!({ "value": items });
         if let Some(tokens) = tokens {
             batch["validationTokens"] = tokens.into();
@@ -159,7 +163,7 @@ proptest! {
 
     #[test]
     fn random_encrypted_content_is_refused(data in "[ -~]{0,700}", key in "[ -~]{0,700}", sig in "[ -~]{0,64}") {
-        let secrets = Secrets::embedded_dev().unwrap();
+        let secrets = &*SECRETS;
         let content = EncryptedContent {
             data,
             data_key: key,
@@ -181,8 +185,8 @@ proptest! {
     fn replay_of_arbitrary_files_never_panics(body in bytes()) {
         let rt = runtime();
         let config = Config::default();
-        let secrets = Secrets::embedded_dev().unwrap();
-        let ctx = risk_responder::replay::ReplayContext { config: &config, secrets: &secrets, tokens: None, pipeline: None };
+        let secrets = &*SECRETS;
+        let ctx = risk_responder::replay::ReplayContext { config: &config, secrets, tokens: None, pipeline: None };
         let text = String::from_utf8_lossy(&body);
         let _ = rt.block_on(risk_responder::replay::replay_text("f", &text, &ctx));
     }
