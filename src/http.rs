@@ -188,6 +188,7 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         tracing::warn!(
             index = dropped.index,
             subscription_id = dropped.subscription_id.as_deref().unwrap_or(""),
+            tenant_id = dropped.tenant_id.as_deref().unwrap_or(""),
             reason = %dropped.reason,
             "graph notification dropped"
         );

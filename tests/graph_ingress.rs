@@ -117,6 +117,10 @@ async fn wrong_client_state_is_dropped_logged_and_still_acknowledged() {
     let logs = logs.text();
     assert!(logs.contains("clientState does not match"), "{logs}");
     assert!(
+        logs.contains(&format!("\"tenant_id\":\"{TENANT}\"")),
+        "{logs}"
+    );
+    assert!(
         !logs.contains("guessed-client-state-1234"),
         "presented value logged"
     );

@@ -148,6 +148,8 @@ pub enum Rejection {
 pub struct Dropped {
     pub index: usize,
     pub subscription_id: Option<String>,
+    /// The tenant the notification claims (not necessarily allowed).
+    pub tenant_id: Option<String>,
     pub reason: Rejection,
 }
 
@@ -177,16 +179,15 @@ impl GraphIngress<'_> {
         let vouched = self.verify_tokens(batch.validation_tokens.as_deref()).await;
         let mut outcome = BatchOutcome::default();
         for (index, raw) in batch.value.into_iter().enumerate() {
-            let subscription_id = raw
-                .get("subscriptionId")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned);
+            let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            let (subscription_id, tenant_id) = (field("subscriptionId"), field("tenantId"));
             match self.check(raw, &vouched) {
                 Ok(Item::Event(event)) => outcome.events.push(*event),
                 Ok(Item::Lifecycle(notice)) => outcome.lifecycle.push(notice),
                 Err(reason) => outcome.dropped.push(Dropped {
                     index,
                     subscription_id,
+                    tenant_id,
                     reason,
                 }),
             }
