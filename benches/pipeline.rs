@@ -163,8 +163,11 @@ fn replay(c: &mut Criterion) {
         ..Config::default()
     };
     let secrets = Secrets::embedded_dev().unwrap();
-    let graph =
-        risk_responder::app::graph_client(&config, &secrets, reqwest::Client::new()).unwrap();
+    let store = std::sync::Arc::new(risk_responder::secrets::StaticSecretStore::new(
+        Secrets::embedded_dev().unwrap(),
+    ));
+    let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
+        .unwrap();
     let pipeline = rt
         .block_on(risk_responder::app::pipeline(
             graph,

@@ -117,24 +117,26 @@ pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>
     ))
 }
 
-/// A Graph client with the secrets' application credentials.
+/// A Graph client for the application in the secrets; the credential is read from `store` at
+/// each token request, so rotation needs no restart.
 pub fn graph_client(
     config: &Config,
     secrets: &Secrets,
+    store: Arc<dyn SecretStore>,
     http: reqwest::Client,
 ) -> Result<Arc<GraphClient>, StartError> {
     let client_id = secrets
         .client_id
         .clone()
         .ok_or("secrets have no client_id")?;
-    let credential = secrets
-        .credential()
-        .ok_or("secrets have neither a client secret nor a certificate")?;
-    let tokens = Arc::new(TokenProvider::new(
+    if secrets.credential().is_none() {
+        return Err("secrets have neither a client secret nor a certificate".into());
+    }
+    let tokens = Arc::new(TokenProvider::from_store(
         http.clone(),
         &config.login_authority,
         client_id,
-        credential,
+        store,
         "https://graph.microsoft.com/.default",
     ));
     Ok(Arc::new(GraphClient::new(

@@ -44,6 +44,11 @@ impl InvestigateError {
     pub fn is_transient(&self) -> bool {
         matches!(self, InvestigateError::Graph(e) if e.is_transient())
     }
+
+    /// Whether an operator must fix credentials or permissions first.
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, InvestigateError::Graph(e) if e.needs_operator())
+    }
 }
 
 /// Resolves the event's user and gathers [`Findings`] over the last `lookback`.

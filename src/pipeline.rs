@@ -26,6 +26,10 @@ pub struct Report {
     pub error: Option<String>,
     /// Whether a retry may help (throttling, outages); false for refusals and completed work.
     pub retryable: bool,
+    /// Whether an operator must fix credentials, permissions or configuration first; the
+    /// worker keeps such events for retry (then the DLQ) instead of closing them.
+    #[serde(default)]
+    pub needs_operator: bool,
 }
 
 /// Investigation, policy and remediation wired together.
@@ -70,12 +74,14 @@ impl Pipeline {
             outcome: None,
             error: None,
             retryable: false,
+            needs_operator: false,
         };
         let findings = match investigate(&self.graph, event, lookback).await {
             Ok(findings) => findings,
             Err(e) => {
                 tracing::warn!(event_id = %event.event_id, tenant_id = %event.tenant_id, error = %e, "investigation failed");
                 report.retryable = e.is_transient();
+                report.needs_operator = e.needs_operator();
                 report.error = Some(e.to_string());
                 return report;
             }
@@ -94,6 +100,7 @@ impl Pipeline {
             .unwrap_or_default();
         let outcome = self.remediator.execute(event, &findings, plan, &done).await;
         report.retryable = outcome.transient_failure();
+        report.needs_operator = outcome.needs_operator();
         report.findings = Some(findings);
         report.outcome = Some(outcome);
         report

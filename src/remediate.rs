@@ -26,6 +26,9 @@ pub enum ActionStatus {
     Failed {
         error: String,
         transient: bool,
+        /// Credentials, permissions or configuration must be fixed first.
+        #[serde(default)]
+        needs_operator: bool,
     },
     /// Not attempted because an earlier action failed.
     NotAttempted,
@@ -61,6 +64,19 @@ impl Outcome {
         })
     }
 
+    /// Whether a failed action waits for an operator (permissions, credentials, configuration).
+    pub fn needs_operator(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a.status,
+                ActionStatus::Failed {
+                    needs_operator: true,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Whether any action failed.
     pub fn failed(&self) -> bool {
         self.actions
@@ -81,6 +97,14 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    fn needs_operator(&self) -> bool {
+        match self {
+            DeliveryError::Graph(e) => e.needs_operator(),
+            DeliveryError::NoRecipient => true,
+            DeliveryError::Vault(_) => false,
+        }
+    }
+
     fn transient(&self) -> bool {
         match self {
             DeliveryError::Graph(e) => e.is_transient(),
@@ -170,9 +194,13 @@ impl Remediator {
             } else {
                 match self.run(action, event, findings, &plan).await {
                     Ok(detail) => ActionStatus::Done { detail },
-                    Err((error, transient)) => {
+                    Err((error, transient, needs_operator)) => {
                         stopped = true;
-                        ActionStatus::Failed { error, transient }
+                        ActionStatus::Failed {
+                            error,
+                            transient,
+                            needs_operator,
+                        }
                     }
                 }
             };
@@ -192,10 +220,10 @@ impl Remediator {
         event: &RiskEvent,
         findings: &Findings,
         plan: &Plan,
-    ) -> Result<Option<String>, (String, bool)> {
+    ) -> Result<Option<String>, (String, bool, bool)> {
         let tenant = findings.tenant_id.as_str();
         let user = findings.user_id.as_str();
-        let graph_err = |e: GraphError| (e.to_string(), e.is_transient());
+        let graph_err = |e: GraphError| (e.to_string(), e.is_transient(), e.needs_operator());
         match action {
             Action::RevokeSessions => self
                 .graph
@@ -227,7 +255,7 @@ impl Remediator {
                 let delivered = self
                     .deliver(event, findings, &password)
                     .await
-                    .map_err(|e| (e.to_string(), e.transient()))?;
+                    .map_err(|e| (e.to_string(), e.transient(), e.needs_operator()))?;
                 self.graph
                     .reset_password(tenant, user, &password)
                     .await
@@ -236,7 +264,7 @@ impl Remediator {
             }
             Action::Notify => {
                 let Some(notify) = &self.policy.notify else {
-                    return Err(("[notify] is not configured".into(), false));
+                    return Err(("[notify] is not configured".into(), false, true));
                 };
                 let upn = findings.user_principal_name.as_deref().unwrap_or(user);
                 let text = format!(

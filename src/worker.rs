@@ -75,11 +75,15 @@ impl Worker {
             .pipeline
             .process_after(event, previous.as_deref())
             .await;
-        if report.retryable {
-            let reason = report
-                .error
-                .clone()
-                .unwrap_or_else(|| "transient failure".into());
+        if report.retryable || report.needs_operator {
+            // Kept for SQS to redeliver (and, after maxReceiveCount, the alarmed DLQ): a
+            // transient failure may pass later, and an operator may fix permissions meanwhile.
+            let reason = match (&report.error, report.needs_operator) {
+                (Some(error), true) => format!("needs an operator: {error}"),
+                (None, true) => "an action needs an operator (permissions or configuration)".into(),
+                (Some(error), false) => error.clone(),
+                (None, false) => "transient failure".into(),
+            };
             if let Err(e) = self.ledger.release(&event.event_id, &report).await {
                 tracing::error!(error = %e, "could not release claim; the lease will expire");
             }

@@ -489,3 +489,36 @@ async fn every_worker_log_line_names_the_event_and_tenant() {
     });
     assert!(!text.contains(&password));
 }
+
+#[tokio::test]
+async fn missing_permission_keeps_the_event_for_retry_and_then_finishes_the_plan() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let worker = worker(&s, ledger.clone());
+    s.with(|d| {
+        d.faults.forbidden.push((
+            Method::POST,
+            "/identityProtection/riskyUsers/confirmCompromised".into(),
+        ))
+    });
+    let body = serde_json::to_string(&risk_item("forbidden-1")).unwrap();
+    let response = worker.handle_sqs(sqs_event(&[("m-1", body.clone())])).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "kept on the queue (then the DLQ), not closed"
+    );
+    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Retry);
+
+    // The operator grants the permission; the redelivery finishes without repeating actions.
+    s.with(|d| d.faults.forbidden.clear());
+    let response = worker.handle_sqs(sqs_event(&[("m-1", body)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(revokes(&s), 1);
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "confirmedCompromised"
+    );
+    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Completed);
+}

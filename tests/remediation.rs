@@ -248,14 +248,20 @@ async fn missing_permission_stops_the_plan_and_is_not_retried() {
     assert!(matches!(st[0].1, ActionStatus::Done { .. }));
     assert!(matches!(st[1].1, ActionStatus::Done { .. }));
     match &st[2].1 {
-        ActionStatus::Failed { error, transient } => {
+        ActionStatus::Failed {
+            error,
+            transient,
+            needs_operator,
+        } => {
             assert!(error.contains("403 Authorization_RequestDenied"), "{error}");
             assert!(!transient);
+            assert!(needs_operator);
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(st[3].1, ActionStatus::NotAttempted);
     assert!(!report.retryable);
+    assert!(report.needs_operator);
 }
 
 #[tokio::test]
@@ -264,6 +270,10 @@ async fn user_gone_is_reported_not_retried() {
     let report = run(&s, Mode::Enforce, RiskLevel::High).await;
     assert!(report.error.unwrap().contains("no user that Graph knows"));
     assert!(!report.retryable);
+    assert!(
+        !report.needs_operator,
+        "nothing to fix: the event is closed"
+    );
     assert!(s.writes().is_empty());
 }
 
@@ -281,6 +291,7 @@ async fn refused_client_secret_is_a_clear_non_retryable_error() {
     assert!(error.contains("invalid_client: AADSTS7000215"), "{error}");
     assert!(!error.contains("wrong"), "secret in error: {error}");
     assert!(!report.retryable);
+    assert!(report.needs_operator);
 }
 
 #[tokio::test]
@@ -533,4 +544,42 @@ actions = ["reset_password"]"#
     assert_eq!(stored.secret_string(), Some(set.as_str()));
     assert!(!detail.contains(&set));
     assert!(s.with(|d| d.mails.is_empty()), "no mail for this channel");
+}
+
+#[tokio::test]
+async fn a_rotated_client_secret_is_used_without_a_restart() {
+    use risk_responder::secrets::{SecretStore, SecretsManagerStore};
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
+    let id = format!("risk-responder/app-{}", uuid::Uuid::new_v4());
+    let document =
+        |secret: &str| format!(r#"{{"client_id":"{CLIENT_ID}","client_secret":"{secret}"}}"#);
+    sm.create_secret()
+        .name(&id)
+        .secret_string(document("old-revoked-secret"))
+        .send()
+        .await
+        .unwrap();
+    let store: Arc<dyn SecretStore> =
+        Arc::new(SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(300)).unwrap());
+    let config = risk_responder::config::Config {
+        graph_base_url: s.graph_url(),
+        login_authority: s.authority(),
+        ..Default::default()
+    };
+    let secrets = store.load().await.unwrap();
+    let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
+        .unwrap();
+    let err = graph.user(TENANT, ADELE).await.unwrap_err();
+    assert!(err.needs_operator(), "{err:?}");
+
+    sm.put_secret_value()
+        .secret_id(&id)
+        .secret_string(document(CLIENT_SECRET))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(graph.user(TENANT, ADELE).await.unwrap().id, ADELE);
 }

@@ -15,8 +15,9 @@ const RENEW_WITHIN: Duration = Duration::from_secs(3 * 24 * 3600);
 async fn main() -> Result<(), Error> {
     risk_responder::telemetry::init();
     let config = Config::from_env()?;
-    let secrets = app::secret_store(&config).await?.load().await?;
-    let graph = app::graph_client(&config, &secrets, reqwest::Client::new())?;
+    let store = app::secret_store(&config).await?;
+    let secrets = store.load().await?;
+    let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
     let manager =
         app::subscriptions(&config, &secrets, graph).ok_or("RR_NOTIFICATION_URL must be set")?;
     let policy = app::load_policy(&config)?;

@@ -113,7 +113,7 @@ async fn replay(
     let pipeline = if ingress_only {
         None
     } else {
-        let graph = app::graph_client(&state.config, &secrets, http)?;
+        let graph = app::graph_client(&state.config, &secrets, state.secrets.clone(), http)?;
         let mode = (!enforce).then_some(Mode::ReportOnly);
         Some(app::pipeline(graph, &state.config, mode).await?)
     };
@@ -193,8 +193,9 @@ async fn subscriptions(
     tenant: Option<String>,
 ) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    let secrets = app::secret_store(&config).await?.load().await?;
-    let graph = app::graph_client(&config, &secrets, reqwest::Client::new())?;
+    let store = app::secret_store(&config).await?;
+    let secrets = store.load().await?;
+    let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
     let manager = app::subscriptions(&config, &secrets, graph)
         .ok_or("set RR_NOTIFICATION_URL (public URL of /graph/notifications) and a clientState")?;
     let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
@@ -237,7 +238,7 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
     let secrets = store.load().await?;
     let http = reqwest::Client::new();
     let (intake, memory) = app::intake(&config).await?;
-    let graph = app::graph_client(&config, &secrets, http.clone())?;
+    let graph = app::graph_client(&config, &secrets, store.clone(), http.clone())?;
     let worker = Worker {
         ledger: intake.ledger.clone(),
         pipeline: app::pipeline(graph.clone(), &config, None).await?,

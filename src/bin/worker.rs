@@ -11,9 +11,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 async fn main() -> Result<(), Error> {
     risk_responder::telemetry::init();
     let config = Config::from_env()?;
-    let secrets = app::secret_store(&config).await?.load().await?;
+    let store = app::secret_store(&config).await?;
+    let secrets = store.load().await?;
     let http = reqwest::Client::new();
-    let graph = app::graph_client(&config, &secrets, http)?;
+    let graph = app::graph_client(&config, &secrets, store, http)?;
     let (ledger, _) = app::ledger(&config).await?;
     let worker = Worker {
         ledger,

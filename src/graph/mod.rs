@@ -41,6 +41,15 @@ pub enum GraphError {
 }
 
 impl GraphError {
+    /// Whether an operator must fix something (credentials, permissions, configuration) before a
+    /// retry can succeed. Such work is kept for retry and, failing that, the dead-letter queue.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            GraphError::TokenRefused { .. } | GraphError::Forbidden { .. } | GraphError::Config(_)
+        )
+    }
+
     /// Whether a later attempt may succeed (throttling, outages), as opposed to a refusal.
     pub fn is_transient(&self) -> bool {
         matches!(

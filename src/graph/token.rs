@@ -10,8 +10,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use std::sync::Arc;
+
 use super::GraphError;
-use crate::secrets::SecretString;
+use crate::secrets::{SecretStore, SecretString};
 
 /// Tokens are renewed this long before `expires_in` runs out.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
@@ -42,12 +44,20 @@ struct TokenErrorBody {
     error_description: String,
 }
 
+/// Where the credential comes from at each token request.
+enum CredentialSource {
+    Fixed(ClientCredential),
+    /// Read from the secret store each time a token is fetched, so a rotated client secret or
+    /// certificate is used as soon as the store's cache refreshes.
+    Store(Arc<dyn SecretStore>),
+}
+
 /// Acquires and caches app-only tokens.
 pub struct TokenProvider {
     http: reqwest::Client,
     authority: String,
     client_id: String,
-    credential: ClientCredential,
+    credential: CredentialSource,
     scope: String,
     cache: Mutex<HashMap<String, (SecretString, Instant)>>,
 }
@@ -62,6 +72,39 @@ impl TokenProvider {
         credential: ClientCredential,
         scope: impl Into<String>,
     ) -> Self {
+        Self::with_source(
+            http,
+            authority,
+            client_id,
+            CredentialSource::Fixed(credential),
+            scope,
+        )
+    }
+
+    /// As [`TokenProvider::new`], reading the credential from `store` at every token request.
+    pub fn from_store(
+        http: reqwest::Client,
+        authority: impl Into<String>,
+        client_id: impl Into<String>,
+        store: Arc<dyn SecretStore>,
+        scope: impl Into<String>,
+    ) -> Self {
+        Self::with_source(
+            http,
+            authority,
+            client_id,
+            CredentialSource::Store(store),
+            scope,
+        )
+    }
+
+    fn with_source(
+        http: reqwest::Client,
+        authority: impl Into<String>,
+        client_id: impl Into<String>,
+        credential: CredentialSource,
+        scope: impl Into<String>,
+    ) -> Self {
         Self {
             http,
             authority: authority.into().trim_end_matches('/').to_owned(),
@@ -69,6 +112,22 @@ impl TokenProvider {
             credential,
             scope: scope.into(),
             cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn credential(&self) -> Result<ClientCredential, GraphError> {
+        match &self.credential {
+            CredentialSource::Fixed(credential) => Ok(credential.clone()),
+            CredentialSource::Store(store) => store
+                .load()
+                .await
+                .map_err(|e| GraphError::TokenUnavailable(e.to_string()))?
+                .credential()
+                .ok_or_else(|| {
+                    GraphError::Config(
+                        "secrets have neither a client secret nor a certificate".into(),
+                    )
+                }),
         }
     }
 
@@ -98,7 +157,7 @@ impl TokenProvider {
             ("scope", self.scope.clone()),
             ("grant_type", "client_credentials".into()),
         ];
-        match &self.credential {
+        match &self.credential().await? {
             ClientCredential::Secret(secret) => {
                 form.push(("client_secret", secret.expose().to_owned()));
             }

@@ -150,6 +150,7 @@ pub mod contract {
             outcome: None,
             error: retryable.then(|| "Graph still throttling after 5 attempts".into()),
             retryable,
+            needs_operator: false,
         }
     }
 
