@@ -120,7 +120,7 @@ impl Worker {
         };
         match result {
             Ok(()) => Disposition::Done,
-            Err(e) if e.is_transient() => Disposition::Retry(e.to_string()),
+            Err(e) if e.is_transient() || e.needs_operator() => Disposition::Retry(e.to_string()),
             Err(e) => {
                 tracing::error!(error = %e, "lifecycle handling failed");
                 Disposition::Refused(e.to_string())
