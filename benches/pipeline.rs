@@ -168,11 +168,16 @@ fn replay(c: &mut Criterion) {
     ));
     let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
         .unwrap();
-    let pipeline = rt
-        .block_on(risk_responder::app::pipeline(
-            graph,
+    let ledger = risk_responder::ledger::Ledger::new(std::sync::Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap(),
+    ));
+    let worker = rt
+        .block_on(risk_responder::app::worker(
             &config,
-            Some(risk_responder::policy::Mode::ReportOnly),
+            graph,
+            ledger,
+            None,
+            Some(risk_responder::cases::Mode::ReportOnly),
         ))
         .unwrap();
     let mut files: Vec<(String, String)> = Vec::new();
@@ -189,7 +194,7 @@ fn replay(c: &mut Criterion) {
         config: &config,
         secrets: &secrets,
         tokens: None,
-        pipeline: Some(&pipeline),
+        worker: Some(&worker),
     };
     let mut group = c.benchmark_group("replay");
     group.sample_size(10);

@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
+use crate::cases::policy::{Mode, Policy, PolicyError};
 use crate::config::{Config, ConfigError, SecretsSource};
 use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
 use crate::http::Intake;
 use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
 use crate::ledger::Ledger;
-use crate::ledger::dynamodb::DynamoLedger;
-use crate::ledger::sqlite::SqliteLedger;
-use crate::pipeline::Pipeline;
-use crate::policy::{Policy, PolicyError};
+use crate::ledger::dynamodb::DynamoStore;
+use crate::ledger::sqlite::SqliteStore;
 use crate::queue::{MemoryQueue, SqsQueue, WorkQueue};
+use crate::respond::Worker;
+use crate::respond::vault::{PasswordVault, SecretsManagerPasswordVault};
 use crate::secrets::{SecretStore, Secrets, SecretsError, SecretsManagerStore, StaticSecretStore};
 use crate::subscriptions::{ResourceSpec, SubscriptionManager};
 
@@ -61,31 +62,28 @@ pub fn load_policy(config: &Config) -> Result<Policy, LoadPolicyError> {
 }
 
 /// The password vault the policy needs (Secrets Manager delivery), if any.
-pub async fn password_vault(policy: &Policy) -> Option<Arc<dyn crate::remediate::PasswordVault>> {
+pub async fn password_vault(policy: &Policy) -> Option<Arc<dyn PasswordVault>> {
     match policy.password_delivery {
-        Some(crate::policy::PasswordDelivery::SecretsManager { .. }) => {
+        Some(crate::cases::policy::PasswordDelivery::SecretsManager { .. }) => {
             let client = aws_sdk_secretsmanager::Client::new(&aws_config().await);
-            Some(Arc::new(crate::secrets::SecretsManagerPasswordVault::new(
-                client,
-            )))
+            Some(Arc::new(SecretsManagerPasswordVault::new(client)))
         }
         _ => None,
     }
 }
 
 /// The ledger: DynamoDB when `RR_LEDGER_TABLE` is set, else the SQLite file (not in Lambda).
-pub async fn ledger(
-    config: &Config,
-) -> Result<(Arc<dyn Ledger>, Arc<dyn ReplayGuard>), StartError> {
+/// Each call opens its own connection (the local intake and worker never share one).
+pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), StartError> {
     match &config.ledger_table {
         Some(table) => {
             let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
-            let ledger = Arc::new(DynamoLedger::new(client, table.clone()));
-            Ok((ledger.clone(), ledger))
+            let store = Arc::new(DynamoStore::new(client, table.clone()));
+            Ok((Ledger::new(store.clone()), store))
         }
         None if config.in_lambda => Err(ConfigError::RequiredInLambda("RR_LEDGER_TABLE").into()),
         None => Ok((
-            Arc::new(SqliteLedger::open(&config.ledger_path)?),
+            Ledger::new(Arc::new(SqliteStore::open(&config.ledger_path)?)),
             Arc::new(MemoryReplayGuard::default()),
         )),
     }
@@ -147,18 +145,27 @@ pub fn graph_client(
     )))
 }
 
-/// The pipeline with the configured policy (its mode replaced by `mode` if given).
-pub async fn pipeline(
-    graph: Arc<GraphClient>,
+/// The worker over `ledger` with the configured policy (its mode replaced by `mode` if given).
+pub async fn worker(
     config: &Config,
-    mode: Option<crate::policy::Mode>,
-) -> Result<Arc<Pipeline>, StartError> {
+    graph: Arc<GraphClient>,
+    ledger: Ledger,
+    subscriptions: Option<Arc<SubscriptionManager>>,
+    mode: Option<Mode>,
+) -> Result<Worker, StartError> {
     let mut policy = load_policy(config)?;
     if let Some(mode) = mode {
         policy.mode = mode;
     }
     let vault = password_vault(&policy).await;
-    Ok(Arc::new(Pipeline::new(graph, Arc::new(policy), vault)))
+    Ok(Worker::new(
+        ledger,
+        graph,
+        Arc::new(policy),
+        vault,
+        subscriptions,
+        config.allowed_tenants.clone(),
+    ))
 }
 
 /// The subscription manager, when `RR_NOTIFICATION_URL` is set.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// Where a [`RiskEvent`] came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventSource {
     /// A Graph change notification on the `users` resource.
@@ -13,6 +13,20 @@ pub enum EventSource {
     GraphSecurityAlert,
     /// A Microsoft Sentinel alert or incident forwarded by a SOAR playbook.
     Sentinel,
+    /// The scheduled sweep of Identity Protection and 53011 sign-ins.
+    Sweep,
+}
+
+impl EventSource {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::GraphUser => "graph_user",
+            EventSource::GraphSecurityAlert => "graph_security_alert",
+            EventSource::Sentinel => "sentinel",
+            EventSource::Sweep => "sweep",
+        }
+    }
 }
 
 /// Risk level as Entra ID Protection and Sentinel report it.

@@ -16,16 +16,15 @@ use crate::ingress::graph::{GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
-use crate::ledger::Ledger;
-use crate::ledger::LedgerError;
-use crate::ledger::sqlite::SqliteLedger;
+use crate::ledger::sqlite::SqliteStore;
+use crate::ledger::{Ledger, LedgerError};
 use crate::queue::{WorkItem, WorkQueue};
 use crate::secrets::{SecretStore, SecretsError};
 
 /// Where accepted work goes: the ledger (audit of what was received), then the queue.
 #[derive(Clone)]
 pub struct Intake {
-    pub ledger: Arc<dyn Ledger>,
+    pub ledger: Ledger,
     pub queue: Arc<dyn WorkQueue>,
     /// Remembers Standard Webhooks ids to refuse replays.
     pub replay_guard: Arc<dyn ReplayGuard>,
@@ -36,20 +35,24 @@ impl Intake {
     /// replay guard (local server, replay, tests).
     pub fn in_process(queue: Arc<dyn WorkQueue>) -> Result<Self, LedgerError> {
         Ok(Self {
-            ledger: Arc::new(SqliteLedger::in_memory()?),
+            ledger: Ledger::new(Arc::new(SqliteStore::in_memory()?)),
             queue,
             replay_guard: Arc::new(MemoryReplayGuard::default()),
         })
     }
 
-    /// Records the events (concurrently) and sends all items; an error means nothing may be
-    /// assumed kept.
+    /// Records the signals (one write for the batch) and sends all items; an error means
+    /// nothing may be assumed kept.
     pub async fn keep(&self, items: &[WorkItem]) -> Result<(), String> {
-        let accepts = items.iter().filter_map(|item| match item {
-            WorkItem::Risk(event) => Some(self.ledger.accept(event)),
-            WorkItem::Lifecycle(_) => None,
-        });
-        futures_util::future::try_join_all(accepts)
+        let signals: Vec<_> = items
+            .iter()
+            .filter_map(|item| match item {
+                WorkItem::Risk(signal) => Some(signal.clone()),
+                _ => None,
+            })
+            .collect();
+        self.ledger
+            .keep_signals(&signals)
             .await
             .map_err(|e| e.to_string())?;
         if !items.is_empty() {

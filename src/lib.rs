@@ -2,19 +2,17 @@
 //! Sentinel alerts), and investigates and remediates risky users.
 
 pub mod app;
+pub mod cases;
 pub mod config;
 pub mod event;
 pub mod graph;
 pub mod http;
 pub mod ingress;
-pub mod investigate;
 pub mod ledger;
-pub mod pipeline;
-pub mod policy;
 pub mod queue;
-pub mod remediate;
 pub mod replay;
+pub mod respond;
 pub mod secrets;
+pub mod simulator;
 pub mod subscriptions;
 pub mod telemetry;
-pub mod worker;

@@ -16,6 +16,8 @@ pub enum WorkItem {
     Risk(RiskEvent),
     /// Act on a subscription lifecycle notification (reauthorize, recreate).
     Lifecycle(LifecycleNotice),
+    /// Work a case again (a person approved it or asked for a retry).
+    Resume { tenant_id: String, case_id: String },
 }
 
 /// The queue refused or could not be reached; the delivery must be retried by its sender.

@@ -1,6 +1,7 @@
 //! Replay of saved events (raw Graph/Sentinel bodies or Lambda HTTP events) through the same
-//! ingress checks, inline. Sentinel bodies are not re-authenticated: a saved file has no live
-//! signature, and the operator who runs replay vouches for it.
+//! ingress checks, then the same ledger, cases and worker as live signals, inline. Sentinel
+//! bodies are not re-authenticated: a saved file has no live signature, and the operator who
+//! runs replay vouches for it.
 
 use std::fmt;
 use std::path::Path;
@@ -8,12 +9,14 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cases::Case;
 use crate::config::Config;
 use crate::event::RiskEvent;
 use crate::ingress::graph::{GraphIngress, LifecycleNotice, handshake_token};
 use crate::ingress::sentinel;
 use crate::ingress::validation_tokens::TokenVerifier;
-use crate::pipeline::{Pipeline, Report};
+use crate::queue::WorkItem;
+use crate::respond::{Disposition, Worker};
 use crate::secrets::Secrets;
 
 /// Which ingress a saved event belongs to.
@@ -34,11 +37,25 @@ pub struct ReplaySummary {
     pub events: Vec<RiskEvent>,
     pub lifecycle: Vec<LifecycleNotice>,
     pub dropped: Vec<String>,
-    /// Investigation, plan and outcome per event, when replay runs the pipeline.
+    /// What became of each signal, when replay runs the worker.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reports: Vec<Report>,
+    pub outcomes: Vec<SignalOutcome>,
+    /// The cases the file's signals went to, as they stand after the replay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<Case>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What became of one replayed signal.
+#[derive(Debug, Serialize)]
+pub struct SignalOutcome {
+    pub signal_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<String>,
+    /// Done or kept for retry, and why.
+    pub disposition: String,
+    pub retry: bool,
 }
 
 /// What replay runs saved events against.
@@ -46,8 +63,8 @@ pub struct ReplayContext<'a> {
     pub config: &'a Config,
     pub secrets: &'a Secrets,
     pub tokens: Option<&'a TokenVerifier>,
-    /// The pipeline (investigate, plan, remediate); `None` to stop after ingress.
-    pub pipeline: Option<&'a Pipeline>,
+    /// The worker (cases, investigation, plan, remediation); `None` to stop after ingress.
+    pub worker: Option<&'a Worker>,
 }
 
 impl ReplaySummary {
@@ -58,7 +75,8 @@ impl ReplaySummary {
             events: Vec::new(),
             lifecycle: Vec::new(),
             dropped: Vec::new(),
-            reports: Vec::new(),
+            outcomes: Vec::new(),
+            cases: Vec::new(),
             error: None,
         }
     }
@@ -114,9 +132,39 @@ fn classify(text: &str) -> Result<Saved, String> {
 /// Replays one saved file's text.
 pub async fn replay_text(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummary {
     let mut summary = ingest(file, text, ctx).await;
-    if let Some(pipeline) = ctx.pipeline {
-        for event in &summary.events {
-            summary.reports.push(pipeline.process(event).await);
+    if let Some(worker) = ctx.worker
+        && !summary.events.is_empty()
+    {
+        if let Err(e) = worker.ledger.keep_signals(&summary.events).await {
+            summary.error = Some(format!("signals could not be kept: {e}"));
+            return summary;
+        }
+        let items: Vec<WorkItem> = summary.events.iter().cloned().map(WorkItem::Risk).collect();
+        let dispositions = worker.handle_batch(&items).await;
+        for (event, disposition) in summary.events.iter().zip(dispositions) {
+            let case_id = worker
+                .ledger
+                .signal(&event.event_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.case_id);
+            let (text, retry) = match disposition {
+                Disposition::Done(why) => (why, false),
+                Disposition::Retry(why) => (why, true),
+            };
+            if let Some(id) = &case_id
+                && !summary.cases.iter().any(|c| c.case_id == *id)
+                && let Ok(Some((case, _))) = worker.ledger.case(id).await
+            {
+                summary.cases.push(case);
+            }
+            summary.outcomes.push(SignalOutcome {
+                signal_id: event.event_id.clone(),
+                case_id,
+                disposition: text,
+                retry,
+            });
         }
     }
     summary
@@ -203,36 +251,24 @@ impl fmt::Display for ReplaySummary {
         for reason in &self.dropped {
             writeln!(f, "  dropped: {reason}")?;
         }
-        for report in &self.reports {
-            write!(f, "  event {}: ", report.event_id)?;
-            if let Some(error) = &report.error {
-                writeln!(f, "not investigated: {error}")?;
-                continue;
-            }
-            if let Some(findings) = &report.findings {
-                let risk = findings.risky_user.as_ref();
-                write!(
-                    f,
-                    "user {} riskLevel {} riskState {}, {} blocked sign-in(s); ",
-                    findings
-                        .user_principal_name
-                        .as_deref()
-                        .unwrap_or(&findings.user_id),
-                    risk.and_then(|r| r.risk_level.as_deref()).unwrap_or("-"),
-                    risk.and_then(|r| r.risk_state.as_deref()).unwrap_or("-"),
-                    findings.blocked_sign_ins.len()
-                )?;
-            }
-            if let Some(outcome) = &report.outcome {
-                match (&outcome.plan.rule, &outcome.plan.reason) {
-                    (Some(rule), _) => writeln!(f, "{:?} by rule {rule:?}", outcome.mode)?,
-                    (None, Some(reason)) => writeln!(f, "nothing to do: {reason}")?,
-                    (None, None) => writeln!(f, "nothing to do")?,
+        for outcome in &self.outcomes {
+            writeln!(
+                f,
+                "  signal {} -> {}{}",
+                outcome.signal_id,
+                outcome
+                    .case_id
+                    .as_deref()
+                    .map_or("no case".to_owned(), |c| format!("case {c}")),
+                if outcome.retry {
+                    format!(" (kept for retry: {})", outcome.disposition)
+                } else {
+                    format!(" ({})", outcome.disposition)
                 }
-                for action in &outcome.actions {
-                    writeln!(f, "    {:?}: {:?}", action.action, action.status)?;
-                }
-            }
+            )?;
+        }
+        for case in &self.cases {
+            write!(f, "{}", crate::cases::case::CaseReport(case))?;
         }
         if self.kind == Some(SavedKind::GraphHandshake) {
             writeln!(f, "  handshake: nothing to replay")?;

@@ -257,72 +257,6 @@ impl SecretStore for SecretsManagerStore {
     }
 }
 
-/// Temporary passwords as short-lived Secrets Manager secrets, tagged with their expiry.
-pub struct SecretsManagerPasswordVault {
-    client: aws_sdk_secretsmanager::Client,
-}
-
-/// Tag holding the RFC 3339 time after which a temporary-password secret is deleted.
-pub const EXPIRES_AT_TAG: &str = "risk-responder:expires-at";
-
-impl SecretsManagerPasswordVault {
-    /// A vault over a Secrets Manager client.
-    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
-        Self { client }
-    }
-
-    /// Deletes (without recovery) temporary-password secrets under `prefix` whose expiry has
-    /// passed. Returns how many were deleted.
-    pub async fn sweep_expired(&self, prefix: &str) -> Result<usize, String> {
-        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
-        let now = time::OffsetDateTime::now_utc();
-        let mut deleted = 0;
-        let mut pages = self
-            .client
-            .list_secrets()
-            .filters(
-                Filter::builder()
-                    .key(FilterNameStringType::Name)
-                    .values(prefix)
-                    .build(),
-            )
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(&e))?;
-            for secret in page.secret_list() {
-                if !secret.name().unwrap_or_default().starts_with(prefix) {
-                    continue;
-                }
-                let expired = secret
-                    .tags()
-                    .iter()
-                    .find(|t| t.key() == Some(EXPIRES_AT_TAG))
-                    .and_then(|t| t.value())
-                    .and_then(|v| {
-                        time::OffsetDateTime::parse(
-                            v,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .is_some_and(|at| at <= now);
-                if expired {
-                    self.client
-                        .delete_secret()
-                        .secret_id(secret.arn().or(secret.name()).unwrap_or_default())
-                        .force_delete_without_recovery(true)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error(&e))?;
-                    deleted += 1;
-                }
-            }
-        }
-        Ok(deleted)
-    }
-}
-
 /// A readable AWS SDK error (service code and message), without request contents.
 pub fn aws_error<E: std::error::Error>(error: &E) -> String {
     let mut text = error.to_string();
@@ -332,33 +266,6 @@ pub fn aws_error<E: std::error::Error>(error: &E) -> String {
         source = e.source();
     }
     text
-}
-
-#[async_trait]
-impl crate::remediate::PasswordVault for SecretsManagerPasswordVault {
-    async fn store(
-        &self,
-        name: &str,
-        password: &SecretString,
-        ttl_hours: u32,
-    ) -> Result<String, String> {
-        use aws_sdk_secretsmanager::types::Tag;
-        let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(ttl_hours));
-        let expires = expires
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| e.to_string())?;
-        let created = self
-            .client
-            .create_secret()
-            .name(name)
-            .description("risk-responder temporary password; deleted after its expires-at tag")
-            .secret_string(password.expose())
-            .tags(Tag::builder().key(EXPIRES_AT_TAG).value(expires).build())
-            .send()
-            .await
-            .map_err(|e| aws_error(&e))?;
-        Ok(created.arn().unwrap_or(name).to_owned())
-    }
 }
 
 #[cfg(test)]

@@ -11,17 +11,18 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::moto;
 use graph_standin::*;
 use reqwest::Method;
+use risk_responder::cases::CaseStatus;
 use risk_responder::config::Config;
 use risk_responder::graph::GraphClient;
 use risk_responder::http::{AppState, Intake, router};
 use risk_responder::ingress::graph::{LifecycleKind, LifecycleNotice};
 use risk_responder::ingress::signature::ReplayGuard;
-use risk_responder::ledger::dynamodb::DynamoLedger;
-use risk_responder::ledger::{Ledger, Status};
+use risk_responder::ledger::Ledger;
+use risk_responder::ledger::dynamodb::DynamoStore;
 use risk_responder::queue::{SqsQueue, WorkItem};
+use risk_responder::respond::{Disposition, Worker};
 use risk_responder::secrets::{SecretString, Secrets, StaticSecretStore};
 use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
-use risk_responder::worker::{Disposition, Worker};
 
 fn unique(name: &str) -> String {
     format!(
@@ -30,11 +31,15 @@ fn unique(name: &str) -> String {
     )
 }
 
-async fn table() -> DynamoLedger {
+async fn table() -> DynamoStore {
     let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
-    let ledger = DynamoLedger::new(client, unique("ledger"));
-    ledger.create_table().await.unwrap();
-    ledger
+    let store = DynamoStore::new(client, unique("ledger"));
+    store.create_table().await.unwrap();
+    store
+}
+
+async fn ddb_ledger() -> Ledger {
+    Ledger::new(Arc::new(table().await))
 }
 
 async fn sqs() -> aws_sdk_sqs::Client {
@@ -57,8 +62,8 @@ fn graph(s: &StandIn) -> Arc<GraphClient> {
     s.secret_client(2)
 }
 
-fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
-    s.enforcing_worker(ledger, 2)
+fn worker(s: &StandIn, ledger: Ledger) -> Worker {
+    enforcing_worker(s, ledger, 2)
 }
 
 async fn webhook(intake: Intake) -> AppState {
@@ -104,17 +109,10 @@ fn risk_item(event_id: &str) -> WorkItem {
     adele_item(event_id)
 }
 
-fn revokes(s: &StandIn) -> usize {
-    s.writes()
-        .iter()
-        .filter(|c| c.ends_with("/revokeSignInSessions"))
-        .count()
-}
-
 #[tokio::test]
-async fn dynamodb_ledger_meets_the_contract() {
-    let ledger = table().await;
-    risk_responder::ledger::contract::run(&ledger, "ddb").await;
+async fn dynamodb_store_meets_the_contract() {
+    let store = table().await;
+    risk_responder::ledger::contract::run(&store, "contract#").await;
 }
 
 #[tokio::test]
@@ -145,13 +143,14 @@ async fn dynamodb_replay_guard_refuses_a_second_delivery_until_forgotten() {
 async fn webhook_to_sqs_to_worker_remediates_once_however_often_delivered() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger = Arc::new(table().await);
+    let store = Arc::new(table().await);
+    let ledger = Ledger::new(store.clone());
     let client = sqs().await;
     let url = queue(&client).await;
     let intake = Intake {
         ledger: ledger.clone(),
         queue: Arc::new(SqsQueue::new(client.clone(), url.clone())),
-        replay_guard: ledger.clone(),
+        replay_guard: store.clone(),
     };
     let state = webhook(intake).await;
 
@@ -164,9 +163,9 @@ async fn webhook_to_sqs_to_worker_remediates_once_however_often_delivered() {
         .await;
         assert_eq!(status, 202, "{body}");
     }
-    let listed = ledger.list(10).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].status, Status::Received);
+    let listed = ledger.signals(10).await.unwrap();
+    assert_eq!(listed.len(), 1, "one signal recorded");
+    assert!(listed[0].case_id.is_none(), "not processed yet");
 
     let batch = receive(&client, &url).await;
     assert_eq!(batch.records.len(), 2, "both deliveries were queued");
@@ -179,31 +178,36 @@ async fn webhook_to_sqs_to_worker_remediates_once_however_often_delivered() {
     let response = worker.handle_sqs(batch).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(revokes(&s), 1);
-    let entry = &ledger.list(10).await.unwrap()[0];
-    assert_eq!(entry.status, Status::Completed);
-    assert!(entry.report.as_ref().unwrap().outcome.is_some());
+    let cases = ledger.cases(10).await.unwrap();
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].status, CaseStatus::Completed);
+    assert!(cases[0].findings.is_some());
+    let signal = &ledger.signals(10).await.unwrap()[0];
+    assert_eq!(signal.case_id.as_deref(), Some(cases[0].case_id.as_str()));
 }
 
 #[tokio::test]
 async fn concurrent_workers_remediate_once() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let ledger = ddb_ledger().await;
     let a = worker(&s, ledger.clone());
     let b = worker(&s, ledger.clone());
     let item = risk_item("concurrent-1");
-    let (x, y) = tokio::join!(a.handle(&item), b.handle(&item));
-    let mut outcomes = [x, y];
-    outcomes.sort_by_key(|d| format!("{d:?}"));
-    assert!(outcomes.contains(&Disposition::Done), "{outcomes:?}");
+    let other = risk_item("concurrent-2");
+    let (x, y) = tokio::join!(a.handle(&item), b.handle(&other));
+    let outcomes = [x, y];
+    assert!(outcomes.iter().all(|d| !d.is_retry()), "{outcomes:?}");
     assert_eq!(revokes(&s), 1, "{outcomes:?}");
+    assert_eq!(resets(&s), 1, "{outcomes:?}");
+    assert_eq!(ledger.cases(10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn partial_batch_failure_reports_only_the_failed_messages() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let ledger = ddb_ledger().await;
     let worker = worker(&s, ledger.clone());
     let good = serde_json::to_string(&risk_item("batch-good")).unwrap();
     let event = sqs_event(&[("m-good", good), ("m-garbage", "{not json".into())]);
@@ -221,9 +225,9 @@ async fn partial_batch_failure_reports_only_the_failed_messages() {
 async fn transient_failure_is_retried_without_repeating_completed_actions() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let ledger = ddb_ledger().await;
     let worker = worker(&s, ledger.clone());
-    // Graph is down for the password reset step only.
+    // Graph is down for the password delivery step only.
     s.with(|d| {
         d.faults
             .unavailable_paths
@@ -236,7 +240,7 @@ async fn transient_failure_is_retried_without_repeating_completed_actions() {
         1,
         "left for SQS to retry"
     );
-    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Retry);
+    assert_eq!(ledger.cases(10).await.unwrap()[0].status, CaseStatus::Retry);
     assert_eq!(revokes(&s), 1);
 
     s.with(|d| d.faults.unavailable_paths.clear());
@@ -249,9 +253,9 @@ async fn transient_failure_is_retried_without_repeating_completed_actions() {
     );
     let blocks = s.writes().iter().filter(|c| c.starts_with("PATCH")).count();
     assert_eq!(blocks, 2, "block sign-in once, password once");
-    let entry = &ledger.list(10).await.unwrap()[0];
-    assert_eq!(entry.status, Status::Completed);
-    assert_eq!(entry.attempts, 2);
+    let case = &ledger.cases(10).await.unwrap()[0];
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(case.attempts, 2);
 }
 
 #[tokio::test]
@@ -290,7 +294,7 @@ async fn messages_that_keep_failing_reach_the_dlq() {
         .unwrap();
 
     let s = start().await;
-    let worker = worker(&s, Arc::new(table().await));
+    let worker = worker(&s, ddb_ledger().await);
     for _ in 0..3 {
         let batch = receive(&client, &main).await;
         let response = worker.handle_sqs(batch).await;
@@ -308,15 +312,15 @@ async fn messages_that_keep_failing_reach_the_dlq() {
 
 #[tokio::test]
 async fn sqs_failure_is_503_and_the_sentinel_retry_is_let_through() {
-    let ledger = Arc::new(table().await);
+    let store = Arc::new(table().await);
     let client = sqs().await;
     let intake = Intake {
-        ledger: ledger.clone(),
+        ledger: Ledger::new(store.clone()),
         queue: Arc::new(SqsQueue::new(
             client,
             format!("{}/123456789012/absent", moto::endpoint()),
         )),
-        replay_guard: ledger.clone(),
+        replay_guard: store,
     };
     let state = webhook(intake).await;
     let (status, _, _) = common::call(
@@ -336,11 +340,11 @@ async fn sqs_failure_is_503_and_the_sentinel_retry_is_let_through() {
 #[tokio::test]
 async fn ledger_unavailable_is_503() {
     let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
-    let ledger = Arc::new(DynamoLedger::new(client, "no-such-table"));
+    let store = Arc::new(DynamoStore::new(client, "no-such-table"));
     let intake = Intake {
-        ledger: ledger.clone(),
+        ledger: Ledger::new(store.clone()),
         queue: Arc::new(risk_responder::queue::MemoryQueue::default()),
-        replay_guard: ledger,
+        replay_guard: store,
     };
     let (status, _, _) = common::call(
         webhook(intake).await,
@@ -415,27 +419,27 @@ async fn reauthorization_required_is_handled_by_reauthorizing() {
     let base = serve_webhook().await;
     let manager = Arc::new(manager(&s, &base));
     let id = manager.ensure(TENANT).await.unwrap()[0].id.clone();
-    let mut worker = worker(
-        &s,
-        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::in_memory().unwrap()),
-    );
-    worker.subscriptions = Some(manager);
+    let mut worker = worker(&s, memory_ledger());
     let item = WorkItem::Lifecycle(LifecycleNotice {
         tenant_id: TENANT.into(),
         subscription_id: id.clone(),
         kind: LifecycleKind::ReauthorizationRequired,
     });
-    assert_eq!(worker.handle(&item).await, Disposition::Done);
+    // Without a subscription manager the notice is kept (it needs an operator), not dropped.
+    assert!(worker.handle(&item).await.is_retry());
+    worker.subscriptions = Some(manager);
+    assert!(matches!(worker.handle(&item).await, Disposition::Done(_)));
     assert_eq!(s.with(|d| d.reauthorized.clone()), [id]);
 }
 
 #[tokio::test]
-async fn audit_lists_decisions_from_the_ledger_file() {
+async fn audit_lists_signals_and_case_steps_from_the_ledger_file() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     let path = std::env::temp_dir().join(format!("{}.sqlite", unique("audit")));
-    let ledger: Arc<dyn Ledger> =
-        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::open(&path).unwrap());
+    let ledger = Ledger::new(Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
+    ));
     worker(&s, ledger).handle(&risk_item("audited-1")).await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
         .arg("audit")
@@ -445,14 +449,14 @@ async fn audit_lists_decisions_from_the_ledger_file() {
         .unwrap();
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{out}");
-    assert!(out.contains("audited-1"), "{out}");
-    assert!(out.contains("Completed"), "{out}");
+    assert!(out.contains("signal audited-1"), "{out}");
+    assert!(out.contains("opened case"), "{out}");
     assert!(
-        out.contains(
-            "Enforce rule \"high risk, sign-ins already blocked: contain\": RevokeSessions=done"
-        ),
+        out.contains("planned by rule \"high risk, sign-ins already blocked: contain\""),
         "{out}"
     );
+    assert!(out.contains("revoke_sessions done"), "{out}");
+    assert!(out.contains("status completed"), "{out}");
     std::fs::remove_file(path).ok();
 }
 
@@ -461,9 +465,9 @@ async fn every_worker_log_line_names_the_event_and_tenant() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     let (logs, _guard) = common::Logs::capture();
-    let ledger: Arc<dyn Ledger> =
-        Arc::new(risk_responder::ledger::sqlite::SqliteLedger::in_memory().unwrap());
-    worker(&s, ledger).handle(&risk_item("logged-1")).await;
+    worker(&s, memory_ledger())
+        .handle(&risk_item("logged-1"))
+        .await;
     let text = logs.text();
     // Our lines (the stand-in's server and the HTTP client log under their own targets).
     let lines: Vec<serde_json::Value> = text
@@ -478,8 +482,17 @@ async fn every_worker_log_line_names_the_event_and_tenant() {
     assert!(lines.len() >= 5, "{text}");
     for value in lines {
         let line = value.to_string();
-        assert_eq!(value["span"]["event_id"], "logged-1", "{line}");
-        assert_eq!(value["span"]["tenant_id"], TENANT, "{line}");
+        let tenant = value["span"]["tenant_id"]
+            .as_str()
+            .or_else(|| value["fields"]["tenant_id"].as_str())
+            .or_else(|| {
+                value["spans"]
+                    .as_array()
+                    .and_then(|spans| spans.iter().find_map(|sp| sp["tenant_id"].as_str()))
+            });
+        assert_eq!(tenant, Some(TENANT), "{line}");
+        let names_work = line.contains("logged-1") || line.contains("\"case_id\"");
+        assert!(names_work, "names neither the signal nor the case: {line}");
     }
     let password = s.with(|d| {
         d.users.iter().find(|u| u["id"] == ADELE).unwrap()["passwordProfile"]["password"]
@@ -494,7 +507,7 @@ async fn every_worker_log_line_names_the_event_and_tenant() {
 async fn missing_permission_keeps_the_event_for_retry_and_then_finishes_the_plan() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(table().await);
+    let ledger = ddb_ledger().await;
     let worker = worker(&s, ledger.clone());
     s.with(|d| {
         d.faults.forbidden.push((
@@ -509,7 +522,10 @@ async fn missing_permission_keeps_the_event_for_retry_and_then_finishes_the_plan
         1,
         "kept on the queue (then the DLQ), not closed"
     );
-    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Retry);
+    assert_eq!(
+        ledger.cases(10).await.unwrap()[0].status,
+        CaseStatus::NeedsOperator
+    );
 
     // The operator grants the permission; the redelivery finishes without repeating actions.
     s.with(|d| d.faults.forbidden.clear());
@@ -520,5 +536,8 @@ async fn missing_permission_keeps_the_event_for_retry_and_then_finishes_the_plan
         s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
         "confirmedCompromised"
     );
-    assert_eq!(ledger.list(10).await.unwrap()[0].status, Status::Completed);
+    assert_eq!(
+        ledger.cases(10).await.unwrap()[0].status,
+        CaseStatus::Completed
+    );
 }

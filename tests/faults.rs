@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graph_standin::*;
+use risk_responder::cases::CaseStatus;
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake};
-use risk_responder::ledger::sqlite::SqliteLedger;
-use risk_responder::ledger::{Ledger, Status};
+use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, WorkItem};
+use risk_responder::respond::{Disposition, Worker};
 use risk_responder::secrets::SecretsManagerStore;
-use risk_responder::worker::{Disposition, Worker};
 
-fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
-    s.enforcing_worker(ledger, 3)
+fn worker(s: &StandIn, ledger: Ledger) -> Worker {
+    enforcing_worker(s, ledger, 3)
 }
 
 fn item(id: &str) -> WorkItem {
@@ -47,28 +47,39 @@ async fn survive(storm: impl FnOnce(&mut Directory), calm: impl FnOnce(&mut Dire
     let (logs, _guard) = common::Logs::capture();
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::in_memory().unwrap());
+    let ledger = memory_ledger();
     let worker = worker(&s, ledger.clone());
     s.with(storm);
+    // As the intake does before queueing.
+    let WorkItem::Risk(signal) = item("storm-1") else {
+        unreachable!()
+    };
+    ledger.keep_signals(&[signal]).await.unwrap();
     let first = worker.handle(&item("storm-1")).await;
-    assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
-    assert_eq!(
-        ledger.list(1).await.unwrap()[0].status,
-        Status::Retry,
-        "kept for retry"
+    assert!(first.is_retry(), "{first:?}");
+    let signal = ledger
+        .signal("storm-1")
+        .await
+        .unwrap()
+        .expect("the signal is kept");
+    assert!(
+        signal.disposition.is_none() || signal.case_id.is_some(),
+        "not settled: {signal:?}"
     );
+    if let Some(case) = ledger.cases(1).await.unwrap().first() {
+        assert!(case.needs_worker(), "kept for retry: {:?}", case.status);
+    }
     s.with(calm);
-    assert_eq!(worker.handle(&item("storm-1")).await, Disposition::Done);
+    let second = worker.handle(&item("storm-1")).await;
+    assert!(matches!(second, Disposition::Done(_)), "{second:?}");
+    let third = worker.handle(&item("storm-1")).await;
+    assert!(matches!(third, Disposition::Done(_)), "{third:?}");
     assert_eq!(
-        worker.handle(&item("storm-1")).await,
-        Disposition::Duplicate
+        ledger.cases(5).await.unwrap()[0].status,
+        CaseStatus::Completed
     );
-    let revokes = s
-        .writes()
-        .iter()
-        .filter(|c| c.ends_with("/revokeSignInSessions"))
-        .count();
-    assert_eq!(revokes, 1, "remediated exactly once");
+    assert_eq!(revokes(&s), 1, "remediated exactly once");
+    assert_eq!(resets(&s), 1, "one password reset");
     assert_no_secret(&logs.text(), &s);
 }
 
@@ -160,24 +171,16 @@ async fn six_megabyte_body_is_413() {
 async fn concurrent_and_repeated_deliveries_remediate_once() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::in_memory().unwrap());
+    let ledger = memory_ledger();
     let workers: Vec<Worker> = (0..4).map(|_| worker(&s, ledger.clone())).collect();
     let it = item("dup-1");
     let results = futures_all(&workers, &it).await;
-    assert_eq!(
-        results.iter().filter(|d| **d == Disposition::Done).count(),
-        1,
-        "{results:?}"
-    );
+    assert!(results.iter().all(|d| !d.is_retry()), "{results:?}");
     for _ in 0..3 {
-        assert_eq!(workers[0].handle(&it).await, Disposition::Duplicate);
+        assert!(matches!(workers[0].handle(&it).await, Disposition::Done(_)));
     }
-    let revokes = s
-        .writes()
-        .iter()
-        .filter(|c| c.ends_with("/revokeSignInSessions"))
-        .count();
-    assert_eq!(revokes, 1);
+    assert_eq!(revokes(&s), 1);
+    assert_eq!(resets(&s), 1);
 }
 
 async fn futures_all(workers: &[Worker], it: &WorkItem) -> Vec<Disposition> {

@@ -177,7 +177,7 @@ proptest! {
     #[test]
     fn secrets_policy_and_work_items_never_panic(text in "[ -~\\n]{0,400}") {
         let _ = Secrets::from_json(&text);
-        let _ = risk_responder::policy::Policy::from_toml(&text);
+        let _ = risk_responder::cases::Policy::from_toml(&text);
         let _ = serde_json::from_str::<risk_responder::queue::WorkItem>(&text);
     }
 
@@ -186,7 +186,7 @@ proptest! {
         let rt = runtime();
         let config = Config::default();
         let secrets = &*SECRETS;
-        let ctx = risk_responder::replay::ReplayContext { config: &config, secrets, tokens: None, pipeline: None };
+        let ctx = risk_responder::replay::ReplayContext { config: &config, secrets, tokens: None, worker: None };
         let text = String::from_utf8_lossy(&body);
         let _ = rt.block_on(risk_responder::replay::replay_text("f", &text, &ctx));
     }

@@ -1,4 +1,4 @@
-//! Graph client, investigation, policy and remediation against the Graph stand-in.
+//! Graph client, investigation, plans and remediation against the Graph simulator.
 
 mod common;
 mod graph_standin;
@@ -9,11 +9,12 @@ use std::time::Duration;
 use base64::Engine;
 use graph_standin::*;
 use reqwest::Method;
+use risk_responder::cases::case::ActionState;
+use risk_responder::cases::{Action, Case, CaseStatus, Mode, Policy};
 use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
 use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
-use risk_responder::pipeline::{Pipeline, Report};
-use risk_responder::policy::{Action, Mode, Policy};
-use risk_responder::remediate::ActionStatus;
+use risk_responder::queue::WorkItem;
+use risk_responder::respond::Disposition;
 use risk_responder::secrets::SecretString;
 
 fn graph_client(s: &StandIn, credential: ClientCredential) -> Arc<GraphClient> {
@@ -22,12 +23,6 @@ fn graph_client(s: &StandIn, credential: ClientCredential) -> Arc<GraphClient> {
 
 fn secret() -> ClientCredential {
     ClientCredential::Secret(SecretString::new(CLIENT_SECRET))
-}
-
-fn policy(mode: Mode) -> Arc<Policy> {
-    let mut policy = Policy::default_policy();
-    policy.mode = mode;
-    Arc::new(policy)
 }
 
 fn event(level: RiskLevel) -> RiskEvent {
@@ -46,49 +41,51 @@ fn event(level: RiskLevel) -> RiskEvent {
     }
 }
 
-async fn run(s: &StandIn, mode: Mode, level: RiskLevel) -> Report {
-    let pipeline = Pipeline::new(graph_client(s, secret()), policy(mode), None);
-    pipeline.process(&event(level)).await
+/// Runs one signal through a worker with `policy`; returns the disposition and the case.
+async fn run_with(
+    s: &StandIn,
+    policy: Policy,
+    signal: RiskEvent,
+    attempts: u32,
+) -> (Disposition, Option<Case>) {
+    let ledger = memory_ledger();
+    let worker = worker_with(s, ledger.clone(), policy, attempts);
+    let id = signal.event_id.clone();
+    let disposition = worker.handle(&WorkItem::Risk(signal)).await;
+    let case = ledger.find_case(&id).await.unwrap().map(|(c, _)| c);
+    (disposition, case)
 }
 
-fn statuses(report: &Report) -> Vec<(Action, ActionStatus)> {
-    report
-        .outcome
-        .as_ref()
-        .unwrap()
-        .actions
+async fn run(s: &StandIn, mode: Mode, level: RiskLevel) -> (Disposition, Case) {
+    let (d, case) = run_with(s, policy(mode), event(level), 4).await;
+    (d, case.expect("a case"))
+}
+
+fn statuses(case: &Case) -> Vec<(Action, ActionState)> {
+    case.actions
         .iter()
-        .map(|a| (a.action, a.status.clone()))
+        .map(|a| (a.action, a.state.clone()))
         .collect()
+}
+
+fn done(state: &ActionState) -> bool {
+    matches!(state, ActionState::Done { .. })
 }
 
 #[tokio::test]
 async fn investigation_reads_risk_and_pages_through_53011_sign_ins() {
     let s = start().await;
     seed(&s, "high", "atRisk", 5);
-    let report = run(&s, Mode::ReportOnly, RiskLevel::Unknown).await;
-    let findings = report.findings.expect("findings");
-    assert_eq!(findings.user_id, ADELE);
-    assert_eq!(
-        findings.risky_user.unwrap().risk_level.as_deref(),
-        Some("high")
-    );
-    let mut ids: Vec<_> = findings
-        .blocked_sign_ins
-        .iter()
-        .map(|s| s.id.clone())
-        .collect();
-    ids.sort();
-    assert_eq!(
-        ids,
-        [
-            "blocked-0",
-            "blocked-1",
-            "blocked-2",
-            "blocked-3",
-            "blocked-4"
-        ]
-    );
+    let (_, case) = run(&s, Mode::ReportOnly, RiskLevel::Unknown).await;
+    let findings = case.findings.expect("findings");
+    assert_eq!(findings.user.user_id, ADELE);
+    assert_eq!(findings.risk.unwrap().risk_level, "high");
+    assert_eq!(findings.blocked_sign_ins.count, 5);
+    let newest = &findings.blocked_sign_ins.newest[0];
+    assert_eq!(newest.app.as_deref(), Some("Office 365 Exchange Online"));
+    assert_eq!(newest.ip_address.as_deref(), Some("203.0.113.77"));
+    assert_eq!(newest.client_app.as_deref(), Some("Browser"));
+    assert_eq!(newest.device.as_deref(), Some("Linux, Firefox 140.0"));
     let sign_in_calls = s.with(|d| {
         d.calls
             .iter()
@@ -96,22 +93,31 @@ async fn investigation_reads_risk_and_pages_through_53011_sign_ins() {
             .count()
     });
     assert_eq!(sign_in_calls, 3, "5 results at 2 per page");
+    // $select everywhere the API supports it.
+    let user_read = s.with(|d| {
+        d.calls
+            .iter()
+            .find(|(c, _)| c.starts_with(&format!("GET /v1.0/users/{ADELE}?")))
+            .unwrap()
+            .0
+            .clone()
+    });
+    assert!(
+        user_read.contains("$select=id,userPrincipalName"),
+        "{user_read}"
+    );
 }
 
 #[tokio::test]
 async fn report_only_plans_without_changing_anything() {
     let s = start().await;
     seed(&s, "high", "atRisk", 2);
-    let report = run(&s, Mode::ReportOnly, RiskLevel::High).await;
-    let plan = &report.outcome.as_ref().unwrap().plan;
-    assert_eq!(
-        plan.rule.as_deref(),
-        Some("high risk, sign-ins already blocked: contain")
-    );
+    let (_, case) = run(&s, Mode::ReportOnly, RiskLevel::High).await;
+    assert_eq!(case.rules, ["high risk, sign-ins already blocked: contain"]);
     assert!(
-        statuses(&report)
+        statuses(&case)
             .iter()
-            .all(|(_, st)| *st == ActionStatus::Planned)
+            .all(|(_, st)| *st == ActionState::Planned)
     );
     assert!(s.writes().is_empty(), "report-only wrote: {:?}", s.writes());
     assert!(s.with(|d| d.mails.is_empty()));
@@ -122,13 +128,9 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
     let (logs, _guard) = common::Logs::capture();
     let s = start().await;
     seed(&s, "high", "atRisk", 2);
-    let report = run(&s, Mode::Enforce, RiskLevel::High).await;
-    let st = statuses(&report);
-    assert!(
-        st.iter()
-            .all(|(_, status)| matches!(status, ActionStatus::Done { .. })),
-        "{st:?}"
-    );
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    let st = statuses(&case);
+    assert!(st.iter().all(|(_, status)| done(status)), "{st:?}");
     assert_eq!(
         s.writes()
             .iter()
@@ -180,14 +182,17 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
             .unwrap()
             .contains(&password)
     );
+    let soc = mails[1].1["message"]["body"]["content"].as_str().unwrap();
     assert!(
-        !mails[1].1.to_string().contains(&password),
+        !soc.contains(&password),
         "notification carries the password"
     );
+    assert!(soc.contains("Sign-ins blocked with AADSTS53011"), "{soc}");
+    assert!(soc.contains("203.0.113.77"), "{soc}");
     assert!(!logs.text().contains(&password), "password in logs");
     assert!(
-        !serde_json::to_string(&report).unwrap().contains(&password),
-        "password in report"
+        !serde_json::to_string(&case).unwrap().contains(&password),
+        "password in the case"
     );
     assert_eq!(
         s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
@@ -196,11 +201,11 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
 }
 
 #[tokio::test]
-async fn medium_risk_resets_and_dismisses() {
+async fn medium_risk_resets_and_skips_the_dismiss_the_reset_made_pointless() {
     let s = start().await;
     seed(&s, "medium", "atRisk", 0);
-    let report = run(&s, Mode::Enforce, RiskLevel::Medium).await;
-    let actions: Vec<Action> = statuses(&report).into_iter().map(|(a, _)| a).collect();
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::Medium).await;
+    let actions: Vec<Action> = statuses(&case).into_iter().map(|(a, _)| a).collect();
     assert_eq!(
         actions,
         [
@@ -210,48 +215,50 @@ async fn medium_risk_resets_and_dismisses() {
             Action::Notify
         ]
     );
+    // The admin reset remediated the risk, so there is nothing left to dismiss: recorded why.
+    match &case.actions[2].state {
+        ActionState::Skipped { reason, .. } => assert!(reason.contains("remediated"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
-        "dismissed"
+        "remediated"
     );
 }
 
 #[tokio::test]
-async fn user_no_longer_at_risk_gets_nothing() {
+async fn user_no_longer_at_risk_gets_no_case() {
     let s = start().await;
     seed(&s, "none", "remediated", 3);
-    let report = run(&s, Mode::Enforce, RiskLevel::High).await;
-    let outcome = report.outcome.unwrap();
-    assert!(outcome.actions.is_empty());
-    assert!(
-        outcome
-            .plan
-            .reason
-            .unwrap()
-            .contains("no longer at risk (riskState remediated)")
-    );
+    let mut graph_signal = event(RiskLevel::Unknown);
+    graph_signal.source = EventSource::GraphUser;
+    let (disposition, case) = run_with(&s, policy(Mode::Enforce), graph_signal, 4).await;
+    assert!(case.is_none());
+    match disposition {
+        Disposition::Done(why) => assert!(why.contains("riskState remediated"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     assert!(s.writes().is_empty());
 }
 
 #[tokio::test]
-async fn missing_permission_stops_the_plan_and_is_not_retried() {
+async fn missing_permission_stops_the_plan_for_an_operator() {
     let s = start().await;
     seed(&s, "medium", "atRisk", 0);
     s.with(|d| {
-        d.faults.forbidden.push((
-            Method::POST,
-            "/identityProtection/riskyUsers/dismiss".into(),
-        ))
+        d.faults
+            .forbidden
+            .push((Method::POST, format!("/users/{ADELE}/revokeSignInSessions")))
     });
-    let report = run(&s, Mode::Enforce, RiskLevel::Medium).await;
-    let st = statuses(&report);
-    assert!(matches!(st[0].1, ActionStatus::Done { .. }));
-    assert!(matches!(st[1].1, ActionStatus::Done { .. }));
-    match &st[2].1 {
-        ActionStatus::Failed {
+    let (disposition, case) = run(&s, Mode::Enforce, RiskLevel::Medium).await;
+    assert!(disposition.is_retry(), "kept for retry and the DLQ");
+    let st = statuses(&case);
+    match &st[0].1 {
+        ActionState::Failed {
             error,
             transient,
             needs_operator,
+            ..
         } => {
             assert!(error.contains("403 Authorization_RequestDenied"), "{error}");
             assert!(!transient);
@@ -259,39 +266,34 @@ async fn missing_permission_stops_the_plan_and_is_not_retried() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(st[3].1, ActionStatus::NotAttempted);
-    assert!(!report.retryable);
-    assert!(report.needs_operator);
+    assert_eq!(st[1].1, ActionState::Pending, "not dropped, waits");
+    assert_eq!(case.status, CaseStatus::NeedsOperator);
 }
 
 #[tokio::test]
-async fn user_gone_is_reported_not_retried() {
+async fn user_gone_is_closed_not_retried() {
     let s = start().await;
-    let report = run(&s, Mode::Enforce, RiskLevel::High).await;
-    assert!(report.error.unwrap().contains("no user that Graph knows"));
-    assert!(!report.retryable);
-    assert!(
-        !report.needs_operator,
-        "nothing to fix: the event is closed"
-    );
+    let (disposition, case) = run_with(&s, policy(Mode::Enforce), event(RiskLevel::High), 4).await;
+    assert!(!disposition.is_retry(), "{disposition:?}");
+    let case = case.expect("a Sentinel detection opens a case");
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(case.plan_note.unwrap().contains("no longer exists"));
     assert!(s.writes().is_empty());
 }
 
 #[tokio::test]
-async fn refused_client_secret_is_a_clear_non_retryable_error() {
+async fn refused_client_secret_is_a_clear_error_for_an_operator() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let pipeline = Pipeline::new(
-        graph_client(&s, ClientCredential::Secret(SecretString::new("wrong"))),
-        policy(Mode::Enforce),
-        None,
+    let graph = graph_client(&s, ClientCredential::Secret(SecretString::new("wrong")));
+    let err = graph.user_facts(TENANT, ADELE).await.unwrap_err();
+    assert!(
+        err.to_string().contains("invalid_client: AADSTS7000215"),
+        "{err}"
     );
-    let report = pipeline.process(&event(RiskLevel::High)).await;
-    let error = report.error.unwrap();
-    assert!(error.contains("invalid_client: AADSTS7000215"), "{error}");
-    assert!(!error.contains("wrong"), "secret in error: {error}");
-    assert!(!report.retryable);
-    assert!(report.needs_operator);
+    assert!(!err.to_string().contains("wrong"), "secret in error: {err}");
+    assert!(err.needs_operator());
+    assert!(!err.is_transient());
 }
 
 #[tokio::test]
@@ -299,9 +301,11 @@ async fn token_endpoint_down_is_retryable() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     s.with(|d| d.faults.token_down = true);
-    let report = run(&s, Mode::Enforce, RiskLevel::High).await;
-    assert!(report.error.unwrap().contains("token endpoint"));
-    assert!(report.retryable);
+    let (disposition, _) = run_with(&s, policy(Mode::Enforce), event(RiskLevel::High), 4).await;
+    match disposition {
+        Disposition::Retry(why) => assert!(why.contains("token endpoint"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -331,8 +335,8 @@ async fn certificate_credential_signs_a_client_assertion() {
         thumbprint_sha1_hex: thumbprint.trim().to_owned(),
     };
     let graph = graph_client(&s, credential);
-    let user = graph.user(TENANT, ADELE).await.unwrap();
-    assert_eq!(user.id, ADELE);
+    let user = graph.user_facts(TENANT, ADELE).await.unwrap();
+    assert_eq!(user.user_id, ADELE);
 
     // A certificate the stand-in does not know is refused.
     let other = ClientCredential::Certificate {
@@ -342,7 +346,7 @@ async fn certificate_credential_signs_a_client_assertion() {
         thumbprint_sha1_hex: thumbprint.trim().to_owned(),
     };
     let err = graph_client(&s, other)
-        .user(TENANT, ADELE)
+        .user_facts(TENANT, ADELE)
         .await
         .unwrap_err();
     assert!(matches!(err, GraphError::TokenRefused { .. }), "{err:?}");
@@ -354,9 +358,9 @@ async fn tokens_are_cached_per_tenant() {
     seed(&s, "high", "atRisk", 1);
     let graph = graph_client(&s, secret());
     for _ in 0..3 {
-        graph.user(TENANT, ADELE).await.unwrap();
+        graph.user_facts(TENANT, ADELE).await.unwrap();
     }
-    graph.user("other-tenant", ADELE).await.unwrap();
+    graph.user_facts("other-tenant", ADELE).await.unwrap();
     assert_eq!(s.with(|d| d.token_requests), 2);
 }
 
@@ -369,7 +373,7 @@ async fn throttling_honours_retry_after() {
         d.faults.retry_after = 1;
     });
     let graph = graph_client(&s, secret());
-    graph.user(TENANT, ADELE).await.unwrap();
+    graph.user_facts(TENANT, ADELE).await.unwrap();
     let times: Vec<_> = s.with(|d| d.calls.iter().map(|(_, t)| *t).collect());
     assert_eq!(times.len(), 3);
     for pair in times.windows(2) {
@@ -388,14 +392,12 @@ async fn a_429_storm_gives_up_as_throttled_and_retryable() {
         d.faults.throttle_next = 100;
         d.faults.retry_after = 0;
     });
-    let report = run(&s, Mode::Enforce, RiskLevel::High).await;
-    assert!(
-        report
-            .error
-            .unwrap()
-            .contains("throttling after 4 attempts")
-    );
-    assert!(report.retryable);
+    let err = graph_client(&s, secret())
+        .user_facts(TENANT, ADELE)
+        .await
+        .unwrap_err();
+    assert_eq!(err, GraphError::Throttled { attempts: 4 });
+    assert!(err.is_transient());
     assert_eq!(s.with(|d| d.calls.len()), 4);
 }
 
@@ -408,7 +410,7 @@ async fn a_retry_after_beyond_the_limit_is_not_slept_on() {
         d.faults.retry_after = 3600;
     });
     let err = graph_client(&s, secret())
-        .user(TENANT, ADELE)
+        .user_facts(TENANT, ADELE)
         .await
         .unwrap_err();
     assert_eq!(err, GraphError::Throttled { attempts: 1 });
@@ -420,10 +422,10 @@ async fn service_unavailable_is_retried_with_backoff() {
     seed(&s, "high", "atRisk", 1);
     s.with(|d| d.faults.unavailable_next = 2);
     let user = graph_client(&s, secret())
-        .user(TENANT, ADELE)
+        .user_facts(TENANT, ADELE)
         .await
         .unwrap();
-    assert_eq!(user.id, ADELE);
+    assert_eq!(user.user_id, ADELE);
     assert_eq!(s.with(|d| d.calls.len()), 3);
 }
 
@@ -440,21 +442,21 @@ async fn next_links_off_the_graph_host_are_not_followed() {
 }
 
 #[tokio::test]
-async fn security_alert_subject_is_resolved_through_the_alert() {
+async fn a_legacy_security_alert_is_closed_with_a_clear_message() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    s.with(|d| {
-        d.alerts.insert(
-            "al-1".into(),
-            serde_json::json!({"id": "al-1", "severity": "high", "vendorInformation": {"provider": "IPC"},
-                "userStates": [{"aadUserId": ADELE, "userPrincipalName": ADELE_UPN}]}),
-        )
-    });
     let mut e = event(RiskLevel::Unknown);
     e.subject = Subject::SecurityAlert { id: "al-1".into() };
-    let pipeline = Pipeline::new(graph_client(&s, secret()), policy(Mode::ReportOnly), None);
-    let report = pipeline.process(&e).await;
-    assert_eq!(report.findings.unwrap().user_id, ADELE);
+    let (disposition, case) = run_with(&s, policy(Mode::Enforce), e, 4).await;
+    assert!(case.is_none());
+    match disposition {
+        Disposition::Done(why) => assert!(
+            why.contains("legacy /security/alerts API is retired"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.with(|d| d.calls.iter().all(|(c, _)| !c.contains("/security/alerts"))));
 }
 
 #[tokio::test]
@@ -466,8 +468,8 @@ async fn upn_only_subject_is_resolved_to_the_object_id() {
         id: None,
         upn: Some(ADELE_UPN.into()),
     };
-    let pipeline = Pipeline::new(graph_client(&s, secret()), policy(Mode::ReportOnly), None);
-    assert_eq!(pipeline.process(&e).await.findings.unwrap().user_id, ADELE);
+    let (_, case) = run_with(&s, policy(Mode::ReportOnly), e, 4).await;
+    assert_eq!(case.unwrap().user_id, ADELE);
 }
 
 #[tokio::test]
@@ -483,67 +485,14 @@ min_risk_level = "low"
 actions = ["dismiss_risk", "unblock_sign_in"]"#,
     )
     .unwrap();
-    let pipeline = Pipeline::new(graph_client(&s, secret()), Arc::new(policy), None);
-    let report = pipeline.process(&event(RiskLevel::Low)).await;
-    assert!(
-        statuses(&report)
-            .iter()
-            .all(|(_, st)| matches!(st, ActionStatus::Done { .. })),
-        "{report:?}"
-    );
+    let (_, case) = run_with(&s, policy, event(RiskLevel::Low), 4).await;
+    let case = case.unwrap();
+    assert!(statuses(&case).iter().all(|(_, st)| done(st)), "{case:?}");
     assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
     assert_eq!(
         s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
         "dismissed"
     );
-}
-
-#[tokio::test]
-async fn temporary_password_can_be_delivered_through_secrets_manager() {
-    use risk_responder::remediate::PasswordVault;
-    let s = start().await;
-    seed(&s, "medium", "atRisk", 0);
-    let prefix = format!(
-        "risk-responder/temporary-password/{}/",
-        uuid::Uuid::new_v4()
-    );
-    let policy = Policy::from_toml(&format!(
-        r#"mode = "enforce"
-[password_delivery]
-channel = "secrets-manager"
-name_prefix = "{prefix}"
-ttl_hours = 24
-[[rules]]
-name = "medium"
-min_risk_level = "medium"
-actions = ["reset_password"]"#
-    ))
-    .unwrap();
-    let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
-    let vault: Arc<dyn PasswordVault> = Arc::new(
-        risk_responder::secrets::SecretsManagerPasswordVault::new(sm.clone()),
-    );
-    let pipeline = Pipeline::new(graph_client(&s, secret()), Arc::new(policy), Some(vault));
-    let report = pipeline.process(&event(RiskLevel::Medium)).await;
-    let detail = match &statuses(&report)[0].1 {
-        ActionStatus::Done { detail } => detail.clone().unwrap(),
-        other => panic!("{other:?}"),
-    };
-    assert!(
-        detail.starts_with("stored in Secrets Manager as arn:"),
-        "{detail}"
-    );
-    let set = s.with(|d| {
-        d.users[0]["passwordProfile"]["password"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    });
-    let name = format!("{prefix}{TENANT}/{ADELE}/evt-1");
-    let stored = sm.get_secret_value().secret_id(&name).send().await.unwrap();
-    assert_eq!(stored.secret_string(), Some(set.as_str()));
-    assert!(!detail.contains(&set));
-    assert!(s.with(|d| d.mails.is_empty()), "no mail for this channel");
 }
 
 #[tokio::test]
@@ -571,7 +520,7 @@ async fn a_rotated_client_secret_is_used_without_a_restart() {
     let secrets = store.load().await.unwrap();
     let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
         .unwrap();
-    let err = graph.user(TENANT, ADELE).await.unwrap_err();
+    let err = graph.user_facts(TENANT, ADELE).await.unwrap_err();
     assert!(err.needs_operator(), "{err:?}");
 
     sm.put_secret_value()
@@ -581,5 +530,8 @@ async fn a_rotated_client_secret_is_used_without_a_restart() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(graph.user(TENANT, ADELE).await.unwrap().id, ADELE);
+    assert_eq!(
+        graph.user_facts(TENANT, ADELE).await.unwrap().user_id,
+        ADELE
+    );
 }

@@ -6,10 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::moto;
-use risk_responder::remediate::PasswordVault;
-use risk_responder::secrets::{
-    EXPIRES_AT_TAG, SecretStore, SecretString, SecretsManagerPasswordVault, SecretsManagerStore,
-};
+use risk_responder::respond::vault::{EXPIRES_AT_TAG, PasswordVault, SecretsManagerPasswordVault};
+use risk_responder::secrets::{SecretStore, SecretString, SecretsManagerStore};
 
 async fn client() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&moto::sdk_config().await)

@@ -22,15 +22,18 @@ async fn main() -> Result<(), Error> {
         app::subscriptions(&config, &secrets, graph).ok_or("RR_NOTIFICATION_URL must be set")?;
     let policy = app::load_policy(&config)?;
     let vault_prefix = match &policy.password_delivery {
-        Some(risk_responder::policy::PasswordDelivery::SecretsManager { name_prefix, .. }) => {
-            Some(name_prefix.clone())
-        }
+        Some(risk_responder::cases::policy::PasswordDelivery::SecretsManager {
+            name_prefix,
+            ..
+        }) => Some(name_prefix.clone()),
         _ => None,
     };
     let sweeper = match vault_prefix {
-        Some(_) => Some(risk_responder::secrets::SecretsManagerPasswordVault::new(
-            aws_sdk_secretsmanager::Client::new(&app::aws_config().await),
-        )),
+        Some(_) => Some(
+            risk_responder::respond::vault::SecretsManagerPasswordVault::new(
+                aws_sdk_secretsmanager::Client::new(&app::aws_config().await),
+            ),
+        ),
         None => None,
     };
     let (config, manager, sweeper, vault_prefix) = (&config, &manager, &sweeper, &vault_prefix);

@@ -1,4 +1,5 @@
-//! Command line: the local server, replay of saved events, the audit, and subscriptions.
+//! Command line: the local server, replay of saved events, cases and a person's decisions on
+//! them, the audit, and subscriptions.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,12 +8,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use risk_responder::app::{self, StartError};
+use risk_responder::cases::case::CaseReport;
+use risk_responder::cases::{Case, CaseStatus, Mode};
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake, router};
-use risk_responder::policy::Mode;
-use risk_responder::queue::MemoryQueue;
+use risk_responder::ledger::Ledger;
+use risk_responder::queue::{MemoryQueue, SqsQueue, WorkItem, WorkQueue};
 use risk_responder::replay::{ReplayContext, replay_file};
-use risk_responder::worker::Worker;
+use risk_responder::respond::Worker;
 
 #[derive(Parser)]
 #[command(version, about = "Automated response to Entra ID risky users")]
@@ -46,7 +49,13 @@ enum Command {
         #[arg(long)]
         ingress_only: bool,
     },
-    /// List what the ledger recorded: events, decisions, actions (newest first).
+    /// Cases: one per user and risk episode, with their signals, plan, actions, and who acts next.
+    Cases {
+        #[command(subcommand)]
+        action: CasesAction,
+    },
+    /// The audit: every signal as received and what became of it, and every step of every case
+    /// (newest first).
     Audit {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
@@ -62,6 +71,54 @@ enum Command {
         /// Tenant (default: every allowed tenant).
         #[arg(long, global = true)]
         tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CasesAction {
+    /// List cases, most recently updated first.
+    List {
+        /// Only cases with this status (new, open, retry, needs_operator, awaiting_approval,
+        /// completed, skipped).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one case (by case id, or the id of a signal merged into it).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry out the plan as planned, even past a rail that held it (or a report-only plan).
+    Approve {
+        id: String,
+        /// Why (recorded with the decision).
+        #[arg(long)]
+        reason: String,
+        /// Who decides (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Do nothing more on the case; it closes.
+    Skip {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Try the case's failed actions again (after fixing a permission, say).
+    Retry {
+        id: String,
+        #[arg(long, default_value = "retry requested")]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -87,6 +144,7 @@ async fn main() -> ExitCode {
             ingress_only,
         } => replay(&files, json, enforce, ingress_only).await,
         Command::Audit { limit, json } => audit(limit, json).await,
+        Command::Cases { action } => cases(action).await,
         Command::Subscriptions { action, tenant } => subscriptions(action, tenant).await,
     };
     match result {
@@ -110,18 +168,19 @@ async fn replay(
     let intake = Intake::in_process(Arc::new(MemoryQueue::default()))?;
     let state = AppState::new(config, store, intake, http.clone()).await?;
     let secrets = state.secrets.load().await?;
-    let pipeline = if ingress_only {
+    let worker = if ingress_only {
         None
     } else {
         let graph = app::graph_client(&state.config, &secrets, state.secrets.clone(), http)?;
+        let (ledger, _) = app::ledger(&state.config).await?;
         let mode = (!enforce).then_some(Mode::ReportOnly);
-        Some(app::pipeline(graph, &state.config, mode).await?)
+        Some(app::worker(&state.config, graph, ledger, None, mode).await?)
     };
     let ctx = ReplayContext {
         config: &state.config,
         secrets: &secrets,
         tokens: state.tokens.as_deref(),
-        pipeline: pipeline.as_deref(),
+        worker: worker.as_ref(),
     };
     let mut failed = 0;
     for file in files {
@@ -139,53 +198,174 @@ async fn replay(
     Ok(())
 }
 
-async fn audit(limit: usize, json: bool) -> Result<(), StartError> {
+fn decider(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("USERNAME").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "unknown operator".into())
+}
+
+async fn find(ledger: &Ledger, id: &str) -> Result<(Case, u64), StartError> {
+    ledger.find_case(id).await?.ok_or_else(|| {
+        format!("no case {id} (nor a signal with that id merged into a case)").into()
+    })
+}
+
+async fn cases(action: CasesAction) -> Result<(), StartError> {
     let config = Config::from_env()?;
     let (ledger, _) = app::ledger(&config).await?;
-    for entry in ledger.list(limit).await? {
-        if json {
-            println!("{}", serde_json::to_string(&entry)?);
-            continue;
-        }
-        let decision = entry
-            .report
-            .as_ref()
-            .map(|r| match (&r.error, &r.outcome) {
-                (Some(error), _) => format!("error: {error}"),
-                (None, Some(outcome)) => {
-                    let actions: Vec<String> = outcome
+    let now = time::OffsetDateTime::now_utc();
+    let (id, decision, reason, by) = match action {
+        CasesAction::List {
+            status,
+            limit,
+            json,
+        } => {
+            let wanted = match status.as_deref() {
+                None => None,
+                Some(s) => {
+                    Some(CaseStatus::parse(s).ok_or_else(|| format!("unknown status {s:?}"))?)
+                }
+            };
+            let cases = ledger
+                .cases(if wanted.is_some() { usize::MAX } else { limit })
+                .await?;
+            for case in cases
+                .iter()
+                .filter(|c| wanted.is_none_or(|w| c.status == w))
+                .take(limit)
+            {
+                if json {
+                    println!("{}", serde_json::to_string(case)?);
+                } else {
+                    let done = case
                         .actions
                         .iter()
-                        .map(|a| format!("{:?}={}", a.action, status_word(&a.status)))
-                        .collect();
-                    match (&outcome.plan.rule, &outcome.plan.reason) {
-                        (Some(rule), _) => {
-                            format!("{:?} rule {rule:?}: {}", outcome.mode, actions.join(" "))
-                        }
-                        (None, reason) => {
-                            format!("no action: {}", reason.as_deref().unwrap_or("-"))
-                        }
-                    }
+                        .filter(|a| a.state.word() == "done")
+                        .count();
+                    println!(
+                        "{}  {}  {:<17}  {:<16}  {:?}  {} signal(s)  {}/{} done  next {}",
+                        case.updated_at,
+                        case.case_id,
+                        case.status.as_str(),
+                        case.user_principal_name.as_deref().unwrap_or(&case.user_id),
+                        case.risk_level,
+                        case.signals.count,
+                        done,
+                        case.actions.len(),
+                        case.next_actor()
+                    );
                 }
-                (None, None) => "-".into(),
-            })
-            .unwrap_or_else(|| "not processed yet".into());
-        println!(
-            "{}  {}  tenant {}  {:?}  attempts {}  {decision}",
-            entry.updated_at, entry.event_id, entry.tenant_id, entry.status, entry.attempts
-        );
+            }
+            return Ok(());
+        }
+        CasesAction::Show { id, json } => {
+            let (case, _) = find(&ledger, &id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&case)?);
+            } else {
+                print!("{}", CaseReport(&case));
+                for entry in &case.history {
+                    println!("    {}  {}", entry.at, entry.what);
+                }
+            }
+            return Ok(());
+        }
+        CasesAction::Approve { id, reason, by } => (id, "approve", reason, decider(by)),
+        CasesAction::Skip { id, reason, by } => (id, "skip", reason, decider(by)),
+        CasesAction::Retry { id, reason, by } => (id, "retry", reason, decider(by)),
+    };
+    if reason.trim().is_empty() {
+        return Err("--reason must say why".into());
+    }
+    // Record the decision (optimistically: a worker may be writing the case too).
+    let case = loop {
+        let (mut case, version) = find(&ledger, &id).await?;
+        if decision != "skip" && case.lease.as_ref().is_some_and(|l| l.until > now) {
+            return Err(format!(
+                "case {} is being worked on right now; try again in a moment",
+                case.case_id
+            )
+            .into());
+        }
+        match decision {
+            "approve" => case.approve(&by, &reason, now).map(drop),
+            "skip" => case.skip(&by, &reason, now).map(drop),
+            _ => case.retry(&by, &reason, now),
+        }
+        .map_err(StartError::from)?;
+        if ledger.save_case(&case, version).await?.is_some() {
+            break case;
+        }
+    };
+    println!("{decision} recorded by {by} on case {}", case.case_id);
+    if decision == "skip" {
+        print!("{}", CaseReport(&case));
+        return Ok(());
+    }
+    let item = WorkItem::Resume {
+        tenant_id: case.tenant_id.clone(),
+        case_id: case.case_id.clone(),
+    };
+    match &config.queue_url {
+        Some(url) => {
+            let client = aws_sdk_sqs::Client::new(&app::aws_config().await);
+            SqsQueue::new(client, url.clone()).send(&[item]).await?;
+            println!("queued for the worker");
+        }
+        None => {
+            // Locally, carry it out now.
+            let store = app::secret_store(&config).await?;
+            let secrets = store.load().await?;
+            let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
+            let worker = app::worker(&config, graph, ledger.clone(), None, None).await?;
+            let disposition = worker.handle(&item).await;
+            println!("worked: {disposition:?}");
+        }
+    }
+    if let Some((case, _)) = ledger.case(&case.case_id).await? {
+        print!("{}", CaseReport(&case));
     }
     Ok(())
 }
 
-fn status_word(status: &risk_responder::remediate::ActionStatus) -> &'static str {
-    use risk_responder::remediate::ActionStatus::*;
-    match status {
-        Planned => "planned",
-        Done { .. } => "done",
-        Failed { .. } => "failed",
-        NotAttempted => "not-attempted",
+async fn audit(limit: usize, json: bool) -> Result<(), StartError> {
+    let config = Config::from_env()?;
+    let (ledger, _) = app::ledger(&config).await?;
+    for record in ledger.signals(limit).await? {
+        if json {
+            println!("{}", serde_json::json!({ "signal": record }));
+            continue;
+        }
+        println!(
+            "{}  signal {}  {}  {}  tenant {}  -> {}: {}",
+            record.received_at,
+            record.signal.event_id,
+            record.signal.source.as_str(),
+            record.signal.source_id,
+            record.signal.tenant_id,
+            record.case_id.as_deref().unwrap_or("no case"),
+            record.disposition.as_deref().unwrap_or("not processed yet")
+        );
     }
+    let mut steps = Vec::new();
+    for case in ledger.cases(limit).await? {
+        for entry in &case.history {
+            steps.push((entry.at, case.case_id.clone(), entry.what.clone()));
+        }
+    }
+    steps.sort_by_key(|step| std::cmp::Reverse(step.0));
+    for (at, case_id, what) in steps.into_iter().take(limit) {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "case_id": case_id, "at": at.to_string(), "what": what })
+            );
+        } else {
+            println!("{at}  case {case_id}  {what}");
+        }
+    }
+    Ok(())
 }
 
 async fn subscriptions(
@@ -239,20 +419,21 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
     let http = reqwest::Client::new();
     let (intake, memory) = app::intake(&config).await?;
     let graph = app::graph_client(&config, &secrets, store.clone(), http.clone())?;
-    let worker = Worker {
-        ledger: intake.ledger.clone(),
-        pipeline: app::pipeline(graph.clone(), &config, None).await?,
-        subscriptions: app::subscriptions(&config, &secrets, graph),
-    };
+    // The worker has its own ledger connection: it never slows intake.
+    let (worker_ledger, _) = app::ledger(&config).await?;
+    let subscriptions = app::subscriptions(&config, &secrets, graph.clone());
+    let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
     let state = AppState::new(config, store, intake, http).await?;
 
-    // Inline queue: the worker drains it in the background.
+    // Inline queue: the worker drains it in the background, a batch at a time.
     if let Some(queue) = memory {
         tokio::spawn(async move {
             loop {
-                for item in queue.drain() {
-                    let disposition = worker.handle(&item).await;
-                    tracing::info!(?disposition, "inline work item handled");
+                let items = queue.drain();
+                if !items.is_empty() {
+                    for disposition in worker.handle_batch(&items).await {
+                        tracing::info!(?disposition, "inline work item handled");
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

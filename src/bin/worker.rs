@@ -3,7 +3,6 @@
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use risk_responder::app;
 use risk_responder::config::Config;
-use risk_responder::worker::Worker;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 
@@ -13,14 +12,10 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let store = app::secret_store(&config).await?;
     let secrets = store.load().await?;
-    let http = reqwest::Client::new();
-    let graph = app::graph_client(&config, &secrets, store, http)?;
+    let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
     let (ledger, _) = app::ledger(&config).await?;
-    let worker = Worker {
-        ledger,
-        pipeline: app::pipeline(graph.clone(), &config, None).await?,
-        subscriptions: app::subscriptions(&config, &secrets, graph),
-    };
+    let subscriptions = app::subscriptions(&config, &secrets, graph.clone());
+    let worker = app::worker(&config, graph, ledger, subscriptions, None).await?;
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(worker.handle_sqs(event.payload).await)

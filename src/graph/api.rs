@@ -1,13 +1,15 @@
-//! Typed Graph calls used by investigation and remediation.
+//! Typed Graph calls used by investigation and remediation, with `$select` wherever the API
+//! supports it (sign-ins support only `$filter`, `$top` and `$skiptoken`).
 
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{GraphClient, GraphError};
+use crate::cases::findings::{RiskRecord, SignInBrief, SignInSummary, UserFacts};
 
 /// Characters escaped in one URL path segment (a UPN may hold `#`, e.g. `#EXT#`).
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -21,23 +23,51 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'?')
     .add(b'`')
     .add(b'{')
-    .add(b'}');
+    .add(b'}')
+    .add(b'\'');
 
-fn segment(value: &str) -> String {
+/// One URL path segment, escaped.
+pub fn segment(value: &str) -> String {
     utf8_percent_encode(value, SEGMENT).to_string()
 }
 
+/// A `$filter` expression, escaped for the query string.
+pub fn filter(expression: &str) -> String {
+    utf8_percent_encode(expression, NON_ALPHANUMERIC).to_string()
+}
+
+/// Whether `value` is an Entra object id (a GUID).
+pub fn is_object_id(value: &str) -> bool {
+    value.len() == 36
+        && value.char_indices().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        })
+}
+
 /// An Entra object id: the only thing interpolated into an OData filter.
-fn object_id(value: &str) -> Result<&str, GraphError> {
-    let ok = value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    if ok {
+pub fn object_id(value: &str) -> Result<&str, GraphError> {
+    if is_object_id(value) {
         Ok(value)
     } else {
         Err(GraphError::Config(format!("{value:?} is not an object id")))
     }
 }
 
-/// `GET /identityProtection/riskyUsers/{id}`.
+/// RFC 3339 in whole seconds, as OData date-time literals are written.
+pub fn odata_time(at: OffsetDateTime) -> Result<String, GraphError> {
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .format(&Rfc3339)
+        .map_err(|e| GraphError::Config(e.to_string()))
+}
+
+/// Properties read from `riskyUser`.
+pub const RISKY_USER_SELECT: &str = "id,userPrincipalName,riskLevel,riskState,riskDetail,riskLastUpdatedDateTime,isDeleted,isProcessing";
+/// Properties read from `user`.
+pub const USER_SELECT: &str =
+    "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled";
+
+/// `riskyUser`, as Graph returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RiskyUser {
@@ -57,126 +87,191 @@ pub struct RiskyUser {
 }
 
 impl RiskyUser {
-    /// Whether Identity Protection still considers the user at risk.
-    pub fn is_at_risk(&self) -> bool {
-        self.risk_state.as_deref() == Some("atRisk")
-            || self.risk_state.as_deref() == Some("confirmedCompromised")
+    /// The domain's view of the record.
+    pub fn record(&self) -> RiskRecord {
+        RiskRecord {
+            risk_level: self.risk_level.clone().unwrap_or_else(|| "none".into()),
+            risk_state: self.risk_state.clone().unwrap_or_else(|| "none".into()),
+            risk_detail: self.risk_detail.clone(),
+            last_updated: self
+                .risk_last_updated_date_time
+                .as_deref()
+                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()),
+        }
     }
 }
 
-/// A user, as much as remediation needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct User {
-    pub id: String,
+struct GraphUser {
+    id: String,
     #[serde(default)]
-    pub user_principal_name: Option<String>,
+    user_principal_name: Option<String>,
     #[serde(default)]
-    pub account_enabled: Option<bool>,
+    display_name: Option<String>,
     #[serde(default)]
-    pub mail: Option<String>,
+    mail: Option<String>,
+    #[serde(default)]
+    account_enabled: Option<bool>,
+    #[serde(default)]
+    on_premises_sync_enabled: Option<bool>,
 }
 
-/// One entry of `GET /auditLogs/signIns`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SignIn {
-    pub id: String,
-    pub created_date_time: String,
-    #[serde(default)]
-    pub user_principal_name: Option<String>,
-    #[serde(default)]
-    pub app_display_name: Option<String>,
-    #[serde(default)]
-    pub ip_address: Option<String>,
-    pub status: SignInStatus,
-}
-
-/// `signIn.status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SignInStatus {
-    pub error_code: i64,
-    #[serde(default)]
-    pub failure_reason: Option<String>,
+impl From<GraphUser> for UserFacts {
+    fn from(u: GraphUser) -> Self {
+        UserFacts {
+            user_id: u.id.to_ascii_lowercase(),
+            user_principal_name: u.user_principal_name,
+            display_name: u.display_name,
+            mail: u.mail,
+            account_enabled: u.account_enabled,
+            on_premises_sync_enabled: u.on_premises_sync_enabled,
+        }
+    }
 }
 
 /// AADSTS53011: user blocked due to risk on home tenant.
 pub const ERROR_BLOCKED_DUE_TO_RISK: i64 = 53011;
 
-fn decode<T: for<'de> Deserialize<'de>>(value: serde_json::Value) -> Result<T, GraphError> {
+fn decode<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, GraphError> {
     serde_json::from_value(value).map_err(|e| GraphError::Decode(e.to_string()))
 }
 
+/// The short summary of a `signIn` a person needs: time, app, IP, location, client, device.
+pub fn sign_in_brief(sign_in: &Value) -> SignInBrief {
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let join = |parts: Vec<Option<String>>| {
+        let parts: Vec<String> = parts.into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    };
+    let location = &sign_in["location"];
+    let device = &sign_in["deviceDetail"];
+    SignInBrief {
+        at: text(&sign_in["createdDateTime"]).unwrap_or_default(),
+        app: text(&sign_in["appDisplayName"]),
+        ip_address: text(&sign_in["ipAddress"]),
+        location: join(vec![
+            text(&location["city"]),
+            text(&location["state"]),
+            text(&location["countryOrRegion"]),
+        ]),
+        client_app: text(&sign_in["clientAppUsed"]),
+        device: join(vec![
+            text(&device["displayName"]),
+            text(&device["operatingSystem"]),
+            text(&device["browser"]),
+        ]),
+    }
+}
+
 impl GraphClient {
-    /// The risky-user record; `Ok(None)` if Identity Protection has none for this user.
-    pub async fn risky_user(
+    /// Identity Protection's record of `user_id`; `Ok(None)` if it has none.
+    pub async fn risk_record(
         &self,
         tenant: &str,
         user_id: &str,
-    ) -> Result<Option<RiskyUser>, GraphError> {
-        let path = format!("/identityProtection/riskyUsers/{}", segment(user_id));
+    ) -> Result<Option<RiskRecord>, GraphError> {
+        let path = format!(
+            "/identityProtection/riskyUsers/{}?$select={RISKY_USER_SELECT}",
+            segment(user_id)
+        );
         match self.send(tenant, Method::GET, &path, None).await {
-            Ok(value) => decode(value).map(Some),
+            Ok(value) => decode::<RiskyUser>(value).map(|r| Some(r.record())),
             Err(GraphError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// A user by object id or UPN.
-    pub async fn user(&self, tenant: &str, id_or_upn: &str) -> Result<User, GraphError> {
-        let path = format!(
-            "/users/{}?$select=id,userPrincipalName,accountEnabled,mail",
-            segment(id_or_upn)
-        );
-        decode(self.send(tenant, Method::GET, &path, None).await?)
+    pub async fn user_facts(&self, tenant: &str, id_or_upn: &str) -> Result<UserFacts, GraphError> {
+        let path = format!("/users/{}?$select={USER_SELECT}", segment(id_or_upn));
+        decode::<GraphUser>(self.send(tenant, Method::GET, &path, None).await?).map(Into::into)
     }
 
-    /// The user's manager, if any.
-    pub async fn manager(&self, tenant: &str, user_id: &str) -> Result<Option<User>, GraphError> {
-        let path = format!("/users/{}/manager", segment(user_id));
+    /// The mail address of the user's manager, if the user has a manager with one.
+    pub async fn manager_mail(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<String>, GraphError> {
+        let path = format!(
+            "/users/{}/manager?$select=id,mail,userPrincipalName",
+            segment(user_id)
+        );
         match self.send(tenant, Method::GET, &path, None).await {
-            Ok(value) => decode(value).map(Some),
+            Ok(value) => Ok(value["mail"].as_str().map(str::to_owned)),
             Err(GraphError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// A legacy security alert (`security/alerts/{id}`), as JSON.
-    pub async fn security_alert(
+    /// Ids of every group and directory role `user_id` is a member of, directly or not.
+    pub async fn transitive_member_of(
         &self,
         tenant: &str,
-        alert_id: &str,
-    ) -> Result<serde_json::Value, GraphError> {
-        let path = format!("/security/alerts/{}", segment(alert_id));
-        self.send(tenant, Method::GET, &path, None).await
+        user_id: &str,
+    ) -> Result<Vec<String>, GraphError> {
+        let path = format!(
+            "/users/{}/transitiveMemberOf?$select=id&$top=999",
+            segment(object_id(user_id)?)
+        );
+        let mut ids = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            if let Some(id) = item["id"].as_str() {
+                ids.push(id.to_ascii_lowercase());
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(ids)
     }
 
-    /// Sign-ins of `user_id` that failed with 53011 since `since`, all pages.
+    /// The tenant's activated directory role for `role_template_id`; `None` if not activated.
+    pub async fn directory_role_id(
+        &self,
+        tenant: &str,
+        role_template_id: &str,
+    ) -> Result<Option<String>, GraphError> {
+        let path = format!(
+            "/directoryRoles(roleTemplateId='{}')?$select=id,roleTemplateId",
+            object_id(role_template_id)?
+        );
+        match self.send(tenant, Method::GET, &path, None).await {
+            Ok(value) => Ok(value["id"].as_str().map(str::to_ascii_lowercase)),
+            Err(GraphError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sign-ins of `user_id` that failed with 53011 since `since`, summarised while paging
+    /// (a count and the newest few, never all records in memory).
     pub async fn blocked_sign_ins(
         &self,
         tenant: &str,
         user_id: &str,
         since: OffsetDateTime,
-    ) -> Result<Vec<SignIn>, GraphError> {
-        let since = since
-            .replace_nanosecond(0)
-            .unwrap_or(since)
-            .format(&Rfc3339)
-            .map_err(|e| GraphError::Config(e.to_string()))?;
-        let filter = format!(
-            "userId eq '{}' and status/errorCode eq {ERROR_BLOCKED_DUE_TO_RISK} and createdDateTime ge {since}",
-            object_id(user_id)?
+    ) -> Result<SignInSummary, GraphError> {
+        let expression = format!(
+            "userId eq '{}' and status/errorCode eq {ERROR_BLOCKED_DUE_TO_RISK} and createdDateTime ge {}",
+            object_id(user_id)?,
+            odata_time(since)?
         );
         let path = format!(
-            "/auditLogs/signIns?$filter={}&$top=100",
-            utf8_percent_encode(&filter, percent_encoding::NON_ALPHANUMERIC)
+            "/auditLogs/signIns?$filter={}&$top=1000",
+            filter(&expression)
         );
-        self.get_all(tenant, &path)
-            .await?
-            .into_iter()
-            .map(decode)
-            .collect()
+        let mut summary = SignInSummary::empty(since);
+        self.for_each_item(tenant, &path, |sign_in| {
+            summary.add(sign_in_brief(&sign_in));
+            Ok(())
+        })
+        .await?;
+        Ok(summary)
     }
 
     /// `POST /users/{id}/revokeSignInSessions`.
@@ -222,9 +317,9 @@ impl GraphClient {
             .map(drop)
     }
 
-    /// `POST /identityProtection/riskyUsers/dismiss`.
-    pub async fn dismiss_risk(&self, tenant: &str, user_id: &str) -> Result<(), GraphError> {
-        let body = json!({ "userIds": [user_id] });
+    /// `POST /identityProtection/riskyUsers/dismiss` for up to 60 users.
+    pub async fn dismiss_risk(&self, tenant: &str, user_ids: &[&str]) -> Result<(), GraphError> {
+        let body = json!({ "userIds": user_ids });
         self.send(
             tenant,
             Method::POST,
@@ -235,9 +330,13 @@ impl GraphClient {
         .map(drop)
     }
 
-    /// `POST /identityProtection/riskyUsers/confirmCompromised`.
-    pub async fn confirm_compromised(&self, tenant: &str, user_id: &str) -> Result<(), GraphError> {
-        let body = json!({ "userIds": [user_id] });
+    /// `POST /identityProtection/riskyUsers/confirmCompromised` for up to 60 users.
+    pub async fn confirm_compromised(
+        &self,
+        tenant: &str,
+        user_ids: &[&str],
+    ) -> Result<(), GraphError> {
+        let body = json!({ "userIds": user_ids });
         self.send(
             tenant,
             Method::POST,
@@ -273,5 +372,32 @@ impl GraphClient {
         self.send(tenant, Method::POST, &path, Some(&body))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_ids_are_strict_guids() {
+        assert!(is_object_id("6e7b768e-07e2-4810-8459-485f84f8f204"));
+        assert!(!is_object_id("6e7b768e07e2-4810-8459-485f84f8f204-"));
+        assert!(!is_object_id("x' or 1 eq 1 or id eq '0000000000000000"));
+    }
+
+    #[test]
+    fn sign_in_brief_keeps_what_a_person_needs() {
+        let sign_in = json!({
+            "createdDateTime": "2026-11-25T06:00:00Z", "appDisplayName": "Office 365 Exchange Online",
+            "ipAddress": "203.0.113.77", "clientAppUsed": "Browser",
+            "location": {"city": "Lagos", "state": "Lagos", "countryOrRegion": "NG"},
+            "deviceDetail": {"displayName": "", "operatingSystem": "Linux", "browser": "Firefox 140.0"},
+            "status": {"errorCode": 53011}
+        });
+        let brief = sign_in_brief(&sign_in);
+        assert_eq!(brief.location.as_deref(), Some("Lagos, Lagos, NG"));
+        assert_eq!(brief.device.as_deref(), Some("Linux, Firefox 140.0"));
+        assert_eq!(brief.ip_address.as_deref(), Some("203.0.113.77"));
     }
 }

@@ -44,10 +44,17 @@ impl GraphError {
     /// Whether an operator must fix something (credentials, permissions, configuration) before a
     /// retry can succeed. Such work is kept for retry and, failing that, the dead-letter queue.
     pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            GraphError::TokenRefused { .. } | GraphError::Forbidden { .. } | GraphError::Config(_)
-        )
+        match self {
+            GraphError::TokenRefused { .. }
+            | GraphError::Forbidden { .. }
+            | GraphError::Config(_) => true,
+            // Any other refusal we did not plan for (400 bad request, 411 length required, ...)
+            // waits for a person: it is never a silent completion.
+            GraphError::Api { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 408 | 409 | 412 | 429)
+            }
+            _ => false,
+        }
     }
 
     /// Whether a later attempt may succeed (throttling, outages), as opposed to a refusal.
@@ -58,7 +65,7 @@ impl GraphError {
                 | GraphError::Throttled { .. }
                 | GraphError::Transport(_)
                 | GraphError::Api {
-                    status: 500..=599,
+                    status: 500..=599 | 408 | 409 | 412,
                     ..
                 }
         )
@@ -160,9 +167,15 @@ impl GraphClient {
                 .request(method.clone(), &url)
                 .bearer_auth(token.expose())
                 .timeout(self.retry.request_timeout);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
+            request = match body {
+                Some(body) => request.json(body),
+                // Graph answers 411 to a POST or PATCH with neither Content-Length nor
+                // Transfer-Encoding: a bodyless write says its length is zero.
+                None if method != Method::GET && method != Method::DELETE => request
+                    .header(reqwest::header::CONTENT_LENGTH, "0")
+                    .body(Vec::<u8>::new()),
+                None => request,
+            };
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(e) => {
@@ -247,6 +260,22 @@ impl GraphClient {
     /// GETs a collection and follows `@odata.nextLink` until the end (or `max_pages`).
     pub async fn get_all(&self, tenant: &str, path: &str) -> Result<Vec<Value>, GraphError> {
         let mut items = Vec::new();
+        self.for_each_item(tenant, path, |item| {
+            items.push(item);
+            Ok(())
+        })
+        .await?;
+        Ok(items)
+    }
+
+    /// GETs a collection page by page, following `@odata.nextLink` (at most `max_pages`), and
+    /// hands each item to `visit` without keeping the pages.
+    pub async fn for_each_item(
+        &self,
+        tenant: &str,
+        path: &str,
+        mut visit: impl FnMut(Value) -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
         let mut next = Some(path.to_owned());
         let mut pages = 0;
         while let Some(link) = next.take() {
@@ -258,21 +287,25 @@ impl GraphClient {
                 );
                 break;
             }
-            let page = self.send(tenant, Method::GET, &link, None).await?;
-            match page.get("value") {
-                Some(Value::Array(values)) => items.extend(values.iter().cloned()),
+            let mut page = self.send(tenant, Method::GET, &link, None).await?;
+            next = page
+                .get("@odata.nextLink")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match page.get_mut("value").map(Value::take) {
+                Some(Value::Array(values)) => {
+                    for value in values {
+                        visit(value)?;
+                    }
+                }
                 _ => {
                     return Err(GraphError::Decode(
                         "collection without a value array".into(),
                     ));
                 }
             }
-            next = page
-                .get("@odata.nextLink")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
         }
-        Ok(items)
+        Ok(())
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

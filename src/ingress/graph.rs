@@ -351,9 +351,8 @@ fn to_event(
 }
 
 /// What tells one change of a resource from another: the notification id; else the resource's
-/// `@odata.etag`; else the hour of receipt. Without it, every later change of a user would share
-/// the id of the first and be skipped as a duplicate; with the hour, redeliveries within it
-/// collapse, and a later one is still harmless because the worker re-reads the user's risk first.
+/// `@odata.etag`; else nothing, so each delivery is a signal of its own. Signals are cheap:
+/// the user's case absorbs repeats, so a benign change never hides a later real one.
 fn change_key(
     notification_id: &str,
     resource_data: Option<&serde_json::Value>,
@@ -368,7 +367,7 @@ fn change_key(
     {
         return format!("etag:{etag}");
     }
-    format!("hour:{}", at.unix_timestamp() / 3600)
+    format!("delivery:{}:{}", at.unix_timestamp(), uuid::Uuid::new_v4())
 }
 
 /// Maps a notification's resource to an event source and subject.
@@ -493,11 +492,8 @@ mod tests {
             change_key("", Some(&data), at),
             change_key("", Some(&data), later)
         );
-        assert_eq!(
-            change_key("", None, at),
-            change_key("", None, at + time::Duration::minutes(1))
-        );
-        assert_ne!(change_key("", None, at), change_key("", None, later));
+        // Without id or etag, two deliveries are two signals, even within the same second.
+        assert_ne!(change_key("", None, at), change_key("", None, at));
     }
 
     #[test]

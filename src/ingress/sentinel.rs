@@ -94,12 +94,15 @@ pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelEr
             .or(account.upn.as_deref())
             .unwrap_or("");
         outcome.events.push(RiskEvent {
+            // The severity is part of the id: an alert re-sent at a higher severity is a new
+            // signal (it escalates the case), an identical re-send is the same one.
             event_id: derive_event_id(&[
                 "sentinel",
                 payload.kind,
                 &payload.source_id,
                 &tenant,
                 who,
+                &format!("{:?}", payload.severity),
             ]),
             tenant_id: tenant.clone(),
             source: EventSource::Sentinel,

@@ -1,5 +1,6 @@
-//! DynamoDB ledger (and webhook replay guard) for Lambda: conditional writes, TTL on
-//! `expires_at`. One table, partition key `pk` (S): `event#{id}` and `webhook#{id}`.
+//! DynamoDB store (and Standard Webhooks replay guard) for Lambda. One table, partition key
+//! `pk` (S); documents in `doc` (S) with a `version` (N) for conditional writes, TTL on
+//! `expires_at`. Intake batches are written as transactions of up to 100 conditional puts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,18 +8,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 use time::OffsetDateTime;
 
-use super::{Claim, Entry, Ledger, LedgerError, RECORD_RETENTION, Status, payload_hash};
-use crate::event::RiskEvent;
+use super::{LedgerError, NewItem, Store, Stored};
 use crate::ingress::signature::{ReplayGuard, ReplayStoreError};
-use crate::pipeline::Report;
 use crate::secrets::aws_error;
+
+/// Items in one TransactWriteItems call (DynamoDB's limit).
+const TRANSACTION_ITEMS: usize = 100;
+/// Bytes in one transaction (DynamoDB's limit is 4 MB).
+const TRANSACTION_BYTES: usize = 3_500_000;
+/// Keys in one BatchGetItem call (DynamoDB's limit).
+const BATCH_GET_KEYS: usize = 100;
 
 /// The ledger table.
 #[derive(Clone)]
-pub struct DynamoLedger {
+pub struct DynamoStore {
     client: Client,
     table: String,
 }
@@ -59,25 +65,29 @@ fn get_n(item: &Item, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
-fn to_entry(item: &Item) -> Option<Entry> {
-    let ts = |k: &str| {
-        OffsetDateTime::from_unix_timestamp(get_n(item, k)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-    };
-    Some(Entry {
-        event_id: get_s(item, "pk")?.strip_prefix("event#")?.to_owned(),
-        tenant_id: get_s(item, "tenant_id").unwrap_or_default().to_owned(),
-        status: Status::parse(get_s(item, "status")?)?,
-        payload_hash: get_s(item, "payload_hash").unwrap_or_default().to_owned(),
-        attempts: get_n(item, "attempts") as u32,
-        received_at: ts("received_at"),
-        updated_at: ts("updated_at"),
-        event: get_s(item, "event").and_then(|e| serde_json::from_str(e).ok()),
-        report: get_s(item, "report").and_then(|r| serde_json::from_str(r).ok()),
+fn to_stored(item: &Item) -> Option<Stored> {
+    Some(Stored {
+        key: get_s(item, "pk")?.to_owned(),
+        doc: get_s(item, "doc")?.to_owned(),
+        version: get_n(item, "version").max(0) as u64,
+        updated_at: get_n(item, "updated_at"),
     })
 }
 
-impl DynamoLedger {
-    /// A ledger over an existing table.
+fn item(key: &str, doc: &str, version: u64, expires_at: Option<i64>) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(key));
+    item.insert("doc".into(), s(doc));
+    item.insert("version".into(), n(version as i64));
+    item.insert("updated_at".into(), n(now()));
+    if let Some(at) = expires_at {
+        item.insert("expires_at".into(), n(at));
+    }
+    item
+}
+
+impl DynamoStore {
+    /// A store over an existing table.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -129,175 +139,216 @@ impl DynamoLedger {
         Ok(())
     }
 
-    async fn get(&self, pk: &str) -> Result<Option<Item>, LedgerError> {
-        let out = self
+    /// One transaction of conditional puts; returns the keys that already existed, or `None`
+    /// when everything was written.
+    async fn transact(&self, chunk: &[&NewItem]) -> Result<Option<Vec<String>>, LedgerError> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| LedgerError(e.to_string());
+        let mut writes = Vec::with_capacity(chunk.len());
+        for new in chunk {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item(&new.key, &new.doc, 1, new.expires_at)))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build)?;
+            writes.push(TransactWriteItem::builder().put(put).build());
+        }
+        let result = self
             .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
+            .transact_write_items()
+            .set_transact_items(Some(writes))
             .send()
-            .await
-            .map_err(|e| LedgerError(aws_error(&e)))?;
-        Ok(out.item)
-    }
-
-    async fn finish(
-        &self,
-        event_id: &str,
-        report: &Report,
-        status: Status,
-    ) -> Result<(), LedgerError> {
-        let json = serde_json::to_string(report).map_err(|e| LedgerError(e.to_string()))?;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("event#{event_id}")))
-            .update_expression("SET #s = :s, #r = :r, lease_until = :zero, updated_at = :now")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_names("#r", "report")
-            .expression_attribute_values(":s", s(status.as_str()))
-            .expression_attribute_values(":r", s(json))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now", n(now()))
-            .send()
-            .await
-            .map_err(|e| LedgerError(aws_error(&e)))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => {
+                let reasons = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => {
+                            Some(c.cancellation_reasons().to_vec())
+                        }
+                        _ => None,
+                    });
+                match reasons {
+                    Some(reasons) if reasons.len() == chunk.len() => {
+                        let existing: Vec<String> = chunk
+                            .iter()
+                            .zip(&reasons)
+                            .filter(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+                            .map(|(new, _)| new.key.clone())
+                            .collect();
+                        if existing.is_empty() {
+                            // Cancelled for another reason (a conflicting transaction, say).
+                            Err(LedgerError(aws_error(&e)))
+                        } else {
+                            Ok(Some(existing))
+                        }
+                    }
+                    _ => Err(LedgerError(aws_error(&e))),
+                }
+            }
+        }
     }
 }
 
 #[async_trait]
-impl Ledger for DynamoLedger {
-    async fn accept(&self, event: &RiskEvent) -> Result<(), LedgerError> {
-        let now = now();
-        let json = serde_json::to_string(event).map_err(|e| LedgerError(e.to_string()))?;
-        let result = self
+impl Store for DynamoStore {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| LedgerError(aws_error(&e)))?;
+        Ok(out.item.as_ref().and_then(to_stored))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError> {
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut found = Vec::new();
+        for chunk in unique.chunks(BATCH_GET_KEYS) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for key in chunk {
+                request = request.keys(HashMap::from([("pk".to_owned(), s(key.as_str()))]));
+            }
+            let mut pending = Some(request.build().map_err(|e| LedgerError(e.to_string()))?);
+            let mut attempt = 0u32;
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| LedgerError(aws_error(&e)))?;
+                if let Some(items) = out.responses.as_ref().and_then(|r| r.get(&self.table)) {
+                    found.extend(items.iter().filter_map(to_stored));
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if pending.is_some() {
+                    attempt += 1;
+                    if attempt > 8 {
+                        return Err(LedgerError("BatchGetItem left keys unprocessed".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError> {
+        // One write per key (a transaction may not name an item twice).
+        let mut seen = std::collections::HashSet::new();
+        let mut pending: Vec<&NewItem> = items.iter().filter(|i| seen.insert(&i.key)).collect();
+        let mut created = 0;
+        while !pending.is_empty() {
+            let mut size = 0;
+            let take = pending
+                .iter()
+                .take(TRANSACTION_ITEMS)
+                .take_while(|i| {
+                    size += i.key.len() + i.doc.len() + 64;
+                    size <= TRANSACTION_BYTES
+                })
+                .count()
+                .max(1);
+            let mut chunk: Vec<&NewItem> = pending.drain(..take).collect();
+            loop {
+                match self.transact(&chunk).await? {
+                    None => {
+                        created += chunk.len();
+                        break;
+                    }
+                    Some(existing) => {
+                        chunk.retain(|i| !existing.contains(&i.key));
+                        if chunk.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, LedgerError> {
+        let mut request = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(format!("event#{}", event.event_id)))
-            .item("tenant_id", s(&event.tenant_id))
-            .item("status", s(Status::Received.as_str()))
-            .item("payload_hash", s(payload_hash(event)))
-            .item("attempts", n(0))
-            .item("lease_until", n(0))
-            .item("received_at", n(now))
-            .item("updated_at", n(now))
-            .item("expires_at", n(now + RECORD_RETENTION.as_secs() as i64))
-            .item("event", s(json))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
+            .set_item(Some(item(key, doc, expected + 1, expires_at)));
+        request = if expected == 0 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(expected as i64))
+        };
+        match request.send().await {
+            Ok(_) => Ok(Some(expected + 1)),
+            Err(e) if is_conditional_failure(&e) => Ok(None),
             Err(e) => Err(LedgerError(aws_error(&e))),
         }
     }
 
-    async fn claim(&self, event: &RiskEvent, lease: Duration) -> Result<Claim, LedgerError> {
-        let now = now();
-        let hash = payload_hash(event);
-        let pk = format!("event#{}", event.event_id);
-        let json = serde_json::to_string(event).map_err(|e| LedgerError(e.to_string()))?;
+    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError> {
         let result = self
             .client
-            .update_item()
+            .delete_item()
             .table_name(&self.table)
-            .key("pk", s(&pk))
-            .update_expression(
-                "SET #s = :inprogress, lease_until = :lease, attempts = if_not_exists(attempts, :zero) + :one, \
-                 updated_at = :now, tenant_id = if_not_exists(tenant_id, :tenant), \
-                 payload_hash = if_not_exists(payload_hash, :hash), received_at = if_not_exists(received_at, :now), \
-                 expires_at = if_not_exists(expires_at, :exp), #e = if_not_exists(#e, :event)",
-            )
-            .condition_expression(
-                "(attribute_not_exists(pk) OR #s IN (:received, :retry) OR (#s = :inprogress AND lease_until < :now)) \
-                 AND (attribute_not_exists(payload_hash) OR payload_hash = :hash)",
-            )
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_names("#e", "event")
-            .expression_attribute_values(":inprogress", s(Status::InProgress.as_str()))
-            .expression_attribute_values(":received", s(Status::Received.as_str()))
-            .expression_attribute_values(":retry", s(Status::Retry.as_str()))
-            .expression_attribute_values(":lease", n(now + lease.as_secs() as i64))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":tenant", s(&event.tenant_id))
-            .expression_attribute_values(":hash", s(&hash))
-            .expression_attribute_values(":exp", n(now + RECORD_RETENTION.as_secs() as i64))
-            .expression_attribute_values(":event", s(json))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .key("pk", s(key))
+            .condition_expression("version = :expected")
+            .expression_attribute_values(":expected", n(expected as i64))
             .send()
             .await;
         match result {
-            Ok(out) => {
-                let previous = out
-                    .attributes
-                    .as_ref()
-                    .and_then(|old| get_s(old, "report"))
-                    .and_then(|r| serde_json::from_str(r).ok())
-                    .map(Box::new);
-                Ok(Claim::Acquired { previous })
-            }
-            Err(e) if is_conditional_failure(&e) => {
-                let Some(item) = self.get(&pk).await? else {
-                    return Ok(Claim::InProgress);
-                };
-                if get_s(&item, "payload_hash") != Some(hash.as_str()) {
-                    return Ok(Claim::PayloadMismatch);
-                }
-                match to_entry(&item) {
-                    Some(entry) if entry.status == Status::Completed => {
-                        Ok(Claim::Completed(Box::new(entry)))
-                    }
-                    _ => Ok(Claim::InProgress),
-                }
-            }
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
             Err(e) => Err(LedgerError(aws_error(&e))),
         }
     }
 
-    async fn complete(&self, event_id: &str, report: &Report) -> Result<(), LedgerError> {
-        self.finish(event_id, report, Status::Completed).await
-    }
-
-    async fn release(&self, event_id: &str, report: &Report) -> Result<(), LedgerError> {
-        self.finish(event_id, report, Status::Retry).await
-    }
-
-    async fn list(&self, limit: usize) -> Result<Vec<Entry>, LedgerError> {
-        let mut entries = Vec::new();
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError> {
+        let mut found = Vec::new();
         let mut pages = self
             .client
             .scan()
             .table_name(&self.table)
             .filter_expression("begins_with(pk, :p)")
-            .expression_attribute_values(":p", s("event#"))
+            .expression_attribute_values(":p", s(prefix))
             .into_paginator()
             .items()
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| LedgerError(aws_error(&e)))?;
-            if let Some(entry) = to_entry(&item) {
-                entries.push(entry);
+            if let Some(stored) = to_stored(&item) {
+                found.push(stored);
             }
         }
-        entries.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then(a.event_id.cmp(&b.event_id))
-        });
-        entries.truncate(limit);
-        Ok(entries)
+        found.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.key.cmp(&b.key)));
+        found.truncate(limit);
+        Ok(found)
     }
 }
 
 #[async_trait]
-impl ReplayGuard for DynamoLedger {
+impl ReplayGuard for DynamoStore {
     async fn first_seen(&self, id: &str, remember_for: Duration) -> Result<bool, ReplayStoreError> {
         let now = now();
         let result = self

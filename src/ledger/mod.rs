@@ -1,6 +1,11 @@
-//! The ledger: idempotency (one event, one remediation) and the audit of every decision.
-//! Modelled on Powertools idempotency: a conditional claim with an in-progress lease, a
-//! payload hash, completion with the stored result, and expiry of old records.
+//! The ledger: signals one by one, cases, per-user and per-tenant records, in one keyed store.
+//!
+//! The port is [`Store`], a versioned document store (optimistic concurrency: every write names
+//! the version it replaces), with adapters beside it: [`sqlite`] (local server, replay, CLI) and
+//! [`dynamodb`] (Lambda). [`Ledger`] gives the domain's records typed access over any store.
+//!
+//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, and the
+//! Standard Webhooks replay guard's `webhook#{id}`.
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -8,228 +13,475 @@ pub mod sqlite;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::cases::Case;
 use crate::event::RiskEvent;
-use crate::pipeline::Report;
 
-/// Where an event stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Accepted by the webhook, not yet processed.
-    Received,
-    /// A worker holds the claim until its lease ends.
-    InProgress,
-    /// Processed; the report is final.
-    Completed,
-    /// A transient failure; the next delivery may claim it again.
-    Retry,
-}
+/// How long signals are kept.
+pub const SIGNAL_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long cases and per-user records are kept after their last change (a user's latest case
+/// is what tells a new risk episode from an old one).
+pub const CASE_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+/// Largest document written (DynamoDB's item limit is 400 KB; ours stay far below).
+pub const MAX_DOCUMENT_BYTES: usize = 200 * 1024;
 
-impl Status {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Received => "received",
-            Status::InProgress => "in_progress",
-            Status::Completed => "completed",
-            Status::Retry => "retry",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "received" => Status::Received,
-            "in_progress" => Status::InProgress,
-            "completed" => Status::Completed,
-            "retry" => Status::Retry,
-            _ => return None,
-        })
-    }
-}
-
-/// One ledger record, as the audit shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
-    pub event_id: String,
-    pub tenant_id: String,
-    pub status: Status,
-    pub payload_hash: String,
-    pub attempts: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub received_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<RiskEvent>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<Report>,
-}
-
-/// The answer to a claim.
-#[derive(Debug, Clone)]
-pub enum Claim {
-    /// This worker may process the event; `previous` is the report of an earlier attempt
-    /// that failed transiently (its completed actions are not repeated).
-    Acquired { previous: Option<Box<Report>> },
-    /// Already processed: nothing to do.
-    Completed(Box<Entry>),
-    /// Another worker holds an unexpired lease: retry later.
-    InProgress,
-    /// The id was seen with a different payload: refused, never processed.
-    PayloadMismatch,
-}
-
-/// The ledger store failed; the caller answers 5xx or leaves the message for retry.
-#[derive(Debug, thiserror::Error)]
+/// The store failed or refused; the caller answers 5xx or leaves the work for retry.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("ledger unavailable: {0}")]
 pub struct LedgerError(pub String);
 
-/// Port: the idempotency and audit store.
+/// A stored document and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    pub version: u64,
+    /// JSON.
+    pub doc: String,
+    /// Unix seconds of the last write.
+    pub updated_at: i64,
+}
+
+/// A document to create if its key is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewItem {
+    pub key: String,
+    pub doc: String,
+    /// Unix seconds after which the store may delete it.
+    pub expires_at: Option<i64>,
+}
+
+/// Port: a keyed store of versioned JSON documents.
 #[async_trait]
-pub trait Ledger: Send + Sync {
-    /// Records a received event (no-op if the id is already known).
-    async fn accept(&self, event: &RiskEvent) -> Result<(), LedgerError>;
-    /// Claims the event for processing for `lease`.
-    async fn claim(&self, event: &RiskEvent, lease: Duration) -> Result<Claim, LedgerError>;
-    /// Marks the event done with its report.
-    async fn complete(&self, event_id: &str, report: &Report) -> Result<(), LedgerError>;
-    /// Gives the claim back after a transient failure, keeping the partial report.
-    async fn release(&self, event_id: &str, report: &Report) -> Result<(), LedgerError>;
-    /// The most recently updated entries, newest first.
-    async fn list(&self, limit: usize) -> Result<Vec<Entry>, LedgerError>;
+pub trait Store: Send + Sync {
+    /// The document under `key`.
+    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError>;
+    /// The documents under `keys` that exist (any order).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError>;
+    /// Creates every item whose key does not exist yet, leaving existing ones untouched, in as
+    /// few writes as the store allows (one transaction on SQLite, transactions of up to 100 on
+    /// DynamoDB). Returns how many were created. Either every new item is kept or an error is
+    /// returned.
+    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError>;
+    /// Writes `doc` under `key` if the stored version is `expected` (0: the key must not
+    /// exist). Returns the new version, or `None` if another writer got there first.
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, LedgerError>;
+    /// Deletes `key` if its version is `expected`; returns whether it did.
+    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError>;
+    /// Documents whose key starts with `prefix`, most recently written first.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError>;
 }
 
-/// SHA-256 (hex) of the event's canonical JSON without `detected_at` (which may be the
-/// receive time), so that redeliveries of the same signal hash alike and a different payload
-/// under the same id does not.
-pub fn payload_hash(event: &RiskEvent) -> String {
-    let mut value = serde_json::to_value(event).unwrap_or_default();
-    if let Some(map) = value.as_object_mut() {
-        map.remove("detected_at");
+/// A signal as the ledger keeps it: what arrived, when, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    pub signal: RiskEvent,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// The case it was merged into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<String>,
+    /// What the worker did with it, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<String>,
+}
+
+/// What the ledger remembers about one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub tenant_id: String,
+    pub user_id: String,
+    /// The user's latest case (open or closed): the one new signals are placed against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_case: Option<String>,
+    /// When we last reset the user's password (the cooldown rail).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_reset_at: Option<OffsetDateTime>,
+}
+
+/// A tenant's enforced cases within the last hour (the blast-radius rail).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlastRecord {
+    /// (unix seconds, case id) of enforced cases admitted in the last hour.
+    #[serde(default)]
+    pub admitted: Vec<(i64, String)>,
+    /// When the limit was last announced.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub alerted_at: Option<OffsetDateTime>,
+}
+
+/// The answer of the blast-radius rail for one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Over the limit; `announce` is true for the first refusal in the window.
+    Refused {
+        announce: bool,
+    },
+}
+
+/// Typed access to the domain's records over a [`Store`].
+#[derive(Clone)]
+pub struct Ledger {
+    store: std::sync::Arc<dyn Store>,
+}
+
+fn err(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError(e.to_string())
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn expiry(retention: Duration) -> Option<i64> {
+    Some(unix(OffsetDateTime::now_utc()) + retention.as_secs() as i64)
+}
+
+/// Most optimistic-concurrency rounds before giving up (then the work is retried later).
+const MAX_CONFLICTS: usize = 32;
+
+impl Ledger {
+    /// A ledger over `store`.
+    pub fn new(store: std::sync::Arc<dyn Store>) -> Self {
+        Self { store }
     }
-    let digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.to_string().as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+
+    /// The underlying store.
+    pub fn store(&self) -> &std::sync::Arc<dyn Store> {
+        &self.store
+    }
+
+    fn decode<T: DeserializeOwned>(stored: &Stored) -> Result<T, LedgerError> {
+        serde_json::from_str(&stored.doc)
+            .map_err(|e| LedgerError(format!("{} is not readable: {e}", stored.key)))
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Result<String, LedgerError> {
+        let doc = serde_json::to_string(value).map_err(err)?;
+        if doc.len() > MAX_DOCUMENT_BYTES {
+            return Err(LedgerError(format!(
+                "document of {} bytes is over the {MAX_DOCUMENT_BYTES}-byte limit",
+                doc.len()
+            )));
+        }
+        Ok(doc)
+    }
+
+    /// Keeps accepted signals (intake): one write for the batch; redeliveries are no-ops.
+    pub async fn keep_signals(&self, signals: &[RiskEvent]) -> Result<usize, LedgerError> {
+        let now = OffsetDateTime::now_utc();
+        let mut items = Vec::with_capacity(signals.len());
+        for signal in signals {
+            let record = SignalRecord {
+                signal: signal.clone(),
+                received_at: now,
+                case_id: None,
+                disposition: None,
+            };
+            items.push(NewItem {
+                key: format!("signal#{}", signal.event_id),
+                doc: Self::encode(&record)?,
+                expires_at: expiry(SIGNAL_RETENTION),
+            });
+        }
+        self.store.create_all(&items).await
+    }
+
+    /// A signal's record.
+    pub async fn signal(&self, signal_id: &str) -> Result<Option<SignalRecord>, LedgerError> {
+        match self.store.get(&format!("signal#{signal_id}")).await? {
+            Some(stored) => Ok(Some(Self::decode(&stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records what became of a signal (creating its record if intake did not, e.g. replay).
+    pub async fn settle_signal(
+        &self,
+        signal: &RiskEvent,
+        case_id: Option<&str>,
+        disposition: &str,
+    ) -> Result<(), LedgerError> {
+        let key = format!("signal#{}", signal.event_id);
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = match self.store.get(&key).await? {
+                Some(stored) => (Self::decode::<SignalRecord>(&stored)?, stored.version),
+                None => (
+                    SignalRecord {
+                        signal: signal.clone(),
+                        received_at: OffsetDateTime::now_utc(),
+                        case_id: None,
+                        disposition: None,
+                    },
+                    0,
+                ),
+            };
+            if record.case_id.as_deref() == case_id
+                && record.disposition.as_deref() == Some(disposition)
+            {
+                return Ok(());
+            }
+            record.case_id = case_id.map(str::to_owned);
+            record.disposition = Some(disposition.to_owned());
+            let doc = Self::encode(&record)?;
+            if self
+                .store
+                .put(&key, &doc, version, expiry(SIGNAL_RETENTION))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(LedgerError(format!(
+            "signal {} kept changing",
+            signal.event_id
+        )))
+    }
+
+    /// A case and its version.
+    pub async fn case(&self, case_id: &str) -> Result<Option<(Case, u64)>, LedgerError> {
+        match self.store.get(&format!("case#{case_id}")).await? {
+            Some(stored) => Ok(Some((Self::decode(&stored)?, stored.version))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `case` over `version` (0: new); `None` if it changed meanwhile.
+    pub async fn save_case(&self, case: &Case, version: u64) -> Result<Option<u64>, LedgerError> {
+        let doc = Self::encode(case)?;
+        self.store
+            .put(
+                &format!("case#{}", case.case_id),
+                &doc,
+                version,
+                expiry(CASE_RETENTION),
+            )
+            .await
+    }
+
+    /// Deletes a case that was created but lost the race to become the user's case.
+    pub async fn discard_case(&self, case_id: &str, version: u64) -> Result<bool, LedgerError> {
+        self.store.delete(&format!("case#{case_id}"), version).await
+    }
+
+    /// The user's record and its version (a default record, version 0, if none).
+    pub async fn user(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<(UserRecord, u64), LedgerError> {
+        match self
+            .store
+            .get(&format!("user#{tenant_id}#{user_id}"))
+            .await?
+        {
+            Some(stored) => Ok((Self::decode(&stored)?, stored.version)),
+            None => Ok((
+                UserRecord {
+                    tenant_id: tenant_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    ..UserRecord::default()
+                },
+                0,
+            )),
+        }
+    }
+
+    /// Writes the user's record over `version`; `None` if it changed meanwhile.
+    pub async fn save_user(
+        &self,
+        record: &UserRecord,
+        version: u64,
+    ) -> Result<Option<u64>, LedgerError> {
+        let doc = Self::encode(record)?;
+        self.store
+            .put(
+                &format!("user#{}#{}", record.tenant_id, record.user_id),
+                &doc,
+                version,
+                expiry(CASE_RETENTION),
+            )
+            .await
+    }
+
+    /// Records a password reset of the user (for the cooldown rail).
+    pub async fn record_reset(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = self.user(tenant_id, user_id).await?;
+            record.last_reset_at = Some(at);
+            if self.save_user(&record, version).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(LedgerError(format!("user {user_id} kept changing")))
+    }
+
+    /// Cases, most recently updated first.
+    pub async fn cases(&self, limit: usize) -> Result<Vec<Case>, LedgerError> {
+        let stored = self.store.list("case#", limit).await?;
+        stored.iter().map(Self::decode).collect()
+    }
+
+    /// Signals, most recently updated first.
+    pub async fn signals(&self, limit: usize) -> Result<Vec<SignalRecord>, LedgerError> {
+        let stored = self.store.list("signal#", limit).await?;
+        stored.iter().map(Self::decode).collect()
+    }
+
+    /// Finds a case by its id, or by the id of a signal merged into it.
+    pub async fn find_case(&self, id: &str) -> Result<Option<(Case, u64)>, LedgerError> {
+        if let Some(found) = self.case(id).await? {
+            return Ok(Some(found));
+        }
+        match self.signal(id).await? {
+            Some(SignalRecord {
+                case_id: Some(case_id),
+                ..
+            }) => self.case(&case_id).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// The blast-radius rail: admits `case_id` as one of the tenant's enforced cases of the
+    /// last hour if fewer than `limit` were admitted (an admitted case stays admitted).
+    pub async fn admit_enforced(
+        &self,
+        tenant_id: &str,
+        case_id: &str,
+        limit: u32,
+        now: OffsetDateTime,
+    ) -> Result<Admission, LedgerError> {
+        let key = format!("tenant#{tenant_id}#blast");
+        let window = 3600;
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = match self.store.get(&key).await? {
+                Some(stored) => (Self::decode::<BlastRecord>(&stored)?, stored.version),
+                None => (BlastRecord::default(), 0),
+            };
+            let now_s = unix(now);
+            record.admitted.retain(|(at, _)| now_s - at < window);
+            if record.admitted.iter().any(|(_, id)| id == case_id) {
+                return Ok(Admission::Admitted);
+            }
+            let admission = if record.admitted.len() < limit as usize {
+                record.admitted.push((now_s, case_id.to_owned()));
+                Admission::Admitted
+            } else {
+                let announce = record
+                    .alerted_at
+                    .is_none_or(|t| (now - t).whole_seconds() >= window);
+                if announce {
+                    record.alerted_at = Some(now);
+                }
+                Admission::Refused { announce }
+            };
+            if admission == (Admission::Refused { announce: false }) {
+                return Ok(admission);
+            }
+            let doc = Self::encode(&record)?;
+            if self.store.put(&key, &doc, version, None).await?.is_some() {
+                return Ok(admission);
+            }
+        }
+        Err(LedgerError(format!(
+            "tenant {tenant_id} blast record kept changing"
+        )))
+    }
 }
 
-/// How long ledger records are kept (DynamoDB TTL; SQLite prunes on write).
-pub const RECORD_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
-
-/// The behaviour every ledger adapter must have, run by each adapter's tests
-/// (SQLite in unit tests, DynamoDB against moto in `tests/durable_pipeline.rs`).
+/// The behaviour every store adapter must have, run by each adapter's tests (SQLite in unit
+/// tests, DynamoDB against moto in `tests/durable_pipeline.rs`).
 #[doc(hidden)]
 pub mod contract {
     use super::*;
-    use crate::event::{EventSource, RiskLevel, Subject};
 
-    pub fn event(id: &str) -> RiskEvent {
-        RiskEvent {
-            event_id: id.into(),
-            tenant_id: "84bd8158-6d4d-4958-8b9f-9d6445542f95".into(),
-            source: EventSource::GraphUser,
-            subject: Subject::User {
-                id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
-                upn: None,
-            },
-            risk_level: RiskLevel::High,
-            detected_at: OffsetDateTime::now_utc(),
-            source_id: "n-1".into(),
-            resource_data: None,
+    fn item(key: &str, doc: &str) -> NewItem {
+        NewItem {
+            key: key.into(),
+            doc: doc.into(),
+            expires_at: Some(unix(OffsetDateTime::now_utc()) + 3600),
         }
     }
 
-    pub fn report(id: &str, retryable: bool) -> Report {
-        Report {
-            event_id: id.into(),
-            tenant_id: "84bd8158-6d4d-4958-8b9f-9d6445542f95".into(),
-            findings: None,
-            outcome: None,
-            error: retryable.then(|| "Graph still throttling after 5 attempts".into()),
-            retryable,
-            needs_operator: false,
-        }
-    }
+    /// The behaviour every store must have; `prefix` keeps runs apart on a shared table.
+    pub async fn run(store: &dyn Store, prefix: &str) {
+        let k = |name: &str| format!("{prefix}{name}");
+        // create_all creates new keys once and leaves existing ones untouched.
+        let created = store
+            .create_all(&[item(&k("a"), "{\"n\":1}"), item(&k("b"), "{\"n\":2}")])
+            .await
+            .unwrap();
+        assert_eq!(created, 2);
+        let again = store
+            .create_all(&[item(&k("a"), "{\"n\":99}"), item(&k("c"), "{\"n\":3}")])
+            .await
+            .unwrap();
+        assert_eq!(again, 1, "only c is new");
+        let a = store.get(&k("a")).await.unwrap().unwrap();
+        assert_eq!(a.doc, "{\"n\":1}");
+        assert_eq!(a.version, 1);
+        assert!(store.get(&k("zzz")).await.unwrap().is_none());
 
-    /// The behaviour every ledger must have.
-    pub async fn run(ledger: &dyn Ledger, prefix: &str) {
-        let id = format!("{prefix}-a");
-        let e = event(&id);
-        ledger.accept(&e).await.unwrap();
-        ledger.accept(&e).await.unwrap();
-        let listed = ledger.list(100).await.unwrap();
-        let entry = listed.iter().find(|x| x.event_id == id).unwrap();
-        assert_eq!(entry.status, Status::Received);
-
-        let lease = Duration::from_secs(60);
-        assert!(matches!(
-            ledger.claim(&e, lease).await.unwrap(),
-            Claim::Acquired { previous: None }
-        ));
-        assert!(matches!(
-            ledger.claim(&e, lease).await.unwrap(),
-            Claim::InProgress
-        ));
-
-        ledger.release(&id, &report(&id, true)).await.unwrap();
-        match ledger.claim(&e, lease).await.unwrap() {
-            Claim::Acquired {
-                previous: Some(previous),
-            } => assert!(previous.retryable),
-            other => panic!("expected re-claim with previous report, got {other:?}"),
-        }
-        ledger.complete(&id, &report(&id, false)).await.unwrap();
-        match ledger.claim(&e, lease).await.unwrap() {
-            Claim::Completed(entry) => {
-                assert_eq!(entry.status, Status::Completed);
-                assert_eq!(entry.attempts, 2);
-                assert!(!entry.report.unwrap().retryable);
-            }
-            other => panic!("expected completed, got {other:?}"),
-        }
-
-        // Same id, different payload.
-        let mut tampered = e.clone();
-        tampered.risk_level = RiskLevel::Low;
-        assert!(matches!(
-            ledger.claim(&tampered, lease).await.unwrap(),
-            Claim::PayloadMismatch
-        ));
-
-        // A lease that ran out may be taken over (a worker died mid-way).
-        let id2 = format!("{prefix}-b");
-        let e2 = event(&id2);
-        assert!(matches!(
-            ledger.claim(&e2, Duration::ZERO).await.unwrap(),
-            Claim::Acquired { .. }
-        ));
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(matches!(
-            ledger.claim(&e2, lease).await.unwrap(),
-            Claim::Acquired { .. }
-        ));
-
-        // Concurrent claims: exactly one wins.
-        let id3 = format!("{prefix}-c");
-        let e3 = event(&id3);
-        let claims = futures_join(ledger, &e3, lease).await;
-        let won = claims
-            .iter()
-            .filter(|c| matches!(c, Claim::Acquired { .. }))
-            .count();
-        assert_eq!(won, 1, "{claims:?}");
-    }
-
-    async fn futures_join(ledger: &dyn Ledger, e: &RiskEvent, lease: Duration) -> Vec<Claim> {
-        let (a, b, c, d) = tokio::join!(
-            ledger.claim(e, lease),
-            ledger.claim(e, lease),
-            ledger.claim(e, lease),
-            ledger.claim(e, lease)
+        // Optimistic writes: the right version wins, a stale one is refused.
+        assert_eq!(
+            store.put(&k("a"), "{\"n\":10}", 1, None).await.unwrap(),
+            Some(2)
         );
-        vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
+        assert_eq!(
+            store.put(&k("a"), "{\"n\":11}", 1, None).await.unwrap(),
+            None
+        );
+        assert_eq!(store.put(&k("new"), "{}", 0, None).await.unwrap(), Some(1));
+        assert_eq!(store.put(&k("new"), "{}", 0, None).await.unwrap(), None);
+
+        // Concurrent writers over the same version: exactly one wins.
+        let b = k("b");
+        let (w1, w2, w3, w4) = tokio::join!(
+            store.put(&b, "{\"w\":1}", 1, None),
+            store.put(&b, "{\"w\":2}", 1, None),
+            store.put(&b, "{\"w\":3}", 1, None),
+            store.put(&b, "{\"w\":4}", 1, None),
+        );
+        let won = [w1, w2, w3, w4]
+            .into_iter()
+            .filter(|r| r.as_ref().unwrap().is_some())
+            .count();
+        assert_eq!(won, 1);
+
+        let many = store
+            .get_many(&[k("a"), k("b"), k("missing")])
+            .await
+            .unwrap();
+        assert_eq!(many.len(), 2);
+
+        let listed = store.list(prefix, 10).await.unwrap();
+        assert_eq!(listed.len(), 4);
+
+        // Deletion is versioned too.
+        assert!(!store.delete(&k("c"), 7).await.unwrap());
+        assert!(store.delete(&k("c"), 1).await.unwrap());
+        assert!(store.get(&k("c")).await.unwrap().is_none());
+
+        // A batch larger than one DynamoDB transaction (100) is kept whole.
+        let big: Vec<NewItem> = (0..230)
+            .map(|i| item(&k(&format!("big-{i}")), "{}"))
+            .collect();
+        assert_eq!(store.create_all(&big).await.unwrap(), 230);
+        assert_eq!(store.create_all(&big).await.unwrap(), 0);
     }
 }

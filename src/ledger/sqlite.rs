@@ -1,20 +1,22 @@
-//! SQLite ledger: the embedded default for the local server, replay and the CLI.
+//! SQLite store: the embedded default for the local server, replay and the CLI. WAL with
+//! `synchronous=NORMAL`; every call runs on a blocking thread; a batch is one transaction;
+//! expired documents are deleted by index on a timer, never on the write path.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::{Claim, Entry, Ledger, LedgerError, RECORD_RETENTION, Status, payload_hash};
-use crate::event::RiskEvent;
-use crate::pipeline::Report;
+use super::{LedgerError, NewItem, Store, Stored};
 
-/// A ledger in one SQLite file (or in memory).
-pub struct SqliteLedger {
-    conn: Mutex<Connection>,
+/// A store in one SQLite file (or in memory). Each instance has its own connection: give the
+/// intake and the worker one each, so neither waits on the other's connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -25,13 +27,25 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-impl SqliteLedger {
-    /// Opens (creating if needed) the ledger at `path`.
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return chars.into_iter().collect();
+        }
+    }
+    String::from(char::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         Self::init(Connection::open(path).map_err(err)?)
     }
 
-    /// A ledger that lives in memory.
+    /// A store that lives in memory (one connection).
     pub fn in_memory() -> Result<Self, LedgerError> {
         Self::init(Connection::open_in_memory().map_err(err)?)
     }
@@ -39,166 +53,180 @@ impl SqliteLedger {
     fn init(conn: Connection) -> Result<Self, LedgerError> {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
              PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS ledger (
-                 event_id     TEXT PRIMARY KEY,
-                 tenant_id    TEXT NOT NULL,
-                 status       TEXT NOT NULL,
-                 payload_hash TEXT NOT NULL,
-                 attempts     INTEGER NOT NULL DEFAULT 0,
-                 lease_until  INTEGER NOT NULL DEFAULT 0,
-                 received_at  INTEGER NOT NULL,
-                 updated_at   INTEGER NOT NULL,
-                 expires_at   INTEGER NOT NULL,
-                 event        TEXT,
-                 report       TEXT
+             CREATE TABLE IF NOT EXISTS items (
+                 key        TEXT PRIMARY KEY,
+                 doc        TEXT NOT NULL,
+                 version    INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 expires_at INTEGER
              );
-             CREATE INDEX IF NOT EXISTS ledger_updated ON ledger(updated_at);",
+             CREATE INDEX IF NOT EXISTS items_expires ON items(expires_at) WHERE expires_at IS NOT NULL;
+             CREATE INDEX IF NOT EXISTS items_updated ON items(updated_at);",
         )
         .map_err(err)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    async fn with<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(err)?
+        .map_err(err)
     }
 
-    fn entry(conn: &Connection, event_id: &str) -> Result<Option<Entry>, LedgerError> {
-        conn.query_row(
-            "SELECT event_id, tenant_id, status, payload_hash, attempts, received_at, updated_at, event, report
-             FROM ledger WHERE event_id = ?1",
-            params![event_id],
-            row_to_entry,
-        )
-        .optional()
-        .map_err(err)
+    /// Deletes documents whose expiry has passed (uses the `expires_at` index). Returns how many.
+    pub async fn expire(&self) -> Result<usize, LedgerError> {
+        let now = now();
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM items WHERE expires_at IS NOT NULL AND expires_at < ?1",
+                params![now],
+            )
+        })
+        .await
+    }
+
+    /// Runs [`SqliteStore::expire`] every `every` in the background.
+    pub fn spawn_expiry(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.expire().await {
+                    tracing::warn!(error = %e, "ledger expiry failed");
+                }
+            }
+        })
     }
 }
 
-fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    let status: String = row.get(2)?;
-    let ts = |i: usize| -> rusqlite::Result<OffsetDateTime> {
-        let secs: i64 = row.get(i)?;
-        Ok(OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH))
-    };
-    let event: Option<String> = row.get(7)?;
-    let report: Option<String> = row.get(8)?;
-    Ok(Entry {
-        event_id: row.get(0)?,
-        tenant_id: row.get(1)?,
-        status: Status::parse(&status).unwrap_or(Status::Retry),
-        payload_hash: row.get(3)?,
-        attempts: row.get(4)?,
-        received_at: ts(5)?,
-        updated_at: ts(6)?,
-        event: event.and_then(|e| serde_json::from_str(&e).ok()),
-        report: report.and_then(|r| serde_json::from_str(&r).ok()),
+fn row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        key: row.get(0)?,
+        doc: row.get(1)?,
+        version: row.get::<_, i64>(2)? as u64,
+        updated_at: row.get(3)?,
     })
 }
 
 #[async_trait]
-impl Ledger for SqliteLedger {
-    async fn accept(&self, event: &RiskEvent) -> Result<(), LedgerError> {
-        let now = now();
-        let json = serde_json::to_string(event).map_err(err)?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO ledger (event_id, tenant_id, status, payload_hash, received_at, updated_at, expires_at, event)
-             VALUES (?1, ?2, 'received', ?3, ?4, ?4, ?5, ?6) ON CONFLICT(event_id) DO NOTHING",
-            params![event.event_id, event.tenant_id, payload_hash(event), now, now + RECORD_RETENTION.as_secs() as i64, json],
-        )
-        .map_err(err)?;
-        conn.execute("DELETE FROM ledger WHERE expires_at < ?1", params![now])
-            .map_err(err)?;
-        Ok(())
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError> {
+        let key = key.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT key, doc, version, updated_at FROM items WHERE key = ?1",
+                params![key],
+                row,
+            )
+            .optional()
+        })
+        .await
     }
 
-    async fn claim(&self, event: &RiskEvent, lease: Duration) -> Result<Claim, LedgerError> {
-        let now = now();
-        let hash = payload_hash(event);
-        let json = serde_json::to_string(event).map_err(err)?;
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        tx.execute(
-            "INSERT INTO ledger (event_id, tenant_id, status, payload_hash, received_at, updated_at, expires_at, event)
-             VALUES (?1, ?2, 'received', ?3, ?4, ?4, ?5, ?6) ON CONFLICT(event_id) DO NOTHING",
-            params![event.event_id, event.tenant_id, hash, now, now + RECORD_RETENTION.as_secs() as i64, json],
-        )
-        .map_err(err)?;
-        let entry = Self::entry(&tx, &event.event_id)?
-            .ok_or_else(|| LedgerError("claimed row vanished".into()))?;
-        let lease_until: i64 = tx
-            .query_row(
-                "SELECT lease_until FROM ledger WHERE event_id = ?1",
-                params![event.event_id],
-                |r| r.get(0),
-            )
-            .map_err(err)?;
-        let claim = if entry.payload_hash != hash {
-            Claim::PayloadMismatch
-        } else {
-            match entry.status {
-                Status::Completed => Claim::Completed(Box::new(entry)),
-                Status::InProgress if lease_until >= now => Claim::InProgress,
-                _ => {
-                    tx.execute(
-                        "UPDATE ledger SET status = 'in_progress', lease_until = ?2, attempts = attempts + 1, updated_at = ?3
-                         WHERE event_id = ?1",
-                        params![event.event_id, now + lease.as_secs() as i64, now],
-                    )
-                    .map_err(err)?;
-                    Claim::Acquired {
-                        previous: entry.report.map(Box::new),
-                    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError> {
+        let keys = keys.to_vec();
+        self.with(move |conn| {
+            let mut out = Vec::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT key, doc, version, updated_at FROM items WHERE key = ?1")?;
+            for key in &keys {
+                if let Some(found) = stmt.query_row(params![key], row).optional()? {
+                    out.push(found);
                 }
             }
-        };
-        tx.commit().map_err(err)?;
-        Ok(claim)
+            Ok(out)
+        })
+        .await
     }
 
-    async fn complete(&self, event_id: &str, report: &Report) -> Result<(), LedgerError> {
-        self.finish(event_id, report, Status::Completed)
-    }
-
-    async fn release(&self, event_id: &str, report: &Report) -> Result<(), LedgerError> {
-        self.finish(event_id, report, Status::Retry)
-    }
-
-    async fn list(&self, limit: usize) -> Result<Vec<Entry>, LedgerError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT event_id, tenant_id, status, payload_hash, attempts, received_at, updated_at, event, report
-                 FROM ledger ORDER BY updated_at DESC, event_id LIMIT ?1",
-            )
-            .map_err(err)?;
-        let rows = stmt
-            .query_map(params![limit as i64], row_to_entry)
-            .map_err(err)?;
-        rows.collect::<Result<_, _>>().map_err(err)
-    }
-}
-
-impl SqliteLedger {
-    fn finish(&self, event_id: &str, report: &Report, status: Status) -> Result<(), LedgerError> {
-        let json = serde_json::to_string(report).map_err(err)?;
-        let changed = self
-            .conn()
-            .execute(
-                "UPDATE ledger SET status = ?2, report = ?3, lease_until = 0, updated_at = ?4 WHERE event_id = ?1",
-                params![event_id, status.as_str(), json, now()],
-            )
-            .map_err(err)?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(LedgerError(format!("no ledger entry {event_id}")))
+    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError> {
+        if items.is_empty() {
+            return Ok(0);
         }
+        let items = items.to_vec();
+        let now = now();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let mut created = 0;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO items (key, doc, version, updated_at, expires_at)
+                     VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(key) DO NOTHING",
+                )?;
+                for item in &items {
+                    created += stmt.execute(params![item.key, item.doc, now, item.expires_at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, LedgerError> {
+        let (key, doc) = (key.to_owned(), doc.to_owned());
+        let now = now();
+        self.with(move |conn| {
+            let changed = if expected == 0 {
+                conn.execute(
+                    "INSERT INTO items (key, doc, version, updated_at, expires_at)
+                     VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(key) DO NOTHING",
+                    params![key, doc, now, expires_at],
+                )?
+            } else {
+                conn.execute(
+                    "UPDATE items SET doc = ?2, version = version + 1, updated_at = ?3, expires_at = ?4
+                     WHERE key = ?1 AND version = ?5",
+                    params![key, doc, now, expires_at, expected as i64],
+                )?
+            };
+            Ok((changed == 1).then_some(expected + 1))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError> {
+        let key = key.to_owned();
+        self.with(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM items WHERE key = ?1 AND version = ?2",
+                params![key, expected as i64],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError> {
+        let (start, end) = (prefix.to_owned(), prefix_end(prefix));
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, doc, version, updated_at FROM items WHERE key >= ?1 AND key < ?2
+                 ORDER BY updated_at DESC, rowid DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![start, end, limit as i64], row)?;
+            rows.collect()
+        })
+        .await
     }
 }
 
@@ -207,8 +235,35 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn sqlite_ledger_meets_the_contract() {
-        let ledger = SqliteLedger::in_memory().unwrap();
-        super::super::contract::run(&ledger, "sqlite").await;
+    async fn sqlite_store_meets_the_contract() {
+        let store = SqliteStore::in_memory().unwrap();
+        super::super::contract::run(&store, "contract#").await;
+    }
+
+    #[tokio::test]
+    async fn expired_documents_are_deleted_by_the_timer_task_only() {
+        let store = SqliteStore::in_memory().unwrap();
+        let past = NewItem {
+            key: "signal#old".into(),
+            doc: "{}".into(),
+            expires_at: Some(now() - 10),
+        };
+        let future = NewItem {
+            key: "signal#new".into(),
+            doc: "{}".into(),
+            expires_at: Some(now() + 3600),
+        };
+        store.create_all(&[past, future]).await.unwrap();
+        assert!(store.get("signal#old").await.unwrap().is_some());
+        assert_eq!(store.expire().await.unwrap(), 1);
+        assert!(store.get("signal#old").await.unwrap().is_none());
+        assert!(store.get("signal#new").await.unwrap().is_some());
+    }
+
+    #[test]
+    fn prefix_ranges_cover_exactly_the_prefix() {
+        assert_eq!(prefix_end("case#"), "case$");
+        assert!("case#zzz" < prefix_end("case#").as_str());
+        assert!("case$" >= prefix_end("case#").as_str());
     }
 }

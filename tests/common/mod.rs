@@ -236,7 +236,7 @@ pub fn risk_events(queue: &MemoryQueue) -> Vec<risk_responder::event::RiskEvent>
         .into_iter()
         .filter_map(|item| match item {
             WorkItem::Risk(event) => Some(event),
-            WorkItem::Lifecycle(_) => None,
+            _ => None,
         })
         .collect()
 }

@@ -1,0 +1,1027 @@
+//! The case: one risk episode of one user, the signals merged into it, its plan (computed once,
+//! then only escalated), the state of every action, the rails that held it, the decisions
+//! people made, and a bounded history. This is the idempotency key of remediation.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::findings::Findings;
+use super::policy::{Action, Mode, Rule};
+use crate::event::{EventSource, RiskLevel, derive_event_id};
+
+/// Signals kept in detail per case (the count covers all).
+pub const SIGNALS_KEPT: usize = 25;
+/// History entries kept per case (the count of older ones is kept).
+pub const HISTORY_KEPT: usize = 100;
+/// Decisions kept per case.
+pub const DECISIONS_KEPT: usize = 20;
+
+/// What tells one risk episode of a user from the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Episode {
+    /// Identity Protection's risk record as it was when the case opened.
+    IdentityProtection {
+        #[serde(with = "time::serde::rfc3339::option", default)]
+        risk_last_updated: Option<OffsetDateTime>,
+        risk_state: String,
+    },
+    /// A detection of the source's own (no Identity Protection record): the alert or
+    /// incident, plus the policy's `source_episode_hours` after the case opened.
+    Source {
+        source: EventSource,
+        source_id: String,
+    },
+}
+
+impl Episode {
+    /// The stable text the case id is derived from.
+    pub fn key(&self) -> String {
+        match self {
+            Episode::IdentityProtection {
+                risk_last_updated, ..
+            } => format!(
+                "ip:{}",
+                risk_last_updated.map_or(0, |t| t.unix_timestamp_nanos() / 1_000_000)
+            ),
+            Episode::Source { source, source_id } => {
+                format!("source:{}:{source_id}", source.as_str())
+            }
+        }
+    }
+}
+
+/// The case id for a user's episode: the same inputs always give the same id, so concurrent
+/// workers opening the same episode converge on one case.
+pub fn case_id(tenant_id: &str, user_id: &str, episode: &Episode) -> String {
+    format!(
+        "c-{}",
+        &derive_event_id(&["case", tenant_id, user_id, &episode.key()])[..24]
+    )
+}
+
+/// Where a case stands and who must act next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    /// Opened; the worker investigates and plans it.
+    New,
+    /// Planned; the worker carries out its pending actions.
+    Open,
+    /// A transient failure (throttling, outage): the worker retries it.
+    Retry,
+    /// A failure an operator must fix (permission, credential, an unexpected refusal); the
+    /// worker keeps retrying it (then the alarmed DLQ), and `cases retry` resumes it.
+    NeedsOperator,
+    /// A safety rail held actions: a person approves or skips them.
+    AwaitingApproval,
+    /// Every action was done, skipped, or (report-only) planned.
+    Completed,
+    /// A person decided that nothing more is done.
+    Skipped,
+}
+
+impl CaseStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::New => "new",
+            CaseStatus::Open => "open",
+            CaseStatus::Retry => "retry",
+            CaseStatus::NeedsOperator => "needs_operator",
+            CaseStatus::AwaitingApproval => "awaiting_approval",
+            CaseStatus::Completed => "completed",
+            CaseStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "new" => CaseStatus::New,
+            "open" => CaseStatus::Open,
+            "retry" => CaseStatus::Retry,
+            "needs_operator" => CaseStatus::NeedsOperator,
+            "awaiting_approval" => CaseStatus::AwaitingApproval,
+            "completed" => CaseStatus::Completed,
+            "skipped" => CaseStatus::Skipped,
+            _ => return None,
+        })
+    }
+}
+
+/// What became of one planned action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ActionState {
+    /// To be carried out by the worker.
+    Pending,
+    /// Report-only: recorded, not carried out.
+    Planned,
+    /// Held by a safety rail until a person approves.
+    Held { rail: String },
+    Done {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// Not carried out, and why (its precondition did not hold, a rail, or a person).
+    Skipped {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        reason: String,
+    },
+    /// The last attempt failed; the action is attempted again on retry.
+    Failed {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        error: String,
+        transient: bool,
+        needs_operator: bool,
+    },
+}
+
+impl ActionState {
+    /// A short word for listings.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Planned => "planned",
+            ActionState::Held { .. } => "held",
+            ActionState::Done { .. } => "done",
+            ActionState::Skipped { .. } => "skipped",
+            ActionState::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether the worker may carry it out now.
+    pub fn runnable(&self) -> bool {
+        matches!(self, ActionState::Pending | ActionState::Failed { .. })
+    }
+}
+
+/// One action of a case's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseAction {
+    pub action: Action,
+    /// The rule that called for it (or the person who approved it).
+    pub rule: String,
+    #[serde(flatten)]
+    pub state: ActionState,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// A signal as its case remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRef {
+    pub signal_id: String,
+    pub source: EventSource,
+    pub source_id: String,
+    pub risk_level: RiskLevel,
+    #[serde(with = "time::serde::rfc3339")]
+    pub detected_at: OffsetDateTime,
+}
+
+/// The signals merged into a case: how many, by source, and the newest in detail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalLog {
+    pub count: u32,
+    pub recent: Vec<SignalRef>,
+}
+
+impl SignalLog {
+    fn contains(&self, signal_id: &str) -> bool {
+        self.recent.iter().any(|s| s.signal_id == signal_id)
+    }
+
+    fn push(&mut self, signal: SignalRef) {
+        self.count = self.count.saturating_add(1);
+        self.recent.push(signal);
+        if self.recent.len() > SIGNALS_KEPT {
+            self.recent.remove(0);
+        }
+    }
+}
+
+/// A person's decision on a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub by: String,
+    /// approve, skip or retry.
+    pub decision: String,
+    pub reason: String,
+}
+
+/// One line of a case's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub what: String,
+}
+
+/// A worker's exclusive hold on a case while it works on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// One user's risk episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Case {
+    pub case_id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    pub episode: Episode,
+    pub status: CaseStatus,
+    /// The mode the case was planned in (a person's approval carries it out in enforce).
+    pub mode: Mode,
+    /// The source of the signal that opened the case (rules may be limited to sources).
+    pub opened_by: EventSource,
+    /// The highest risk level seen (signals and Identity Protection): what the plan is for.
+    pub risk_level: RiskLevel,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub closed_at: Option<OffsetDateTime>,
+    pub signals: SignalLog,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Findings>,
+    /// Rules that gave the plan (the first, then any escalations).
+    #[serde(default)]
+    pub rules: Vec<String>,
+    #[serde(default)]
+    pub actions: Vec<CaseAction>,
+    /// Why the plan is empty, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_note: Option<String>,
+    /// Safety rails that applied, in words.
+    #[serde(default)]
+    pub rails: Vec<String>,
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub history_dropped: u32,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Who or what must act next on a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "actor", content = "what", rename_all = "snake_case")]
+pub enum NextActor {
+    Worker(String),
+    Person(String),
+    Nobody,
+}
+
+impl std::fmt::Display for NextActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextActor::Worker(what) => write!(f, "worker: {what}"),
+            NextActor::Person(what) => write!(f, "person: {what}"),
+            NextActor::Nobody => f.write_str("nobody: closed"),
+        }
+    }
+}
+
+impl Case {
+    /// Opens a case for `signal` on `user_id`'s `episode`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        tenant_id: &str,
+        user_id: &str,
+        user_principal_name: Option<String>,
+        episode: Episode,
+        signal: SignalRef,
+        level: RiskLevel,
+        mode: Mode,
+        now: OffsetDateTime,
+    ) -> Self {
+        let mut case = Case {
+            case_id: case_id(tenant_id, user_id, &episode),
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.to_owned(),
+            user_principal_name,
+            episode,
+            status: CaseStatus::New,
+            mode,
+            opened_by: signal.source,
+            risk_level: level,
+            opened_at: now,
+            updated_at: now,
+            closed_at: None,
+            signals: SignalLog::default(),
+            findings: None,
+            rules: Vec::new(),
+            actions: Vec::new(),
+            plan_note: None,
+            rails: Vec::new(),
+            decisions: Vec::new(),
+            history: Vec::new(),
+            history_dropped: 0,
+            attempts: 0,
+            lease: None,
+            last_error: None,
+        };
+        let what = format!(
+            "opened by signal {} from {} ({:?})",
+            signal.signal_id,
+            signal.source.as_str(),
+            signal.risk_level
+        );
+        case.signals.push(signal);
+        case.note(now, what);
+        case
+    }
+
+    /// Appends a line to the audit trail (bounded).
+    pub fn note(&mut self, at: OffsetDateTime, what: impl Into<String>) {
+        self.history.push(HistoryEntry {
+            at,
+            what: what.into(),
+        });
+        if self.history.len() > HISTORY_KEPT {
+            self.history.remove(0);
+            self.history_dropped = self.history_dropped.saturating_add(1);
+        }
+        self.updated_at = at;
+    }
+
+    /// Whether nothing more happens without a new signal or a person.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status, CaseStatus::Completed | CaseStatus::Skipped)
+    }
+
+    /// Whether the worker has something to do on this case.
+    pub fn needs_worker(&self) -> bool {
+        matches!(
+            self.status,
+            CaseStatus::New | CaseStatus::Open | CaseStatus::Retry | CaseStatus::NeedsOperator
+        )
+    }
+
+    /// Whether `signal_id` was merged already (redelivery).
+    pub fn has_signal(&self, signal_id: &str) -> bool {
+        self.signals.contains(signal_id)
+    }
+
+    /// Merges a signal; returns false if it was merged before.
+    pub fn merge(&mut self, signal: SignalRef, now: OffsetDateTime) -> bool {
+        if self.has_signal(&signal.signal_id) {
+            return false;
+        }
+        let what = format!(
+            "signal {} from {} ({:?}) merged",
+            signal.signal_id,
+            signal.source.as_str(),
+            signal.risk_level
+        );
+        self.signals.push(signal);
+        self.note(now, what);
+        true
+    }
+
+    /// The planned actions of `rule`, in its order.
+    pub fn set_plan(&mut self, rule: Option<&Rule>, note: Option<String>, now: OffsetDateTime) {
+        match rule {
+            Some(rule) => {
+                self.rules = vec![rule.name.clone()];
+                self.actions = rule
+                    .actions
+                    .iter()
+                    .map(|&action| CaseAction {
+                        action,
+                        rule: rule.name.clone(),
+                        state: ActionState::Pending,
+                        attempts: 0,
+                    })
+                    .collect();
+                let list: Vec<&str> = rule.actions.iter().map(|a| a.as_str()).collect();
+                self.note(
+                    now,
+                    format!(
+                        "planned by rule {:?} at {:?}: {}",
+                        rule.name,
+                        self.risk_level,
+                        list.join(", ")
+                    ),
+                );
+            }
+            None => {
+                self.rules.clear();
+                self.actions.clear();
+                self.note(
+                    now,
+                    format!(
+                        "no action: {}",
+                        note.as_deref().unwrap_or("no rule matches")
+                    ),
+                );
+            }
+        }
+        self.plan_note = note;
+    }
+
+    /// Raises the case to `level` with `rule` (the rule for that level): the rule's actions
+    /// that are missing are appended, done ones stay done. Returns how many were appended.
+    pub fn escalate(
+        &mut self,
+        level: RiskLevel,
+        rule: Option<&Rule>,
+        now: OffsetDateTime,
+    ) -> usize {
+        if level <= self.risk_level {
+            return 0;
+        }
+        let previous = self.risk_level;
+        self.risk_level = level;
+        let Some(rule) = rule else {
+            self.note(
+                now,
+                format!("risk rose from {previous:?} to {level:?}; no rule adds actions"),
+            );
+            return 0;
+        };
+        let missing: Vec<Action> = rule
+            .actions
+            .iter()
+            .copied()
+            .filter(|a| *a != Action::Notify && !self.actions.iter().any(|x| x.action == *a))
+            .collect();
+        if missing.is_empty() {
+            self.note(
+                now,
+                format!(
+                    "risk rose from {previous:?} to {level:?}; rule {:?} adds nothing",
+                    rule.name
+                ),
+            );
+            return 0;
+        }
+        let mut appended = missing.clone();
+        // The SOC hears of what the escalation added.
+        if rule.actions.contains(&Action::Notify) {
+            appended.push(Action::Notify);
+        }
+        let state = if self.mode == Mode::ReportOnly {
+            ActionState::Planned
+        } else {
+            ActionState::Pending
+        };
+        for action in &appended {
+            self.actions.push(CaseAction {
+                action: *action,
+                rule: rule.name.clone(),
+                state: state.clone(),
+                attempts: 0,
+            });
+        }
+        if !self.rules.contains(&rule.name) {
+            self.rules.push(rule.name.clone());
+        }
+        let list: Vec<&str> = appended.iter().map(|a| a.as_str()).collect();
+        self.note(
+            now,
+            format!(
+                "escalated from {previous:?} to {level:?} by rule {:?}: appended {}",
+                rule.name,
+                list.join(", ")
+            ),
+        );
+        match self.status {
+            CaseStatus::Completed if self.mode == Mode::Enforce => {
+                self.status = CaseStatus::Open;
+                self.closed_at = None;
+            }
+            CaseStatus::Skipped => {
+                self.status = CaseStatus::AwaitingApproval;
+                self.closed_at = None;
+            }
+            _ => {}
+        }
+        appended.len()
+    }
+
+    /// Holds every not-yet-done action behind `rail` (e.g. the blast-radius limit).
+    pub fn hold(&mut self, rail: &str, only_account_changes: bool, now: OffsetDateTime) {
+        let mut held = 0;
+        for action in &mut self.actions {
+            let applies = !only_account_changes || action.action.changes_account();
+            if applies && matches!(action.state, ActionState::Pending | ActionState::Planned) {
+                action.state = ActionState::Held {
+                    rail: rail.to_owned(),
+                };
+                held += 1;
+            }
+        }
+        if held > 0 {
+            if !self.rails.iter().any(|r| r == rail) {
+                self.rails.push(rail.to_owned());
+            }
+            self.note(now, format!("{held} action(s) held: {rail}"));
+        }
+    }
+
+    /// The Identity Protection state our own done actions leave the user in, if any.
+    pub fn expected_risk_state(&self) -> Option<&'static str> {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a.state, ActionState::Done { .. }))
+            .filter_map(|a| match a.action {
+                Action::ConfirmCompromised => Some("confirmedCompromised"),
+                Action::DismissRisk => Some("dismissed"),
+                Action::ResetPassword => Some("remediated"),
+                _ => None,
+            })
+            .next_back()
+    }
+
+    /// Sets the status from the actions' states after the worker's run.
+    pub fn settle(&mut self, now: OffsetDateTime) {
+        let any = |f: &dyn Fn(&ActionState) -> bool| self.actions.iter().any(|a| f(&a.state));
+        let status = if any(&|s| {
+            matches!(
+                s,
+                ActionState::Failed {
+                    needs_operator: true,
+                    ..
+                }
+            )
+        }) {
+            CaseStatus::NeedsOperator
+        } else if any(&|s| matches!(s, ActionState::Failed { .. })) {
+            CaseStatus::Retry
+        } else if any(&|s| matches!(s, ActionState::Pending)) {
+            CaseStatus::Open
+        } else if any(&|s| matches!(s, ActionState::Held { .. })) {
+            CaseStatus::AwaitingApproval
+        } else {
+            CaseStatus::Completed
+        };
+        if status != self.status {
+            self.note(now, format!("status {}", status.as_str()));
+        }
+        self.status = status;
+        if status == CaseStatus::Completed {
+            self.closed_at.get_or_insert(now);
+            self.last_error = None;
+        } else {
+            self.closed_at = None;
+        }
+    }
+
+    /// Who or what must act next.
+    pub fn next_actor(&self) -> NextActor {
+        match self.status {
+            CaseStatus::New => NextActor::Worker("investigate and plan".into()),
+            CaseStatus::Open => NextActor::Worker("carry out the pending actions".into()),
+            CaseStatus::Retry => NextActor::Worker(format!(
+                "retry after a transient failure: {}",
+                self.last_error.as_deref().unwrap_or("-")
+            )),
+            CaseStatus::NeedsOperator => NextActor::Person(format!(
+                "fix what refused the action, then `cases retry {}`: {}",
+                self.case_id,
+                self.last_error.as_deref().unwrap_or("-")
+            )),
+            CaseStatus::AwaitingApproval => NextActor::Person(format!(
+                "`cases approve {0}` or `cases skip {0} --reason ...` ({1})",
+                self.case_id,
+                self.rails.join("; ")
+            )),
+            CaseStatus::Completed | CaseStatus::Skipped => NextActor::Nobody,
+        }
+    }
+
+    /// A person approves: held (and, for a report-only case, planned) actions are carried out
+    /// as planned, past the rail that held them.
+    pub fn approve(
+        &mut self,
+        by: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<usize, String> {
+        let report_only = self.mode == Mode::ReportOnly;
+        let mut released = 0;
+        for action in &mut self.actions {
+            let release = matches!(action.state, ActionState::Held { .. })
+                || (report_only && matches!(action.state, ActionState::Planned));
+            if release {
+                action.state = ActionState::Pending;
+                released += 1;
+            }
+        }
+        if released == 0 {
+            return Err(format!(
+                "case {} has nothing held or planned to approve (status {})",
+                self.case_id,
+                self.status.as_str()
+            ));
+        }
+        let notified = self
+            .actions
+            .iter()
+            .any(|a| a.action == Action::Notify && matches!(a.state, ActionState::Done { .. }));
+        if notified {
+            self.actions.push(CaseAction {
+                action: Action::Notify,
+                rule: format!("approved by {by}"),
+                state: ActionState::Pending,
+                attempts: 0,
+            });
+        }
+        self.mode = Mode::Enforce;
+        self.record(by, "approve", reason, now);
+        self.status = CaseStatus::Open;
+        self.closed_at = None;
+        Ok(released)
+    }
+
+    /// A person skips what is left: no further action, the case closes.
+    pub fn skip(&mut self, by: &str, reason: &str, now: OffsetDateTime) -> Result<usize, String> {
+        if self.is_terminal() {
+            return Err(format!(
+                "case {} is {}: nothing left to skip",
+                self.case_id,
+                self.status.as_str()
+            ));
+        }
+        let mut skipped = 0;
+        for action in &mut self.actions {
+            let open = matches!(
+                action.state,
+                ActionState::Pending
+                    | ActionState::Held { .. }
+                    | ActionState::Failed { .. }
+                    | ActionState::Planned
+            );
+            if open {
+                action.state = ActionState::Skipped {
+                    at: now,
+                    reason: format!("skipped by {by}: {reason}"),
+                };
+                skipped += 1;
+            }
+        }
+        self.record(by, "skip", reason, now);
+        self.status = CaseStatus::Skipped;
+        self.closed_at = Some(now);
+        Ok(skipped)
+    }
+
+    /// A person asks the worker to try again (after fixing a permission, say).
+    pub fn retry(&mut self, by: &str, reason: &str, now: OffsetDateTime) -> Result<(), String> {
+        if !matches!(
+            self.status,
+            CaseStatus::NeedsOperator | CaseStatus::Retry | CaseStatus::Open | CaseStatus::New
+        ) {
+            return Err(format!(
+                "case {} is {}: nothing to retry",
+                self.case_id,
+                self.status.as_str()
+            ));
+        }
+        for action in &mut self.actions {
+            if matches!(action.state, ActionState::Failed { .. }) {
+                action.state = ActionState::Pending;
+            }
+        }
+        self.record(by, "retry", reason, now);
+        if self.status != CaseStatus::New {
+            self.status = CaseStatus::Open;
+        }
+        self.lease = None;
+        Ok(())
+    }
+
+    fn record(&mut self, by: &str, decision: &str, reason: &str, now: OffsetDateTime) {
+        self.decisions.push(Decision {
+            at: now,
+            by: by.to_owned(),
+            decision: decision.to_owned(),
+            reason: reason.to_owned(),
+        });
+        if self.decisions.len() > DECISIONS_KEPT {
+            self.decisions.remove(0);
+        }
+        self.note(now, format!("{decision} by {by}: {reason}"));
+    }
+}
+
+/// A case as text, for the CLI and replay (indented two spaces).
+pub struct CaseReport<'a>(pub &'a Case);
+
+impl std::fmt::Display for CaseReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0;
+        writeln!(
+            f,
+            "  case {}  {}  {:?}  user {}  tenant {}  risk {:?}",
+            c.case_id,
+            c.status.as_str(),
+            c.mode,
+            c.user_principal_name.as_deref().unwrap_or(&c.user_id),
+            c.tenant_id,
+            c.risk_level
+        )?;
+        match &c.episode {
+            Episode::IdentityProtection {
+                risk_last_updated,
+                risk_state,
+            } => writeln!(
+                f,
+                "    episode: Identity Protection, riskState {risk_state}, riskLastUpdatedDateTime {}",
+                risk_last_updated.map_or("-".to_owned(), |t| t.to_string())
+            )?,
+            Episode::Source { source, source_id } => {
+                writeln!(f, "    episode: {} detection {source_id}", source.as_str())?
+            }
+        }
+        let sources: Vec<String> = c
+            .signals
+            .recent
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({}, {:?})",
+                    s.signal_id,
+                    s.source.as_str(),
+                    s.risk_level
+                )
+            })
+            .collect();
+        writeln!(
+            f,
+            "    signals: {} merged; newest: {}",
+            c.signals.count,
+            sources.join(", ")
+        )?;
+        if let Some(findings) = &c.findings {
+            let risk = findings
+                .risk
+                .as_ref()
+                .map_or("no Identity Protection record".to_owned(), |r| {
+                    format!("riskLevel {} riskState {}", r.risk_level, r.risk_state)
+                });
+            writeln!(
+                f,
+                "    findings: {risk}; {} sign-in(s) blocked with 53011 since {}",
+                findings.blocked_sign_ins.count, findings.blocked_sign_ins.since
+            )?;
+            for s in &findings.blocked_sign_ins.newest {
+                writeln!(
+                    f,
+                    "      {}  {}  {}  {}  {}  {}",
+                    s.at,
+                    s.app.as_deref().unwrap_or("-"),
+                    s.ip_address.as_deref().unwrap_or("-"),
+                    s.location.as_deref().unwrap_or("-"),
+                    s.client_app.as_deref().unwrap_or("-"),
+                    s.device.as_deref().unwrap_or("-")
+                )?;
+            }
+        }
+        if !c.rules.is_empty() {
+            writeln!(f, "    plan: rule(s) {}", c.rules.join("; "))?;
+        }
+        if let Some(note) = &c.plan_note {
+            writeln!(f, "    plan: {note}")?;
+        }
+        for a in &c.actions {
+            let detail = match &a.state {
+                ActionState::Done { detail, at } => {
+                    format!(
+                        "{at}{}",
+                        detail
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    )
+                }
+                ActionState::Skipped { reason, .. } => reason.clone(),
+                ActionState::Held { rail } => rail.clone(),
+                ActionState::Failed { error, .. } => error.clone(),
+                ActionState::Pending | ActionState::Planned => String::new(),
+            };
+            writeln!(
+                f,
+                "    - {:<20} {:<8} {detail}",
+                a.action.as_str(),
+                a.state.word()
+            )?;
+        }
+        if !c.rails.is_empty() {
+            writeln!(f, "    rails: {}", c.rails.join("; "))?;
+        }
+        for d in &c.decisions {
+            writeln!(
+                f,
+                "    decision: {} by {} at {}: {}",
+                d.decision, d.by, d.at, d.reason
+            )?;
+        }
+        writeln!(f, "    next: {}", c.next_actor())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minutes: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_795_000_000 + minutes * 60).unwrap()
+    }
+
+    pub(crate) fn signal(id: &str, level: RiskLevel) -> SignalRef {
+        SignalRef {
+            signal_id: id.into(),
+            source: EventSource::Sentinel,
+            source_id: "alert-1".into(),
+            risk_level: level,
+            detected_at: at(0),
+        }
+    }
+
+    fn rule(name: &str, actions: &[Action]) -> Rule {
+        Rule {
+            name: name.into(),
+            min_risk_level: RiskLevel::Low,
+            min_blocked_sign_ins: 0,
+            sources: None,
+            actions: actions.to_vec(),
+        }
+    }
+
+    fn case() -> Case {
+        let episode = Episode::IdentityProtection {
+            risk_last_updated: Some(at(-5)),
+            risk_state: "atRisk".into(),
+        };
+        Case::open(
+            "t",
+            "u",
+            None,
+            episode,
+            signal("s1", RiskLevel::Medium),
+            RiskLevel::Medium,
+            Mode::Enforce,
+            at(0),
+        )
+    }
+
+    #[test]
+    fn case_ids_are_deterministic_per_episode() {
+        let a = Episode::Source {
+            source: EventSource::Sentinel,
+            source_id: "x".into(),
+        };
+        let b = Episode::Source {
+            source: EventSource::Sentinel,
+            source_id: "y".into(),
+        };
+        assert_eq!(case_id("t", "u", &a), case_id("t", "u", &a));
+        assert_ne!(case_id("t", "u", &a), case_id("t", "u", &b));
+        assert_ne!(case_id("t", "u", &a), case_id("t", "v", &a));
+    }
+
+    #[test]
+    fn a_signal_merges_once() {
+        let mut c = case();
+        assert!(!c.merge(signal("s1", RiskLevel::Medium), at(1)));
+        assert!(c.merge(signal("s2", RiskLevel::Medium), at(1)));
+        assert_eq!(c.signals.count, 2);
+    }
+
+    #[test]
+    fn escalation_appends_missing_actions_and_keeps_done_ones() {
+        let medium = rule(
+            "medium",
+            &[
+                Action::RevokeSessions,
+                Action::ResetPassword,
+                Action::Notify,
+            ],
+        );
+        let high = rule(
+            "high",
+            &[
+                Action::RevokeSessions,
+                Action::BlockSignIn,
+                Action::ResetPassword,
+                Action::ConfirmCompromised,
+                Action::Notify,
+            ],
+        );
+        let mut c = case();
+        c.set_plan(Some(&medium), None, at(0));
+        for a in &mut c.actions {
+            a.state = ActionState::Done {
+                at: at(1),
+                detail: None,
+            };
+        }
+        c.settle(at(1));
+        assert_eq!(c.status, CaseStatus::Completed);
+        assert_eq!(c.escalate(RiskLevel::Medium, Some(&high), at(2)), 0);
+        assert_eq!(c.escalate(RiskLevel::High, Some(&high), at(2)), 3);
+        let pending: Vec<Action> = c
+            .actions
+            .iter()
+            .filter(|a| a.state == ActionState::Pending)
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(
+            pending,
+            [
+                Action::BlockSignIn,
+                Action::ConfirmCompromised,
+                Action::Notify
+            ]
+        );
+        assert_eq!(c.status, CaseStatus::Open);
+        assert_eq!(c.rules, ["medium", "high"]);
+    }
+
+    #[test]
+    fn settle_reports_who_acts_next() {
+        let mut c = case();
+        c.set_plan(
+            Some(&rule("r", &[Action::RevokeSessions, Action::Notify])),
+            None,
+            at(0),
+        );
+        c.actions[0].state = ActionState::Failed {
+            at: at(1),
+            error: "403".into(),
+            transient: false,
+            needs_operator: true,
+        };
+        c.settle(at(1));
+        assert_eq!(c.status, CaseStatus::NeedsOperator);
+        assert!(matches!(c.next_actor(), NextActor::Person(_)));
+        c.retry("alice", "permission granted", at(2)).unwrap();
+        assert_eq!(c.actions[0].state, ActionState::Pending);
+        assert_eq!(c.decisions[0].by, "alice");
+        c.hold("protected account", true, at(3));
+        assert!(matches!(c.actions[0].state, ActionState::Held { .. }));
+        assert_eq!(c.actions[1].state, ActionState::Pending);
+        c.actions[1].state = ActionState::Done {
+            at: at(3),
+            detail: None,
+        };
+        c.settle(at(3));
+        assert_eq!(c.status, CaseStatus::AwaitingApproval);
+        assert_eq!(c.approve("bob", "verified by phone", at(4)).unwrap(), 1);
+        // The SOC is told again what the approval carried out.
+        assert_eq!(c.actions.last().unwrap().action, Action::Notify);
+        assert_eq!(c.status, CaseStatus::Open);
+    }
+
+    #[test]
+    fn expected_state_follows_the_last_risk_action_done() {
+        let mut c = case();
+        c.set_plan(
+            Some(&rule("r", &[Action::ResetPassword, Action::DismissRisk])),
+            None,
+            at(0),
+        );
+        assert_eq!(c.expected_risk_state(), None);
+        c.actions[0].state = ActionState::Done {
+            at: at(1),
+            detail: None,
+        };
+        assert_eq!(c.expected_risk_state(), Some("remediated"));
+        c.actions[1].state = ActionState::Done {
+            at: at(1),
+            detail: None,
+        };
+        assert_eq!(c.expected_risk_state(), Some("dismissed"));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut c = case();
+        for i in 0..500 {
+            c.note(at(i), format!("entry {i}"));
+        }
+        assert_eq!(c.history.len(), HISTORY_KEPT);
+        assert_eq!(c.history_dropped, 401);
+    }
+}

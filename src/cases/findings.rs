@@ -1,0 +1,167 @@
+//! What investigation learned about a case's user, kept small enough for one ledger item:
+//! counts and a short summary of the newest sign-ins, never the records themselves.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::event::RiskLevel;
+
+/// How many of the newest 53011 sign-ins a case keeps in detail.
+pub const SIGN_IN_DETAILS_KEPT: usize = 5;
+
+/// Identity Protection's risk record of a user (`riskyUser`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskRecord {
+    /// `riskLevel`: low, medium, high, hidden, none.
+    pub risk_level: String,
+    /// `riskState`: atRisk, confirmedCompromised, remediated, dismissed, confirmedSafe, none.
+    pub risk_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_detail: Option<String>,
+    /// `riskLastUpdatedDateTime`: what tells one risk episode from the next.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_updated: Option<OffsetDateTime>,
+}
+
+impl RiskRecord {
+    /// Whether Identity Protection considers the user at risk now.
+    pub fn at_risk(&self) -> bool {
+        matches!(self.risk_state.as_str(), "atRisk" | "confirmedCompromised")
+    }
+
+    /// The risk level as a comparable value.
+    pub fn level(&self) -> RiskLevel {
+        RiskLevel::parse_lenient(&self.risk_level)
+    }
+}
+
+/// Directory facts about the user that actions depend on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserFacts {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_enabled: Option<bool>,
+    /// Synced from on-premises Active Directory (a reset needs password writeback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_premises_sync_enabled: Option<bool>,
+}
+
+/// The details of one blocked sign-in worth showing a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInBrief {
+    /// `createdDateTime`, RFC 3339.
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// City, state and country as Entra ID located the sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_app: Option<String>,
+    /// Device name, operating system and browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Sign-ins that failed with AADSTS53011 in the look-back: a count and the newest few.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInSummary {
+    pub count: u32,
+    /// Start of the look-back window.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// At most [`SIGN_IN_DETAILS_KEPT`], newest first.
+    pub newest: Vec<SignInBrief>,
+}
+
+impl SignInSummary {
+    /// An empty summary for the window starting at `since`.
+    pub fn empty(since: OffsetDateTime) -> Self {
+        Self {
+            count: 0,
+            since,
+            newest: Vec::new(),
+        }
+    }
+
+    /// Counts one more sign-in, keeping the newest few in detail.
+    pub fn add(&mut self, brief: SignInBrief) {
+        self.count = self.count.saturating_add(1);
+        self.newest.push(brief);
+        // RFC 3339 UTC timestamps sort as strings.
+        self.newest.sort_by(|a, b| b.at.cmp(&a.at));
+        self.newest.truncate(SIGN_IN_DETAILS_KEPT);
+    }
+}
+
+/// The user's authentication-method registration (`userRegistrationDetails`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub is_mfa_registered: bool,
+    pub is_sspr_registered: bool,
+    #[serde(default)]
+    pub methods_registered: Vec<String>,
+}
+
+/// Everything a plan is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Findings {
+    pub user: UserFacts,
+    /// `None` when Identity Protection has no record of the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskRecord>,
+    pub blocked_sign_ins: SignInSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+    /// Why the account is protected from automatic action, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub investigated_at: OffsetDateTime,
+}
+
+impl Findings {
+    /// Whether Identity Protection reports the user at risk.
+    pub fn at_risk(&self) -> bool {
+        self.risk.as_ref().is_some_and(RiskRecord::at_risk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brief(at: &str) -> SignInBrief {
+        SignInBrief {
+            at: at.into(),
+            app: None,
+            ip_address: None,
+            location: None,
+            client_app: None,
+            device: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_everything_and_keeps_the_newest_few() {
+        let mut summary = SignInSummary::empty(OffsetDateTime::UNIX_EPOCH);
+        for minute in 0..5000 {
+            summary.add(brief(&format!(
+                "2026-11-25T{:02}:{:02}:00Z",
+                minute / 60 % 24,
+                minute % 60
+            )));
+        }
+        assert_eq!(summary.count, 5000);
+        assert_eq!(summary.newest.len(), SIGN_IN_DETAILS_KEPT);
+        assert_eq!(summary.newest[0].at, "2026-11-25T23:59:00Z");
+    }
+}

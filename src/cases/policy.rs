@@ -1,0 +1,373 @@
+//! Remediation policy: TOML rules from a case's risk level, its 53011 sign-ins and its source
+//! to an ordered list of actions, and the safety rails every plan passes through.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventSource, RiskLevel};
+
+/// The policy compiled into the binary (`config/policy.toml`).
+pub const DEFAULT_POLICY: &str = include_str!("../../config/policy.toml");
+
+/// Role template ids of Global Administrator and Privileged Role Administrator: protected by
+/// default (their holders are the tenant's way back in).
+pub const DEFAULT_PROTECTED_ROLE_TEMPLATES: [&str; 2] = [
+    "62e90394-69f5-4237-9190-012177145e10",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",
+];
+
+/// Whether actions are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Plan and record only.
+    #[default]
+    ReportOnly,
+    /// Carry out the plan.
+    Enforce,
+}
+
+/// One remediation step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    RevokeSessions,
+    ResetPassword,
+    DismissRisk,
+    ConfirmCompromised,
+    BlockSignIn,
+    UnblockSignIn,
+    Notify,
+}
+
+impl Action {
+    /// Whether the action changes the account or its risk (what safety rails guard).
+    pub fn changes_account(self) -> bool {
+        !matches!(self, Action::Notify)
+    }
+
+    /// Actions a protected account never gets automatically.
+    pub fn forbidden_for_protected(self) -> bool {
+        matches!(
+            self,
+            Action::ResetPassword | Action::BlockSignIn | Action::ConfirmCompromised
+        )
+    }
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::RevokeSessions => "revoke_sessions",
+            Action::ResetPassword => "reset_password",
+            Action::DismissRisk => "dismiss_risk",
+            Action::ConfirmCompromised => "confirm_compromised",
+            Action::BlockSignIn => "block_sign_in",
+            Action::UnblockSignIn => "unblock_sign_in",
+            Action::Notify => "notify",
+        }
+    }
+}
+
+/// Where temporary passwords are delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "channel", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PasswordDelivery {
+    /// Mail through Graph `sendMail`.
+    Mail {
+        sender: String,
+        #[serde(default)]
+        to: Vec<String>,
+        #[serde(default)]
+        to_manager: bool,
+    },
+    /// A Secrets Manager secret per case, deleted after `ttl_hours`.
+    SecretsManager {
+        name_prefix: String,
+        #[serde(default = "default_ttl_hours")]
+        ttl_hours: u32,
+    },
+}
+
+fn default_ttl_hours() -> u32 {
+    24
+}
+
+/// Who is told about remediations.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub sender: String,
+    pub to: Vec<String>,
+}
+
+/// A rule: conditions and the actions they call for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default = "lowest")]
+    pub min_risk_level: RiskLevel,
+    #[serde(default)]
+    pub min_blocked_sign_ins: usize,
+    #[serde(default)]
+    pub sources: Option<Vec<EventSource>>,
+    pub actions: Vec<Action>,
+}
+
+fn lowest() -> RiskLevel {
+    RiskLevel::Low
+}
+
+/// Safety rails: limits on what automatic remediation may do without a person.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Safety {
+    /// Break-glass and other accounts never acted on automatically (object ids).
+    #[serde(default)]
+    pub protected_user_ids: Vec<String>,
+    /// Members (transitive) of these groups are protected.
+    #[serde(default)]
+    pub protected_group_ids: Vec<String>,
+    /// Holders of these directory roles (role template ids) are protected.
+    #[serde(default = "default_protected_roles")]
+    pub protected_role_template_ids: Vec<String>,
+    /// At most one automatic password reset per user within this many hours.
+    #[serde(default = "default_cooldown")]
+    pub reset_cooldown_hours: u32,
+    /// At most this many enforced cases per tenant in any hour; past it, cases wait for a person.
+    #[serde(default = "default_blast_radius")]
+    pub max_enforced_cases_per_hour: u32,
+    /// How long a case opened by a source's own detection (no Identity Protection record)
+    /// takes in further signals for the same user.
+    #[serde(default = "default_source_window")]
+    pub source_episode_hours: u32,
+}
+
+fn default_protected_roles() -> Vec<String> {
+    DEFAULT_PROTECTED_ROLE_TEMPLATES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+fn default_cooldown() -> u32 {
+    24
+}
+
+fn default_blast_radius() -> u32 {
+    20
+}
+
+fn default_source_window() -> u32 {
+    24
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Self {
+            protected_user_ids: Vec::new(),
+            protected_group_ids: Vec::new(),
+            protected_role_template_ids: default_protected_roles(),
+            reset_cooldown_hours: default_cooldown(),
+            max_enforced_cases_per_hour: default_blast_radius(),
+            source_episode_hours: default_source_window(),
+        }
+    }
+}
+
+/// The whole policy document.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_lookback")]
+    pub lookback_hours: u32,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub password_delivery: Option<PasswordDelivery>,
+    #[serde(default)]
+    pub notify: Option<Notify>,
+    #[serde(default)]
+    pub safety: Safety,
+}
+
+fn default_lookback() -> u32 {
+    24
+}
+
+/// A policy that cannot be used, naming the rule and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("rule {rule:?}: {problem}")]
+    Rule { rule: String, problem: &'static str },
+    #[error("lookback_hours must be between 1 and 720 (30 days of sign-in logs)")]
+    Lookback,
+    #[error("[safety] {0}")]
+    Safety(&'static str),
+}
+
+fn is_object_id(value: &str) -> bool {
+    value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+impl Policy {
+    /// Parses and checks a policy document.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let mut policy: Policy =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        policy.validate()?;
+        for ids in [
+            &mut policy.safety.protected_user_ids,
+            &mut policy.safety.protected_group_ids,
+            &mut policy.safety.protected_role_template_ids,
+        ] {
+            for id in ids.iter_mut() {
+                *id = id.to_ascii_lowercase();
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The embedded default policy.
+    pub fn default_policy() -> Self {
+        Self::from_toml(DEFAULT_POLICY).expect("embedded policy is valid (tested)")
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        if !(1..=720).contains(&self.lookback_hours) {
+            return Err(PolicyError::Lookback);
+        }
+        let safety = &self.safety;
+        let ids = safety
+            .protected_user_ids
+            .iter()
+            .chain(&safety.protected_group_ids)
+            .chain(&safety.protected_role_template_ids);
+        if ids.clone().any(|id| !is_object_id(id)) {
+            return Err(PolicyError::Safety(
+                "protected ids must be object ids (GUIDs)",
+            ));
+        }
+        if safety.max_enforced_cases_per_hour == 0 {
+            return Err(PolicyError::Safety(
+                "max_enforced_cases_per_hour must be at least 1",
+            ));
+        }
+        if safety.source_episode_hours == 0 {
+            return Err(PolicyError::Safety(
+                "source_episode_hours must be at least 1",
+            ));
+        }
+        for rule in &self.rules {
+            let has = |a: Action| rule.actions.contains(&a);
+            let problem = if rule.actions.is_empty() {
+                Some("has no actions")
+            } else if has(Action::BlockSignIn) && has(Action::UnblockSignIn) {
+                Some("both blocks and unblocks sign-in")
+            } else if has(Action::DismissRisk) && has(Action::ConfirmCompromised) {
+                Some("both dismisses and confirms the risk")
+            } else if has(Action::ResetPassword) && self.password_delivery.is_none() {
+                Some("resets passwords but [password_delivery] is not configured")
+            } else if has(Action::Notify) && self.notify.is_none() {
+                Some("notifies but [notify] is not configured")
+            } else if (1..rule.actions.len()).any(|i| rule.actions[..i].contains(&rule.actions[i]))
+            {
+                Some("lists an action twice")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(PolicyError::Rule {
+                    rule: rule.name.clone(),
+                    problem,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The first rule whose conditions hold for a case at `level` with `blocked` 53011
+    /// sign-ins, opened by a signal from `source`.
+    pub fn rule_for(&self, level: RiskLevel, blocked: u32, source: EventSource) -> Option<&Rule> {
+        self.rules.iter().find(|rule| {
+            level >= rule.min_risk_level
+                && blocked as usize >= rule.min_blocked_sign_ins
+                && rule
+                    .sources
+                    .as_ref()
+                    .is_none_or(|sources| sources.contains(&source))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Policy::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_policy_is_valid_and_report_only() {
+        let policy = Policy::from_toml(DEFAULT_POLICY).unwrap();
+        assert_eq!(policy.mode, Mode::ReportOnly);
+        assert_eq!(policy.rules.len(), 2);
+        assert_eq!(policy.safety.max_enforced_cases_per_hour, 20);
+        assert_eq!(policy.safety.reset_cooldown_hours, 24);
+        assert!(
+            policy
+                .safety
+                .protected_role_template_ids
+                .contains(&"62e90394-69f5-4237-9190-012177145e10".to_owned())
+        );
+    }
+
+    #[test]
+    fn contradictory_or_unconfigured_rules_are_refused() {
+        assert_eq!(
+            err(r#"[[rules]]
+name = "r"
+actions = ["block_sign_in", "unblock_sign_in"]"#),
+            "rule \"r\": both blocks and unblocks sign-in"
+        );
+        assert_eq!(
+            err(r#"[[rules]]
+name = "r"
+actions = ["reset_password"]"#),
+            "rule \"r\": resets passwords but [password_delivery] is not configured"
+        );
+        assert_eq!(
+            err(r#"[[rules]]
+name = "r"
+actions = ["revoke_sessions", "revoke_sessions"]"#),
+            "rule \"r\": lists an action twice"
+        );
+        assert!(err("mode = \"yolo\"").contains("mode"));
+        assert!(err("lookback_hours = 0").contains("lookback_hours"));
+        assert!(err("unknown = 1").contains("unknown"));
+        assert!(err("[safety]\nprotected_user_ids = [\"alice\"]").contains("GUIDs"));
+        assert!(err("[safety]\nmax_enforced_cases_per_hour = 0").contains("at least 1"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let policy = Policy::default_policy();
+        let high = policy
+            .rule_for(RiskLevel::High, 1, EventSource::Sentinel)
+            .unwrap();
+        assert!(high.actions.contains(&Action::ConfirmCompromised));
+        let medium = policy
+            .rule_for(RiskLevel::High, 0, EventSource::Sentinel)
+            .unwrap();
+        assert!(medium.actions.contains(&Action::DismissRisk));
+        assert!(
+            policy
+                .rule_for(RiskLevel::Low, 5, EventSource::GraphUser)
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The work path: investigate, plan, remediate and record, per tenant, over the ports
+//! (Graph client, ledger, password vault).
+
+pub mod investigate;
+pub mod notify;
+pub mod remediate;
+pub mod vault;
+pub mod worker;
+
+pub use worker::{Disposition, Worker};

@@ -1,0 +1,856 @@
+//! The worker: takes a batch of work items (SQS or inline), merges each signal into its user's
+//! case, and works the cases that need it (investigate and plan once, then carry out pending
+//! actions), recording everything in the ledger. A message is done when its signal's case is
+//! settled (closed, or waiting for a person's approval) or held by another worker; it is kept
+//! for retry otherwise, so nothing is lost and nothing is done twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use super::investigate::{self, Resolved, RoleCache};
+use super::notify;
+use super::remediate::{Job, Remediator};
+use super::vault::PasswordVault;
+use crate::cases::case::{ActionState, Lease, SignalRef};
+use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
+use crate::cases::plan::{RAIL_BLAST_RADIUS, plan_case};
+use crate::cases::{Case, CaseStatus, Placement, Policy, place};
+use crate::event::RiskEvent;
+use crate::graph::{GraphClient, GraphError};
+use crate::ingress::graph::{LifecycleKind, LifecycleNotice};
+use crate::ledger::{Admission, Ledger, LedgerError};
+use crate::queue::WorkItem;
+use crate::subscriptions::SubscriptionManager;
+
+/// How long a worker holds a case; longer than the worker's Lambda timeout.
+pub const CASE_LEASE: time::Duration = time::Duration::minutes(15);
+/// Optimistic-concurrency rounds before a merge is left for retry.
+const MAX_CONFLICTS: usize = 32;
+/// Passes over cases that changed under us (an escalation while we worked) in one batch.
+const MAX_PASSES: usize = 3;
+/// Tenants worked on at once.
+const TENANTS_AT_ONCE: usize = 4;
+
+/// What became of one work item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Nothing left for this message: its case is settled, waits for a person, or is held by
+    /// another worker; or the signal needs no case.
+    Done(String),
+    /// Keep the message: it is delivered again (and after maxReceiveCount reaches the DLQ).
+    Retry(String),
+}
+
+impl Disposition {
+    /// Whether the message must be kept for retry.
+    pub fn is_retry(&self) -> bool {
+        matches!(self, Disposition::Retry(_))
+    }
+}
+
+/// What merging a signal gave.
+enum Merged {
+    Case { case_id: String, note: String },
+    NoCase(String),
+}
+
+enum Leased {
+    Mine(Box<Case>, u64),
+    Busy,
+    Idle(Box<Case>),
+}
+
+/// The worker's dependencies, built once per cold start.
+pub struct Worker {
+    pub ledger: Ledger,
+    pub graph: Arc<GraphClient>,
+    pub policy: Arc<Policy>,
+    pub vault: Option<Arc<dyn PasswordVault>>,
+    pub subscriptions: Option<Arc<SubscriptionManager>>,
+    /// Tenants whose work is accepted (re-checked here: a queue message is not trusted).
+    pub allowed_tenants: Vec<String>,
+    /// This worker's lease-holder id.
+    pub holder: String,
+    pub roles: RoleCache,
+}
+
+fn ledger_retry(e: LedgerError) -> Disposition {
+    Disposition::Retry(format!("ledger: {e}"))
+}
+
+fn graph_failure(e: &GraphError) -> Disposition {
+    if e.needs_operator() {
+        Disposition::Retry(format!("needs an operator: {e}"))
+    } else {
+        Disposition::Retry(e.to_string())
+    }
+}
+
+/// How a message whose signal went to `case` is disposed of.
+fn disposition_of(case: &Case) -> Disposition {
+    match case.status {
+        CaseStatus::Completed | CaseStatus::Skipped | CaseStatus::AwaitingApproval => {
+            Disposition::Done(format!("case {} {}", case.case_id, case.status.as_str()))
+        }
+        CaseStatus::NeedsOperator => Disposition::Retry(format!(
+            "case {} needs an operator: {}",
+            case.case_id,
+            case.last_error.as_deref().unwrap_or("-")
+        )),
+        CaseStatus::Retry | CaseStatus::New | CaseStatus::Open => Disposition::Retry(format!(
+            "case {} {}: {}",
+            case.case_id,
+            case.status.as_str(),
+            case.last_error.as_deref().unwrap_or("not finished")
+        )),
+    }
+}
+
+fn signal_ref(signal: &RiskEvent) -> SignalRef {
+    SignalRef {
+        signal_id: signal.event_id.clone(),
+        source: signal.source,
+        source_id: signal.source_id.clone(),
+        risk_level: signal.risk_level,
+        detected_at: signal.detected_at,
+    }
+}
+
+impl Worker {
+    /// A worker with a fresh lease-holder id.
+    pub fn new(
+        ledger: Ledger,
+        graph: Arc<GraphClient>,
+        policy: Arc<Policy>,
+        vault: Option<Arc<dyn PasswordVault>>,
+        subscriptions: Option<Arc<SubscriptionManager>>,
+        allowed_tenants: Vec<String>,
+    ) -> Self {
+        Self {
+            ledger,
+            graph,
+            policy,
+            vault,
+            subscriptions,
+            allowed_tenants,
+            holder: format!("worker-{}", uuid::Uuid::new_v4()),
+            roles: RoleCache::default(),
+        }
+    }
+
+    fn tenant_allowed(&self, tenant: &str) -> bool {
+        self.allowed_tenants
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(tenant))
+    }
+
+    /// Handles one work item.
+    pub async fn handle(&self, item: &WorkItem) -> Disposition {
+        self.handle_batch(std::slice::from_ref(item))
+            .await
+            .pop()
+            .unwrap_or_else(|| Disposition::Retry("no disposition".into()))
+    }
+
+    /// Handles a batch: signals grouped per tenant and worked together. Returns one
+    /// disposition per item, in order.
+    pub async fn handle_batch(&self, items: &[WorkItem]) -> Vec<Disposition> {
+        let mut out: Vec<Option<Disposition>> = vec![None; items.len()];
+        #[allow(clippy::type_complexity)]
+        let mut per_tenant: BTreeMap<
+            String,
+            (Vec<(usize, RiskEvent)>, Vec<(usize, String)>),
+        > = BTreeMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let tenant = match item {
+                WorkItem::Risk(signal) => signal.tenant_id.as_str(),
+                WorkItem::Lifecycle(notice) => notice.tenant_id.as_str(),
+                WorkItem::Resume { tenant_id, .. } => tenant_id.as_str(),
+            };
+            if !self.tenant_allowed(tenant) {
+                tracing::error!(tenant_id = %tenant, "work item for a tenant that is not allowed: dropped");
+                out[index] = Some(Disposition::Done(format!(
+                    "tenant {tenant} is not allowed: dropped"
+                )));
+                continue;
+            }
+            match item {
+                WorkItem::Risk(signal) => per_tenant
+                    .entry(signal.tenant_id.to_ascii_lowercase())
+                    .or_default()
+                    .0
+                    .push((index, signal.clone())),
+                WorkItem::Resume { tenant_id, case_id } => per_tenant
+                    .entry(tenant_id.to_ascii_lowercase())
+                    .or_default()
+                    .1
+                    .push((index, case_id.clone())),
+                WorkItem::Lifecycle(notice) => {
+                    let span = tracing::info_span!("lifecycle", subscription_id = %notice.subscription_id, tenant_id = %notice.tenant_id);
+                    out[index] = Some(self.lifecycle(notice).instrument(span).await);
+                }
+            }
+        }
+        let tenants: Vec<_> = per_tenant.into_iter().collect();
+        for chunk in tenants.chunks(TENANTS_AT_ONCE) {
+            let rounds = chunk.iter().map(|(tenant, (signals, resumes))| {
+                let span = tracing::info_span!("tenant", tenant_id = %tenant);
+                self.tenant_round(tenant, signals, resumes).instrument(span)
+            });
+            for (index, disposition) in futures_util::future::join_all(rounds)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                out[index] = Some(disposition);
+            }
+        }
+        out.into_iter()
+            .map(|d| d.unwrap_or_else(|| Disposition::Retry("not handled".into())))
+            .collect()
+    }
+
+    /// One tenant's signals and resumed cases.
+    async fn tenant_round(
+        &self,
+        tenant: &str,
+        signals: &[(usize, RiskEvent)],
+        resumes: &[(usize, String)],
+    ) -> Vec<(usize, Disposition)> {
+        let mut out = Vec::new();
+        // 1. Who each signal is about.
+        let mut resolved: Vec<(usize, &RiskEvent, String, Option<String>)> = Vec::new();
+        for (index, signal) in signals {
+            let index = *index;
+            match investigate::resolve(&self.graph, tenant, &signal.subject).await {
+                Ok(Resolved::User { id, upn }) => resolved.push((index, signal, id, upn)),
+                Ok(Resolved::NoUser(reason)) => {
+                    tracing::info!(signal_id = %signal.event_id, %reason, "signal names no user to act on");
+                    out.push((index, self.settle_signal(signal, None, &reason).await));
+                }
+                Err(e) => out.push((index, graph_failure(&e))),
+            }
+        }
+        // 2. What Identity Protection says about each user.
+        let mut risks: HashMap<String, Option<RiskRecord>> = HashMap::new();
+        let mut failed_users: HashMap<String, Disposition> = HashMap::new();
+        for (_, _, user, _) in &resolved {
+            if risks.contains_key(user) || failed_users.contains_key(user) {
+                continue;
+            }
+            match self.graph.risk_record(tenant, user).await {
+                Ok(risk) => {
+                    risks.insert(user.clone(), risk);
+                }
+                Err(e) => {
+                    failed_users.insert(user.clone(), graph_failure(&e));
+                }
+            }
+        }
+        // 3. Each signal into its user's case.
+        let mut case_of_signal: Vec<(usize, String)> = Vec::new();
+        let mut work: Vec<String> = Vec::new();
+        for (index, signal, user, upn) in resolved {
+            if let Some(failure) = failed_users.get(&user) {
+                out.push((index, failure.clone()));
+                continue;
+            }
+            let risk = risks.get(&user).cloned().flatten();
+            match self.merge(tenant, signal, &user, upn, risk.as_ref()).await {
+                Ok(Merged::Case { case_id, note }) => {
+                    tracing::info!(signal_id = %signal.event_id, %case_id, %note, "signal merged");
+                    if let Err(e) = self
+                        .ledger
+                        .settle_signal(signal, Some(&case_id), &note)
+                        .await
+                    {
+                        out.push((index, ledger_retry(e)));
+                        continue;
+                    }
+                    if !work.contains(&case_id) {
+                        work.push(case_id.clone());
+                    }
+                    case_of_signal.push((index, case_id));
+                }
+                Ok(Merged::NoCase(reason)) => {
+                    tracing::info!(signal_id = %signal.event_id, %reason, "signal needs no case");
+                    out.push((index, self.settle_signal(signal, None, &reason).await));
+                }
+                Err(e) => out.push((index, ledger_retry(e))),
+            }
+        }
+        for (_, case_id) in resumes {
+            if !work.contains(case_id) {
+                work.push(case_id.clone());
+            }
+        }
+        // 4. Work the cases.
+        let outcomes = self.work_cases(tenant, &work, &risks).await;
+        let resumed = resumes.iter().map(|(i, c)| (*i, c.clone()));
+        for (index, case_id) in case_of_signal.into_iter().chain(resumed) {
+            let disposition = outcomes
+                .get(&case_id)
+                .cloned()
+                .unwrap_or_else(|| Disposition::Retry(format!("case {case_id} not worked")));
+            out.push((index, disposition));
+        }
+        out
+    }
+
+    async fn settle_signal(
+        &self,
+        signal: &RiskEvent,
+        case: Option<&str>,
+        why: &str,
+    ) -> Disposition {
+        match self.ledger.settle_signal(signal, case, why).await {
+            Ok(()) => Disposition::Done(why.to_owned()),
+            Err(e) => ledger_retry(e),
+        }
+    }
+
+    /// Places `signal` in its user's case (opening one if its episode is new), escalating the
+    /// case when the signal's level calls for more.
+    async fn merge(
+        &self,
+        tenant: &str,
+        signal: &RiskEvent,
+        user_id: &str,
+        upn: Option<String>,
+        risk: Option<&RiskRecord>,
+    ) -> Result<Merged, LedgerError> {
+        let now = OffsetDateTime::now_utc();
+        let reference = signal_ref(signal);
+        let window = time::Duration::hours(i64::from(self.policy.safety.source_episode_hours));
+        let level = match risk.filter(|r| r.at_risk()) {
+            Some(risk) => signal.risk_level.max(risk.level()),
+            None => signal.risk_level,
+        };
+        // A redelivered signal that was merged already (its case may keep only the newest few).
+        if let Some(case_id) = self
+            .ledger
+            .signal(&signal.event_id)
+            .await?
+            .and_then(|r| r.case_id)
+            && self.ledger.case(&case_id).await?.is_some()
+        {
+            return Ok(Merged::Case {
+                note: format!("merged into case {case_id} before (redelivery)"),
+                case_id,
+            });
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let (mut user, user_version) = self.ledger.user(tenant, user_id).await?;
+            let current = match &user.current_case {
+                Some(id) => self.ledger.case(id).await?,
+                None => None,
+            };
+            match place(
+                &reference,
+                risk,
+                current.as_ref().map(|(c, _)| c),
+                window,
+                now,
+            ) {
+                Placement::Merge(case_id) => {
+                    let Some((mut case, version)) = current.filter(|(c, _)| c.case_id == case_id)
+                    else {
+                        continue;
+                    };
+                    if case.has_signal(&signal.event_id) {
+                        return Ok(Merged::Case {
+                            case_id,
+                            note: "merged before (redelivery)".into(),
+                        });
+                    }
+                    case.merge(reference.clone(), now);
+                    let mut note = format!("merged into case {case_id}");
+                    if case.findings.is_some() {
+                        let blocked = case
+                            .findings
+                            .as_ref()
+                            .map_or(0, |f| f.blocked_sign_ins.count);
+                        let rule = self.policy.rule_for(level, blocked, signal.source);
+                        if case.escalate(level, rule, now) > 0 {
+                            note = format!(
+                                "merged into case {case_id}, which it escalated to {level:?}"
+                            );
+                        }
+                    } else {
+                        case.risk_level = case.risk_level.max(level);
+                    }
+                    if self.ledger.save_case(&case, version).await?.is_some() {
+                        return Ok(Merged::Case { case_id, note });
+                    }
+                }
+                Placement::Open(episode) => {
+                    let case = Case::open(
+                        tenant,
+                        user_id,
+                        upn.clone(),
+                        episode,
+                        reference.clone(),
+                        level,
+                        self.policy.mode,
+                        now,
+                    );
+                    let case_id = case.case_id.clone();
+                    let created = self.ledger.save_case(&case, 0).await?;
+                    user.current_case = Some(case_id.clone());
+                    if self.ledger.save_user(&user, user_version).await?.is_none() {
+                        // Another signal got to the user first: merge into its case instead.
+                        if created.is_some() {
+                            self.ledger.discard_case(&case_id, 1).await?;
+                        }
+                        continue;
+                    }
+                    if created.is_some() {
+                        return Ok(Merged::Case {
+                            case_id: case_id.clone(),
+                            note: format!("opened case {case_id}"),
+                        });
+                    }
+                    // The episode's case exists already: the next round merges into it.
+                }
+                Placement::NoCase(reason) => return Ok(Merged::NoCase(reason)),
+            }
+        }
+        Err(LedgerError(format!(
+            "user {user_id}'s case kept changing; left for retry"
+        )))
+    }
+
+    async fn lease(&self, case_id: &str) -> Result<Option<Leased>, LedgerError> {
+        for _ in 0..MAX_CONFLICTS {
+            let Some((mut case, version)) = self.ledger.case(case_id).await? else {
+                return Ok(None);
+            };
+            if !case.needs_worker() {
+                return Ok(Some(Leased::Idle(Box::new(case))));
+            }
+            let now = OffsetDateTime::now_utc();
+            if case
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.holder != self.holder && l.until > now)
+            {
+                return Ok(Some(Leased::Busy));
+            }
+            case.lease = Some(Lease {
+                holder: self.holder.clone(),
+                until: now + CASE_LEASE,
+            });
+            case.attempts += 1;
+            if let Some(version) = self.ledger.save_case(&case, version).await? {
+                return Ok(Some(Leased::Mine(Box::new(case), version)));
+            }
+        }
+        Ok(Some(Leased::Busy))
+    }
+
+    /// Works the cases `ids` of `tenant`; returns each case's disposition.
+    pub async fn work_cases(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        risks: &HashMap<String, Option<RiskRecord>>,
+    ) -> HashMap<String, Disposition> {
+        let mut out = HashMap::new();
+        let mut todo: Vec<String> = ids.to_vec();
+        for _ in 0..MAX_PASSES {
+            if todo.is_empty() {
+                break;
+            }
+            let again = self.work_pass(tenant, &todo, risks, &mut out).await;
+            todo = again;
+        }
+        out
+    }
+
+    async fn work_pass(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        risks: &HashMap<String, Option<RiskRecord>>,
+        out: &mut HashMap<String, Disposition>,
+    ) -> Vec<String> {
+        let mut jobs = Vec::new();
+        for id in ids {
+            match self.lease(id).await {
+                Ok(Some(Leased::Mine(case, version))) => {
+                    let base = (*case).clone();
+                    jobs.push(Job {
+                        facts: UserFacts {
+                            user_id: case.user_id.clone(),
+                            ..UserFacts::default()
+                        },
+                        risk: None,
+                        case: *case,
+                        version,
+                        base,
+                        stopped: false,
+                    });
+                }
+                Ok(Some(Leased::Busy)) => {
+                    out.insert(
+                        id.clone(),
+                        Disposition::Done(format!("case {id} is held by another worker")),
+                    );
+                }
+                Ok(Some(Leased::Idle(case))) => {
+                    out.insert(id.clone(), disposition_of(&case));
+                }
+                Ok(None) => {
+                    out.insert(
+                        id.clone(),
+                        Disposition::Done(format!("case {id} does not exist")),
+                    );
+                }
+                Err(e) => {
+                    out.insert(id.clone(), ledger_retry(e));
+                }
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        for job in &mut jobs {
+            let span = tracing::info_span!("case", case_id = %job.case.case_id);
+            self.prepare(tenant, job, risks, now).instrument(span).await;
+        }
+        let remediator = Remediator {
+            graph: &self.graph,
+            policy: &self.policy,
+            ledger: &self.ledger,
+            vault: self.vault.as_deref(),
+        };
+        remediator.run(tenant, &mut jobs).await;
+        let mut again = Vec::new();
+        for job in jobs {
+            let id = job.case.case_id.clone();
+            match self.finish(job).await {
+                Ok(case) => {
+                    let pending = case.status == CaseStatus::Open
+                        && case.actions.iter().any(|a| a.state == ActionState::Pending);
+                    if pending {
+                        again.push(id.clone());
+                    }
+                    tracing::info!(case_id = %id, status = case.status.as_str(), next = %case.next_actor(), "case worked");
+                    out.insert(id, disposition_of(&case));
+                }
+                Err(e) => {
+                    out.insert(id, ledger_retry(e));
+                }
+            }
+        }
+        again
+    }
+
+    /// Investigates and plans a new case, or reads what a resumed case's actions check.
+    async fn prepare(
+        &self,
+        tenant: &str,
+        job: &mut Job,
+        risks: &HashMap<String, Option<RiskRecord>>,
+        now: OffsetDateTime,
+    ) {
+        let user = job.case.user_id.clone();
+        let risk = match risks.get(&user) {
+            Some(risk) => Ok(risk.clone()),
+            None => self.graph.risk_record(tenant, &user).await,
+        };
+        let risk = match risk {
+            Ok(risk) => risk,
+            Err(e) => return self.stop(job, &e, now),
+        };
+        if job.case.findings.is_none() {
+            let findings = match investigate::investigate(
+                &self.graph,
+                &self.roles,
+                &self.policy,
+                tenant,
+                &user,
+                risk.clone(),
+            )
+            .await
+            {
+                Ok(findings) => findings,
+                Err(GraphError::NotFound { .. }) => {
+                    job.case.findings = Some(crate::cases::Findings {
+                        user: UserFacts {
+                            user_id: user.clone(),
+                            ..UserFacts::default()
+                        },
+                        risk,
+                        blocked_sign_ins: SignInSummary::empty(now),
+                        registration: None,
+                        protected: None,
+                        investigated_at: now,
+                    });
+                    job.case.set_plan(
+                        None,
+                        Some("the user no longer exists in the directory".into()),
+                        now,
+                    );
+                    return;
+                }
+                Err(e) => return self.stop(job, &e, now),
+            };
+            if job.case.user_principal_name.is_none() {
+                job.case.user_principal_name = findings.user.user_principal_name.clone();
+            }
+            plan_case(&mut job.case, &self.policy, &findings, now);
+            job.facts = findings.user.clone();
+            job.risk = findings.risk.clone();
+            self.blast_radius(tenant, job, now).await;
+        } else {
+            let has_work = job.case.actions.iter().any(|a| a.state.runnable());
+            if !has_work {
+                return;
+            }
+            match self.graph.user_facts(tenant, &user).await {
+                Ok(facts) => job.facts = facts,
+                Err(GraphError::NotFound { .. }) => {
+                    for action in &mut job.case.actions {
+                        if action.state.runnable() {
+                            action.state = ActionState::Skipped {
+                                at: now,
+                                reason: "the user no longer exists in the directory".into(),
+                            };
+                        }
+                    }
+                    return;
+                }
+                Err(e) => return self.stop(job, &e, now),
+            }
+            job.risk = risk;
+        }
+    }
+
+    fn stop(&self, job: &mut Job, e: &GraphError, now: OffsetDateTime) {
+        tracing::warn!(case_id = %job.case.case_id, error = %e, "case could not be prepared");
+        job.stopped = true;
+        job.case.last_error = Some(e.to_string());
+        job.case.note(now, format!("investigation failed: {e}"));
+        if job.case.findings.is_none() {
+            job.case.status = if e.needs_operator() {
+                CaseStatus::NeedsOperator
+            } else {
+                CaseStatus::Retry
+            };
+        } else {
+            // Resumed case: the next run retries its pending actions.
+            for action in &mut job.case.actions {
+                if action.state.runnable() {
+                    action.state = ActionState::Failed {
+                        at: now,
+                        error: e.to_string(),
+                        transient: e.is_transient(),
+                        needs_operator: e.needs_operator(),
+                    };
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The per-tenant blast-radius rail, for a case about to change an account in enforce mode.
+    async fn blast_radius(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
+        let acts = job
+            .case
+            .actions
+            .iter()
+            .any(|a| a.state == ActionState::Pending && a.action.changes_account());
+        if !acts {
+            return;
+        }
+        let limit = self.policy.safety.max_enforced_cases_per_hour;
+        match self
+            .ledger
+            .admit_enforced(tenant, &job.case.case_id, limit, now)
+            .await
+        {
+            Ok(Admission::Admitted) => {}
+            Ok(Admission::Refused { announce }) => {
+                let rail = format!(
+                    "{RAIL_BLAST_RADIUS}: more than {limit} enforced cases in the tenant within an hour"
+                );
+                job.case.hold(&rail, false, now);
+                if announce && let Some(notify) = &self.policy.notify {
+                    let (subject, text) = notify::blast_radius_mail(tenant, limit, &job.case);
+                    match self
+                        .graph
+                        .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
+                        .await
+                    {
+                        Ok(()) => job.case.note(now, "blast-radius alert sent to the SOC"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "blast-radius alert could not be sent");
+                            job.case
+                                .note(now, format!("blast-radius alert failed: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                job.stopped = true;
+                job.case.last_error = Some(e.to_string());
+                job.case.hold(
+                    &format!("{RAIL_BLAST_RADIUS}: the tenant's count could not be read"),
+                    false,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Saves the worked case, releasing the lease; reconciles with changes made meanwhile (a
+    /// signal merged, an escalation, a person's decision): our actions' outcomes win for the
+    /// actions we ran, everything else is kept.
+    async fn finish(&self, job: Job) -> Result<Case, LedgerError> {
+        let now = OffsetDateTime::now_utc();
+        let Job {
+            case: mut ours,
+            version,
+            base,
+            ..
+        } = job;
+        ours.lease = None;
+        if ours.findings.is_some() {
+            ours.settle(now);
+        }
+        if self.ledger.save_case(&ours, version).await?.is_some() {
+            return Ok(ours);
+        }
+        let added_history = (ours.history_dropped as usize + ours.history.len())
+            .saturating_sub(base.history_dropped as usize + base.history.len());
+        for _ in 0..MAX_CONFLICTS {
+            let Some((mut fresh, fresh_version)) = self.ledger.case(&ours.case_id).await? else {
+                return Err(LedgerError(format!("case {} vanished", ours.case_id)));
+            };
+            if fresh.findings.is_none() && ours.findings.is_some() {
+                fresh.findings = ours.findings.clone();
+                fresh.rules = ours.rules.clone();
+                fresh.plan_note = ours.plan_note.clone();
+                fresh.risk_level = fresh.risk_level.max(ours.risk_level);
+                let extra: Vec<_> = fresh.actions.drain(..).collect();
+                fresh.actions = ours.actions.clone();
+                fresh.actions.extend(extra);
+            } else {
+                for (i, action) in ours.actions.iter().enumerate() {
+                    let changed = base.actions.get(i) != Some(action);
+                    if changed && let Some(slot) = fresh.actions.get_mut(i) {
+                        *slot = action.clone();
+                    }
+                }
+            }
+            for rail in &ours.rails {
+                if !fresh.rails.contains(rail) {
+                    fresh.rails.push(rail.clone());
+                }
+            }
+            let start = ours.history.len().saturating_sub(added_history);
+            for entry in &ours.history[start..] {
+                fresh.note(entry.at, entry.what.clone());
+            }
+            if fresh.user_principal_name.is_none() {
+                fresh.user_principal_name = ours.user_principal_name.clone();
+            }
+            fresh.last_error = ours.last_error.clone();
+            if fresh
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.holder == self.holder)
+            {
+                fresh.lease = None;
+            }
+            if fresh.status != CaseStatus::Skipped {
+                if fresh.findings.is_some() && ours.findings.is_some() {
+                    fresh.settle(now);
+                } else {
+                    fresh.status = ours.status;
+                }
+            }
+            if self
+                .ledger
+                .save_case(&fresh, fresh_version)
+                .await?
+                .is_some()
+            {
+                return Ok(fresh);
+            }
+        }
+        Err(LedgerError(format!(
+            "case {} kept changing; the lease expires and the case is retried",
+            ours.case_id
+        )))
+    }
+
+    async fn lifecycle(&self, notice: &LifecycleNotice) -> Disposition {
+        let Some(subscriptions) = &self.subscriptions else {
+            tracing::error!(kind = ?notice.kind, "lifecycle notification but no subscription manager (RR_NOTIFICATION_URL unset)");
+            return Disposition::Retry(
+                "needs an operator: no subscription manager configured (RR_NOTIFICATION_URL)"
+                    .into(),
+            );
+        };
+        let result = match notice.kind {
+            LifecycleKind::ReauthorizationRequired => {
+                subscriptions
+                    .reauthorize(&notice.tenant_id, &notice.subscription_id)
+                    .await
+            }
+            LifecycleKind::SubscriptionRemoved => {
+                subscriptions.ensure(&notice.tenant_id).await.map(drop)
+            }
+            LifecycleKind::Missed => {
+                tracing::warn!(
+                    "Graph reports missed notifications: the sweep covers what they would have said"
+                );
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => Disposition::Done("lifecycle handled".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "lifecycle handling failed");
+                graph_failure(&e)
+            }
+        }
+    }
+
+    /// Handles an SQS batch; items kept for retry are reported as failures for redelivery
+    /// (and, after the queue's maxReceiveCount, the DLQ). Unreadable messages fail too.
+    pub async fn handle_sqs(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        let mut items = Vec::new();
+        let mut ids = Vec::new();
+        for record in event.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            match serde_json::from_str::<WorkItem>(record.body.as_deref().unwrap_or("")) {
+                Ok(item) => {
+                    items.push(item);
+                    ids.push(id);
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "unreadable message left for the DLQ");
+                    let mut failure = BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    response.batch_item_failures.push(failure);
+                }
+            }
+        }
+        let dispositions = self.handle_batch(&items).await;
+        for (id, disposition) in ids.into_iter().zip(dispositions) {
+            if let Disposition::Retry(reason) = &disposition {
+                tracing::warn!(message_id = %id, %reason, "message left for retry");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+}

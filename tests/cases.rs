@@ -1,0 +1,882 @@
+//! Remediation cases: one risk episode of one user is remediated once, completely and safely.
+//! Each of the seven behaviours of issue 9 has a test here that fails on the per-event design,
+//! plus safety rails, a person's decisions, and 50 concurrent signals from three sources.
+
+mod common;
+mod graph_standin;
+
+use std::sync::Arc;
+
+use graph_standin::*;
+use reqwest::Method;
+use risk_responder::cases::case::ActionState;
+use risk_responder::cases::{Action, Case, CaseStatus, Mode, Policy};
+use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
+use risk_responder::ledger::Ledger;
+use risk_responder::queue::WorkItem;
+use risk_responder::respond::{Disposition, Worker};
+use serde_json::json;
+
+fn signal(id: &str, source: EventSource, source_id: &str, level: RiskLevel) -> WorkItem {
+    WorkItem::Risk(RiskEvent {
+        event_id: id.into(),
+        tenant_id: TENANT.into(),
+        source,
+        subject: Subject::User {
+            id: Some(ADELE.into()),
+            upn: None,
+        },
+        risk_level: level,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: source_id.into(),
+        resource_data: None,
+    })
+}
+
+fn users_notification(id: &str) -> WorkItem {
+    signal(
+        id,
+        EventSource::GraphUser,
+        "sub-1:Users",
+        RiskLevel::Unknown,
+    )
+}
+
+fn password_mails(s: &StandIn) -> usize {
+    mail_subjects(s)
+        .iter()
+        .filter(|m| m.starts_with("Temporary password"))
+        .count()
+}
+
+fn soc_mails(s: &StandIn) -> usize {
+    mail_subjects(s)
+        .iter()
+        .filter(|m| m.starts_with("risk-responder:"))
+        .count()
+}
+
+async fn case_of(ledger: &Ledger, signal_id: &str) -> Case {
+    ledger
+        .find_case(signal_id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no case for signal {signal_id}"))
+        .0
+}
+
+fn state(case: &Case, action: Action) -> &ActionState {
+    &case
+        .actions
+        .iter()
+        .rev()
+        .find(|a| a.action == action)
+        .unwrap_or_else(|| panic!("{action:?} not planned: {case:#?}"))
+        .state
+}
+
+fn is_done(state: &ActionState) -> bool {
+    matches!(state, ActionState::Done { .. })
+}
+
+async fn enforcing(s: &StandIn) -> (Worker, Ledger) {
+    let ledger = memory_ledger();
+    (enforcing_worker(s, ledger.clone(), 2), ledger)
+}
+
+/// Behaviour 1: a user whose plan ends with confirm_compromised stays confirmedCompromised;
+/// later signals merge into the closed case instead of running the plan again.
+#[tokio::test]
+async fn confirmed_compromised_user_is_remediated_once_however_many_signals_follow() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let (worker, ledger) = enforcing(&s).await;
+    let first = worker.handle(&adele_item("alert-first")).await;
+    assert!(matches!(first, Disposition::Done(_)), "{first:?}");
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "confirmedCompromised"
+    );
+    for i in 0..3 {
+        worker.handle(&users_notification(&format!("n-{i}"))).await;
+    }
+    for i in 0..25 {
+        let item = if i % 2 == 0 {
+            users_notification(&format!("m-{i}"))
+        } else {
+            signal(
+                &format!("a-{i}"),
+                EventSource::Sentinel,
+                &format!("alert-{i}"),
+                RiskLevel::High,
+            )
+        };
+        assert!(!worker.handle(&item).await.is_retry());
+    }
+    assert_eq!(resets(&s), 1, "one password reset");
+    assert_eq!(password_mails(&s), 1, "one password mail");
+    assert_eq!(soc_mails(&s), 1, "one SOC mail");
+    assert_eq!(revokes(&s), 1);
+    let case = case_of(&ledger, "m-24").await;
+    assert_eq!(case.signals.count, 29);
+    assert_eq!(case.status, CaseStatus::Completed);
+    // Every signal is recorded one by one.
+    assert_eq!(ledger.signals(100).await.unwrap().len(), 29);
+}
+
+/// Behaviour 2: a transient failure mid-plan resumes the stored plan; the user being
+/// remediated meanwhile (by our own reset) drops nothing.
+#[tokio::test]
+async fn a_transient_failure_mid_plan_resumes_the_stored_plan() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let (worker, ledger) = enforcing(&s).await;
+    s.with(|d| {
+        d.faults.unavailable_paths.push((
+            Method::POST,
+            "/identityProtection/riskyUsers/confirmCompromised".into(),
+        ))
+    });
+    let item = adele_item("alert-flaky");
+    assert!(worker.handle(&item).await.is_retry());
+    let case = case_of(&ledger, "alert-flaky").await;
+    assert_eq!(case.status, CaseStatus::Retry);
+    assert!(is_done(state(&case, Action::ResetPassword)));
+    // Our reset remediated the user: the per-event design saw "no longer at risk" here.
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "remediated"
+    );
+
+    s.with(|d| d.faults.unavailable_paths.clear());
+    assert!(!worker.handle(&item).await.is_retry());
+    let case = case_of(&ledger, "alert-flaky").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert!(is_done(state(&case, Action::Notify)));
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "confirmedCompromised"
+    );
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 1));
+}
+
+/// Behaviour 2 again, with the SOC mail itself failing.
+#[tokio::test]
+async fn a_failed_soc_mail_is_sent_on_retry_and_nothing_else_repeats() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let (worker, ledger) = enforcing(&s).await;
+    s.with(|d| {
+        d.faults
+            .unavailable_mail_subjects
+            .push("risk-responder:".into())
+    });
+    let item = adele_item("alert-mail");
+    assert!(worker.handle(&item).await.is_retry());
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    assert!(!worker.handle(&item).await.is_retry());
+    let case = case_of(&ledger, "alert-mail").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert_eq!(
+        (resets(&s), password_mails(&s), soc_mails(&s), revokes(&s)),
+        (1, 1, 1, 1)
+    );
+}
+
+fn sentinel_alert(severity: &str) -> RiskEvent {
+    let mut body: serde_json::Value = serde_json::from_str(&common::event_body(
+        "sentinel/alert-identity-protection.json",
+    ))
+    .unwrap();
+    body["Severity"] = severity.into();
+    body["AlertSeverity"] = severity.into();
+    let config = risk_responder::config::Config::default();
+    let mut outcome =
+        risk_responder::ingress::sentinel::parse(body.to_string().as_bytes(), &config).unwrap();
+    outcome.events.remove(0)
+}
+
+/// Behaviour 3: the same Sentinel alert re-sent at a higher severity is a new signal that
+/// escalates the case: the higher rule's missing actions run, done ones stay done.
+#[tokio::test]
+async fn an_alert_resent_at_a_higher_severity_escalates_the_case() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let (worker, ledger) = enforcing(&s).await;
+    let medium = sentinel_alert("Medium");
+    let high = sentinel_alert("High");
+    assert_eq!(medium.source_id, high.source_id, "same SystemAlertId");
+    assert_ne!(medium.event_id, high.event_id, "but a new signal");
+    assert!(
+        !worker
+            .handle(&WorkItem::Risk(medium.clone()))
+            .await
+            .is_retry()
+    );
+    let case = case_of(&ledger, &medium.event_id).await;
+    assert_eq!(
+        case.rules,
+        ["medium or high risk: reset and let the user back in"]
+    );
+    assert!(is_done(state(&case, Action::ResetPassword)));
+
+    assert!(
+        !worker
+            .handle(&WorkItem::Risk(high.clone()))
+            .await
+            .is_retry()
+    );
+    let escalated = case_of(&ledger, &high.event_id).await;
+    assert_eq!(escalated.case_id, case.case_id, "one case");
+    assert_eq!(escalated.risk_level, RiskLevel::High);
+    assert!(is_done(state(&escalated, Action::BlockSignIn)));
+    assert!(is_done(state(&escalated, Action::ConfirmCompromised)));
+    assert_eq!(resets(&s), 1, "the reset is not repeated");
+    assert_eq!(revokes(&s), 1, "nor the revocation");
+    assert_eq!(soc_mails(&s), 2, "the SOC hears of the escalation");
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+    // A redelivery of the High alert changes nothing.
+    assert!(!worker.handle(&WorkItem::Risk(high)).await.is_retry());
+    assert_eq!(soc_mails(&s), 2);
+}
+
+/// Behaviour 4: thousands of 53011 sign-ins keep the ledger item small; the case completes in
+/// one pass on DynamoDB (400 KB item limit).
+#[tokio::test]
+async fn five_thousand_blocked_sign_ins_complete_in_one_pass() {
+    let s = start().await;
+    s.with(|d| d.page_size = 1000);
+    seed(&s, "high", "atRisk", 5000);
+    let client = aws_sdk_dynamodb::Client::new(&common::moto::sdk_config().await);
+    let table = format!("ledger-{}", uuid::Uuid::new_v4().simple());
+    let store = risk_responder::ledger::dynamodb::DynamoStore::new(client, table);
+    store.create_table().await.unwrap();
+    let ledger = Ledger::new(Arc::new(store.clone()));
+    let worker = enforcing_worker(&s, ledger.clone(), 2);
+    let disposition = worker.handle(&adele_item("alert-spray")).await;
+    assert!(
+        matches!(disposition, Disposition::Done(_)),
+        "{disposition:?}"
+    );
+    let case = case_of(&ledger, "alert-spray").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    let findings = case.findings.as_ref().unwrap();
+    assert_eq!(findings.blocked_sign_ins.count, 5000);
+    assert_eq!(findings.blocked_sign_ins.newest.len(), 5);
+    assert_eq!(
+        findings.blocked_sign_ins.newest[0].location.as_deref(),
+        Some("Lagos, Lagos, NG")
+    );
+    let size = serde_json::to_string(&case).unwrap().len();
+    assert!(size < 20_000, "case document is {size} bytes");
+    assert_eq!(resets(&s), 1);
+    let pages = s.with(|d| {
+        d.calls
+            .iter()
+            .filter(|(c, _)| c.contains("/auditLogs/signIns"))
+            .count()
+    });
+    assert_eq!(pages, 5, "1000 per page");
+}
+
+/// Behaviour 5: password delivery to Secrets Manager is idempotent per case: a retry updates
+/// the case's secret instead of failing on the existing name.
+#[tokio::test]
+async fn vault_delivery_is_idempotent_per_case() {
+    use risk_responder::respond::vault::{PasswordVault, SecretsManagerPasswordVault};
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let prefix = format!(
+        "risk-responder/temporary-password/{}/",
+        uuid::Uuid::new_v4()
+    );
+    let policy = Policy::from_toml(&format!(
+        r#"mode = "enforce"
+[password_delivery]
+channel = "secrets-manager"
+name_prefix = "{prefix}"
+ttl_hours = 24
+[[rules]]
+name = "medium"
+min_risk_level = "medium"
+actions = ["reset_password"]"#
+    ))
+    .unwrap();
+    let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
+    let vault: Arc<dyn PasswordVault> = Arc::new(SecretsManagerPasswordVault::new(sm.clone()));
+    let ledger = memory_ledger();
+    let mut worker = worker_with(&s, ledger.clone(), policy, 2);
+    worker.vault = Some(vault);
+    // The password is stored, then setting it fails: the retry stores a new one.
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((Method::PATCH, format!("/users/{ADELE}")))
+    });
+    let item = adele_item("alert-vault");
+    assert!(worker.handle(&item).await.is_retry());
+    s.with(|d| d.faults.unavailable_paths.clear());
+    let done = worker.handle(&item).await;
+    assert!(!done.is_retry(), "{done:?}");
+    let case = case_of(&ledger, "alert-vault").await;
+    let name = format!("{prefix}{TENANT}/{ADELE}/{}", case.case_id);
+    let stored = sm.get_secret_value().secret_id(&name).send().await.unwrap();
+    let set = s.with(|d| {
+        d.users[0]["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    assert_eq!(
+        stored.secret_string(),
+        Some(set.as_str()),
+        "the secret holds the password set"
+    );
+    let listed = sm
+        .list_secrets()
+        .filters(
+            aws_sdk_secretsmanager::types::Filter::builder()
+                .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
+                .values(&prefix)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.secret_list().len(), 1, "one secret per case");
+    let detail = serde_json::to_string(&case).unwrap();
+    assert!(!detail.contains(&set), "password in the case");
+}
+
+/// Behaviour 6: bodyless POSTs say `Content-Length: 0` (the simulator, like Graph, answers
+/// 411 otherwise), and an unexpected 4xx waits for a person instead of completing silently.
+#[tokio::test]
+async fn bodyless_posts_carry_a_length_and_unexpected_refusals_wait_for_a_person() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    // What the per-event client sent: a POST with neither Content-Length nor Transfer-Encoding.
+    let graph = s.secret_client(1);
+    graph.user_facts(TENANT, ADELE).await.unwrap();
+    let token = s.with(|d| d.issued.iter().next().unwrap().clone());
+    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /v1.0/users/{ADELE}/revokeSignInSessions HTTP/1.1\r\nHost: graph\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    // Our client says Content-Length: 0, so it is accepted.
+    graph.revoke_sign_in_sessions(TENANT, ADELE).await.unwrap();
+
+    // Any other refusal stops the plan and waits for a person; the message is kept.
+    let (worker, ledger) = enforcing(&s).await;
+    s.with(|d| {
+        d.faults
+            .refused_paths
+            .push((Method::PATCH, format!("/users/{ADELE}"), 400))
+    });
+    let item = adele_item("alert-refused");
+    let first = worker.handle(&item).await;
+    assert!(first.is_retry(), "kept for retry, DLQ and alarm: {first:?}");
+    let case = case_of(&ledger, "alert-refused").await;
+    assert_eq!(case.status, CaseStatus::NeedsOperator);
+    assert!(matches!(
+        state(&case, Action::BlockSignIn),
+        ActionState::Failed {
+            needs_operator: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        *state(&case, Action::ConfirmCompromised),
+        ActionState::Pending
+    );
+    assert!(case.next_actor().to_string().starts_with("person"));
+    s.with(|d| d.faults.refused_paths.clear());
+    assert!(!worker.handle(&item).await.is_retry());
+    let case = case_of(&ledger, "alert-refused").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+}
+
+/// Behaviour 7: notifications without an id never collapse into one another: one that came
+/// while the user was not at risk does not hide a later real one.
+#[tokio::test]
+async fn notifications_without_an_id_are_each_their_own_signal() {
+    let s = start().await;
+    seed(&s, "medium", "remediated", 0);
+    let (state, queue) = common::app("http://127.0.0.1:9/keys").await;
+    let body = r#"{"value":[{"subscriptionId":"7f105c7d-2dc5-4530-97cd-4e7ae6534c07","clientState":"local-dev-client-state-change-me","changeType":"updated","resource":"Users/6e7b768e-07e2-4810-8459-485f84f8f204","tenantId":"84bd8158-6d4d-4958-8b9f-9d6445542f95"}]}"#;
+    for _ in 0..2 {
+        let (status, _, _) = common::call(
+            state.clone(),
+            common::post_json("/graph/notifications", body),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let events = common::risk_events(&queue);
+    assert_eq!(events.len(), 2);
+    assert_ne!(events[0].event_id, events[1].event_id);
+
+    let (worker, ledger) = enforcing(&s).await;
+    let benign = worker.handle(&WorkItem::Risk(events[0].clone())).await;
+    assert!(
+        matches!(&benign, Disposition::Done(why) if why.contains("no risk")),
+        "{benign:?}"
+    );
+    // The user becomes at risk within the same hour.
+    s.with(|d| {
+        let r = d.risky_users.get_mut(ADELE).unwrap();
+        r["riskState"] = "atRisk".into();
+        r["riskLastUpdatedDateTime"] = now_iso().into();
+    });
+    assert!(
+        !worker
+            .handle(&WorkItem::Risk(events[1].clone()))
+            .await
+            .is_retry()
+    );
+    let case = case_of(&ledger, &events[1].event_id).await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(resets(&s), 1);
+}
+
+/// 50 signals for one user from three sources, over five workers at once: exactly one
+/// password reset, one password delivery and one SOC mail; with faults, once all retries end.
+async fn fifty_concurrent_signals(faults: bool) {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let path = std::env::temp_dir().join(format!("cases-{}.sqlite", uuid::Uuid::new_v4()));
+    let workers: Vec<Worker> = (0..5)
+        .map(|_| {
+            let store = risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap();
+            enforcing_worker(&s, Ledger::new(Arc::new(store)), 2)
+        })
+        .collect();
+    let items: Vec<WorkItem> = (0..50)
+        .map(|i| match i % 3 {
+            0 => users_notification(&format!("graph-{i}")),
+            1 => signal(
+                &format!("sentinel-{i}"),
+                EventSource::Sentinel,
+                &format!("alert-{}", i % 7),
+                RiskLevel::High,
+            ),
+            _ => signal(
+                &format!("sweep-{i}"),
+                EventSource::Sweep,
+                "sweep",
+                RiskLevel::High,
+            ),
+        })
+        .collect();
+    if faults {
+        s.with(|d| {
+            d.faults.throttle_next = 7;
+            d.faults.retry_after = 0;
+            d.faults
+                .unavailable_mail_subjects
+                .push("risk-responder:".into());
+        });
+    }
+    let mut pending: Vec<WorkItem> = items;
+    for round in 0..10 {
+        if round == 1 {
+            s.with(|d| d.faults.unavailable_mail_subjects.clear());
+        }
+        let chunks: Vec<Vec<WorkItem>> = pending.chunks(10).map(<[WorkItem]>::to_vec).collect();
+        let runs = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| workers[i % workers.len()].handle_batch(chunk));
+        let results = futures_util::future::join_all(runs).await;
+        let mut again = Vec::new();
+        for (chunk, dispositions) in chunks.iter().zip(results) {
+            for (item, disposition) in chunk.iter().zip(dispositions) {
+                if disposition.is_retry() {
+                    again.push(item.clone());
+                }
+            }
+        }
+        pending = again;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "{} signals never settled",
+        pending.len()
+    );
+    assert_eq!(resets(&s), 1, "one password reset");
+    assert_eq!(password_mails(&s), 1, "one password delivery");
+    assert_eq!(soc_mails(&s), 1, "one SOC mail");
+    let ledger = Ledger::new(Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
+    ));
+    let cases = ledger.cases(10).await.unwrap();
+    assert_eq!(cases.len(), 1, "one case: {cases:#?}");
+    assert_eq!(cases[0].signals.count, 50);
+    assert_eq!(cases[0].status, CaseStatus::Completed);
+    std::fs::remove_file(&path).ok();
+}
+
+#[tokio::test]
+async fn fifty_signals_from_three_sources_at_once_remediate_once() {
+    fifty_concurrent_signals(false).await;
+}
+
+#[tokio::test]
+async fn fifty_signals_from_three_sources_with_faults_remediate_once() {
+    fifty_concurrent_signals(true).await;
+}
+
+fn with_safety(safety: &str) -> Policy {
+    Policy::from_toml(&enforcing_policy_text(safety)).unwrap()
+}
+
+/// The embedded policy in enforce mode, with `safety` as its `[safety]` section.
+fn enforcing_policy_text(safety: &str) -> String {
+    let text = risk_responder::cases::policy::DEFAULT_POLICY
+        .replace("mode = \"report-only\"", "mode = \"enforce\"");
+    let without = text.split("\n[safety]").next().unwrap();
+    format!("{without}\n[safety]\n{safety}\n")
+}
+
+#[tokio::test]
+async fn a_break_glass_account_waits_for_a_person_who_approves() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger = memory_ledger();
+    let worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_user_ids = [\"{ADELE}\"]")),
+        2,
+    );
+    let disposition = worker.handle(&adele_item("alert-glass")).await;
+    assert!(
+        matches!(disposition, Disposition::Done(_)),
+        "{disposition:?}"
+    );
+    let (mut case, version) = ledger.find_case("alert-glass").await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(
+        case.rails[0].contains("protected account"),
+        "{:?}",
+        case.rails
+    );
+    assert_eq!(soc_mails(&s), 1, "the SOC is told it waits");
+    assert_eq!((revokes(&s), resets(&s)), (0, 0), "nothing changed");
+
+    case.approve(
+        "alice",
+        "verified with the user by phone",
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    let case = case_of(&ledger, "alert-glass").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!((revokes(&s), resets(&s)), (1, 1));
+    assert_eq!(case.decisions[0].by, "alice");
+    assert_eq!(soc_mails(&s), 2, "told what the approval did");
+}
+
+#[tokio::test]
+async fn holders_of_protected_roles_and_members_of_protected_groups_are_held() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let global_admin = "62e90394-69f5-4237-9190-012177145e10";
+    let role = "0b1e7a30-1111-4c8d-9000-00000000aaaa";
+    s.with(|d| {
+        d.directory_roles.insert(global_admin.into(), role.into());
+        d.member_of.insert(ADELE.into(), vec![role.into()]);
+    });
+    let (worker, ledger) = enforcing(&s).await;
+    worker.handle(&adele_item("alert-admin")).await;
+    let case = case_of(&ledger, "alert-admin").await;
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(case.rails[0].contains(global_admin), "{:?}", case.rails);
+    assert_eq!(resets(&s), 0);
+
+    let group = "5d0e2f5a-2222-4c8d-9000-00000000bbbb";
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| {
+        d.member_of.insert(ADELE.into(), vec![group.into()]);
+    });
+    let ledger = memory_ledger();
+    let worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_group_ids = [\"{group}\"]")),
+        2,
+    );
+    worker.handle(&adele_item("alert-group")).await;
+    let case = case_of(&ledger, "alert-group").await;
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(case.rails[0].contains(group));
+}
+
+#[tokio::test]
+async fn a_second_episode_within_the_cooldown_does_not_reset_again() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let (worker, ledger) = enforcing(&s).await;
+    worker.handle(&adele_item("alert-one")).await;
+    assert_eq!(resets(&s), 1);
+    // A new detection: Identity Protection reports a newer risk update after the case closed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s.with(|d| {
+        let r = d.risky_users.get_mut(ADELE).unwrap();
+        r["riskState"] = "atRisk".into();
+        r["riskLevel"] = "medium".into();
+        r["riskLastUpdatedDateTime"] = now_iso().into();
+    });
+    worker.handle(&users_notification("n-new")).await;
+    let first = case_of(&ledger, "alert-one").await;
+    let second = case_of(&ledger, "n-new").await;
+    assert_ne!(first.case_id, second.case_id, "a new episode is a new case");
+    assert_eq!(resets(&s), 1, "no second reset within the cooldown");
+    match state(&second, Action::ResetPassword) {
+        ActionState::Skipped { reason, .. } => assert!(reason.contains("cooldown"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(is_done(state(&second, Action::DismissRisk)));
+    assert!(second.rails.iter().any(|r| r.contains("cooldown")));
+}
+
+#[tokio::test]
+async fn past_the_blast_radius_new_cases_wait_and_one_alert_says_so() {
+    let s = start().await;
+    let mut users = Vec::new();
+    s.with(|d| {
+        for i in 0..5 {
+            let id = format!("00000000-0000-4000-8000-00000000000{i}");
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users
+                .push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(
+                id.clone(),
+                json!({"id": id, "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": now_iso(), "userPrincipalName": upn}),
+            );
+            users.push(id);
+        }
+    });
+    let ledger = memory_ledger();
+    let mut policy = with_safety("max_enforced_cases_per_hour = 2");
+    if let Some(risk_responder::cases::policy::PasswordDelivery::Mail { to_manager, .. }) =
+        policy.password_delivery.as_mut()
+    {
+        *to_manager = false;
+    }
+    let worker = worker_with(&s, ledger.clone(), policy, 2);
+    let items: Vec<WorkItem> = users
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            WorkItem::Risk(RiskEvent {
+                event_id: format!("spray-{i}"),
+                tenant_id: TENANT.into(),
+                source: EventSource::Sentinel,
+                subject: Subject::User {
+                    id: Some(id.clone()),
+                    upn: None,
+                },
+                risk_level: RiskLevel::Medium,
+                detected_at: time::OffsetDateTime::now_utc(),
+                source_id: format!("alert-{i}"),
+                resource_data: None,
+            })
+        })
+        .collect();
+    for item in &items {
+        assert!(!worker.handle(item).await.is_retry());
+    }
+    let cases = ledger.cases(10).await.unwrap();
+    let completed = cases
+        .iter()
+        .filter(|c| c.status == CaseStatus::Completed)
+        .count();
+    let waiting = cases
+        .iter()
+        .filter(|c| c.status == CaseStatus::AwaitingApproval)
+        .count();
+    assert_eq!((completed, waiting), (2, 3));
+    assert_eq!(resets(&s), 2);
+    let alerts = mail_subjects(&s)
+        .iter()
+        .filter(|m| m.contains("blast-radius limit"))
+        .count();
+    assert_eq!(alerts, 1, "one alert, not one per case");
+    let held = cases
+        .iter()
+        .find(|c| c.status == CaseStatus::AwaitingApproval)
+        .unwrap();
+    assert!(held.rails[0].contains("blast-radius"), "{:?}", held.rails);
+    assert!(
+        held.actions
+            .iter()
+            .all(|a| matches!(a.state, ActionState::Held { .. }))
+    );
+}
+
+#[tokio::test]
+async fn report_only_records_the_plan_and_changes_nothing() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
+    assert!(!worker.handle(&adele_item("alert-ro")).await.is_retry());
+    let case = case_of(&ledger, "alert-ro").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(case.mode, Mode::ReportOnly);
+    assert!(case.actions.iter().all(|a| a.state == ActionState::Planned));
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+}
+
+/// The CLI: list and show cases, and a person's approve / skip / retry, recorded with who and why.
+#[tokio::test]
+async fn a_person_acts_on_waiting_cases_from_the_cli() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let dir = std::env::temp_dir().join(format!("cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        enforcing_policy_text(&format!(
+            "protected_user_ids = [\"{ADELE}\", \"{MANAGER}\"]"
+        )),
+    )
+    .unwrap();
+    s.with(|d| {
+        d.risky_users.insert(
+            MANAGER.into(),
+            json!({"id": MANAGER, "riskLevel": "high", "riskState": "atRisk",
+            "riskLastUpdatedDateTime": now_iso()}),
+        );
+    });
+    let policy = Policy::from_toml(&std::fs::read_to_string(&policy_file).unwrap()).unwrap();
+    let store = risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap();
+    let ledger = Ledger::new(Arc::new(store));
+    let worker = worker_with(&s, ledger.clone(), policy, 2);
+    worker.handle(&adele_item("alert-cli")).await;
+    let manager_signal = WorkItem::Risk(RiskEvent {
+        event_id: "alert-manager".into(),
+        tenant_id: TENANT.into(),
+        source: EventSource::Sentinel,
+        subject: Subject::User {
+            id: Some(MANAGER.into()),
+            upn: None,
+        },
+        risk_level: RiskLevel::High,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: "alert-m".into(),
+        resource_data: None,
+    });
+    worker.handle(&manager_signal).await;
+    // The simulator runs on this test's runtime: the CLI is awaited, never blocked on.
+    let cli = async |args: &[&str]| {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+            .args(args)
+            .env("RR_LEDGER_PATH", &path)
+            .env("RR_POLICY_FILE", &policy_file)
+            .env("RR_GRAPH_BASE_URL", s.graph_url())
+            .env("RR_LOGIN_AUTHORITY", s.authority())
+            .env("RUST_LOG", "warn")
+            .env("USER", "tester")
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = cli(&["cases", "list", "--status", "awaiting_approval"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("awaiting_approval"), "{out}");
+    assert!(out.contains(ADELE_UPN), "{out}");
+    let (ok, out) = cli(&["cases", "show", "alert-cli"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("protected account"), "{out}");
+    assert!(out.contains("reset_password"), "{out}");
+    assert!(out.contains("next: person"), "{out}");
+    let case_id = case_of(&ledger, "alert-cli").await.case_id;
+
+    let (ok, out) = cli(&["cases", "approve", &case_id]).await;
+    assert!(!ok, "a reason is required: {out}");
+    let (ok, out) = cli(&[
+        "cases",
+        "approve",
+        &case_id,
+        "--reason",
+        "confirmed with the owner",
+        "--by",
+        "alice",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("approve recorded by alice"), "{out}");
+    assert!(out.contains("worked: Done"), "{out}");
+    assert_eq!(
+        (revokes(&s), resets(&s)),
+        (1, 1),
+        "the approval carried out the plan"
+    );
+    let case = case_of(&ledger, "alert-cli").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(case.decisions[0].by, "alice");
+    assert_eq!(case.decisions[0].reason, "confirmed with the owner");
+
+    let (ok, out) = cli(&["cases", "skip", &case_id, "--reason", "again"]).await;
+    assert!(!ok, "a completed case has nothing to skip: {out}");
+    let (ok, out) = cli(&[
+        "cases",
+        "skip",
+        "alert-manager",
+        "--reason",
+        "known travel, owner verified",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let skipped = case_of(&ledger, "alert-manager").await;
+    assert_eq!(skipped.status, CaseStatus::Skipped);
+    assert_eq!(skipped.decisions[0].by, "tester");
+    assert!(
+        skipped
+            .actions
+            .iter()
+            .all(|a| !matches!(a.state, ActionState::Held { .. }))
+    );
+    assert_eq!(resets(&s), 1, "nothing done for the skipped case");
+    let (ok, out) = cli(&["cases", "retry", "alert-manager"]).await;
+    assert!(!ok, "nothing to retry on a skipped case: {out}");
+    let (ok, out) = cli(&["cases", "show", "nope"]).await;
+    assert!(!ok && out.contains("no case nope"), "{out}");
+    let (ok, out) = cli(&["audit"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("signal alert-cli"), "{out}");
+    assert!(
+        out.contains("approve by alice: confirmed with the owner"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
