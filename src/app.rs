@@ -30,11 +30,12 @@ pub async fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, Secre
         SecretsSource::File(path) => Arc::new(StaticSecretStore::from_file(path)?),
         SecretsSource::SecretsManager(id) => {
             let client = aws_sdk_secretsmanager::Client::new(&aws_config().await);
-            Arc::new(SecretsManagerStore::new(
+            Arc::new(SecretsManagerStore::with_grace(
                 client,
                 id.clone(),
                 config.secrets_ttl,
-            )?)
+                config.secrets_grace,
+            ))
         }
     })
 }

@@ -64,6 +64,9 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// How long secrets are cached before Secrets Manager is asked again.
     pub secrets_ttl: Duration,
+    /// How long, after the TTL, the last good secret value is served while Secrets Manager
+    /// cannot be read (hard limit: TTL + grace after the last successful read).
+    pub secrets_grace: Duration,
     /// SQS queue URL for accepted work; in-process when unset (local only).
     pub queue_url: Option<String>,
     /// DynamoDB ledger table; the SQLite file `ledger_path` when unset.
@@ -93,6 +96,7 @@ impl Default for Config {
             login_authority: "https://login.microsoftonline.com".to_owned(),
             policy_file: None,
             secrets_ttl: Duration::from_secs(300),
+            secrets_grace: crate::secrets::DEFAULT_SECRETS_GRACE,
             queue_url: None,
             ledger_table: None,
             ledger_path: PathBuf::from("risk-responder.sqlite"),
@@ -149,6 +153,13 @@ impl Config {
                 reason: format!("{e}"),
             })?;
             config.secrets_ttl = Duration::from_secs(secs);
+        }
+        if let Some(secs) = get("RR_SECRETS_GRACE_SECONDS") {
+            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_SECRETS_GRACE_SECONDS",
+                reason: format!("{e}"),
+            })?;
+            config.secrets_grace = Duration::from_secs(secs);
         }
         config.queue_url = get("RR_QUEUE_URL").filter(|v| !v.is_empty());
         config.ledger_table = get("RR_LEDGER_TABLE").filter(|v| !v.is_empty());

@@ -206,54 +206,149 @@ impl SecretStore for StaticSecretStore {
     }
 }
 
-/// Secrets from one AWS Secrets Manager secret (JSON), cached in-process by
-/// `aws_secretsmanager_caching`; the parsed form is kept per secret version.
+/// How long the last good secret value is still served, after its TTL ran out, while Secrets
+/// Manager cannot be read (hard limit: TTL + grace after the last successful read).
+pub const DEFAULT_SECRETS_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Secrets from one AWS Secrets Manager secret (JSON), cached in-process. Only
+/// `secretsmanager:GetSecretValue` is called: once per TTL, one call at a time whatever the
+/// number of concurrent requests. If a refresh fails, the last good value is served for the
+/// grace period and the AWS error code and message are logged. The parsed form is kept per
+/// `VersionId`, so an unchanged secret is not parsed again.
 pub struct SecretsManagerStore {
-    client: aws_secretsmanager_caching::SecretsManagerCachingClient,
+    cache: crate::cache::RefreshCache<Secrets>,
     secret_id: String,
-    parsed: tokio::sync::Mutex<Option<(String, Arc<Secrets>)>>,
+}
+
+/// How long a caller holding a usable stale value waits for the refresh before it is served
+/// the stale value.
+const SECRETS_STALE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// After a failed read, Secrets Manager is not asked again for this long.
+const SECRETS_RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+/// One read of the secret; longer counts as a failure.
+const SECRETS_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a request without any usable value waits for the read.
+const SECRETS_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct SecretsManagerFetch {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    /// The last parsed value and its `VersionId`.
+    parsed: std::sync::Mutex<Option<(String, Arc<Secrets>)>>,
+}
+
+#[async_trait]
+impl crate::cache::Fetch<Secrets> for SecretsManagerFetch {
+    async fn fetch(&self) -> Result<Arc<Secrets>, String> {
+        let output = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| format!("GetSecretValue {}: {}", self.secret_id, sdk_error(&e)))?;
+        let version = output.version_id().unwrap_or_default().to_owned();
+        {
+            let parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((known, secrets)) = parsed.as_ref()
+                && *known == version
+                && !version.is_empty()
+            {
+                return Ok(secrets.clone());
+            }
+        }
+        let json = output.secret_string().ok_or_else(|| {
+            format!(
+                "secret {} has no SecretString (binary secrets are not supported)",
+                self.secret_id
+            )
+        })?;
+        let secrets = Arc::new(
+            Secrets::from_json(json).map_err(|e| format!("secret {}: {e}", self.secret_id))?,
+        );
+        *self.parsed.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, secrets.clone()));
+        Ok(secrets)
+    }
 }
 
 impl SecretsManagerStore {
-    /// A store over `secret_id`, refreshed from Secrets Manager after `ttl`.
+    /// A store over `secret_id`, read again after `ttl`; the last good value is served for
+    /// [`DEFAULT_SECRETS_GRACE`] beyond the TTL when Secrets Manager cannot be read.
     pub fn new(
         client: aws_sdk_secretsmanager::Client,
         secret_id: impl Into<String>,
         ttl: std::time::Duration,
-    ) -> Result<Self, SecretsError> {
-        let size = std::num::NonZeroUsize::new(4).expect("non-zero");
-        let client =
-            aws_secretsmanager_caching::SecretsManagerCachingClient::new(client, size, ttl, false)
-                .map_err(|e| SecretsError::Unavailable(e.to_string()))?;
-        Ok(Self {
+    ) -> Self {
+        Self::with_grace(client, secret_id, ttl, DEFAULT_SECRETS_GRACE)
+    }
+
+    /// As [`SecretsManagerStore::new`] with another grace period.
+    pub fn with_grace(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: impl Into<String>,
+        ttl: std::time::Duration,
+        grace: std::time::Duration,
+    ) -> Self {
+        let secret_id = secret_id.into();
+        let fetch = SecretsManagerFetch {
             client,
-            secret_id: secret_id.into(),
-            parsed: tokio::sync::Mutex::new(None),
-        })
+            secret_id: secret_id.clone(),
+            parsed: std::sync::Mutex::new(None),
+        };
+        let policy = crate::cache::CachePolicy {
+            fresh_for: ttl,
+            usable_for: ttl + grace,
+            retry_after_failure: SECRETS_RETRY_AFTER_FAILURE.min(ttl),
+            stale_wait: SECRETS_STALE_WAIT,
+            fetch_timeout: SECRETS_FETCH_TIMEOUT,
+        };
+        Self {
+            cache: crate::cache::RefreshCache::new("secrets", fetch, policy),
+            secret_id,
+        }
     }
 }
 
 #[async_trait]
 impl SecretStore for SecretsManagerStore {
     async fn load(&self) -> Result<Arc<Secrets>, SecretsError> {
-        let value = self
-            .client
-            .get_secret_value(&self.secret_id, None, None, false)
-            .await
-            .map_err(|e| SecretsError::Unavailable(e.to_string()))?;
-        let version = value.version_id.clone().unwrap_or_default();
-        let mut parsed = self.parsed.lock().await;
-        if let Some((cached_version, secrets)) = parsed.as_ref()
-            && *cached_version == version
-        {
-            return Ok(secrets.clone());
-        }
-        let json = value
-            .secret_string
-            .ok_or_else(|| SecretsError::Invalid("secret has no SecretString".into()))?;
-        let secrets = Arc::new(Secrets::from_json(&json)?);
-        *parsed = Some((version, secrets.clone()));
-        Ok(secrets)
+        let deadline = tokio::time::Instant::now() + SECRETS_LOAD_WAIT;
+        self.cache.get(deadline).await.map_err(|e| match e {
+            crate::cache::CacheError::Failed(message) => SecretsError::Unavailable(message),
+            crate::cache::CacheError::TimedOut => SecretsError::Unavailable(format!(
+                "GetSecretValue {} did not answer within {} s",
+                self.secret_id,
+                SECRETS_LOAD_WAIT.as_secs()
+            )),
+        })
+    }
+}
+
+/// An AWS SDK error as `Code: message` for service errors (e.g. `AccessDeniedException: User
+/// ... is not authorized to perform: secretsmanager:GetSecretValue ...`); an error answer
+/// whose code cannot be read is given with its HTTP status; anything else as its error chain
+/// (connection refused, timeout). AWS error messages never carry secret values.
+pub fn sdk_error<E>(
+    error: &aws_sdk_secretsmanager::error::SdkError<
+        E,
+        aws_sdk_secretsmanager::config::http::HttpResponse,
+    >,
+) -> String
+where
+    E: std::error::Error + aws_sdk_secretsmanager::error::ProvideErrorMetadata + 'static,
+{
+    if let Some(service) = error.as_service_error()
+        && let Some(code) = service.code()
+    {
+        return format!("{code}: {}", service.message().unwrap_or("(no message)"));
+    }
+    match error.raw_response() {
+        Some(raw) => format!(
+            "HTTP {} with an unreadable error body: {}",
+            raw.status().as_u16(),
+            aws_error(error)
+        ),
+        None => aws_error(error),
     }
 }
 

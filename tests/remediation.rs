@@ -561,8 +561,11 @@ async fn a_rotated_client_secret_is_used_without_a_restart() {
         .send()
         .await
         .unwrap();
-    let store: Arc<dyn SecretStore> =
-        Arc::new(SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(300)).unwrap());
+    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(
+        sm.clone(),
+        &id,
+        Duration::from_millis(300),
+    ));
     let config = risk_responder::config::Config {
         graph_base_url: s.graph_url(),
         login_authority: s.authority(),

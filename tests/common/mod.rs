@@ -123,6 +123,12 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        // tracing-core caches a callsite's interest from the *current thread's* subscriber
+        // while at most one dispatcher is registered: a line first logged on a thread that
+        // captures nothing would then stay disabled for a capturing thread. A second
+        // dispatcher that lives for the whole process makes it ask every registered one.
+        static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let logs = Logs::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
