@@ -20,7 +20,7 @@ use crate::ledger::Ledger;
 use crate::ledger::LedgerError;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::queue::{WorkItem, WorkQueue};
-use crate::secrets::{SecretStore, SecretsError};
+use crate::secrets::{IngressSecrets, SecretStore};
 
 /// Where accepted work goes: the ledger (audit of what was received), then the queue.
 #[derive(Clone)]
@@ -63,30 +63,32 @@ impl Intake {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub secrets: Arc<dyn SecretStore>,
+    /// The ingress secrets: the webhook never reads the Graph credential.
+    pub secrets: Arc<dyn SecretStore<IngressSecrets>>,
     pub tokens: Option<Arc<TokenVerifier>>,
     pub intake: Intake,
 }
 
 impl AppState {
-    /// Builds the state; the validation-token audience is the Graph client id from the secrets.
-    pub async fn new(
+    /// Builds the state; the validation-token audience is the Graph application id
+    /// (`RR_GRAPH_CLIENT_ID`, or the local secrets document's `client_id`). Nothing is fetched:
+    /// secrets and signing keys are read when the first request needs them.
+    pub fn new(
         config: Config,
-        secrets: Arc<dyn SecretStore>,
+        secrets: Arc<dyn SecretStore<IngressSecrets>>,
         intake: Intake,
         http: reqwest::Client,
-    ) -> Result<Self, SecretsError> {
-        let client_id = secrets.load().await?.client_id.clone();
-        let tokens = client_id.map(|audience| {
+    ) -> Self {
+        let tokens = config.validation_token_audience().map(|audience| {
             let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks_min_refresh);
             Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
         });
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             secrets,
             tokens,
             intake,
-        })
+        }
     }
 }
 
@@ -129,7 +131,7 @@ pub async fn enqueue(intake: &Intake, items: &[WorkItem]) -> Result<(), Response
     })
 }
 
-async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, Response> {
+async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response> {
     state.secrets.load().await.map_err(|e| {
         tracing::error!(error = %e, "secrets unavailable");
         error(

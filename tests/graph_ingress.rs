@@ -235,32 +235,6 @@ async fn get_is_not_allowed() {
 
 // ---- rich notifications: validationTokens + encryptedContent ----
 
-fn rich_batch(tokens: Option<Vec<String>>) -> String {
-    let mut content: serde_json::Value = serde_json::from_str(include_str!(
-        "vectors/graph-rich-notification/encrypted-content.json"
-    ))
-    .unwrap();
-    content["encryptionCertificateId"] = "custom-id-for-testing".into();
-    content["encryptionCertificateThumbprint"] = "4B95353E086AD37196606ACF834A14532F03E6DB".into();
-    let mut batch = serde_json::json!({
-        "value": [{
-            "id": "rich-1",
-            "subscriptionId": "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
-            "subscriptionExpirationDateTime": "2026-11-26T06:00:00.000Z",
-            "clientState": CLIENT_STATE,
-            "changeType": "updated",
-            "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204",
-            "tenantId": TENANT,
-            "resourceData": { "id": "6e7b768e-07e2-4810-8459-485f84f8f204" },
-            "encryptedContent": content,
-        }]
-    });
-    if let Some(tokens) = tokens {
-        batch["validationTokens"] = tokens.into();
-    }
-    batch.to_string()
-}
-
 async fn deliver_rich(
     tokens: Option<Vec<String>>,
 ) -> (u16, Vec<risk_responder::event::RiskEvent>, String) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use common::moto;
-use risk_responder::secrets::{SecretStore, SecretsManagerStore};
+use risk_responder::secrets::{IngressSecrets, SecretStore, SecretsManagerStore};
 
 /// Runs a boto3 script against moto with the given credentials; returns its stdout.
 fn boto3(script: &str, key: &str, secret: &str) -> String {
@@ -113,7 +113,7 @@ async fn only_get_secret_value_is_needed_and_a_denial_is_logged_with_its_aws_cod
         .await;
     let client = aws_sdk_secretsmanager::Client::new(&sdk);
     let ttl = Duration::from_millis(300);
-    let store = SecretsManagerStore::with_grace(
+    let store = SecretsManagerStore::<IngressSecrets>::with_grace(
         client,
         "risk-responder/iam-test",
         ttl,

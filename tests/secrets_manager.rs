@@ -12,7 +12,8 @@ use aws_sdk_secretsmanager::error::BoxError;
 use common::moto;
 use risk_responder::remediate::PasswordVault;
 use risk_responder::secrets::{
-    EXPIRES_AT_TAG, SecretStore, SecretString, SecretsManagerPasswordVault, SecretsManagerStore,
+    EXPIRES_AT_TAG, GraphSecrets, IngressSecrets, SecretStore, SecretString,
+    SecretsManagerPasswordVault, SecretsManagerStore,
 };
 
 async fn client() -> aws_sdk_secretsmanager::Client {
@@ -76,9 +77,9 @@ async fn secrets_load_from_secrets_manager_and_refresh_after_the_ttl() {
         .send()
         .await
         .unwrap();
-    let store = SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(300));
+    let store =
+        SecretsManagerStore::<IngressSecrets>::new(sm.clone(), &id, Duration::from_millis(300));
     let first = store.load().await.unwrap();
-    assert_eq!(first.client_id.as_deref(), Some("app-1"));
     assert_eq!(first.client_states[0].expose(), "state-v1");
 
     sm.put_secret_value()
@@ -99,7 +100,11 @@ async fn secrets_load_from_secrets_manager_and_refresh_after_the_ttl() {
 #[tokio::test]
 async fn missing_or_invalid_secret_is_a_clear_error() {
     let sm = client().await;
-    let store = SecretsManagerStore::new(sm.clone(), unique("absent"), Duration::from_secs(60));
+    let store = SecretsManagerStore::<IngressSecrets>::new(
+        sm.clone(),
+        unique("absent"),
+        Duration::from_secs(60),
+    );
     let err = store.load().await.unwrap_err().to_string();
     assert!(err.starts_with("secret store unavailable"), "{err}");
     assert!(err.contains("ResourceNotFoundException: "), "{err}");
@@ -107,11 +112,11 @@ async fn missing_or_invalid_secret_is_a_clear_error() {
     let id = unique("bad");
     sm.create_secret()
         .name(&id)
-        .secret_string(r#"{"client_secret":"hunter2","surprise":1}"#)
+        .secret_string(r#"{"client_states":["hunter2"],"surprise":1}"#)
         .send()
         .await
         .unwrap();
-    let store = SecretsManagerStore::new(sm, &id, Duration::from_secs(60));
+    let store = SecretsManagerStore::<IngressSecrets>::new(sm, &id, Duration::from_secs(60));
     let err = store.load().await.unwrap_err().to_string();
     assert!(err.contains("surprise"), "{err}");
     assert!(!err.contains("hunter2"), "secret value in error: {err}");
@@ -120,7 +125,7 @@ async fn missing_or_invalid_secret_is_a_clear_error() {
 #[tokio::test]
 async fn unreachable_secrets_manager_fails_cleanly() {
     let config = common::moto::unreachable_sdk_config().await;
-    let store = SecretsManagerStore::new(
+    let store = SecretsManagerStore::<IngressSecrets>::new(
         aws_sdk_secretsmanager::Client::new(&config),
         "any",
         Duration::from_secs(60),
@@ -175,7 +180,8 @@ async fn concurrent_loads_past_the_ttl_share_one_get_secret_value() {
         .send()
         .await
         .unwrap();
-    let store = SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(300));
+    let store =
+        SecretsManagerStore::<IngressSecrets>::new(sm.clone(), &id, Duration::from_millis(300));
     let first = futures_util::future::join_all((0..16).map(|_| store.load())).await;
     assert!(first.iter().all(|r| r.is_ok()));
     let reads = |calls: &Calls| calls.list().iter().filter(|c| *c == GET).count();
@@ -214,7 +220,7 @@ async fn a_failed_refresh_serves_the_last_good_value_within_the_grace_then_fails
         .unwrap();
     let ttl = Duration::from_millis(200);
     let grace = Duration::from_millis(1500);
-    let store = SecretsManagerStore::with_grace(sm.clone(), &id, ttl, grace);
+    let store = SecretsManagerStore::<IngressSecrets>::with_grace(sm.clone(), &id, ttl, grace);
     let good = store.load().await.unwrap();
     let read_at = std::time::Instant::now();
 
@@ -268,7 +274,8 @@ async fn a_refresh_after_a_failure_picks_up_the_new_value() {
         .send()
         .await
         .unwrap();
-    let store = SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(200));
+    let store =
+        SecretsManagerStore::<IngressSecrets>::new(sm.clone(), &id, Duration::from_millis(200));
     store.load().await.unwrap();
     // An operator writes a document with a typo: the last good value stays in use.
     sm.put_secret_value()
@@ -290,4 +297,91 @@ async fn a_refresh_after_a_failure_picks_up_the_new_value() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fixed = store.load().await.unwrap();
     assert_eq!(fixed.client_states[0].expose(), "state-v2");
+}
+
+#[tokio::test]
+async fn the_webhook_works_from_the_ingress_secret_alone() {
+    let sm = client().await;
+    let id = unique("risk-responder/ingress");
+    let key_pem = include_str!("vectors/graph-rich-notification/private-key.pem");
+    let document = serde_json::json!({
+        "client_states": ["ingress-only-state"],
+        "webhook_hmac_keys": [common::WEBHOOK_KEY],
+        "decryption_keys": { "custom-id-for-testing": key_pem },
+    });
+    sm.create_secret()
+        .name(&id)
+        .secret_string(document.to_string())
+        .send()
+        .await
+        .unwrap();
+    let jwks = common::jwks_server().await;
+    let config = risk_responder::config::Config {
+        jwks_url: jwks.url.clone(),
+        // The audience of validation tokens is configuration, not a secret.
+        graph_client_id: Some(common::APP_ID.to_owned()),
+        // A Graph secret that does not exist: the webhook must never need it.
+        graph_secrets: risk_responder::config::SecretsSource::SecretsManager(unique("absent")),
+        ..Default::default()
+    };
+    let store: Arc<dyn SecretStore<IngressSecrets>> =
+        Arc::new(SecretsManagerStore::new(sm, &id, Duration::from_secs(60)));
+    let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
+    let intake = risk_responder::http::Intake::in_process(queue.clone()).unwrap();
+    let state = risk_responder::http::AppState::new(config, store, intake, reqwest::Client::new());
+
+    let body = common::rich_batch_with("ingress-only-state", Some(vec![common::valid_token()]));
+    let (status, _, text) = common::call(
+        state.clone(),
+        common::post_json("/graph/notifications", body),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let events = common::risk_events(&queue);
+    assert_eq!(events.len(), 1, "validated and decrypted");
+    assert!(events[0].resource_data.is_some());
+
+    let sentinel = common::event_body("sentinel/alert-identity-protection.json");
+    let headers = common::signed_headers(common::WEBHOOK_KEY, "msg_ingress_only", &sentinel);
+    let (status, _, text) = common::call(state, common::post_sentinel(&sentinel, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+}
+
+#[tokio::test]
+async fn a_graph_secret_holds_only_the_credential() {
+    let sm = client().await;
+    let id = unique("risk-responder/graph");
+    sm.create_secret()
+        .name(&id)
+        .secret_string(r#"{"client_id":"app-1","client_secret":"graph-secret-value"}"#)
+        .send()
+        .await
+        .unwrap();
+    let store = SecretsManagerStore::<GraphSecrets>::new(sm.clone(), &id, Duration::from_secs(60));
+    let graph = store.load().await.unwrap();
+    assert_eq!(graph.client_id.as_deref(), Some("app-1"));
+    assert!(graph.credential().is_some());
+    // An ingress field in the Graph secret is not an error (one document may hold both)...
+    let both = unique("risk-responder/both");
+    sm.create_secret()
+        .name(&both)
+        .secret_string(r#"{"client_id":"app-1","client_secret":"x","client_states":["s"]}"#)
+        .send()
+        .await
+        .unwrap();
+    let store =
+        SecretsManagerStore::<GraphSecrets>::new(sm.clone(), &both, Duration::from_secs(60));
+    assert!(store.load().await.is_ok());
+    // ...but a typo is.
+    let typo = unique("risk-responder/typo");
+    sm.create_secret()
+        .name(&typo)
+        .secret_string(r#"{"client_id":"app-1","clientsecret":"graph-secret-value"}"#)
+        .send()
+        .await
+        .unwrap();
+    let store = SecretsManagerStore::<GraphSecrets>::new(sm, &typo, Duration::from_secs(60));
+    let err = store.load().await.unwrap_err().to_string();
+    assert!(err.contains("`clientsecret`"), "{err}");
+    assert!(!err.contains("graph-secret-value"), "{err}");
 }

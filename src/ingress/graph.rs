@@ -11,7 +11,7 @@ use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
 use super::validation_tokens::{TokenError, TokenVerifier};
 use crate::config::Config;
 use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
-use crate::secrets::{SecretString, Secrets};
+use crate::secrets::{IngressSecrets, SecretString};
 
 /// Longest validation token echoed back (Graph's are well under this).
 pub const MAX_VALIDATION_TOKEN_LEN: usize = 1024;
@@ -164,7 +164,7 @@ pub struct BatchOutcome {
 /// Context a batch is checked against.
 pub struct GraphIngress<'a> {
     pub config: &'a Config,
-    pub secrets: &'a Secrets,
+    pub secrets: &'a IngressSecrets,
     /// Verifier for `validationTokens`; `None` when no Graph app id is configured, in which
     /// case notifications with resource data are refused.
     pub tokens: Option<&'a TokenVerifier>,

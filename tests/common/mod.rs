@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use risk_responder::config::Config;
 use risk_responder::http::AppState;
 use risk_responder::queue::{MemoryQueue, QueueError, WorkItem, WorkQueue};
-use risk_responder::secrets::{Secrets, StaticSecretStore};
+use risk_responder::secrets::{IngressSecrets, StaticSecretStore};
 
 pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -84,6 +84,39 @@ pub fn sign_token(claims: &serde_json::Value, key_file: &str, kid: &str) -> Stri
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
+/// A rich notification batch (Microsoft's SDK vector as `encryptedContent`) with `clientState`
+/// and the given validation tokens.
+pub fn rich_batch_with(client_state: &str, tokens: Option<Vec<String>>) -> String {
+    let mut content: serde_json::Value = serde_json::from_str(include_str!(
+        "../vectors/graph-rich-notification/encrypted-content.json"
+    ))
+    .unwrap();
+    content["encryptionCertificateId"] = "custom-id-for-testing".into();
+    content["encryptionCertificateThumbprint"] = "4B95353E086AD37196606ACF834A14532F03E6DB".into();
+    let mut batch = serde_json::json!({
+        "value": [{
+            "id": "rich-1",
+            "subscriptionId": "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+            "subscriptionExpirationDateTime": "2026-11-26T06:00:00.000Z",
+            "clientState": client_state,
+            "changeType": "updated",
+            "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204",
+            "tenantId": TENANT,
+            "resourceData": { "id": "6e7b768e-07e2-4810-8459-485f84f8f204" },
+            "encryptedContent": content,
+        }]
+    });
+    if let Some(tokens) = tokens {
+        batch["validationTokens"] = tokens.into();
+    }
+    batch.to_string()
+}
+
+/// A rich notification batch with the development clientState.
+pub fn rich_batch(tokens: Option<Vec<String>>) -> String {
+    rich_batch_with(CLIENT_STATE, tokens)
+}
+
 /// A valid token signed by the JWKS key.
 pub fn valid_token() -> String {
     sign_token(&token_claims(), "jwt-test-key-1.pem", "test-kid-1")
@@ -101,11 +134,9 @@ impl WorkQueue for FailingQueue {
 
 /// Application state over the embedded development secrets and an in-memory queue.
 pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
-    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
     AppState::new(config, secrets, intake, reqwest::Client::new())
-        .await
-        .unwrap()
 }
 
 pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {
