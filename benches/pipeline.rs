@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use risk_responder::config::Config;
 use risk_responder::ingress::graph::GraphIngress;
-use risk_responder::ingress::validation_tokens::{JwksCache, TokenVerifier};
+use risk_responder::ingress::validation_tokens::{JwksCache, JwksPolicy, TokenVerifier};
 use risk_responder::ingress::{sentinel, signature};
 use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument, SecretString};
 
@@ -95,7 +95,7 @@ fn ingress(c: &mut Criterion) {
     let secrets = IngressSecrets::embedded_dev().unwrap();
     let url = rt.block_on(jwks_url());
     let verifier = TokenVerifier::new(
-        JwksCache::new(url, reqwest::Client::new(), Duration::from_secs(60)),
+        JwksCache::new(url, reqwest::Client::new(), JwksPolicy::default()),
         APP_ID,
         Duration::from_secs(60),
     );
@@ -105,6 +105,8 @@ fn ingress(c: &mut Criterion) {
         config: &config,
         secrets: &secrets,
         tokens: Some(&verifier),
+        // Keys are fetched once below and stay fresh: no batch waits for them.
+        deadline: tokio::time::Instant::now() + Duration::from_secs(3600),
     };
     // Warm the JWKS cache and check the batches are accepted in full.
     assert_eq!(rt.block_on(graph.process(&rich)).unwrap().events.len(), 100);

@@ -232,6 +232,11 @@ impl<T: Send + Sync + 'static> RefreshCache<T> {
         }
     }
 
+    /// When the value held was fetched, if any.
+    pub fn fetched_at(&self) -> Option<Instant> {
+        self.lock().fetched_at
+    }
+
     /// The value held, fresh or stale, if it is still within the hard limit.
     pub fn current(&self) -> Option<Arc<T>> {
         let s = self.lock();

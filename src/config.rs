@@ -61,8 +61,9 @@ pub struct Config {
     pub graph_client_id: Option<String>,
     /// Clock skew allowed on token expiry.
     pub token_leeway: Duration,
-    /// Least time between JWKS refetches caused by an unknown key id.
-    pub jwks_min_refresh: Duration,
+    /// How the signing-key set is cached and fetched (refresh, hard limit, unknown-kid and
+    /// failure back-off, how long a request waits for keys).
+    pub jwks: crate::ingress::jwks::JwksPolicy,
     /// Accepted age (either way) of a Standard Webhooks `webhook-timestamp`.
     pub webhook_tolerance: Duration,
     /// Microsoft Graph base URL.
@@ -101,7 +102,7 @@ impl Default for Config {
             graph_secrets: SecretsSource::EmbeddedDev,
             graph_client_id: None,
             token_leeway: Duration::from_secs(60),
-            jwks_min_refresh: Duration::from_secs(60),
+            jwks: crate::ingress::jwks::JwksPolicy::default(),
             webhook_tolerance: Duration::from_secs(5 * 60),
             graph_base_url: "https://graph.microsoft.com/v1.0".to_owned(),
             login_authority: "https://login.microsoftonline.com".to_owned(),

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::ingress::graph::{GraphIngress, handshake_token};
+use crate::ingress::graph::{BatchError, GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
@@ -80,7 +80,7 @@ impl AppState {
         http: reqwest::Client,
     ) -> Self {
         let tokens = config.validation_token_audience().map(|audience| {
-            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks_min_refresh);
+            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
             Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
         });
         Self {
@@ -143,6 +143,7 @@ async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response>
 
 /// `POST /graph/notifications` and `/graph/lifecycle`: handshake or notification batch.
 pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: Body) -> Response {
+    let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
     if let Some(token) = handshake_token(uri.query()) {
         return match token {
             Ok(token) => (
@@ -181,10 +182,19 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         config: &state.config,
         secrets: &secrets,
         tokens: state.tokens.as_deref(),
+        deadline,
     };
     let outcome = match ingress.process(&body).await {
         Ok(outcome) => outcome,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BatchError::NotABatch(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(BatchError::KeysUnavailable(reason)) => {
+            // Nothing is dropped: Graph delivers the batch again after a 5xx.
+            tracing::error!(%reason, "graph batch not checked: signing keys unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "validation tokens could not be checked; retry",
+            );
+        }
     };
     for dropped in &outcome.dropped {
         tracing::warn!(

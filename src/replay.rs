@@ -136,6 +136,7 @@ async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummar
                 config,
                 secrets,
                 tokens,
+                deadline: tokio::time::Instant::now() + config.jwks.wait,
             };
             match ingress.process(&saved.body).await {
                 Ok(outcome) => {

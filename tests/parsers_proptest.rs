@@ -108,7 +108,7 @@ proptest! {
         let rt = runtime();
         let config = Config::default();
         let secrets = &*SECRETS;
-        let ingress = GraphIngress { config: &config, secrets, tokens: None };
+        let ingress = GraphIngress { config: &config, secrets, tokens: None, deadline: tokio::time::Instant::now() };
         let _ = rt.block_on(ingress.process(&body));
     }
 
@@ -117,7 +117,7 @@ proptest! {
         let rt = runtime();
         let config = Config::default();
         let secrets = &*SECRETS;
-        let ingress = GraphIngress { config: &config, secrets, tokens: None };
+        let ingress = GraphIngress { config: &config, secrets, tokens: None, deadline: tokio::time::Instant::now() };
         let mut batch = serde_json::json!({ "value": items });
         if let Some(tokens) = tokens {
             batch["validationTokens"] = tokens.into();

@@ -6,7 +6,7 @@ pub mod moto;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -29,29 +29,103 @@ pub fn lambda_event(path: &str) -> lambda_http::Request {
     lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
-/// A local JWKS endpoint serving `tests/fixtures/jwks.json`, counting fetches.
+/// A local JWKS endpoint (the Microsoft identity platform's key set stand-in) serving
+/// `tests/fixtures/jwks.json`. Fault tests can slow it down, make it fail (500), change the
+/// keys it serves, and count the fetches it answered.
 pub struct JwksServer {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
+    body: Arc<Mutex<String>>,
+}
+
+impl JwksServer {
+    /// Fetches answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every answer waits this long first.
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Answers 500 (Microsoft's endpoint having an outage) while `failing`.
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Serves another key set (a fixture file under tests/fixtures), e.g. after a rotation.
+    pub fn serve(&self, fixture: &str) {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        *self.body.lock().unwrap() = text;
+    }
 }
 
 pub async fn jwks_server() -> JwksServer {
     let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let jwks = include_str!("../fixtures/jwks.json");
+    let delay_ms = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let body = Arc::new(Mutex::new(include_str!("../fixtures/jwks.json").to_owned()));
+    let (counter, delay, fail, keys) = (
+        hits.clone(),
+        delay_ms.clone(),
+        failing.clone(),
+        body.clone(),
+    );
     let app = axum::Router::new().route(
         "/common/discovery/v2.0/keys",
         get(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async move { ([("content-type", "application/json")], jwks) }
+            let (counter, delay, fail, keys) =
+                (counter.clone(), delay.clone(), fail.clone(), keys.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let wait = delay.load(Ordering::SeqCst);
+                if wait > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                if fail.load(Ordering::SeqCst) {
+                    return (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "application/json")],
+                        r#"{"error":"temporarily_unavailable"}"#.to_owned(),
+                    );
+                }
+                let text = keys.lock().unwrap().clone();
+                (
+                    http::StatusCode::OK,
+                    [("content-type", "application/json")],
+                    text,
+                )
+            }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // The server runs on its own thread and runtime, as a remote endpoint would.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap()
+        })
+    });
     JwksServer {
         url: format!("http://{addr}/common/discovery/v2.0/keys"),
         hits,
+        delay_ms,
+        failing,
+        body,
     }
 }
 
