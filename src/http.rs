@@ -186,7 +186,22 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
     };
     let outcome = match ingress.process(&body).await {
         Ok(outcome) => outcome,
-        Err(e @ BatchError::NotABatch(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BatchError::NotABatch(_)) => {
+            tracing::warn!(
+                bytes = body.len(),
+                "graph request refused: not a notification batch"
+            );
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e @ BatchError::TooMany { count, cap }) => {
+            tracing::warn!(
+                notifications = count,
+                cap,
+                bytes = body.len(),
+                "graph request refused: too many notifications in one batch"
+            );
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
         Err(BatchError::KeysUnavailable(reason)) => {
             // Nothing is dropped: Graph delivers the batch again after a 5xx.
             tracing::error!(%reason, "graph batch not checked: signing keys unavailable");
@@ -196,15 +211,6 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
             );
         }
     };
-    for dropped in &outcome.dropped {
-        tracing::warn!(
-            index = dropped.index,
-            subscription_id = dropped.subscription_id.as_deref().unwrap_or(""),
-            tenant_id = dropped.tenant_id.as_deref().unwrap_or(""),
-            reason = %dropped.reason,
-            "graph notification dropped"
-        );
-    }
     let items: Vec<WorkItem> = outcome
         .events
         .iter()
@@ -212,24 +218,47 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .map(WorkItem::Risk)
         .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
         .collect();
-    if let Err(response) = enqueue(&state.intake, &items).await {
+    let kept = enqueue(&state.intake, &items).await;
+    log_batch(&outcome, kept.is_ok());
+    if let Err(response) = kept {
         return response;
     }
-    for event in &outcome.events {
-        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
+    // No counts, no reasons: what failed a check is in the log, never in the answer, so a
+    // sender cannot use the answer to probe (clientState, tenants, tokens).
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// One log line per batch, however many notifications it holds: counts, dropped notifications
+/// counted by reason with a short sample, and the ids of what was kept.
+fn log_batch(outcome: &crate::ingress::graph::BatchOutcome, kept: bool) {
+    let event_ids: Vec<&str> = outcome.events.iter().map(|e| e.event_id.as_str()).collect();
+    let lifecycle: Vec<serde_json::Value> = outcome
+        .lifecycle
+        .iter()
+        .map(|n| json!({ "tenant_id": n.tenant_id, "subscription_id": n.subscription_id, "kind": n.kind }))
+        .collect();
+    let notifications = outcome.events.len() + outcome.lifecycle.len() + outcome.dropped.len();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                notifications,
+                accepted = outcome.events.len(),
+                lifecycle = outcome.lifecycle.len(),
+                dropped = outcome.dropped.len(),
+                kept,
+                drop_reasons = %json!(outcome.drop_counts()),
+                drop_sample = %json!(outcome.drop_sample()),
+                event_ids = %json!(event_ids),
+                lifecycle_notices = %json!(lifecycle),
+                "graph batch"
+            )
+        };
     }
-    for notice in &outcome.lifecycle {
-        tracing::info!(tenant_id = %notice.tenant_id, subscription_id = %notice.subscription_id, kind = ?notice.kind, "lifecycle notification accepted");
+    if outcome.dropped.is_empty() && kept {
+        line!(info);
+    } else {
+        line!(warn);
     }
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "accepted": outcome.events.len(),
-            "lifecycle": outcome.lifecycle.len(),
-            "dropped": outcome.dropped.len(),
-        })),
-    )
-        .into_response()
 }
 
 /// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.
