@@ -12,14 +12,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::ingress::graph::{GraphIngress, handshake_token};
+use crate::ingress::graph::{BatchError, GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{Ledger, LedgerError};
 use crate::queue::{WorkItem, WorkQueue};
-use crate::secrets::{SecretStore, SecretsError};
+use crate::secrets::{IngressSecrets, SecretStore};
 
 /// Where accepted work goes: the ledger (audit of what was received), then the queue.
 #[derive(Clone)]
@@ -66,30 +66,32 @@ impl Intake {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub secrets: Arc<dyn SecretStore>,
+    /// The ingress secrets: the webhook never reads the Graph credential.
+    pub secrets: Arc<dyn SecretStore<IngressSecrets>>,
     pub tokens: Option<Arc<TokenVerifier>>,
     pub intake: Intake,
 }
 
 impl AppState {
-    /// Builds the state; the validation-token audience is the Graph client id from the secrets.
-    pub async fn new(
+    /// Builds the state; the validation-token audience is the Graph application id
+    /// (`RR_GRAPH_CLIENT_ID`, or the local secrets document's `client_id`). Nothing is fetched:
+    /// secrets and signing keys are read when the first request needs them.
+    pub fn new(
         config: Config,
-        secrets: Arc<dyn SecretStore>,
+        secrets: Arc<dyn SecretStore<IngressSecrets>>,
         intake: Intake,
         http: reqwest::Client,
-    ) -> Result<Self, SecretsError> {
-        let client_id = secrets.load().await?.client_id.clone();
-        let tokens = client_id.map(|audience| {
-            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks_min_refresh);
+    ) -> Self {
+        let tokens = config.validation_token_audience().map(|audience| {
+            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
             Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
         });
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             secrets,
             tokens,
             intake,
-        })
+        }
     }
 }
 
@@ -132,7 +134,7 @@ pub async fn enqueue(intake: &Intake, items: &[WorkItem]) -> Result<(), Response
     })
 }
 
-async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, Response> {
+async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response> {
     state.secrets.load().await.map_err(|e| {
         tracing::error!(error = %e, "secrets unavailable");
         error(
@@ -144,6 +146,7 @@ async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, 
 
 /// `POST /graph/notifications` and `/graph/lifecycle`: handshake or notification batch.
 pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: Body) -> Response {
+    let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
     if let Some(token) = handshake_token(uri.query()) {
         return match token {
             Ok(token) => (
@@ -182,20 +185,35 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         config: &state.config,
         secrets: &secrets,
         tokens: state.tokens.as_deref(),
+        deadline,
     };
     let outcome = match ingress.process(&body).await {
         Ok(outcome) => outcome,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BatchError::NotABatch(_)) => {
+            tracing::warn!(
+                bytes = body.len(),
+                "graph request refused: not a notification batch"
+            );
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e @ BatchError::TooMany { count, cap }) => {
+            tracing::warn!(
+                notifications = count,
+                cap,
+                bytes = body.len(),
+                "graph request refused: too many notifications in one batch"
+            );
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
+        Err(BatchError::KeysUnavailable(reason)) => {
+            // Nothing is dropped: Graph delivers the batch again after a 5xx.
+            tracing::error!(%reason, "graph batch not checked: signing keys unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "validation tokens could not be checked; retry",
+            );
+        }
     };
-    for dropped in &outcome.dropped {
-        tracing::warn!(
-            index = dropped.index,
-            subscription_id = dropped.subscription_id.as_deref().unwrap_or(""),
-            tenant_id = dropped.tenant_id.as_deref().unwrap_or(""),
-            reason = %dropped.reason,
-            "graph notification dropped"
-        );
-    }
     let items: Vec<WorkItem> = outcome
         .events
         .iter()
@@ -203,24 +221,47 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .map(WorkItem::Risk)
         .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
         .collect();
-    if let Err(response) = enqueue(&state.intake, &items).await {
+    let kept = enqueue(&state.intake, &items).await;
+    log_batch(&outcome, kept.is_ok());
+    if let Err(response) = kept {
         return response;
     }
-    for event in &outcome.events {
-        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
+    // No counts, no reasons: what failed a check is in the log, never in the answer, so a
+    // sender cannot use the answer to probe (clientState, tenants, tokens).
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// One log line per batch, however many notifications it holds: counts, dropped notifications
+/// counted by reason with a short sample, and the ids of what was kept.
+fn log_batch(outcome: &crate::ingress::graph::BatchOutcome, kept: bool) {
+    let event_ids: Vec<&str> = outcome.events.iter().map(|e| e.event_id.as_str()).collect();
+    let lifecycle: Vec<serde_json::Value> = outcome
+        .lifecycle
+        .iter()
+        .map(|n| json!({ "tenant_id": n.tenant_id, "subscription_id": n.subscription_id, "kind": n.kind }))
+        .collect();
+    let notifications = outcome.events.len() + outcome.lifecycle.len() + outcome.dropped.len();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                notifications,
+                accepted = outcome.events.len(),
+                lifecycle = outcome.lifecycle.len(),
+                dropped = outcome.dropped.len(),
+                kept,
+                drop_reasons = %json!(outcome.drop_counts()),
+                drop_sample = %json!(outcome.drop_sample()),
+                event_ids = %json!(event_ids),
+                lifecycle_notices = %json!(lifecycle),
+                "graph batch"
+            )
+        };
     }
-    for notice in &outcome.lifecycle {
-        tracing::info!(tenant_id = %notice.tenant_id, subscription_id = %notice.subscription_id, kind = ?notice.kind, "lifecycle notification accepted");
+    if outcome.dropped.is_empty() && kept {
+        line!(info);
+    } else {
+        line!(warn);
     }
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "accepted": outcome.events.len(),
-            "lifecycle": outcome.lifecycle.len(),
-            "dropped": outcome.dropped.len(),
-        })),
-    )
-        .into_response()
 }
 
 /// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.

@@ -17,7 +17,7 @@ use crate::ingress::sentinel;
 use crate::ingress::validation_tokens::TokenVerifier;
 use crate::queue::WorkItem;
 use crate::respond::{Disposition, Worker};
-use crate::secrets::Secrets;
+use crate::secrets::IngressSecrets;
 
 /// Which ingress a saved event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,7 +61,7 @@ pub struct SignalOutcome {
 /// What replay runs saved events against.
 pub struct ReplayContext<'a> {
     pub config: &'a Config,
-    pub secrets: &'a Secrets,
+    pub secrets: &'a IngressSecrets,
     pub tokens: Option<&'a TokenVerifier>,
     /// The worker (cases, investigation, plan, remediation); `None` to stop after ingress.
     pub worker: Option<&'a Worker>,
@@ -184,6 +184,7 @@ async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummar
                 config,
                 secrets,
                 tokens,
+                deadline: tokio::time::Instant::now() + config.jwks.wait,
             };
             match ingress.process(&saved.body).await {
                 Ok(outcome) => {

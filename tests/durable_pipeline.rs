@@ -21,7 +21,7 @@ use risk_responder::ledger::Ledger;
 use risk_responder::ledger::dynamodb::DynamoStore;
 use risk_responder::queue::{SqsQueue, WorkItem};
 use risk_responder::respond::{Disposition, Worker};
-use risk_responder::secrets::{SecretString, Secrets, StaticSecretStore};
+use risk_responder::secrets::{IngressSecrets, SecretString, StaticSecretStore};
 use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
 
 fn unique(name: &str) -> String {
@@ -67,10 +67,8 @@ fn worker(s: &StandIn, ledger: Ledger) -> Worker {
 }
 
 async fn webhook(intake: Intake) -> AppState {
-    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     AppState::new(Config::default(), secrets, intake, reqwest::Client::new())
-        .await
-        .unwrap()
 }
 
 /// Receives everything on the queue as a Lambda SqsEvent (messages stay until deleted).
