@@ -309,47 +309,65 @@ async fn token_endpoint_down_is_retryable() {
 }
 
 #[tokio::test]
-async fn certificate_credential_signs_a_client_assertion() {
+async fn certificate_credential_signs_a_ps256_assertion_with_the_sha256_thumbprint() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     let dir = env!("CARGO_MANIFEST_DIR");
-    let thumbprint =
-        std::fs::read_to_string(format!("{dir}/tests/fixtures/graph-app-cert.sha1")).unwrap();
-    let thumb_bytes: Vec<u8> = (0..40)
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/tests/fixtures/{f}")).unwrap();
+    // The thumbprint openssl computed (`openssl x509 -fingerprint -sha256`).
+    let hex = read("graph-app-cert.sha256");
+    let thumb: Vec<u8> = (0..64)
         .step_by(2)
-        .map(|i| u8::from_str_radix(&thumbprint.trim()[i..i + 2], 16).unwrap())
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
         .collect();
     s.with(|d| {
         d.certificate = Some(CertificateCredential {
-            public_key_pem: std::fs::read(format!(
-                "{dir}/tests/fixtures/graph-app-cert-public.pem"
-            ))
-            .unwrap(),
-            thumbprint_b64url: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumb_bytes),
+            public_key_pem: read("graph-app-cert-public.pem").into_bytes(),
+            thumbprint_sha256_b64url: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(&thumb),
         })
     });
-    let credential = ClientCredential::Certificate {
-        private_key_pem: SecretString::new(
-            std::fs::read_to_string(format!("{dir}/tests/fixtures/jwt-test-key-2.pem")).unwrap(),
-        ),
-        thumbprint_sha1_hex: thumbprint.trim().to_owned(),
-    };
+    // The credential as the Graph secrets document gives it: the PEM certificate.
+    let document = serde_json::json!({
+        "client_id": CLIENT_ID,
+        "certificate_private_key": read("jwt-test-key-2.pem"),
+        "certificate": read("graph-app-cert.pem"),
+    });
+    use risk_responder::secrets::SecretDocument;
+    let secrets = risk_responder::secrets::GraphSecrets::from_json(&document.to_string()).unwrap();
+    let credential = secrets.credential().unwrap();
     let graph = graph_client(&s, credential);
     let user = graph.user_facts(TENANT, ADELE).await.unwrap();
     assert_eq!(user.user_id, ADELE);
 
-    // A certificate the stand-in does not know is refused.
+    // A certificate the simulator does not know is refused.
     let other = ClientCredential::Certificate {
-        private_key_pem: SecretString::new(
-            std::fs::read_to_string(format!("{dir}/tests/fixtures/jwt-test-key-1.pem")).unwrap(),
-        ),
-        thumbprint_sha1_hex: thumbprint.trim().to_owned(),
+        private_key_pem: SecretString::new(read("jwt-test-key-1.pem")),
+        thumbprint_sha256: thumb.clone(),
     };
     let err = graph_client(&s, other)
         .user_facts(TENANT, ADELE)
         .await
         .unwrap_err();
     assert!(matches!(err, GraphError::TokenRefused { .. }), "{err:?}");
+
+    // The assertion follows the current documentation: PS256, typ JWT, x5t#S256.
+    let assertion = risk_responder::graph::token::client_assertion(
+        "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+        CLIENT_ID,
+        &SecretString::new(read("jwt-test-key-2.pem")),
+        &thumb,
+    )
+    .unwrap();
+    let header = jsonwebtoken::decode_header(&assertion).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::PS256);
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    assert!(header.x5t.is_none());
+
+    // A private key without its certificate is refused when the secrets load.
+    let missing = serde_json::json!({ "client_id": CLIENT_ID, "certificate_private_key": read("jwt-test-key-2.pem") });
+    let err = risk_responder::secrets::GraphSecrets::from_json(&missing.to_string()).unwrap_err();
+    assert!(err.to_string().contains("x5t#S256"), "{err}");
 }
 
 #[tokio::test]

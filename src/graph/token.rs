@@ -23,10 +23,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 pub enum ClientCredential {
     /// A client secret.
     Secret(SecretString),
-    /// A certificate: PEM private key and the certificate's SHA-1 thumbprint (hex).
+    /// A certificate: PEM private key and the SHA-256 thumbprint of the certificate's DER.
     Certificate {
         private_key_pem: SecretString,
-        thumbprint_sha1_hex: String,
+        thumbprint_sha256: Vec<u8>,
     },
 }
 
@@ -163,10 +163,10 @@ impl TokenProvider {
             }
             ClientCredential::Certificate {
                 private_key_pem,
-                thumbprint_sha1_hex,
+                thumbprint_sha256,
             } => {
                 let assertion =
-                    client_assertion(&url, &self.client_id, private_key_pem, thumbprint_sha1_hex)?;
+                    client_assertion(&url, &self.client_id, private_key_pem, thumbprint_sha256)?;
                 form.push((
                     "client_assertion_type",
                     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
@@ -212,20 +212,25 @@ impl TokenProvider {
     }
 }
 
-/// A signed `client_assertion` (RFC 7523) for the certificate credential, as Microsoft
-/// identity platform expects: RS256, `x5t` = base64url SHA-1 thumbprint, aud = token URL.
+/// A signed `client_assertion` (RFC 7523) for the certificate credential, as the current
+/// Microsoft identity platform documentation specifies: `alg` PS256, `typ` JWT, `x5t#S256` =
+/// base64url SHA-256 thumbprint of the certificate's DER, `aud` = the token URL.
 pub fn client_assertion(
     token_url: &str,
     client_id: &str,
     private_key_pem: &SecretString,
-    thumbprint_sha1_hex: &str,
+    thumbprint_sha256: &[u8],
 ) -> Result<String, GraphError> {
-    let thumbprint = hex_decode(thumbprint_sha1_hex)
-        .ok_or_else(|| GraphError::Config("certificate thumbprint is not hex".into()))?;
+    if thumbprint_sha256.len() != 32 {
+        return Err(GraphError::Config(
+            "certificate SHA-256 thumbprint is not 32 bytes".into(),
+        ));
+    }
     let key = EncodingKey::from_rsa_pem(private_key_pem.expose().as_bytes())
         .map_err(|_| GraphError::Config("certificate private key is not an RSA PEM key".into()))?;
-    let mut header = Header::new(Algorithm::RS256);
-    header.x5t = Some(URL_SAFE_NO_PAD.encode(thumbprint));
+    let mut header = Header::new(Algorithm::PS256);
+    header.typ = Some("JWT".into());
+    header.x5t_s256 = Some(URL_SAFE_NO_PAD.encode(thumbprint_sha256));
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = serde_json::json!({
         "aud": token_url,
@@ -238,15 +243,4 @@ pub fn client_assertion(
     });
     jsonwebtoken::encode(&header, &claims, &key)
         .map_err(|e| GraphError::Config(format!("cannot sign client assertion: {e}")))
-}
-
-fn hex_decode(hex: &str) -> Option<Vec<u8>> {
-    let hex = hex.trim();
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }

@@ -51,7 +51,8 @@ pub struct Faults {
 /// A certificate credential the token endpoint accepts.
 pub struct CertificateCredential {
     pub public_key_pem: Vec<u8>,
-    pub thumbprint_b64url: String,
+    /// Base64url SHA-256 thumbprint of the certificate's DER (`x5t#S256`).
+    pub thumbprint_sha256_b64url: String,
 }
 
 #[derive(Default)]
@@ -254,13 +255,18 @@ async fn token(
         let Ok(header) = jsonwebtoken::decode_header(assertion) else {
             return invalid_client("AADSTS50027: Invalid JWT token.");
         };
-        if header.x5t.as_deref() != Some(cert.thumbprint_b64url.as_str()) {
+        if header.alg != jsonwebtoken::Algorithm::PS256 {
+            return invalid_client(
+                "AADSTS5002738: the client assertion must be signed with PS256.",
+            );
+        }
+        if header.x5t_s256.as_deref() != Some(cert.thumbprint_sha256_b64url.as_str()) {
             return invalid_client("AADSTS700027: unknown certificate thumbprint.");
         }
         let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(&cert.public_key_pem) else {
             return invalid_client("AADSTS700027: certificate not usable.");
         };
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
         validation.set_audience(&[format!("{}/{tenant}/oauth2/v2.0/token", s.base)]);
         validation.set_issuer(&[CLIENT_ID]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
