@@ -172,6 +172,25 @@ pub fn graph_client(
     )))
 }
 
+/// As [`graph_client`], with the scarce budgets (Identity Protection, reports) shared through
+/// `ledger` with every other process of this deployment.
+pub fn shared_graph_client(
+    config: &Config,
+    secrets: &GraphSecrets,
+    store: Arc<dyn SecretStore<GraphSecrets>>,
+    http: reqwest::Client,
+    ledger: &Ledger,
+) -> Result<Arc<GraphClient>, StartError> {
+    let client = graph_client(config, secrets, store, http)?;
+    let client = Arc::try_unwrap(client).map_err(|_| "Graph client is shared already")?;
+    let limits = crate::graph::limiter::Limits::published(config.identity_protection_share);
+    let limiter = Arc::new(crate::graph::limiter::SharedLimiter::new(
+        ledger.clone(),
+        limits,
+    ));
+    Ok(Arc::new(client.with_limiter(limiter)))
+}
+
 /// The worker over `ledger` with the configured policy (its mode replaced by `mode` if given).
 pub async fn worker(
     config: &Config,
@@ -185,14 +204,17 @@ pub async fn worker(
         policy.mode = mode;
     }
     let vault = password_vault(&policy).await;
-    Ok(Worker::new(
+    let mut worker = Worker::new(
         ledger,
         graph,
         Arc::new(policy),
         vault,
         subscriptions,
         config.allowed_tenants.clone(),
-    ))
+    );
+    worker.view_max_age = time::Duration::try_from(config.view_max_age)
+        .unwrap_or(crate::respond::worker::VIEW_MAX_AGE);
+    Ok(worker)
 }
 
 /// The subscription manager, when `RR_NOTIFICATION_URL` is set; new subscriptions carry the
@@ -208,10 +230,7 @@ pub fn subscriptions(
         .unwrap_or(&notification_url)
         .to_owned();
     let client_state = secrets.client_states.first()?.clone();
-    let mut resources = vec![ResourceSpec::users()];
-    if config.subscribe_ipc_alerts {
-        resources.push(ResourceSpec::ipc_alerts());
-    }
+    let resources = vec![ResourceSpec::users()];
     Some(Arc::new(SubscriptionManager {
         graph,
         notification_url,

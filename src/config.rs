@@ -92,10 +92,13 @@ pub struct Config {
     pub ledger_path: PathBuf,
     /// Public URL of `/graph/notifications` (subscriptions); unset: subscriptions are not managed.
     pub notification_url: Option<String>,
-    /// Also subscribe to legacy IPC security alerts (retired by Microsoft on 2026-10-15).
-    pub subscribe_ipc_alerts: bool,
     /// Whether this process runs inside AWS Lambda.
     pub in_lambda: bool,
+    /// Fraction of the tenant's Identity Protection budget (1 request/s for all apps) this
+    /// product may use; the rest is left to other apps.
+    pub identity_protection_share: f64,
+    /// How old a view of Identity Protection a `users` notification accepts.
+    pub view_max_age: Duration,
 }
 
 impl Default for Config {
@@ -121,8 +124,9 @@ impl Default for Config {
             ledger_table: None,
             ledger_path: PathBuf::from("risk-responder.sqlite"),
             notification_url: None,
-            subscribe_ipc_alerts: false,
             in_lambda: false,
+            identity_protection_share: 0.5,
+            view_max_age: Duration::from_secs(600),
         }
     }
 }
@@ -193,8 +197,27 @@ impl Config {
             config.ledger_path = PathBuf::from(path);
         }
         config.notification_url = get("RR_NOTIFICATION_URL").filter(|v| !v.is_empty());
-        config.subscribe_ipc_alerts = get("RR_SUBSCRIBE_IPC_ALERTS").is_some_and(|v| v == "true");
         config.in_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        if let Some(share) = get("RR_IDENTITY_PROTECTION_SHARE") {
+            let share: f64 = share.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_IDENTITY_PROTECTION_SHARE",
+                reason: format!("{e}"),
+            })?;
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(ConfigError::Invalid {
+                    name: "RR_IDENTITY_PROTECTION_SHARE",
+                    reason: "must be more than 0 and at most 1".into(),
+                });
+            }
+            config.identity_protection_share = share;
+        }
+        if let Some(secs) = get("RR_VIEW_MAX_AGE_SECONDS") {
+            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_VIEW_MAX_AGE_SECONDS",
+                reason: format!("{e}"),
+            })?;
+            config.view_max_age = Duration::from_secs(secs);
+        }
         if get("RR_SECRET_ID").is_some() {
             return Err(ConfigError::SplitSecret);
         }

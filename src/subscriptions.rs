@@ -1,5 +1,6 @@
 //! Graph change-notification subscriptions: create, list, renew before they lapse, and
-//! reauthorize on `reauthorizationRequired`.
+//! reauthorize on `reauthorizationRequired`. Only `users` (risky users cannot be subscribed to;
+//! the legacy `security/alerts` API is retired and returns no data after 2026-08-31).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,6 @@ use crate::secrets::SecretString;
 
 /// Most minutes a `users` subscription may last.
 pub const USERS_MAX_MINUTES: u32 = 41_760;
-/// Most minutes a `security/alerts` subscription may last.
-pub const ALERTS_MAX_MINUTES: u32 = 43_200;
-/// Identity Protection alerts (legacy alerts API, retired by Microsoft on 2026-10-15).
-pub const IPC_ALERTS_RESOURCE: &str = "security/alerts?$filter=vendorInformation/provider eq 'IPC'";
 /// Expiry is set this far inside the maximum, for clock skew.
 const EXPIRY_SAFETY: Duration = Duration::from_secs(60 * 60);
 
@@ -37,15 +34,6 @@ impl ResourceSpec {
             resource: "users".into(),
             change_type: "updated".into(),
             max_minutes: USERS_MAX_MINUTES,
-        }
-    }
-
-    /// Legacy IPC security alerts, `created,updated`.
-    pub fn ipc_alerts() -> Self {
-        Self {
-            resource: IPC_ALERTS_RESOURCE.into(),
-            change_type: "created,updated".into(),
-            max_minutes: ALERTS_MAX_MINUTES,
         }
     }
 }

@@ -49,6 +49,20 @@ enum Command {
         #[arg(long)]
         ingress_only: bool,
     },
+    /// Sweep Identity Protection and the sign-ins that failed with 53011, as the scheduled
+    /// sweep does: every user found becomes a signal. Without RR_QUEUE_URL the signals are
+    /// worked here, at once.
+    Sweep {
+        /// Tenant (default: every allowed tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Look back to this time (RFC 3339) instead of the tenant's watermarks.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cases: one per user and risk episode, with their signals, plan, actions, and who acts next.
     Cases {
         #[command(subcommand)]
@@ -145,6 +159,11 @@ async fn main() -> ExitCode {
         } => replay(&files, json, enforce, ingress_only).await,
         Command::Audit { limit, json } => audit(limit, json).await,
         Command::Cases { action } => cases(action).await,
+        Command::Sweep {
+            tenant,
+            since,
+            json,
+        } => sweep(tenant, since, json).await,
         Command::Subscriptions { action, tenant } => subscriptions(action, tenant).await,
     };
     match result {
@@ -173,8 +192,9 @@ async fn replay(
     } else {
         let graph_store = app::graph_secret_store(&state.config).await?;
         let graph_secrets = graph_store.load().await?;
-        let graph = app::graph_client(&state.config, &graph_secrets, graph_store, http)?;
         let (ledger, _) = app::ledger(&state.config).await?;
+        let graph =
+            app::shared_graph_client(&state.config, &graph_secrets, graph_store, http, &ledger)?;
         let mode = (!enforce).then_some(Mode::ReportOnly);
         Some(app::worker(&state.config, graph, ledger, None, mode).await?)
     };
@@ -196,6 +216,112 @@ async fn replay(
     }
     if failed > 0 {
         return Err(format!("{failed} of {} files could not be replayed", files.len()).into());
+    }
+    Ok(())
+}
+
+async fn sweep(
+    tenant: Option<String>,
+    since: Option<String>,
+    json: bool,
+) -> Result<(), StartError> {
+    use risk_responder::respond::sweep::Sweeper;
+    let config = Config::from_env()?;
+    let since = match since {
+        Some(text) => Some(
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("--since {text:?} is not an RFC 3339 time: {e}"))?,
+        ),
+        None => None,
+    };
+    let tenants = tenant.map_or_else(
+        || config.allowed_tenants.clone(),
+        |t| vec![t.to_ascii_lowercase()],
+    );
+    if let Some(t) = tenants.iter().find(|t| !config.tenant_allowed(t)) {
+        return Err(format!("tenant {t} is not in RR_ALLOWED_TENANTS").into());
+    }
+    let store = app::graph_secret_store(&config).await?;
+    let secrets = store.load().await?;
+    let (intake, memory) = app::intake(&config).await?;
+    let graph = app::shared_graph_client(
+        &config,
+        &secrets,
+        store,
+        reqwest::Client::new(),
+        &intake.ledger,
+    )?;
+    let policy = app::load_policy(&config)?;
+    let sweeper = Sweeper {
+        graph: &graph,
+        ledger: &intake.ledger,
+        intake: &intake,
+        first_lookback: time::Duration::hours(i64::from(policy.lookback_hours)),
+    };
+    let mut failed = 0;
+    for tenant in &tenants {
+        match sweeper.run(tenant, since).await {
+            Ok(report) => {
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "{tenant}: {} Identity Protection record(s) changed since {} ({} at risk), {} sign-in(s) failed with 53011 since {} ({} user(s)): {} signal(s) kept",
+                        report.records_listed,
+                        report.risk_since,
+                        report.users_at_risk,
+                        report.blocked_sign_ins,
+                        report.sign_ins_since,
+                        report.users_blocked,
+                        report.signals.len()
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{tenant}: sweep failed: {e}");
+            }
+        }
+    }
+    if let Some(queue) = memory {
+        // No queue configured: work the signals here, as the local server would.
+        let items = queue.drain();
+        if !items.is_empty() {
+            let worker =
+                app::worker(&config, graph.clone(), intake.ledger.clone(), None, None).await?;
+            let dispositions = worker.handle_batch(&items).await;
+            let mut shown = Vec::new();
+            for (item, disposition) in items.iter().zip(dispositions) {
+                if let WorkItem::Risk(signal) = item
+                    && let Ok(Some(record)) = intake.ledger.signal(&signal.event_id).await
+                {
+                    if !json {
+                        println!(
+                            "  signal {} -> {} ({disposition:?})",
+                            signal.event_id,
+                            record.case_id.as_deref().unwrap_or("no case")
+                        );
+                    }
+                    if let Some(id) = record.case_id
+                        && !shown.contains(&id)
+                    {
+                        shown.push(id);
+                    }
+                }
+            }
+            for id in shown {
+                if let Some((case, _)) = intake.ledger.case(&id).await? {
+                    if json {
+                        println!("{}", serde_json::to_string(&case)?);
+                    } else {
+                        print!("{}", CaseReport(&case));
+                    }
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} tenant sweeps failed", tenants.len()).into());
     }
     Ok(())
 }
@@ -319,7 +445,13 @@ async fn cases(action: CasesAction) -> Result<(), StartError> {
             // Locally, carry it out now.
             let store = app::graph_secret_store(&config).await?;
             let secrets = store.load().await?;
-            let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
+            let graph = app::shared_graph_client(
+                &config,
+                &secrets,
+                store,
+                reqwest::Client::new(),
+                &ledger,
+            )?;
             let worker = app::worker(&config, graph, ledger.clone(), None, None).await?;
             let disposition = worker.handle(&item).await;
             println!("worked: {disposition:?}");
@@ -423,9 +555,15 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
     let graph_secrets = graph_store.load().await?;
     let http = reqwest::Client::new();
     let (intake, memory) = app::intake(&config).await?;
-    let graph = app::graph_client(&config, &graph_secrets, graph_store, http.clone())?;
     // The worker has its own ledger connection: it never slows intake.
     let (worker_ledger, _) = app::ledger(&config).await?;
+    let graph = app::shared_graph_client(
+        &config,
+        &graph_secrets,
+        graph_store,
+        http.clone(),
+        &worker_ledger,
+    )?;
     let subscriptions = app::subscriptions(&config, &ingress, graph.clone());
     let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
     let state = AppState::new(config, ingress_store, intake, http);

@@ -14,8 +14,9 @@ async fn main() -> Result<(), Error> {
     let secrets = store.load().await?;
     // The ingress part only for the clientState of subscriptions it recreates.
     let ingress = app::ingress_secret_store(&config).await?.load().await?;
-    let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
     let (ledger, _) = app::ledger(&config).await?;
+    let graph =
+        app::shared_graph_client(&config, &secrets, store, reqwest::Client::new(), &ledger)?;
     let subscriptions = app::subscriptions(&config, &ingress, graph.clone());
     let worker = app::worker(&config, graph, ledger, subscriptions, None).await?;
     let worker = &worker;

@@ -101,9 +101,10 @@ impl RiskyUser {
     }
 }
 
+/// `user` as Graph returns it with [`USER_SELECT`].
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GraphUser {
+pub struct GraphUserDoc {
     id: String,
     #[serde(default)]
     user_principal_name: Option<String>,
@@ -117,8 +118,8 @@ struct GraphUser {
     on_premises_sync_enabled: Option<bool>,
 }
 
-impl From<GraphUser> for UserFacts {
-    fn from(u: GraphUser) -> Self {
+impl From<GraphUserDoc> for UserFacts {
+    fn from(u: GraphUserDoc) -> Self {
         UserFacts {
             user_id: u.id.to_ascii_lowercase(),
             user_principal_name: u.user_principal_name,
@@ -187,10 +188,56 @@ impl GraphClient {
         }
     }
 
+    /// Identity Protection's records changed since `since` (all records when `None`), 500 a
+    /// page: one request per page on the tenant's Identity Protection budget.
+    pub async fn risky_users_since(
+        &self,
+        tenant: &str,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<RiskyUser>, GraphError> {
+        let mut path =
+            format!("/identityProtection/riskyUsers?$select={RISKY_USER_SELECT}&$top=500");
+        if let Some(since) = since {
+            path.push_str(&format!(
+                "&$filter={}",
+                filter(&format!(
+                    "riskLastUpdatedDateTime ge {}",
+                    odata_time(since)?
+                ))
+            ));
+        }
+        let mut out = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            out.push(decode::<RiskyUser>(item)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every sign-in of the tenant that failed with 53011 since `since`, handed to `visit`
+    /// page by page (1,000 a page, newest first).
+    pub async fn blocked_sign_ins_since(
+        &self,
+        tenant: &str,
+        since: OffsetDateTime,
+        visit: impl FnMut(Value) -> Result<(), GraphError>,
+    ) -> Result<(), GraphError> {
+        let expression = format!(
+            "status/errorCode eq {ERROR_BLOCKED_DUE_TO_RISK} and createdDateTime ge {}",
+            odata_time(since)?
+        );
+        let path = format!(
+            "/auditLogs/signIns?$filter={}&$top=1000",
+            filter(&expression)
+        );
+        self.for_each_item(tenant, &path, visit).await
+    }
+
     /// A user by object id or UPN.
     pub async fn user_facts(&self, tenant: &str, id_or_upn: &str) -> Result<UserFacts, GraphError> {
         let path = format!("/users/{}?$select={USER_SELECT}", segment(id_or_upn));
-        decode::<GraphUser>(self.send(tenant, Method::GET, &path, None).await?).map(Into::into)
+        decode::<GraphUserDoc>(self.send(tenant, Method::GET, &path, None).await?).map(Into::into)
     }
 
     /// The mail address of the user's manager, if the user has a manager with one.

@@ -2,6 +2,8 @@
 //! and 503), `@odata.nextLink` paging and timeouts, and the typed calls the worker makes.
 
 pub mod api;
+pub mod batch;
+pub mod limiter;
 pub mod token;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub enum GraphError {
     Decode(String),
     #[error("Graph client configuration: {0}")]
     Config(String),
+    #[error("rate limiter unavailable: {0}")]
+    RateLimiter(String),
 }
 
 impl GraphError {
@@ -62,6 +66,7 @@ impl GraphError {
         matches!(
             self,
             GraphError::TokenUnavailable(_)
+                | GraphError::RateLimiter(_)
                 | GraphError::Throttled { .. }
                 | GraphError::Transport(_)
                 | GraphError::Api {
@@ -71,6 +76,10 @@ impl GraphError {
         )
     }
 }
+
+/// The window of the strictest budget (Identity Protection: 1 request per second), waited
+/// out before retrying a 429 that carries no Retry-After.
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Retry settings.
 #[derive(Debug, Clone)]
@@ -119,6 +128,11 @@ pub struct GraphClient {
     base_url: String,
     tokens: Arc<TokenProvider>,
     retry: RetryPolicy,
+    limiter: Arc<dyn limiter::RateLimiter>,
+    /// HTTP requests sent (attempts included), for benchmarks and tests.
+    requests: std::sync::atomic::AtomicUsize,
+    /// Slots taken ahead with [`GraphClient::reserve`], per (tenant, budget).
+    credits: std::sync::Mutex<std::collections::HashMap<(String, limiter::Budget), usize>>,
 }
 
 impl GraphClient {
@@ -134,7 +148,52 @@ impl GraphClient {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             tokens,
             retry,
+            limiter: Arc::new(limiter::LocalLimiter::new(limiter::Limits::published(0.5))),
+            requests: std::sync::atomic::AtomicUsize::new(0),
+            credits: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Waits for one slot of `budget` in `tenant` and keeps it for the next request of that
+    /// budget. Lets a caller wait for its turn, then decide whether the request is still needed
+    /// (another worker may have done the work meanwhile); an unused slot serves a later request.
+    pub async fn reserve(&self, tenant: &str, budget: limiter::Budget) -> Result<(), GraphError> {
+        self.limiter.acquire(tenant, budget, "", 1).await?;
+        *self
+            .credits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((tenant.to_owned(), budget))
+            .or_default() += 1;
+        Ok(())
+    }
+
+    fn take_credit(&self, tenant: &str, budget: limiter::Budget) -> bool {
+        let mut credits = self.credits.lock().unwrap_or_else(|e| e.into_inner());
+        match credits.get_mut(&(tenant.to_owned(), budget)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Uses `limiter` for the per-tenant budgets (e.g. a [`limiter::SharedLimiter`] over the
+    /// ledger, so concurrent workers share one window).
+    pub fn with_limiter(mut self, limiter: Arc<dyn limiter::RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// HTTP requests sent so far (every attempt counts; a `$batch` counts once).
+    pub fn requests_sent(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The request's path relative to the base URL (`/users/...`).
+    fn relative<'a>(&self, url: &'a str) -> &'a str {
+        url.strip_prefix(&self.base_url).unwrap_or(url)
     }
 
     /// Sends one request (path relative to the base URL, or an absolute URL on the same
@@ -159,9 +218,26 @@ impl GraphClient {
         };
         let mut attempt = 0;
         let mut reauthenticated = false;
+        let relative = self.relative(&url).to_owned();
+        let budget = limiter::Budget::of(&method, &relative);
+        let mailbox = if budget == limiter::Budget::Mail {
+            relative
+                .split('/')
+                .nth(2)
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        } else {
+            String::new()
+        };
         loop {
             attempt += 1;
+            // A $batch acquires for its members before it is sent.
+            if relative != "/$batch" && !self.take_credit(tenant, budget) {
+                self.limiter.acquire(tenant, budget, &mailbox, 1).await?;
+            }
             let token = self.tokens.token(tenant).await?;
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -219,7 +295,15 @@ impl GraphClient {
                 | StatusCode::GATEWAY_TIMEOUT
                 | StatusCode::BAD_GATEWAY
                 | StatusCode::INTERNAL_SERVER_ERROR => {
-                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    // Identity Protection throttles without Retry-After: wait out its window.
+                    let wait = retry_after.unwrap_or_else(|| {
+                        let backoff = self.backoff(attempt);
+                        if status == StatusCode::TOO_MANY_REQUESTS {
+                            backoff.max(THROTTLE_WINDOW + backoff)
+                        } else {
+                            backoff
+                        }
+                    });
                     if attempt >= self.retry.max_attempts || wait > self.retry.max_delay {
                         tracing::warn!(
                             status = status.as_u16(),

@@ -19,6 +19,8 @@ use crate::secrets::aws_error;
 const TRANSACTION_ITEMS: usize = 100;
 /// Bytes in one transaction (DynamoDB's limit is 4 MB).
 const TRANSACTION_BYTES: usize = 3_500_000;
+/// Items in one BatchWriteItem call (DynamoDB's limit).
+const BATCH_WRITE_ITEMS: usize = 25;
 /// Keys in one BatchGetItem call (DynamoDB's limit).
 const BATCH_GET_KEYS: usize = 100;
 
@@ -279,6 +281,45 @@ impl Store for DynamoStore {
             }
         }
         Ok(created)
+    }
+
+    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&NewItem> = items.iter().rev().filter(|i| seen.insert(&i.key)).collect();
+        for chunk in unique.chunks(BATCH_WRITE_ITEMS) {
+            let mut writes = Vec::with_capacity(chunk.len());
+            for new in chunk {
+                let put = PutRequest::builder()
+                    .set_item(Some(item(&new.key, &new.doc, 1, new.expires_at)))
+                    .build()
+                    .map_err(|e| LedgerError(e.to_string()))?;
+                writes.push(WriteRequest::builder().put_request(put).build());
+            }
+            let mut pending = Some(writes);
+            let mut attempt = 0u32;
+            while let Some(writes) = pending.take() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, writes)
+                    .send()
+                    .await
+                    .map_err(|e| LedgerError(aws_error(&e)))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|w| !w.is_empty());
+                if pending.is_some() {
+                    attempt += 1;
+                    if attempt > 8 {
+                        return Err(LedgerError("BatchWriteItem left items unprocessed".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn put(

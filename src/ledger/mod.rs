@@ -65,6 +65,9 @@ pub trait Store: Send + Sync {
     /// DynamoDB). Returns how many were created. Either every new item is kept or an error is
     /// returned.
     async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError>;
+    /// Writes every item, replacing what is under its key (for documents that only this kind of
+    /// write touches, like the risk view), in as few writes as the store allows.
+    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError>;
     /// Writes `doc` under `key` if the stored version is `expected` (0: the key must not
     /// exist). Returns the new version, or `None` if another writer got there first.
     async fn put(
@@ -476,6 +479,23 @@ pub mod contract {
         assert!(!store.delete(&k("c"), 7).await.unwrap());
         assert!(store.delete(&k("c"), 1).await.unwrap());
         assert!(store.get(&k("c")).await.unwrap().is_none());
+
+        // put_all replaces, whatever was there.
+        let replaced: Vec<NewItem> = (0..60)
+            .map(|i| item(&k(&format!("view-{i}")), &format!("{{\"i\":{i}}}")))
+            .collect();
+        store.put_all(&replaced).await.unwrap();
+        store.put_all(&replaced[..30]).await.unwrap();
+        let again = store.get(&k("view-59")).await.unwrap().unwrap();
+        assert_eq!(again.doc, "{\"i\":59}");
+        assert_eq!(
+            store
+                .get_many(&(0..60).map(|i| k(&format!("view-{i}"))).collect::<Vec<_>>())
+                .await
+                .unwrap()
+                .len(),
+            60
+        );
 
         // A batch larger than one DynamoDB transaction (100) is kept whole.
         let big: Vec<NewItem> = (0..230)

@@ -177,6 +177,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let items = items.to_vec();
+        let now = now();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO items (key, doc, version, updated_at, expires_at)
+                     VALUES (?1, ?2, 1, ?3, ?4)
+                     ON CONFLICT(key) DO UPDATE SET doc = excluded.doc, version = version + 1,
+                         updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+                )?;
+                for item in &items {
+                    stmt.execute(params![item.key, item.doc, now, item.expires_at])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     async fn put(
         &self,
         key: &str,

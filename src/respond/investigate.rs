@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::cases::Policy;
-use crate::cases::findings::{Findings, RiskRecord, UserFacts};
+use crate::cases::findings::{Findings, RiskRecord, SignInSummary, UserFacts};
 use crate::event::Subject;
-use crate::graph::api::is_object_id;
+use crate::graph::api::{USER_SELECT, is_object_id, segment, sign_in_brief};
+use crate::graph::batch::BatchItem;
 use crate::graph::{GraphClient, GraphError};
 
 /// Who a signal is about.
@@ -67,7 +68,8 @@ pub struct RoleCache {
 const ROLE_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 impl RoleCache {
-    async fn role_id(
+    /// The tenant's role object id for `template` (cached for an hour).
+    pub async fn role_id(
         &self,
         graph: &GraphClient,
         tenant: &str,
@@ -150,4 +152,196 @@ pub async fn investigate(
         protected,
         investigated_at: now,
     })
+}
+
+/// Directory facts of many users: one `$batch` per 20.
+pub async fn user_facts_bulk(
+    graph: &GraphClient,
+    tenant: &str,
+    users: &[String],
+) -> HashMap<String, Result<UserFacts, GraphError>> {
+    let items: Vec<BatchItem> = users
+        .iter()
+        .map(|u| BatchItem::get(format!("/users/{}?$select={USER_SELECT}", segment(u))))
+        .collect();
+    let results = graph.batch(tenant, &items).await;
+    users
+        .iter()
+        .cloned()
+        .zip(results.into_iter().map(|r| {
+            r.and_then(|v| {
+                serde_json::from_value::<crate::graph::api::GraphUserDoc>(v)
+                    .map(Into::into)
+                    .map_err(|e| GraphError::Decode(e.to_string()))
+            })
+        }))
+        .collect()
+}
+
+/// 53011 sign-ins of `users` since `since`: one per-user query for a single user, else one
+/// tenant-wide query for all of them (summarised while paging).
+pub async fn sign_ins_bulk(
+    graph: &GraphClient,
+    tenant: &str,
+    users: &[String],
+    since: OffsetDateTime,
+) -> Result<HashMap<String, SignInSummary>, GraphError> {
+    let mut out: HashMap<String, SignInSummary> = users
+        .iter()
+        .map(|u| (u.clone(), SignInSummary::empty(since)))
+        .collect();
+    match users {
+        [] => {}
+        [one] => {
+            out.insert(
+                one.clone(),
+                graph.blocked_sign_ins(tenant, one, since).await?,
+            );
+        }
+        _ => {
+            graph
+                .blocked_sign_ins_since(tenant, since, |sign_in| {
+                    if let Some(summary) = sign_in["userId"]
+                        .as_str()
+                        .and_then(|u| out.get_mut(&u.to_ascii_lowercase()))
+                    {
+                        summary.add(sign_in_brief(&sign_in));
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+    }
+    Ok(out)
+}
+
+/// Why each of `users` is protected, if it is: listed ids, then one `$batch` of
+/// `transitiveMemberOf` per 20 users checked against protected groups and roles.
+pub async fn protection_bulk(
+    graph: &GraphClient,
+    roles: &RoleCache,
+    policy: &Policy,
+    tenant: &str,
+    users: &[String],
+) -> HashMap<String, Result<Option<String>, GraphError>> {
+    let safety = &policy.safety;
+    let mut out = HashMap::new();
+    let mut check = Vec::new();
+    for user in users {
+        if safety.protected_user_ids.iter().any(|id| id == user) {
+            out.insert(
+                user.clone(),
+                Ok(Some(
+                    "listed in protected_user_ids (break-glass)".to_owned(),
+                )),
+            );
+        } else if safety.protected_group_ids.is_empty()
+            && safety.protected_role_template_ids.is_empty()
+        {
+            out.insert(user.clone(), Ok(None));
+        } else {
+            check.push(user.clone());
+        }
+    }
+    if check.is_empty() {
+        return out;
+    }
+    let mut role_ids = Vec::new();
+    for template in &safety.protected_role_template_ids {
+        match roles.role_id(graph, tenant, template).await {
+            Ok(Some(id)) => role_ids.push((id, template.clone())),
+            Ok(None) => {}
+            Err(e) => {
+                for user in check {
+                    out.insert(user, Err(e.clone()));
+                }
+                return out;
+            }
+        }
+    }
+    let items: Vec<BatchItem> = check
+        .iter()
+        .map(|u| {
+            BatchItem::get(format!(
+                "/users/{}/transitiveMemberOf?$select=id&$top=999",
+                segment(u)
+            ))
+        })
+        .collect();
+    let results = graph.batch(tenant, &items).await;
+    for (user, result) in check.into_iter().zip(results) {
+        let verdict = async {
+            let page = result?;
+            let mut ids: Vec<String> = page["value"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|m| m["id"].as_str().map(str::to_ascii_lowercase))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if page.get("@odata.nextLink").is_some() {
+                // Members of very many groups: the whole list, page by page.
+                ids = graph.transitive_member_of(tenant, &user).await?;
+            }
+            if let Some(group) = safety.protected_group_ids.iter().find(|g| ids.contains(g)) {
+                return Ok(Some(format!("member of protected group {group}")));
+            }
+            if let Some((_, template)) = role_ids.iter().find(|(id, _)| ids.contains(id)) {
+                return Ok(Some(format!("holds protected directory role {template}")));
+            }
+            Ok(None)
+        }
+        .await;
+        out.insert(user, verdict);
+    }
+    out
+}
+
+/// Findings for many new cases of one tenant, in bulk: directory facts and protection by
+/// `$batch`, sign-ins by one query. A user the directory no longer has gets `NotFound`.
+pub async fn investigate_bulk(
+    graph: &GraphClient,
+    roles: &RoleCache,
+    policy: &Policy,
+    tenant: &str,
+    users: &[(String, Option<RiskRecord>)],
+) -> HashMap<String, Result<Findings, GraphError>> {
+    let now = OffsetDateTime::now_utc();
+    let since = now - time::Duration::hours(i64::from(policy.lookback_hours));
+    let ids: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
+    let mut facts = user_facts_bulk(graph, tenant, &ids).await;
+    let present: Vec<String> = ids
+        .iter()
+        .filter(|u| facts.get(*u).is_some_and(Result::is_ok))
+        .cloned()
+        .collect();
+    let sign_ins = sign_ins_bulk(graph, tenant, &present, since).await;
+    let mut protection = protection_bulk(graph, roles, policy, tenant, &present).await;
+    let mut out = HashMap::new();
+    for (user, risk) in users {
+        let result = (|| {
+            let user_facts = facts
+                .remove(user)
+                .unwrap_or_else(|| Err(GraphError::Decode("no directory answer".into())))?;
+            let blocked = match &sign_ins {
+                Ok(map) => map
+                    .get(user)
+                    .cloned()
+                    .unwrap_or_else(|| SignInSummary::empty(since)),
+                Err(e) => return Err(e.clone()),
+            };
+            let protected = protection.remove(user).unwrap_or(Ok(None))?;
+            Ok(Findings {
+                user: user_facts,
+                risk: risk.clone(),
+                blocked_sign_ins: blocked,
+                registration: None,
+                protected,
+                investigated_at: now,
+            })
+        })();
+        out.insert(user.clone(), result);
+    }
+    out
 }

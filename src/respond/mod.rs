@@ -4,7 +4,9 @@
 pub mod investigate;
 pub mod notify;
 pub mod remediate;
+pub mod sweep;
 pub mod vault;
+pub mod view;
 pub mod worker;
 
 pub use worker::{Disposition, Worker};

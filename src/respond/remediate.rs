@@ -11,9 +11,15 @@ use time::OffsetDateTime;
 
 use super::notify;
 use super::vault::PasswordVault;
-use crate::cases::case::{ActionState, Case};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::cases::Case;
+use crate::cases::case::ActionState;
 use crate::cases::findings::{RiskRecord, UserFacts};
 use crate::cases::policy::{Action, PasswordDelivery, Policy};
+use crate::graph::api::segment;
+use crate::graph::batch::{BatchItem, MAIL_BATCH_MAX};
 use crate::graph::{GraphClient, GraphError};
 use crate::ledger::Ledger;
 use crate::secrets::SecretString;
@@ -37,12 +43,14 @@ pub struct Job {
 }
 
 /// What one action did.
+#[derive(Clone)]
 enum Step {
     Done(Option<String>),
     Skipped(String),
 }
 
 /// Why one action failed.
+#[derive(Clone)]
 struct Failure {
     error: String,
     transient: bool,
@@ -176,18 +184,306 @@ impl Remediator<'_> {
         jobs: &mut [Job],
         items: &[(usize, usize)],
     ) -> Vec<Result<Step, Failure>> {
+        let picked: Vec<usize> = items.iter().map(|&(j, _)| j).collect();
         match action {
             Action::DismissRisk | Action::ConfirmCompromised => {
                 self.risk_action(tenant, action, jobs, items).await
             }
-            _ => {
-                let mut results = Vec::with_capacity(items.len());
-                for &(j, _) in items {
-                    results.push(self.one(tenant, action, &mut jobs[j]).await);
+            Action::RevokeSessions => {
+                self.per_user(tenant, jobs, &picked, |job| {
+                    Ok(BatchItem::new(
+                        Method::POST,
+                        format!("/users/{}/revokeSignInSessions", segment(&job.case.user_id)),
+                        None,
+                    ))
+                })
+                .await
+            }
+            Action::BlockSignIn | Action::UnblockSignIn => {
+                let enable = action == Action::UnblockSignIn;
+                let results = self
+                    .per_user(tenant, jobs, &picked, |job| {
+                        if job.facts.account_enabled == Some(enable) {
+                            return Err(if enable {
+                                "sign-in is already allowed"
+                            } else {
+                                "sign-in is already blocked"
+                            });
+                        }
+                        Ok(BatchItem::new(
+                            Method::PATCH,
+                            format!("/users/{}", segment(&job.case.user_id)),
+                            Some(json!({ "accountEnabled": enable })),
+                        ))
+                    })
+                    .await;
+                for (&j, result) in picked.iter().zip(&results) {
+                    if matches!(result, Ok(Step::Done(_))) {
+                        jobs[j].facts.account_enabled = Some(enable);
+                    }
                 }
                 results
             }
+            Action::ResetPassword => self.reset_passwords(tenant, jobs, &picked).await,
+            Action::Notify => self.notify(tenant, jobs, &picked).await,
         }
+    }
+
+    /// One request per user through `$batch`; `request` gives the request, or why the user's
+    /// state makes it pointless (recorded as skipped).
+    async fn per_user(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        picked: &[usize],
+        request: impl Fn(&Job) -> Result<BatchItem, &'static str>,
+    ) -> Vec<Result<Step, Failure>> {
+        let mut results: Vec<Option<Result<Step, Failure>>> = Vec::with_capacity(picked.len());
+        let mut batch = Vec::new();
+        let mut slots = Vec::new();
+        for (k, &j) in picked.iter().enumerate() {
+            match request(&jobs[j]) {
+                Ok(item) => {
+                    results.push(None);
+                    batch.push(item);
+                    slots.push(k);
+                }
+                Err(reason) => results.push(Some(Ok(Step::Skipped(reason.to_owned())))),
+            }
+        }
+        for (k, answer) in slots
+            .into_iter()
+            .zip(self.graph.batch(tenant, &batch).await)
+        {
+            results[k] = Some(answer.map(|_| Step::Done(None)).map_err(Failure::from));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+            .collect()
+    }
+
+    /// The SOC mail of each case, four to a `$batch` (Outlook's per-mailbox concurrency).
+    async fn notify(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        picked: &[usize],
+    ) -> Vec<Result<Step, Failure>> {
+        let Some(notify) = &self.policy.notify else {
+            return picked
+                .iter()
+                .map(|_| {
+                    Err(Failure {
+                        error: "[notify] is not configured".into(),
+                        transient: false,
+                        needs_operator: true,
+                    })
+                })
+                .collect();
+        };
+        let items: Vec<BatchItem> = picked
+            .iter()
+            .map(|&j| {
+                let (subject, text) = notify::soc_mail(&jobs[j].case);
+                mail_item(&notify.sender, &notify.to, &subject, &text)
+            })
+            .collect();
+        self.graph
+            .batch_sized(tenant, &items, MAIL_BATCH_MAX)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|_| Step::Done(Some(format!("mailed to {} recipient(s)", notify.to.len()))))
+                    .map_err(Failure::from)
+            })
+            .collect()
+    }
+
+    /// Resets passwords: the cooldown rail first, then each new password is delivered (mail,
+    /// four to a `$batch`, or the case's vault secret) and only then set (`$batch` of PATCH).
+    async fn reset_passwords(
+        &self,
+        tenant: &str,
+        jobs: &mut [Job],
+        picked: &[usize],
+    ) -> Vec<Result<Step, Failure>> {
+        let now = OffsetDateTime::now_utc();
+        let cooldown = time::Duration::hours(i64::from(self.policy.safety.reset_cooldown_hours));
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; picked.len()];
+        let mut todo: Vec<(usize, SecretString)> = Vec::new();
+        for (k, &j) in picked.iter().enumerate() {
+            let job = &mut jobs[j];
+            match self.ledger.user(tenant, &job.case.user_id).await {
+                Err(e) => {
+                    results[k] = Some(Err(Failure {
+                        error: e.to_string(),
+                        transient: true,
+                        needs_operator: false,
+                    }))
+                }
+                Ok((record, _)) => match record.last_reset_at.filter(|at| now - *at < cooldown) {
+                    Some(at) => {
+                        if !job
+                            .case
+                            .rails
+                            .iter()
+                            .any(|r| r.starts_with("reset cooldown"))
+                        {
+                            job.case
+                                .rails
+                                .push(format!("reset cooldown: last reset {at}"));
+                        }
+                        results[k] = Some(Ok(Step::Skipped(format!(
+                            "a password was reset automatically at {at} (cooldown {} h): not again so soon",
+                            self.policy.safety.reset_cooldown_hours
+                        ))));
+                    }
+                    None => todo.push((k, generate_temporary_password())),
+                },
+            }
+        }
+        // Deliver first.
+        let mut delivered: Vec<(usize, SecretString, String)> = Vec::new();
+        match &self.policy.password_delivery {
+            None => {
+                for (k, _) in todo {
+                    results[k] = Some(Err(operator("[password_delivery] is not configured")));
+                }
+            }
+            Some(PasswordDelivery::Mail {
+                sender,
+                to,
+                to_manager,
+            }) => {
+                let managers: Vec<Result<Option<String>, GraphError>> = if *to_manager {
+                    let items: Vec<BatchItem> = todo
+                        .iter()
+                        .map(|(k, _)| {
+                            BatchItem::get(format!(
+                                "/users/{}/manager?$select=id,mail,userPrincipalName",
+                                segment(&jobs[picked[*k]].case.user_id)
+                            ))
+                        })
+                        .collect();
+                    self.graph
+                        .batch(tenant, &items)
+                        .await
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(v) => Ok(v["mail"].as_str().map(str::to_owned)),
+                            Err(GraphError::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        })
+                        .collect()
+                } else {
+                    todo.iter().map(|_| Ok(None)).collect()
+                };
+                let mut mails = Vec::new();
+                let mut mailed = Vec::new();
+                for ((k, password), manager) in todo.into_iter().zip(managers) {
+                    let mut recipients = to.clone();
+                    match manager {
+                        Ok(Some(mail)) => recipients.push(mail),
+                        Ok(None) => {}
+                        Err(e) => {
+                            results[k] = Some(Err(Failure::from(e)));
+                            continue;
+                        }
+                    }
+                    if recipients.is_empty() {
+                        results[k] = Some(Err(operator(
+                            "password delivery has no recipient (no manager and no fixed address)",
+                        )));
+                        continue;
+                    }
+                    let (subject, text) = notify::password_mail(&jobs[picked[k]].case, &password);
+                    mails.push(mail_item(sender, &recipients, &subject, &text));
+                    mailed.push((k, password, recipients.len()));
+                }
+                let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+                for ((k, password, n), answer) in mailed.into_iter().zip(answers) {
+                    match answer {
+                        Ok(_) => delivered.push((
+                            k,
+                            password,
+                            format!("temporary password mailed to {n} recipient(s)"),
+                        )),
+                        Err(e) => results[k] = Some(Err(Failure::from(e))),
+                    }
+                }
+            }
+            Some(PasswordDelivery::SecretsManager {
+                name_prefix,
+                ttl_hours,
+            }) => {
+                for (k, password) in todo {
+                    let case = &jobs[picked[k]].case;
+                    let Some(vault) = self.vault else {
+                        results[k] = Some(Err(operator(
+                            "no Secrets Manager client for password delivery",
+                        )));
+                        continue;
+                    };
+                    let name = format!("{name_prefix}{tenant}/{}/{}", case.user_id, case.case_id);
+                    match vault.store(&name, &password, *ttl_hours).await {
+                        Ok(id) => delivered.push((
+                            k,
+                            password,
+                            format!("temporary password stored in Secrets Manager as {id}"),
+                        )),
+                        Err(error) => {
+                            results[k] = Some(Err(Failure {
+                                error: format!("password vault: {error}"),
+                                transient: true,
+                                needs_operator: false,
+                            }))
+                        }
+                    }
+                }
+            }
+        }
+        // Then set.
+        let patches: Vec<BatchItem> = delivered
+            .iter()
+            .map(|(k, password, _)| {
+                BatchItem::new(
+                    Method::PATCH,
+                    format!("/users/{}", segment(&jobs[picked[*k]].case.user_id)),
+                    Some(json!({
+                        "passwordProfile": {
+                            "forceChangePasswordNextSignIn": true,
+                            "password": password.expose(),
+                        }
+                    })),
+                )
+            })
+            .collect();
+        let answers = self.graph.batch(tenant, &patches).await;
+        drop(patches);
+        for ((k, _password, detail), answer) in delivered.into_iter().zip(answers) {
+            let job = &mut jobs[picked[k]];
+            results[k] = Some(match answer {
+                Ok(_) => {
+                    if let Err(e) = self
+                        .ledger
+                        .record_reset(tenant, &job.case.user_id, now)
+                        .await
+                    {
+                        tracing::error!(case_id = %job.case.case_id, error = %e, "password reset done but its time could not be recorded for the cooldown");
+                    }
+                    if let Some(risk) = job.risk.as_mut().filter(|r| r.at_risk()) {
+                        risk.risk_state = "remediated".into();
+                    }
+                    Ok(Step::Done(Some(detail)))
+                }
+                Err(e) => Err(Failure::from(e)),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+            .collect()
     }
 
     /// Dismiss or confirm: skips users whose state makes it pointless, then one request per
@@ -259,165 +555,34 @@ impl Remediator<'_> {
             .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
             .collect()
     }
+}
 
-    async fn one(&self, tenant: &str, action: Action, job: &mut Job) -> Result<Step, Failure> {
-        let user = job.case.user_id.clone();
-        match action {
-            Action::RevokeSessions => {
-                self.graph.revoke_sign_in_sessions(tenant, &user).await?;
-                Ok(Step::Done(None))
-            }
-            Action::BlockSignIn => {
-                if job.facts.account_enabled == Some(false) {
-                    return Ok(Step::Skipped("sign-in is already blocked".into()));
-                }
-                self.graph.set_account_enabled(tenant, &user, false).await?;
-                job.facts.account_enabled = Some(false);
-                Ok(Step::Done(None))
-            }
-            Action::UnblockSignIn => {
-                if job.facts.account_enabled == Some(true) {
-                    return Ok(Step::Skipped("sign-in is already allowed".into()));
-                }
-                self.graph.set_account_enabled(tenant, &user, true).await?;
-                job.facts.account_enabled = Some(true);
-                Ok(Step::Done(None))
-            }
-            Action::ResetPassword => self.reset_password(tenant, job).await,
-            Action::Notify => {
-                let Some(notify) = &self.policy.notify else {
-                    return Err(Failure {
-                        error: "[notify] is not configured".into(),
-                        transient: false,
-                        needs_operator: true,
-                    });
-                };
-                let (subject, text) = notify::soc_mail(&job.case);
-                self.graph
-                    .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
-                    .await?;
-                Ok(Step::Done(Some(format!(
-                    "mailed to {} recipient(s)",
-                    notify.to.len()
-                ))))
-            }
-            Action::DismissRisk | Action::ConfirmCompromised => {
-                unreachable!("risk actions run in bulk")
-            }
-        }
+fn operator(error: &str) -> Failure {
+    Failure {
+        error: error.to_owned(),
+        transient: false,
+        needs_operator: true,
     }
+}
 
-    async fn reset_password(&self, tenant: &str, job: &mut Job) -> Result<Step, Failure> {
-        let ledger_failure = |e: crate::ledger::LedgerError| Failure {
-            error: e.to_string(),
-            transient: true,
-            needs_operator: false,
-        };
-        let (record, _) = self
-            .ledger
-            .user(tenant, &job.case.user_id)
-            .await
-            .map_err(ledger_failure)?;
-        let cooldown = time::Duration::hours(i64::from(self.policy.safety.reset_cooldown_hours));
-        let now = OffsetDateTime::now_utc();
-        if let Some(at) = record.last_reset_at.filter(|at| now - *at < cooldown) {
-            let reason = format!(
-                "a password was reset automatically at {at} (cooldown {} h): not again so soon",
-                self.policy.safety.reset_cooldown_hours
-            );
-            if !job
-                .case
-                .rails
-                .iter()
-                .any(|r| r.starts_with("reset cooldown"))
-            {
-                job.case
-                    .rails
-                    .push(format!("reset cooldown: last reset {at}"));
-            }
-            return Ok(Step::Skipped(reason));
-        }
-        let password = generate_temporary_password();
-        let delivered = self.deliver(tenant, &job.case, &password).await?;
-        self.graph
-            .reset_password(tenant, &job.case.user_id, &password)
-            .await?;
-        if let Err(e) = self
-            .ledger
-            .record_reset(tenant, &job.case.user_id, now)
-            .await
-        {
-            tracing::error!(case_id = %job.case.case_id, error = %e, "password reset done but its time could not be recorded for the cooldown");
-        }
-        if let Some(risk) = job.risk.as_mut().filter(|r| r.risk_state == "atRisk") {
-            risk.risk_state = "remediated".into();
-        }
-        Ok(Step::Done(Some(delivered)))
-    }
-
-    /// Delivers the password through the configured channel; returns where it went (never the
-    /// password).
-    async fn deliver(
-        &self,
-        tenant: &str,
-        case: &Case,
-        password: &SecretString,
-    ) -> Result<String, Failure> {
-        let operator = |error: String| Failure {
-            error,
-            transient: false,
-            needs_operator: true,
-        };
-        match &self.policy.password_delivery {
-            None => Err(operator("[password_delivery] is not configured".into())),
-            Some(PasswordDelivery::Mail {
-                sender,
-                to,
-                to_manager,
-            }) => {
-                let mut recipients = to.clone();
-                if *to_manager
-                    && let Some(mail) = self.graph.manager_mail(tenant, &case.user_id).await?
-                {
-                    recipients.push(mail);
-                }
-                if recipients.is_empty() {
-                    return Err(operator(
-                        "password delivery has no recipient (no manager and no fixed address)"
-                            .into(),
-                    ));
-                }
-                let (subject, text) = notify::password_mail(case, password);
-                self.graph
-                    .send_mail(tenant, sender, &recipients, &subject, &text)
-                    .await?;
-                Ok(format!(
-                    "temporary password mailed to {} recipient(s)",
-                    recipients.len()
-                ))
-            }
-            Some(PasswordDelivery::SecretsManager {
-                name_prefix,
-                ttl_hours,
-            }) => {
-                let vault = self.vault.ok_or_else(|| {
-                    operator("no Secrets Manager client for password delivery".into())
-                })?;
-                let name = format!("{name_prefix}{tenant}/{}/{}", case.user_id, case.case_id);
-                let id = vault
-                    .store(&name, password, *ttl_hours)
-                    .await
-                    .map_err(|error| Failure {
-                        error: format!("password vault: {error}"),
-                        transient: true,
-                        needs_operator: false,
-                    })?;
-                Ok(format!(
-                    "temporary password stored in Secrets Manager as {id}"
-                ))
-            }
-        }
-    }
+/// A plain-text `sendMail` request, not saved to Sent Items.
+fn mail_item(sender: &str, to: &[String], subject: &str, text: &str) -> BatchItem {
+    let recipients: Vec<_> = to
+        .iter()
+        .map(|address| json!({ "emailAddress": { "address": address } }))
+        .collect();
+    BatchItem::new(
+        Method::POST,
+        format!("/users/{}/sendMail", segment(sender)),
+        Some(json!({
+            "message": {
+                "subject": subject,
+                "body": { "contentType": "Text", "content": text },
+                "toRecipients": recipients,
+            },
+            "saveToSentItems": false,
+        })),
+    )
 }
 
 #[cfg(test)]

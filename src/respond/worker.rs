@@ -15,6 +15,7 @@ use super::investigate::{self, Resolved, RoleCache};
 use super::notify;
 use super::remediate::{Job, Remediator};
 use super::vault::PasswordVault;
+use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
 use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
 use crate::cases::plan::{RAIL_BLAST_RADIUS, plan_case};
@@ -76,7 +77,12 @@ pub struct Worker {
     /// This worker's lease-holder id.
     pub holder: String,
     pub roles: RoleCache,
+    /// How old a view of Identity Protection a `users` notification accepts.
+    pub view_max_age: time::Duration,
 }
+
+/// Default for [`Worker::view_max_age`]: two sweep periods.
+pub const VIEW_MAX_AGE: time::Duration = time::Duration::minutes(10);
 
 fn ledger_retry(e: LedgerError) -> Disposition {
     Disposition::Retry(format!("ledger: {e}"))
@@ -139,6 +145,7 @@ impl Worker {
             allowed_tenants,
             holder: format!("worker-{}", uuid::Uuid::new_v4()),
             roles: RoleCache::default(),
+            view_max_age: VIEW_MAX_AGE,
         }
     }
 
@@ -235,22 +242,45 @@ impl Worker {
                 Err(e) => out.push((index, graph_failure(&e))),
             }
         }
-        // 2. What Identity Protection says about each user.
-        let mut risks: HashMap<String, Option<RiskRecord>> = HashMap::new();
-        let mut failed_users: HashMap<String, Disposition> = HashMap::new();
-        for (_, _, user, _) in &resolved {
-            if risks.contains_key(user) || failed_users.contains_key(user) {
-                continue;
-            }
-            match self.graph.risk_record(tenant, user).await {
-                Ok(risk) => {
-                    risks.insert(user.clone(), risk);
-                }
+        // 2. What Identity Protection says about each user, from the tenant's view: a `users`
+        //    notification accepts a view of up to `view_max_age`, anything that carries a
+        //    detection wants one listing at least as new as this batch.
+        let started = OffsetDateTime::now_utc();
+        let fresh_after = if resolved
+            .iter()
+            .all(|(_, signal, _, _)| signal.source == crate::event::EventSource::GraphUser)
+        {
+            started - self.view_max_age
+        } else {
+            started
+        };
+        let mut users: Vec<String> = resolved.iter().map(|(_, _, u, _)| u.clone()).collect();
+        users.sort();
+        users.dedup();
+        let view = RiskView {
+            graph: &self.graph,
+            ledger: &self.ledger,
+        };
+        let (risks, failed_users): (
+            HashMap<String, Option<RiskRecord>>,
+            HashMap<String, Disposition>,
+        ) = if users.is_empty() {
+            (HashMap::new(), HashMap::new())
+        } else {
+            match view.risks(tenant, &users, fresh_after).await {
+                Ok(risks) => (risks, HashMap::new()),
                 Err(e) => {
-                    failed_users.insert(user.clone(), graph_failure(&e));
+                    let failure = match &e {
+                        ViewError::Graph(g) => graph_failure(g),
+                        ViewError::Ledger(l) => ledger_retry(l.clone()),
+                    };
+                    (
+                        HashMap::new(),
+                        users.iter().map(|u| (u.clone(), failure.clone())).collect(),
+                    )
                 }
             }
-        }
+        };
         // 3. Each signal into its user's case.
         let mut case_of_signal: Vec<(usize, String)> = Vec::new();
         let mut work: Vec<String> = Vec::new();
@@ -516,10 +546,7 @@ impl Worker {
             }
         }
         let now = OffsetDateTime::now_utc();
-        for job in &mut jobs {
-            let span = tracing::info_span!("case", case_id = %job.case.case_id);
-            self.prepare(tenant, job, risks, now).instrument(span).await;
-        }
+        self.prepare_all(tenant, &mut jobs, risks, now).await;
         let remediator = Remediator {
             graph: &self.graph,
             policy: &self.policy,
@@ -548,84 +575,125 @@ impl Worker {
         again
     }
 
-    /// Investigates and plans a new case, or reads what a resumed case's actions check.
-    async fn prepare(
+    /// Investigates and plans the new cases (in bulk), and reads what the resumed cases'
+    /// actions check (directory facts, in bulk; risk from the view).
+    async fn prepare_all(
         &self,
         tenant: &str,
-        job: &mut Job,
+        jobs: &mut [Job],
         risks: &HashMap<String, Option<RiskRecord>>,
         now: OffsetDateTime,
     ) {
-        let user = job.case.user_id.clone();
-        let risk = match risks.get(&user) {
-            Some(risk) => Ok(risk.clone()),
-            None => self.graph.risk_record(tenant, &user).await,
-        };
-        let risk = match risk {
-            Ok(risk) => risk,
-            Err(e) => return self.stop(job, &e, now),
-        };
-        if job.case.findings.is_none() {
-            let findings = match investigate::investigate(
-                &self.graph,
-                &self.roles,
-                &self.policy,
-                tenant,
-                &user,
-                risk.clone(),
-            )
-            .await
-            {
-                Ok(findings) => findings,
-                Err(GraphError::NotFound { .. }) => {
-                    job.case.findings = Some(crate::cases::Findings {
-                        user: UserFacts {
-                            user_id: user.clone(),
-                            ..UserFacts::default()
-                        },
-                        risk,
-                        blocked_sign_ins: SignInSummary::empty(now),
-                        registration: None,
-                        protected: None,
-                        investigated_at: now,
-                    });
-                    job.case.set_plan(
-                        None,
-                        Some("the user no longer exists in the directory".into()),
-                        now,
-                    );
-                    return;
-                }
-                Err(e) => return self.stop(job, &e, now),
+        // Risk records the batch did not read (resumed cases): from the view.
+        let missing: Vec<String> = jobs
+            .iter()
+            .map(|j| j.case.user_id.clone())
+            .filter(|u| !risks.contains_key(u))
+            .collect();
+        let mut risks = risks.clone();
+        if !missing.is_empty() {
+            let view = RiskView {
+                graph: &self.graph,
+                ledger: &self.ledger,
             };
-            if job.case.user_principal_name.is_none() {
-                job.case.user_principal_name = findings.user.user_principal_name.clone();
+            match view.risks(tenant, &missing, now - self.view_max_age).await {
+                Ok(found) => risks.extend(found),
+                Err(ViewError::Graph(e)) => {
+                    for job in jobs
+                        .iter_mut()
+                        .filter(|j| missing.contains(&j.case.user_id))
+                    {
+                        self.stop(job, &e, now);
+                    }
+                }
+                Err(ViewError::Ledger(e)) => {
+                    let e = GraphError::RateLimiter(e.to_string());
+                    for job in jobs
+                        .iter_mut()
+                        .filter(|j| missing.contains(&j.case.user_id))
+                    {
+                        self.stop(job, &e, now);
+                    }
+                }
             }
-            plan_case(&mut job.case, &self.policy, &findings, now);
-            job.facts = findings.user.clone();
-            job.risk = findings.risk.clone();
-            self.blast_radius(tenant, job, now).await;
-        } else {
-            let has_work = job.case.actions.iter().any(|a| a.state.runnable());
-            if !has_work {
-                return;
-            }
-            match self.graph.user_facts(tenant, &user).await {
-                Ok(facts) => job.facts = facts,
-                Err(GraphError::NotFound { .. }) => {
-                    for action in &mut job.case.actions {
-                        if action.state.runnable() {
-                            action.state = ActionState::Skipped {
-                                at: now,
-                                reason: "the user no longer exists in the directory".into(),
-                            };
+        }
+        let new: Vec<(String, Option<RiskRecord>)> = jobs
+            .iter()
+            .filter(|j| !j.stopped && j.case.findings.is_none())
+            .map(|j| {
+                (
+                    j.case.user_id.clone(),
+                    risks.get(&j.case.user_id).cloned().flatten(),
+                )
+            })
+            .collect();
+        let mut findings =
+            investigate::investigate_bulk(&self.graph, &self.roles, &self.policy, tenant, &new)
+                .await;
+        let resumed: Vec<String> = jobs
+            .iter()
+            .filter(|j| {
+                !j.stopped
+                    && j.case.findings.is_some()
+                    && j.case.actions.iter().any(|a| a.state.runnable())
+            })
+            .map(|j| j.case.user_id.clone())
+            .collect();
+        let mut facts = investigate::user_facts_bulk(&self.graph, tenant, &resumed).await;
+        for job in jobs.iter_mut().filter(|j| !j.stopped) {
+            let user = job.case.user_id.clone();
+            let risk = risks.get(&user).cloned().flatten();
+            if job.case.findings.is_none() {
+                match findings.remove(&user) {
+                    Some(Ok(found)) => {
+                        if job.case.user_principal_name.is_none() {
+                            job.case.user_principal_name = found.user.user_principal_name.clone();
+                        }
+                        plan_case(&mut job.case, &self.policy, &found, now);
+                        job.facts = found.user.clone();
+                        job.risk = found.risk.clone();
+                        self.blast_radius(tenant, job, now).await;
+                    }
+                    Some(Err(GraphError::NotFound { .. })) => {
+                        job.case.findings = Some(crate::cases::Findings {
+                            user: UserFacts {
+                                user_id: user.clone(),
+                                ..UserFacts::default()
+                            },
+                            risk,
+                            blocked_sign_ins: SignInSummary::empty(now),
+                            registration: None,
+                            protected: None,
+                            investigated_at: now,
+                        });
+                        job.case.set_plan(
+                            None,
+                            Some("the user no longer exists in the directory".into()),
+                            now,
+                        );
+                    }
+                    Some(Err(e)) => self.stop(job, &e, now),
+                    None => {}
+                }
+            } else if let Some(result) = facts.remove(&user) {
+                match result {
+                    Ok(found) => {
+                        job.facts = found;
+                        job.risk = risk;
+                    }
+                    Err(GraphError::NotFound { .. }) => {
+                        for action in &mut job.case.actions {
+                            if action.state.runnable() {
+                                action.state = ActionState::Skipped {
+                                    at: now,
+                                    reason: "the user no longer exists in the directory".into(),
+                                };
+                            }
                         }
                     }
-                    return;
+                    Err(e) => self.stop(job, &e, now),
                 }
-                Err(e) => return self.stop(job, &e, now),
             }
-            job.risk = risk;
         }
     }
 

@@ -10,10 +10,10 @@
 //! The test suite runs against it, and `--demo` runs the product against it: nothing it
 //! serves can reach a real tenant.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -48,6 +48,95 @@ pub struct Faults {
     pub unavailable_mail_subjects: Vec<String>,
 }
 
+/// The published Microsoft Graph throttle limits the simulator enforces (on by default).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub enabled: bool,
+    /// Identity Protection and Conditional Access: per tenant for all apps (no Retry-After).
+    pub identity_protection: (usize, Duration),
+    /// Identity and access reports (sign-ins, registration details): per app per tenant.
+    pub reports: (usize, Duration),
+    /// Directory resource units per app and tenant (a small tenant: 3,500 per 10 s).
+    pub directory: (usize, Duration),
+    /// Directory writes per app and tenant (3,000 per 2 min 30 s).
+    pub directory_writes: (usize, Duration),
+    /// Outlook: requests per app per mailbox (10,000 per 10 min).
+    pub mail: (usize, Duration),
+    /// Outlook: concurrent requests per app per mailbox.
+    pub mail_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            identity_protection: (1, Duration::from_secs(1)),
+            reports: (5, Duration::from_secs(10)),
+            directory: (3500, Duration::from_secs(10)),
+            directory_writes: (3000, Duration::from_secs(150)),
+            mail: (10_000, Duration::from_secs(600)),
+            mail_concurrency: 4,
+        }
+    }
+}
+
+/// Which published limit a request counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Budget {
+    IdentityProtection,
+    Reports,
+    Directory,
+    Mail,
+}
+
+impl Budget {
+    /// The budget of `path` (under `/v1.0`) as Graph's throttling documentation groups it.
+    pub fn of(method: &Method, path: &str) -> Budget {
+        let lower = path.to_ascii_lowercase();
+        if lower.starts_with("/identityprotection/")
+            || lower.starts_with("/identity/conditionalaccess/")
+        {
+            Budget::IdentityProtection
+        } else if lower.starts_with("/auditlogs/") || lower.starts_with("/reports/") {
+            Budget::Reports
+        } else if *method == Method::POST
+            && lower.starts_with("/users/")
+            && lower.ends_with("/sendmail")
+        {
+            Budget::Mail
+        } else {
+            Budget::Directory
+        }
+    }
+}
+
+/// Requests admitted per (tenant, budget or mailbox), for the sliding windows.
+#[derive(Default)]
+pub struct Windows {
+    log: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Windows {
+    /// Admits a request under `key` if fewer than `limit` were admitted within `window`;
+    /// otherwise returns how long until one leaves the window.
+    fn admit(&mut self, key: String, (limit, window): (usize, Duration)) -> Result<(), Duration> {
+        let now = Instant::now();
+        let log = self.log.entry(key).or_default();
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            log.pop_front();
+        }
+        if log.len() >= limit {
+            let oldest = *log.front().unwrap_or(&now);
+            return Err(window.saturating_sub(now.duration_since(oldest)));
+        }
+        log.push_back(now);
+        Ok(())
+    }
+}
+
 /// A certificate credential the token endpoint accepts.
 pub struct CertificateCredential {
     pub public_key_pem: Vec<u8>,
@@ -71,12 +160,24 @@ pub struct Directory {
     pub token_requests: usize,
     /// Passwords set through `PATCH /users/{id}` (a `passwordProfile`).
     pub password_resets: usize,
-    pub issued: HashSet<String>,
+    /// Access tokens issued, and the tenant each is for.
+    pub issued: HashMap<String, String>,
     pub faults: Faults,
     pub certificate: Option<CertificateCredential>,
     pub page_size: usize,
     pub subscriptions: Vec<Value>,
     pub reauthorized: Vec<String>,
+    /// The throttle limits enforced.
+    pub limits: Limits,
+    pub windows: Windows,
+    /// Requests answered 429, per budget.
+    pub throttled: HashMap<Budget, usize>,
+    /// Requests admitted, per budget (members of a `$batch` count one each).
+    pub admitted: HashMap<Budget, usize>,
+    /// HTTP requests received on `/v1.0` (a `$batch` counts once).
+    pub http_requests: usize,
+    /// sendMail requests being served per mailbox (the concurrency limit).
+    pub mail_in_flight: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -100,11 +201,28 @@ impl GraphSimulator {
         f(&mut lock(&self.dir))
     }
 
-    /// A Graph client for this stand-in: `credential`, `max_attempts`, millisecond backoff.
+    /// A Graph client for this simulator: `credential`, `max_attempts`, millisecond backoff,
+    /// and an in-process limiter using the whole Identity Protection budget.
     pub fn client(
         &self,
         credential: crate::graph::ClientCredential,
         max_attempts: u32,
+    ) -> Arc<crate::graph::GraphClient> {
+        self.client_with(
+            credential,
+            max_attempts,
+            Arc::new(crate::graph::limiter::LocalLimiter::new(
+                crate::graph::limiter::Limits::published(1.0),
+            )),
+        )
+    }
+
+    /// As [`GraphSimulator::client`], with `limiter`.
+    pub fn client_with(
+        &self,
+        credential: crate::graph::ClientCredential,
+        max_attempts: u32,
+        limiter: Arc<dyn crate::graph::limiter::RateLimiter>,
     ) -> Arc<crate::graph::GraphClient> {
         use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
         let http = reqwest::Client::new();
@@ -122,7 +240,7 @@ impl GraphSimulator {
             request_timeout: std::time::Duration::from_secs(5),
             max_pages: 50,
         };
-        Arc::new(GraphClient::new(http, self.graph_url(), tokens, retry))
+        Arc::new(GraphClient::new(http, self.graph_url(), tokens, retry).with_limiter(limiter))
     }
 
     /// A client with the right client secret.
@@ -137,7 +255,7 @@ impl GraphSimulator {
             d.calls
                 .iter()
                 .map(|(c, _)| c.clone())
-                .filter(|c| !c.starts_with("GET "))
+                .filter(|c| !c.starts_with("GET ") && !c.starts_with("POST /v1.0/$batch"))
                 .collect()
         })
     }
@@ -282,7 +400,7 @@ async fn token(
         return invalid_client("AADSTS7000215: Invalid client secret provided.");
     }
     let access_token = format!("standin-token-{}-{}", tenant, uuid::Uuid::new_v4());
-    dir.issued.insert(access_token.clone());
+    dir.issued.insert(access_token.clone(), tenant.clone());
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": 3599,
@@ -296,6 +414,71 @@ fn query_params(uri: &Uri) -> HashMap<String, String> {
     form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
+}
+
+/// Applies the published throttle limits to one request (or one member of a `$batch`).
+fn throttle(dir: &mut Directory, tenant: &str, method: &Method, path: &str) -> Option<Response> {
+    let budget = Budget::of(method, path);
+    if !dir.limits.enabled {
+        *dir.admitted.entry(budget).or_default() += 1;
+        return None;
+    }
+    let limits = dir.limits.clone();
+    let verdict = match budget {
+        Budget::IdentityProtection => dir
+            .windows
+            .admit(format!("{tenant}|ip"), limits.identity_protection),
+        Budget::Reports => dir
+            .windows
+            .admit(format!("{tenant}|reports"), limits.reports),
+        Budget::Directory => {
+            let write = *method != Method::GET;
+            dir.windows
+                .admit(format!("{tenant}|directory"), limits.directory)
+                .and_then(|()| {
+                    if write {
+                        dir.windows.admit(
+                            format!("{tenant}|directory-writes"),
+                            limits.directory_writes,
+                        )
+                    } else {
+                        Ok(())
+                    }
+                })
+        }
+        Budget::Mail => {
+            let mailbox = path.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
+            let in_flight = dir.mail_in_flight.get(&mailbox).copied().unwrap_or(0);
+            if in_flight >= limits.mail_concurrency {
+                Err(Duration::from_secs(1))
+            } else {
+                dir.windows
+                    .admit(format!("{tenant}|mail|{mailbox}"), limits.mail)
+            }
+        }
+    };
+    match verdict {
+        Ok(()) => {
+            *dir.admitted.entry(budget).or_default() += 1;
+            None
+        }
+        Err(wait) => {
+            *dir.throttled.entry(budget).or_default() += 1;
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests are being sent. Please retry later.",
+            );
+            // Identity Protection and Conditional Access send no Retry-After.
+            if budget != Budget::IdentityProtection {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from(seconds.max(1)));
+            }
+            Some(response)
+        }
+    }
 }
 
 /// Records the call, checks the bearer token, and applies injected faults.
@@ -333,7 +516,7 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
                 "Access token is empty.",
             ));
         }
-        Some(token) if !dir.issued.contains(token) => {
+        Some(token) if !dir.issued.contains_key(token) => {
             return Some(error(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
@@ -341,6 +524,16 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
             ));
         }
         _ => {}
+    }
+    let tenant = bearer
+        .and_then(|t| dir.issued.get(t))
+        .cloned()
+        .unwrap_or_default();
+    let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
+    if path != "/$batch"
+        && let Some(response) = throttle(dir, &tenant, method, path)
+    {
+        return Some(response);
     }
     if dir.faults.throttle_next > 0 {
         dir.faults.throttle_next -= 1;
@@ -355,7 +548,6 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
         );
         return Some(response);
     }
-    let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
     let matches = |list: &[(Method, String)]| {
         list.iter()
             .any(|(m, prefix)| m == method && path.starts_with(prefix.as_str()))
@@ -394,8 +586,169 @@ async fn graph(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut dir = lock(&s.dir);
-    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
+    if uri.path() == "/v1.0/$batch" {
+        return batch(&s, &method, &uri, &headers, &body).await;
+    }
+    let mailbox = mail_mailbox(&method, &uri);
+    let response = {
+        let mut dir = lock(&s.dir);
+        dir.http_requests += 1;
+        let response = dispatch(&s, &mut dir, &method, &uri, &headers, &body);
+        if let Some(mailbox) = &mailbox
+            && response.status().is_success()
+        {
+            *dir.mail_in_flight.entry(mailbox.clone()).or_default() += 1;
+        }
+        response
+    };
+    if let Some(mailbox) = mailbox {
+        // Outlook takes a moment to accept a message: concurrency is observable.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if let Some(n) = lock(&s.dir).mail_in_flight.get_mut(&mailbox) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    response
+}
+
+fn mail_mailbox(method: &Method, uri: &Uri) -> Option<String> {
+    let path = uri.path().strip_prefix("/v1.0")?;
+    (Budget::of(method, path) == Budget::Mail)
+        .then(|| path.split('/').nth(2).unwrap_or("").to_ascii_lowercase())
+}
+
+/// Most requests in one `$batch` (Graph's limit).
+pub const BATCH_MAX: usize = 20;
+
+/// `POST /$batch`: JSON batching. Members run in order here; each counts against its own
+/// budget, and sendMail members to one mailbox beyond the concurrency limit are throttled as
+/// Outlook does when a batch runs them in parallel.
+async fn batch(
+    s: &GraphSimulator,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let requests = {
+        let mut dir = lock(&s.dir);
+        dir.http_requests += 1;
+        if let Some(response) = gate(&mut dir, method, uri, headers) {
+            return response;
+        }
+        let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Invalid batch payload format.",
+            );
+        };
+        let Some(requests) = parsed["requests"].as_array().cloned() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Invalid batch payload format.",
+            );
+        };
+        if requests.is_empty() || requests.len() > BATCH_MAX {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Invalid batch payload format: the number of requests must be between 1 and 20.",
+            );
+        }
+        requests
+    };
+    let authorization = headers.get("authorization").cloned();
+    let mut responses = Vec::with_capacity(requests.len());
+    let mut mail_in_batch: HashMap<String, usize> = HashMap::new();
+    for request in requests {
+        let id = request["id"].as_str().unwrap_or_default().to_owned();
+        let Some(method) = request["method"]
+            .as_str()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        else {
+            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid method."}}}));
+            continue;
+        };
+        let url = request["url"].as_str().unwrap_or_default();
+        let Ok(member_uri) = format!(
+            "/v1.0{}",
+            if url.starts_with('/') {
+                url.to_owned()
+            } else {
+                format!("/{url}")
+            }
+        )
+        .parse::<Uri>() else {
+            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid url."}}}));
+            continue;
+        };
+        let body = match request.get("body") {
+            Some(Value::Null) | None => Bytes::new(),
+            Some(b) => Bytes::from(b.to_string()),
+        };
+        let mut member_headers = HeaderMap::new();
+        if let Some(auth) = &authorization {
+            member_headers.insert("authorization", auth.clone());
+        }
+        // Inside a batch the body's length is known from the JSON.
+        member_headers.insert("content-length", axum::http::HeaderValue::from(body.len()));
+        let response = {
+            let mut dir = lock(&s.dir);
+            let limit = dir.limits.mail_concurrency;
+            match mail_mailbox(&method, &member_uri) {
+                Some(mailbox)
+                    if dir.limits.enabled && {
+                        let n = mail_in_batch.entry(mailbox.clone()).or_default();
+                        *n += 1;
+                        *n > limit
+                    } =>
+                {
+                    *dir.throttled.entry(Budget::Mail).or_default() += 1;
+                    let mut r = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "ApplicationThrottled",
+                        "Application is over its MailboxConcurrency limit.",
+                    );
+                    r.headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from(1u64));
+                    r
+                }
+                _ => dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body),
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let mut member = json!({"id": id, "status": parts.status.as_u16()});
+        let mut member_headers = serde_json::Map::new();
+        for (name, value) in &parts.headers {
+            if let Ok(v) = value.to_str() {
+                member_headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
+            }
+        }
+        member["headers"] = Value::Object(member_headers);
+        if !bytes.is_empty() {
+            member["body"] = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        responses.push(member);
+    }
+    axum::Json(json!({ "responses": responses })).into_response()
+}
+
+/// Serves one Graph request (or one `$batch` member) against the directory.
+fn dispatch(
+    s: &GraphSimulator,
+    dir: &mut Directory,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    if let Some(response) = gate(dir, method, uri, headers) {
         return response;
     }
     let Some(path) = uri.path().strip_prefix("/v1.0") else {
@@ -404,7 +757,7 @@ async fn graph(
     let body: Value = if body.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(_) => {
                 return error(
@@ -425,14 +778,15 @@ async fn graph(
         })
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let params = query_params(&uri);
+    let params = query_params(uri);
+
     match (method.clone(), segs.as_slice()) {
-        (Method::GET, ["users", id]) => match find_user(&dir, id) {
+        (Method::GET, ["users", id]) => match find_user(dir, id) {
             Some(user) => axum::Json(select(user, params.get("$select"))).into_response(),
             None => user_not_found(id),
         },
-        (Method::PATCH, ["users", id]) => patch_user(&mut dir, id, body),
-        (Method::POST, ["users", id, "revokeSignInSessions"]) => match find_user(&dir, id) {
+        (Method::PATCH, ["users", id]) => patch_user(dir, id, body),
+        (Method::POST, ["users", id, "revokeSignInSessions"]) => match find_user(dir, id) {
             Some(_) => axum::Json(json!({
                 "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
                 "value": true
@@ -441,11 +795,11 @@ async fn graph(
             None => user_not_found(id),
         },
         (Method::GET, ["users", id, "manager"]) => {
-            let Some(user) = find_user(&dir, id) else {
+            let Some(user) = find_user(dir, id) else {
                 return user_not_found(id);
             };
             let uid = user["id"].as_str().unwrap_or_default().to_owned();
-            match dir.managers.get(&uid).and_then(|m| find_user(&dir, m)) {
+            match dir.managers.get(&uid).and_then(|m| find_user(dir, m)) {
                 Some(manager) => axum::Json(select(manager, params.get("$select"))).into_response(),
                 None => error(
                     StatusCode::NOT_FOUND,
@@ -482,7 +836,7 @@ async fn graph(
             StatusCode::ACCEPTED.into_response()
         }
         (Method::GET, ["users", id, "transitiveMemberOf"]) => {
-            let Some(user) = find_user(&dir, id) else {
+            let Some(user) = find_user(dir, id) else {
                 return user_not_found(id);
             };
             let uid = user["id"].as_str().unwrap_or_default().to_owned();
@@ -522,6 +876,7 @@ async fn graph(
                 ),
             }
         }
+        (Method::GET, ["identityProtection", "riskyUsers"]) => risky_users(s, dir, &params),
         (Method::GET, ["identityProtection", "riskyUsers", id]) => match dir.risky_users.get(*id) {
             Some(r) => {
                 let mut r = select(r.clone(), params.get("$select"));
@@ -572,7 +927,7 @@ async fn graph(
             }
             StatusCode::NO_CONTENT.into_response()
         }
-        (Method::GET, ["auditLogs", "signIns"]) => sign_ins(&s, &dir, &params),
+        (Method::GET, ["auditLogs", "signIns"]) => sign_ins(s, dir, &params),
         _ => error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -668,6 +1023,101 @@ fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `GET /identityProtection/riskyUsers[?$filter=riskLastUpdatedDateTime ge|gt {iso}]`, with
+/// `$select` and `$top` (at most 500), paged with `@odata.nextLink`.
+fn risky_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
+    let since = match params.get("$filter") {
+        None => None,
+        Some(filter) => {
+            let parsed = filter
+                .strip_prefix("riskLastUpdatedDateTime ge ")
+                .map(|t| (t, true))
+                .or_else(|| {
+                    filter
+                        .strip_prefix("riskLastUpdatedDateTime gt ")
+                        .map(|t| (t, false))
+                })
+                .and_then(|(t, inclusive)| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                        .map(|t| (t, inclusive))
+                });
+            match parsed {
+                Some(p) => Some(p),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "Invalid filter clause: Syntax error.",
+                    );
+                }
+            }
+        }
+    };
+    let top: usize = params
+        .get("$top")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(20);
+    if top == 0 || top > 500 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The maximum page size with $top is 500.",
+        );
+    }
+    let skip: usize = params
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let parse = |v: &Value| {
+        v["riskLastUpdatedDateTime"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    let mut matching: Vec<&Value> = dir
+        .risky_users
+        .values()
+        .filter(|r| match (since, parse(r)) {
+            (None, _) => true,
+            (Some((t, true)), Some(at)) => at >= t,
+            (Some((t, false)), Some(at)) => at > t,
+            (Some(_), None) => false,
+        })
+        .collect();
+    matching.sort_by(|a, b| {
+        parse(a)
+            .cmp(&parse(b))
+            .then(a["id"].as_str().cmp(&b["id"].as_str()))
+    });
+    let page = top.min(dir.page_size.max(1));
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(skip)
+        .take(page)
+        .map(|v| select((*v).clone(), params.get("$select")))
+        .collect();
+    let mut out = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identityProtection/riskyUsers",
+        "value": items,
+    });
+    if skip + page < matching.len() {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params {
+            if k != "$skiptoken" {
+                query.append_pair(k, v);
+            }
+        }
+        query.append_pair("$skiptoken", &(skip + page).to_string());
+        out["@odata.nextLink"] = format!(
+            "{}/v1.0/identityProtection/riskyUsers?{}",
+            s.base,
+            query.finish()
+        )
+        .into();
+    }
+    axum::Json(out).into_response()
+}
+
 /// `$filter=userId eq '{guid}' and status/errorCode eq {n} and createdDateTime ge {iso}`,
 /// exactly; anything else is refused as Graph refuses unsupported queries.
 fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
@@ -685,16 +1135,27 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
             "This standin needs a $filter.",
         );
     };
+    // `[userId eq '{guid}' and ]status/errorCode eq {n} and createdDateTime ge {iso}`
     let parsed = (|| {
-        let rest = filter.strip_prefix("userId eq '")?;
-        let (user, rest) = rest.split_once("' and status/errorCode eq ")?;
+        let (user, rest) = match filter.strip_prefix("userId eq '") {
+            Some(rest) => {
+                let (user, rest) = rest.split_once("' and ")?;
+                let guid =
+                    user.len() == 36 && user.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+                if !guid {
+                    return None;
+                }
+                (Some(user.to_owned()), rest)
+            }
+            None => (None, filter.as_str()),
+        };
+        let rest = rest.strip_prefix("status/errorCode eq ")?;
         let (code, since) = rest.split_once(" and createdDateTime ge ")?;
         let code: i64 = code.parse().ok()?;
         let since =
             time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
                 .ok()?;
-        let guid = user.len() == 36 && user.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        guid.then_some((user.to_owned(), code, since))
+        Some((user, code, since))
     })();
     let Some((user, code, since)) = parsed else {
         return error(
@@ -707,6 +1168,13 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
         .get("$top")
         .and_then(|t| t.parse().ok())
         .unwrap_or(1000);
+    if top == 0 || top > 1000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Request_UnsupportedQuery",
+            "$top must be between 1 and 1000.",
+        );
+    }
     let page = top.min(dir.page_size);
     let skip: usize = params
         .get("$skiptoken")
@@ -716,7 +1184,8 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
         .sign_ins
         .iter()
         .filter(|si| {
-            si["userId"].as_str() == Some(user.as_str())
+            user.as_deref()
+                .is_none_or(|u| si["userId"].as_str() == Some(u))
                 && si["status"]["errorCode"].as_i64() == Some(code)
                 && si["createdDateTime"]
                     .as_str()
@@ -730,6 +1199,13 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
                     .is_some_and(|t| t >= since)
         })
         .collect();
+    let mut matching = matching;
+    // Newest first, as the API returns them.
+    matching.sort_by(|a, b| {
+        b["createdDateTime"]
+            .as_str()
+            .cmp(&a["createdDateTime"].as_str())
+    });
     let items: Vec<Value> = matching
         .iter()
         .skip(skip)
@@ -754,13 +1230,8 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
 // ---- subscriptions ----
 
 fn max_minutes(resource: &str) -> Option<i64> {
-    if resource == "users" {
-        Some(41_760)
-    } else if resource == "security/alerts?$filter=vendorInformation/provider eq 'IPC'" {
-        Some(43_200)
-    } else {
-        None
-    }
+    // The legacy security/alerts resource is retired: only users is subscribable here.
+    (resource == "users").then_some(41_760)
 }
 
 fn check_expiry(resource: &str, value: &Value) -> Result<(), Box<Response>> {

@@ -31,9 +31,21 @@ pub fn worker_with(
     policy: risk_responder::cases::Policy,
     max_attempts: u32,
 ) -> risk_responder::respond::Worker {
+    // Workers on one ledger share the scarce Graph budgets through it, as in Lambda.
+    let limiter = Arc::new(risk_responder::graph::limiter::SharedLimiter::new(
+        ledger.clone(),
+        risk_responder::graph::limiter::Limits::published(1.0),
+    ));
+    let graph = s.client_with(
+        risk_responder::graph::ClientCredential::Secret(
+            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+        ),
+        max_attempts,
+        limiter,
+    );
     risk_responder::respond::Worker::new(
         ledger,
-        s.secret_client(max_attempts),
+        graph,
         Arc::new(policy),
         None,
         None,

@@ -1,0 +1,221 @@
+//! JSON batching: up to 20 requests in one `POST /$batch`. Each member still counts against
+//! its own service limit (the limiter takes a slot per member), but a tenant's per-user reads
+//! and writes cost one HTTP round trip per twenty. Members answered 429 or 5xx are retried,
+//! honouring their own `Retry-After`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::limiter::Budget;
+use super::{GraphClient, GraphError};
+
+/// Most requests in one `$batch` (Graph's limit).
+pub const BATCH_MAX: usize = 20;
+/// Most `sendMail` requests to one mailbox in one batch (Outlook allows 4 concurrent requests
+/// per mailbox, and a batch runs its members in parallel).
+pub const MAIL_BATCH_MAX: usize = 4;
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub method: Method,
+    /// Relative to the version root, e.g. `/users/{id}/revokeSignInSessions`.
+    pub url: String,
+    pub body: Option<Value>,
+}
+
+impl BatchItem {
+    /// A GET.
+    pub fn get(url: impl Into<String>) -> Self {
+        Self {
+            method: Method::GET,
+            url: url.into(),
+            body: None,
+        }
+    }
+
+    /// A request with a JSON body (or none).
+    pub fn new(method: Method, url: impl Into<String>, body: Option<Value>) -> Self {
+        Self {
+            method,
+            url: url.into(),
+            body,
+        }
+    }
+}
+
+fn member_error(status: u16, body: &Value) -> GraphError {
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match status {
+        403 => GraphError::Forbidden { code, message },
+        404 => GraphError::NotFound { code, message },
+        _ => GraphError::Api {
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+impl GraphClient {
+    /// Sends `items` in batches of [`BATCH_MAX`] (callers keep mail to [`MAIL_BATCH_MAX`] per
+    /// mailbox); returns one result per item, in order.
+    pub async fn batch(&self, tenant: &str, items: &[BatchItem]) -> Vec<Result<Value, GraphError>> {
+        self.batch_sized(tenant, items, BATCH_MAX).await
+    }
+
+    /// As [`GraphClient::batch`], with at most `size` requests per `$batch` (e.g.
+    /// [`MAIL_BATCH_MAX`] for mail to one mailbox).
+    pub async fn batch_sized(
+        &self,
+        tenant: &str,
+        items: &[BatchItem],
+        size: usize,
+    ) -> Vec<Result<Value, GraphError>> {
+        let size = size.clamp(1, BATCH_MAX);
+        let mut results: Vec<Option<Result<Value, GraphError>>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            attempt += 1;
+            let mut again = Vec::new();
+            let mut wait = Duration::ZERO;
+            for chunk in pending.chunks(size) {
+                if let Err(e) = self.acquire_members(tenant, items, chunk).await {
+                    for &i in chunk {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+                let requests: Vec<Value> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let item = &items[i];
+                        let mut request = json!({
+                            "id": i.to_string(),
+                            "method": item.method.as_str(),
+                            "url": item.url,
+                        });
+                        if let Some(body) = &item.body {
+                            request["body"] = body.clone();
+                            request["headers"] = json!({ "Content-Type": "application/json" });
+                        }
+                        request
+                    })
+                    .collect();
+                let answer = self
+                    .send(
+                        tenant,
+                        Method::POST,
+                        "/$batch",
+                        Some(&json!({ "requests": requests })),
+                    )
+                    .await;
+                let responses = match answer {
+                    Ok(value) => value["responses"].as_array().cloned().unwrap_or_default(),
+                    Err(e) => {
+                        for &i in chunk {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                        continue;
+                    }
+                };
+                for response in responses {
+                    let Some(i) = response["id"]
+                        .as_str()
+                        .and_then(|id| id.parse::<usize>().ok())
+                        .filter(|i| chunk.contains(i))
+                    else {
+                        continue;
+                    };
+                    let status = response["status"].as_u64().unwrap_or(0) as u16;
+                    let body = response.get("body").cloned().unwrap_or(Value::Null);
+                    if (200..300).contains(&status) {
+                        results[i] = Some(Ok(body));
+                        continue;
+                    }
+                    let retryable = matches!(status, 429 | 500 | 502 | 503 | 504);
+                    if retryable && attempt < self.retry.max_attempts {
+                        let after = response["headers"]
+                            .as_object()
+                            .and_then(|h| {
+                                h.iter()
+                                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                                    .and_then(|(_, v)| v.as_str())
+                                    .and_then(|v| v.trim().parse::<u64>().ok())
+                            })
+                            .map(Duration::from_secs)
+                            .unwrap_or_else(|| self.backoff(attempt));
+                        wait = wait.max(after);
+                        again.push(i);
+                        continue;
+                    }
+                    results[i] = Some(Err(if status == 429 {
+                        GraphError::Throttled { attempts: attempt }
+                    } else {
+                        member_error(status, &body)
+                    }));
+                }
+                for &i in chunk {
+                    if results[i].is_none() && !again.contains(&i) {
+                        results[i] = Some(Err(GraphError::Decode(
+                            "the batch answered without this request".into(),
+                        )));
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            if wait > self.retry.max_delay {
+                for &i in &again {
+                    results[i] = Some(Err(GraphError::Throttled { attempts: attempt }));
+                }
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            pending = again;
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(GraphError::Decode("no answer".into()))))
+            .collect()
+    }
+
+    async fn acquire_members(
+        &self,
+        tenant: &str,
+        items: &[BatchItem],
+        chunk: &[usize],
+    ) -> Result<(), GraphError> {
+        let mut counts: BTreeMap<(Budget, String), usize> = BTreeMap::new();
+        for &i in chunk {
+            let item = &items[i];
+            let budget = Budget::of(&item.method, &item.url);
+            let mailbox = if budget == Budget::Mail {
+                item.url
+                    .split('/')
+                    .nth(2)
+                    .unwrap_or("")
+                    .to_ascii_lowercase()
+            } else {
+                String::new()
+            };
+            *counts.entry((budget, mailbox)).or_default() += 1;
+        }
+        for ((budget, key), count) in counts {
+            self.limiter.acquire(tenant, budget, &key, count).await?;
+        }
+        Ok(())
+    }
+}

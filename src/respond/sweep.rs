@@ -1,0 +1,250 @@
+//! The sweep: the administrator's own procedure, automated. On a schedule (and from the CLI),
+//! for each tenant: list the risky users whose risk changed since the tenant's watermark, and
+//! the sign-ins that failed with AADSTS53011 since then; every user found becomes a signal,
+//! kept through the same intake (ledger, then queue) as webhook signals, so the product works
+//! with no webhook at all and catches what a lost delivery missed. Watermarks move only after
+//! the signals are kept, and every listing reaches back [`OVERLAP`] so nothing falls between
+//! two runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::view::{OVERLAP, RiskView, ViewError};
+use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
+use crate::graph::{GraphClient, GraphError};
+use crate::http::Intake;
+use crate::ledger::{Ledger, LedgerError};
+use crate::queue::WorkItem;
+
+/// A tenant's sweep watermarks (`tenant#{tenant}#sweep`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SweepState {
+    /// Identity Protection records changed up to here were turned into signals.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub risk_watermark: Option<OffsetDateTime>,
+    /// 53011 sign-ins up to here were turned into signals.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub sign_in_watermark: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_run: Option<OffsetDateTime>,
+}
+
+/// What one tenant's sweep found.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub tenant_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub risk_since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sign_ins_since: OffsetDateTime,
+    /// Identity Protection records listed (any state).
+    pub records_listed: usize,
+    /// Users at risk among them.
+    pub users_at_risk: usize,
+    /// Sign-ins that failed with 53011.
+    pub blocked_sign_ins: usize,
+    /// Users those sign-ins belong to.
+    pub users_blocked: usize,
+    /// The signals kept (ledger and queue).
+    pub signals: Vec<RiskEvent>,
+}
+
+/// Why a sweep stopped; nothing was kept and the watermarks did not move.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("signals could not be kept: {0}")]
+    Intake(String),
+}
+
+impl From<ViewError> for SweepError {
+    fn from(e: ViewError) -> Self {
+        match e {
+            ViewError::Graph(g) => SweepError::Graph(g),
+            ViewError::Ledger(l) => SweepError::Ledger(l),
+        }
+    }
+}
+
+/// Runs sweeps.
+pub struct Sweeper<'a> {
+    pub graph: &'a GraphClient,
+    pub ledger: &'a Ledger,
+    pub intake: &'a Intake,
+    /// How far back the first sweep of a tenant looks (the policy's look-back).
+    pub first_lookback: time::Duration,
+}
+
+fn key(tenant: &str) -> String {
+    format!("tenant#{tenant}#sweep")
+}
+
+struct Blocked {
+    count: usize,
+    newest_id: String,
+    newest_at: String,
+    upn: Option<String>,
+}
+
+impl Sweeper<'_> {
+    /// The tenant's watermarks and their version.
+    pub async fn state(&self, tenant: &str) -> Result<(SweepState, u64), LedgerError> {
+        match self.ledger.store().get(&key(tenant)).await? {
+            Some(stored) => Ok((
+                serde_json::from_str(&stored.doc).unwrap_or_default(),
+                stored.version,
+            )),
+            None => Ok((SweepState::default(), 0)),
+        }
+    }
+
+    /// Sweeps `tenant` from its watermarks (or from `since`, when given).
+    pub async fn run(
+        &self,
+        tenant: &str,
+        since: Option<OffsetDateTime>,
+    ) -> Result<SweepReport, SweepError> {
+        let started = OffsetDateTime::now_utc();
+        let (state, _) = self.state(tenant).await?;
+        let first = started - self.first_lookback;
+        let risk_since = since
+            .or(state.risk_watermark.map(|w| w - OVERLAP))
+            .unwrap_or(first);
+        let sign_ins_since = since
+            .or(state.sign_in_watermark.map(|w| w - OVERLAP))
+            .unwrap_or(first);
+
+        // Identity Protection: the records changed since the watermark (they also refresh the
+        // tenant's view, so workers answer from it).
+        let view = RiskView {
+            graph: self.graph,
+            ledger: self.ledger,
+        };
+        let entries = view.absorb_listing(tenant, Some(risk_since)).await?;
+        // The sign-in log, filtered as an administrator filters it: error 53011, a date window.
+        let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
+        let mut blocked_sign_ins = 0;
+        self.graph
+            .blocked_sign_ins_since(tenant, sign_ins_since, |sign_in| {
+                let Some(user) = sign_in["userId"].as_str().map(str::to_ascii_lowercase) else {
+                    return Ok(());
+                };
+                blocked_sign_ins += 1;
+                let at = sign_in["createdDateTime"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let id = sign_in["id"].as_str().unwrap_or_default().to_owned();
+                let upn = sign_in["userPrincipalName"].as_str().map(str::to_owned);
+                let entry = blocked.entry(user).or_insert_with(|| Blocked {
+                    count: 0,
+                    newest_id: id.clone(),
+                    newest_at: at.clone(),
+                    upn: upn.clone(),
+                });
+                entry.count += 1;
+                if at > entry.newest_at {
+                    entry.newest_at = at;
+                    entry.newest_id = id;
+                }
+                Ok(())
+            })
+            .await?;
+
+        let mut signals = Vec::new();
+        let mut newest_risk = None;
+        for entry in &entries {
+            newest_risk = newest_risk.max(entry.record.last_updated);
+            if !entry.record.at_risk() {
+                continue;
+            }
+            let updated = entry.record.last_updated.unwrap_or(started);
+            let stamp = updated.unix_timestamp_nanos().to_string();
+            signals.push(RiskEvent {
+                event_id: derive_event_id(&["sweep", "risk", tenant, &entry.user_id, &stamp]),
+                tenant_id: tenant.to_owned(),
+                source: EventSource::Sweep,
+                subject: Subject::User {
+                    id: Some(entry.user_id.clone()),
+                    upn: entry.user_principal_name.clone(),
+                },
+                risk_level: entry.record.level(),
+                detected_at: updated,
+                source_id: format!("riskyUser {} {}", entry.record.risk_state, updated),
+                resource_data: None,
+            });
+        }
+        let users_at_risk = signals.len();
+        for (user, seen) in &blocked {
+            let detected = OffsetDateTime::parse(
+                &seen.newest_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap_or(started);
+            signals.push(RiskEvent {
+                event_id: derive_event_id(&["sweep", "signin", tenant, user, &seen.newest_id]),
+                tenant_id: tenant.to_owned(),
+                source: EventSource::Sweep,
+                subject: Subject::User {
+                    id: Some(user.clone()),
+                    upn: seen.upn.clone(),
+                },
+                risk_level: RiskLevel::Unknown,
+                detected_at: detected,
+                source_id: format!(
+                    "{} sign-in(s) failed with 53011, newest {}",
+                    seen.count, seen.newest_id
+                ),
+                resource_data: None,
+            });
+        }
+
+        // Keep the signals, then move the watermarks.
+        let items: Vec<WorkItem> = signals.iter().cloned().map(WorkItem::Risk).collect();
+        if !items.is_empty() {
+            self.intake.keep(&items).await.map_err(SweepError::Intake)?;
+        }
+        for _ in 0..16 {
+            let (mut current, version) = self.state(tenant).await?;
+            current.risk_watermark = current
+                .risk_watermark
+                .max(Some(newest_risk.unwrap_or(started).min(started)))
+                .max(Some(started - OVERLAP));
+            current.sign_in_watermark = current.sign_in_watermark.max(Some(started));
+            current.last_run = Some(started);
+            let doc = serde_json::to_string(&current).unwrap_or_default();
+            if self
+                .ledger
+                .store()
+                .put(&key(tenant), &doc, version, None)
+                .await?
+                .is_some()
+            {
+                break;
+            }
+        }
+        tracing::info!(
+            tenant_id = %tenant,
+            records = entries.len(),
+            users_at_risk,
+            blocked_sign_ins,
+            signals = signals.len(),
+            "sweep kept its signals"
+        );
+        Ok(SweepReport {
+            tenant_id: tenant.to_owned(),
+            risk_since,
+            sign_ins_since,
+            records_listed: entries.len(),
+            users_at_risk,
+            blocked_sign_ins,
+            users_blocked: blocked.len(),
+            signals,
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The tenant's view of Identity Protection: every user's latest risk record, kept in the
+//! ledger and brought up to date by listing the records that changed since the view's
+//! watermark (one request per 500 changed users). Workers answer their signals from it instead
+//! of reading each user's record: a `users` notification costs no Identity Protection request
+//! while the view is fresh, and a burst of signals shares one listing.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::cases::findings::RiskRecord;
+use crate::graph::{GraphClient, GraphError};
+use crate::ledger::{Ledger, LedgerError, NewItem};
+
+/// Listings reach this far behind the watermark, so a record updated while a listing ran is
+/// not missed (Identity Protection may set `riskLastUpdatedDateTime` slightly in the past).
+pub const OVERLAP: time::Duration = time::Duration::minutes(5);
+/// How long risk records are kept in the view (refreshed whenever they change).
+const ENTRY_RETENTION_SECONDS: i64 = 400 * 24 * 3600;
+
+/// The view's bookkeeping (`tenant#{tenant}#view`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ViewState {
+    /// The newest `riskLastUpdatedDateTime` listed so far.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub watermark: Option<OffsetDateTime>,
+    /// When the last listing started (our clock): the view is current as of then.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub refreshed_at: Option<OffsetDateTime>,
+    /// Whether a full listing seeded the view (before it, absence proves nothing).
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// One user's record in the view (`tenant#{tenant}#risk#{user}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewEntry {
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_principal_name: Option<String>,
+    pub record: RiskRecord,
+}
+
+/// Why the view could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// The view over a tenant, through Graph and the ledger.
+pub struct RiskView<'a> {
+    pub graph: &'a GraphClient,
+    pub ledger: &'a Ledger,
+}
+
+fn state_key(tenant: &str) -> String {
+    format!("tenant#{tenant}#view")
+}
+
+fn entry_key(tenant: &str, user: &str) -> String {
+    format!("tenant#{tenant}#risk#{user}")
+}
+
+impl RiskView<'_> {
+    /// The view's bookkeeping and its version.
+    pub async fn state(&self, tenant: &str) -> Result<(ViewState, u64), LedgerError> {
+        match self.ledger.store().get(&state_key(tenant)).await? {
+            Some(stored) => Ok((
+                serde_json::from_str(&stored.doc).unwrap_or_default(),
+                stored.version,
+            )),
+            None => Ok((ViewState::default(), 0)),
+        }
+    }
+
+    /// Lists what changed since `since` (everything when `None`, which also marks the view
+    /// complete) and writes it into the view; returns the listed entries.
+    pub async fn absorb_listing(
+        &self,
+        tenant: &str,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Vec<ViewEntry>, ViewError> {
+        let started = OffsetDateTime::now_utc();
+        let listed = self.graph.risky_users_since(tenant, since).await?;
+        let entries: Vec<ViewEntry> = listed
+            .iter()
+            .map(|r| ViewEntry {
+                user_id: r.id.to_ascii_lowercase(),
+                user_principal_name: r.user_principal_name.clone(),
+                record: r.record(),
+            })
+            .collect();
+        let expires = Some(started.unix_timestamp() + ENTRY_RETENTION_SECONDS);
+        let items: Vec<NewItem> = entries
+            .iter()
+            .map(|e| NewItem {
+                key: entry_key(tenant, &e.user_id),
+                doc: serde_json::to_string(e).unwrap_or_default(),
+                expires_at: expires,
+            })
+            .collect();
+        self.ledger.store().put_all(&items).await?;
+        let newest = entries.iter().filter_map(|e| e.record.last_updated).max();
+        for _ in 0..16 {
+            let (mut state, version) = self.state(tenant).await?;
+            state.watermark = state.watermark.max(newest);
+            state.refreshed_at = state.refreshed_at.max(Some(started));
+            state.complete |= since.is_none();
+            let doc = serde_json::to_string(&state).unwrap_or_default();
+            if self
+                .ledger
+                .store()
+                .put(&state_key(tenant), &doc, version, None)
+                .await?
+                .is_some()
+            {
+                break;
+            }
+        }
+        tracing::info!(tenant_id = %tenant, listed = entries.len(), full = since.is_none(), "risk view refreshed");
+        Ok(entries)
+    }
+
+    /// Brings the view up to date: the records changed since its watermark (all of them the
+    /// first time).
+    pub async fn refresh(&self, tenant: &str) -> Result<Vec<ViewEntry>, ViewError> {
+        let (state, _) = self.state(tenant).await?;
+        let since = if state.complete {
+            state.watermark.or(state.refreshed_at).map(|w| w - OVERLAP)
+        } else {
+            None
+        };
+        self.absorb_listing(tenant, since).await
+    }
+
+    /// Each user's record, from a view current as of `fresh_after` at least (refreshing it once
+    /// if it is older). `None` for a user Identity Protection has no record of.
+    pub async fn risks(
+        &self,
+        tenant: &str,
+        users: &[String],
+        fresh_after: OffsetDateTime,
+    ) -> Result<HashMap<String, Option<RiskRecord>>, ViewError> {
+        let current = |state: &ViewState| {
+            state.complete && state.refreshed_at.is_some_and(|t| t >= fresh_after)
+        };
+        if !current(&self.state(tenant).await?.0) {
+            // Wait for our turn on the tenant's Identity Protection budget, then look again:
+            // another worker may have listed meanwhile (the slot then serves a later request).
+            self.graph
+                .reserve(tenant, crate::graph::limiter::Budget::IdentityProtection)
+                .await?;
+            if !current(&self.state(tenant).await?.0) {
+                self.refresh(tenant).await?;
+            }
+        }
+        let keys: Vec<String> = users.iter().map(|u| entry_key(tenant, u)).collect();
+        let found = self.ledger.store().get_many(&keys).await?;
+        let mut out: HashMap<String, Option<RiskRecord>> =
+            users.iter().map(|u| (u.clone(), None)).collect();
+        for stored in found {
+            if let Ok(entry) = serde_json::from_str::<ViewEntry>(&stored.doc) {
+                out.insert(entry.user_id.clone(), Some(entry.record));
+            }
+        }
+        Ok(out)
+    }
+}

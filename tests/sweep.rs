@@ -1,0 +1,494 @@
+//! Issue 10: the sweep, coalesced investigation from the tenant's risk view, bulk actions, and
+//! the rate limiter, against a Graph simulator that enforces the published throttle limits.
+
+mod common;
+mod graph_standin;
+
+use std::sync::Arc;
+
+use graph_standin::*;
+use reqwest::Method;
+use risk_responder::cases::CaseStatus;
+use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
+use risk_responder::http::Intake;
+use risk_responder::ledger::Ledger;
+use risk_responder::queue::{MemoryQueue, WorkItem};
+use risk_responder::respond::sweep::Sweeper;
+use serde_json::json;
+
+fn user_id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+/// `n` users; the first `at_risk` of them at risk (medium), each with one 53011 sign-in.
+fn population(s: &StandIn, n: usize, at_risk: usize) {
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    s.with(|d| {
+        d.page_size = 1000;
+        for i in 0..n {
+            let id = user_id(i);
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users.push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            if i < at_risk {
+                d.risky_users.insert(id.clone(), json!({"id": id, "userPrincipalName": upn,
+                    "riskLevel": "medium", "riskState": "atRisk", "riskDetail": "none",
+                    "riskLastUpdatedDateTime": iso(now - time::Duration::minutes(2))}));
+                d.sign_ins.push(json!({"id": format!("si-{i}"), "createdDateTime": iso(now - time::Duration::minutes(1)),
+                    "userId": id, "userPrincipalName": upn, "appDisplayName": "Office 365 Exchange Online",
+                    "ipAddress": "203.0.113.77", "clientAppUsed": "Browser",
+                    "status": {"errorCode": 53011, "failureReason": "User blocked due to risk on home tenant."}}));
+            }
+        }
+        // Dismissed long ago: listed by a full listing, never a signal.
+        d.risky_users.insert(user_id(n + 1), json!({"id": user_id(n + 1), "riskLevel": "none",
+            "riskState": "dismissed", "riskLastUpdatedDateTime": "2026-01-01T00:00:00Z"}));
+    });
+}
+
+fn alert(i: usize) -> WorkItem {
+    WorkItem::Risk(RiskEvent {
+        event_id: format!("alert-{i}"),
+        tenant_id: TENANT.into(),
+        source: EventSource::Sentinel,
+        subject: Subject::User {
+            id: Some(user_id(i)),
+            upn: None,
+        },
+        risk_level: RiskLevel::Medium,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: format!("alert-{i}"),
+        resource_data: None,
+    })
+}
+
+fn users_notification(i: usize, n: usize) -> WorkItem {
+    WorkItem::Risk(RiskEvent {
+        event_id: format!("notification-{i}-{n}"),
+        tenant_id: TENANT.into(),
+        source: EventSource::GraphUser,
+        subject: Subject::User {
+            id: Some(user_id(i)),
+            upn: None,
+        },
+        risk_level: RiskLevel::Unknown,
+        detected_at: time::OffsetDateTime::now_utc(),
+        source_id: "sub:Users".into(),
+        resource_data: None,
+    })
+}
+
+fn no_manager_policy() -> risk_responder::cases::Policy {
+    let mut policy = policy(risk_responder::cases::Mode::Enforce);
+    if let Some(risk_responder::cases::policy::PasswordDelivery::Mail { to_manager, .. }) =
+        policy.password_delivery.as_mut()
+    {
+        *to_manager = false;
+    }
+    policy.safety.max_enforced_cases_per_hour = 1000;
+    policy
+}
+
+fn ip_requests(s: &StandIn) -> usize {
+    s.with(|d| {
+        d.admitted
+            .get(&Budget::IdentityProtection)
+            .copied()
+            .unwrap_or(0)
+    })
+}
+
+fn throttled(s: &StandIn) -> usize {
+    s.with(|d| d.throttled.values().sum())
+}
+
+fn sweeper<'a>(graph: &'a risk_responder::graph::GraphClient, intake: &'a Intake) -> Sweeper<'a> {
+    Sweeper {
+        graph,
+        ledger: &intake.ledger,
+        intake,
+        first_lookback: time::Duration::hours(24),
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_turns_risky_users_and_53011_sign_ins_into_kept_signals() {
+    let s = start().await;
+    population(&s, 30, 12);
+    s.with(|d| d.page_size = 5); // pages, followed with @odata.nextLink
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    let graph = s.secret_client(3);
+    let report = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(report.records_listed, 12, "changed within the look-back");
+    assert_eq!(report.users_at_risk, 12);
+    assert_eq!(report.blocked_sign_ins, 12);
+    assert_eq!(
+        report.signals.len(),
+        24,
+        "a risk signal and a sign-in signal per user"
+    );
+    let queued = common::risk_events(&queue);
+    assert_eq!(queued.len(), 24);
+    assert!(queued.iter().all(|e| e.source == EventSource::Sweep));
+    assert_eq!(intake.ledger.signals(100).await.unwrap().len(), 24);
+    // The filters are the administrator's: error code 53011 and a date window; risk by date.
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    assert!(calls.iter().any(
+        |c| c.starts_with("GET /v1.0/identityProtection/riskyUsers?")
+            && c.contains("riskLastUpdatedDateTime%20ge%20")
+    ));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("GET /v1.0/auditLogs/signIns?")
+                && c.contains("status%2FerrorCode%20eq%2053011%20and%20createdDateTime%20ge%20"))
+    );
+    assert!(
+        calls.iter().filter(|c| c.contains("skiptoken")).count() >= 4,
+        "paged"
+    );
+
+    // The next run starts from the watermarks, reaching back 5 minutes: the same records are
+    // listed again, and the same signals are kept only once.
+    let again = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert!(again.risk_since > report.risk_since);
+    assert_eq!(again.signals.len(), 24, "overlap: listed again");
+    assert_eq!(
+        intake.ledger.signals(100).await.unwrap().len(),
+        24,
+        "kept once"
+    );
+    assert_eq!(
+        throttled(&s),
+        0,
+        "no 429: {:?}",
+        s.with(|d| d.throttled.clone())
+    );
+}
+
+#[tokio::test]
+async fn watermarks_move_only_after_the_signals_are_kept() {
+    let s = start().await;
+    population(&s, 5, 3);
+    let graph = s.secret_client(3);
+    let failing = Intake::in_process(Arc::new(common::FailingQueue)).unwrap();
+    let err = sweeper(&graph, &failing)
+        .run(TENANT, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("could not be kept"), "{err}");
+    let (state, _) = sweeper(&graph, &failing).state(TENANT).await.unwrap();
+    assert!(state.risk_watermark.is_none() && state.sign_in_watermark.is_none());
+}
+
+#[tokio::test]
+async fn with_no_webhook_at_all_the_sweep_gets_users_remediated() {
+    let s = start().await;
+    population(&s, 10, 3);
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    let worker = worker_with(&s, intake.ledger.clone(), no_manager_policy(), 3);
+    sweeper(&worker.graph, &intake)
+        .run(TENANT, None)
+        .await
+        .unwrap();
+    let items = queue.drain();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    let cases = intake.ledger.cases(100).await.unwrap();
+    assert_eq!(cases.len(), 3, "one case per user, both signals merged");
+    assert!(
+        cases
+            .iter()
+            .all(|c| c.status == CaseStatus::Completed && c.signals.count == 2)
+    );
+    assert_eq!(resets(&s), 3);
+    assert_eq!(throttled(&s), 0);
+}
+
+#[tokio::test]
+async fn a_burst_is_investigated_and_remediated_in_bulk() {
+    let s = start().await;
+    population(&s, 70, 70);
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), no_manager_policy(), 3);
+    let items: Vec<WorkItem> = (0..70).map(alert).collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    assert_eq!(resets(&s), 70);
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    let count = |prefix: &str| calls.iter().filter(|c| c.starts_with(prefix)).count();
+    // One listing of the tenant's risk, not 70 reads.
+    assert_eq!(
+        count("GET /v1.0/identityProtection/riskyUsers"),
+        1,
+        "{calls:#?}"
+    );
+    // One sign-in query for the group.
+    assert_eq!(count("GET /v1.0/auditLogs/signIns"), 1);
+    let http = s.with(|d| d.http_requests);
+    assert!(http <= 70 * 4 / 3, "{http} HTTP requests for 70 users");
+    assert!(count("POST /v1.0/$batch") >= 1);
+    assert_eq!(throttled(&s), 0, "{:?}", s.with(|d| d.throttled.clone()));
+}
+
+#[tokio::test]
+async fn risk_actions_take_many_users_per_request() {
+    let s = start().await;
+    population(&s, 70, 70);
+    let ledger = memory_ledger();
+    let policy = risk_responder::cases::Policy::from_toml(
+        r#"mode = "enforce"
+[[rules]]
+name = "confirm"
+min_risk_level = "low"
+actions = ["confirm_compromised"]
+[safety]
+max_enforced_cases_per_hour = 1000"#,
+    )
+    .unwrap();
+    let worker = worker_with(&s, ledger, policy, 3);
+    let items: Vec<WorkItem> = (0..70).map(alert).collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    let confirms = s.with(|d| {
+        d.calls
+            .iter()
+            .filter(|(c, _)| c.contains("riskyUsers/confirmCompromised"))
+            .count()
+    });
+    assert_eq!(confirms, 2, "70 users at up to 60 per request");
+    let confirmed = s.with(|d| {
+        d.risky_users
+            .values()
+            .filter(|r| r["riskState"] == "confirmedCompromised")
+            .count()
+    });
+    assert_eq!(confirmed, 70);
+}
+
+#[tokio::test]
+async fn users_notifications_are_answered_from_the_view() {
+    let s = start().await;
+    population(&s, 300, 2);
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    let worker = worker_with(&s, intake.ledger.clone(), no_manager_policy(), 3);
+    // A full listing seeds the view (as the first bulk read does).
+    risk_responder::respond::view::RiskView {
+        graph: &worker.graph,
+        ledger: &intake.ledger,
+    }
+    .refresh(TENANT)
+    .await
+    .unwrap();
+    let before = ip_requests(&s);
+    // An HR sync touches 300 users, twice.
+    let items: Vec<WorkItem> = (0..300)
+        .flat_map(|i| [users_notification(i, 0), users_notification(i, 1)])
+        .collect();
+    for chunk in items.chunks(100) {
+        let dispositions = worker.handle_batch(chunk).await;
+        assert!(dispositions.iter().all(|d| !d.is_retry()));
+    }
+    assert_eq!(
+        ip_requests(&s) - before,
+        0,
+        "600 notifications: no Identity Protection request"
+    );
+    let cases = intake.ledger.cases(10).await.unwrap();
+    assert_eq!(cases.len(), 2, "only the two users at risk have a case");
+}
+
+#[tokio::test]
+async fn concurrent_workers_share_the_identity_protection_budget() {
+    let s = start().await;
+    population(&s, 40, 40);
+    let path = std::env::temp_dir().join(format!("limits-{}.sqlite", uuid::Uuid::new_v4()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap();
+            worker_with(&s, Ledger::new(Arc::new(store)), no_manager_policy(), 3)
+        })
+        .collect();
+    let items: Vec<WorkItem> = (0..40).map(alert).collect();
+    let chunks: Vec<Vec<WorkItem>> = items.chunks(10).map(<[WorkItem]>::to_vec).collect();
+    let runs = chunks
+        .iter()
+        .zip(&workers)
+        .map(|(chunk, worker)| worker.handle_batch(chunk));
+    let results = futures_util::future::join_all(runs).await;
+    assert!(
+        results.iter().flatten().all(|d| !d.is_retry()),
+        "{results:?}"
+    );
+    assert_eq!(resets(&s), 40);
+    let ip_throttled = s.with(|d| {
+        d.throttled
+            .get(&Budget::IdentityProtection)
+            .copied()
+            .unwrap_or(0)
+    });
+    assert_eq!(ip_throttled, 0, "four workers, one tenant budget: no 429");
+    std::fs::remove_file(&path).ok();
+}
+
+#[tokio::test]
+async fn identity_protection_answers_429_without_retry_after_and_the_call_still_succeeds() {
+    let s = start().await;
+    population(&s, 3, 3);
+    // A client whose limiter allows more than the tenant's budget (as another app's load would
+    // make us see): Identity Protection throttles with no Retry-After; backoff gets through.
+    let unlimited = Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
+        risk_responder::graph::limiter::Limits {
+            identity_protection: (1000, std::time::Duration::from_secs(1)),
+            ..risk_responder::graph::limiter::Limits::published(1.0)
+        },
+    ));
+    let graph = s.client_with(
+        risk_responder::graph::ClientCredential::Secret(
+            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+        ),
+        8,
+        unlimited,
+    );
+    let (u0, u1, u2) = (user_id(0), user_id(1), user_id(2));
+    let (a, b, c) = tokio::join!(
+        graph.risk_record(TENANT, &u0),
+        graph.risk_record(TENANT, &u1),
+        graph.risk_record(TENANT, &u2),
+    );
+    for r in [a, b, c] {
+        assert!(r.unwrap().is_some());
+    }
+    assert!(
+        s.with(|d| d
+            .throttled
+            .get(&Budget::IdentityProtection)
+            .copied()
+            .unwrap_or(0))
+            >= 2
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_enforces_the_published_limits() {
+    let s = start().await;
+    population(&s, 1, 1);
+    let graph = s.secret_client(1);
+    graph.user_facts(TENANT, &user_id(0)).await.unwrap();
+    let token = s.with(|d| d.issued.keys().next().unwrap().clone());
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}/v1.0{path}", s.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    // Identity Protection: 1 per second per tenant, 429 without Retry-After.
+    assert_eq!(
+        get("/identityProtection/riskyUsers?$top=5")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let second = get("/identityProtection/riskyUsers?$top=5").await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().get("retry-after").is_none());
+    // Reports: 5 per 10 seconds, 429 with Retry-After.
+    let since = "status/errorCode eq 53011 and createdDateTime ge 2026-01-01T00:00:00Z";
+    let path = format!("/auditLogs/signIns?$filter={}", urlencode(since));
+    for _ in 0..5 {
+        assert_eq!(get(&path).await.unwrap().status(), 200);
+    }
+    let sixth = get(&path).await.unwrap();
+    assert_eq!(sixth.status(), 429);
+    assert!(sixth.headers().get("retry-after").is_some());
+    // A batch of more than 20 is refused; 5 mails to one mailbox in one batch: one throttled.
+    let requests: Vec<_> = (0..21).map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{}", user_id(0))})).collect();
+    let refused = http
+        .post(format!("{}/v1.0/$batch", s.base))
+        .bearer_auth(&token)
+        .json(&json!({ "requests": requests }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let mails: Vec<_> = (0..5).map(|i| json!({"id": i.to_string(), "method": "POST", "url": "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
+        "headers": {"Content-Type": "application/json"},
+        "body": {"message": {"subject": "s", "body": {"contentType": "Text", "content": "x"}, "toRecipients": [{"emailAddress": {"address": "a@b.c"}}]}}})).collect();
+    let answer: serde_json::Value = http
+        .post(format!("{}/v1.0/$batch", s.base))
+        .bearer_auth(&token)
+        .json(&json!({ "requests": mails }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = answer["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 4);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
+    let _ = Method::GET;
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn the_sweep_command_works_the_signals_locally() {
+    let s = start().await;
+    population(&s, 4, 2);
+    let path = std::env::temp_dir().join(format!("sweep-{}.sqlite", uuid::Uuid::new_v4()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .args(["sweep", "--tenant", TENANT])
+        .env("RR_LEDGER_PATH", &path)
+        .env("RR_GRAPH_BASE_URL", s.graph_url())
+        .env("RR_LOGIN_AUTHORITY", s.authority())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("2 at risk"), "{out}");
+    assert!(out.contains("4 signal(s) kept"), "{out}");
+    assert!(
+        out.contains("ReportOnly"),
+        "embedded policy: report-only: {out}"
+    );
+    assert_eq!(out.matches("  case c-").count(), 2, "{out}");
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .args(["sweep", "--since", "yesterday"])
+        .env("RR_LEDGER_PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an RFC 3339 time"));
+    std::fs::remove_file(&path).ok();
+}
