@@ -157,8 +157,9 @@ pub struct IngressSecrets {
     /// Accepted `clientState` values (several during rotation); the first is used for new
     /// subscriptions.
     pub client_states: Vec<SecretString>,
-    /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint.
-    pub webhook_hmac_keys: Vec<SecretString>,
+    /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint, decoded when
+    /// the secrets load.
+    pub webhook_hmac_keys: Vec<crate::ingress::signature::WebhookKey>,
     decryption_keys: HashMap<String, Arc<OaepPrivateDecryptingKey>>,
 }
 
@@ -178,7 +179,19 @@ impl SecretDocument for IngressSecrets {
     fn from_json(json: &str) -> Result<Self, SecretsError> {
         let mut fields = own_fields(json, INGRESS_FIELDS, GRAPH_FIELDS)?;
         let client_states = take(&mut fields, "client_states", "a list of strings")?;
-        let webhook_hmac_keys = take(&mut fields, "webhook_hmac_keys", "a list of strings")?;
+        let hmac_keys: Vec<SecretString> =
+            take(&mut fields, "webhook_hmac_keys", "a list of strings")?.unwrap_or_default();
+        let webhook_hmac_keys = hmac_keys
+            .iter()
+            .enumerate()
+            .map(|(position, key)| {
+                crate::ingress::signature::WebhookKey::parse(key.expose()).ok_or_else(|| {
+                    SecretsError::Invalid(format!(
+                        "webhook_hmac_keys[{position}] is not a Standard Webhooks key (whsec_ followed by base64)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let pems: HashMap<String, SecretString> = take(
             &mut fields,
             "decryption_keys",
@@ -193,7 +206,7 @@ impl SecretDocument for IngressSecrets {
         }
         Ok(Self {
             client_states: client_states.unwrap_or_default(),
-            webhook_hmac_keys: webhook_hmac_keys.unwrap_or_default(),
+            webhook_hmac_keys,
             decryption_keys,
         })
     }
@@ -638,6 +651,25 @@ mod tests {
         let err = GraphSecrets::from_json(r#"{"client_secret":"hunter2""#).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn an_undecodable_hmac_key_is_named_by_position_not_value() {
+        let err = IngressSecrets::from_json(
+            r#"{"webhook_hmac_keys":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","whsec_hunter2!!"]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "secrets document is not valid: webhook_hmac_keys[1] is not a Standard Webhooks key (whsec_ followed by base64)"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        // Unpadded keys load.
+        let ok = IngressSecrets::from_json(
+            r#"{"webhook_hmac_keys":["whsec_c2lnbmluZy1rZXktb2YtMjAtYnk"]}"#,
+        );
+        assert_eq!(ok.unwrap().webhook_hmac_keys.len(), 1);
     }
 
     #[test]

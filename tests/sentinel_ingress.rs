@@ -209,10 +209,9 @@ async fn account_of_a_foreign_tenant_is_dropped() {
     assert!(queue.drain().is_empty());
 }
 
-#[tokio::test]
-async fn signatures_from_the_python_standardwebhooks_library_verify() {
+/// Headers signed by the PyPI `standardwebhooks` package with `key`.
+fn python_signed(key: &str, msg_id: &str, body: &str) -> Vec<(&'static str, String)> {
     let python = test_python();
-    let body = event_body("sentinel/incident-two-accounts.json");
     let script = r#"
 import sys, json, datetime
 from standardwebhooks import Webhook
@@ -222,7 +221,7 @@ print(json.dumps({"webhook-id": msg_id, "webhook-timestamp": str(int(now.timesta
                   "webhook-signature": Webhook(key).sign(msg_id, now, body)}))
 "#;
     let mut child = Command::new(&python)
-        .args(["-c", script, WEBHOOK_KEY, "msg_from_python"])
+        .args(["-c", script, key, msg_id])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -237,14 +236,33 @@ print(json.dumps({"webhook-id": msg_id, "webhook-timestamp": str(int(now.timesta
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "python signer failed");
     let signed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let headers: Vec<(&'static str, String)> =
-        ["webhook-id", "webhook-timestamp", "webhook-signature"]
-            .into_iter()
-            .map(|name| (name, signed[name].as_str().unwrap().to_owned()))
-            .collect();
+    ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .into_iter()
+        .map(|name| (name, signed[name].as_str().unwrap().to_owned()))
+        .collect()
+}
 
+#[tokio::test]
+async fn signatures_from_the_python_standardwebhooks_library_verify() {
+    let body = event_body("sentinel/incident-two-accounts.json");
+    let headers = python_signed(WEBHOOK_KEY, "msg_from_python", &body);
     let (state, queue) = app(JWKS).await;
     let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202, "{text}");
     assert_eq!(risk_events(&queue).len(), 2);
+}
+
+#[tokio::test]
+async fn an_unpadded_key_works_as_with_the_reference_library() {
+    // 20 random bytes: base64 with one "=" of padding, configured and used without it.
+    let key = "whsec_3q2+7wAAABEiM0RVZneImaq7zN0";
+    assert!(!key.ends_with('='));
+    let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
+    let secrets = serde_json::json!({ "webhook_hmac_keys": [key] }).to_string();
+    let state = app_with_secrets(Config::default(), &secrets, queue.clone());
+    let body = event_body("sentinel/alert-identity-protection.json");
+    let headers = python_signed(key, "msg_unpadded", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(risk_events(&queue).len(), 1);
 }

@@ -213,6 +213,19 @@ pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
     AppState::new(config, secrets, intake, reqwest::Client::new())
 }
 
+/// Application state over the given ingress secrets document and an in-memory queue.
+pub fn app_with_secrets(config: Config, secrets_json: &str, queue: Arc<dyn WorkQueue>) -> AppState {
+    use risk_responder::secrets::SecretDocument;
+    let secrets = IngressSecrets::from_json(secrets_json).unwrap();
+    let intake = risk_responder::http::Intake::in_process(queue).unwrap();
+    AppState::new(
+        config,
+        Arc::new(StaticSecretStore::new(secrets)),
+        intake,
+        reqwest::Client::new(),
+    )
+}
+
 pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {
     let queue = Arc::new(MemoryQueue::default());
     let config = Config {
