@@ -12,8 +12,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::ingress::entra::EntraVerifier;
 use crate::ingress::graph::{BatchError, GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
+use crate::ingress::sentinel_auth::{AuthError, SentinelAuth};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
 use crate::ledger::Ledger;
@@ -66,6 +68,9 @@ pub struct AppState {
     /// The ingress secrets: the webhook never reads the Graph credential.
     pub secrets: Arc<dyn SecretStore<IngressSecrets>>,
     pub tokens: Option<Arc<TokenVerifier>>,
+    /// Verifier of Entra ID tokens on `/sentinel/alerts`, when an audience is configured; it
+    /// shares the signing-key cache with `tokens`.
+    pub entra: Option<Arc<EntraVerifier>>,
     pub intake: Intake,
 }
 
@@ -79,14 +84,26 @@ impl AppState {
         intake: Intake,
         http: reqwest::Client,
     ) -> Self {
+        let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
         let tokens = config.validation_token_audience().map(|audience| {
-            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
-            Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
+            Arc::new(TokenVerifier::new(
+                jwks.clone(),
+                audience,
+                config.token_leeway,
+            ))
+        });
+        let entra = (!config.sentinel_audiences.is_empty()).then(|| {
+            Arc::new(EntraVerifier::new(
+                jwks,
+                config.sentinel_audiences.clone(),
+                config.token_leeway,
+            ))
         });
         Self {
             config: Arc::new(config),
             secrets,
             tokens,
+            entra,
             intake,
         }
     }
@@ -261,12 +278,14 @@ fn log_batch(outcome: &crate::ingress::graph::BatchOutcome, kept: bool) {
     }
 }
 
-/// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.
+/// `POST /sentinel/alerts`: a Sentinel alert or incident from a playbook (Entra ID token),
+/// a signing SOAR (Standard Webhooks) or an API key.
 pub async fn sentinel_alerts(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
     let body = match read_body(body, state.config.max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -277,19 +296,36 @@ pub async fn sentinel_alerts(
     };
     let tolerance = state.config.webhook_tolerance;
     let now = time::OffsetDateTime::now_utc();
-    let webhook =
-        match signature::verify(&headers, &body, &secrets.webhook_hmac_keys, now, tolerance) {
-            Ok(webhook) => webhook,
-            Err(e) => {
-                tracing::warn!(reason = %e, "sentinel delivery not authenticated");
-                return error(StatusCode::UNAUTHORIZED, e.to_string());
+    let auth = SentinelAuth {
+        config: &state.config,
+        secrets: &secrets,
+        entra: state.entra.as_deref(),
+    };
+    let webhook = match auth
+        .authenticate(&headers, &body, now, tolerance, deadline)
+        .await
+    {
+        Ok(authenticated) => authenticated,
+        Err(e @ AuthError::Unavailable(_)) => {
+            tracing::error!(reason = %e.message(), "sentinel delivery not checked: signing keys unavailable");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.message());
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e.message(), "sentinel delivery not authenticated");
+            let mut response = error(StatusCode::UNAUTHORIZED, e.message());
+            if state.entra.is_some() {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-        };
+            return response;
+        }
+    };
     let outcome = match sentinel::parse(&body, &state.config) {
         Ok(outcome) => outcome,
         Err(e @ SentinelError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => {
-            tracing::warn!(webhook_id = %webhook.id, reason = %e, "sentinel payload refused");
+            tracing::warn!(delivery = %webhook.delivery_id, reason = %e, "sentinel payload refused");
             return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
         }
     };
@@ -297,12 +333,12 @@ pub async fn sentinel_alerts(
     match state
         .intake
         .replay_guard
-        .first_seen(&webhook.id, tolerance * 2)
+        .first_seen(&webhook.delivery_id, tolerance * 2)
         .await
     {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(webhook_id = %webhook.id, "sentinel delivery replayed");
+            tracing::warn!(delivery = %webhook.delivery_id, "sentinel delivery replayed");
             return error(
                 StatusCode::CONFLICT,
                 signature::SignatureError::Replayed.to_string(),
@@ -317,12 +353,12 @@ pub async fn sentinel_alerts(
         }
     }
     for reason in &outcome.dropped {
-        tracing::warn!(webhook_id = %webhook.id, %reason, "sentinel account dropped");
+        tracing::warn!(delivery = %webhook.delivery_id, %reason, "sentinel account dropped");
     }
     let items: Vec<WorkItem> = outcome.events.iter().cloned().map(WorkItem::Risk).collect();
     if let Err(response) = enqueue(&state.intake, &items).await {
         // Not kept: let the sender's retry with the same webhook-id through.
-        state.intake.replay_guard.forget(&webhook.id).await;
+        state.intake.replay_guard.forget(&webhook.delivery_id).await;
         return response;
     }
     for event in &outcome.events {
