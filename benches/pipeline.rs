@@ -182,6 +182,9 @@ fn replay(c: &mut Criterion) {
     for dir in ["events/graph", "events/sentinel"] {
         for entry in std::fs::read_dir(format!("{ROOT}/{dir}")).unwrap() {
             let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
             files.push((
                 path.display().to_string(),
                 std::fs::read_to_string(&path).unwrap(),

@@ -266,3 +266,79 @@ async fn an_unpadded_key_works_as_with_the_reference_library() {
     assert_eq!(status, 202, "{text}");
     assert_eq!(risk_events(&queue).len(), 1);
 }
+
+// ---- entity shapes (Microsoft Sentinel entities reference) ----
+
+async fn signed_delivery(
+    file: &str,
+    id: &str,
+) -> (u16, String, Vec<risk_responder::event::RiskEvent>) {
+    let (state, queue) = app(JWKS).await;
+    let body = event_body(file);
+    let headers = signed_headers(WEBHOOK_KEY, id, &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    (status, text, risk_events(&queue))
+}
+
+#[tokio::test]
+async fn an_account_nested_in_a_process_and_referenced_by_ref_is_found_once() {
+    // Defender for Endpoint: the account sits inside the process entity (and its parent
+    // process refers to it); the top level holds only {"$ref": "6"}.
+    let (status, text, events) =
+        signed_delivery("sentinel/alert-mde-nested-account.json", "msg_mde_nested").await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].subject,
+        Subject::User {
+            id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+            upn: Some("adele.vance@contoso.onmicrosoft.com".into()),
+        }
+    );
+    assert_eq!(events[0].risk_level, RiskLevel::High);
+    assert_eq!(events[0].source_id, "1b7e3c0a-9f4d-4a2e-b6c8-5d3e2f1a0b9c");
+}
+
+#[tokio::test]
+async fn an_entra_cloud_sid_gives_the_object_id() {
+    // An Entra-joined device: the account is AzureAD\AdeleVance with only a cloud SID.
+    let (status, text, events) =
+        signed_delivery("sentinel/alert-entra-joined-sid.json", "msg_cloud_sid").await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].subject,
+        Subject::User {
+            id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+            upn: None,
+        }
+    );
+}
+
+#[tokio::test]
+async fn incident_accounts_given_as_name_and_upn_suffix_are_used() {
+    let (status, text, events) = signed_delivery(
+        "sentinel/incident-account-name-upnsuffix.json",
+        "msg_inc_upnsuffix",
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    // megan.bowen@contoso.onmicrosoft.com; domain\administrator names no Entra user.
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].subject,
+        Subject::User {
+            id: None,
+            upn: Some("megan.bowen@contoso.onmicrosoft.com".into()),
+        }
+    );
+    assert_eq!(events[0].risk_level, RiskLevel::Medium);
+    // The incident's ARM id travels with the signal, for the write-back.
+    let context = events[0].resource_data.as_ref().expect("incident context");
+    assert!(
+        context["incidentArmId"].as_str().unwrap().ends_with(
+            "/Microsoft.SecurityInsights/Incidents/9e4b2d6f-8a1c-4e3b-b5d7-2f4a6c8e0b1d"
+        )
+    );
+    assert_eq!(context["incidentNumber"], 4802);
+}
