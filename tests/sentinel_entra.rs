@@ -285,3 +285,18 @@ async fn any_configured_api_key_is_accepted_and_others_refused() {
     );
     assert!(!text.contains(&wrong), "{text}");
 }
+
+#[tokio::test]
+async fn a_logic_apps_retry_of_a_kept_delivery_is_a_2xx_duplicate() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let token = entra_token();
+    let (first, _) = post(&state, &token).await;
+    let (second, body) = post(&state, &token).await;
+    assert_eq!((first, second), (202, 200), "{body}");
+    assert!(body.contains(r#""status":"duplicate""#), "{body}");
+    assert_eq!(
+        risk_events(&queue).len(),
+        2,
+        "the incident's two accounts, once"
+    );
+}

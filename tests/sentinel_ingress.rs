@@ -16,10 +16,23 @@ async fn signed_alert_becomes_one_event_per_account() {
     let (state, queue) = app(JWKS).await;
     let body = event_body("sentinel/alert-identity-protection.json");
     let headers = signed_headers(WEBHOOK_KEY, "msg_alert_1", &body);
-    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    let (status, content_type, text) = call(state, post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202, "{text}");
+    assert_eq!(content_type, "application/json");
     let events = risk_events(&queue);
     assert_eq!(events.len(), 1);
+    // The answer lists, per account, the signal id that `risk-responder cases` resolves.
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "accepted");
+    assert_eq!(
+        answer["signals"][0]["signal_id"],
+        events[0].event_id.as_str()
+    );
+    assert_eq!(
+        answer["signals"][0]["aad_user_id"],
+        "6e7b768e-07e2-4810-8459-485f84f8f204"
+    );
+    assert_eq!(answer["signals"][0]["tenant_id"], TENANT);
     assert_eq!(events[0].source, EventSource::Sentinel);
     assert_eq!(events[0].tenant_id, TENANT);
     assert_eq!(events[0].risk_level, RiskLevel::Medium);
@@ -135,15 +148,25 @@ async fn stale_timestamp_is_401() {
 }
 
 #[tokio::test]
-async fn replayed_webhook_id_is_refused() {
+async fn a_replayed_delivery_is_a_success_that_says_duplicate() {
+    // Logic Apps marks a run failed on any 4xx: a delivery already kept gets a 2xx.
     let (state, queue) = app(JWKS).await;
     let body = event_body("sentinel/alert-identity-protection.json");
     let headers = signed_headers(WEBHOOK_KEY, "msg_once", &body);
-    let (first, _, _) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    let (first, _, first_text) = call(state.clone(), post_sentinel(&body, &headers)).await;
     let (second, _, text) = call(state, post_sentinel(&body, &headers)).await;
-    assert_eq!((first, second), (202, 409));
-    assert!(text.contains("already received"), "{text}");
-    assert_eq!(risk_events(&queue).len(), 1);
+    assert_eq!((first, second), (202, 200));
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "duplicate");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already received")
+    );
+    let first: serde_json::Value = serde_json::from_str(&first_text).unwrap();
+    assert_eq!(answer["signals"], first["signals"], "the same signal ids");
+    assert_eq!(risk_events(&queue).len(), 1, "kept once");
 }
 
 #[tokio::test]
@@ -179,13 +202,34 @@ async fn incident_without_entities_is_422_naming_the_field() {
 }
 
 #[tokio::test]
-async fn alert_without_accounts_is_422() {
-    let (state, _) = app(JWKS).await;
+async fn an_alert_without_accounts_is_a_success_that_says_so() {
+    let (state, queue) = app(JWKS).await;
     let body = event_body("sentinel/alert-without-accounts.json");
     let headers = signed_headers(WEBHOOK_KEY, "msg_noacct", &body);
     let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
-    assert_eq!(status, 422);
-    assert!(text.contains("no Account entity"), "{text}");
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "no_usable_account");
+    assert_eq!(answer["signals"], serde_json::json!([]));
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn accounts_that_name_no_entra_user_are_listed_as_dropped() {
+    let (state, _) = app(JWKS).await;
+    let body = event_body("sentinel/incident-account-name-upnsuffix.json");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_dropped_list", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["signals"].as_array().unwrap().len(), 1);
+    assert_eq!(answer["dropped"][0]["account"], "domain\\administrator");
+    assert!(
+        answer["dropped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names no Entra user")
+    );
 }
 
 #[tokio::test]
@@ -204,8 +248,13 @@ async fn account_of_a_foreign_tenant_is_dropped() {
         .replace(TENANT, "f00dfeed-0000-4000-8000-000000000bad");
     let headers = signed_headers(WEBHOOK_KEY, "msg_foreign", &body);
     let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
-    assert_eq!(status, 202);
-    assert!(text.contains("\"dropped\":1"), "{text}");
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "no_usable_account");
+    assert_eq!(
+        answer["dropped"][0]["reason"],
+        "tenant f00dfeed-0000-4000-8000-000000000bad is not allowed"
+    );
     assert!(queue.drain().is_empty());
 }
 
