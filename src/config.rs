@@ -63,6 +63,9 @@ pub struct Config {
     pub ingress_secrets: SecretsSource,
     /// Where the Graph credential comes from (worker, renewer, CLI commands that call Graph).
     pub graph_secrets: SecretsSource,
+    /// Audiences accepted in Entra ID tokens on `/sentinel/alerts` (application ID URI and/or
+    /// client id); empty turns Entra ID authentication off.
+    pub sentinel_audiences: Vec<String>,
     /// Graph application id: the audience of Graph validation tokens (not a secret). When
     /// unset, the `client_id` of a local secrets file (or the embedded development document).
     pub graph_client_id: Option<String>,
@@ -112,6 +115,7 @@ impl Default for Config {
             ingress_secrets: SecretsSource::EmbeddedDev,
             graph_secrets: SecretsSource::EmbeddedDev,
             graph_client_id: None,
+            sentinel_audiences: Vec::new(),
             token_leeway: Duration::from_secs(60),
             jwks: crate::ingress::jwks::JwksPolicy::default(),
             webhook_tolerance: Duration::from_secs(5 * 60),
@@ -235,6 +239,13 @@ impl Config {
         config.ingress_secrets = ingress.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_secrets = graph.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_client_id = nonempty("RR_GRAPH_CLIENT_ID").map(|v| v.trim().to_owned());
+        if let Some(audiences) = get("RR_SENTINEL_AUDIENCE") {
+            config.sentinel_audiences = audiences
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect();
+        }
         Ok(config)
     }
 
