@@ -214,6 +214,9 @@ pub async fn worker(
     );
     worker.view_max_age = time::Duration::try_from(config.view_max_age)
         .unwrap_or(crate::respond::worker::VIEW_MAX_AGE);
+    if let Some(dir) = &config.templates_dir {
+        worker.templates = crate::respond::templates::Templates::from_dir(dir)?;
+    }
     Ok(worker)
 }
 

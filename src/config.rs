@@ -102,6 +102,8 @@ pub struct Config {
     pub identity_protection_share: f64,
     /// How old a view of Identity Protection a `users` notification accepts.
     pub view_max_age: Duration,
+    /// Directory of the operator's user-mail templates (`RR_TEMPLATES_DIR`).
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -131,6 +133,7 @@ impl Default for Config {
             in_lambda: false,
             identity_protection_share: 0.5,
             view_max_age: Duration::from_secs(600),
+            templates_dir: None,
         }
     }
 }
@@ -215,6 +218,9 @@ impl Config {
             }
             config.identity_protection_share = share;
         }
+        config.templates_dir = get("RR_TEMPLATES_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         if let Some(secs) = get("RR_VIEW_MAX_AGE_SECONDS") {
             let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
                 name: "RR_VIEW_MAX_AGE_SECONDS",

@@ -16,6 +16,8 @@ use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, SqsQueue, WorkItem, WorkQueue};
 use risk_responder::replay::{ReplayContext, replay_file};
 use risk_responder::respond::Worker;
+use risk_responder::simulator::GraphSimulator;
+use risk_responder::simulator::demo as demo_tenant;
 
 #[derive(Parser)]
 #[command(version, about = "Automated response to Entra ID risky users")]
@@ -32,6 +34,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
+        /// Run against the built-in simulated tenant (no Microsoft tenant is reached).
+        #[arg(long)]
+        demo: bool,
     },
     /// Run saved events (raw Graph/Sentinel bodies or Lambda HTTP events) through the
     /// pipeline inline, and print a summary per file.
@@ -48,6 +53,10 @@ enum Command {
         /// Stop after ingress: do not investigate (no Graph calls).
         #[arg(long)]
         ingress_only: bool,
+        /// Run against the built-in simulated tenant (no Microsoft tenant is reached), then
+        /// print the audit. With --enforce, the plans are carried out on the simulated tenant.
+        #[arg(long)]
+        demo: bool,
     },
     /// Sweep Identity Protection and the sign-ins that failed with 53011, as the scheduled
     /// sweep does: every user found becomes a signal. Without RR_QUEUE_URL the signals are
@@ -62,6 +71,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// The user-risk Conditional Access policy: check what the tenant has, or create one in
+    /// report-only mode (never enabled).
+    CaPolicy {
+        #[command(subcommand)]
+        action: CaAction,
+        /// Tenant (default: every allowed tenant).
+        #[arg(long, global = true)]
+        tenant: Option<String>,
     },
     /// Cases: one per user and risk episode, with their signals, plan, actions, and who acts next.
     Cases {
@@ -136,6 +154,30 @@ enum CasesAction {
     },
 }
 
+#[derive(Subcommand)]
+enum CaAction {
+    /// Report the user-risk policies: levels, users, exclusions (break-glass), state.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a user-risk policy in report-only mode (MFA and password change, sign-in frequency
+    /// every time), excluding the policy's protected accounts and groups.
+    Create {
+        /// User-risk levels it applies to (comma-separated: low, medium, high).
+        #[arg(long, default_value = "high", value_delimiter = ',')]
+        levels: Vec<String>,
+        #[arg(
+            long,
+            default_value = "risk-responder: require MFA and a password change for risky users"
+        )]
+        name: String,
+        /// Create it even if a user-risk policy exists already.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Subcommand, Clone, Copy)]
 enum SubscriptionAction {
     /// Create the missing subscriptions.
@@ -150,15 +192,17 @@ enum SubscriptionAction {
 async fn main() -> ExitCode {
     risk_responder::telemetry::init();
     let result = match Cli::parse().command {
-        Command::Serve { bind } => serve(bind).await,
+        Command::Serve { bind, demo } => serve(bind, demo).await,
         Command::Replay {
             files,
             json,
             enforce,
             ingress_only,
-        } => replay(&files, json, enforce, ingress_only).await,
+            demo,
+        } => replay(&files, json, enforce, ingress_only, demo).await,
         Command::Audit { limit, json } => audit(limit, json).await,
         Command::Cases { action } => cases(action).await,
+        Command::CaPolicy { action, tenant } => ca_policy(action, tenant).await,
         Command::Sweep {
             tenant,
             since,
@@ -175,27 +219,80 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The demo: the simulated tenant started in this process and the configuration pointed at
+/// it (Graph, the token endpoint, the signing keys, the embedded development secrets, the
+/// demo policy, a ledger of its own), so nothing can reach a real tenant.
+async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator, StartError> {
+    use risk_responder::config::SecretsSource;
+    let simulator = risk_responder::simulator::start_with(demo_tenant::directory()).await?;
+    config.graph_base_url = simulator.graph_url();
+    config.login_authority = simulator.authority();
+    config.jwks_url = format!("{}/demo/keys", simulator.base);
+    config.ingress_secrets = SecretsSource::EmbeddedDev;
+    config.graph_secrets = SecretsSource::EmbeddedDev;
+    config.allowed_tenants = vec![demo_tenant::TENANT.to_owned()];
+    config.queue_url = None;
+    config.ledger_table = None;
+    config.in_lambda = false;
+    let policy = std::env::temp_dir().join(format!(
+        "risk-responder-demo-policy-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&policy, demo_tenant::POLICY)?;
+    config.policy_file = Some(policy);
+    if config.ledger_path == Config::default().ledger_path {
+        config.ledger_path = PathBuf::from("risk-responder-demo.sqlite");
+    }
+    if fresh_ledger {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", config.ledger_path.display()));
+        }
+    }
+    eprintln!(
+        "DEMO MODE: a simulated Microsoft 365 tenant (Graph and the sign-in endpoint) runs in this process at {}; \
+         no request can reach Microsoft. Users: Adele (high risk, blocked sign-ins), Alex (can self-remediate), \
+         Grady (synced from on-premises), Isaiah (no MFA registration), an emergency-access account, Megan (not at risk). \
+         Ledger: {}.",
+        simulator.base,
+        config.ledger_path.display()
+    );
+    Ok(simulator)
+}
+
 async fn replay(
     files: &[PathBuf],
     json: bool,
     enforce: bool,
     ingress_only: bool,
+    demo_mode: bool,
 ) -> Result<(), StartError> {
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
+    let _simulator = if demo_mode {
+        Some(demo(&mut config, true).await?)
+    } else {
+        None
+    };
     let store = app::ingress_secret_store(&config).await?;
     let http = reqwest::Client::new();
     let intake = Intake::in_process(Arc::new(MemoryQueue::default()))?;
     let state = AppState::new(config, store, intake, http.clone());
     let secrets = state.secrets.load().await?;
+    let mut audit_ledger = None;
     let worker = if ingress_only {
         None
     } else {
         let graph_store = app::graph_secret_store(&state.config).await?;
         let graph_secrets = graph_store.load().await?;
         let (ledger, _) = app::ledger(&state.config).await?;
+        audit_ledger = Some(ledger.clone());
         let graph =
             app::shared_graph_client(&state.config, &graph_secrets, graph_store, http, &ledger)?;
-        let mode = (!enforce).then_some(Mode::ReportOnly);
+        // The demo's policy is report-only; on the simulated tenant --enforce carries it out.
+        let mode = match (enforce, demo_mode) {
+            (false, _) => Some(Mode::ReportOnly),
+            (true, true) => Some(Mode::Enforce),
+            (true, false) => None,
+        };
         Some(app::worker(&state.config, graph, ledger, None, mode).await?)
     };
     let ctx = ReplayContext {
@@ -216,6 +313,11 @@ async fn replay(
     }
     if failed > 0 {
         return Err(format!("{failed} of {} files could not be replayed", files.len()).into());
+    }
+    // The demo ends where an operator would look next: the audit.
+    if let (true, false, Some(ledger)) = (demo_mode, json, &audit_ledger) {
+        println!("\nAudit (risk-responder audit):");
+        print_audit(ledger, 100, false).await?;
     }
     Ok(())
 }
@@ -322,6 +424,101 @@ async fn sweep(
     }
     if failed > 0 {
         return Err(format!("{failed} of {} tenant sweeps failed", tenants.len()).into());
+    }
+    Ok(())
+}
+
+async fn ca_policy(action: CaAction, tenant: Option<String>) -> Result<(), StartError> {
+    use risk_responder::respond::ca_policy;
+    let config = Config::from_env()?;
+    let policy = app::load_policy(&config)?;
+    let store = app::graph_secret_store(&config).await?;
+    let secrets = store.load().await?;
+    // Conditional Access shares the tenant's Identity Protection budget: paced through the
+    // ledger with every other process of this deployment.
+    let (ledger, _) = app::ledger(&config).await?;
+    let graph =
+        app::shared_graph_client(&config, &secrets, store, reqwest::Client::new(), &ledger)?;
+    let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
+    for tenant in tenants {
+        let existing = graph.conditional_access_policies(&tenant).await?;
+        let found = ca_policy::check(&existing, &policy);
+        match &action {
+            CaAction::Check { json } => {
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "tenant": tenant, "user_risk_policies": found })
+                    );
+                    continue;
+                }
+                if found.is_empty() {
+                    println!(
+                        "{tenant}: no user-risk Conditional Access policy: risky users cannot remediate themselves (`ca-policy create` adds one in report-only mode)"
+                    );
+                }
+                for p in &found {
+                    println!(
+                        "{tenant}: {:?} ({}) state {}",
+                        p.display_name, p.id, p.state
+                    );
+                    println!("  user risk levels: {}", p.user_risk_levels.join(", "));
+                    println!(
+                        "  users: include {:?} groups {:?} roles {:?}; exclude {:?} groups {:?} roles {:?}",
+                        p.include_users,
+                        p.include_groups,
+                        p.include_roles,
+                        p.exclude_users,
+                        p.exclude_groups,
+                        p.exclude_roles
+                    );
+                    println!(
+                        "  grant {}; sign-in frequency {}",
+                        p.grant,
+                        p.sign_in_frequency.as_deref().unwrap_or("not set")
+                    );
+                    for finding in &p.findings {
+                        println!("  ! {finding}");
+                    }
+                }
+            }
+            CaAction::Create {
+                levels,
+                name,
+                force,
+            } => {
+                if let Some(l) = levels
+                    .iter()
+                    .find(|l| !matches!(l.as_str(), "low" | "medium" | "high"))
+                {
+                    return Err(format!("--levels: {l:?} is not low, medium or high").into());
+                }
+                if !found.is_empty() && !force {
+                    return Err(format!(
+                        "{tenant} has a user-risk policy already ({}): not creating another (--force to do it anyway)",
+                        found.iter().map(|p| p.display_name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                    .into());
+                }
+                if policy.safety.protected_user_ids.is_empty()
+                    && policy.safety.protected_group_ids.is_empty()
+                {
+                    eprintln!(
+                        "warning: the policy lists no protected (break-glass) accounts to exclude; add them to [safety] protected_user_ids"
+                    );
+                }
+                let body = ca_policy::new_policy(name, levels, &policy);
+                let created = graph
+                    .create_conditional_access_policy(&tenant, &body)
+                    .await?;
+                println!(
+                    "{tenant}: created {:?} ({}) in state {} (report-only: review its results in the sign-in logs, then enable it in the portal)",
+                    created["displayName"].as_str().unwrap_or_default(),
+                    created["id"].as_str().unwrap_or_default(),
+                    created["state"].as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -466,6 +663,11 @@ async fn cases(action: CasesAction) -> Result<(), StartError> {
 async fn audit(limit: usize, json: bool) -> Result<(), StartError> {
     let config = Config::from_env()?;
     let (ledger, _) = app::ledger(&config).await?;
+    print_audit(&ledger, limit, json).await
+}
+
+/// Every signal and what became of it, then every step of every case, newest first.
+async fn print_audit(ledger: &Ledger, limit: usize, json: bool) -> Result<(), StartError> {
     for record in ledger.signals(limit).await? {
         if json {
             println!("{}", serde_json::json!({ "signal": record }));
@@ -543,8 +745,13 @@ async fn subscriptions(
     Ok(())
 }
 
-async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
+async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<(), StartError> {
     let mut config = Config::from_env()?;
+    let _simulator = if demo_mode {
+        Some(demo(&mut config, false).await?)
+    } else {
+        None
+    };
     if let Some(bind) = bind {
         config.bind = bind;
     }
@@ -568,7 +775,10 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
     let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
     let state = AppState::new(config, ingress_store, intake, http);
 
-    // Inline queue: the worker drains it in the background, a batch at a time.
+    // Inline queue: the worker drains it in the background, a batch at a time; what failed is
+    // resumed from the ledger with backoff (and after a restart).
+    let worker = Arc::new(worker);
+    risk_responder::respond::pending::spawn_local_retries(worker.clone(), Duration::from_secs(5));
     if let Some(queue) = memory {
         tokio::spawn(async move {
             loop {

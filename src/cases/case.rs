@@ -865,6 +865,8 @@ mod tests {
             min_risk_level: RiskLevel::Low,
             min_blocked_sign_ins: 0,
             sources: None,
+            mfa_registered: None,
+            synced: None,
             actions: actions.to_vec(),
         }
     }

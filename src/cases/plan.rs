@@ -4,9 +4,9 @@
 
 use time::OffsetDateTime;
 
-use super::case::{ActionState, Case};
+use super::case::{ActionState, Case, CaseAction};
 use super::findings::Findings;
-use super::policy::{Mode, Policy};
+use super::policy::{Action, Mode, Policy, UserTraits};
 
 /// Rail name for protected accounts.
 pub const RAIL_PROTECTED: &str = "protected account";
@@ -34,7 +34,11 @@ pub fn plan_case(case: &mut Case, policy: &Policy, findings: &Findings, now: Off
         );
     } else {
         let blocked = findings.blocked_sign_ins.count;
-        match policy.rule_for(case.risk_level, blocked, case.opened_by) {
+        let traits = UserTraits {
+            mfa_registered: findings.registration.as_ref().map(|r| r.is_mfa_registered),
+            synced: findings.user.on_premises_sync_enabled,
+        };
+        match policy.rule_for_user(case.risk_level, blocked, case.opened_by, traits) {
             Some(rule) => case.set_plan(Some(rule), None, now),
             None => case.set_plan(
                 None,
@@ -46,9 +50,62 @@ pub fn plan_case(case: &mut Case, policy: &Policy, findings: &Findings, now: Off
             ),
         }
     }
+    let resets = case
+        .actions
+        .iter()
+        .any(|a| a.action == Action::ResetPassword);
+    // A contained account (blocked, or confirmed compromised) is not handed back to its user:
+    // the admin reset stays.
+    let contains = case
+        .actions
+        .iter()
+        .any(|a| matches!(a.action, Action::BlockSignIn | Action::ConfirmCompromised));
+    let can_self_remediate = !contains
+        && findings
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.is_mfa_registered && r.is_sspr_registered);
+    // A synced user's password is mastered on-premises: without password writeback neither an
+    // admin reset nor self-service password reset reaches Active Directory.
+    let hybrid_without_writeback =
+        findings.user.on_premises_sync_enabled == Some(true) && !policy.password_writeback;
+    if resets && hybrid_without_writeback {
+        skip_reset(
+            case,
+            "the user is synced from on-premises Active Directory and password writeback is \
+             not configured (password_writeback = false): a cloud reset would not take effect",
+            now,
+        );
+        let rail = "hybrid user without password writeback: reset refused".to_owned();
+        if !case.rails.contains(&rail) {
+            case.rails.push(rail);
+        }
+    } else if resets && policy.self_remediation.enabled && can_self_remediate {
+        skip_reset(
+            case,
+            "the user is registered for MFA and self-service password reset: they change \
+             their own password (SSPR), no admin reset",
+            now,
+        );
+        if !case.actions.iter().any(|a| a.action == Action::NotifyUser) {
+            let rule = case.rules.first().cloned().unwrap_or_default();
+            case.actions.push(CaseAction {
+                action: Action::NotifyUser,
+                rule: format!("{rule} (self-remediation)"),
+                state: ActionState::Pending,
+                attempts: 0,
+            });
+        }
+        case.note(
+            now,
+            "self-remediation: notify_user with SSPR instructions instead of a reset",
+        );
+    }
     if case.mode == Mode::ReportOnly {
         for action in &mut case.actions {
-            action.state = ActionState::Planned;
+            if action.state == ActionState::Pending {
+                action.state = ActionState::Planned;
+            }
         }
     }
     if let Some(reason) = &findings.protected {
@@ -59,12 +116,23 @@ pub fn plan_case(case: &mut Case, policy: &Policy, findings: &Findings, now: Off
     case.findings = Some(findings.clone());
 }
 
+fn skip_reset(case: &mut Case, reason: &str, now: OffsetDateTime) {
+    for action in &mut case.actions {
+        if action.action == Action::ResetPassword && action.state == ActionState::Pending {
+            action.state = ActionState::Skipped {
+                at: now,
+                reason: reason.to_owned(),
+            };
+        }
+    }
+    case.note(now, format!("reset_password refused: {reason}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cases::case::{CaseStatus, Episode, SignalRef};
     use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
-    use crate::cases::policy::Action;
     use crate::event::{EventSource, RiskLevel};
 
     fn now() -> OffsetDateTime {
@@ -176,5 +244,133 @@ mod tests {
             }
         }
         assert!(c.rails[0].starts_with(RAIL_PROTECTED));
+    }
+}
+
+#[cfg(test)]
+mod runbook_tests {
+    use super::*;
+    use crate::cases::case::{Episode, SignalRef};
+    use crate::cases::findings::{Registration, RiskRecord, SignInSummary, UserFacts};
+    use crate::event::{EventSource, RiskLevel};
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
+    }
+
+    fn policy(extra: &str) -> Policy {
+        let text = crate::cases::policy::DEFAULT_POLICY
+            .replace("mode = \"report-only\"", "mode = \"enforce\"");
+        // Top-level keys before the first table, tables after.
+        let (top, extra) = if extra.starts_with('[') {
+            ("", extra)
+        } else {
+            (extra, "")
+        };
+        Policy::from_toml(&format!("{top}\n{text}\n{extra}")).unwrap()
+    }
+
+    fn findings(synced: bool, registration: Option<Registration>) -> Findings {
+        Findings {
+            user: UserFacts {
+                user_id: "u".into(),
+                on_premises_sync_enabled: Some(synced),
+                ..UserFacts::default()
+            },
+            risk: Some(RiskRecord {
+                risk_level: "medium".into(),
+                risk_state: "atRisk".into(),
+                risk_detail: None,
+                last_updated: Some(now()),
+            }),
+            blocked_sign_ins: SignInSummary::empty(now()),
+            registration,
+            protected: None,
+            investigated_at: now(),
+        }
+    }
+
+    fn case() -> Case {
+        Case::open(
+            "t",
+            "u",
+            None,
+            Episode::IdentityProtection {
+                risk_last_updated: Some(now()),
+                risk_state: "atRisk".into(),
+            },
+            SignalRef {
+                signal_id: "s".into(),
+                source: EventSource::Sentinel,
+                source_id: "a".into(),
+                risk_level: RiskLevel::Medium,
+                detected_at: now(),
+            },
+            RiskLevel::Medium,
+            Mode::Enforce,
+            now(),
+        )
+    }
+
+    fn state(c: &Case, action: Action) -> ActionState {
+        c.actions
+            .iter()
+            .find(|a| a.action == action)
+            .unwrap()
+            .state
+            .clone()
+    }
+
+    #[test]
+    fn a_synced_user_without_writeback_is_not_reset() {
+        let mut c = case();
+        plan_case(&mut c, &policy(""), &findings(true, None), now());
+        assert!(
+            matches!(state(&c, Action::ResetPassword), ActionState::Skipped { reason, .. } if reason.contains("password writeback"))
+        );
+        assert!(c.rails.iter().any(|r| r.contains("hybrid")));
+        let mut c = case();
+        plan_case(
+            &mut c,
+            &policy("password_writeback = true"),
+            &findings(true, None),
+            now(),
+        );
+        assert_eq!(state(&c, Action::ResetPassword), ActionState::Pending);
+    }
+
+    #[test]
+    fn a_registered_user_self_remediates_when_the_policy_says_so() {
+        let registered = Registration {
+            is_mfa_registered: true,
+            is_sspr_registered: true,
+            methods_registered: vec!["microsoftAuthenticatorPush".into()],
+        };
+        let extra = "[self_remediation]\nenabled = true\n[notify_user]\nsender = \"rr@contoso.com\"\nhelpdesk = \"x\"";
+        let mut c = case();
+        plan_case(
+            &mut c,
+            &policy(extra),
+            &findings(false, Some(registered.clone())),
+            now(),
+        );
+        assert!(matches!(
+            state(&c, Action::ResetPassword),
+            ActionState::Skipped { .. }
+        ));
+        assert_eq!(state(&c, Action::NotifyUser), ActionState::Pending);
+        // Not registered for SSPR: the admin reset stays.
+        let mut c = case();
+        let partial = Registration {
+            is_sspr_registered: false,
+            ..registered
+        };
+        plan_case(
+            &mut c,
+            &policy(extra),
+            &findings(false, Some(partial)),
+            now(),
+        );
+        assert_eq!(state(&c, Action::ResetPassword), ActionState::Pending);
     }
 }

@@ -37,12 +37,14 @@ pub enum Action {
     BlockSignIn,
     UnblockSignIn,
     Notify,
+    /// Tell the user what happened and what to do (never a password).
+    NotifyUser,
 }
 
 impl Action {
     /// Whether the action changes the account or its risk (what safety rails guard).
     pub fn changes_account(self) -> bool {
-        !matches!(self, Action::Notify)
+        !matches!(self, Action::Notify | Action::NotifyUser)
     }
 
     /// Actions a protected account never gets automatically.
@@ -63,6 +65,7 @@ impl Action {
             Action::BlockSignIn => "block_sign_in",
             Action::UnblockSignIn => "unblock_sign_in",
             Action::Notify => "notify",
+            Action::NotifyUser => "notify_user",
         }
     }
 }
@@ -99,6 +102,41 @@ pub struct Notify {
     pub to: Vec<String>,
 }
 
+/// How the user hears about their case (`notify_user`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyUser {
+    /// Mailbox the mail is sent from (Mail.Send).
+    pub sender: String,
+    /// Where the mail goes when the user's own mailbox is the thing at risk (the plan blocks
+    /// sign-in or confirms the compromise): `"manager"`, or a fixed address.
+    #[serde(default = "default_when_mailbox_at_risk")]
+    pub when_mailbox_at_risk: String,
+    /// The self-service password reset page.
+    #[serde(default = "default_sspr_url")]
+    pub sspr_url: String,
+    /// How to reach the helpdesk, as the mail should say it.
+    pub helpdesk: String,
+}
+
+fn default_when_mailbox_at_risk() -> String {
+    "manager".into()
+}
+
+fn default_sspr_url() -> String {
+    "https://aka.ms/sspr".into()
+}
+
+/// Self-remediation: users registered for MFA and self-service password reset change their
+/// password themselves (the user-risk Conditional Access policy lets them) instead of getting
+/// an admin reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfRemediation {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
 /// A rule: conditions and the actions they call for.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +148,20 @@ pub struct Rule {
     pub min_blocked_sign_ins: usize,
     #[serde(default)]
     pub sources: Option<Vec<EventSource>>,
+    /// Only users registered (true) or not registered (false) for MFA.
+    #[serde(default)]
+    pub mfa_registered: Option<bool>,
+    /// Only users synced from on-premises (true) or cloud-only (false).
+    #[serde(default)]
+    pub synced: Option<bool>,
     pub actions: Vec<Action>,
+}
+
+/// What a rule's optional conditions look at, beyond level, sign-ins and source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserTraits {
+    pub mfa_registered: Option<bool>,
+    pub synced: Option<bool>,
 }
 
 fn lowest() -> RiskLevel {
@@ -190,6 +241,14 @@ pub struct Policy {
     pub notify: Option<Notify>,
     #[serde(default)]
     pub safety: Safety,
+    /// Whether on-premises password writeback is set up: without it, a cloud password reset of
+    /// a synced (hybrid) user does not take effect, and the plan refuses it.
+    #[serde(default)]
+    pub password_writeback: bool,
+    #[serde(default)]
+    pub self_remediation: SelfRemediation,
+    #[serde(default)]
+    pub notify_user: Option<NotifyUser>,
 }
 
 fn default_lookback() -> u32 {
@@ -256,6 +315,11 @@ impl Policy {
                 "max_enforced_cases_per_hour must be at least 1",
             ));
         }
+        if self.self_remediation.enabled && self.notify_user.is_none() {
+            return Err(PolicyError::Safety(
+                "self-remediation tells users what to do: configure [notify_user]",
+            ));
+        }
         if safety.source_episode_hours == 0 {
             return Err(PolicyError::Safety(
                 "source_episode_hours must be at least 1",
@@ -273,6 +337,8 @@ impl Policy {
                 Some("resets passwords but [password_delivery] is not configured")
             } else if has(Action::Notify) && self.notify.is_none() {
                 Some("notifies but [notify] is not configured")
+            } else if has(Action::NotifyUser) && self.notify_user.is_none() {
+                Some("tells the user but [notify_user] is not configured")
             } else if (1..rule.actions.len()).any(|i| rule.actions[..i].contains(&rule.actions[i]))
             {
                 Some("lists an action twice")
@@ -290,8 +356,22 @@ impl Policy {
     }
 
     /// The first rule whose conditions hold for a case at `level` with `blocked` 53011
-    /// sign-ins, opened by a signal from `source`.
+    /// sign-ins, opened by a signal from `source` (user traits unknown).
     pub fn rule_for(&self, level: RiskLevel, blocked: u32, source: EventSource) -> Option<&Rule> {
+        self.rule_for_user(level, blocked, source, UserTraits::default())
+    }
+
+    /// As [`Policy::rule_for`], also matching the rules' registration and sync conditions
+    /// (a condition on an unknown trait does not hold).
+    pub fn rule_for_user(
+        &self,
+        level: RiskLevel,
+        blocked: u32,
+        source: EventSource,
+        traits: UserTraits,
+    ) -> Option<&Rule> {
+        let holds =
+            |wanted: Option<bool>, actual: Option<bool>| wanted.is_none_or(|w| actual == Some(w));
         self.rules.iter().find(|rule| {
             level >= rule.min_risk_level
                 && blocked as usize >= rule.min_blocked_sign_ins
@@ -299,7 +379,14 @@ impl Policy {
                     .sources
                     .as_ref()
                     .is_none_or(|sources| sources.contains(&source))
+                && holds(rule.mfa_registered, traits.mfa_registered)
+                && holds(rule.synced, traits.synced)
         })
+    }
+
+    /// Whether investigation must read users' authentication-method registration.
+    pub fn needs_registration(&self) -> bool {
+        self.self_remediation.enabled || self.rules.iter().any(|r| r.mfa_registered.is_some())
     }
 }
 

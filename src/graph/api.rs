@@ -234,6 +234,30 @@ impl GraphClient {
         self.for_each_item(tenant, &path, visit).await
     }
 
+    /// The tenant's Conditional Access policies (Identity Protection and CA budget).
+    pub async fn conditional_access_policies(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<Value>, GraphError> {
+        self.get_all(tenant, "/identity/conditionalAccess/policies")
+            .await
+    }
+
+    /// Creates a Conditional Access policy; returns it as created.
+    pub async fn create_conditional_access_policy(
+        &self,
+        tenant: &str,
+        policy: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(
+            tenant,
+            Method::POST,
+            "/identity/conditionalAccess/policies",
+            Some(policy),
+        )
+        .await
+    }
+
     /// A user by object id or UPN.
     pub async fn user_facts(&self, tenant: &str, id_or_upn: &str) -> Result<UserFacts, GraphError> {
         let path = format!("/users/{}?$select={USER_SELECT}", segment(id_or_upn));

@@ -178,10 +178,61 @@ pub async fn user_facts_bulk(
         .collect()
 }
 
-/// 53011 sign-ins of `users` since `since`: one per-user query for a single user, else one
-/// tenant-wide query for all of them (summarised while paging).
+/// How long a tenant-wide listing of 53011 sign-ins answers later groups before it is brought
+/// up to date (incrementally).
+pub const SIGN_IN_CACHE_TTL: time::Duration = time::Duration::seconds(60);
+/// Incremental listings reach this far back, for sign-ins logged late.
+const SIGN_IN_OVERLAP: time::Duration = time::Duration::minutes(5);
+
+/// The tenants' 53011 sign-ins as this worker last listed them, so that groups arriving within
+/// a minute share one listing and later ones list only what is new (each sign-in once, by id).
+#[derive(Default)]
+pub struct SignInCache {
+    tenants: Mutex<HashMap<String, TenantSignIns>>,
+}
+
+struct TenantSignIns {
+    since: OffsetDateTime,
+    listed_at: OffsetDateTime,
+    seen: std::collections::HashSet<String>,
+    per_user: HashMap<String, Vec<(OffsetDateTime, String, crate::cases::findings::SignInBrief)>>,
+}
+
+impl TenantSignIns {
+    fn add(&mut self, sign_in: &serde_json::Value) {
+        let (Some(id), Some(user), Some(at)) = (
+            sign_in["id"].as_str(),
+            sign_in["userId"].as_str(),
+            sign_in["createdDateTime"].as_str().and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            }),
+        ) else {
+            return;
+        };
+        if self.seen.insert(id.to_owned()) {
+            self.per_user
+                .entry(user.to_ascii_lowercase())
+                .or_default()
+                .push((at, id.to_owned(), sign_in_brief(sign_in)));
+        }
+    }
+
+    fn summary(&self, user: &str, since: OffsetDateTime) -> SignInSummary {
+        let mut summary = SignInSummary::empty(since);
+        for (at, _, brief) in self.per_user.get(user).into_iter().flatten() {
+            if *at >= since {
+                summary.add(brief.clone());
+            }
+        }
+        summary
+    }
+}
+
+/// 53011 sign-ins of `users` since `since`: one per-user query for a single user; for a group,
+/// the tenant's listing (shared by the groups of the next minute, then extended incrementally).
 pub async fn sign_ins_bulk(
     graph: &GraphClient,
+    cache: &SignInCache,
     tenant: &str,
     users: &[String],
     since: OffsetDateTime,
@@ -191,27 +242,73 @@ pub async fn sign_ins_bulk(
         .map(|u| (u.clone(), SignInSummary::empty(since)))
         .collect();
     match users {
-        [] => {}
+        [] => return Ok(out),
         [one] => {
             out.insert(
                 one.clone(),
                 graph.blocked_sign_ins(tenant, one, since).await?,
             );
+            return Ok(out);
         }
-        _ => {
+        _ => {}
+    }
+    let now = OffsetDateTime::now_utc();
+    // Take the tenant's listing out while it is extended (no lock across the request).
+    let taken = cache
+        .tenants
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(tenant)
+        .filter(|t| t.since <= since);
+    let mut listing = match taken {
+        Some(t) if now - t.listed_at < SIGN_IN_CACHE_TTL => t,
+        Some(mut t) => {
+            let from = t.listed_at - SIGN_IN_OVERLAP;
             graph
-                .blocked_sign_ins_since(tenant, since, |sign_in| {
-                    if let Some(summary) = sign_in["userId"]
-                        .as_str()
-                        .and_then(|u| out.get_mut(&u.to_ascii_lowercase()))
-                    {
-                        summary.add(sign_in_brief(&sign_in));
-                    }
+                .blocked_sign_ins_since(tenant, from, |sign_in| {
+                    t.add(&sign_in);
                     Ok(())
                 })
                 .await?;
+            t.listed_at = now;
+            t
         }
+        None => {
+            let mut t = TenantSignIns {
+                since,
+                listed_at: now,
+                seen: Default::default(),
+                per_user: HashMap::new(),
+            };
+            graph
+                .blocked_sign_ins_since(tenant, since, |sign_in| {
+                    t.add(&sign_in);
+                    Ok(())
+                })
+                .await?;
+            t
+        }
+    };
+    // Forget what no look-back reaches any more.
+    for list in listing.per_user.values_mut() {
+        list.retain(|(at, _, _)| *at >= since);
     }
+    listing.per_user.retain(|_, list| !list.is_empty());
+    listing.seen = listing
+        .per_user
+        .values()
+        .flatten()
+        .map(|(_, id, _)| id.clone())
+        .collect();
+    for user in users {
+        out.insert(user.clone(), listing.summary(user, since));
+    }
+    listing.since = listing.since.max(since);
+    cache
+        .tenants
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(tenant.to_owned(), listing);
     Ok(out)
 }
 
@@ -303,6 +400,7 @@ pub async fn protection_bulk(
 pub async fn investigate_bulk(
     graph: &GraphClient,
     roles: &RoleCache,
+    sign_in_cache: &SignInCache,
     policy: &Policy,
     tenant: &str,
     users: &[(String, Option<RiskRecord>)],
@@ -316,8 +414,15 @@ pub async fn investigate_bulk(
         .filter(|u| facts.get(*u).is_some_and(Result::is_ok))
         .cloned()
         .collect();
-    let sign_ins = sign_ins_bulk(graph, tenant, &present, since).await;
+    let sign_ins = sign_ins_bulk(graph, sign_in_cache, tenant, &present, since).await;
     let mut protection = protection_bulk(graph, roles, policy, tenant, &present).await;
+    // Registration is a report (5 requests per 10 s per tenant): read only when the policy
+    // uses it.
+    let mut registration = if policy.needs_registration() {
+        registration_bulk(graph, tenant, &present).await
+    } else {
+        HashMap::new()
+    };
     let mut out = HashMap::new();
     for (user, risk) in users {
         let result = (|| {
@@ -332,11 +437,12 @@ pub async fn investigate_bulk(
                 Err(e) => return Err(e.clone()),
             };
             let protected = protection.remove(user).unwrap_or(Ok(None))?;
+            let registration = registration.remove(user).unwrap_or(Ok(None))?;
             Ok(Findings {
                 user: user_facts,
                 risk: risk.clone(),
                 blocked_sign_ins: blocked,
-                registration: None,
+                registration,
                 protected,
                 investigated_at: now,
             })
@@ -344,4 +450,46 @@ pub async fn investigate_bulk(
         out.insert(user.clone(), result);
     }
     out
+}
+
+/// Authentication-method registration of many users
+/// (`GET /reports/authenticationMethods/userRegistrationDetails/{id}`, by `$batch`); `None` for
+/// a user without details.
+pub async fn registration_bulk(
+    graph: &GraphClient,
+    tenant: &str,
+    users: &[String],
+) -> HashMap<String, Result<Option<crate::cases::findings::Registration>, GraphError>> {
+    let items: Vec<BatchItem> = users
+        .iter()
+        .map(|u| {
+            BatchItem::get(format!(
+                "/reports/authenticationMethods/userRegistrationDetails/{}",
+                segment(u)
+            ))
+        })
+        .collect();
+    let results = graph.batch(tenant, &items).await;
+    users
+        .iter()
+        .cloned()
+        .zip(results.into_iter().map(|r| {
+            match r {
+                Ok(v) => Ok(Some(crate::cases::findings::Registration {
+                    is_mfa_registered: v["isMfaRegistered"].as_bool().unwrap_or(false),
+                    is_sspr_registered: v["isSsprRegistered"].as_bool().unwrap_or(false),
+                    methods_registered: v["methodsRegistered"]
+                        .as_array()
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })),
+                Err(GraphError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }))
+        .collect()
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 use super::notify;
+use super::templates::{Templates, UserMail};
 use super::vault::PasswordVault;
 use reqwest::Method;
 use serde_json::json;
@@ -109,6 +110,7 @@ pub struct Remediator<'a> {
     pub policy: &'a Policy,
     pub ledger: &'a Ledger,
     pub vault: Option<&'a dyn PasswordVault>,
+    pub templates: &'a Templates,
 }
 
 impl Remediator<'_> {
@@ -226,6 +228,7 @@ impl Remediator<'_> {
             }
             Action::ResetPassword => self.reset_passwords(tenant, jobs, &picked).await,
             Action::Notify => self.notify(tenant, jobs, &picked).await,
+            Action::NotifyUser => self.notify_users(tenant, jobs, &picked).await,
         }
     }
 
@@ -297,6 +300,160 @@ impl Remediator<'_> {
                 r.map(|_| Step::Done(Some(format!("mailed to {} recipient(s)", notify.to.len()))))
                     .map_err(Failure::from)
             })
+            .collect()
+    }
+
+    /// Tells each user what happened and what to do, from the operator's templates: at their
+    /// mailbox, or (when the plan blocks sign-in or confirms the compromise, so the mailbox is
+    /// the thing at risk) at the manager's or the configured address. Never a password.
+    async fn notify_users(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        picked: &[usize],
+    ) -> Vec<Result<Step, Failure>> {
+        let Some(config) = &self.policy.notify_user else {
+            return picked
+                .iter()
+                .map(|_| Err(operator("[notify_user] is not configured")))
+                .collect();
+        };
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; picked.len()];
+        let at_risk_mailbox = |case: &Case| {
+            case.actions.iter().any(|a| {
+                matches!(a.action, Action::BlockSignIn | Action::ConfirmCompromised)
+                    && !matches!(a.state, ActionState::Skipped { .. })
+            })
+        };
+        // Managers, for those whose own mailbox is at risk.
+        let need_manager: Vec<usize> = (0..picked.len())
+            .filter(|&k| {
+                at_risk_mailbox(&jobs[picked[k]].case) && config.when_mailbox_at_risk == "manager"
+            })
+            .collect();
+        let items: Vec<BatchItem> = need_manager
+            .iter()
+            .map(|&k| {
+                BatchItem::get(format!(
+                    "/users/{}/manager?$select=id,mail,userPrincipalName",
+                    segment(&jobs[picked[k]].case.user_id)
+                ))
+            })
+            .collect();
+        let mut managers: std::collections::HashMap<usize, Option<String>> = Default::default();
+        for (k, answer) in need_manager
+            .into_iter()
+            .zip(self.graph.batch(tenant, &items).await)
+        {
+            match answer {
+                Ok(v) => {
+                    managers.insert(k, v["mail"].as_str().map(str::to_owned));
+                }
+                Err(GraphError::NotFound { .. }) => {
+                    managers.insert(k, None);
+                }
+                Err(e) => results[k] = Some(Err(Failure::from(e))),
+            }
+        }
+        let delivered_by = match &self.policy.password_delivery {
+            Some(PasswordDelivery::Mail {
+                to_manager: true, ..
+            }) => "your manager or the helpdesk",
+            _ => "the helpdesk",
+        };
+        let mut mails = Vec::new();
+        let mut slots = Vec::new();
+        for (k, &j) in picked.iter().enumerate() {
+            if results[k].is_some() {
+                continue;
+            }
+            let job = &jobs[j];
+            let case = &job.case;
+            let upn = case
+                .user_principal_name
+                .clone()
+                .or_else(|| job.facts.user_principal_name.clone())
+                .unwrap_or_else(|| case.user_id.clone());
+            let recipient = if at_risk_mailbox(case) {
+                if config.when_mailbox_at_risk == "manager" {
+                    managers.get(&k).cloned().flatten()
+                } else {
+                    Some(config.when_mailbox_at_risk.clone())
+                }
+            } else {
+                job.facts.mail.clone().or_else(|| Some(upn.clone()))
+            };
+            let Some(recipient) = recipient else {
+                results[k] = Some(Ok(Step::Skipped(
+                    "the user's mailbox is at risk and they have no manager to tell".into(),
+                )));
+                continue;
+            };
+            let done = |a: Action| {
+                case.actions
+                    .iter()
+                    .any(|x| x.action == a && matches!(x.state, ActionState::Done { .. }))
+            };
+            let self_service = case.actions.iter().any(|a| {
+                a.action == Action::ResetPassword
+                    && matches!(&a.state, ActionState::Skipped { reason, .. } if reason.contains("self-service"))
+            });
+            let kind = if done(Action::ResetPassword) {
+                UserMail::Reset
+            } else if self_service {
+                UserMail::SelfService
+            } else if done(Action::BlockSignIn) {
+                UserMail::Blocked
+            } else {
+                UserMail::Advisory
+            };
+            let what: Vec<&str> = case
+                .actions
+                .iter()
+                .filter(|a| matches!(a.state, ActionState::Done { .. }))
+                .map(|a| a.action.as_str())
+                .collect();
+            let what = if what.is_empty() {
+                "no change was needed".to_owned()
+            } else {
+                format!("done: {}", what.join(", "))
+            };
+            let display = job
+                .facts
+                .display_name
+                .clone()
+                .unwrap_or_else(|| upn.clone());
+            let (subject, text) = self.templates.render(
+                kind,
+                &[
+                    ("user", upn.as_str()),
+                    ("display_name", display.as_str()),
+                    ("case_id", case.case_id.as_str()),
+                    ("sspr_url", config.sspr_url.as_str()),
+                    ("helpdesk", config.helpdesk.as_str()),
+                    ("delivered_by", delivered_by),
+                    ("what_happened", what.as_str()),
+                ],
+            );
+            mails.push(mail_item(&config.sender, &[recipient], &subject, &text));
+            slots.push((k, kind));
+        }
+        let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+        for ((k, kind), answer) in slots.into_iter().zip(answers) {
+            results[k] = Some(
+                answer
+                    .map(|_| {
+                        Step::Done(Some(format!(
+                            "{} mail sent",
+                            kind.file().trim_end_matches(".txt")
+                        )))
+                    })
+                    .map_err(Failure::from),
+            );
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
             .collect()
     }
 

@@ -77,6 +77,10 @@ pub struct Worker {
     /// This worker's lease-holder id.
     pub holder: String,
     pub roles: RoleCache,
+    /// The texts users receive.
+    pub templates: super::templates::Templates,
+    /// The tenants' 53011 sign-ins as last listed (shared by groups within a minute).
+    pub sign_ins: investigate::SignInCache,
     /// How old a view of Identity Protection a `users` notification accepts.
     pub view_max_age: time::Duration,
 }
@@ -145,6 +149,8 @@ impl Worker {
             allowed_tenants,
             holder: format!("worker-{}", uuid::Uuid::new_v4()),
             roles: RoleCache::default(),
+            sign_ins: investigate::SignInCache::default(),
+            templates: super::templates::Templates::embedded(),
             view_max_age: VIEW_MAX_AGE,
         }
     }
@@ -246,14 +252,6 @@ impl Worker {
         //    notification accepts a view of up to `view_max_age`, anything that carries a
         //    detection wants one listing at least as new as this batch.
         let started = OffsetDateTime::now_utc();
-        let fresh_after = if resolved
-            .iter()
-            .all(|(_, signal, _, _)| signal.source == crate::event::EventSource::GraphUser)
-        {
-            started - self.view_max_age
-        } else {
-            started
-        };
         let mut users: Vec<String> = resolved.iter().map(|(_, _, u, _)| u.clone()).collect();
         users.sort();
         users.dedup();
@@ -261,26 +259,39 @@ impl Worker {
             graph: &self.graph,
             ledger: &self.ledger,
         };
-        let (risks, failed_users): (
-            HashMap<String, Option<RiskRecord>>,
-            HashMap<String, Disposition>,
-        ) = if users.is_empty() {
-            (HashMap::new(), HashMap::new())
-        } else {
-            match view.risks(tenant, &users, fresh_after).await {
-                Ok(risks) => (risks, HashMap::new()),
+        let mut risks: HashMap<String, Option<RiskRecord>> = HashMap::new();
+        let mut failed_users: HashMap<String, Disposition> = HashMap::new();
+        if !users.is_empty() {
+            // A view up to `view_max_age` old answers everything it shows at risk; a detection
+            // (Sentinel, sweep) about a user it does not show at risk asks for one listing at
+            // least as new as this batch before the user is judged not at risk.
+            let mut answer = view
+                .risks(tenant, &users, started - self.view_max_age)
+                .await;
+            let recheck = match &answer {
+                Ok(found) => resolved.iter().any(|(_, signal, user, _)| {
+                    signal.source != crate::event::EventSource::GraphUser
+                        && !found
+                            .get(user)
+                            .and_then(Option::as_ref)
+                            .is_some_and(RiskRecord::at_risk)
+                }),
+                Err(_) => false,
+            };
+            if recheck {
+                answer = view.risks(tenant, &users, started).await;
+            }
+            match answer {
+                Ok(found) => risks = found,
                 Err(e) => {
                     let failure = match &e {
                         ViewError::Graph(g) => graph_failure(g),
                         ViewError::Ledger(l) => ledger_retry(l.clone()),
                     };
-                    (
-                        HashMap::new(),
-                        users.iter().map(|u| (u.clone(), failure.clone())).collect(),
-                    )
+                    failed_users = users.iter().map(|u| (u.clone(), failure.clone())).collect();
                 }
             }
-        };
+        }
         // 3. Each signal into its user's case.
         let mut case_of_signal: Vec<(usize, String)> = Vec::new();
         let mut work: Vec<String> = Vec::new();
@@ -552,6 +563,7 @@ impl Worker {
             policy: &self.policy,
             ledger: &self.ledger,
             vault: self.vault.as_deref(),
+            templates: &self.templates,
         };
         remediator.run(tenant, &mut jobs).await;
         let mut again = Vec::new();
@@ -627,9 +639,15 @@ impl Worker {
                 )
             })
             .collect();
-        let mut findings =
-            investigate::investigate_bulk(&self.graph, &self.roles, &self.policy, tenant, &new)
-                .await;
+        let mut findings = investigate::investigate_bulk(
+            &self.graph,
+            &self.roles,
+            &self.sign_ins,
+            &self.policy,
+            tenant,
+            &new,
+        )
+        .await;
         let resumed: Vec<String> = jobs
             .iter()
             .filter(|j| {

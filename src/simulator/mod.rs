@@ -10,6 +10,8 @@
 //! The test suite runs against it, and `--demo` runs the product against it: nothing it
 //! serves can reach a real tenant.
 
+pub mod demo;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -152,6 +154,10 @@ pub struct Directory {
     pub sign_ins: Vec<Value>,
     /// userId -> ids of the groups and directory roles it is a (transitive) member of.
     pub member_of: HashMap<String, Vec<String>>,
+    /// userId -> `userRegistrationDetails` (authentication-method registration).
+    pub registrations: HashMap<String, Value>,
+    /// Conditional Access policies.
+    pub ca_policies: Vec<Value>,
     /// roleTemplateId -> id of the tenant's activated directory role.
     pub directory_roles: HashMap<String, String>,
     pub mails: Vec<(String, Value)>,
@@ -927,6 +933,28 @@ fn dispatch(
             }
             StatusCode::NO_CONTENT.into_response()
         }
+        (Method::GET, ["reports", "authenticationMethods", "userRegistrationDetails", id]) => {
+            match dir.registrations.get(*id) {
+                Some(r) => {
+                    let mut r = r.clone();
+                    r["@odata.context"] = "https://graph.microsoft.com/v1.0/$metadata#reports/authenticationMethods/userRegistrationDetails/$entity".into();
+                    axum::Json(r).into_response()
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "Request_ResourceNotFound",
+                    &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+                ),
+            }
+        }
+        (Method::GET, ["identity", "conditionalAccess", "policies"]) => axum::Json(json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identity/conditionalAccess/policies",
+            "value": dir.ca_policies,
+        }))
+        .into_response(),
+        (Method::POST, ["identity", "conditionalAccess", "policies"]) => {
+            create_ca_policy(dir, body)
+        }
         (Method::GET, ["auditLogs", "signIns"]) => sign_ins(s, dir, &params),
         _ => error(
             StatusCode::BAD_REQUEST,
@@ -937,6 +965,51 @@ fn dispatch(
             ),
         ),
     }
+}
+
+/// `POST /identity/conditionalAccess/policies`: the documented shape, checked as Graph checks
+/// it (display name, state, conditions with users and applications, grant controls).
+fn create_ca_policy(dir: &mut Directory, body: Value) -> Response {
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "BadRequest", message);
+    if body["displayName"].as_str().is_none_or(str::is_empty) {
+        return bad("displayName is required.");
+    }
+    let state = body["state"].as_str().unwrap_or("");
+    if !matches!(
+        state,
+        "enabled" | "disabled" | "enabledForReportingButNotEnforced"
+    ) {
+        return bad("Invalid state.");
+    }
+    let conditions = &body["conditions"];
+    if !conditions["users"].is_object() || !conditions["applications"].is_object() {
+        return bad("conditions.users and conditions.applications are required.");
+    }
+    let levels = conditions["userRiskLevels"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if levels
+        .iter()
+        .any(|l| !matches!(l.as_str(), Some("low" | "medium" | "high")))
+    {
+        return bad("Invalid userRiskLevels.");
+    }
+    let controls = &body["grantControls"];
+    let built_in: Vec<&str> = controls["builtInControls"]
+        .as_array()
+        .map(|c| c.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if built_in.contains(&"passwordChange")
+        && (controls["operator"] != "AND" || !built_in.contains(&"mfa"))
+    {
+        return bad("passwordChange must be combined with mfa using the AND operator.");
+    }
+    let mut policy = body.clone();
+    policy["id"] = uuid::Uuid::new_v4().to_string().into();
+    policy["createdDateTime"] = now_iso().into();
+    dir.ca_policies.push(policy.clone());
+    (StatusCode::CREATED, axum::Json(policy)).into_response()
 }
 
 fn user_not_found(id: &str) -> Response {

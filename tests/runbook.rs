@@ -1,0 +1,500 @@
+//! Issue 13: every remediation the 53011 runbook names. Registration state and hybrid users in
+//! the plan, telling the user (from templates, never a password), the user-risk Conditional
+//! Access policy, the demo tenant, and local retries.
+
+mod common;
+mod graph_standin;
+
+use std::sync::Arc;
+
+use graph_standin::*;
+use risk_responder::cases::case::ActionState;
+use risk_responder::cases::{Action, Case, CaseStatus, Policy};
+use risk_responder::ledger::Ledger;
+use risk_responder::queue::WorkItem;
+use serde_json::json;
+
+fn runbook_policy(extra: &str) -> Policy {
+    let text = risk_responder::cases::policy::DEFAULT_POLICY
+        .replace("mode = \"report-only\"", "mode = \"enforce\"")
+        .replace(
+            "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\"]",
+            "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\", \"notify_user\"]",
+        )
+        .replace(
+            "actions = [\"revoke_sessions\", \"block_sign_in\", \"reset_password\", \"confirm_compromised\", \"notify\"]",
+            "actions = [\"revoke_sessions\", \"block_sign_in\", \"reset_password\", \"confirm_compromised\", \"notify\", \"notify_user\"]",
+        );
+    let text = text.split("\n[safety]").next().unwrap().to_owned();
+    // Top-level keys go before the first table; tables after.
+    let (top, extra) = if extra.starts_with('[') {
+        ("", extra)
+    } else {
+        (extra, "")
+    };
+    Policy::from_toml(&format!(
+        "{top}\n{text}\n[notify_user]\nsender = \"risk-responder@contoso.onmicrosoft.com\"\nhelpdesk = \"helpdesk@contoso.onmicrosoft.com, +1 555 0100\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+async fn run(s: &StandIn, policy: Policy, item: WorkItem) -> Case {
+    let ledger = memory_ledger();
+    let id = match &item {
+        WorkItem::Risk(r) => r.event_id.clone(),
+        _ => unreachable!(),
+    };
+    let worker = worker_with(s, ledger.clone(), policy, 3);
+    let disposition = worker.handle(&item).await;
+    assert!(!disposition.is_retry(), "{disposition:?}");
+    ledger.find_case(&id).await.unwrap().unwrap().0
+}
+
+fn state(case: &Case, action: Action) -> ActionState {
+    case.actions
+        .iter()
+        .find(|a| a.action == action)
+        .unwrap_or_else(|| panic!("{action:?} not in {:#?}", case.actions))
+        .state
+        .clone()
+}
+
+fn user_mails(s: &StandIn) -> Vec<(Vec<String>, String, String)> {
+    s.with(|d| {
+        d.mails
+            .iter()
+            .filter(|(_, m)| {
+                let subject = m["message"]["subject"].as_str().unwrap_or("");
+                !subject.starts_with("risk-responder:")
+                    && !subject.starts_with("Temporary password")
+            })
+            .map(|(_, m)| {
+                let to = m["message"]["toRecipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["emailAddress"]["address"].as_str().unwrap().to_owned())
+                    .collect();
+                (
+                    to,
+                    m["message"]["subject"].as_str().unwrap().to_owned(),
+                    m["message"]["body"]["content"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn registration(s: &StandIn, mfa: bool, sspr: bool) {
+    s.with(|d| {
+        d.registrations.insert(
+            ADELE.into(),
+            json!({"id": ADELE, "userPrincipalName": ADELE_UPN, "isMfaRegistered": mfa,
+                "isSsprRegistered": sspr, "methodsRegistered": ["microsoftAuthenticatorPush"]}),
+        );
+    });
+}
+
+#[tokio::test]
+async fn a_registered_user_self_remediates_and_gets_sspr_instructions_not_a_reset() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    registration(&s, true, true);
+    let case = run(
+        &s,
+        runbook_policy("[self_remediation]\nenabled = true"),
+        adele_item("a-1"),
+    )
+    .await;
+    assert!(
+        case.findings
+            .as_ref()
+            .unwrap()
+            .registration
+            .as_ref()
+            .unwrap()
+            .is_sspr_registered
+    );
+    assert!(
+        matches!(state(&case, Action::ResetPassword), ActionState::Skipped { reason, .. } if reason.contains("SSPR"))
+    );
+    assert!(matches!(
+        state(&case, Action::NotifyUser),
+        ActionState::Done { .. }
+    ));
+    assert_eq!(resets(&s), 0, "no admin reset");
+    let mails = user_mails(&s);
+    assert_eq!(mails.len(), 1);
+    let (to, subject, body) = &mails[0];
+    assert_eq!(to, &vec![ADELE_UPN.to_owned()], "to the user's own mailbox");
+    assert_eq!(subject, "Please change your password now");
+    assert!(
+        body.contains("https://aka.ms/sspr") && body.contains(&case.case_id),
+        "{body}"
+    );
+    // The registration read is a report: it was read by $batch on the reports budget.
+    assert!(s.with(|d| {
+        d.calls
+            .iter()
+            .any(|(c, _)| c.contains("/reports/authenticationMethods/userRegistrationDetails/"))
+    }));
+}
+
+#[tokio::test]
+async fn a_user_who_cannot_self_remediate_is_reset_and_told_without_the_password() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    registration(&s, false, false);
+    let case = run(
+        &s,
+        runbook_policy("[self_remediation]\nenabled = true"),
+        adele_item("a-2"),
+    )
+    .await;
+    assert!(matches!(
+        state(&case, Action::ResetPassword),
+        ActionState::Done { .. }
+    ));
+    let password = s.with(|d| {
+        d.users[0]["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    let mails = user_mails(&s);
+    assert_eq!(mails.len(), 1);
+    let (to, subject, body) = &mails[0];
+    assert_eq!(to, &vec![ADELE_UPN.to_owned()]);
+    assert_eq!(
+        subject,
+        "Your password was reset after unusual sign-in activity"
+    );
+    assert!(
+        !body.contains(&password),
+        "a user mail never holds the password"
+    );
+    assert!(body.contains("your manager or the helpdesk"), "{body}");
+}
+
+#[tokio::test]
+async fn a_user_whose_mailbox_is_at_risk_is_told_through_the_manager() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let case = run(&s, runbook_policy(""), adele_item("a-3")).await;
+    assert!(matches!(
+        state(&case, Action::BlockSignIn),
+        ActionState::Done { .. }
+    ));
+    let mails = user_mails(&s);
+    assert_eq!(mails.len(), 1);
+    let (to, _, body) = &mails[0];
+    assert_eq!(
+        to,
+        &vec!["miriam.graham@contoso.onmicrosoft.com".to_owned()],
+        "the manager, not the blocked mailbox"
+    );
+    let password = s.with(|d| {
+        d.users[0]["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    assert!(!body.contains(&password));
+}
+
+#[tokio::test]
+async fn a_hybrid_user_without_password_writeback_is_not_reset() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    s.with(|d| d.users[0]["onPremisesSyncEnabled"] = true.into());
+    let case = run(&s, runbook_policy(""), adele_item("a-4")).await;
+    assert!(
+        matches!(state(&case, Action::ResetPassword), ActionState::Skipped { reason, .. } if reason.contains("password writeback"))
+    );
+    assert_eq!(resets(&s), 0);
+    assert!(case.rails.iter().any(|r| r.contains("hybrid")));
+    // The user is advised to change the password the way the organisation provides.
+    let (_, subject, _) = &user_mails(&s)[0];
+    assert_eq!(subject, "Unusual sign-in activity on your account");
+    // With writeback configured the reset goes ahead.
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    s.with(|d| d.users[0]["onPremisesSyncEnabled"] = true.into());
+    let case = run(
+        &s,
+        runbook_policy("password_writeback = true"),
+        adele_item("a-5"),
+    )
+    .await;
+    assert!(matches!(
+        state(&case, Action::ResetPassword),
+        ActionState::Done { .. }
+    ));
+}
+
+#[tokio::test]
+async fn rules_can_look_at_registration_and_operator_templates_are_used() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    registration(&s, false, false);
+    let text = r#"mode = "enforce"
+[[rules]]
+name = "not registered for MFA: tell them to register"
+min_risk_level = "medium"
+mfa_registered = false
+actions = ["notify_user"]
+[[rules]]
+name = "everyone else"
+min_risk_level = "medium"
+actions = ["revoke_sessions"]
+[notify_user]
+sender = "risk-responder@contoso.onmicrosoft.com"
+helpdesk = "x1234"
+"#;
+    let policy = Policy::from_toml(text).unwrap();
+    assert!(policy.needs_registration());
+    let dir = std::env::temp_dir().join(format!("templates-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("user-advisory.txt"), "Subject: Contoso security: {{user}}\nRegister MFA, then call {{helpdesk}} (case {{case_id}}).\n").unwrap();
+    let ledger = memory_ledger();
+    let mut worker = worker_with(&s, ledger.clone(), policy, 3);
+    worker.templates = risk_responder::respond::templates::Templates::from_dir(&dir).unwrap();
+    worker.handle(&adele_item("a-6")).await;
+    let case = ledger.find_case("a-6").await.unwrap().unwrap().0;
+    assert_eq!(
+        case.rules,
+        ["not registered for MFA: tell them to register"]
+    );
+    let (_, subject, body) = &user_mails(&s)[0];
+    assert_eq!(subject, &format!("Contoso security: {ADELE_UPN}"));
+    assert!(body.starts_with("Register MFA, then call x1234"), "{body}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+async fn cli(s: &StandIn, args: &[&str], policy: &std::path::Path) -> (bool, String) {
+    // One ledger for the processes of one test: they pace Graph requests through it.
+    let ledger = policy.with_extension("sqlite");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .args(args)
+        .env("RR_LEDGER_PATH", &ledger)
+        .env("RR_GRAPH_BASE_URL", s.graph_url())
+        .env("RR_LOGIN_AUTHORITY", s.authority())
+        .env("RR_POLICY_FILE", policy)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn the_user_risk_policy_is_checked_and_created_report_only() {
+    let s = start().await;
+    let glass = "5d4a9f6b-8e7a-4b12-8d3e-4f5a6b7c8d9e";
+    let policy = std::env::temp_dir().join(format!("ca-policy-{}.toml", uuid::Uuid::new_v4()));
+    let text = risk_responder::cases::policy::DEFAULT_POLICY
+        .split("\n[safety]")
+        .next()
+        .unwrap()
+        .to_owned()
+        + &format!("\n[safety]\nprotected_user_ids = [\"{glass}\"]\n");
+    std::fs::write(&policy, text).unwrap();
+    let (ok, out) = cli(&s, &["ca-policy", "check"], &policy).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("no user-risk Conditional Access policy"),
+        "{out}"
+    );
+
+    let (ok, out) = cli(
+        &s,
+        &["ca-policy", "create", "--levels", "high,medium"],
+        &policy,
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("enabledForReportingButNotEnforced"), "{out}");
+    let created = s.with(|d| d.ca_policies[0].clone());
+    assert_eq!(
+        created["state"], "enabledForReportingButNotEnforced",
+        "never enabled"
+    );
+    assert_eq!(
+        created["conditions"]["userRiskLevels"],
+        json!(["high", "medium"])
+    );
+    assert_eq!(
+        created["conditions"]["users"]["excludeUsers"],
+        json!([glass])
+    );
+    assert_eq!(
+        created["grantControls"],
+        json!({"operator": "AND", "builtInControls": ["mfa", "passwordChange"]})
+    );
+    assert_eq!(
+        created["sessionControls"]["signInFrequency"]["frequencyInterval"],
+        "everyTime"
+    );
+    // Conditional Access counts against the tenant's Identity Protection budget.
+    assert_eq!(s.with(|d| d.throttled.values().sum::<usize>()), 0);
+
+    let (ok, out) = cli(&s, &["ca-policy", "create"], &policy).await;
+    assert!(
+        !ok && out.contains("has a user-risk policy already"),
+        "{out}"
+    );
+
+    // A policy someone made without the break-glass exclusion is flagged.
+    s.with(|d| {
+        d.ca_policies.push(json!({"id": "p2", "displayName": "CA008: Require password change for high-risk users",
+            "state": "enabled", "conditions": {"userRiskLevels": ["high"],
+            "users": {"includeUsers": ["All"], "excludeUsers": []}, "applications": {"includeApplications": ["All"]}},
+            "grantControls": {"operator": "AND", "builtInControls": ["passwordChange"]}}))
+    });
+    let (ok, out) = cli(&s, &["ca-policy", "check"], &policy).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("CA008")
+            && out.contains(&format!(
+                "break-glass accounts must be excluded; not excluded: {glass}"
+            )),
+        "{out}"
+    );
+    assert!(out.contains("report-only: validate"), "{out}");
+    let (ok, out) = cli(
+        &s,
+        &["ca-policy", "create", "--levels", "severe", "--force"],
+        &policy,
+    )
+    .await;
+    assert!(!ok && out.contains("not low, medium or high"), "{out}");
+    std::fs::remove_file(&policy).ok();
+    for suffix in ["sqlite", "sqlite-wal", "sqlite-shm"] {
+        std::fs::remove_file(policy.with_extension(suffix)).ok();
+    }
+}
+
+#[tokio::test]
+async fn the_demo_shows_the_whole_path_with_no_tenant() {
+    let dir = std::env::temp_dir().join(format!("demo-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<String> =
+        std::fs::read_dir(format!("{}/events/demo", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| p.display().to_string())
+            .collect();
+    let mut files = files;
+    files.sort();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .arg("replay")
+        .arg("--demo")
+        .args(&files)
+        .current_dir(&dir)
+        // Whatever the environment says, the demo reaches no real tenant.
+        .env("RR_GRAPH_BASE_URL", "http://192.0.2.1:9/v1.0")
+        .env("RR_LOGIN_AUTHORITY", "http://192.0.2.1:9")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{out}{err}");
+    assert!(
+        err.contains("DEMO MODE") && err.contains("no request can reach Microsoft"),
+        "{err}"
+    );
+    // Signal -> case -> plan -> actions, report-only.
+    assert!(out.contains("adele.vance@contoso.onmicrosoft.com"), "{out}");
+    assert!(
+        out.contains("plan: rule(s) high risk, sign-ins already blocked: contain"),
+        "{out}"
+    );
+    assert!(out.contains("ReportOnly"), "{out}");
+    assert!(
+        out.contains("they change their own password (SSPR)"),
+        "Alex self-remediates: {out}"
+    );
+    assert!(out.contains("password writeback"), "Grady is hybrid: {out}");
+    assert!(out.contains("protected account"), "break-glass held: {out}");
+    assert!(
+        out.contains("Identity Protection reports no risk for the user"),
+        "Megan: {out}"
+    );
+    assert!(out.contains("Lagos, Lagos, NG"), "sign-in details: {out}");
+    // -> audit.
+    assert!(out.contains("Audit (risk-responder audit):"), "{out}");
+    assert!(out.contains("planned by rule"), "{out}");
+    assert!(dir.join("risk-responder-demo.sqlite").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn the_local_server_retries_failed_work_from_its_ledger() {
+    use risk_responder::respond::pending::pending_work;
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let path = std::env::temp_dir().join(format!("pending-{}.sqlite", uuid::Uuid::new_v4()));
+    let ledger = Ledger::new(Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
+    ));
+    let worker = enforcing_worker(&s, ledger.clone(), 2);
+    // A signal kept by the intake but never worked (the process stopped).
+    let WorkItem::Risk(kept) = adele_item("kept-not-worked") else {
+        unreachable!()
+    };
+    ledger.keep_signals(&[kept]).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    assert!(
+        pending_work(&ledger, now, 100).await.unwrap().is_empty(),
+        "not before 30 s"
+    );
+    let later = now + time::Duration::seconds(31);
+    let due = pending_work(&ledger, later, 100).await.unwrap();
+    assert!(matches!(&due[..], [WorkItem::Risk(r)] if r.event_id == "kept-not-worked"));
+
+    // Worked during an outage: kept for retry, due after the backoff, then finished.
+    s.with(|d| {
+        d.faults.unavailable_paths.push((
+            reqwest::Method::POST,
+            "/identityProtection/riskyUsers/confirmCompromised".into(),
+        ))
+    });
+    assert!(worker.handle_batch(&due).await[0].is_retry());
+    let case = ledger.cases(1).await.unwrap().remove(0);
+    assert_eq!(case.status, CaseStatus::Retry);
+    let soon = time::OffsetDateTime::now_utc();
+    assert!(
+        pending_work(&ledger, soon, 100).await.unwrap().is_empty(),
+        "backoff"
+    );
+    s.with(|d| d.faults.unavailable_paths.clear());
+    let due = pending_work(&ledger, soon + time::Duration::seconds(6), 100)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&due[..], [WorkItem::Resume { case_id, .. }] if *case_id == case.case_id),
+        "{due:?}"
+    );
+    // A restart: a new worker on the same file resumes it.
+    let restarted = enforcing_worker(
+        &s,
+        Ledger::new(Arc::new(
+            risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
+        )),
+        2,
+    );
+    assert!(!restarted.handle_batch(&due).await[0].is_retry());
+    assert_eq!(
+        ledger.cases(1).await.unwrap()[0].status,
+        CaseStatus::Completed
+    );
+    assert_eq!(resets(&s), 1);
+    std::fs::remove_file(&path).ok();
+}
