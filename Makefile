@@ -27,6 +27,7 @@ ci: test lint
 # Criterion benches, then cold start, RSS and binary sizes; writes BENCHMARKS.md.
 bench:
 	cargo bench --locked --bench pipeline
+	cargo bench --locked --bench burst
 	cargo build --locked --release --bins
 	python3 scripts/bench_report.py
 

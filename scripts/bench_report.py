@@ -153,6 +153,10 @@ def main():
         "build (`make build`) are not measured here.",
         "",
     ]
+    # `cargo bench --bench burst` writes its own section (issue 10's burst figures).
+    burst = ROOT / "target" / "bench" / "burst.md"
+    if burst.exists():
+        lines += ["", burst.read_text().rstrip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
