@@ -15,9 +15,9 @@ use base64::engine::general_purpose::STANDARD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use risk_responder::config::Config;
 use risk_responder::ingress::graph::GraphIngress;
-use risk_responder::ingress::validation_tokens::{JwksCache, TokenVerifier};
+use risk_responder::ingress::validation_tokens::{JwksCache, JwksPolicy, TokenVerifier};
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{SecretString, Secrets};
+use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument, SecretString};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -92,10 +92,10 @@ async fn jwks_url() -> String {
 fn ingress(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = Config::default();
-    let secrets = Secrets::embedded_dev().unwrap();
+    let secrets = IngressSecrets::embedded_dev().unwrap();
     let url = rt.block_on(jwks_url());
     let verifier = TokenVerifier::new(
-        JwksCache::new(url, reqwest::Client::new(), Duration::from_secs(60)),
+        JwksCache::new(url, reqwest::Client::new(), JwksPolicy::default()),
         APP_ID,
         Duration::from_secs(60),
     );
@@ -105,6 +105,8 @@ fn ingress(c: &mut Criterion) {
         config: &config,
         secrets: &secrets,
         tokens: Some(&verifier),
+        // Keys are fetched once below and stay fresh: no batch waits for them.
+        deadline: tokio::time::Instant::now() + Duration::from_secs(3600),
     };
     // Warm the JWKS cache and check the batches are accepted in full.
     assert_eq!(rt.block_on(graph.process(&rich)).unwrap().events.len(), 100);
@@ -162,9 +164,9 @@ fn replay(c: &mut Criterion) {
         login_authority: standin.authority(),
         ..Config::default()
     };
-    let secrets = Secrets::embedded_dev().unwrap();
+    let secrets = GraphSecrets::embedded_dev().unwrap();
     let store = std::sync::Arc::new(risk_responder::secrets::StaticSecretStore::new(
-        Secrets::embedded_dev().unwrap(),
+        GraphSecrets::embedded_dev().unwrap(),
     ));
     let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
         .unwrap();
@@ -185,9 +187,10 @@ fn replay(c: &mut Criterion) {
             ));
         }
     }
+    let ingress = IngressSecrets::embedded_dev().unwrap();
     let ctx = risk_responder::replay::ReplayContext {
         config: &config,
-        secrets: &secrets,
+        secrets: &ingress,
         tokens: None,
         pipeline: Some(&pipeline),
     };
@@ -208,7 +211,7 @@ fn replay(c: &mut Criterion) {
 }
 
 fn crypto_floor(c: &mut Criterion) {
-    let secrets = Secrets::embedded_dev().unwrap();
+    let secrets = IngressSecrets::embedded_dev().unwrap();
     let key = secrets.decryption_key("custom-id-for-testing").unwrap();
     let content: serde_json::Value = serde_json::from_str(&read(
         "tests/vectors/graph-rich-notification/encrypted-content.json",

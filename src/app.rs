@@ -12,7 +12,10 @@ use crate::ledger::sqlite::SqliteLedger;
 use crate::pipeline::Pipeline;
 use crate::policy::{Policy, PolicyError};
 use crate::queue::{MemoryQueue, SqsQueue, WorkQueue};
-use crate::secrets::{SecretStore, Secrets, SecretsError, SecretsManagerStore, StaticSecretStore};
+use crate::secrets::{
+    GraphSecrets, IngressSecrets, SecretDocument, SecretStore, SecretsError, SecretsManagerStore,
+    StaticSecretStore,
+};
 use crate::subscriptions::{ResourceSpec, SubscriptionManager};
 
 /// Any start-up failure.
@@ -23,20 +26,44 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
-/// The secret store the configuration names.
-pub async fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, SecretsError> {
-    Ok(match &config.secrets {
-        SecretsSource::EmbeddedDev => Arc::new(StaticSecretStore::new(Secrets::embedded_dev()?)),
-        SecretsSource::File(path) => Arc::new(StaticSecretStore::from_file(path)?),
+async fn store<T: SecretDocument>(
+    config: &Config,
+    source: &SecretsSource,
+    variable: &'static str,
+) -> Result<Arc<dyn SecretStore<T>>, SecretsError> {
+    Ok(match source {
+        SecretsSource::EmbeddedDev if config.in_lambda => {
+            return Err(SecretsError::NotConfigured {
+                part: T::PART,
+                variable,
+            });
+        }
+        SecretsSource::EmbeddedDev => Arc::new(StaticSecretStore::<T>::embedded_dev()?),
+        SecretsSource::File(path) => Arc::new(StaticSecretStore::<T>::from_file(path)?),
         SecretsSource::SecretsManager(id) => {
             let client = aws_sdk_secretsmanager::Client::new(&aws_config().await);
-            Arc::new(SecretsManagerStore::new(
+            Arc::new(SecretsManagerStore::<T>::with_grace(
                 client,
                 id.clone(),
                 config.secrets_ttl,
-            )?)
+                config.secrets_grace,
+            ))
         }
     })
+}
+
+/// The ingress secrets (clientStates, HMAC keys, decryption keys): all the webhook reads.
+pub async fn ingress_secret_store(
+    config: &Config,
+) -> Result<Arc<dyn SecretStore<IngressSecrets>>, SecretsError> {
+    store(config, &config.ingress_secrets, "RR_INGRESS_SECRET_ID").await
+}
+
+/// The Graph credential: read only by the worker, the renewer and CLI commands that call Graph.
+pub async fn graph_secret_store(
+    config: &Config,
+) -> Result<Arc<dyn SecretStore<GraphSecrets>>, SecretsError> {
+    store(config, &config.graph_secrets, "RR_GRAPH_SECRET_ID").await
 }
 
 /// Errors loading the policy file.
@@ -117,20 +144,20 @@ pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>
     ))
 }
 
-/// A Graph client for the application in the secrets; the credential is read from `store` at
-/// each token request, so rotation needs no restart.
+/// A Graph client for the application in the Graph secrets; the credential is read from
+/// `store` at each token request, so rotation needs no restart.
 pub fn graph_client(
     config: &Config,
-    secrets: &Secrets,
-    store: Arc<dyn SecretStore>,
+    secrets: &GraphSecrets,
+    store: Arc<dyn SecretStore<GraphSecrets>>,
     http: reqwest::Client,
 ) -> Result<Arc<GraphClient>, StartError> {
     let client_id = secrets
         .client_id
         .clone()
-        .ok_or("secrets have no client_id")?;
+        .ok_or("the Graph secrets have no client_id")?;
     if secrets.credential().is_none() {
-        return Err("secrets have neither a client secret nor a certificate".into());
+        return Err("the Graph secrets have neither a client secret nor a certificate".into());
     }
     let tokens = Arc::new(TokenProvider::from_store(
         http.clone(),
@@ -161,10 +188,11 @@ pub async fn pipeline(
     Ok(Arc::new(Pipeline::new(graph, Arc::new(policy), vault)))
 }
 
-/// The subscription manager, when `RR_NOTIFICATION_URL` is set.
+/// The subscription manager, when `RR_NOTIFICATION_URL` is set; new subscriptions carry the
+/// first `clientState` of the ingress secrets.
 pub fn subscriptions(
     config: &Config,
-    secrets: &Secrets,
+    secrets: &IngressSecrets,
     graph: Arc<GraphClient>,
 ) -> Option<Arc<SubscriptionManager>> {
     let notification_url = config.notification_url.clone()?;

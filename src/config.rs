@@ -19,9 +19,13 @@ pub enum ConfigError {
     #[error("environment variable {name} is not valid: {reason}")]
     Invalid { name: &'static str, reason: String },
     #[error(
-        "no secrets configured: set RR_SECRETS_FILE (or RR_SECRET_ID); embedded development secrets are refused inside Lambda"
+        "no secrets configured: set RR_INGRESS_SECRET_ID and/or RR_GRAPH_SECRET_ID (or RR_SECRETS_FILE); embedded development secrets are refused inside Lambda"
     )]
     NoSecretsInLambda,
+    #[error(
+        "RR_SECRET_ID is no longer read: the secrets are split into RR_INGRESS_SECRET_ID (webhook) and RR_GRAPH_SECRET_ID (worker, renewer, CLI)"
+    )]
+    SplitSecret,
     #[error("{0} must be set inside Lambda (in-process adapters would lose events)")]
     RequiredInLambda(&'static str),
 }
@@ -48,12 +52,18 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Address of the local server.
     pub bind: SocketAddr,
-    /// Where secrets come from.
-    pub secrets: SecretsSource,
+    /// Where the ingress secrets (clientStates, HMAC keys, decryption keys) come from.
+    pub ingress_secrets: SecretsSource,
+    /// Where the Graph credential comes from (worker, renewer, CLI commands that call Graph).
+    pub graph_secrets: SecretsSource,
+    /// Graph application id: the audience of Graph validation tokens (not a secret). When
+    /// unset, the `client_id` of a local secrets file (or the embedded development document).
+    pub graph_client_id: Option<String>,
     /// Clock skew allowed on token expiry.
     pub token_leeway: Duration,
-    /// Least time between JWKS refetches caused by an unknown key id.
-    pub jwks_min_refresh: Duration,
+    /// How the signing-key set is cached and fetched (refresh, hard limit, unknown-kid and
+    /// failure back-off, how long a request waits for keys).
+    pub jwks: crate::ingress::jwks::JwksPolicy,
     /// Accepted age (either way) of a Standard Webhooks `webhook-timestamp`.
     pub webhook_tolerance: Duration,
     /// Microsoft Graph base URL.
@@ -64,6 +74,9 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// How long secrets are cached before Secrets Manager is asked again.
     pub secrets_ttl: Duration,
+    /// How long, after the TTL, the last good secret value is served while Secrets Manager
+    /// cannot be read (hard limit: TTL + grace after the last successful read).
+    pub secrets_grace: Duration,
     /// SQS queue URL for accepted work; in-process when unset (local only).
     pub queue_url: Option<String>,
     /// DynamoDB ledger table; the SQLite file `ledger_path` when unset.
@@ -85,14 +98,17 @@ impl Default for Config {
             jwks_url: MICROSOFT_JWKS_URL.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            secrets: SecretsSource::EmbeddedDev,
+            ingress_secrets: SecretsSource::EmbeddedDev,
+            graph_secrets: SecretsSource::EmbeddedDev,
+            graph_client_id: None,
             token_leeway: Duration::from_secs(60),
-            jwks_min_refresh: Duration::from_secs(60),
+            jwks: crate::ingress::jwks::JwksPolicy::default(),
             webhook_tolerance: Duration::from_secs(5 * 60),
             graph_base_url: "https://graph.microsoft.com/v1.0".to_owned(),
             login_authority: "https://login.microsoftonline.com".to_owned(),
             policy_file: None,
             secrets_ttl: Duration::from_secs(300),
+            secrets_grace: crate::secrets::DEFAULT_SECRETS_GRACE,
             queue_url: None,
             ledger_table: None,
             ledger_path: PathBuf::from("risk-responder.sqlite"),
@@ -150,6 +166,13 @@ impl Config {
             })?;
             config.secrets_ttl = Duration::from_secs(secs);
         }
+        if let Some(secs) = get("RR_SECRETS_GRACE_SECONDS") {
+            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_SECRETS_GRACE_SECONDS",
+                reason: format!("{e}"),
+            })?;
+            config.secrets_grace = Duration::from_secs(secs);
+        }
         config.queue_url = get("RR_QUEUE_URL").filter(|v| !v.is_empty());
         config.ledger_table = get("RR_LEDGER_TABLE").filter(|v| !v.is_empty());
         if let Some(path) = get("RR_LEDGER_PATH") {
@@ -158,14 +181,40 @@ impl Config {
         config.notification_url = get("RR_NOTIFICATION_URL").filter(|v| !v.is_empty());
         config.subscribe_ipc_alerts = get("RR_SUBSCRIBE_IPC_ALERTS").is_some_and(|v| v == "true");
         config.in_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
-        if let Some(id) = get("RR_SECRET_ID") {
-            config.secrets = SecretsSource::SecretsManager(id);
-        } else if let Some(path) = get("RR_SECRETS_FILE") {
-            config.secrets = SecretsSource::File(PathBuf::from(path));
-        } else if get("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        if get("RR_SECRET_ID").is_some() {
+            return Err(ConfigError::SplitSecret);
+        }
+        let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let file = nonempty("RR_SECRETS_FILE").map(|p| SecretsSource::File(PathBuf::from(p)));
+        let part = |variable: &str| {
+            nonempty(variable)
+                .map(SecretsSource::SecretsManager)
+                .or_else(|| file.clone())
+        };
+        let (ingress, graph) = (part("RR_INGRESS_SECRET_ID"), part("RR_GRAPH_SECRET_ID"));
+        if config.in_lambda && ingress.is_none() && graph.is_none() {
             return Err(ConfigError::NoSecretsInLambda);
         }
+        config.ingress_secrets = ingress.unwrap_or(SecretsSource::EmbeddedDev);
+        config.graph_secrets = graph.unwrap_or(SecretsSource::EmbeddedDev);
+        config.graph_client_id = nonempty("RR_GRAPH_CLIENT_ID").map(|v| v.trim().to_owned());
         Ok(config)
+    }
+
+    /// The audience of Graph validation tokens: `RR_GRAPH_CLIENT_ID`, else the `client_id` of
+    /// the local secrets file (or, outside Lambda, of the embedded development document).
+    pub fn validation_token_audience(&self) -> Option<String> {
+        if let Some(id) = &self.graph_client_id {
+            return Some(id.clone());
+        }
+        let json = match &self.graph_secrets {
+            SecretsSource::File(path) => std::fs::read_to_string(path).ok()?,
+            SecretsSource::EmbeddedDev if !self.in_lambda => {
+                crate::secrets::EMBEDDED_DEV_SECRETS.to_owned()
+            }
+            _ => return None,
+        };
+        crate::secrets::local_graph_client_id(&json)
     }
 
     /// Whether notifications from this tenant are accepted.
@@ -201,7 +250,61 @@ mod tests {
         assert_eq!(config.max_body_bytes, 2048);
         assert!(config.tenant_allowed("BBBB-2"));
         assert!(!config.tenant_allowed("cccc-3"));
-        assert_eq!(config.secrets, SecretsSource::File("/tmp/s.json".into()));
+        assert_eq!(
+            config.ingress_secrets,
+            SecretsSource::File("/tmp/s.json".into())
+        );
+        assert_eq!(
+            config.graph_secrets,
+            SecretsSource::File("/tmp/s.json".into())
+        );
+    }
+
+    #[test]
+    fn each_part_has_its_own_secret() {
+        let config = Config::from_lookup(lookup(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "webhook"),
+            ("RR_INGRESS_SECRET_ID", "risk-responder/ingress"),
+            ("RR_GRAPH_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.ingress_secrets,
+            SecretsSource::SecretsManager("risk-responder/ingress".into())
+        );
+        // The webhook has no Graph credential source, and does not need one.
+        assert_eq!(config.graph_secrets, SecretsSource::EmbeddedDev);
+        assert_eq!(
+            config.validation_token_audience().as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        let worker = Config::from_lookup(lookup(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "worker"),
+            ("RR_INGRESS_SECRET_ID", "risk-responder/ingress"),
+            ("RR_GRAPH_SECRET_ID", "risk-responder/graph"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            worker.graph_secrets,
+            SecretsSource::SecretsManager("risk-responder/graph".into())
+        );
+        // Inside Lambda the embedded development document is never an audience source.
+        assert_eq!(worker.validation_token_audience(), None);
+    }
+
+    #[test]
+    fn the_audience_falls_back_to_the_local_document() {
+        let config = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(
+            config.validation_token_audience().as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+    }
+
+    #[test]
+    fn the_old_single_secret_is_refused_with_a_pointer_to_the_split() {
+        let err = Config::from_lookup(lookup(&[("RR_SECRET_ID", "app")])).unwrap_err();
+        assert!(err.to_string().contains("RR_INGRESS_SECRET_ID"), "{err}");
     }
 
     #[test]

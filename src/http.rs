@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::ingress::graph::{GraphIngress, handshake_token};
+use crate::ingress::graph::{BatchError, GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
 use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
@@ -20,7 +20,7 @@ use crate::ledger::Ledger;
 use crate::ledger::LedgerError;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::queue::{WorkItem, WorkQueue};
-use crate::secrets::{SecretStore, SecretsError};
+use crate::secrets::{IngressSecrets, SecretStore};
 
 /// Where accepted work goes: the ledger (audit of what was received), then the queue.
 #[derive(Clone)]
@@ -63,30 +63,32 @@ impl Intake {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub secrets: Arc<dyn SecretStore>,
+    /// The ingress secrets: the webhook never reads the Graph credential.
+    pub secrets: Arc<dyn SecretStore<IngressSecrets>>,
     pub tokens: Option<Arc<TokenVerifier>>,
     pub intake: Intake,
 }
 
 impl AppState {
-    /// Builds the state; the validation-token audience is the Graph client id from the secrets.
-    pub async fn new(
+    /// Builds the state; the validation-token audience is the Graph application id
+    /// (`RR_GRAPH_CLIENT_ID`, or the local secrets document's `client_id`). Nothing is fetched:
+    /// secrets and signing keys are read when the first request needs them.
+    pub fn new(
         config: Config,
-        secrets: Arc<dyn SecretStore>,
+        secrets: Arc<dyn SecretStore<IngressSecrets>>,
         intake: Intake,
         http: reqwest::Client,
-    ) -> Result<Self, SecretsError> {
-        let client_id = secrets.load().await?.client_id.clone();
-        let tokens = client_id.map(|audience| {
-            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks_min_refresh);
+    ) -> Self {
+        let tokens = config.validation_token_audience().map(|audience| {
+            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
             Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
         });
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             secrets,
             tokens,
             intake,
-        })
+        }
     }
 }
 
@@ -129,7 +131,7 @@ pub async fn enqueue(intake: &Intake, items: &[WorkItem]) -> Result<(), Response
     })
 }
 
-async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, Response> {
+async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response> {
     state.secrets.load().await.map_err(|e| {
         tracing::error!(error = %e, "secrets unavailable");
         error(
@@ -141,6 +143,7 @@ async fn load_secrets(state: &AppState) -> Result<Arc<crate::secrets::Secrets>, 
 
 /// `POST /graph/notifications` and `/graph/lifecycle`: handshake or notification batch.
 pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: Body) -> Response {
+    let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
     if let Some(token) = handshake_token(uri.query()) {
         return match token {
             Ok(token) => (
@@ -179,10 +182,19 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         config: &state.config,
         secrets: &secrets,
         tokens: state.tokens.as_deref(),
+        deadline,
     };
     let outcome = match ingress.process(&body).await {
         Ok(outcome) => outcome,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BatchError::NotABatch(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(BatchError::KeysUnavailable(reason)) => {
+            // Nothing is dropped: Graph delivers the batch again after a 5xx.
+            tracing::error!(%reason, "graph batch not checked: signing keys unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "validation tokens could not be checked; retry",
+            );
+        }
     };
     for dropped in &outcome.dropped {
         tracing::warn!(

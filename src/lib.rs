@@ -2,6 +2,7 @@
 //! Sentinel alerts), and investigates and remediates risky users.
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod event;
 pub mod graph;

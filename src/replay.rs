@@ -14,7 +14,7 @@ use crate::ingress::graph::{GraphIngress, LifecycleNotice, handshake_token};
 use crate::ingress::sentinel;
 use crate::ingress::validation_tokens::TokenVerifier;
 use crate::pipeline::{Pipeline, Report};
-use crate::secrets::Secrets;
+use crate::secrets::IngressSecrets;
 
 /// Which ingress a saved event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,7 +44,7 @@ pub struct ReplaySummary {
 /// What replay runs saved events against.
 pub struct ReplayContext<'a> {
     pub config: &'a Config,
-    pub secrets: &'a Secrets,
+    pub secrets: &'a IngressSecrets,
     pub tokens: Option<&'a TokenVerifier>,
     /// The pipeline (investigate, plan, remediate); `None` to stop after ingress.
     pub pipeline: Option<&'a Pipeline>,
@@ -136,6 +136,7 @@ async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummar
                 config,
                 secrets,
                 tokens,
+                deadline: tokio::time::Instant::now() + config.jwks.wait,
             };
             match ingress.process(&saved.body).await {
                 Ok(outcome) => {

@@ -19,7 +19,7 @@ use risk_responder::ingress::signature::ReplayGuard;
 use risk_responder::ledger::dynamodb::DynamoLedger;
 use risk_responder::ledger::{Ledger, Status};
 use risk_responder::queue::{SqsQueue, WorkItem};
-use risk_responder::secrets::{SecretString, Secrets, StaticSecretStore};
+use risk_responder::secrets::{IngressSecrets, SecretString, StaticSecretStore};
 use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
 use risk_responder::worker::{Disposition, Worker};
 
@@ -62,10 +62,8 @@ fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
 }
 
 async fn webhook(intake: Intake) -> AppState {
-    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     AppState::new(Config::default(), secrets, intake, reqwest::Client::new())
-        .await
-        .unwrap()
 }
 
 /// Receives everything on the queue as a Lambda SqsEvent (messages stay until deleted).

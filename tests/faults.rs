@@ -13,7 +13,7 @@ use risk_responder::http::{AppState, Intake};
 use risk_responder::ledger::sqlite::SqliteLedger;
 use risk_responder::ledger::{Ledger, Status};
 use risk_responder::queue::{MemoryQueue, WorkItem};
-use risk_responder::secrets::SecretsManagerStore;
+use risk_responder::secrets::{IngressSecrets, SecretsManagerStore};
 use risk_responder::worker::{Disposition, Worker};
 
 fn worker(s: &StandIn, ledger: Arc<dyn Ledger>) -> Worker {
@@ -106,14 +106,11 @@ async fn token_endpoint_down() {
 async fn secrets_manager_unreachable_is_503_but_the_handshake_still_answers() {
     let (logs, _guard) = common::Logs::capture();
     let sdk = common::moto::unreachable_sdk_config().await;
-    let store = Arc::new(
-        SecretsManagerStore::new(
-            aws_sdk_secretsmanager::Client::new(&sdk),
-            "app",
-            Duration::from_secs(60),
-        )
-        .unwrap(),
-    );
+    let store = Arc::new(SecretsManagerStore::<IngressSecrets>::new(
+        aws_sdk_secretsmanager::Client::new(&sdk),
+        "app",
+        Duration::from_secs(60),
+    ));
     // Start-up tolerates it being down only if the secrets were not needed; build state directly.
     let queue = Arc::new(MemoryQueue::default());
     let state = AppState {

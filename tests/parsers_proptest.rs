@@ -10,11 +10,11 @@ use risk_responder::config::Config;
 use risk_responder::ingress::decrypt::{EncryptedContent, decrypt_content};
 use risk_responder::ingress::graph::{GraphIngress, MAX_VALIDATION_TOKEN_LEN, handshake_token};
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{SecretString, Secrets};
+use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument, SecretString};
 
 /// Parsed once: the embedded secrets hold a 4096-bit key.
-static SECRETS: std::sync::LazyLock<Secrets> =
-    std::sync::LazyLock::new(|| Secrets::embedded_dev().unwrap());
+static SECRETS: std::sync::LazyLock<IngressSecrets> =
+    std::sync::LazyLock::new(|| IngressSecrets::embedded_dev().unwrap());
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -108,7 +108,7 @@ proptest! {
         let rt = runtime();
         let config = Config::default();
         let secrets = &*SECRETS;
-        let ingress = GraphIngress { config: &config, secrets, tokens: None };
+        let ingress = GraphIngress { config: &config, secrets, tokens: None, deadline: tokio::time::Instant::now() };
         let _ = rt.block_on(ingress.process(&body));
     }
 
@@ -117,7 +117,7 @@ proptest! {
         let rt = runtime();
         let config = Config::default();
         let secrets = &*SECRETS;
-        let ingress = GraphIngress { config: &config, secrets, tokens: None };
+        let ingress = GraphIngress { config: &config, secrets, tokens: None, deadline: tokio::time::Instant::now() };
         let mut batch = serde_json::json!({ "value": items });
         if let Some(tokens) = tokens {
             batch["validationTokens"] = tokens.into();
@@ -176,7 +176,8 @@ proptest! {
 
     #[test]
     fn secrets_policy_and_work_items_never_panic(text in "[ -~\\n]{0,400}") {
-        let _ = Secrets::from_json(&text);
+        let _ = IngressSecrets::from_json(&text);
+        let _ = GraphSecrets::from_json(&text);
         let _ = risk_responder::policy::Policy::from_toml(&text);
         let _ = serde_json::from_str::<risk_responder::queue::WorkItem>(&text);
     }

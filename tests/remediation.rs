@@ -548,7 +548,7 @@ actions = ["reset_password"]"#
 
 #[tokio::test]
 async fn a_rotated_client_secret_is_used_without_a_restart() {
-    use risk_responder::secrets::{SecretStore, SecretsManagerStore};
+    use risk_responder::secrets::{GraphSecrets, SecretStore, SecretsManagerStore};
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
@@ -561,8 +561,11 @@ async fn a_rotated_client_secret_is_used_without_a_restart() {
         .send()
         .await
         .unwrap();
-    let store: Arc<dyn SecretStore> =
-        Arc::new(SecretsManagerStore::new(sm.clone(), &id, Duration::from_millis(300)).unwrap());
+    let store: Arc<dyn SecretStore<GraphSecrets>> = Arc::new(SecretsManagerStore::new(
+        sm.clone(),
+        &id,
+        Duration::from_millis(300),
+    ));
     let config = risk_responder::config::Config {
         graph_base_url: s.graph_url(),
         login_authority: s.authority(),

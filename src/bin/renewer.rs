@@ -15,11 +15,13 @@ const RENEW_WITHIN: Duration = Duration::from_secs(3 * 24 * 3600);
 async fn main() -> Result<(), Error> {
     risk_responder::telemetry::init();
     let config = Config::from_env()?;
-    let store = app::secret_store(&config).await?;
+    let store = app::graph_secret_store(&config).await?;
     let secrets = store.load().await?;
+    // The ingress part only for the clientState of the subscriptions it creates.
+    let ingress = app::ingress_secret_store(&config).await?.load().await?;
     let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
     let manager =
-        app::subscriptions(&config, &secrets, graph).ok_or("RR_NOTIFICATION_URL must be set")?;
+        app::subscriptions(&config, &ingress, graph).ok_or("RR_NOTIFICATION_URL must be set")?;
     let policy = app::load_policy(&config)?;
     let vault_prefix = match &policy.password_delivery {
         Some(risk_responder::policy::PasswordDelivery::SecretsManager { name_prefix, .. }) => {

@@ -105,15 +105,17 @@ async fn replay(
     ingress_only: bool,
 ) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    let store = app::secret_store(&config).await?;
+    let store = app::ingress_secret_store(&config).await?;
     let http = reqwest::Client::new();
     let intake = Intake::in_process(Arc::new(MemoryQueue::default()))?;
-    let state = AppState::new(config, store, intake, http.clone()).await?;
+    let state = AppState::new(config, store, intake, http.clone());
     let secrets = state.secrets.load().await?;
     let pipeline = if ingress_only {
         None
     } else {
-        let graph = app::graph_client(&state.config, &secrets, state.secrets.clone(), http)?;
+        let graph_store = app::graph_secret_store(&state.config).await?;
+        let graph_secrets = graph_store.load().await?;
+        let graph = app::graph_client(&state.config, &graph_secrets, graph_store, http)?;
         let mode = (!enforce).then_some(Mode::ReportOnly);
         Some(app::pipeline(graph, &state.config, mode).await?)
     };
@@ -193,10 +195,11 @@ async fn subscriptions(
     tenant: Option<String>,
 ) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    let store = app::secret_store(&config).await?;
+    let store = app::graph_secret_store(&config).await?;
     let secrets = store.load().await?;
+    let ingress = app::ingress_secret_store(&config).await?.load().await?;
     let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
-    let manager = app::subscriptions(&config, &secrets, graph)
+    let manager = app::subscriptions(&config, &ingress, graph)
         .ok_or("set RR_NOTIFICATION_URL (public URL of /graph/notifications) and a clientState")?;
     let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
     for tenant in tenants {
@@ -234,17 +237,19 @@ async fn serve(bind: Option<std::net::SocketAddr>) -> Result<(), StartError> {
         config.bind = bind;
     }
     let addr = config.bind;
-    let store = app::secret_store(&config).await?;
-    let secrets = store.load().await?;
+    let ingress_store = app::ingress_secret_store(&config).await?;
+    let ingress = ingress_store.load().await?;
+    let graph_store = app::graph_secret_store(&config).await?;
+    let graph_secrets = graph_store.load().await?;
     let http = reqwest::Client::new();
     let (intake, memory) = app::intake(&config).await?;
-    let graph = app::graph_client(&config, &secrets, store.clone(), http.clone())?;
+    let graph = app::graph_client(&config, &graph_secrets, graph_store, http.clone())?;
     let worker = Worker {
         ledger: intake.ledger.clone(),
         pipeline: app::pipeline(graph.clone(), &config, None).await?,
-        subscriptions: app::subscriptions(&config, &secrets, graph),
+        subscriptions: app::subscriptions(&config, &ingress, graph),
     };
-    let state = AppState::new(config, store, intake, http).await?;
+    let state = AppState::new(config, ingress_store, intake, http);
 
     // Inline queue: the worker drains it in the background.
     if let Some(queue) = memory {

@@ -10,8 +10,9 @@ use risk_responder::http::{AppState, router};
 async fn main() -> Result<(), Error> {
     risk_responder::telemetry::init();
     let config = Config::from_env()?;
-    let secrets = app::secret_store(&config).await?;
+    // Only the ingress secrets: the webhook never reads the Graph credential.
+    let secrets = app::ingress_secret_store(&config).await?;
     let (intake, _) = app::intake(&config).await?;
-    let state = AppState::new(config, secrets, intake, reqwest::Client::new()).await?;
+    let state = AppState::new(config, secrets, intake, reqwest::Client::new());
     run(router(state)).await
 }

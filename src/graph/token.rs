@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use std::sync::Arc;
 
 use super::GraphError;
-use crate::secrets::{SecretStore, SecretString};
+use crate::secrets::{GraphSecrets, SecretStore, SecretString};
 
 /// Tokens are renewed this long before `expires_in` runs out.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);
@@ -49,7 +49,7 @@ enum CredentialSource {
     Fixed(ClientCredential),
     /// Read from the secret store each time a token is fetched, so a rotated client secret or
     /// certificate is used as soon as the store's cache refreshes.
-    Store(Arc<dyn SecretStore>),
+    Store(Arc<dyn SecretStore<GraphSecrets>>),
 }
 
 /// Acquires and caches app-only tokens.
@@ -86,7 +86,7 @@ impl TokenProvider {
         http: reqwest::Client,
         authority: impl Into<String>,
         client_id: impl Into<String>,
-        store: Arc<dyn SecretStore>,
+        store: Arc<dyn SecretStore<GraphSecrets>>,
         scope: impl Into<String>,
     ) -> Self {
         Self::with_source(

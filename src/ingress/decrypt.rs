@@ -83,16 +83,16 @@ pub fn decrypt_content(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::Secrets;
+    use crate::secrets::{IngressSecrets, SecretDocument};
 
     const VECTOR: &str =
         include_str!("../../tests/vectors/graph-rich-notification/encrypted-content.json");
     const KEY_PEM: &str =
         include_str!("../../tests/vectors/graph-rich-notification/private-key.pem");
 
-    fn vector_key() -> Secrets {
+    fn vector_key() -> IngressSecrets {
         let doc = serde_json::json!({ "decryption_keys": { "custom-id-for-testing": KEY_PEM } });
-        Secrets::from_json(&doc.to_string()).unwrap()
+        IngressSecrets::from_json(&doc.to_string()).unwrap()
     }
 
     #[test]

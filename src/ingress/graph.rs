@@ -11,7 +11,7 @@ use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
 use super::validation_tokens::{TokenError, TokenVerifier};
 use crate::config::Config;
 use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
-use crate::secrets::{SecretString, Secrets};
+use crate::secrets::{IngressSecrets, SecretString};
 
 /// Longest validation token echoed back (Graph's are well under this).
 pub const MAX_VALIDATION_TOKEN_LEN: usize = 1024;
@@ -54,10 +54,17 @@ fn check_handshake_token(token: &str) -> Result<(), HandshakeError> {
     }
 }
 
-/// The body is not a notification batch at all (answered 400).
+/// Why a batch as a whole is not taken.
 #[derive(Debug, thiserror::Error)]
-#[error("body is not a Graph notification batch: {0}")]
-pub struct BatchError(String);
+pub enum BatchError {
+    /// The body is not a notification batch at all (400).
+    #[error("body is not a Graph notification batch: {0}")]
+    NotABatch(String),
+    /// Its validation tokens could not be checked because the signing keys are unavailable:
+    /// nothing is dropped, the batch is answered 503 so that Graph delivers it again.
+    #[error("validation tokens could not be checked: {0}")]
+    KeysUnavailable(String),
+}
 
 /// One notification of a batch, as Graph sends it.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,19 +171,26 @@ pub struct BatchOutcome {
 /// Context a batch is checked against.
 pub struct GraphIngress<'a> {
     pub config: &'a Config,
-    pub secrets: &'a Secrets,
+    pub secrets: &'a IngressSecrets,
     /// Verifier for `validationTokens`; `None` when no Graph app id is configured, in which
     /// case notifications with resource data are refused.
     pub tokens: Option<&'a TokenVerifier>,
+    /// Until when the batch may wait for signing keys (the request's arrival plus
+    /// [`crate::ingress::jwks::JwksPolicy::wait`]).
+    pub deadline: tokio::time::Instant,
 }
 
 impl GraphIngress<'_> {
-    /// Parses and checks a batch. Errors only when the body is not a batch; individual bad
-    /// notifications are reported in [`BatchOutcome::dropped`].
+    /// Parses and checks a batch. Errors when the body is not a batch, or when its tokens cannot
+    /// be checked for want of signing keys; individual bad notifications are reported in
+    /// [`BatchOutcome::dropped`].
     pub async fn process(&self, body: &[u8]) -> Result<BatchOutcome, BatchError> {
         let batch: NotificationBatch =
-            serde_json::from_slice(body).map_err(|e| BatchError(e.to_string()))?;
+            serde_json::from_slice(body).map_err(|e| BatchError::NotABatch(e.to_string()))?;
         let vouched = self.verify_tokens(batch.validation_tokens.as_deref()).await;
+        if let Vouched::Unavailable(reason) = vouched {
+            return Err(BatchError::KeysUnavailable(reason));
+        }
         let mut outcome = BatchOutcome::default();
         for (index, raw) in batch.value.into_iter().enumerate() {
             let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_owned);
@@ -208,10 +222,11 @@ impl GraphIngress<'_> {
         let mut tenants = Vec::with_capacity(tokens.len());
         for token in tokens {
             match verifier
-                .verify(token, |tid| self.config.tenant_allowed(tid))
+                .verify(token, |tid| self.config.tenant_allowed(tid), self.deadline)
                 .await
             {
                 Ok(tid) => tenants.push(tid),
+                Err(TokenError::KeysUnavailable(reason)) => return Vouched::Unavailable(reason),
                 Err(e) => return Vouched::Refused(e),
             }
         }
@@ -271,6 +286,11 @@ impl GraphIngress<'_> {
         match vouched {
             Vouched::NoTokens => return Err(Rejection::MissingValidationTokens),
             Vouched::Refused(e) => return Err(Rejection::ValidationToken(e.clone())),
+            Vouched::Unavailable(_) => {
+                return Err(Rejection::ValidationToken(TokenError::KeysUnavailable(
+                    "signing keys unavailable".into(),
+                )));
+            }
             Vouched::Tenants(tenants) => {
                 if !tenants.iter().any(|t| t == tenant_id) {
                     return Err(Rejection::TenantNotVouched(tenant_id.to_owned()));
@@ -293,6 +313,8 @@ impl GraphIngress<'_> {
 enum Vouched {
     NoTokens,
     Refused(TokenError),
+    /// The signing keys could not be had: the tokens are neither good nor bad.
+    Unavailable(String),
     Tenants(Vec<String>),
 }
 

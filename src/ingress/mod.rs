@@ -2,6 +2,7 @@
 
 pub mod decrypt;
 pub mod graph;
+pub mod jwks;
 pub mod sentinel;
 pub mod signature;
 pub mod validation_tokens;

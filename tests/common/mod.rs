@@ -6,7 +6,7 @@ pub mod moto;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use risk_responder::config::Config;
 use risk_responder::http::AppState;
 use risk_responder::queue::{MemoryQueue, QueueError, WorkItem, WorkQueue};
-use risk_responder::secrets::{Secrets, StaticSecretStore};
+use risk_responder::secrets::{IngressSecrets, StaticSecretStore};
 
 pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -29,29 +29,103 @@ pub fn lambda_event(path: &str) -> lambda_http::Request {
     lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
-/// A local JWKS endpoint serving `tests/fixtures/jwks.json`, counting fetches.
+/// A local JWKS endpoint (the Microsoft identity platform's key set stand-in) serving
+/// `tests/fixtures/jwks.json`. Fault tests can slow it down, make it fail (500), change the
+/// keys it serves, and count the fetches it answered.
 pub struct JwksServer {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
+    body: Arc<Mutex<String>>,
+}
+
+impl JwksServer {
+    /// Fetches answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every answer waits this long first.
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Answers 500 (Microsoft's endpoint having an outage) while `failing`.
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Serves another key set (a fixture file under tests/fixtures), e.g. after a rotation.
+    pub fn serve(&self, fixture: &str) {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        *self.body.lock().unwrap() = text;
+    }
 }
 
 pub async fn jwks_server() -> JwksServer {
     let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let jwks = include_str!("../fixtures/jwks.json");
+    let delay_ms = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let body = Arc::new(Mutex::new(include_str!("../fixtures/jwks.json").to_owned()));
+    let (counter, delay, fail, keys) = (
+        hits.clone(),
+        delay_ms.clone(),
+        failing.clone(),
+        body.clone(),
+    );
     let app = axum::Router::new().route(
         "/common/discovery/v2.0/keys",
         get(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async move { ([("content-type", "application/json")], jwks) }
+            let (counter, delay, fail, keys) =
+                (counter.clone(), delay.clone(), fail.clone(), keys.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let wait = delay.load(Ordering::SeqCst);
+                if wait > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                if fail.load(Ordering::SeqCst) {
+                    return (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "application/json")],
+                        r#"{"error":"temporarily_unavailable"}"#.to_owned(),
+                    );
+                }
+                let text = keys.lock().unwrap().clone();
+                (
+                    http::StatusCode::OK,
+                    [("content-type", "application/json")],
+                    text,
+                )
+            }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // The server runs on its own thread and runtime, as a remote endpoint would.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap()
+        })
+    });
     JwksServer {
         url: format!("http://{addr}/common/discovery/v2.0/keys"),
         hits,
+        delay_ms,
+        failing,
+        body,
     }
 }
 
@@ -84,6 +158,39 @@ pub fn sign_token(claims: &serde_json::Value, key_file: &str, kid: &str) -> Stri
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
+/// A rich notification batch (Microsoft's SDK vector as `encryptedContent`) with `clientState`
+/// and the given validation tokens.
+pub fn rich_batch_with(client_state: &str, tokens: Option<Vec<String>>) -> String {
+    let mut content: serde_json::Value = serde_json::from_str(include_str!(
+        "../vectors/graph-rich-notification/encrypted-content.json"
+    ))
+    .unwrap();
+    content["encryptionCertificateId"] = "custom-id-for-testing".into();
+    content["encryptionCertificateThumbprint"] = "4B95353E086AD37196606ACF834A14532F03E6DB".into();
+    let mut batch = serde_json::json!({
+        "value": [{
+            "id": "rich-1",
+            "subscriptionId": "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+            "subscriptionExpirationDateTime": "2026-11-26T06:00:00.000Z",
+            "clientState": client_state,
+            "changeType": "updated",
+            "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204",
+            "tenantId": TENANT,
+            "resourceData": { "id": "6e7b768e-07e2-4810-8459-485f84f8f204" },
+            "encryptedContent": content,
+        }]
+    });
+    if let Some(tokens) = tokens {
+        batch["validationTokens"] = tokens.into();
+    }
+    batch.to_string()
+}
+
+/// A rich notification batch with the development clientState.
+pub fn rich_batch(tokens: Option<Vec<String>>) -> String {
+    rich_batch_with(CLIENT_STATE, tokens)
+}
+
 /// A valid token signed by the JWKS key.
 pub fn valid_token() -> String {
     sign_token(&token_claims(), "jwt-test-key-1.pem", "test-kid-1")
@@ -101,11 +208,9 @@ impl WorkQueue for FailingQueue {
 
 /// Application state over the embedded development secrets and an in-memory queue.
 pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
-    let secrets = Arc::new(StaticSecretStore::new(Secrets::embedded_dev().unwrap()));
+    let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
     AppState::new(config, secrets, intake, reqwest::Client::new())
-        .await
-        .unwrap()
 }
 
 pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {
@@ -123,6 +228,12 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        // tracing-core caches a callsite's interest from the *current thread's* subscriber
+        // while at most one dispatcher is registered: a line first logged on a thread that
+        // captures nothing would then stay disabled for a capturing thread. A second
+        // dispatcher that lives for the whole process makes it ask every registered one.
+        static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let logs = Logs::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()

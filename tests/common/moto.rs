@@ -17,16 +17,32 @@ static MOTO: OnceLock<Moto> = OnceLock::new();
 /// moto's backends are not atomic under concurrent requests (two conditional writes on one
 /// item can both pass), whereas DynamoDB serialises writes to an item. Requests are therefore
 /// run one at a time behind a lock, so concurrency tests exercise our conditions, not moto's
-/// races. The server stops when stdin closes.
+/// races. With IAM enforcement on, moto answers a denied call to a JSON-protocol service
+/// (`X-Amz-Target`: Secrets Manager, DynamoDB, SQS) with the XML error of query-protocol
+/// services; AWS answers `x-amzn-ErrorType: AccessDeniedException` and a JSON body, which
+/// is what the SDK parses, so the answer is rewritten to that. The server stops when stdin
+/// closes.
 const SCRIPT: &str = r#"
-import sys, threading
+import sys, threading, json, re
 from werkzeug.serving import make_server
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 inner = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()
 def app(environ, start_response):
+    captured = {}
+    def capture(status, headers, exc_info=None):
+        captured["status"], captured["headers"] = status, headers
     with lock:
-        return list(inner(environ, start_response))
+        body = b"".join(inner(environ, capture))
+    status, headers = captured["status"], captured["headers"]
+    if environ.get("HTTP_X_AMZ_TARGET") and status.startswith("403") and b"<Code>AccessDenied</Code>" in body:
+        found = re.search(rb"<Message>(.*?)</Message>", body, re.S)
+        message = found.group(1).decode() if found else "Access denied"
+        body = json.dumps({"__type": "AccessDeniedException", "Message": message}).encode()
+        headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", "AccessDeniedException"),
+                   ("Content-Length", str(len(body)))]
+    start_response(status, headers)
+    return [body]
 server = make_server("127.0.0.1", 0, app, True, request_handler=MotoRequestHandler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 print(server.server_address[1], flush=True)
