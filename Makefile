@@ -2,6 +2,10 @@
 .PHONY: run test lint ci build deploy bench
 
 VENV := .venv
+PYTHON := $(CURDIR)/$(VENV)/bin/python
+# Tools installed into the venv (cargo-lambda, zig, cargo-audit) come first on PATH.
+TOOLS_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+LAMBDA_BINS := webhook worker renewer
 
 # Local server on 127.0.0.1:3000 with the embedded development defaults.
 run:
@@ -10,12 +14,18 @@ run:
 # Python tools the tests drive: moto server (AWS stand-in), the standardwebhooks signer, cfn-lint.
 $(VENV)/ready: requirements-test.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r requirements-test.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+# cargo-lambda and zig (PyPI, pinned) and the arm64 standard library.
+$(VENV)/build-tools: requirements-build.txt $(VENV)/ready
+	$(VENV)/bin/python -m pip install --quiet -r requirements-build.txt
+	if command -v rustup >/dev/null; then rustup target add aarch64-unknown-linux-gnu; fi
 	touch $@
 
 # The project's tests (what CI runs).
 test: $(VENV)/ready
-	RR_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python cargo test --locked --all-targets
+	RR_TEST_PYTHON=$(PYTHON) cargo test --locked --all-targets
 
 lint: $(VENV)/ready
 	cargo fmt --check
@@ -30,11 +40,13 @@ bench:
 	cargo build --locked --release --bins
 	python3 scripts/bench_report.py
 
-# Lambda artifacts (needs cargo-lambda and zig): target/lambda/{webhook,worker,renewer}/bootstrap
-build:
-	cargo lambda build --release --arm64
+# Lambda artifacts: target/lambda/{webhook,worker,renewer}/bootstrap (arm64, release profile),
+# then their sizes against the 12 MB budget, recorded in BENCHMARKS.md.
+build: $(VENV)/build-tools
+	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))
+	PATH=$(TOOLS_PATH) $(PYTHON) scripts/lambda_sizes.py $(LAMBDA_BINS)
 
 # Build with SAM's cargo-lambda builder and deploy (needs the AWS SAM CLI and credentials).
-deploy:
-	sam build --template-file infra/template.yaml --beta-features
+deploy: $(VENV)/build-tools
+	PATH=$(TOOLS_PATH) sam build --template-file infra/template.yaml --beta-features
 	sam deploy --guided
