@@ -2,6 +2,7 @@
 .PHONY: run test lint ci build deploy bench audit advisory-db-archive
 
 VENV := .venv
+SAM_VENV := .venv-sam
 PYTHON := $(CURDIR)/$(VENV)/bin/python
 # Tools installed into the venv (cargo-lambda, zig, cargo-audit) come first on PATH.
 TOOLS_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -29,14 +30,22 @@ $(VENV)/audit-tool: requirements-audit.txt $(VENV)/ready
 	  || cargo install --locked --root $(VENV) cargo-audit@0.22.2
 	touch $@
 
+# AWS SAM CLI in its own venv (it pins boto3 and cfn-lint versions of its own).
+$(SAM_VENV)/ready: requirements-sam.txt
+	python3 -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
+	touch $@
+
 # The project's tests (what CI runs).
 test: $(VENV)/ready
 	RR_TEST_PYTHON=$(PYTHON) cargo test --locked --all-targets
 
-lint: $(VENV)/ready
+lint: $(VENV)/ready $(SAM_VENV)/ready
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint infra/template.yaml
+	cd infra && SAM_CLI_TELEMETRY=0 $(CURDIR)/$(SAM_VENV)/bin/sam validate --lint \
+	  --template-file template.yaml --region us-east-1
 
 # Dependencies against the RustSec advisory database vendored in audit/ (see audit/README.md).
 ADVISORY_DB ?= target/advisory-db
@@ -71,7 +80,7 @@ build: $(VENV)/build-tools
 	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))
 	PATH=$(TOOLS_PATH) $(PYTHON) scripts/lambda_sizes.py $(LAMBDA_BINS)
 
-# Build with SAM's cargo-lambda builder and deploy (needs the AWS SAM CLI and credentials).
-deploy: $(VENV)/build-tools
-	PATH=$(TOOLS_PATH) sam build --template-file infra/template.yaml --beta-features
-	sam deploy --guided
+# Build with SAM's cargo-lambda builder and deploy (needs credentials).
+deploy: $(VENV)/build-tools $(SAM_VENV)/ready
+	PATH=$(TOOLS_PATH) $(SAM_VENV)/bin/sam build --template-file infra/template.yaml --beta-features
+	$(SAM_VENV)/bin/sam deploy --guided
