@@ -1,5 +1,5 @@
 # risk-responder: the README's commands, and what CI runs.
-.PHONY: run test lint ci build deploy bench audit advisory-db-archive
+.PHONY: run test lint ci build deploy bench audit advisory-db-archive lambda-check
 
 VENV := .venv
 SAM_VENV := .venv-sam
@@ -18,9 +18,12 @@ $(VENV)/ready: requirements-test.txt
 	$(VENV)/bin/python -m pip install --quiet -r requirements-test.txt
 	touch $@
 
-# cargo-lambda and zig (PyPI, pinned) and the arm64 standard library.
-$(VENV)/build-tools: requirements-build.txt $(VENV)/ready
+# cargo-lambda and zig (PyPI, pinned); for `make build` also the arm64 standard library.
+$(VENV)/lambda-tools: requirements-build.txt $(VENV)/ready
 	$(VENV)/bin/python -m pip install --quiet -r requirements-build.txt
+	touch $@
+
+$(VENV)/build-tools: $(VENV)/lambda-tools
 	if command -v rustup >/dev/null; then rustup target add aarch64-unknown-linux-gnu; fi
 	touch $@
 
@@ -66,7 +69,7 @@ advisory-db-archive:
 	  | xz -9e -T1 > audit/advisory-db.tar.xz
 	sha256sum audit/advisory-db.tar.xz
 
-ci: test lint audit
+ci: test lint audit lambda-check
 
 # Criterion benches, then cold start, RSS and binary sizes; writes BENCHMARKS.md.
 bench:
@@ -79,6 +82,11 @@ bench:
 build: $(VENV)/build-tools
 	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))
 	PATH=$(TOOLS_PATH) $(PYTHON) scripts/lambda_sizes.py $(LAMBDA_BINS)
+
+# The Lambda binaries under cargo-lambda's runtime emulator against moto, for every saved event
+# (scripts/lambda_check.py says what is checked).
+lambda-check: $(VENV)/lambda-tools
+	PATH=$(TOOLS_PATH) $(PYTHON) scripts/lambda_check.py
 
 # Build with SAM's cargo-lambda builder and deploy (needs credentials).
 deploy: $(VENV)/build-tools $(SAM_VENV)/ready
