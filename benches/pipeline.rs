@@ -17,7 +17,7 @@ use risk_responder::config::Config;
 use risk_responder::ingress::graph::GraphIngress;
 use risk_responder::ingress::validation_tokens::{JwksCache, JwksPolicy, TokenVerifier};
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument, SecretString};
+use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -127,11 +127,12 @@ fn ingress(c: &mut Criterion) {
     });
 
     let alert = read("events/sentinel/alert-identity-protection.json");
-    let keys = [SecretString::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+    let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let keys = [signature::WebhookKey::parse(key).unwrap()];
     group.bench_function("sentinel_alert_hmac", |b| {
         b.iter(|| {
             let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-            let raw = signature::decode_key(keys[0].expose()).unwrap();
+            let raw = signature::decode_key(key).unwrap();
             let mut headers = http::HeaderMap::new();
             headers.insert("webhook-id", "msg_bench".parse().unwrap());
             headers.insert("webhook-timestamp", ts.to_string().parse().unwrap());
@@ -181,6 +182,9 @@ fn replay(c: &mut Criterion) {
     for dir in ["events/graph", "events/sentinel"] {
         for entry in std::fs::read_dir(format!("{ROOT}/{dir}")).unwrap() {
             let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
             files.push((
                 path.display().to_string(),
                 std::fs::read_to_string(&path).unwrap(),

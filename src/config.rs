@@ -13,6 +13,11 @@ pub const DEV_TENANT_ID: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 /// Default cap on request bodies (Lambda's own synchronous payload limit is 6 MB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Default cap on notifications in one Graph batch. Graph documents no maximum (a request may
+/// carry "multiple notifications"); every kept notification costs a ledger write and a tenth of
+/// an SQS batch before the answer, which must come within Graph's 3 s.
+pub const DEFAULT_MAX_NOTIFICATIONS_PER_BATCH: usize = 1000;
+
 /// Errors in configuration values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,12 +55,17 @@ pub struct Config {
     pub jwks_url: String,
     /// Largest accepted request body, in bytes; larger gets 413.
     pub max_body_bytes: usize,
+    /// Most notifications in one Graph batch; more gets 413 and none is looked at.
+    pub max_notifications_per_batch: usize,
     /// Address of the local server.
     pub bind: SocketAddr,
     /// Where the ingress secrets (clientStates, HMAC keys, decryption keys) come from.
     pub ingress_secrets: SecretsSource,
     /// Where the Graph credential comes from (worker, renewer, CLI commands that call Graph).
     pub graph_secrets: SecretsSource,
+    /// Audiences accepted in Entra ID tokens on `/sentinel/alerts` (application ID URI and/or
+    /// client id); empty turns Entra ID authentication off.
+    pub sentinel_audiences: Vec<String>,
     /// Graph application id: the audience of Graph validation tokens (not a secret). When
     /// unset, the `client_id` of a local secrets file (or the embedded development document).
     pub graph_client_id: Option<String>,
@@ -97,10 +107,12 @@ impl Default for Config {
             allowed_tenants: vec![DEV_TENANT_ID.to_owned()],
             jwks_url: MICROSOFT_JWKS_URL.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_notifications_per_batch: DEFAULT_MAX_NOTIFICATIONS_PER_BATCH,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             ingress_secrets: SecretsSource::EmbeddedDev,
             graph_secrets: SecretsSource::EmbeddedDev,
             graph_client_id: None,
+            sentinel_audiences: Vec::new(),
             token_leeway: Duration::from_secs(60),
             jwks: crate::ingress::jwks::JwksPolicy::default(),
             webhook_tolerance: Duration::from_secs(5 * 60),
@@ -141,6 +153,12 @@ impl Config {
         if let Some(bytes) = get("RR_MAX_BODY_BYTES") {
             config.max_body_bytes = bytes.parse().map_err(|e| ConfigError::Invalid {
                 name: "RR_MAX_BODY_BYTES",
+                reason: format!("{e}"),
+            })?;
+        }
+        if let Some(cap) = get("RR_MAX_NOTIFICATIONS_PER_BATCH") {
+            config.max_notifications_per_batch = cap.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_MAX_NOTIFICATIONS_PER_BATCH",
                 reason: format!("{e}"),
             })?;
         }
@@ -198,6 +216,13 @@ impl Config {
         config.ingress_secrets = ingress.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_secrets = graph.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_client_id = nonempty("RR_GRAPH_CLIENT_ID").map(|v| v.trim().to_owned());
+        if let Some(audiences) = get("RR_SENTINEL_AUDIENCE") {
+            config.sentinel_audiences = audiences
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect();
+        }
         Ok(config)
     }
 
@@ -243,9 +268,11 @@ mod tests {
         let config = Config::from_lookup(lookup(&[
             ("RR_ALLOWED_TENANTS", " AAAA-1 , bbbb-2,"),
             ("RR_MAX_BODY_BYTES", "2048"),
+            ("RR_MAX_NOTIFICATIONS_PER_BATCH", "50"),
             ("RR_SECRETS_FILE", "/tmp/s.json"),
         ]))
         .unwrap();
+        assert_eq!(config.max_notifications_per_batch, 50);
         assert_eq!(config.allowed_tenants, vec!["aaaa-1", "bbbb-2"]);
         assert_eq!(config.max_body_bytes, 2048);
         assert!(config.tenant_allowed("BBBB-2"));

@@ -12,9 +12,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::ingress::entra::EntraVerifier;
 use crate::ingress::graph::{BatchError, GraphIngress, handshake_token};
 use crate::ingress::sentinel::{self, SentinelError};
-use crate::ingress::signature::{self, MemoryReplayGuard, ReplayGuard};
+use crate::ingress::sentinel_auth::{AuthError, SentinelAuth};
+use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
 use crate::ledger::Ledger;
 use crate::ledger::LedgerError;
@@ -66,6 +68,9 @@ pub struct AppState {
     /// The ingress secrets: the webhook never reads the Graph credential.
     pub secrets: Arc<dyn SecretStore<IngressSecrets>>,
     pub tokens: Option<Arc<TokenVerifier>>,
+    /// Verifier of Entra ID tokens on `/sentinel/alerts`, when an audience is configured; it
+    /// shares the signing-key cache with `tokens`.
+    pub entra: Option<Arc<EntraVerifier>>,
     pub intake: Intake,
 }
 
@@ -79,14 +84,26 @@ impl AppState {
         intake: Intake,
         http: reqwest::Client,
     ) -> Self {
+        let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
         let tokens = config.validation_token_audience().map(|audience| {
-            let jwks = JwksCache::new(config.jwks_url.clone(), http, config.jwks);
-            Arc::new(TokenVerifier::new(jwks, audience, config.token_leeway))
+            Arc::new(TokenVerifier::new(
+                jwks.clone(),
+                audience,
+                config.token_leeway,
+            ))
+        });
+        let entra = (!config.sentinel_audiences.is_empty()).then(|| {
+            Arc::new(EntraVerifier::new(
+                jwks,
+                config.sentinel_audiences.clone(),
+                config.token_leeway,
+            ))
         });
         Self {
             config: Arc::new(config),
             secrets,
             tokens,
+            entra,
             intake,
         }
     }
@@ -186,7 +203,22 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
     };
     let outcome = match ingress.process(&body).await {
         Ok(outcome) => outcome,
-        Err(e @ BatchError::NotABatch(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BatchError::NotABatch(_)) => {
+            tracing::warn!(
+                bytes = body.len(),
+                "graph request refused: not a notification batch"
+            );
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(e @ BatchError::TooMany { count, cap }) => {
+            tracing::warn!(
+                notifications = count,
+                cap,
+                bytes = body.len(),
+                "graph request refused: too many notifications in one batch"
+            );
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
         Err(BatchError::KeysUnavailable(reason)) => {
             // Nothing is dropped: Graph delivers the batch again after a 5xx.
             tracing::error!(%reason, "graph batch not checked: signing keys unavailable");
@@ -196,15 +228,6 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
             );
         }
     };
-    for dropped in &outcome.dropped {
-        tracing::warn!(
-            index = dropped.index,
-            subscription_id = dropped.subscription_id.as_deref().unwrap_or(""),
-            tenant_id = dropped.tenant_id.as_deref().unwrap_or(""),
-            reason = %dropped.reason,
-            "graph notification dropped"
-        );
-    }
     let items: Vec<WorkItem> = outcome
         .events
         .iter()
@@ -212,32 +235,57 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .map(WorkItem::Risk)
         .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
         .collect();
-    if let Err(response) = enqueue(&state.intake, &items).await {
+    let kept = enqueue(&state.intake, &items).await;
+    log_batch(&outcome, kept.is_ok());
+    if let Err(response) = kept {
         return response;
     }
-    for event in &outcome.events {
-        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
-    }
-    for notice in &outcome.lifecycle {
-        tracing::info!(tenant_id = %notice.tenant_id, subscription_id = %notice.subscription_id, kind = ?notice.kind, "lifecycle notification accepted");
-    }
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "accepted": outcome.events.len(),
-            "lifecycle": outcome.lifecycle.len(),
-            "dropped": outcome.dropped.len(),
-        })),
-    )
-        .into_response()
+    // No counts, no reasons: what failed a check is in the log, never in the answer, so a
+    // sender cannot use the answer to probe (clientState, tenants, tokens).
+    StatusCode::ACCEPTED.into_response()
 }
 
-/// `POST /sentinel/alerts`: a Standard Webhooks-signed Sentinel alert or incident.
+/// One log line per batch, however many notifications it holds: counts, dropped notifications
+/// counted by reason with a short sample, and the ids of what was kept.
+fn log_batch(outcome: &crate::ingress::graph::BatchOutcome, kept: bool) {
+    let event_ids: Vec<&str> = outcome.events.iter().map(|e| e.event_id.as_str()).collect();
+    let lifecycle: Vec<serde_json::Value> = outcome
+        .lifecycle
+        .iter()
+        .map(|n| json!({ "tenant_id": n.tenant_id, "subscription_id": n.subscription_id, "kind": n.kind }))
+        .collect();
+    let notifications = outcome.events.len() + outcome.lifecycle.len() + outcome.dropped.len();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                notifications,
+                accepted = outcome.events.len(),
+                lifecycle = outcome.lifecycle.len(),
+                dropped = outcome.dropped.len(),
+                kept,
+                drop_reasons = %json!(outcome.drop_counts()),
+                drop_sample = %json!(outcome.drop_sample()),
+                event_ids = %json!(event_ids),
+                lifecycle_notices = %json!(lifecycle),
+                "graph batch"
+            )
+        };
+    }
+    if outcome.dropped.is_empty() && kept {
+        line!(info);
+    } else {
+        line!(warn);
+    }
+}
+
+/// `POST /sentinel/alerts`: a Sentinel alert or incident from a playbook (Entra ID token),
+/// a signing SOAR (Standard Webhooks) or an API key.
 pub async fn sentinel_alerts(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
     let body = match read_body(body, state.config.max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -248,36 +296,80 @@ pub async fn sentinel_alerts(
     };
     let tolerance = state.config.webhook_tolerance;
     let now = time::OffsetDateTime::now_utc();
-    let webhook =
-        match signature::verify(&headers, &body, &secrets.webhook_hmac_keys, now, tolerance) {
-            Ok(webhook) => webhook,
-            Err(e) => {
-                tracing::warn!(reason = %e, "sentinel delivery not authenticated");
-                return error(StatusCode::UNAUTHORIZED, e.to_string());
+    let auth = SentinelAuth {
+        config: &state.config,
+        secrets: &secrets,
+        entra: state.entra.as_deref(),
+    };
+    let webhook = match auth
+        .authenticate(&headers, &body, now, tolerance, deadline)
+        .await
+    {
+        Ok(authenticated) => authenticated,
+        Err(e @ AuthError::Unavailable(_)) => {
+            tracing::error!(reason = %e.message(), "sentinel delivery not checked: signing keys unavailable");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.message());
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e.message(), "sentinel delivery not authenticated");
+            let mut response = error(StatusCode::UNAUTHORIZED, e.message());
+            if state.entra.is_some() {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-        };
+            return response;
+        }
+    };
+    let delivery = &webhook;
     let outcome = match sentinel::parse(&body, &state.config) {
         Ok(outcome) => outcome,
-        Err(e @ SentinelError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ SentinelError::NotJson(_)) => {
+            log_delivery(delivery, "not_json", &[], &[]);
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        Err(SentinelError::NoAccount) => sentinel::SentinelOutcome::default(),
         Err(e) => {
-            tracing::warn!(webhook_id = %webhook.id, reason = %e, "sentinel payload refused");
+            tracing::warn!(delivery = %delivery.delivery_id, reason = %e, "sentinel payload refused");
             return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
         }
     };
-    // Remember the id for the whole window in which its timestamp would still be accepted.
+    // Logic Apps marks a run failed on any 4xx and retries only 408, 429 and 5xx: a payload
+    // with nothing to act on is a success that says so, not an error to retry or alarm on.
+    if outcome.events.is_empty() {
+        log_delivery(delivery, "no_usable_account", &[], &outcome.dropped);
+        return (
+            StatusCode::OK,
+            axum::Json(json!({
+                "status": "no_usable_account",
+                "detail": "no account in this payload names an Entra user of an allowed tenant; nothing was done",
+                "signals": [],
+                "dropped": outcome.dropped,
+            })),
+        )
+            .into_response();
+    }
+    // Remember the delivery for the whole window in which its timestamp would still be accepted.
     match state
         .intake
         .replay_guard
-        .first_seen(&webhook.id, tolerance * 2)
+        .first_seen(&delivery.delivery_id, tolerance * 2)
         .await
     {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(webhook_id = %webhook.id, "sentinel delivery replayed");
-            return error(
-                StatusCode::CONFLICT,
-                signature::SignatureError::Replayed.to_string(),
-            );
+            // Already kept (a retry after a lost answer, or a replay): a success that says so.
+            log_delivery(delivery, "duplicate", &outcome.events, &outcome.dropped);
+            return (
+                StatusCode::OK,
+                axum::Json(json!({
+                    "status": "duplicate",
+                    "detail": "this delivery was already received and kept; it was not kept again",
+                    "signals": signal_views(&outcome.events),
+                    "dropped": outcome.dropped,
+                })),
+            )
+                .into_response();
         }
         Err(e) => {
             tracing::error!(error = %e, "replay store unavailable");
@@ -287,21 +379,65 @@ pub async fn sentinel_alerts(
             );
         }
     }
-    for reason in &outcome.dropped {
-        tracing::warn!(webhook_id = %webhook.id, %reason, "sentinel account dropped");
-    }
     let items: Vec<WorkItem> = outcome.events.iter().cloned().map(WorkItem::Risk).collect();
     if let Err(response) = enqueue(&state.intake, &items).await {
-        // Not kept: let the sender's retry with the same webhook-id through.
-        state.intake.replay_guard.forget(&webhook.id).await;
+        // Not kept: let the sender's retry of the same delivery through.
+        state
+            .intake
+            .replay_guard
+            .forget(&delivery.delivery_id)
+            .await;
+        log_delivery(delivery, "not_kept", &outcome.events, &outcome.dropped);
         return response;
     }
-    for event in &outcome.events {
-        tracing::info!(event_id = %event.event_id, tenant_id = %event.tenant_id, source_id = %event.source_id, "risk event accepted");
-    }
+    log_delivery(delivery, "accepted", &outcome.events, &outcome.dropped);
     (
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "accepted": outcome.events.len(), "dropped": outcome.dropped.len() })),
+        axum::Json(json!({
+            "status": "accepted",
+            "signals": signal_views(&outcome.events),
+            "dropped": outcome.dropped,
+        })),
     )
         .into_response()
+}
+
+/// Per account kept, the signal id (`risk-responder cases` finds its case) and the account.
+fn signal_views(events: &[crate::event::RiskEvent]) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .map(|e| {
+            let (id, upn) = match &e.subject {
+                crate::event::Subject::User { id, upn } => (id.clone(), upn.clone()),
+                crate::event::Subject::SecurityAlert { .. } => (None, None),
+            };
+            json!({
+                "signal_id": e.event_id,
+                "tenant_id": e.tenant_id,
+                "aad_user_id": id,
+                "user_principal_name": upn,
+            })
+        })
+        .collect()
+}
+
+/// One log line per Sentinel delivery: who sent it, what became of it, the signal ids.
+fn log_delivery(
+    delivery: &crate::ingress::sentinel_auth::Authenticated,
+    status: &str,
+    events: &[crate::event::RiskEvent],
+    dropped: &[sentinel::DroppedAccount],
+) {
+    let signal_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let dropped: Vec<String> = dropped.iter().take(10).map(ToString::to_string).collect();
+    tracing::info!(
+        method = ?delivery.method,
+        caller = %delivery.caller,
+        delivery = %delivery.delivery_id,
+        status,
+        accepted = signal_ids.len(),
+        signal_ids = %json!(signal_ids),
+        dropped = %json!(dropped),
+        "sentinel delivery"
+    );
 }

@@ -154,7 +154,7 @@ async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummar
         SavedKind::Sentinel => match sentinel::parse(&saved.body, config) {
             Ok(outcome) => {
                 summary.events = outcome.events;
-                summary.dropped = outcome.dropped;
+                summary.dropped = outcome.dropped.iter().map(ToString::to_string).collect();
             }
             Err(e) => summary.error = Some(e.to_string()),
         },

@@ -93,7 +93,13 @@ pub trait SecretDocument: Sized + Send + Sync + 'static {
 }
 
 /// Fields of the ingress part.
-pub const INGRESS_FIELDS: &[&str] = &["client_states", "webhook_hmac_keys", "decryption_keys"];
+pub const INGRESS_FIELDS: &[&str] = &[
+    "client_states",
+    "webhook_hmac_keys",
+    "decryption_keys",
+    "sentinel_callers",
+    "sentinel_api_keys",
+];
 /// Fields of the Graph part.
 pub const GRAPH_FIELDS: &[&str] = &[
     "tenant_id",
@@ -157,8 +163,15 @@ pub struct IngressSecrets {
     /// Accepted `clientState` values (several during rotation); the first is used for new
     /// subscriptions.
     pub client_states: Vec<SecretString>,
-    /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint.
-    pub webhook_hmac_keys: Vec<SecretString>,
+    /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint, decoded when
+    /// the secrets load.
+    pub webhook_hmac_keys: Vec<crate::ingress::signature::WebhookKey>,
+    /// Callers whose Entra ID tokens are accepted on the Sentinel endpoint (managed identities
+    /// by object id, applications by application id).
+    pub sentinel_callers: crate::ingress::entra::CallerAllowList,
+    /// Static API keys accepted in `x-api-key` on the Sentinel endpoint (several for
+    /// rotation); none by default, which turns the method off.
+    pub sentinel_api_keys: Vec<SecretString>,
     decryption_keys: HashMap<String, Arc<OaepPrivateDecryptingKey>>,
 }
 
@@ -167,6 +180,8 @@ impl fmt::Debug for IngressSecrets {
         f.debug_struct("IngressSecrets")
             .field("client_states", &self.client_states.len())
             .field("webhook_hmac_keys", &self.webhook_hmac_keys.len())
+            .field("sentinel_callers", &self.sentinel_callers)
+            .field("sentinel_api_keys", &self.sentinel_api_keys.len())
             .field("decryption_keys", &self.decryption_keys.keys())
             .finish()
     }
@@ -178,7 +193,39 @@ impl SecretDocument for IngressSecrets {
     fn from_json(json: &str) -> Result<Self, SecretsError> {
         let mut fields = own_fields(json, INGRESS_FIELDS, GRAPH_FIELDS)?;
         let client_states = take(&mut fields, "client_states", "a list of strings")?;
-        let webhook_hmac_keys = take(&mut fields, "webhook_hmac_keys", "a list of strings")?;
+        let hmac_keys: Vec<SecretString> =
+            take(&mut fields, "webhook_hmac_keys", "a list of strings")?.unwrap_or_default();
+        let webhook_hmac_keys = hmac_keys
+            .iter()
+            .enumerate()
+            .map(|(position, key)| {
+                crate::ingress::signature::WebhookKey::parse(key.expose()).ok_or_else(|| {
+                    SecretsError::Invalid(format!(
+                        "webhook_hmac_keys[{position}] is not a Standard Webhooks key (whsec_ followed by base64)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sentinel_callers: crate::ingress::entra::CallerAllowList = take(
+            &mut fields,
+            "sentinel_callers",
+            "an object with the lists object_ids and app_ids",
+        )?
+        .unwrap_or_default();
+        let sentinel_callers = sentinel_callers
+            .normalised()
+            .map_err(SecretsError::Invalid)?;
+        let sentinel_api_keys: Vec<SecretString> =
+            take(&mut fields, "sentinel_api_keys", "a list of strings")?.unwrap_or_default();
+        let min = crate::ingress::sentinel_auth::MIN_API_KEY_LEN;
+        if let Some(position) = sentinel_api_keys
+            .iter()
+            .position(|k| k.expose().trim().len() < min)
+        {
+            return Err(SecretsError::Invalid(format!(
+                "sentinel_api_keys[{position}] is shorter than {min} characters"
+            )));
+        }
         let pems: HashMap<String, SecretString> = take(
             &mut fields,
             "decryption_keys",
@@ -193,7 +240,9 @@ impl SecretDocument for IngressSecrets {
         }
         Ok(Self {
             client_states: client_states.unwrap_or_default(),
-            webhook_hmac_keys: webhook_hmac_keys.unwrap_or_default(),
+            webhook_hmac_keys,
+            sentinel_callers,
+            sentinel_api_keys,
             decryption_keys,
         })
     }
@@ -638,6 +687,58 @@ mod tests {
         let err = GraphSecrets::from_json(r#"{"client_secret":"hunter2""#).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_callers_and_api_keys_are_checked_when_they_load() {
+        let ok = IngressSecrets::from_json(
+            r#"{"sentinel_callers":{"object_ids":["6E7B768E-07E2-4810-8459-485F84F8F204"]},
+                "sentinel_api_keys":["0123456789abcdef0123456789abcdef"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.sentinel_callers.object_ids,
+            ["6e7b768e-07e2-4810-8459-485f84f8f204"]
+        );
+        assert_eq!(ok.sentinel_api_keys.len(), 1);
+        let short = IngressSecrets::from_json(r#"{"sentinel_api_keys":["hunter2"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("sentinel_api_keys[0] is shorter than 32"),
+            "{short}"
+        );
+        assert!(!short.contains("hunter2"), "{short}");
+        let typo = IngressSecrets::from_json(r#"{"sentinel_callers":{"object_id":["x"]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("sentinel_callers"), "{typo}");
+        let bad = IngressSecrets::from_json(r#"{"sentinel_callers":{"app_ids":["nope"]}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("sentinel_callers.app_ids[0] is not a GUID"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_hmac_key_is_named_by_position_not_value() {
+        let err = IngressSecrets::from_json(
+            r#"{"webhook_hmac_keys":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","whsec_hunter2!!"]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "secrets document is not valid: webhook_hmac_keys[1] is not a Standard Webhooks key (whsec_ followed by base64)"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        // Unpadded keys load.
+        let ok = IngressSecrets::from_json(
+            r#"{"webhook_hmac_keys":["whsec_c2lnbmluZy1rZXktb2YtMjAtYnk"]}"#,
+        );
+        assert_eq!(ok.unwrap().webhook_hmac_keys.len(), 1);
     }
 
     #[test]

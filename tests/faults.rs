@@ -117,6 +117,7 @@ async fn secrets_manager_unreachable_is_503_but_the_handshake_still_answers() {
         config: Arc::new(Config::default()),
         secrets: store,
         tokens: None,
+        entra: None,
         intake: Intake::in_process(queue.clone()).unwrap(),
     };
     let (status, _, _) = common::call(

@@ -6,9 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use http_body_util::BodyExt;
 use risk_responder::config::Config;
 use risk_responder::event::{EventSource, Subject};
 use risk_responder::queue::{MemoryQueue, WorkItem};
+use tower::ServiceExt;
 
 const UNREACHABLE_JWKS: &str = "http://127.0.0.1:9/keys";
 
@@ -111,14 +113,24 @@ async fn wrong_client_state_is_dropped_logged_and_still_acknowledged() {
     )
     .await;
     assert_eq!(status, 202);
-    assert!(body.contains("\"dropped\":1"), "{body}");
+    assert!(
+        body.is_empty(),
+        "no validation detail in the answer: {body}"
+    );
     assert!(queue.drain().is_empty());
     let logs = logs.text();
-    assert!(logs.contains("clientState does not match"), "{logs}");
+    let line = batch_line(&logs);
+    assert_eq!(line["fields"]["dropped"], 1);
     assert!(
-        logs.contains(&format!("\"tenant_id\":\"{TENANT}\"")),
-        "{logs}"
+        line["fields"]["drop_reasons"]
+            .as_str()
+            .unwrap()
+            .contains(r#""client_state_mismatch":1"#),
+        "{line}"
     );
+    let sample = line["fields"]["drop_sample"].as_str().unwrap();
+    assert!(sample.contains("clientState does not match"), "{sample}");
+    assert!(sample.contains(TENANT), "{sample}");
     assert!(
         !logs.contains("guessed-client-state-1234"),
         "presented value logged"
@@ -180,13 +192,14 @@ async fn oversized_body_is_413() {
 #[tokio::test]
 async fn mixed_batch_keeps_the_good_and_drops_the_bad() {
     let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let (logs, _guard) = Logs::capture();
     let (status, _, body) = call(state, lambda_event("graph/mixed-batch.apigw-v2.json")).await;
     assert_eq!(status, 202);
-    assert!(
-        body.contains("\"accepted\":2") && body.contains("\"dropped\":1"),
-        "{body}"
-    );
+    assert!(body.is_empty(), "{body}");
     assert_eq!(risk_events(&queue).len(), 2);
+    let line = batch_line(&logs.text());
+    assert_eq!(line["fields"]["accepted"], 2);
+    assert_eq!(line["fields"]["dropped"], 1);
 }
 
 #[tokio::test]
@@ -230,6 +243,134 @@ async fn get_is_not_allowed() {
         .unwrap();
     let (status, _, _) = call(state, request).await;
     assert_eq!(status, 405);
+}
+
+/// The one "graph batch" log line of a request, parsed.
+fn batch_line(logs: &str) -> serde_json::Value {
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"graph batch\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per batch: {logs}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+#[tokio::test]
+async fn the_answer_does_not_tell_which_check_failed() {
+    let good = event_body("graph/users-updated.function-url.json");
+    let good: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let good = good["body"].as_str().unwrap().to_owned();
+    let variants = [
+        good.clone(),
+        good.replace(CLIENT_STATE, "guessed-client-state"),
+        good.replace(TENANT, "f00dfeed-0000-4000-8000-000000000bad"),
+        good.replace("Users/", "Groups/"),
+    ];
+    let mut answers = Vec::new();
+    for body in variants {
+        let (state, _) = app(UNREACHABLE_JWKS).await;
+        let response = risk_responder::http::router(state)
+            .oneshot(post_json("/graph/notifications", body))
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        answers.push((status, headers, body));
+    }
+    assert_eq!(answers[0].0, 202);
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "kept and dropped batches must get the same answer: {answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_megabyte_of_empty_notifications_is_refused_in_one_line() {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let limit = risk_responder::config::DEFAULT_MAX_BODY_BYTES;
+    // The request of the issue: 349,518 empty notifications in one 1 MiB body.
+    let count = 349_518;
+    let body = format!(r#"{{"value":[{}{{}}]}}"#, "{},".repeat(count - 1));
+    assert!(body.len() <= limit, "{}", body.len());
+    let (status, _, text) = call(state, post_json("/graph/notifications", body)).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        text.contains("349518 notifications, more than the 1000"),
+        "{text}"
+    );
+    assert!(queue.drain().is_empty());
+    let logs = logs.text();
+    let ours: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("risk_responder"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{logs}");
+    assert!(ours[0].len() < 1000, "{}", ours[0]);
+}
+
+#[tokio::test]
+async fn a_full_batch_of_bad_notifications_is_one_log_line() {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue) = app(UNREACHABLE_JWKS).await;
+    let cap = risk_responder::config::DEFAULT_MAX_NOTIFICATIONS_PER_BATCH;
+    let mut value: Vec<serde_json::Value> = (0..cap - 2).map(|_| serde_json::json!({})).collect();
+    // Sender-controlled text is clipped in the sample.
+    value.insert(
+        0,
+        serde_json::json!({ "subscriptionId": "x".repeat(5000), "clientState": 1 }),
+    );
+    value.push(serde_json::json!({
+        "subscriptionId": "s", "clientState": "guessed", "tenantId": TENANT
+    }));
+    let body = serde_json::json!({ "value": value }).to_string();
+    let (status, _, text) = call(state, post_json("/graph/notifications", body)).await;
+    assert_eq!(status, 202, "{text}");
+    assert!(queue.drain().is_empty());
+    let logs = logs.text();
+    let line = batch_line(&logs);
+    assert_eq!(line["fields"]["notifications"], cap);
+    assert_eq!(line["fields"]["dropped"], cap);
+    let reasons: serde_json::Value =
+        serde_json::from_str(line["fields"]["drop_reasons"].as_str().unwrap()).unwrap();
+    assert_eq!(reasons["malformed"], cap - 1);
+    assert_eq!(reasons["client_state_mismatch"], 1);
+    let sample: Vec<serde_json::Value> =
+        serde_json::from_str(line["fields"]["drop_sample"].as_str().unwrap()).unwrap();
+    assert_eq!(sample.len(), 3);
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("risk_responder"))
+        .count();
+    assert_eq!(lines, 1, "{logs}");
+    assert!(logs.len() < 4000, "{} bytes of logs", logs.len());
+}
+
+#[tokio::test]
+async fn the_batch_cap_is_configurable_and_inclusive() {
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        max_notifications_per_batch: 2,
+        ..Config::default()
+    };
+    let state = app_with(config, queue.clone()).await;
+    let (status, _, _) = call(
+        state.clone(),
+        post_json("/graph/notifications", r#"{"value":[{},{}]}"#),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _, text) = call(
+        state,
+        post_json("/graph/notifications", r#"{"value":[{},{},{}]}"#),
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
 }
 
 // ---- rich notifications: validationTokens + encryptedContent ----

@@ -10,7 +10,7 @@ use risk_responder::config::Config;
 use risk_responder::ingress::decrypt::{EncryptedContent, decrypt_content};
 use risk_responder::ingress::graph::{GraphIngress, MAX_VALIDATION_TOKEN_LEN, handshake_token};
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument, SecretString};
+use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument};
 
 /// Parsed once: the embedded secrets hold a 4096-bit key.
 static SECRETS: std::sync::LazyLock<IngressSecrets> =
@@ -147,7 +147,7 @@ proptest! {
                 headers.insert(name, value);
             }
         }
-        let keys = [SecretString::new(common::WEBHOOK_KEY)];
+        let keys = [signature::WebhookKey::parse(common::WEBHOOK_KEY).unwrap()];
         let result = signature::verify(&headers, &body, &keys, time::OffsetDateTime::now_utc(), signature::DEFAULT_TOLERANCE);
         prop_assert!(result.is_err());
     }

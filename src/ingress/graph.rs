@@ -60,6 +60,9 @@ pub enum BatchError {
     /// The body is not a notification batch at all (400).
     #[error("body is not a Graph notification batch: {0}")]
     NotABatch(String),
+    /// More notifications than the configured cap (413); none of them is looked at.
+    #[error("batch holds {count} notifications, more than the {cap} accepted in one request")]
+    TooMany { count: usize, cap: usize },
     /// Its validation tokens could not be checked because the signing keys are unavailable:
     /// nothing is dropped, the batch is answered 503 so that Graph delivers it again.
     #[error("validation tokens could not be checked: {0}")]
@@ -95,6 +98,13 @@ struct NotificationBatch {
     value: Vec<serde_json::Value>,
     #[serde(default)]
     validation_tokens: Option<Vec<String>>,
+}
+
+/// The batch's shape and size, without building its notifications (a `Vec` of a zero-sized
+/// type does not allocate), so that an oversized batch is refused before any work on it.
+#[derive(Deserialize)]
+struct BatchShape {
+    value: Vec<serde::de::IgnoredAny>,
 }
 
 /// Kinds of lifecycle notification Graph sends.
@@ -150,6 +160,28 @@ pub enum Rejection {
     UserDeleted,
 }
 
+impl Rejection {
+    /// A short name for the reason, to count drops by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::MissingClientState => "client_state_missing",
+            Rejection::ClientStateMismatch => "client_state_mismatch",
+            Rejection::MissingTenant => "tenant_missing",
+            Rejection::TenantNotAllowed(_) => "tenant_not_allowed",
+            Rejection::UnsupportedResource(_) => "unsupported_resource",
+            Rejection::UnknownLifecycleEvent(_) => "unknown_lifecycle_event",
+            Rejection::MissingValidationTokens => "validation_tokens_missing",
+            Rejection::ValidationToken(_) => "validation_token_refused",
+            Rejection::TenantNotVouched(_) => "tenant_not_vouched",
+            Rejection::UnknownDecryptionKey(_) => "decryption_key_unknown",
+            Rejection::Decryption(_) => "decryption_failed",
+            Rejection::DecryptedNotJson => "decrypted_not_json",
+            Rejection::UserDeleted => "user_deleted",
+        }
+    }
+}
+
 /// A dropped notification: its position, subscription (when readable) and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dropped {
@@ -158,6 +190,45 @@ pub struct Dropped {
     /// The tenant the notification claims (not necessarily allowed).
     pub tenant_id: Option<String>,
     pub reason: Rejection,
+}
+
+/// Longest text of a sender-controlled value (a reason, an id) in a log line.
+const LOGGED_VALUE_MAX: usize = 160;
+/// Dropped notifications described in a batch's log line.
+pub const DROP_SAMPLE: usize = 3;
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(LOGGED_VALUE_MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+impl BatchOutcome {
+    /// Dropped notifications counted by reason.
+    pub fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for dropped in &self.dropped {
+            *counts.entry(dropped.reason.kind()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The first few dropped notifications, with sender-supplied text clipped.
+    pub fn drop_sample(&self) -> Vec<serde_json::Value> {
+        self.dropped
+            .iter()
+            .take(DROP_SAMPLE)
+            .map(|d| {
+                serde_json::json!({
+                    "index": d.index,
+                    "subscription_id": d.subscription_id.as_deref().map(clip),
+                    "tenant_id": d.tenant_id.as_deref().map(clip),
+                    "reason": clip(&d.reason.to_string()),
+                })
+            })
+            .collect()
+    }
 }
 
 /// What a batch yielded.
@@ -181,10 +252,20 @@ pub struct GraphIngress<'a> {
 }
 
 impl GraphIngress<'_> {
-    /// Parses and checks a batch. Errors when the body is not a batch, or when its tokens cannot
-    /// be checked for want of signing keys; individual bad notifications are reported in
+    /// Parses and checks a batch. Errors when the body is not a batch, holds more than
+    /// [`Config::max_notifications_per_batch`] notifications, or when its tokens cannot be
+    /// checked for want of signing keys; individual bad notifications are reported in
     /// [`BatchOutcome::dropped`].
     pub async fn process(&self, body: &[u8]) -> Result<BatchOutcome, BatchError> {
+        let shape: BatchShape =
+            serde_json::from_slice(body).map_err(|e| BatchError::NotABatch(e.to_string()))?;
+        let cap = self.config.max_notifications_per_batch;
+        if shape.value.len() > cap {
+            return Err(BatchError::TooMany {
+                count: shape.value.len(),
+                cap,
+            });
+        }
         let batch: NotificationBatch =
             serde_json::from_slice(body).map_err(|e| BatchError::NotABatch(e.to_string()))?;
         let vouched = self.verify_tokens(batch.validation_tokens.as_deref()).await;

@@ -9,11 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
 use base64::Engine;
+use base64::alphabet;
 use base64::engine::general_purpose::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::HeaderMap;
 use time::OffsetDateTime;
-
-use crate::secrets::SecretString;
 
 /// Accepted distance between `webhook-timestamp` and our clock, either way.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
@@ -57,17 +57,47 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Sig
         .ok_or(SignatureError::MissingHeader(name))
 }
 
-/// Decodes a `whsec_<base64>` key (the prefix is optional) into HMAC key bytes.
+/// Standard base64 with or without its `=` padding, as the reference libraries accept keys
+/// (the Python one appends `==` and decodes leniently).
+const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes a `whsec_<base64>` key (the prefix is optional, the padding too) into HMAC key
+/// bytes; `None` if it is not base64 or empty.
 pub fn decode_key(key: &str) -> Option<Vec<u8>> {
-    let encoded = key.strip_prefix("whsec_").unwrap_or(key);
-    STANDARD.decode(encoded).ok().filter(|k| !k.is_empty())
+    let encoded = key.trim();
+    let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
+    KEY_BASE64.decode(encoded).ok().filter(|k| !k.is_empty())
+}
+
+/// A Standard Webhooks signing key, decoded once when the secrets load. `Debug` shows nothing
+/// of it, and the key bytes are not kept outside aws-lc-rs.
+#[derive(Clone)]
+pub struct WebhookKey(hmac::Key);
+
+impl WebhookKey {
+    /// Parses a `whsec_<base64>` key; `None` if it cannot be decoded.
+    pub fn parse(key: &str) -> Option<Self> {
+        let mut bytes = decode_key(key)?;
+        let parsed = Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+        zeroize::Zeroize::zeroize(&mut bytes);
+        Some(parsed)
+    }
+}
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey([redacted])")
+    }
 }
 
 /// Verifies headers and body against `keys` at time `now`. Does not check for replay.
 pub fn verify(
     headers: &HeaderMap,
     body: &[u8],
-    keys: &[SecretString],
+    keys: &[WebhookKey],
     now: OffsetDateTime,
     tolerance: Duration,
 ) -> Result<VerifiedWebhook, SignatureError> {
@@ -86,11 +116,6 @@ pub fn verify(
         return Err(SignatureError::Stale(tolerance.as_secs()));
     }
 
-    let keys: Vec<hmac::Key> = keys
-        .iter()
-        .filter_map(|k| decode_key(k.expose()))
-        .map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k))
-        .collect();
     if keys.is_empty() {
         return Err(SignatureError::NoKeys);
     }
@@ -110,7 +135,7 @@ pub fn verify(
         // hmac::verify compares in constant time.
         if keys
             .iter()
-            .any(|key| hmac::verify(key, &signed, &candidate).is_ok())
+            .any(|key| hmac::verify(&key.0, &signed, &candidate).is_ok())
         {
             return Ok(VerifiedWebhook {
                 id: id.to_owned(),
@@ -197,8 +222,22 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(ts).unwrap()
     }
 
-    fn keys(list: &[&str]) -> Vec<SecretString> {
-        list.iter().map(|k| SecretString::new(*k)).collect()
+    fn keys(list: &[&str]) -> Vec<WebhookKey> {
+        list.iter().map(|k| WebhookKey::parse(k).unwrap()).collect()
+    }
+
+    #[test]
+    fn unpadded_keys_are_accepted_as_the_reference_libraries_do() {
+        // The spec's key is 24 bytes (no padding); this one is 20 bytes: "=" when padded.
+        let padded = "whsec_c2lnbmluZy1rZXktb2YtMjAtYnk=";
+        let unpadded = padded.trim_end_matches('=');
+        assert_eq!(decode_key(padded), decode_key(unpadded));
+        assert_eq!(decode_key(unpadded).unwrap(), b"signing-key-of-20-by");
+        let raw = decode_key(padded).unwrap();
+        let h = headers(ID, &TS.to_string(), &sign(&raw, ID, TS, BODY));
+        assert!(verify(&h, BODY, &keys(&[unpadded]), at(TS), DEFAULT_TOLERANCE).is_ok());
+        assert!(decode_key("whsec_").is_none());
+        assert!(decode_key("whsec_not*base64").is_none());
     }
 
     #[test]

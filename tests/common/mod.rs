@@ -191,6 +191,52 @@ pub fn rich_batch(tokens: Option<Vec<String>>) -> String {
     rich_batch_with(CLIENT_STATE, tokens)
 }
 
+/// Application ID URI of the Sentinel endpoint in tests (`RR_SENTINEL_AUDIENCE`).
+pub const SENTINEL_AUDIENCE: &str = "api://risk-responder-test";
+/// Object id of the playbook's managed identity on the allow-list.
+pub const PLAYBOOK_OID: &str = "3f1b6b2e-94a4-4a53-8e36-0c8c5f8f2a11";
+/// Application (client) id of that managed identity.
+pub const PLAYBOOK_APPID: &str = "9d5c1e0a-7b2f-4c8e-a1d3-5e6f7a8b9c0d";
+
+/// Claims of a v1 access token, as Entra ID issues it to a Logic App's system-assigned
+/// managed identity for the resource `SENTINEL_AUDIENCE`.
+pub fn entra_claims() -> serde_json::Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    serde_json::json!({
+        "aud": SENTINEL_AUDIENCE,
+        "iss": format!("https://sts.windows.net/{TENANT}/"),
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + 3600,
+        "aio": "E2RgYJj+f3T4dWq6ZtW3zAA=",
+        "appid": PLAYBOOK_APPID,
+        "appidacr": "2",
+        "idp": format!("https://sts.windows.net/{TENANT}/"),
+        "idtyp": "app",
+        "oid": PLAYBOOK_OID,
+        "rh": "0.AAAA",
+        "sub": PLAYBOOK_OID,
+        "tid": TENANT,
+        "uti": "kq1R1Yq0yUO3C8m7z2AAAA",
+        "ver": "1.0",
+        "xms_mirid": "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/soc/providers/Microsoft.Logic/workflows/RiskResponder-Notify",
+    })
+}
+
+/// A bearer token of the allow-listed managed identity, signed by the JWKS key.
+pub fn entra_token() -> String {
+    sign_token(&entra_claims(), "jwt-test-key-1.pem", "test-kid-1")
+}
+
+/// Ingress secrets allowing the playbook's managed identity (and the development HMAC key).
+pub fn entra_secrets() -> String {
+    serde_json::json!({
+        "webhook_hmac_keys": [WEBHOOK_KEY],
+        "sentinel_callers": { "object_ids": [PLAYBOOK_OID] },
+    })
+    .to_string()
+}
+
 /// A valid token signed by the JWKS key.
 pub fn valid_token() -> String {
     sign_token(&token_claims(), "jwt-test-key-1.pem", "test-kid-1")
@@ -211,6 +257,19 @@ pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
     let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
     AppState::new(config, secrets, intake, reqwest::Client::new())
+}
+
+/// Application state over the given ingress secrets document and an in-memory queue.
+pub fn app_with_secrets(config: Config, secrets_json: &str, queue: Arc<dyn WorkQueue>) -> AppState {
+    use risk_responder::secrets::SecretDocument;
+    let secrets = IngressSecrets::from_json(secrets_json).unwrap();
+    let intake = risk_responder::http::Intake::in_process(queue).unwrap();
+    AppState::new(
+        config,
+        Arc::new(StaticSecretStore::new(secrets)),
+        intake,
+        reqwest::Client::new(),
+    )
 }
 
 pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {

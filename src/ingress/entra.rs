@@ -1,0 +1,182 @@
+//! Entra ID access tokens presented by Sentinel playbooks: a Logic App's HTTP action with
+//! Managed Identity authentication sends `Authorization: Bearer <token>` for the audience it is
+//! given. The token must be RS256-signed by the Microsoft identity platform (the key set shared
+//! with Graph validation tokens), addressed to our application ID URI or client id, issued (v1
+//! or v2) by an allowed tenant, current, and name a caller on the allow-list: a managed
+//! identity by `oid`, an application by `appid` (v1) or `azp` (v2).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::jwks::{JwksCache, TokenError};
+
+/// Who may call: managed identities by object id, applications by application (client) id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerAllowList {
+    /// Object ids (`oid`) of managed identities (or any service principal) allowed to call.
+    #[serde(default)]
+    pub object_ids: Vec<String>,
+    /// Application ids (`appid`/`azp`) of applications allowed to call.
+    #[serde(default)]
+    pub app_ids: Vec<String>,
+}
+
+impl CallerAllowList {
+    /// Lower-cases the ids and checks they are GUIDs; an error names the list and position.
+    pub fn normalised(mut self) -> Result<Self, String> {
+        for (list, ids) in [
+            ("object_ids", &mut self.object_ids),
+            ("app_ids", &mut self.app_ids),
+        ] {
+            for (position, id) in ids.iter_mut().enumerate() {
+                *id = id.trim().to_ascii_lowercase();
+                if uuid::Uuid::try_parse(id).is_err() {
+                    return Err(format!("sentinel_callers.{list}[{position}] is not a GUID"));
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether no caller is allowed at all.
+    pub fn is_empty(&self) -> bool {
+        self.object_ids.is_empty() && self.app_ids.is_empty()
+    }
+
+    /// Whether this caller is on the list.
+    pub fn allows(&self, caller: &Caller) -> bool {
+        let on = |list: &[String], id: &Option<String>| {
+            id.as_deref()
+                .is_some_and(|id| list.iter().any(|allowed| allowed.eq_ignore_ascii_case(id)))
+        };
+        on(&self.object_ids, &caller.object_id) || on(&self.app_ids, &caller.app_id)
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Tenant that issued the token (lower case).
+    pub tenant_id: String,
+    /// `oid`: the calling principal's object id.
+    pub object_id: Option<String>,
+    /// `appid` (v1) or `azp` (v2): the calling application's id.
+    pub app_id: Option<String>,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "oid {} appid {} tenant {}",
+            self.object_id.as_deref().unwrap_or("-"),
+            self.app_id.as_deref().unwrap_or("-"),
+            self.tenant_id
+        )
+    }
+}
+
+/// Why an Entra ID token is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntraError {
+    #[error("bearer token refused: {0}")]
+    Token(TokenError),
+    #[error("bearer token of tenant {0} refused: the tenant is not allowed")]
+    Tenant(String),
+    #[error("caller ({0}) is not on the allow-list of sentinel_callers")]
+    NotAllowed(Caller),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+}
+
+/// Verifies Entra ID access tokens addressed to this service.
+pub struct EntraVerifier {
+    jwks: JwksCache,
+    audiences: Vec<String>,
+    leeway: Duration,
+}
+
+impl EntraVerifier {
+    /// Tokens must be addressed to one of `audiences` (the application ID URI, e.g.
+    /// `api://risk-responder`, and/or the application's client id).
+    pub fn new(jwks: JwksCache, audiences: Vec<String>, leeway: Duration) -> Self {
+        Self {
+            jwks,
+            audiences,
+            leeway,
+        }
+    }
+
+    /// Checks the token and returns its caller if the caller is on `callers`. Waits for signing
+    /// keys until `deadline` at most; [`TokenError::KeysUnavailable`] means "retry", not "no".
+    pub async fn verify(
+        &self,
+        token: &str,
+        tenant_allowed: impl Fn(&str) -> bool,
+        callers: &CallerAllowList,
+        deadline: Instant,
+    ) -> Result<Caller, EntraError> {
+        let (issuer, claims): (_, Claims) =
+            super::jwks::verify(&self.jwks, token, &self.audiences, self.leeway, deadline)
+                .await
+                .map_err(EntraError::Token)?;
+        if !tenant_allowed(&issuer.tid) {
+            return Err(EntraError::Tenant(issuer.tid));
+        }
+        let caller = Caller {
+            tenant_id: issuer.tid,
+            object_id: claims.oid.map(|s| s.to_ascii_lowercase()),
+            app_id: claims.appid.or(claims.azp).map(|s| s.to_ascii_lowercase()),
+        };
+        if callers.allows(&caller) {
+            Ok(caller)
+        } else {
+            Err(EntraError::NotAllowed(caller))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allow_list_matches_by_oid_or_by_app_id() {
+        let list = CallerAllowList {
+            object_ids: vec![" 6E7B768E-07E2-4810-8459-485F84F8F204".into()],
+            app_ids: vec!["11111111-2222-3333-4444-555555555555".into()],
+        }
+        .normalised()
+        .unwrap();
+        let caller = |oid: Option<&str>, app: Option<&str>| Caller {
+            tenant_id: "t".into(),
+            object_id: oid.map(str::to_owned),
+            app_id: app.map(str::to_owned),
+        };
+        assert!(list.allows(&caller(Some("6e7b768e-07e2-4810-8459-485f84f8f204"), None)));
+        assert!(list.allows(&caller(None, Some("11111111-2222-3333-4444-555555555555"))));
+        assert!(!list.allows(&caller(
+            Some("11111111-2222-3333-4444-555555555555"),
+            Some("6e7b768e-07e2-4810-8459-485f84f8f204")
+        )));
+        assert!(!list.allows(&caller(None, None)));
+        let err = CallerAllowList {
+            object_ids: vec!["not-a-guid".into()],
+            app_ids: vec![],
+        }
+        .normalised()
+        .unwrap_err();
+        assert_eq!(err, "sentinel_callers.object_ids[0] is not a GUID");
+    }
+}

@@ -1,0 +1,302 @@
+//! `/sentinel/alerts` authenticated as Sentinel playbooks do: Entra ID access tokens of a
+//! managed identity (Logic Apps' HTTP action with Managed Identity authentication), checked
+//! against the Microsoft identity key set (local stand-in); plus the optional API key, and
+//! "any one configured method is enough" with Standard Webhooks.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use http_body_util::BodyExt;
+use risk_responder::config::Config;
+use risk_responder::http::AppState;
+use risk_responder::queue::MemoryQueue;
+use tower::ServiceExt;
+
+const CLIENT_ID: &str = "5a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d";
+
+fn config(jwks: &JwksServer) -> Config {
+    Config {
+        jwks_url: jwks.url.clone(),
+        sentinel_audiences: vec![SENTINEL_AUDIENCE.to_owned(), CLIENT_ID.to_owned()],
+        ..Config::default()
+    }
+}
+
+async fn webhook(secrets: &str) -> (AppState, Arc<MemoryQueue>, JwksServer) {
+    let jwks = jwks_server().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let state = app_with_secrets(config(&jwks), secrets, queue.clone());
+    (state, queue, jwks)
+}
+
+fn with_bearer(body: &str, token: &str) -> http::Request<axum::body::Body> {
+    post_sentinel(body, &[("authorization", format!("Bearer {token}"))])
+}
+
+fn incident() -> String {
+    event_body("sentinel/incident-two-accounts.json")
+}
+
+async fn post(state: &AppState, token: &str) -> (u16, String) {
+    let (status, _, body) = call(state.clone(), with_bearer(&incident(), token)).await;
+    (status, body)
+}
+
+fn signed(claims: &serde_json::Value) -> String {
+    sign_token(claims, "jwt-test-key-1.pem", "test-kid-1")
+}
+
+#[tokio::test]
+async fn a_managed_identity_token_for_the_app_id_uri_is_accepted() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let (status, body) = post(&state, &entra_token()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(risk_events(&queue).len(), 2);
+}
+
+#[tokio::test]
+async fn a_v2_token_for_the_client_id_is_accepted() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let mut claims = entra_claims();
+    claims["aud"] = CLIENT_ID.into();
+    claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
+    claims["ver"] = "2.0".into();
+    let appid = claims.as_object_mut().unwrap().remove("appid").unwrap();
+    claims["azp"] = appid;
+    let (status, body) = post(&state, &signed(&claims)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(risk_events(&queue).len(), 2);
+}
+
+#[tokio::test]
+async fn an_application_may_be_allowed_by_its_app_id() {
+    let secrets = serde_json::json!({
+        "sentinel_callers": { "app_ids": [PLAYBOOK_APPID] },
+    })
+    .to_string();
+    let (state, _, _) = webhook(&secrets).await;
+    let mut claims = entra_claims();
+    claims["oid"] = "00000000-1111-2222-3333-444444444444".into();
+    assert_eq!(post(&state, &signed(&claims)).await.0, 202);
+}
+
+async fn assert_refused(claims: serde_json::Value, expected: &str) {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let token = signed(&claims);
+    let response = risk_responder::http::router(state)
+        .oneshot(with_bearer(&incident(), &token))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "{expected}");
+    assert_eq!(
+        response.headers().get("www-authenticate").unwrap(),
+        "Bearer",
+        "{expected}"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains(expected), "expected {expected:?} in {body}");
+    assert!(body.contains("send an Entra ID access token"), "{body}");
+    assert!(body.contains("or a Standard Webhooks signature"), "{body}");
+    assert!(!body.contains(&token), "the token is echoed");
+    assert!(!logs.text().contains(&token), "the token is logged");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn another_audience_is_refused() {
+    let mut claims = entra_claims();
+    claims["aud"] = "https://management.azure.com/".into();
+    assert_refused(claims, "InvalidAudience").await;
+}
+
+#[tokio::test]
+async fn an_expired_or_not_yet_valid_token_is_refused() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut claims = entra_claims();
+    claims["exp"] = (now - 600).into();
+    assert_refused(claims, "ExpiredSignature").await;
+    let mut claims = entra_claims();
+    claims["nbf"] = (now + 600).into();
+    assert_refused(claims, "ImmatureSignature").await;
+}
+
+#[tokio::test]
+async fn a_tenant_that_is_not_allowed_is_refused() {
+    let other = "f00dfeed-0000-4000-8000-000000000bad";
+    let mut claims = entra_claims();
+    claims["tid"] = other.into();
+    claims["iss"] = format!("https://sts.windows.net/{other}/").into();
+    assert_refused(claims, &format!("tenant {other} refused")).await;
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_not_the_tokens_tenant_is_refused() {
+    let mut claims = entra_claims();
+    claims["iss"] = "https://sts.windows.net/f00dfeed-0000-4000-8000-000000000bad/".into();
+    assert_refused(claims, "is not a Microsoft issuer for its tenant").await;
+    let mut claims = entra_claims();
+    claims["iss"] = "https://evil.example/".into();
+    assert_refused(claims, "is not a Microsoft issuer").await;
+}
+
+#[tokio::test]
+async fn a_caller_not_on_the_allow_list_is_refused_and_named() {
+    let mut claims = entra_claims();
+    let stranger = "7e57e57e-0000-4000-8000-00000000000a";
+    claims["oid"] = stranger.into();
+    claims["appid"] = "7e57e57e-0000-4000-8000-00000000000b".into();
+    assert_refused(claims, &format!("caller (oid {stranger}")).await;
+}
+
+#[tokio::test]
+async fn a_token_not_signed_by_microsoft_is_refused() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    // Signed by a key that is not in the key set, claiming the set's key id.
+    let forged = sign_token(&entra_claims(), "jwt-test-key-2.pem", "test-kid-1");
+    let (status, body) = post(&state, &forged).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("InvalidSignature"), "{body}");
+    // A token with another algorithm is refused before any key lookup.
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &entra_claims(),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessed"),
+    )
+    .unwrap();
+    let (status, body) = post(&state, &hs256).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("is not RS256"), "{body}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn unavailable_signing_keys_give_503_so_logic_apps_retries() {
+    let (state, queue, jwks) = webhook(&entra_secrets()).await;
+    jwks.fail(true);
+    let (status, body) = post(&state, &entra_token()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(queue.drain().is_empty());
+    assert_eq!(jwks.hits(), 1);
+}
+
+#[tokio::test]
+async fn no_credential_is_401_listing_what_is_accepted() {
+    let (state, _, _) = webhook(&entra_secrets()).await;
+    let body = incident();
+    let (status, _, text) = call(state, post_json("/sentinel/alerts", body)).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("no credential presented"), "{text}");
+    assert!(text.contains("send an Entra ID access token"), "{text}");
+    assert!(text.contains("Standard Webhooks signature"), "{text}");
+    assert!(
+        !text.contains("x-api-key"),
+        "API keys are off by default: {text}"
+    );
+}
+
+#[tokio::test]
+async fn entra_tokens_are_refused_when_no_audience_is_configured() {
+    let jwks = jwks_server().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        jwks_url: jwks.url.clone(),
+        ..Config::default()
+    };
+    let state = app_with_secrets(config, &entra_secrets(), queue.clone());
+    let (status, _, text) = call(state, with_bearer(&incident(), &entra_token())).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.contains("Entra ID bearer tokens are not accepted here"),
+        "{text}"
+    );
+    assert_eq!(jwks.hits(), 0);
+}
+
+#[tokio::test]
+async fn any_one_good_credential_is_enough() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let body = incident();
+    // A stale signature alongside a good token.
+    let mut headers = signed_headers(WEBHOOK_KEY, "msg_mixed", &body);
+    headers[1].1 = "1600000000".into();
+    headers.push(("authorization", format!("Bearer {}", entra_token())));
+    let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    // A bad token alongside a good signature.
+    let mut claims = entra_claims();
+    claims["aud"] = "api://someone-else".into();
+    let mut headers = signed_headers(WEBHOOK_KEY, "msg_mixed_2", &body);
+    headers.push(("authorization", format!("Bearer {}", signed(&claims))));
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(risk_events(&queue).len(), 4);
+}
+
+const API_KEY_1: &str = "rr-api-key-one-0123456789abcdef0123";
+const API_KEY_2: &str = "rr-api-key-two-fedcba9876543210fedc";
+
+#[tokio::test]
+async fn api_keys_are_off_by_default() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let body = incident();
+    let request = post_sentinel(&body, &[("x-api-key", API_KEY_1.to_owned())]);
+    let (status, _, text) = call(state, request).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("API keys are not accepted here"), "{text}");
+    assert!(!text.contains(API_KEY_1), "{text}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn any_configured_api_key_is_accepted_and_others_refused() {
+    let secrets = serde_json::json!({ "sentinel_api_keys": [API_KEY_1, API_KEY_2] }).to_string();
+    let jwks = jwks_server().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let state = app_with_secrets(
+        Config {
+            jwks_url: jwks.url.clone(),
+            ..Config::default()
+        },
+        &secrets,
+        queue.clone(),
+    );
+    let body = incident();
+    for key in [API_KEY_1, API_KEY_2] {
+        let request = post_sentinel(&body, &[("x-api-key", key.to_owned())]);
+        let (status, _, text) = call(state.clone(), request).await;
+        assert_eq!(status, 202, "{text}");
+    }
+    assert_eq!(risk_events(&queue).len(), 4);
+    let wrong = format!("{}x", &API_KEY_1[..API_KEY_1.len() - 1]);
+    let request = post_sentinel(&body, &[("x-api-key", wrong.clone())]);
+    let (status, _, text) = call(state, request).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.contains("x-api-key does not match any configured key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("send an API key in the x-api-key header"),
+        "{text}"
+    );
+    assert!(!text.contains(&wrong), "{text}");
+}
+
+#[tokio::test]
+async fn a_logic_apps_retry_of_a_kept_delivery_is_a_2xx_duplicate() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let token = entra_token();
+    let (first, _) = post(&state, &token).await;
+    let (second, body) = post(&state, &token).await;
+    assert_eq!((first, second), (202, 200), "{body}");
+    assert!(body.contains(r#""status":"duplicate""#), "{body}");
+    assert_eq!(
+        risk_events(&queue).len(),
+        2,
+        "the incident's two accounts, once"
+    );
+}
