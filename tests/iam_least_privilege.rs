@@ -485,10 +485,20 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     };
     assert!(!is_denied(batch("signal#batched").await));
     assert!(is_denied(batch("event#batched").await));
+    let webhook_sm = aws_sdk_secretsmanager::Client::new(&webhook);
     assert!(is_denied(
-        aws_sdk_secretsmanager::Client::new(&webhook)
+        webhook_sm
             .get_secret_value()
             .secret_id(get("graph_arn"))
+            .send()
+            .await
+    ));
+    // What `aws_secretsmanager_caching` called to refresh a secret past its TTL: not granted,
+    // so a secrets cache calling it fails here as it would in AWS.
+    assert!(is_denied(
+        webhook_sm
+            .describe_secret()
+            .secret_id(get("ingress_arn"))
             .send()
             .await
     ));
@@ -647,6 +657,11 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             "rr-webhook",
             "secretsmanager:GetSecretValue",
             get("graph_arn"),
+        ),
+        (
+            "rr-webhook",
+            "secretsmanager:DescribeSecret",
+            get("ingress_arn"),
         ),
         ("rr-worker", "secretsmanager:CreateSecret", String::new()),
         ("rr-worker", "dynamodb:DeleteItem", get("table_arn")),
