@@ -5,11 +5,13 @@ Run by `make bench` after the benches; needs release binaries in target/release.
 
 import json
 import os
+import re
 import platform
 import socket
 import statistics
 import subprocess
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -142,21 +144,24 @@ def main():
         f"| peak RSS at ready | median {statistics.median(rss_ready) / 1024:.1f} MiB |",
         f"| peak RSS after 100 batches of 100 notifications (inline queue, SQLite ledger) | {rss_loaded[0] / 1024:.1f} MiB |",
     ]
+    release = tomllib.loads((ROOT / "Cargo.toml").read_text()).get("profile", {}).get("release", {})
+    profile = ", ".join(f"{k} {v}".lower() for k, v in release.items() if not isinstance(v, dict))
     for name in BINARIES:
         path = RELEASE / name
         if path.exists():
-            lines.append(f"| release binary `{name}` (x86_64, stripped, thin LTO) | {path.stat().st_size / 1024 / 1024:.1f} MiB |")
+            lines.append(f"| release binary `{name}` ({platform.machine()}; {profile}) | {path.stat().st_size / 1024 / 1024:.1f} MiB |")
     lines += [
         "",
         "Cold start is measured on the local server, which builds the same state as the webhook's",
-        "Lambda cold start (configuration, secrets, ledger, router); Lambda's own init and the arm64",
-        "build (`make build`) are not measured here.",
+        "Lambda cold start (configuration, secrets, ledger, router); Lambda's own init is not",
+        "measured here. The arm64 Lambda artifacts are measured by `make build` (below).",
         "",
     ]
-    # `cargo bench --bench burst` writes its own section (issue 10's burst figures).
-    burst = ROOT / "target" / "bench" / "burst.md"
-    if burst.exists():
-        lines += ["", burst.read_text().rstrip(), ""]
+    # Keep what `make build` recorded (scripts/lambda_sizes.py): arm64 Lambda artifact sizes.
+    previous = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else ""
+    kept = re.search(r"<!-- lambda-sizes -->.*?<!-- /lambda-sizes -->.*", previous, re.S)
+    if kept:
+        lines += [kept.group(0).rstrip("\n"), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

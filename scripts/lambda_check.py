@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""`make lambda-check`: the Lambda binaries under cargo-lambda's runtime emulator (`cargo lambda
+watch`), driven with `cargo lambda invoke --data-file`, against moto (DynamoDB table, SQS work
+queue with its dead-letter queue, the two Secrets Manager secrets), with the environment the
+template gives each function.
+
+1. webhook: every saved event, with the status the README promises (events/expected-status.json):
+   Lambda HTTP events as they are; raw Sentinel bodies wrapped in a Function URL event and signed
+   now with the development key. Then once more past the secrets TTL (1 s here). Every accepted
+   event must be in the ledger (`received`) and on the queue.
+2. worker: an SQS event made of what the webhook enqueued, plus one unreadable message. Graph
+   cannot be reached here, so every item must come back in `batchItemFailures` (kept for retry,
+   as the README says of a Graph outage) and its ledger item must be `retry`, not lost or closed.
+3. renewer: a scheduled event. With Graph unreachable the invocation must fail, naming the
+   tenant, so the renewer's error alarm fires.
+
+Needs the venv of `make lambda-check` (moto, boto3, cargo-lambda, zig) first on PATH.
+Exit status 0 when every check passed; one line per check.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+VENV_BIN = Path(sys.executable).parent
+TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"  # tenant of the saved events
+APP_ID = "11111111-2222-3333-4444-555555555555"
+INGRESS_FIELDS = ("client_states", "webhook_hmac_keys", "decryption_keys")
+GRAPH_FIELDS = ("tenant_id", "client_id", "client_secret", "certificate_private_key", "certificate_thumbprint")
+FIRST_INVOKE_TIMEOUT = 1500  # the emulator compiles a function on its first invocation
+
+results: list[tuple[bool, str]] = []
+
+
+def check(ok: bool, what: str) -> bool:
+    results.append((ok, what))
+    print(f"{'ok  ' if ok else 'FAIL'} {what}", flush=True)
+    return ok
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def start(cmd: list[str], env: dict | None = None, log=None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def invoke(port: int, function: str, payload: dict, timeout: int = 300) -> tuple[dict | None, str]:
+    """(response, error text) of one invocation through the emulator."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(payload, f)
+    try:
+        out = subprocess.run(["cargo", "lambda", "invoke", function, "--invoke-port", str(port),
+                              "--data-file", f.name, "--output-format", "json"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.unlink(f.name)
+    if out.returncode != 0:
+        return None, (out.stderr or out.stdout).strip()
+    return json.loads(out.stdout), ""
+
+
+def signed_function_url_event(body: str, template: dict) -> dict:
+    """A Function URL event POSTing `body` to /sentinel/alerts, signed now (Standard Webhooks)."""
+    secrets = json.loads((ROOT / "config" / "local-secrets.json").read_text())
+    key = base64.b64decode(secrets["webhook_hmac_keys"][0].removeprefix("whsec_"))
+    msg_id, ts = f"msg_lambda_check_{time.time_ns()}", str(int(time.time()))
+    signature = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.{body}".encode(), hashlib.sha256).digest()).decode()
+    event = json.loads(json.dumps(template))
+    event["headers"].update({"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": f"v1,{signature}",
+                             "content-length": str(len(body.encode()))})
+    event["body"], event["isBase64Encoded"] = body, False
+    return event
+
+
+def main() -> int:
+    expected = {k: v for k, v in json.loads((EVENTS / "expected-status.json").read_text()).items()
+                if not k.startswith("_")}
+    moto_port, watch_port = free_port(), free_port()
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    logs = tempfile.NamedTemporaryFile("w+", prefix="lambda-check-", suffix=".log", delete=False)
+    moto = start([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)])
+    watch = None
+    try:
+        wait_for_port(moto_port, 30)
+        aws = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+        ddb, sqs, sm = (aws.client(s, endpoint_url=endpoint) for s in ("dynamodb", "sqs", "secretsmanager"))
+        ddb.create_table(TableName="rr-ledger", BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        dlq = sqs.create_queue(QueueName="rr-dead-letters")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue = sqs.create_queue(QueueName="rr-work", Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        dev = json.loads((ROOT / "config" / "local-secrets.json").read_text())
+        ingress = sm.create_secret(Name="rr/ingress", SecretString=json.dumps({k: dev[k] for k in INGRESS_FIELDS}))
+        graph = sm.create_secret(Name="rr/graph", SecretString=json.dumps({k: dev[k] for k in GRAPH_FIELDS if k in dev}))
+
+        # What the template sets, pointed at moto; Graph and the token endpoint at a closed port.
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                   RR_ALLOWED_TENANTS=TENANT, RR_GRAPH_CLIENT_ID=APP_ID, RR_LEDGER_TABLE="rr-ledger",
+                   RR_QUEUE_URL=queue, RR_INGRESS_SECRET_ID=ingress["ARN"], RR_GRAPH_SECRET_ID=graph["ARN"],
+                   RR_NOTIFICATION_URL="https://example.lambda-url.us-east-1.on.aws/graph/notifications",
+                   RR_WORKER_MAX_CONCURRENCY="2", RR_SECRETS_TTL_SECONDS="1",
+                   RR_GRAPH_BASE_URL=f"http://127.0.0.1:{free_port()}/v1.0",
+                   RR_LOGIN_AUTHORITY=f"http://127.0.0.1:{free_port()}", RUST_LOG="info")
+        watch = start(["cargo", "lambda", "watch", "--ignore-changes",
+                       "--invoke-port", str(watch_port)], env=env, log=logs)
+        wait_for_port(watch_port, 600)
+
+        # ---- webhook ----
+        template = json.loads((EVENTS / "sentinel" / "alert.function-url.json").read_text())
+        for round_name in ("cold", "past the secrets TTL"):
+            for file, want in expected.items():
+                if "lambda_http_event" in want:
+                    payload, status = json.loads((EVENTS / file).read_text()), want["lambda_http_event"]
+                else:
+                    payload = signed_function_url_event((EVENTS / file).read_text(), template)
+                    status = want["signed_body"]
+                response, error = invoke(watch_port, "webhook", payload, FIRST_INVOKE_TIMEOUT)
+                got = response.get("statusCode") if response else None
+                check(got == status, f"webhook {file} ({round_name}): {got or error[-300:]}, expected {status}")
+            time.sleep(1.5)
+
+        # Accepted events are kept: in the ledger as received, and on the queue.
+        items = ddb.scan(TableName="rr-ledger")["Items"]
+        events = [i for i in items if i["pk"]["S"].startswith("event#")]
+        check(len(events) > 0 and all(i["status"]["S"] == "received" for i in events),
+              f"ledger: {len(events)} events received")
+        messages = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=600,
+                                        AttributeNames=["All"]).get("Messages", [])
+            if not batch:
+                break
+            messages += batch
+        check(len(messages) >= len(events), f"queue: {len(messages)} work items for {len(events)} events")
+
+        # ---- worker: what the webhook enqueued (at most 10 a batch, as the event source sends) ----
+        records = [{
+            "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+            "attributes": m.get("Attributes", {}), "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+            "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1",
+        } for m in messages[:9]]
+        records.append(dict(records[0], messageId="unreadable-message", body="{not json"))
+        response, error = invoke(watch_port, "worker", {"Records": records}, FIRST_INVOKE_TIMEOUT)
+        failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+        check(response is not None and failed == {r["messageId"] for r in records},
+              f"worker: {len(failed)} of {len(records)} items kept for retry (Graph unreachable) {error[-300:]}")
+        retried = {i["pk"]["S"].removeprefix("event#") for i in ddb.scan(TableName="rr-ledger")["Items"]
+                   if i["pk"]["S"].startswith("event#") and i["status"]["S"] == "retry"}
+        risk = {json.loads(r["body"])["body"]["event_id"] for r in records[:-1]
+                if json.loads(r["body"]).get("type") == "risk"}
+        check(bool(risk) and retried == risk,
+              f"worker: {len(retried)} ledger events released for retry, the {len(risk)} of the batch expected")
+
+        # ---- renewer: the daily schedule ----
+        response, error = invoke(watch_port, "renewer", {"source": "aws.scheduler", "detail-type": "Scheduled Event"},
+                                 FIRST_INVOKE_TIMEOUT)
+        named = next((line.strip(" │") for line in error.splitlines() if "ensure" in line), "")
+        check(response is None and f"{TENANT}: ensure" in error,
+              f"renewer: invocation fails naming the tenant (Graph unreachable): {named or response or error[-300:]}")
+    finally:
+        if watch:
+            stop(watch)
+        stop(moto)
+    passed = sum(ok for ok, _ in results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    if passed < len(results):
+        print(f"emulator log: {logs.name}")
+    return 0 if results and passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
