@@ -214,6 +214,13 @@ pub async fn worker(
     );
     worker.view_max_age = time::Duration::try_from(config.view_max_age)
         .unwrap_or(crate::respond::worker::VIEW_MAX_AGE);
+    // A run forced to report-only (replay without --enforce, benches) writes nothing anywhere,
+    // incident comments included.
+    if mode != Some(Mode::ReportOnly) {
+        worker.incident_comments =
+            crate::respond::writeback::IncidentCommenter::from_config(config, &worker.graph)
+                .map(Arc::new);
+    }
     Ok(worker)
 }
 

@@ -8,5 +8,6 @@ pub mod sweep;
 pub mod vault;
 pub mod view;
 pub mod worker;
+pub mod writeback;
 
 pub use worker::{Disposition, Worker};
