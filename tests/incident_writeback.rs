@@ -694,3 +694,117 @@ async fn the_arm_stand_in_refuses_what_arm_refuses() {
             .contains("Microsoft.SecurityInsights/incidents/comments/write")
     );
 }
+
+/// Two workers redelivering the same settled case at once: the one that claims the case's
+/// comments posts; the other does not (the Graph post is not idempotent).
+#[tokio::test]
+async fn concurrent_workers_post_a_comment_once() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| {
+        d.sentinel.add_defender_incident(DEFENDER_ID);
+        d.faults
+            .unavailable_paths
+            .push((Method::GET, "/security/incidents".into()));
+    });
+    let ledger = memory_ledger();
+    let a = worker(&s, &ledger, enforce(), CommentPath::Graph);
+    let b = worker(&s, &ledger, enforce(), CommentPath::Graph);
+    let signal = incident_signal(DEFENDER);
+    assert!(
+        a.handle(&WorkItem::Risk(signal.clone())).await.is_retry(),
+        "the first comment failed"
+    );
+    s.with(|d| d.faults.unavailable_paths.clear());
+    // Redeliveries of the case's work reach the write-back together.
+    let item = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case_of(&ledger, &signal).await.0.case_id,
+    };
+    for _ in 0..5 {
+        let (x, y) = tokio::join!(a.handle(&item), b.handle(&item));
+        assert!(!x.is_retry() || !y.is_retry(), "{x:?} {y:?}");
+    }
+    assert_eq!(graph_posts(&s), 1);
+    assert_eq!(
+        s.with(|d| d.sentinel.defender_comments(DEFENDER_ID)).len(),
+        1
+    );
+}
+
+/// The configured product (RR_INCIDENT_COMMENTS unset: ARM, at RR_ARM_BASE_URL): a person skips
+/// a case from the CLI, and the incident hears of it.
+#[tokio::test]
+async fn cases_skip_from_the_cli_tells_the_incident() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| d.sentinel.add_incident(&arm_id(TWO_ACCOUNTS)));
+    let dir = std::env::temp_dir().join(format!("writeback-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ledger.sqlite");
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        risk_responder::cases::policy::DEFAULT_POLICY
+            .replace("mode = \"report-only\"", "mode = \"enforce\"")
+            .replace(
+                "protected_user_ids = []",
+                &format!("protected_user_ids = [\"{ADELE}\"]"),
+            ),
+    )
+    .unwrap();
+    let policy = Policy::from_toml(&std::fs::read_to_string(&policy_file).unwrap()).unwrap();
+    let store = risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap();
+    let ledger = Ledger::new(Arc::new(store));
+    let worker = worker(&s, &ledger, policy, CommentPath::Arm);
+    let signal = incident_signal(TWO_ACCOUNTS);
+    assert!(
+        !worker
+            .handle(&WorkItem::Risk(signal.clone()))
+            .await
+            .is_retry()
+    );
+    let waiting = message(&arm_comments(&s, TWO_ACCOUNTS)[0]);
+    assert!(waiting.contains("is **awaiting approval**"), "{waiting}");
+
+    let cli = async |args: &[&str]| {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+            .args(args)
+            .env("RR_LEDGER_PATH", &path)
+            .env("RR_POLICY_FILE", &policy_file)
+            .env("RR_GRAPH_BASE_URL", s.graph_url())
+            .env("RR_LOGIN_AUTHORITY", s.authority())
+            .env("RR_ARM_BASE_URL", s.arm_url())
+            .env_remove("RR_INCIDENT_COMMENTS")
+            .env("RUST_LOG", "warn")
+            .env("USER", "dana")
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, out) = cli(&[
+        "cases",
+        "skip",
+        &signal.event_id,
+        "--reason",
+        "user travelling, verified",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("incident #4711: comment written via arm"),
+        "{out}"
+    );
+    let comments = arm_comments(&s, TWO_ACCOUNTS);
+    assert_eq!(comments.len(), 1, "the same comment, replaced");
+    let skipped = message(&comments[0]);
+    assert!(skipped.contains("is **skipped**"), "{skipped}");
+    assert!(skipped.contains("Decision: skip by dana"), "{skipped}");
+    assert_eq!(resets(&s), 0, "nothing was done to the account");
+    std::fs::remove_dir_all(&dir).ok();
+}
