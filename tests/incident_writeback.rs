@@ -808,3 +808,30 @@ async fn cases_skip_from_the_cli_tells_the_incident() {
     assert_eq!(resets(&s), 0, "nothing was done to the account");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A replay without --enforce is a dry run: no comment reaches the incident, even with the
+/// write-back configured.
+#[tokio::test]
+async fn a_report_only_replay_writes_no_comment() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| d.sentinel.add_incident(&arm_id(TWO_ACCOUNTS)));
+    let ledger = std::env::temp_dir().join(format!("replay-wb-{}.sqlite", uuid::Uuid::new_v4()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+        .args(["replay", "events/sentinel/incident-two-accounts.json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RR_GRAPH_BASE_URL", s.graph_url())
+        .env("RR_LOGIN_AUTHORITY", s.authority())
+        .env("RR_ARM_BASE_URL", s.arm_url())
+        .env("RR_INCIDENT_COMMENTS", "arm")
+        .env("RR_LEDGER_PATH", &ledger)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("completed  ReportOnly"), "{out}");
+    assert!(s.with(|d| d.sentinel.calls.is_empty()), "no ARM call");
+    assert!(arm_comments(&s, TWO_ACCOUNTS).is_empty());
+    std::fs::remove_file(ledger).ok();
+}
