@@ -217,6 +217,13 @@ pub async fn worker(
     if let Some(dir) = &config.templates_dir {
         worker.templates = crate::respond::templates::Templates::from_dir(dir)?;
     }
+    // A run forced to report-only (replay without --enforce, benches) writes nothing anywhere,
+    // incident comments included.
+    if mode != Some(Mode::ReportOnly) {
+        worker.incident_comments =
+            crate::respond::writeback::IncidentCommenter::from_config(config, &worker.graph)
+                .map(Arc::new);
+    }
     Ok(worker)
 }
 

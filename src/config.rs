@@ -104,6 +104,11 @@ pub struct Config {
     pub view_max_age: Duration,
     /// Directory of the operator's user-mail templates (`RR_TEMPLATES_DIR`).
     pub templates_dir: Option<PathBuf>,
+    /// How case outcomes reach the Sentinel incidents they came from (`RR_INCIDENT_COMMENTS`:
+    /// `arm`, the default; `graph` for workspaces in the Defender portal; `off`: `None`).
+    pub incident_comments: Option<crate::cases::writeback::CommentPath>,
+    /// Azure Resource Manager base URL (`RR_ARM_BASE_URL`).
+    pub arm_base_url: String,
 }
 
 impl Default for Config {
@@ -134,6 +139,8 @@ impl Default for Config {
             identity_protection_share: 0.5,
             view_max_age: Duration::from_secs(600),
             templates_dir: None,
+            incident_comments: Some(crate::cases::writeback::CommentPath::Arm),
+            arm_base_url: "https://management.azure.com".to_owned(),
         }
     }
 }
@@ -228,6 +235,23 @@ impl Config {
             })?;
             config.view_max_age = Duration::from_secs(secs);
         }
+        if let Some(path) = get("RR_INCIDENT_COMMENTS") {
+            use crate::cases::writeback::CommentPath;
+            config.incident_comments = match path.trim().to_ascii_lowercase().as_str() {
+                "arm" => Some(CommentPath::Arm),
+                "graph" => Some(CommentPath::Graph),
+                "off" => None,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "RR_INCIDENT_COMMENTS",
+                        reason: format!("{path:?} is not one of arm, graph, off"),
+                    });
+                }
+            };
+        }
+        if let Some(url) = get("RR_ARM_BASE_URL").filter(|v| !v.trim().is_empty()) {
+            config.arm_base_url = url.trim().to_owned();
+        }
         if get("RR_SECRET_ID").is_some() {
             return Err(ConfigError::SplitSecret);
         }
@@ -314,6 +338,27 @@ mod tests {
             config.graph_secrets,
             SecretsSource::File("/tmp/s.json".into())
         );
+    }
+
+    #[test]
+    fn incident_comments_take_arm_by_default_and_refuse_unknown_paths() {
+        use crate::cases::writeback::CommentPath;
+        let default = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(default.incident_comments, Some(CommentPath::Arm));
+        assert_eq!(default.arm_base_url, "https://management.azure.com");
+        let graph = Config::from_lookup(lookup(&[
+            ("RR_INCIDENT_COMMENTS", "Graph"),
+            ("RR_ARM_BASE_URL", "http://127.0.0.1:9"),
+        ]))
+        .unwrap();
+        assert_eq!(graph.incident_comments, Some(CommentPath::Graph));
+        assert_eq!(graph.arm_base_url, "http://127.0.0.1:9");
+        let off = Config::from_lookup(lookup(&[("RR_INCIDENT_COMMENTS", "off")])).unwrap();
+        assert_eq!(off.incident_comments, None);
+        let bad = Config::from_lookup(lookup(&[("RR_INCIDENT_COMMENTS", "teams")]))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("RR_INCIDENT_COMMENTS"), "{bad}");
     }
 
     #[test]

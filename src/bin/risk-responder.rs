@@ -624,7 +624,9 @@ async fn cases(action: CasesAction) -> Result<(), StartError> {
         }
     };
     println!("{decision} recorded by {by} on case {}", case.case_id);
-    if decision == "skip" {
+    // A skipped case has nothing left to do, except telling its Sentinel incidents (the worker
+    // writes the comment).
+    if decision == "skip" && case.write_back.is_empty() {
         print!("{}", CaseReport(&case));
         return Ok(());
     }

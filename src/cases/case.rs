@@ -280,6 +280,9 @@ pub struct Case {
     pub lease: Option<Lease>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The Sentinel incidents the case reports its outcome to, and where each comment stands.
+    #[serde(default, skip_serializing_if = "super::writeback::WriteBack::is_empty")]
+    pub write_back: super::writeback::WriteBack,
 }
 
 /// Who or what must act next on a case.
@@ -339,6 +342,7 @@ impl Case {
             attempts: 0,
             lease: None,
             last_error: None,
+            write_back: Default::default(),
         };
         let what = format!(
             "opened by signal {} from {} ({:?})",
@@ -837,6 +841,7 @@ impl std::fmt::Display for CaseReport<'_> {
                 d.decision, d.by, d.at, d.reason
             )?;
         }
+        write!(f, "{}", super::writeback::WriteBackReport(&c.write_back))?;
         writeln!(f, "    next: {}", c.next_actor())
     }
 }

@@ -7,6 +7,7 @@ pub mod episode;
 pub mod findings;
 pub mod plan;
 pub mod policy;
+pub mod writeback;
 
 pub use case::{ActionState, Case, CaseAction, CaseStatus, Episode, NextActor, SignalRef};
 pub use episode::{Placement, place};

@@ -7,6 +7,7 @@
 //! | identity and access reports (signIns, registration details) | 5 requests/10 s | app and tenant | 5 per 11 s |
 //! | directory (users, groups, roles) | 3,500 RU/10 s; 3,000 writes/150 s | app and tenant | 3,000 per 10 s |
 //! | Outlook mail | 10,000 requests/10 min, 4 concurrent | app and mailbox | 9,000 per 10 min |
+//! | security incidents (Defender XDR incidents API) | 50 requests/min and 1,500/h | app and tenant | 25 per min (the hourly limit, spread) |
 //!
 //! The two scarce budgets (Identity Protection and reports) are shared by every worker, sweep
 //! and CLI process through the ledger ([`SharedLimiter`]): a sliding window of admitted requests
@@ -33,6 +34,8 @@ pub enum Budget {
     Reports,
     Directory,
     Mail,
+    /// `/security/...` (incidents and their comments).
+    Security,
 }
 
 impl Budget {
@@ -50,6 +53,8 @@ impl Budget {
             && path.ends_with("/sendmail")
         {
             Budget::Mail
+        } else if path.starts_with("/security/") {
+            Budget::Security
         } else {
             Budget::Directory
         }
@@ -62,6 +67,7 @@ impl Budget {
             Budget::Reports => "reports",
             Budget::Directory => "directory",
             Budget::Mail => "mail",
+            Budget::Security => "security",
         }
     }
 }
@@ -73,6 +79,7 @@ pub struct Limits {
     pub reports: (usize, Duration),
     pub directory: (usize, Duration),
     pub mail: (usize, Duration),
+    pub security: (usize, Duration),
 }
 
 impl Limits {
@@ -86,6 +93,8 @@ impl Limits {
             reports: (5, Duration::from_secs(11)),
             directory: (3000, Duration::from_secs(10)),
             mail: (9000, Duration::from_secs(600)),
+            // 1,500 an hour is the binding limit: 25 a minute never exceeds it.
+            security: (25, Duration::from_secs(60)),
         }
     }
 
@@ -96,6 +105,7 @@ impl Limits {
             Budget::Reports => self.reports,
             Budget::Directory => self.directory,
             Budget::Mail => self.mail,
+            Budget::Security => self.security,
         }
     }
 }
@@ -310,6 +320,10 @@ mod tests {
             Budget::Mail
         );
         assert_eq!(Budget::of(&Method::PATCH, "/users/x"), Budget::Directory);
+        assert_eq!(
+            Budget::of(&Method::POST, "/security/incidents/2972395/comments"),
+            Budget::Security
+        );
     }
 
     #[tokio::test]

@@ -186,6 +186,11 @@ impl GraphClient {
         self
     }
 
+    /// The application's token provider (for deriving providers for other resources).
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
     /// HTTP requests sent so far (every attempt counts; a `$batch` counts once).
     pub fn requests_sent(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)

@@ -45,6 +45,7 @@ struct TokenErrorBody {
 }
 
 /// Where the credential comes from at each token request.
+#[derive(Clone)]
 enum CredentialSource {
     Fixed(ClientCredential),
     /// Read from the secret store each time a token is fetched, so a rotated client secret or
@@ -113,6 +114,19 @@ impl TokenProvider {
             scope: scope.into(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A provider for the same application and credential with another `scope` (e.g.
+    /// `https://management.azure.com/.default` for Azure Resource Manager), caching its own
+    /// tokens.
+    pub fn with_scope(&self, scope: impl Into<String>) -> Self {
+        Self::with_source(
+            self.http.clone(),
+            self.authority.clone(),
+            self.client_id.clone(),
+            self.credential.clone(),
+            scope,
+        )
     }
 
     async fn credential(&self) -> Result<ClientCredential, GraphError> {

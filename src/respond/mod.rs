@@ -11,5 +11,6 @@ pub mod templates;
 pub mod vault;
 pub mod view;
 pub mod worker;
+pub mod writeback;
 
 pub use worker::{Disposition, Worker};

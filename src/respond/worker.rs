@@ -83,6 +83,8 @@ pub struct Worker {
     pub sign_ins: investigate::SignInCache,
     /// How old a view of Identity Protection a `users` notification accepts.
     pub view_max_age: time::Duration,
+    /// Writes case outcomes onto the Sentinel incidents they came from (off when `None`).
+    pub incident_comments: Option<Arc<super::writeback::IncidentCommenter>>,
 }
 
 /// Default for [`Worker::view_max_age`]: two sweep periods.
@@ -152,6 +154,7 @@ impl Worker {
             sign_ins: investigate::SignInCache::default(),
             templates: super::templates::Templates::embedded(),
             view_max_age: VIEW_MAX_AGE,
+            incident_comments: None,
         }
     }
 
@@ -330,7 +333,9 @@ impl Worker {
             }
         }
         // 4. Work the cases.
-        let outcomes = self.work_cases(tenant, &work, &risks).await;
+        let mut outcomes = self.work_cases(tenant, &work, &risks).await;
+        // 5. Tell the Sentinel incidents the cases came from (issue 11, write-back).
+        super::writeback::write_back(self, signals, &case_of_signal, &work, &mut outcomes).await;
         let resumed = resumes.iter().map(|(i, c)| (*i, c.clone()));
         for (index, case_id) in case_of_signal.into_iter().chain(resumed) {
             let disposition = outcomes

@@ -7,10 +7,15 @@
 //! validation handshake, errors in the `{"error":{"code","message"}}` envelope, 411 for a
 //! bodyless write without `Content-Length`, and 429 with `Retry-After` where injected.
 //!
+//! Microsoft Sentinel incidents are there too (`sentinel`): Azure Resource Manager's incident
+//! comments (`/subscriptions/…`, with an ARM token for `https://management.azure.com/.default`
+//! from the same token endpoint) and Graph's `security/incidents`.
+//!
 //! The test suite runs against it, and `--demo` runs the product against it: nothing it
 //! serves can reach a real tenant.
 
 pub mod demo;
+pub mod sentinel;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,7 +27,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{any, get, patch, post};
 use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -66,6 +71,10 @@ pub struct Limits {
     pub mail: (usize, Duration),
     /// Outlook: concurrent requests per app per mailbox.
     pub mail_concurrency: usize,
+    /// Security incidents (the Defender XDR incidents API): per app per tenant, per minute
+    /// and per hour.
+    pub security: (usize, Duration),
+    pub security_hourly: (usize, Duration),
 }
 
 impl Default for Limits {
@@ -78,6 +87,8 @@ impl Default for Limits {
             directory_writes: (3000, Duration::from_secs(150)),
             mail: (10_000, Duration::from_secs(600)),
             mail_concurrency: 4,
+            security: (50, Duration::from_secs(60)),
+            security_hourly: (1500, Duration::from_secs(3600)),
         }
     }
 }
@@ -89,6 +100,7 @@ pub enum Budget {
     Reports,
     Directory,
     Mail,
+    Security,
 }
 
 impl Budget {
@@ -106,6 +118,8 @@ impl Budget {
             && lower.ends_with("/sendmail")
         {
             Budget::Mail
+        } else if lower.starts_with("/security/") {
+            Budget::Security
         } else {
             Budget::Directory
         }
@@ -184,6 +198,8 @@ pub struct Directory {
     pub http_requests: usize,
     /// sendMail requests being served per mailbox (the concurrency limit).
     pub mail_in_flight: HashMap<String, usize>,
+    /// Microsoft Sentinel: incidents and their comments (ARM), Defender incidents (Graph).
+    pub sentinel: sentinel::Sentinel,
 }
 
 #[derive(Clone)]
@@ -201,6 +217,37 @@ impl GraphSimulator {
     /// Identity platform authority.
     pub fn authority(&self) -> String {
         self.base.clone()
+    }
+
+    /// Azure Resource Manager base URL (`RR_ARM_BASE_URL`).
+    pub fn arm_url(&self) -> String {
+        self.base.clone()
+    }
+
+    /// An incident commenter over this simulator for `path`, with the application and
+    /// credential of `graph`.
+    pub fn incident_commenter(
+        &self,
+        graph: &Arc<crate::graph::GraphClient>,
+        path: crate::cases::writeback::CommentPath,
+        max_attempts: u32,
+    ) -> crate::respond::writeback::IncidentCommenter {
+        use crate::respond::writeback::{ARM_SCOPE, ArmClient, IncidentCommenter};
+        match path {
+            crate::cases::writeback::CommentPath::Graph => IncidentCommenter::graph(graph.clone()),
+            crate::cases::writeback::CommentPath::Arm => {
+                let retry = crate::graph::RetryPolicy {
+                    max_attempts,
+                    base_delay: std::time::Duration::from_millis(5),
+                    max_delay: std::time::Duration::from_secs(5),
+                    request_timeout: std::time::Duration::from_secs(5),
+                    max_pages: 50,
+                };
+                let tokens = Arc::new(graph.tokens().with_scope(ARM_SCOPE));
+                let arm = ArmClient::new(reqwest::Client::new(), self.arm_url(), tokens, retry);
+                IncidentCommenter::arm(arm, graph.clone())
+            }
+        }
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut Directory) -> R) -> R {
@@ -321,6 +368,7 @@ pub async fn start_with(directory: Directory) -> std::io::Result<GraphSimulator>
             "/v1.0/subscriptions/{id}/reauthorize",
             post(reauthorize_subscription),
         )
+        .route("/subscriptions/{*rest}", any(sentinel::arm))
         .fallback(graph)
         .with_state(standin.clone());
     tokio::spawn(async move {
@@ -354,9 +402,13 @@ async fn token(
         )
             .into_response()
     };
+    // Graph, or Azure Resource Manager (incident comments).
+    let arm =
+        form.get("scope").map(String::as_str) == Some("https://management.azure.com/.default");
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
-        || form.get("scope").map(String::as_str) != Some("https://graph.microsoft.com/.default")
+        || (form.get("scope").map(String::as_str) != Some("https://graph.microsoft.com/.default")
+            && !arm)
     {
         return (
             StatusCode::BAD_REQUEST,
@@ -405,8 +457,15 @@ async fn token(
     } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
         return invalid_client("AADSTS7000215: Invalid client secret provided.");
     }
-    let access_token = format!("standin-token-{}-{}", tenant, uuid::Uuid::new_v4());
-    dir.issued.insert(access_token.clone(), tenant.clone());
+    let access_token = if arm {
+        let token = format!("standin-arm-token-{}-{}", tenant, uuid::Uuid::new_v4());
+        dir.sentinel.issued.insert(token.clone(), tenant.clone());
+        token
+    } else {
+        let token = format!("standin-token-{}-{}", tenant, uuid::Uuid::new_v4());
+        dir.issued.insert(token.clone(), tenant.clone());
+        token
+    };
     axum::Json(json!({
         "token_type": "Bearer",
         "expires_in": 3599,
@@ -452,6 +511,13 @@ fn throttle(dir: &mut Directory, tenant: &str, method: &Method, path: &str) -> O
                     }
                 })
         }
+        Budget::Security => dir
+            .windows
+            .admit(format!("{tenant}|security"), limits.security)
+            .and_then(|()| {
+                dir.windows
+                    .admit(format!("{tenant}|security-hourly"), limits.security_hourly)
+            }),
         Budget::Mail => {
             let mailbox = path.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
             let in_flight = dir.mail_in_flight.get(&mailbox).copied().unwrap_or(0);
@@ -956,6 +1022,10 @@ fn dispatch(
             create_ca_policy(dir, body)
         }
         (Method::GET, ["auditLogs", "signIns"]) => sign_ins(s, dir, &params),
+        (Method::GET, ["security", "incidents", id]) => sentinel::defender_get(&dir.sentinel, id),
+        (Method::POST, ["security", "incidents", id, "comments"]) => {
+            sentinel::defender_comment(&mut dir.sentinel, id, &body)
+        }
         _ => error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
