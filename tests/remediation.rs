@@ -176,11 +176,14 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
             "miriam.graham@contoso.onmicrosoft.com"
         ]
     );
+    let helpdesk = password_mail["message"]["body"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(helpdesk.contains(&password));
+    // The helpdesk sees the blocked sign-ins, to check them with the user.
     assert!(
-        password_mail["message"]["body"]["content"]
-            .as_str()
-            .unwrap()
-            .contains(&password)
+        helpdesk.contains("Sign-ins blocked with AADSTS53011") && helpdesk.contains("  app "),
+        "{helpdesk}"
     );
     let soc = mails[1].1["message"]["body"]["content"].as_str().unwrap();
     assert!(

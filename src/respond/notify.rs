@@ -44,25 +44,7 @@ pub fn soc_mail(case: &Case) -> (String, String) {
                 risk.risk_level, risk.risk_state
             );
         }
-        let signins = &findings.blocked_sign_ins;
-        let _ = writeln!(
-            text,
-            "Sign-ins blocked with AADSTS53011 since {}: {}.",
-            signins.since.date(),
-            signins.count
-        );
-        for s in &signins.newest {
-            let _ = writeln!(
-                text,
-                "  {}  app {}  IP {}  location {}  client {}  device {}",
-                s.at,
-                s.app.as_deref().unwrap_or("-"),
-                s.ip_address.as_deref().unwrap_or("-"),
-                s.location.as_deref().unwrap_or("-"),
-                s.client_app.as_deref().unwrap_or("-"),
-                s.device.as_deref().unwrap_or("-"),
-            );
-        }
+        sign_in_lines(&mut text, case);
         if let Some(reason) = &findings.protected {
             let _ = writeln!(text, "Protected account: {reason}.");
         }
@@ -97,10 +79,38 @@ pub fn soc_mail(case: &Case) -> (String, String) {
     (subject, text)
 }
 
-/// The password-delivery mail to the helpdesk or manager.
+/// The 53011 sign-ins of the case's findings: count, then the newest few, one line each (time,
+/// application, IP address, location, client app, device).
+fn sign_in_lines(text: &mut String, case: &Case) {
+    let Some(findings) = &case.findings else {
+        return;
+    };
+    let signins = &findings.blocked_sign_ins;
+    let _ = writeln!(
+        text,
+        "Sign-ins blocked with AADSTS53011 since {}: {}.",
+        signins.since.date(),
+        signins.count
+    );
+    for s in &signins.newest {
+        let _ = writeln!(
+            text,
+            "  {}  app {}  IP {}  location {}  client {}  device {}",
+            s.at,
+            s.app.as_deref().unwrap_or("-"),
+            s.ip_address.as_deref().unwrap_or("-"),
+            s.location.as_deref().unwrap_or("-"),
+            s.client_app.as_deref().unwrap_or("-"),
+            s.device.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// The password-delivery mail to the helpdesk or manager, with the sign-ins that were blocked
+/// (so whoever hands the password over can check them with the user).
 pub fn password_mail(case: &Case, password: &SecretString) -> (String, String) {
     let subject = format!("Temporary password for {}", who(case));
-    let text = format!(
+    let mut text = format!(
         "The password of {} was reset after an Identity Protection risk detection (case {}).\n\
          Temporary password (must be changed at next sign-in): {}\n\
          Give it to the user through a verified channel. A later mail for the same case replaces it.\n",
@@ -108,6 +118,7 @@ pub fn password_mail(case: &Case, password: &SecretString) -> (String, String) {
         case.case_id,
         password.expose()
     );
+    sign_in_lines(&mut text, case);
     (subject, text)
 }
 
