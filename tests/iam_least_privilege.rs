@@ -1,34 +1,62 @@
-//! The template grants what the code calls, and nothing more: each function's handler code runs
-//! against moto with IAM enforcement, as an IAM user holding exactly the policy statements that
+//! The template grants what the code calls, and nothing more: each function's code runs against
+//! moto with IAM enforcement, as an IAM user holding exactly the policy statements that
 //! `infra/template.yaml` gives the function's role (`!Ref`/`!GetAtt`/`!Sub` resolved to the moto
-//! resources). The secrets TTL is 1 s (no grace) and requests are sent past it, so a call made
-//! only on refresh is covered too. Denied calls are checked to be denied, and at the end every
-//! denial moto recorded must be one this test provoked on purpose.
+//! resources), with Microsoft Graph played by the in-process simulator (`src/simulator`):
 //!
-//! moto's own IAM check ignores resources for DynamoDB and Secrets Manager and ignores
-//! `dynamodb:LeadingKeys`; `tests/iam/moto_iam.py` evaluates them (see its doc). This binary
-//! runs its own moto server, with enforcement on: keep other tests out of it.
+//! - webhook: every saved Lambda HTTP event through the router, a signed Sentinel alert and its
+//!   replay, a delivery that cannot be queued (503, replay guard forgotten);
+//! - worker: `Worker::handle_sqs`, as the Lambda runs it, on what the webhook enqueued, received
+//!   and deleted as the SQS event source mapping does; the policy in enforce mode with
+//!   temporary passwords in Secrets Manager; a Graph outage during the password reset leaves the
+//!   case for retry, and the redelivery replaces the stored password (PutSecretValue,
+//!   TagResource) and completes the case;
+//! - sweep: `Sweeper::run`, built as the Lambda builds it, over risky users and 53011 sign-ins;
+//! - renewer: subscription renewal and the temporary-password clean-up.
+//!
+//! The secrets TTL is 1 s (no grace) and requests are sent past it, so a call made only on
+//! refresh is covered too. After each function's code ran, every element of its policy
+//! (statement, action, resource, `dynamodb:LeadingKeys` pattern) must have been needed by some
+//! request (log statements aside: the Lambda runtime writes logs, not this code). Calls a
+//! function must not make are checked to be denied, and at the end every denial moto recorded
+//! must be one this test provoked on purpose: any other denial is a call the code makes and the
+//! template does not grant.
+//!
+//! moto's own IAM check ignores resources for DynamoDB and Secrets Manager, ignores
+//! `dynamodb:LeadingKeys` and does not look into transactions; `tests/iam/moto_iam.py`
+//! evaluates them (see its doc). This binary runs its own moto server, with enforcement on:
+//! keep other tests out of it.
 
 mod common;
+mod graph_standin;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 use common::{call, lambda_event, post_sentinel, signed_headers};
+use graph_standin::{ADELE, GraphSimulator, TENANT};
+use risk_responder::app;
+use risk_responder::cases::policy::PasswordDelivery;
+use risk_responder::cases::{Action, CaseStatus, Mode, Policy};
 use risk_responder::config::Config;
+use risk_responder::event::{RiskLevel, Subject};
 use risk_responder::http::{AppState, Intake};
-use risk_responder::ledger::dynamodb::DynamoLedger;
-use risk_responder::ledger::{Claim, Ledger};
+use risk_responder::ledger::dynamodb::DynamoStore;
+use risk_responder::ledger::{Ledger, NewItem, SignalRecord, Store};
 use risk_responder::queue::{SqsQueue, WorkItem};
-use risk_responder::remediate::PasswordVault;
+use risk_responder::respond::Worker;
+use risk_responder::respond::sweep::Sweeper;
+use risk_responder::respond::vault::{EXPIRES_AT_TAG, PasswordVault, SecretsManagerPasswordVault};
 use risk_responder::secrets::{
-    GraphSecrets, IngressSecrets, SecretStore, SecretString, SecretsManagerPasswordVault,
-    SecretsManagerStore,
+    GraphSecrets, IngressSecrets, SecretStore, SecretString, SecretsManagerStore,
 };
 use serde_json::{Value as Json, json};
 use serde_norway::Value as Yaml;
@@ -37,6 +65,12 @@ const REGION: &str = "us-east-1";
 const ACCOUNT: &str = "123456789012";
 const SECRETS_TTL: Duration = Duration::from_secs(1);
 const PAST_TTL: Duration = Duration::from_millis(1300);
+/// Where subscriptions send notifications (the worker and the renewer manage them).
+const NOTIFICATION_URL: &str = "https://abcdefghij.lambda-url.us-east-1.on.aws/graph/notifications";
+/// The subscription of the saved `reauthorizationRequired` lifecycle event.
+const SUBSCRIPTION_ID: &str = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07";
+/// Statements the code does not call: the Lambda runtime writes the function's logs.
+const RUNTIME_STATEMENTS: &[&str] = &["Logs"];
 
 struct Moto {
     endpoint: String,
@@ -219,14 +253,31 @@ impl Names {
     }
 }
 
-/// {function: {policy name: policy document}} for the webhook, worker and renewer, as the
-/// template declares them: the function's `Role` and that role's inline policies.
+/// {function: {policy name: policy document}} for every function, as the template declares
+/// them: the function's `Role` and that role's inline policies.
 fn template_policies(names: &Names) -> BTreeMap<String, BTreeMap<String, Json>> {
     let path = format!("{}/infra/template.yaml", env!("CARGO_MANIFEST_DIR"));
     let template: Yaml = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let resources = &template["Resources"];
     let mut out = BTreeMap::new();
-    for function in ["WebhookFunction", "WorkerFunction", "RenewerFunction"] {
+    let functions: Vec<&str> = resources
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(name, _)| name.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        functions,
+        [
+            "WebhookFunction",
+            "WorkerFunction",
+            "SweepFunction",
+            "RenewerFunction"
+        ],
+        "a function this test does not run"
+    );
+    for function in functions {
         let properties = &resources[function]["Properties"];
         assert!(
             properties.get("Policies").is_none(),
@@ -236,25 +287,28 @@ fn template_policies(names: &Names) -> BTreeMap<String, BTreeMap<String, Json>> 
             panic!("{function}: Role must be !GetAtt <Role>.Arn");
         };
         let role = role.value.as_str().unwrap().trim_end_matches(".Arn");
+        // Managed policies would be granted without this test seeing them.
+        assert!(
+            resources[role]["Properties"]
+                .get("ManagedPolicyArns")
+                .is_none(),
+            "{role}: inline policies only"
+        );
         let mut documents = BTreeMap::new();
         for policy in resources[role]["Properties"]["Policies"]
             .as_sequence()
             .unwrap_or_else(|| panic!("{role} has no inline policies"))
         {
-            documents.insert(
-                policy["PolicyName"].as_str().unwrap().to_owned(),
-                names.resolve(&policy["PolicyDocument"]),
-            );
+            let document = names.resolve(&policy["PolicyDocument"]);
+            for statement in document["Statement"].as_array().unwrap() {
+                assert!(
+                    statement["Sid"].is_string(),
+                    "{role}: every statement needs a Sid (the usage check names it): {statement}"
+                );
+            }
+            documents.insert(policy["PolicyName"].as_str().unwrap().to_owned(), document);
         }
         out.insert(function.to_owned(), documents);
-    }
-    // Managed policies would be granted without this test seeing them.
-    for role in ["WebhookRole", "WorkerRole", "RenewerRole"] {
-        assert!(
-            resources[role]["Properties"]
-                .get("ManagedPolicyArns")
-                .is_none()
-        );
     }
     out
 }
@@ -280,14 +334,32 @@ async fn sdk(key: &[String]) -> SdkConfig {
         .await
 }
 
-/// Every request moto refused so far: (user ARN, action, resource).
-async fn denials() -> Vec<(String, String, String)> {
+/// Every request moto refused so far: (user ARN, action, resource, DynamoDB leading keys).
+async fn denials() -> Vec<(String, String, String, Vec<String>)> {
     reqwest::get(format!("{}/test-api/denials", endpoint()))
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+/// The elements of `policies` no allowed request of `user` needed so far, log statements
+/// aside: (Sid, action, resource, leading-key pattern).
+async fn unused(user: &str, policies: &BTreeMap<String, Json>) -> Vec<Json> {
+    let unused: Vec<Json> = reqwest::Client::new()
+        .post(format!("{}/test-api/unused", endpoint()))
+        .json(&json!({"user": user, "policies": policies}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    unused
+        .into_iter()
+        .filter(|e| !RUNTIME_STATEMENTS.contains(&e[0].as_str().unwrap_or_default()))
+        .collect()
 }
 
 fn is_denied<E: std::fmt::Debug>(result: Result<impl std::fmt::Debug, E>) -> bool {
@@ -309,6 +381,277 @@ fn expected_statuses() -> BTreeMap<String, u16> {
     map.into_iter()
         .filter_map(|(file, v)| Some((file, v.get("lambda_http_event")?.as_u64()? as u16)))
         .collect()
+}
+
+/// The worker's SQS event source mapping: reads the queue's attributes, receives with the
+/// worker's credentials, hands the batch to the function and deletes every message the
+/// function did not report failed (`ReportBatchItemFailures`).
+struct SqsEventSource {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    queue_arn: String,
+}
+
+impl SqsEventSource {
+    async fn new(sqs: aws_sdk_sqs::Client, queue_url: String) -> Self {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("the worker may read its queue's attributes");
+        let queue_arn = attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone();
+        Self {
+            sqs,
+            queue_url,
+            queue_arn,
+        }
+    }
+
+    /// Every visible message as one SQS event, as Lambda sends it (hidden for `visibility`
+    /// seconds); and each message's receipt handle.
+    async fn receive(&self, visibility: i32) -> (SqsEvent, BTreeMap<String, String>) {
+        let mut records = Vec::new();
+        let mut receipts = BTreeMap::new();
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(visibility)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .expect("the worker may receive its work");
+            if received.messages().is_empty() {
+                break;
+            }
+            for m in received.messages() {
+                let attributes: serde_json::Map<String, Json> = m
+                    .attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(json!({
+                    "messageId": m.message_id(), "receiptHandle": m.receipt_handle(),
+                    "body": m.body(), "attributes": attributes, "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body(), "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn, "awsRegion": REGION,
+                }));
+                receipts.insert(
+                    m.message_id().unwrap().to_owned(),
+                    m.receipt_handle().unwrap().to_owned(),
+                );
+            }
+        }
+        let event = serde_json::from_value(json!({ "Records": records })).unwrap();
+        (event, receipts)
+    }
+
+    /// Deletes the messages of a batch that were not reported failed.
+    async fn settle(&self, receipts: &BTreeMap<String, String>, failed: &BTreeSet<String>) {
+        let done: Vec<&String> = receipts
+            .iter()
+            .filter(|(id, _)| !failed.contains(*id))
+            .map(|(_, receipt)| receipt)
+            .collect();
+        for chunk in done.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt.as_str())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("the worker may delete its work");
+            assert!(out.failed().is_empty(), "{:?}", out.failed());
+        }
+    }
+
+    /// Messages waiting or in flight.
+    async fn depth(&self) -> usize {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("the worker may read its queue's attributes");
+        out.attributes()
+            .unwrap()
+            .values()
+            .map(|v| v.parse::<usize>().unwrap())
+            .sum()
+    }
+}
+
+/// The message ids of an SQS event, and what each one carries.
+fn work_items(event: &SqsEvent) -> BTreeMap<String, WorkItem> {
+    event
+        .records
+        .iter()
+        .map(|r| {
+            let item = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+            (r.message_id.clone().unwrap(), item)
+        })
+        .collect()
+}
+
+fn is_about_adele(item: &WorkItem) -> bool {
+    matches!(item, WorkItem::Risk(signal)
+        if matches!(&signal.subject, Subject::User { id: Some(id), .. } if id == ADELE))
+}
+
+/// Every item of the ledger table (read with the admin's credentials).
+async fn table_items(
+    admin: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<HashMap<String, AttributeValue>> {
+    let mut items = Vec::new();
+    let mut pages = admin
+        .scan()
+        .table_name(table)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(item) = pages.next().await {
+        items.push(item.unwrap());
+    }
+    items
+}
+
+fn pk(item: &HashMap<String, AttributeValue>) -> &str {
+    item["pk"].as_s().unwrap()
+}
+
+/// What the worker and the sweep are configured with in the template, pointed at moto and at
+/// the Graph simulator.
+fn function_config(table: &str, queue_url: &str, graph: &GraphSimulator) -> Config {
+    Config {
+        allowed_tenants: vec![TENANT.to_owned()],
+        secrets_ttl: SECRETS_TTL,
+        secrets_grace: Duration::ZERO,
+        ledger_table: Some(table.to_owned()),
+        queue_url: Some(queue_url.to_owned()),
+        graph_base_url: graph.graph_url(),
+        login_authority: graph.authority(),
+        notification_url: Some(NOTIFICATION_URL.to_owned()),
+        ..Config::default()
+    }
+}
+
+/// The secrets stores a function builds at cold start, over its own credentials.
+fn secret_stores(
+    sm: &aws_sdk_secretsmanager::Client,
+    graph_arn: &str,
+    ingress_arn: &str,
+) -> (
+    Arc<dyn SecretStore<GraphSecrets>>,
+    Arc<dyn SecretStore<IngressSecrets>>,
+) {
+    (
+        Arc::new(SecretsManagerStore::<GraphSecrets>::with_grace(
+            sm.clone(),
+            graph_arn,
+            SECRETS_TTL,
+            Duration::ZERO,
+        )),
+        Arc::new(SecretsManagerStore::<IngressSecrets>::with_grace(
+            sm.clone(),
+            ingress_arn,
+            SECRETS_TTL,
+            Duration::ZERO,
+        )),
+    )
+}
+
+/// The worker as `src/bin/worker.rs` builds it (its clients over `aws`), with the policy in
+/// enforce mode and temporary passwords delivered as Secrets Manager secrets under `prefix`.
+async fn worker_for(aws: &SdkConfig, config: &Config, ids: &Names, prefix: &str) -> Worker {
+    let sm = aws_sdk_secretsmanager::Client::new(aws);
+    let (graph_store, ingress_store) = secret_stores(
+        &sm,
+        &ids.reference("GraphSecretArn"),
+        &ids.reference("IngressSecretArn"),
+    );
+    let secrets = graph_store.load().await.unwrap();
+    let ingress = ingress_store.load().await.unwrap();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(aws),
+        ids.reference("LedgerTable"),
+    ));
+    let ledger = Ledger::new(store);
+    let graph = app::shared_graph_client(
+        config,
+        &secrets,
+        graph_store,
+        reqwest::Client::new(),
+        &ledger,
+    )
+    .unwrap();
+    let subscriptions = app::subscriptions(config, &ingress, graph.clone());
+    assert!(subscriptions.is_some());
+    let mut policy = Policy::default_policy();
+    policy.mode = Mode::Enforce;
+    policy.password_delivery = Some(PasswordDelivery::SecretsManager {
+        name_prefix: prefix.to_owned(),
+        ttl_hours: 24,
+    });
+    let vault: Arc<dyn PasswordVault> = Arc::new(SecretsManagerPasswordVault::new(sm));
+    Worker::new(
+        ledger,
+        graph,
+        Arc::new(policy),
+        Some(vault),
+        subscriptions,
+        config.allowed_tenants.clone(),
+    )
+}
+
+/// `n` users at risk (medium, updated a minute ago), each with a sign-in blocked by 53011.
+fn risky_population(graph: &GraphSimulator, n: usize) -> Vec<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    graph.with(|d| {
+        for (i, id) in ids.iter().enumerate() {
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users.push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(id.clone(), json!({"id": id, "userPrincipalName": upn,
+                "isDeleted": false, "isProcessing": false, "riskDetail": "none",
+                "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": iso(now - time::Duration::minutes(1))}));
+            d.sign_ins.push(json!({"id": format!("si-sweep-{i}"),
+                "createdDateTime": iso(now - time::Duration::seconds(30)),
+                "userId": id, "userPrincipalName": upn, "appDisplayName": "Office 365 Exchange Online",
+                "ipAddress": "203.0.113.77", "clientAppUsed": "Browser",
+                "status": {"errorCode": 53011, "failureReason": "User blocked due to risk on home tenant."}}));
+        }
+    });
+    ids
 }
 
 #[tokio::test]
@@ -344,19 +687,21 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    for logs_group in ["WebhookLogs", "WorkerLogs", "RenewerLogs"] {
+    for logs_group in ["WebhookLogs", "WorkerLogs", "SweepLogs", "RenewerLogs"] {
         attributes.insert(
             format!("{logs_group}.Arn"),
             format!("arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{logs_group}:*"),
         );
     }
-    let policies = template_policies(&Names { refs, attributes });
+    let ids = Names { refs, attributes };
+    let policies = template_policies(&ids);
 
     let users = json!({
         "rr-webhook": policies["WebhookFunction"],
         "rr-worker": policies["WorkerFunction"],
+        "rr-sweep": policies["SweepFunction"],
         "rr-renewer": policies["RenewerFunction"],
-        "rr-admin": {"all": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}},
+        "rr-admin": {"all": {"Version": "2012-10-17", "Statement": [{"Sid": "All", "Effect": "Allow", "Action": "*", "Resource": "*"}]}},
     });
     let keys: Json =
         serde_json::from_str(&boto3(USERS, &[&users.to_string()], admin_setup)).unwrap();
@@ -369,6 +714,23 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             .collect()
     };
 
+    // The simulated tenant: Adele (the user of the saved events) at high risk, her manager, a
+    // 53011 sign-in of the manager's; the subscription of the saved lifecycle event, expiring
+    // within the renewer's three days.
+    let graph = graph_standin::start().await;
+    graph_standin::seed(&graph, "high", "atRisk", 0);
+    graph.with(|d| {
+        d.page_size = 100;
+        let expires = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+        d.subscriptions.push(json!({
+            "id": SUBSCRIPTION_ID, "resource": "users", "changeType": "updated",
+            "notificationUrl": NOTIFICATION_URL,
+            "lifecycleNotificationUrl": NOTIFICATION_URL.replace("/notifications", "/lifecycle"),
+            "expirationDateTime": expires.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "clientState": "set-by-the-subscription-manager",
+        }));
+    });
+
     // From here on moto checks every request against the caller's policies.
     reqwest::Client::new()
         .post(format!("{}/moto-api/reset-auth", endpoint()))
@@ -380,13 +742,15 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         .unwrap();
     let admin = sdk(&key("rr-admin")).await;
     let admin_ddb = aws_sdk_dynamodb::Client::new(&admin);
+    let admin_sm = aws_sdk_secretsmanager::Client::new(&admin);
+    let admin_ledger = Ledger::new(Arc::new(DynamoStore::new(admin_ddb.clone(), get("table"))));
     let table = get("table");
 
     // ---- webhook: every saved Lambda HTTP event, then again past the secrets TTL ----
     let webhook = sdk(&key("rr-webhook")).await;
     let webhook_ddb = aws_sdk_dynamodb::Client::new(&webhook);
+    let webhook_store = Arc::new(DynamoStore::new(webhook_ddb.clone(), table.clone()));
     let webhook_state = |queue_url: String| {
-        let ledger = Arc::new(DynamoLedger::new(webhook_ddb.clone(), table.clone()));
         let config = Config {
             secrets_ttl: SECRETS_TTL,
             secrets_grace: Duration::ZERO,
@@ -402,9 +766,9 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             Duration::ZERO,
         ));
         let intake = Intake {
-            ledger: ledger.clone(),
+            ledger: Ledger::new(webhook_store.clone()),
             queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&webhook), queue_url)),
-            replay_guard: ledger,
+            replay_guard: webhook_store.clone(),
         };
         AppState::new(config, store, intake, reqwest::Client::new())
     };
@@ -451,7 +815,41 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
     assert_eq!(status, 202, "retry after 503: {text}");
 
-    // Denied: deleting anything but webhook# items, writing case state, the Graph credential.
+    // What the webhook kept: signal# items (pk, doc: the SignalRecord as JSON, version,
+    // updated_at, expires_at), not yet worked; the replay guard's webhook# items.
+    let items = table_items(&admin_ddb, &table).await;
+    let mut kept = Vec::new();
+    for item in &items {
+        let attributes: BTreeSet<&str> = item.keys().map(String::as_str).collect();
+        if pk(item).starts_with("signal#") {
+            assert_eq!(
+                attributes,
+                BTreeSet::from(["pk", "doc", "version", "updated_at", "expires_at"]),
+                "{item:?}"
+            );
+            assert_eq!(item["version"].as_n().unwrap(), "1");
+            let record: SignalRecord = serde_json::from_str(item["doc"].as_s().unwrap()).unwrap();
+            assert_eq!(pk(item), format!("signal#{}", record.signal.event_id));
+            assert_eq!(record.signal.tenant_id, TENANT);
+            assert!(record.case_id.is_none() && record.disposition.is_none());
+            kept.push(record);
+        } else {
+            assert!(pk(item).starts_with("webhook#"), "{item:?}");
+            assert_eq!(attributes, BTreeSet::from(["pk", "expires_at"]));
+        }
+    }
+    assert!(kept.len() >= 3, "{kept:?}");
+    assert!(kept.iter().any(|r| matches!(&r.signal.subject,
+        Subject::User { id: Some(id), .. } if id == ADELE)));
+
+    // Every element of the webhook's policy was needed.
+    assert_eq!(
+        unused("rr-webhook", &policies["WebhookFunction"]).await,
+        Vec::<Json>::new()
+    );
+
+    // Denied: deleting anything but webhook# items, reading or batch-writing the ledger,
+    // writing case state (directly or in a transaction), the Graph credential.
     let delete = |pk: &str| {
         webhook_ddb
             .delete_item()
@@ -459,7 +857,6 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             .key("pk", s(pk))
             .send()
     };
-    assert!(is_denied(delete("event#some-event").await));
     assert!(is_denied(delete("signal#some-signal").await));
     assert!(!is_denied(delete("webhook#msg_unknown").await));
     assert!(is_denied(
@@ -470,21 +867,42 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             .send()
             .await
     ));
-    let batch = |pk: &str| {
+    assert!(is_denied(
+        webhook_store
+            .create_all(&[NewItem {
+                key: "case#forged".into(),
+                doc: "{}".into(),
+                expires_at: None,
+            }])
+            .await
+    ));
+    assert!(is_denied(
+        webhook_ddb
+            .get_item()
+            .table_name(&table)
+            .key("pk", s(&format!("signal#{}", kept[0].signal.event_id)))
+            .send()
+            .await
+    ));
+    assert!(is_denied(
         webhook_ddb
             .batch_write_item()
             .request_items(
                 &table,
                 vec![
                     WriteRequest::builder()
-                        .put_request(PutRequest::builder().item("pk", s(pk)).build().unwrap())
-                        .build(),
+                        .put_request(
+                            PutRequest::builder()
+                                .item("pk", s("signal#batched"))
+                                .build()
+                                .unwrap()
+                        )
+                        .build()
                 ],
             )
             .send()
-    };
-    assert!(!is_denied(batch("signal#batched").await));
-    assert!(is_denied(batch("event#batched").await));
+            .await
+    ));
     let webhook_sm = aws_sdk_secretsmanager::Client::new(&webhook);
     assert!(is_denied(
         webhook_sm
@@ -503,87 +921,212 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             .await
     ));
 
-    // ---- worker: secrets past the TTL, work from the queue, claim and complete, passwords ----
+    // ---- worker: Worker::handle_sqs on what the webhook enqueued ----
     let worker = sdk(&key("rr-worker")).await;
-    let graph_store = SecretsManagerStore::<GraphSecrets>::with_grace(
-        aws_sdk_secretsmanager::Client::new(&worker),
-        get("graph_arn"),
-        SECRETS_TTL,
-        Duration::ZERO,
-    );
-    let ingress_store = SecretsManagerStore::<IngressSecrets>::with_grace(
-        aws_sdk_secretsmanager::Client::new(&worker),
-        get("ingress_arn"),
-        SECRETS_TTL,
-        Duration::ZERO,
-    );
+    let worker_sm = aws_sdk_secretsmanager::Client::new(&worker);
+    let (graph_store, ingress_store) =
+        secret_stores(&worker_sm, &get("graph_arn"), &get("ingress_arn"));
     for _ in 0..2 {
         assert!(graph_store.load().await.unwrap().credential().is_some());
         assert!(!ingress_store.load().await.unwrap().client_states.is_empty());
         tokio::time::sleep(PAST_TTL).await;
     }
-    let sqs = aws_sdk_sqs::Client::new(&worker);
-    let ledger = DynamoLedger::new(aws_sdk_dynamodb::Client::new(&worker), table.clone());
-    let mut completed = 0;
-    for _ in 0..20 {
-        let received = sqs
-            .receive_message()
-            .queue_url(get("queue_url"))
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .expect("the worker may receive its work");
-        if received.messages().is_empty() {
-            break;
-        }
-        for message in received.messages() {
-            if let Ok(WorkItem::Risk(event)) = serde_json::from_str(message.body().unwrap()) {
-                match ledger
-                    .claim(&event, Duration::from_secs(900))
-                    .await
-                    .unwrap()
-                {
-                    Claim::Acquired { .. } => {
-                        let report = serde_json::from_value(json!({
-                            "event_id": event.event_id, "tenant_id": event.tenant_id,
-                            "retryable": false, "needs_operator": false
-                        }))
-                        .unwrap();
-                        ledger.complete(&event.event_id, &report).await.unwrap();
-                        completed += 1;
-                    }
-                    Claim::Completed(_) => {}
-                    other => panic!("unexpected claim {other:?}"),
-                }
-            }
-            sqs.delete_message()
-                .queue_url(get("queue_url"))
-                .receipt_handle(message.receipt_handle().unwrap())
+    let config = function_config(&table, &get("queue_url"), &graph);
+    let source = SqsEventSource::new(aws_sdk_sqs::Client::new(&worker), get("queue_url")).await;
+
+    // First delivery, while Graph refuses user updates (503): the temporary password is stored
+    // (CreateSecret), setting it fails, and the case is kept for retry with its messages.
+    graph.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((http::Method::PATCH, "/users/".into()))
+    });
+    let first_worker = worker_for(&worker, &config, &ids, &prefix).await;
+    let (event, receipts) = source.receive(3).await;
+    let items = work_items(&event);
+    let about_adele: BTreeSet<String> = items
+        .iter()
+        .filter(|(_, item)| is_about_adele(item))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(about_adele.len() >= 3, "{items:?}");
+    assert!(
+        items.values().any(|i| matches!(i, WorkItem::Lifecycle(_))),
+        "{items:?}"
+    );
+    let response = first_worker.handle_sqs(event).await;
+    let failed: BTreeSet<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(
+        failed,
+        about_adele,
+        "Adele's signals are kept for retry, the rest is done; denials {:?}",
+        denials().await
+    );
+    source.settle(&receipts, &failed).await;
+    let (adele, _) = admin_ledger.user(TENANT, ADELE).await.unwrap();
+    let case_id = adele.current_case.expect("a case for Adele");
+    let (case, _) = admin_ledger.case(&case_id).await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::Retry, "{case:?}");
+    let state_of = |case: &risk_responder::cases::Case, action: Action| {
+        case.actions
+            .iter()
+            .find(|a| a.action == action)
+            .map(|a| a.state.word())
+    };
+    assert_eq!(state_of(&case, Action::RevokeSessions), Some("done"));
+    assert_eq!(state_of(&case, Action::ResetPassword), Some("failed"));
+    let secret_name = format!("{prefix}{TENANT}/{ADELE}/{case_id}");
+    let versions = |name: String| {
+        let admin_sm = admin_sm.clone();
+        async move {
+            admin_sm
+                .list_secret_version_ids()
+                .secret_id(name)
                 .send()
                 .await
-                .expect("the worker may delete its work");
+                .unwrap()
+                .versions()
+                .len()
         }
-    }
-    assert!(
-        completed >= 2,
-        "events the webhook kept were completed: {completed}"
+    };
+    assert_eq!(
+        versions(secret_name.clone()).await,
+        1,
+        "stored before it was set"
     );
-    let vault = SecretsManagerPasswordVault::new(aws_sdk_secretsmanager::Client::new(&worker));
-    let password = SecretString::new("Tmp-Pass-1234!abcd");
-    let kept = format!("{prefix}iam-test/kept");
-    vault.store(&kept, &password, 24).await.unwrap();
-    vault
-        .store(&format!("{prefix}iam-test/expired"), &password, 0)
+    assert_eq!(graph_standin::resets(&graph), 0);
+    assert!(graph.with(|d| d.reauthorized.contains(&SUBSCRIPTION_ID.to_owned())));
+
+    // Graph is back; SQS delivers the kept messages again after their visibility timeout, to
+    // another worker (a new Lambda container): the stored password is replaced (CreateSecret
+    // finds it, PutSecretValue, TagResource), set, and the case completes.
+    graph.with(|d| d.faults.unavailable_paths.clear());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let second_worker = worker_for(&worker, &config, &ids, &prefix).await;
+    let (event, receipts) = source.receive(30).await;
+    assert_eq!(
+        work_items(&event).into_keys().collect::<BTreeSet<_>>(),
+        failed
+    );
+    let response = second_worker.handle_sqs(event).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}; denials {:?}",
+        response.batch_item_failures,
+        denials().await
+    );
+    source.settle(&receipts, &BTreeSet::new()).await;
+    assert_eq!(source.depth().await, 0, "every message deleted");
+    let (case, _) = admin_ledger.case(&case_id).await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::Completed, "{case:?}");
+    assert_eq!(state_of(&case, Action::ResetPassword), Some("done"));
+    assert_eq!(graph_standin::resets(&graph), 1);
+    assert_eq!(
+        versions(secret_name.clone()).await,
+        2,
+        "the retry replaced the value"
+    );
+    let described = admin_sm
+        .describe_secret()
+        .secret_id(&secret_name)
+        .send()
         .await
         .unwrap();
-    let outside = vault.store("elsewhere/iam-test", &password, 24).await;
-    assert!(outside.unwrap_err().contains("AccessDenied"));
+    assert!(
+        described
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some(EXPIRES_AT_TAG)),
+        "{described:?}"
+    );
+    let password = admin_sm
+        .get_secret_value()
+        .secret_id(&secret_name)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_owned();
+    let set = graph.with(|d| {
+        d.users.iter().find(|u| u["id"] == ADELE).unwrap()["passwordProfile"]["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    assert_eq!(
+        set, password,
+        "the helpdesk reads the password Entra ID holds"
+    );
+    for record in admin_ledger.signals(1000).await.unwrap() {
+        if is_about_adele(&WorkItem::Risk(record.signal.clone())) {
+            assert_eq!(
+                record.case_id.as_deref(),
+                Some(case_id.as_str()),
+                "{record:?}"
+            );
+            assert!(record.disposition.is_some(), "{record:?}");
+        }
+    }
+
+    // The race a worker loses when another worker opens the user's case first
+    // (`Worker::merge`): its own new case is saved, the user's record refuses it, and the
+    // worker discards the case. A race cannot be provoked reliably; its ledger calls can.
+    let worker_ledger = &second_worker.ledger;
+    assert_eq!(
+        worker_ledger
+            .store()
+            .put("case#lost-race", "{}", 0, None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert!(worker_ledger.discard_case("lost-race", 1).await.unwrap());
+
+    // A temporary-password secret already past its expiry, for the renewer to delete.
+    let vault = SecretsManagerPasswordVault::new(worker_sm.clone());
+    let stale = SecretString::new("Tmp-Pass-1234!abcd");
+    vault
+        .store(&format!("{prefix}iam-test/expired"), &stale, 0)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        unused("rr-worker", &policies["WorkerFunction"]).await,
+        Vec::<Json>::new()
+    );
+
+    // Denied: deleting signals (directly or in a batch), reading the replay guard, updates
+    // and scans, temporary passwords outside the prefix, reading a temporary password back.
     let worker_ddb = aws_sdk_dynamodb::Client::new(&worker);
     assert!(is_denied(
         worker_ddb
             .delete_item()
             .table_name(&table)
-            .key("pk", s("event#x"))
+            .key("pk", s(&format!("signal#{}", kept[0].signal.event_id)))
+            .send()
+            .await
+    ));
+    assert!(is_denied(
+        worker_ddb
+            .batch_write_item()
+            .request_items(
+                &table,
+                vec![
+                    WriteRequest::builder()
+                        .delete_request(
+                            DeleteRequest::builder()
+                                .key("pk", s(&format!("signal#{}", kept[0].signal.event_id)))
+                                .build()
+                                .unwrap()
+                        )
+                        .build()
+                ],
+            )
             .send()
             .await
     ));
@@ -595,41 +1138,240 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             .send()
             .await
     ));
+    assert!(is_denied(
+        worker_ddb
+            .update_item()
+            .table_name(&table)
+            .key("pk", s(&format!("case#{case_id}")))
+            .update_expression("SET version = :v")
+            .expression_attribute_values(":v", AttributeValue::N("99".into()))
+            .send()
+            .await
+    ));
+    assert!(is_denied(worker_ledger.signals(10).await));
+    let outside = vault.store("elsewhere/iam-test", &stale, 24).await;
+    assert!(outside.unwrap_err().contains("AccessDenied"));
+    assert!(is_denied(
+        worker_sm
+            .get_secret_value()
+            .secret_id(&secret_name)
+            .send()
+            .await
+    ));
 
-    // ---- renewer: secrets past the TTL, the temporary-password sweep ----
+    // ---- sweep: risky users and 53011 sign-ins become signals, as the scheduled Lambda ----
+    let swept_users = risky_population(&graph, 3);
+    let sweep = sdk(&key("rr-sweep")).await;
+    let sweep_config = function_config(&table, &get("queue_url"), &graph);
+    let sweep_store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sweep),
+        table.clone(),
+    ));
+    let intake = Intake {
+        ledger: Ledger::new(sweep_store.clone()),
+        queue: Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(&sweep),
+            get("queue_url"),
+        )),
+        replay_guard: sweep_store.clone(),
+    };
+    let sweep_sm = aws_sdk_secretsmanager::Client::new(&sweep);
+    let (sweep_graph_store, _) = secret_stores(&sweep_sm, &get("graph_arn"), &get("ingress_arn"));
+    let secrets = sweep_graph_store.load().await.unwrap();
+    let sweep_graph = app::shared_graph_client(
+        &sweep_config,
+        &secrets,
+        sweep_graph_store,
+        reqwest::Client::new(),
+        &intake.ledger,
+    )
+    .unwrap();
+    let sweeper = Sweeper {
+        graph: &sweep_graph,
+        ledger: &intake.ledger,
+        intake: &intake,
+        first_lookback: time::Duration::hours(i64::from(Policy::default_policy().lookback_hours)),
+    };
+    let (before, version) = sweeper.state(TENANT).await.unwrap();
+    assert!(before.risk_watermark.is_none() && before.sign_in_watermark.is_none());
+    assert_eq!(version, 0);
+    let first = sweeper.run(TENANT, None).await.unwrap();
+    for user in &swept_users {
+        for kind in [RiskLevel::Medium, RiskLevel::Unknown] {
+            assert!(
+                first.signals.iter().any(|s| s.risk_level == kind
+                    && matches!(&s.subject, Subject::User { id: Some(id), .. } if id == user)),
+                "a risk signal and a sign-in signal for {user}: {:?}",
+                first.signals
+            );
+        }
+    }
+    assert!(first.blocked_sign_ins >= swept_users.len());
+    for signal in &first.signals {
+        let record = admin_ledger.signal(&signal.event_id).await.unwrap();
+        assert!(record.is_some(), "signal {} kept", signal.event_id);
+    }
+    let admin_sqs = aws_sdk_sqs::Client::new(&admin);
+    let mut queued = BTreeSet::new();
+    loop {
+        let received = admin_sqs
+            .receive_message()
+            .queue_url(get("queue_url"))
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .send()
+            .await
+            .unwrap();
+        if received.messages().is_empty() {
+            break;
+        }
+        for m in received.messages() {
+            if let Ok(WorkItem::Risk(signal)) = serde_json::from_str(m.body().unwrap()) {
+                queued.insert(signal.event_id);
+            }
+        }
+    }
+    for signal in &first.signals {
+        assert!(
+            queued.contains(&signal.event_id),
+            "signal {} enqueued",
+            signal.event_id
+        );
+    }
+    let (after, moved) = sweeper.state(TENANT).await.unwrap();
+    assert!(moved > version);
+    let sign_in_watermark = after.sign_in_watermark.expect("the watermark moved");
+    assert!(after.risk_watermark.is_some());
+    tokio::time::sleep(PAST_TTL).await;
+    let second = sweeper.run(TENANT, None).await.unwrap();
+    assert_eq!(
+        second.sign_ins_since,
+        sign_in_watermark - risk_responder::respond::view::OVERLAP,
+        "the next sweep starts from the watermark"
+    );
+    assert!(second.sign_ins_since > first.sign_ins_since);
+    assert!(sweeper.state(TENANT).await.unwrap().1 > moved);
+
+    assert_eq!(
+        unused("rr-sweep", &policies["SweepFunction"]).await,
+        Vec::<Json>::new()
+    );
+
+    // Denied: the ingress secret, case state, deletes, reading signals back, updates.
+    assert!(is_denied(
+        sweep_sm
+            .get_secret_value()
+            .secret_id(get("ingress_arn"))
+            .send()
+            .await
+    ));
+    let sweep_ddb = aws_sdk_dynamodb::Client::new(&sweep);
+    for key in [format!("case#{case_id}"), format!("user#{TENANT}#{ADELE}")] {
+        assert!(is_denied(
+            sweep_ddb
+                .put_item()
+                .table_name(&table)
+                .item("pk", s(&key))
+                .send()
+                .await
+        ));
+    }
+    for key in [
+        format!("signal#{}", first.signals[0].event_id),
+        format!("tenant#{TENANT}#sweep"),
+    ] {
+        assert!(is_denied(
+            sweep_ddb
+                .delete_item()
+                .table_name(&table)
+                .key("pk", s(&key))
+                .send()
+                .await
+        ));
+    }
+    assert!(is_denied(
+        sweep_ddb
+            .batch_write_item()
+            .request_items(
+                &table,
+                vec![
+                    WriteRequest::builder()
+                        .delete_request(
+                            DeleteRequest::builder()
+                                .key("pk", s(&format!("signal#{}", first.signals[0].event_id)))
+                                .build()
+                                .unwrap()
+                        )
+                        .build()
+                ],
+            )
+            .send()
+            .await
+    ));
+    assert!(is_denied(
+        sweep_ddb
+            .get_item()
+            .table_name(&table)
+            .key("pk", s(&format!("signal#{}", first.signals[0].event_id)))
+            .send()
+            .await
+    ));
+    assert!(is_denied(
+        sweep_ddb
+            .update_item()
+            .table_name(&table)
+            .key("pk", s(&format!("tenant#{TENANT}#sweep")))
+            .update_expression("SET version = :v")
+            .expression_attribute_values(":v", AttributeValue::N("99".into()))
+            .send()
+            .await
+    ));
+
+    // ---- renewer: secrets past the TTL, subscriptions, the temporary-password clean-up ----
     let renewer = sdk(&key("rr-renewer")).await;
     let renewer_sm = aws_sdk_secretsmanager::Client::new(&renewer);
-    let graph_store = SecretsManagerStore::<GraphSecrets>::with_grace(
-        renewer_sm.clone(),
-        get("graph_arn"),
-        SECRETS_TTL,
-        Duration::ZERO,
-    );
-    let ingress_store = SecretsManagerStore::<IngressSecrets>::with_grace(
-        renewer_sm.clone(),
-        get("ingress_arn"),
-        SECRETS_TTL,
-        Duration::ZERO,
-    );
+    let (graph_store, ingress_store) =
+        secret_stores(&renewer_sm, &get("graph_arn"), &get("ingress_arn"));
     for _ in 0..2 {
         graph_store.load().await.unwrap();
         ingress_store.load().await.unwrap();
         tokio::time::sleep(PAST_TTL).await;
     }
-    let sweeper = SecretsManagerPasswordVault::new(renewer_sm.clone());
-    assert_eq!(sweeper.sweep_expired(&prefix).await.unwrap(), 1);
-    let admin_sm = aws_sdk_secretsmanager::Client::new(&admin);
+    let secrets = graph_store.load().await.unwrap();
+    let ingress = ingress_store.load().await.unwrap();
+    let renewer_graph =
+        app::graph_client(&config, &secrets, graph_store, reqwest::Client::new()).unwrap();
+    let manager = app::subscriptions(&config, &ingress, renewer_graph).unwrap();
+    assert!(
+        manager.ensure(TENANT).await.unwrap().is_empty(),
+        "the subscription exists"
+    );
+    assert_eq!(
+        manager
+            .renew(TENANT, Duration::from_secs(3 * 24 * 3600))
+            .await
+            .unwrap(),
+        1
+    );
+    let cleaner = SecretsManagerPasswordVault::new(renewer_sm.clone());
+    assert_eq!(cleaner.sweep_expired(&prefix).await.unwrap(), 1);
     let listed = admin_sm.list_secrets().send().await.unwrap();
     let names: Vec<&str> = listed
         .secret_list()
         .iter()
         .filter_map(|s| s.name())
         .collect();
-    assert!(names.contains(&kept.as_str()), "{names:?}");
+    assert!(names.contains(&secret_name.as_str()), "{names:?}");
     assert!(
         !names.iter().any(|n| n.ends_with("iam-test/expired")),
         "{names:?}"
     );
+
+    assert_eq!(
+        unused("rr-renewer", &policies["RenewerFunction"]).await,
+        Vec::<Json>::new()
+    );
+
     assert!(is_denied(
         renewer_sm
             .delete_secret()
@@ -641,49 +1383,153 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         aws_sdk_dynamodb::Client::new(&renewer)
             .get_item()
             .table_name(&table)
-            .key("pk", s("event#x"))
+            .key("pk", s(&format!("case#{case_id}")))
             .send()
             .await
     ));
 
-    // Every denial was one provoked above: nothing the handlers call was refused.
+    // Every denial was one provoked above: nothing the code calls was refused. (user, action,
+    // resource or "" for any, prefix of every leading key or "" for any)
     let denials = denials().await;
-    let provoked = [
-        ("rr-webhook", "sqs:SendMessage", get("dlq_arn")),
-        ("rr-webhook", "dynamodb:DeleteItem", get("table_arn")),
-        ("rr-webhook", "dynamodb:PutItem", get("table_arn")),
-        ("rr-webhook", "dynamodb:BatchWriteItem", get("table_arn")),
+    let case_secret_arn = described.arn().unwrap().to_owned();
+    let outside_arn =
+        format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:elsewhere/iam-test-AbCdEf");
+    let table_arn = get("table_arn");
+    let provoked: Vec<(&str, &str, String, &str)> = vec![
+        ("rr-webhook", "sqs:SendMessage", get("dlq_arn"), ""),
+        (
+            "rr-webhook",
+            "dynamodb:DeleteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        ("rr-webhook", "dynamodb:PutItem", table_arn.clone(), "case#"),
+        (
+            "rr-webhook",
+            "dynamodb:GetItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        (
+            "rr-webhook",
+            "dynamodb:BatchWriteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
         (
             "rr-webhook",
             "secretsmanager:GetSecretValue",
             get("graph_arn"),
+            "",
         ),
         (
             "rr-webhook",
             "secretsmanager:DescribeSecret",
             get("ingress_arn"),
+            "",
         ),
-        ("rr-worker", "secretsmanager:CreateSecret", String::new()),
-        ("rr-worker", "dynamodb:DeleteItem", get("table_arn")),
-        ("rr-worker", "dynamodb:GetItem", get("table_arn")),
+        (
+            "rr-worker",
+            "dynamodb:DeleteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        (
+            "rr-worker",
+            "dynamodb:BatchWriteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        (
+            "rr-worker",
+            "dynamodb:GetItem",
+            table_arn.clone(),
+            "webhook#",
+        ),
+        (
+            "rr-worker",
+            "dynamodb:UpdateItem",
+            table_arn.clone(),
+            "case#",
+        ),
+        ("rr-worker", "dynamodb:Scan", table_arn.clone(), ""),
+        ("rr-worker", "secretsmanager:CreateSecret", outside_arn, ""),
+        (
+            "rr-worker",
+            "secretsmanager:GetSecretValue",
+            case_secret_arn,
+            "",
+        ),
+        (
+            "rr-sweep",
+            "secretsmanager:GetSecretValue",
+            get("ingress_arn"),
+            "",
+        ),
+        ("rr-sweep", "dynamodb:PutItem", table_arn.clone(), "case#"),
+        ("rr-sweep", "dynamodb:PutItem", table_arn.clone(), "user#"),
+        (
+            "rr-sweep",
+            "dynamodb:DeleteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        (
+            "rr-sweep",
+            "dynamodb:DeleteItem",
+            table_arn.clone(),
+            "tenant#",
+        ),
+        (
+            "rr-sweep",
+            "dynamodb:BatchWriteItem",
+            table_arn.clone(),
+            "signal#",
+        ),
+        ("rr-sweep", "dynamodb:GetItem", table_arn.clone(), "signal#"),
+        (
+            "rr-sweep",
+            "dynamodb:UpdateItem",
+            table_arn.clone(),
+            "tenant#",
+        ),
         (
             "rr-renewer",
             "secretsmanager:DeleteSecret",
             get("graph_arn"),
+            "",
         ),
-        ("rr-renewer", "dynamodb:GetItem", get("table_arn")),
+        ("rr-renewer", "dynamodb:GetItem", table_arn.clone(), "case#"),
     ];
-    for (user, action, resource) in &denials {
+    let matches = |(user, action, resource, keys): &(String, String, String, Vec<String>),
+                   (u, a, r, prefix): &(&str, &str, String, &str)| {
+        user.ends_with(&format!("user/{u}"))
+            && action == a
+            && (r.is_empty() || resource == r)
+            && keys.iter().all(|k| k.starts_with(prefix))
+    };
+    for denial in &denials {
         assert!(
-            provoked
-                .iter()
-                .any(|(u, a, r)| user.ends_with(&format!("user/{u}"))
-                    && action == a
-                    && (r.is_empty() || resource == r)),
-            "unexpected denial: {user} {action} {resource}; all: {denials:?}"
+            provoked.iter().any(|p| matches(denial, p)),
+            "unexpected denial: {denial:?}; all: {denials:?}"
         );
     }
-    assert!(denials.len() >= provoked.len(), "{denials:?}");
+    for p in &provoked {
+        assert!(
+            denials.iter().any(|d| matches(d, p)),
+            "not denied: {p:?}; all: {denials:?}"
+        );
+    }
+
+    // No password and no Graph credential in a log line or in the ledger.
     let text = logs.text();
-    assert!(!text.contains("Tmp-Pass-1234"), "password in logs");
+    let ledger_text = format!("{:?}", table_items(&admin_ddb, &table).await);
+    for secret in [
+        password.as_str(),
+        stale.expose(),
+        graph_standin::CLIENT_SECRET,
+    ] {
+        assert!(!text.contains(secret), "a secret in the logs");
+        assert!(!ledger_text.contains(secret), "a secret in the ledger");
+    }
 }

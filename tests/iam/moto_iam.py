@@ -8,9 +8,19 @@ This wrapper replaces that check with an evaluator of the policy elements the te
 - Effect Allow/Deny (an explicit Deny wins), Action and Resource with `*`/`?` wildcards;
 - the request's resources: the table ARN (each table of a batch), the secret ARN (CreateSecret:
   the ARN the new secret will have, up to its random suffix), the queue ARN; `*` for ListSecrets;
+- DynamoDB transactions as IAM authorises them: each member of TransactWriteItems /
+  TransactGetItems under the action of its underlying operation (Put -> dynamodb:PutItem, Update
+  -> UpdateItem, Delete -> DeleteItem, ConditionCheck -> ConditionCheckItem, Get -> GetItem),
+  with that member's table and key ("Using IAM with DynamoDB transactions");
 - conditions StringEquals/StringLike, with ForAllValues:/ForAnyValue:, on `dynamodb:LeadingKeys`
   (the partition-key values of every item the request touches). Stricter than IAM, never more
   lenient: an operator or element it does not know, or a key the request lacks, never grants.
+
+It records every denial (GET /test-api/denials: user ARN, action, resource, leading keys) and,
+for every allowed request, which statements (by Sid) allowed it; POST /test-api/unused with
+{"user": name, "policies": {name: document}} answers the elements of those documents that no
+allowed request of that user needed: (Sid, action, resource, leading-key pattern or null). That
+is how the test tells a grant nobody uses from one the code needs.
 
 It also runs requests one at a time and rewrites moto's XML AccessDenied for JSON-protocol
 services to the JSON error AWS sends (as tests/common/moto.rs does). Prints its port, stops when
@@ -29,7 +39,8 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.iam.models import Policy
 
-DENIALS = []  # (user arn, action, resource) of every denied request, for the test to read
+DENIALS = []  # (user arn, action, resource, leading keys) of every denied request
+ALLOWED = []  # (user arn, action, resource, leading keys, Sids of the statements that allowed it)
 
 # API operations authorised by another action (Amazon SQS batch actions: "setting permissions
 # for SendMessage, DeleteMessage, or ChangeMessageVisibility sets permissions for the
@@ -94,20 +105,40 @@ def statement_applies(statement: dict, action: str, resource: str, context: dict
     return condition_holds(statement.get("Condition", {}), context)
 
 
-def allowed(access_key, action: str, resource: str, context: dict) -> bool:
-    allow = False
+def allowed(access_key, action: str, resource: str, context: dict) -> list | None:
+    """The Sids of the Allow statements that grant the request, or None if it is denied."""
+    sids = []
     for doc in documents(access_key):
         for statement in as_list(doc.get("Statement", [])):
             if statement_applies(statement, action, resource, context):
                 if statement.get("Effect") == "Deny":
-                    return False
-                allow = allow or statement.get("Effect") == "Allow"
-    return allow
+                    return None
+                if statement.get("Effect") == "Allow":
+                    sids.append(statement.get("Sid"))
+    return sids or None
 
 
-def request_scope(request, moto_resource: str):
-    """(resources, condition context) of a request."""
+# Members of a DynamoDB transaction: the IAM action each one is authorised under.
+TRANSACTION_MEMBERS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem",
+                       "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
+
+
+def leading_keys(backend, table: str, items: list) -> list:
+    try:
+        hash_key = backend.get_table(table).hash_key_attr
+    except Exception:
+        return []
+    keys = []
+    for item in items:
+        value = item.get(hash_key, {})
+        keys.append(value.get("S") or value.get("N") or value.get("B") or "")
+    return keys
+
+
+def request_checks(request, moto_resource: str):
+    """[(IAM action, resource, condition context)] a request must be allowed for."""
     service, operation = request._action.split(":", 1)
+    action = IAM_ACTION.get(request._action, request._action)
     account, region = request.account_id, request._region
     try:
         body = json.loads(request._body or b"{}")
@@ -115,17 +146,23 @@ def request_scope(request, moto_resource: str):
         body = {}
     if service == "dynamodb":
         backend = dynamodb_backends[account][region]
+        arn = lambda table: f"arn:aws:dynamodb:{region}:{account}:table/{table}"
+        context = lambda keys: {"dynamodb:LeadingKeys": keys} if keys else {}
+        if operation in ("TransactWriteItems", "TransactGetItems"):
+            checks = []
+            for member in body.get("TransactItems", []):
+                for kind, part in member.items():
+                    table = part.get("TableName", "")
+                    keys = leading_keys(backend, table, [part.get("Key") or part.get("Item") or {}])
+                    checks.append((f"dynamodb:{TRANSACTION_MEMBERS.get(kind, kind)}", arn(table), context(keys)))
+            return checks or [(action, arn(""), {})]
         if operation in ("BatchWriteItem", "BatchGetItem"):
             tables = body.get("RequestItems", {})
         else:
             tables = {body.get("TableName", ""): body}
         resources, keys = [], []
         for table, part in tables.items():
-            resources.append(f"arn:aws:dynamodb:{region}:{account}:table/{table}")
-            try:
-                hash_key = backend.get_table(table).hash_key_attr
-            except Exception:
-                continue
+            resources.append(arn(table))
             items = []
             if operation == "BatchWriteItem":
                 for write in part:
@@ -134,35 +171,59 @@ def request_scope(request, moto_resource: str):
                 items.extend(part.get("Keys", []))
             else:
                 items.append(part.get("Key") or part.get("Item") or {})
-            for item in items:
-                value = item.get(hash_key, {})
-                keys.append(value.get("S") or value.get("N") or value.get("B") or "")
-        return resources, ({"dynamodb:LeadingKeys": keys} if keys else {})
+            keys.extend(leading_keys(backend, table, items))
+        return [(action, r, context(keys)) for r in resources]
     if service == "secretsmanager":
         if operation == "ListSecrets":
-            return ["*"], {}
+            return [(action, "*", {})]
         backend = secretsmanager_backends[account][region]
         if operation == "CreateSecret":
-            return [f"arn:aws:secretsmanager:{region}:{account}:secret:{body.get('Name', '')}-AbCdEf"], {}
+            return [(action, f"arn:aws:secretsmanager:{region}:{account}:secret:{body.get('Name', '')}-AbCdEf", {})]
         secret_id = body.get("SecretId", "")
         if secret_id.startswith("arn:"):
-            return [secret_id], {}
+            return [(action, secret_id, {})]
         try:
-            return [backend.describe_secret(secret_id).arn], {}
+            return [(action, backend.describe_secret(secret_id).arn, {})]
         except Exception:
-            return [f"arn:aws:secretsmanager:{region}:{account}:secret:{secret_id}"], {}
-    return [moto_resource], {}
+            return [(action, f"arn:aws:secretsmanager:{region}:{account}:secret:{secret_id}", {})]
+    return [(action, moto_resource, {})]
 
 
 def check_action_permitted(self, resource: str) -> None:
     if self._action == "sts:GetCallerIdentity":
         return
-    resources, context = request_scope(self, resource)
-    action = IAM_ACTION.get(self._action, self._action)
-    for r in resources:
-        if not allowed(self._access_key, action, r, context):
-            DENIALS.append((self._access_key.arn, action, r))
+    checks = request_checks(self, resource)
+    granted = []
+    for action, r, context in checks:
+        sids = allowed(self._access_key, action, r, context)
+        keys = context.get("dynamodb:LeadingKeys", [])
+        if sids is None:
+            DENIALS.append((self._access_key.arn, action, r, keys))
             self._raise_access_denied()
+        granted.append((self._access_key.arn, action, r, keys, sids))
+    ALLOWED.extend(granted)
+
+
+def unused(user: str, policies: dict) -> list:
+    """Elements of `policies` (Allow statements) that no allowed request of `user` needed."""
+    mine = [a for a in ALLOWED if a[0].endswith(f":user/{user}")]
+    out = []
+    for document in policies.values():
+        for statement in as_list(document.get("Statement", [])):
+            if statement.get("Effect") != "Allow":
+                continue
+            sid = statement.get("Sid")
+            condition = statement.get("Condition", {})
+            patterns = [p for keys in condition.values() for name, values in keys.items()
+                        if name == "dynamodb:LeadingKeys" for p in as_list(values)] or [None]
+            for action in as_list(statement.get("Action", [])):
+                for resource in as_list(statement.get("Resource", [])):
+                    for pattern in patterns:
+                        if not any(sid in sids and wildcard(action, a, case_sensitive=False) and wildcard(resource, r)
+                                   and (pattern is None or any(wildcard(pattern, k) for k in keys))
+                                   for _, a, r, keys, sids in mine):
+                            out.append((sid, action, resource, pattern))
+    return out
 
 
 access_control.IAMRequestBase.check_action_permitted = check_action_permitted
@@ -172,8 +233,14 @@ lock = threading.Lock()
 
 
 def app(environ, start_response):
-    if environ.get("PATH_INFO") == "/test-api/denials":
-        body = json.dumps(DENIALS).encode()
+    path = environ.get("PATH_INFO")
+    if path in ("/test-api/denials", "/test-api/unused"):
+        with lock:
+            if path == "/test-api/denials":
+                body = json.dumps(DENIALS).encode()
+            else:
+                request = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+                body = json.dumps(unused(request["user"], request["policies"])).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
     captured = {}
