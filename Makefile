@@ -6,7 +6,7 @@ SAM_VENV := .venv-sam
 PYTHON := $(CURDIR)/$(VENV)/bin/python
 # Tools installed into the venv (cargo-lambda, zig, cargo-audit) come first on PATH.
 TOOLS_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-LAMBDA_BINS := webhook worker renewer
+LAMBDA_BINS := webhook worker renewer sweep
 
 # Local server on 127.0.0.1:3000 with the embedded development defaults.
 run:
@@ -78,7 +78,7 @@ bench:
 	cargo build --locked --release --bins
 	python3 scripts/bench_report.py
 
-# Lambda artifacts: target/lambda/{webhook,worker,renewer}/bootstrap (arm64, release profile),
+# Lambda artifacts: target/lambda/{webhook,worker,renewer,sweep}/bootstrap (arm64, release profile),
 # then their sizes against the 12 MB budget, recorded in BENCHMARKS.md.
 build: $(VENV)/build-tools
 	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))

@@ -2,16 +2,24 @@
 """`make lambda-check`: the Lambda binaries under cargo-lambda's runtime emulator (`cargo lambda
 watch`), driven with `cargo lambda invoke --data-file`, against moto (DynamoDB table, SQS work
 queue with its dead-letter queue, the two Secrets Manager secrets), with the environment the
-template gives each function.
+template gives each function. Graph and the token endpoint are a closed port: Microsoft cannot
+run here, so what is checked is that an outage loses nothing.
 
 1. webhook: every saved event, with the status the README promises (events/expected-status.json):
    Lambda HTTP events as they are; raw Sentinel bodies wrapped in a Function URL event and signed
    now with the development key. Then once more past the secrets TTL (1 s here). Every accepted
-   event must be in the ledger (`received`) and on the queue.
-2. worker: an SQS event made of what the webhook enqueued, plus one unreadable message. Graph
-   cannot be reached here, so every item must come back in `batchItemFailures` (kept for retry,
-   as the README says of a Graph outage) and its ledger item must be `retry`, not lost or closed.
-3. renewer: a scheduled event. With Graph unreachable the invocation must fail, naming the
+   signal must be in the ledger (a `signal#` item whose `doc` is the signal record, not yet
+   merged into a case) and on the queue.
+2. worker: an SQS event made of what the webhook enqueued, plus one unreadable message. With
+   Graph unreachable every item that needs Graph must come back in `batchItemFailures` (kept for
+   retry, as the README says of a Graph outage), the unreadable one too; only a legacy security
+   alert, which names no user (its API is retired), is settled without Graph, its signal
+   recorded as such. Every signal of the batch must still be in the ledger, in no case or in one
+   that is still open: none lost, none merged into a closed case.
+3. sweep: a scheduled event, after a sweep an hour ago left its watermarks
+   (`tenant#<tenant>#sweep`). With Graph unreachable the invocation must fail, naming the
+   tenant (its error alarm fires); the watermarks must not move and no signal be added.
+4. renewer: a scheduled event. With Graph unreachable the invocation must fail, naming the
    tenant, so the renewer's error alarm fires.
 
 Needs the venv of `make lambda-check` (moto, boto3, cargo-lambda, zig) first on PATH.
@@ -111,6 +119,21 @@ def signed_function_url_event(body: str, template: dict) -> dict:
     return event
 
 
+def ledger_items(ddb) -> dict:
+    """Every item of the ledger table, by `pk`."""
+    items = {}
+    for page in ddb.get_paginator("scan").paginate(TableName="rr-ledger"):
+        for item in page["Items"]:
+            items[item["pk"]["S"]] = item
+    return items
+
+
+def ledger_signals(ddb) -> dict:
+    """The ledger's signal records (the `doc` of `signal#` items), by signal id."""
+    return {pk.removeprefix("signal#"): json.loads(item["doc"]["S"])
+            for pk, item in ledger_items(ddb).items() if pk.startswith("signal#")}
+
+
 def main() -> int:
     expected = {k: v for k, v in json.loads((EVENTS / "expected-status.json").read_text()).items()
                 if not k.startswith("_")}
@@ -141,7 +164,7 @@ def main() -> int:
                    RR_ALLOWED_TENANTS=TENANT, RR_GRAPH_CLIENT_ID=APP_ID, RR_LEDGER_TABLE="rr-ledger",
                    RR_QUEUE_URL=queue, RR_INGRESS_SECRET_ID=ingress["ARN"], RR_GRAPH_SECRET_ID=graph["ARN"],
                    RR_NOTIFICATION_URL="https://example.lambda-url.us-east-1.on.aws/graph/notifications",
-                   RR_WORKER_MAX_CONCURRENCY="2", RR_SECRETS_TTL_SECONDS="1",
+                   RR_IDENTITY_PROTECTION_SHARE="0.5", RR_INCIDENT_COMMENTS="arm", RR_SECRETS_TTL_SECONDS="1",
                    RR_GRAPH_BASE_URL=f"http://127.0.0.1:{free_port()}/v1.0",
                    RR_LOGIN_AUTHORITY=f"http://127.0.0.1:{free_port()}", RUST_LOG="info")
         watch = start(["cargo", "lambda", "watch", "--ignore-changes",
@@ -162,11 +185,11 @@ def main() -> int:
                 check(got == status, f"webhook {file} ({round_name}): {got or error[-300:]}, expected {status}")
             time.sleep(1.5)
 
-        # Accepted events are kept: in the ledger as received, and on the queue.
-        items = ddb.scan(TableName="rr-ledger")["Items"]
-        events = [i for i in items if i["pk"]["S"].startswith("event#")]
-        check(len(events) > 0 and all(i["status"]["S"] == "received" for i in events),
-              f"ledger: {len(events)} events received")
+        # Accepted signals are kept: in the ledger (not yet worked), and on the queue.
+        signals = ledger_signals(ddb)
+        check(len(signals) > 0 and all(r.get("case_id") is None and r.get("disposition") is None
+                                       for r in signals.values()),
+              f"ledger: {len(signals)} signals kept, none worked yet")
         messages = []
         while True:
             batch = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=600,
@@ -174,7 +197,10 @@ def main() -> int:
             if not batch:
                 break
             messages += batch
-        check(len(messages) >= len(events), f"queue: {len(messages)} work items for {len(events)} events")
+        queued = {json.loads(m["Body"])["body"]["event_id"] for m in messages
+                  if json.loads(m["Body"]).get("type") == "risk"}
+        check(set(signals) <= queued, f"queue: {len(messages)} work items, every kept signal among them "
+                                      f"({len(set(signals) - queued)} missing)")
 
         # ---- worker: what the webhook enqueued (at most 10 a batch, as the event source sends) ----
         records = [{
@@ -185,14 +211,45 @@ def main() -> int:
         records.append(dict(records[0], messageId="unreadable-message", body="{not json"))
         response, error = invoke(watch_port, "worker", {"Records": records}, FIRST_INVOKE_TIMEOUT)
         failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
-        check(response is not None and failed == {r["messageId"] for r in records},
-              f"worker: {len(failed)} of {len(records)} items kept for retry (Graph unreachable) {error[-300:]}")
-        retried = {i["pk"]["S"].removeprefix("event#") for i in ddb.scan(TableName="rr-ledger")["Items"]
-                   if i["pk"]["S"].startswith("event#") and i["status"]["S"] == "retry"}
+        # A legacy security alert names no user and its API is retired: the worker settles its
+        # signal without Graph (the ledger says why). Everything else needs Graph.
+        legacy = {r["messageId"] for r in records[:-1]
+                  if json.loads(r["body"])["body"].get("subject", {}).get("kind") == "security_alert"}
+        check(response is not None and failed == {r["messageId"] for r in records} - legacy,
+              f"worker: {len(failed)} of {len(records)} items kept for retry (Graph unreachable), "
+              f"{len(legacy)} legacy security alert(s) settled {error[-300:]}")
         risk = {json.loads(r["body"])["body"]["event_id"] for r in records[:-1]
                 if json.loads(r["body"]).get("type") == "risk"}
-        check(bool(risk) and retried == risk,
-              f"worker: {len(retried)} ledger events released for retry, the {len(risk)} of the batch expected")
+        after = ledger_signals(ddb)
+        settled = {json.loads(r["body"])["body"]["event_id"] for r in records if r["messageId"] in legacy}
+        check(all(after.get(i, {}).get("disposition") and after[i].get("case_id") is None for i in settled),
+              f"worker: {len(settled)} legacy security-alert signal(s) recorded as settled, in no case")
+        cases = {pk.removeprefix("case#"): json.loads(item["doc"]["S"]) for pk, item in ledger_items(ddb).items()
+                 if pk.startswith("case#")}
+        closed = {case_id for case_id, case in cases.items() if case.get("status") in ("completed", "skipped")}
+        lost = risk - set(after)
+        merged_closed = {i for i in risk & set(after) if after[i].get("case_id") in closed}
+        check(bool(risk) and not lost and not merged_closed,
+              f"worker: the batch's {len(risk)} signals kept ({len(lost)} lost, {len(merged_closed)} in a closed case; "
+              f"{len(cases)} case(s): {', '.join(sorted(c.get('status', '?') for c in cases.values())) or 'none'})")
+
+        # ---- sweep: the 5-minute schedule ----
+        # The watermarks a sweep an hour ago left (as DynamoStore writes them).
+        watermark = f"tenant#{TENANT}#sweep"
+        hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+        ddb.put_item(TableName="rr-ledger", Item={
+            "pk": {"S": watermark}, "version": {"N": "1"}, "updated_at": {"N": str(int(time.time()) - 3600)},
+            "doc": {"S": json.dumps({"risk_watermark": hour_ago, "sign_in_watermark": hour_ago, "last_run": hour_ago})}})
+        before = ledger_items(ddb).get(watermark)
+        response, error = invoke(watch_port, "sweep", {"source": "aws.scheduler", "detail-type": "Scheduled Event"},
+                                 FIRST_INVOKE_TIMEOUT)
+        named = next((line.strip(" │") for line in error.splitlines() if TENANT in line), "")
+        check(response is None and f"{TENANT}: " in error,
+              f"sweep: invocation fails naming the tenant (Graph unreachable): {named or response or error[-300:]}")
+        items = ledger_items(ddb)
+        check(items.get(watermark) == before and set(ledger_signals(ddb)) == set(after),
+              f"sweep: watermarks unmoved (still {hour_ago}, version {items.get(watermark, {}).get('version', {}).get('N')}), "
+              f"no signal added")
 
         # ---- renewer: the daily schedule ----
         response, error = invoke(watch_port, "renewer", {"source": "aws.scheduler", "detail-type": "Scheduled Event"},
