@@ -116,6 +116,15 @@ pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), S
     }
 }
 
+/// Deletes expired ledger documents every `every` on a connection of its own (SQLite only:
+/// DynamoDB expires them by TTL). Never on the write path.
+pub fn spawn_ledger_expiry(config: &Config, every: std::time::Duration) -> Result<(), StartError> {
+    if config.ledger_table.is_none() && !config.in_lambda {
+        SqliteStore::open(&config.ledger_path)?.spawn_expiry(every);
+    }
+    Ok(())
+}
+
 /// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).
 pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>), StartError> {
     let (ledger, replay_guard) = ledger(config).await?;
@@ -128,7 +137,7 @@ pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>
             return Err(ConfigError::RequiredInLambda("RR_QUEUE_URL").into());
         }
         None => {
-            let memory = Arc::new(MemoryQueue::default());
+            let memory = Arc::new(MemoryQueue::with_capacity(config.local_queue_capacity));
             (memory.clone(), Some(memory))
         }
     };

@@ -57,6 +57,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most notifications in one Graph batch; more gets 413 and none is looked at.
     pub max_notifications_per_batch: usize,
+    /// Work items the local server's in-process queue holds before intake answers 503.
+    pub local_queue_capacity: usize,
     /// Address of the local server.
     pub bind: SocketAddr,
     /// Where the ingress secrets (clientStates, HMAC keys, decryption keys) come from.
@@ -118,6 +120,7 @@ impl Default for Config {
             jwks_url: MICROSOFT_JWKS_URL.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_notifications_per_batch: DEFAULT_MAX_NOTIFICATIONS_PER_BATCH,
+            local_queue_capacity: crate::queue::DEFAULT_LOCAL_QUEUE_CAPACITY,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             ingress_secrets: SecretsSource::EmbeddedDev,
             graph_secrets: SecretsSource::EmbeddedDev,
@@ -175,6 +178,16 @@ impl Config {
                 name: "RR_MAX_NOTIFICATIONS_PER_BATCH",
                 reason: format!("{e}"),
             })?;
+        }
+        if let Some(capacity) = get("RR_LOCAL_QUEUE_CAPACITY") {
+            config.local_queue_capacity = capacity
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "RR_LOCAL_QUEUE_CAPACITY",
+                    reason: "a positive number of work items".into(),
+                })?;
         }
         if let Some(bind) = get("RR_BIND") {
             config.bind = bind.parse().map_err(|e| ConfigError::Invalid {

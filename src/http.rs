@@ -20,7 +20,7 @@ use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
 use crate::ingress::validation_tokens::{JwksCache, TokenVerifier};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::{Ledger, LedgerError};
-use crate::queue::{WorkItem, WorkQueue};
+use crate::queue::{QueueError, WorkItem, WorkQueue};
 use crate::secrets::{IngressSecrets, SecretStore};
 
 /// Where accepted work goes: the ledger (audit of what was received), then the queue.
@@ -44,8 +44,16 @@ impl Intake {
     }
 
     /// Records the signals (one write for the batch) and sends all items; an error means
-    /// nothing may be assumed kept.
-    pub async fn keep(&self, items: &[WorkItem]) -> Result<(), String> {
+    /// nothing may be assumed kept. A queue without room refuses before anything is written.
+    pub async fn keep(&self, items: &[WorkItem]) -> Result<(), KeepError> {
+        if let Some(free) = self.queue.room()
+            && free < items.len()
+        {
+            return Err(KeepError::Full {
+                items: items.len(),
+                free,
+            });
+        }
         let signals: Vec<_> = items
             .iter()
             .filter_map(|item| match item {
@@ -53,15 +61,30 @@ impl Intake {
                 _ => None,
             })
             .collect();
-        self.ledger
-            .keep_signals(&signals)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.ledger.keep_signals(&signals).await?;
         if !items.is_empty() {
-            self.queue.send(items).await.map_err(|e| e.to_string())?;
+            self.queue.send(items).await.map_err(|e| match e {
+                QueueError::Full { free, .. } => KeepError::Full {
+                    items: items.len(),
+                    free,
+                },
+                e => KeepError::Queue(e),
+            })?;
         }
         Ok(())
     }
+}
+
+/// Why accepted work could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Queue(QueueError),
+    /// Back-pressure from the local queue: the sender should deliver again later.
+    #[error("local work queue full: {items} items, room for {free}")]
+    Full { items: usize, free: usize },
 }
 
 /// Everything the handlers need, built once at cold start.
@@ -142,13 +165,28 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
 
 /// Keeps items (ledger + queue); 503 if they could not be kept, so the sender retries.
 pub async fn enqueue(intake: &Intake, items: &[WorkItem]) -> Result<(), Response> {
-    intake.keep(items).await.map_err(|e| {
-        tracing::error!(error = %e, items = items.len(), "could not keep accepted work");
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "events could not be kept; retry",
-        )
+    intake.keep(items).await.map_err(|e| match e {
+        KeepError::Full { .. } => {
+            tracing::warn!(error = %e, items = items.len(), "work refused: local queue full");
+            busy()
+        }
+        e => {
+            tracing::error!(error = %e, items = items.len(), "could not keep accepted work");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events could not be kept; retry",
+            )
+        }
     })
+}
+
+/// 503 for back-pressure: the sender should deliver again later.
+fn busy() -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "busy; retry");
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response> {
@@ -188,10 +226,19 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         Ok(body) => body,
         Err(response) => return response,
     };
-    let secrets = match state.secrets.load().await {
-        Ok(secrets) => secrets,
-        Err(e) => {
+    // Within the batch's budget: a cold start whose secrets read is slow answers 503 in time
+    // (the read goes on in the background, so Graph's retry finds the secrets).
+    let secrets = match tokio::time::timeout_at(deadline, state.secrets.load()).await {
+        Ok(Ok(secrets)) => secrets,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "secrets unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secrets unavailable; retry",
+            );
+        }
+        Err(_) => {
+            tracing::error!("secrets not read within the answer budget");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "secrets unavailable; retry",
@@ -230,6 +277,13 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
                 "validation tokens could not be checked; retry",
             );
         }
+        Err(BatchError::Busy) => {
+            tracing::warn!(
+                bytes = body.len(),
+                "graph batch not checked: no decryption capacity within the answer budget"
+            );
+            return busy();
+        }
     };
     let items: Vec<WorkItem> = outcome
         .events
@@ -238,7 +292,17 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         .map(WorkItem::Risk)
         .chain(outcome.lifecycle.iter().cloned().map(WorkItem::Lifecycle))
         .collect();
-    let kept = enqueue(&state.intake, &items).await;
+    let kept = match tokio::time::timeout_at(deadline, enqueue(&state.intake, &items)).await {
+        Ok(kept) => kept,
+        Err(_) => {
+            // What was written is idempotent: Graph's redelivery finds it and adds nothing.
+            tracing::error!(
+                items = items.len(),
+                "accepted work not kept within the answer budget"
+            );
+            Err(busy())
+        }
+    };
     log_batch(&outcome, kept.is_ok());
     if let Err(response) = kept {
         return response;

@@ -1,9 +1,11 @@
 //! Port for handing accepted work to the worker, and its in-memory adapter.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::event::RiskEvent;
 use crate::ingress::graph::LifecycleNotice;
@@ -20,39 +22,112 @@ pub enum WorkItem {
     Resume { tenant_id: String, case_id: String },
 }
 
-/// The queue refused or could not be reached; the delivery must be retried by its sender.
+/// Why items could not be handed to the queue; the delivery must be retried by its sender.
 #[derive(Debug, thiserror::Error)]
-#[error("work queue unavailable: {0}")]
-pub struct QueueError(pub String);
+pub enum QueueError {
+    /// The queue refused or could not be reached.
+    #[error("work queue unavailable: {0}")]
+    Unavailable(String),
+    /// A bounded queue has no room for the items (back-pressure).
+    #[error("work queue full: {items} items, room for {free}")]
+    Full { items: usize, free: usize },
+}
 
 /// Port: durable hand-off of work items.
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
     /// Sends all items, or fails as a whole so the caller can answer 5xx.
     async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError>;
+
+    /// How many more items a bounded queue takes now; `None` when unbounded (SQS).
+    fn room(&self) -> Option<usize> {
+        None
+    }
 }
 
-/// Keeps items in memory: the local server and replay drain it inline.
-#[derive(Default)]
+/// Items a local queue holds by default before intake answers 503 (about 10 MB of signals).
+pub const DEFAULT_LOCAL_QUEUE_CAPACITY: usize = 20_000;
+
+/// A bounded in-memory queue: the local server's worker waits on it; replay drains it inline.
+/// When full, [`WorkQueue::send`] refuses the whole delivery, so intake answers 503 at once
+/// and never waits for the worker.
 pub struct MemoryQueue {
-    items: Mutex<Vec<WorkItem>>,
+    items: Mutex<VecDeque<WorkItem>>,
+    capacity: usize,
+    ready: Notify,
+}
+
+impl Default for MemoryQueue {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_LOCAL_QUEUE_CAPACITY)
+    }
 }
 
 impl MemoryQueue {
+    /// A queue that holds at most `capacity` items.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<WorkItem>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Removes and returns everything sent so far.
     pub fn drain(&self) -> Vec<WorkItem> {
-        std::mem::take(&mut *self.items.lock().unwrap_or_else(|e| e.into_inner()))
+        self.lock().drain(..).collect()
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until items are there, then removes and returns up to `max` of them.
+    pub async fn next_batch(&self, max: usize) -> Vec<WorkItem> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut items = self.lock();
+                if !items.is_empty() {
+                    let take = max.max(1).min(items.len());
+                    return items.drain(..take).collect();
+                }
+            }
+            notified.await;
+        }
     }
 }
 
 #[async_trait]
 impl WorkQueue for MemoryQueue {
     async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError> {
-        self.items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(items);
+        {
+            let mut queue = self.lock();
+            let free = self.capacity.saturating_sub(queue.len());
+            if items.len() > free {
+                return Err(QueueError::Full {
+                    items: items.len(),
+                    free,
+                });
+            }
+            queue.extend(items.iter().cloned());
+        }
+        self.ready.notify_one();
         Ok(())
+    }
+
+    fn room(&self) -> Option<usize> {
+        Some(self.capacity.saturating_sub(self.len()))
     }
 }
 
@@ -79,13 +154,14 @@ impl WorkQueue for SqsQueue {
         for chunk in items.chunks(10) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, item) in chunk.iter().enumerate() {
-                let body = serde_json::to_string(item).map_err(|e| QueueError(e.to_string()))?;
+                let body = serde_json::to_string(item)
+                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
                 entries.push(
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
                         .build()
-                        .map_err(|e| QueueError(e.to_string()))?,
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
                 );
             }
             let out = self
@@ -95,9 +171,9 @@ impl WorkQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| QueueError(crate::secrets::aws_error(&e)))?;
+                .map_err(|e| QueueError::Unavailable(crate::secrets::aws_error(&e)))?;
             if let Some(failed) = out.failed().first() {
-                return Err(QueueError(format!(
+                return Err(QueueError::Unavailable(format!(
                     "{} of {} messages refused: {}",
                     out.failed().len(),
                     chunk.len(),
@@ -106,5 +182,47 @@ impl WorkQueue for SqsQueue {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> WorkItem {
+        WorkItem::Resume {
+            tenant_id: "t".into(),
+            case_id: format!("c-{n}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_the_whole_delivery() {
+        let queue = MemoryQueue::with_capacity(3);
+        queue.send(&[item(1), item(2)]).await.unwrap();
+        assert_eq!(queue.room(), Some(1));
+        let refused = queue.send(&[item(3), item(4)]).await.unwrap_err();
+        assert!(matches!(refused, QueueError::Full { items: 2, free: 1 }));
+        assert_eq!(queue.len(), 2, "nothing of a refused delivery is queued");
+        queue.send(&[item(3)]).await.unwrap();
+        assert_eq!(queue.room(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn the_worker_waits_for_items_and_takes_them_in_order() {
+        let queue = std::sync::Arc::new(MemoryQueue::with_capacity(10));
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next_batch(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        queue.send(&[item(1), item(2), item(3)]).await.unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, vec![item(1), item(2)]);
+        assert_eq!(queue.next_batch(10).await, vec![item(3)]);
     }
 }

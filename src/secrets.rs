@@ -254,6 +254,14 @@ impl IngressSecrets {
     pub fn decryption_key(&self, certificate_id: &str) -> Option<&OaepPrivateDecryptingKey> {
         self.decryption_keys.get(certificate_id).map(Arc::as_ref)
     }
+
+    /// The same key, shared, for decryption on another thread.
+    pub fn shared_decryption_key(
+        &self,
+        certificate_id: &str,
+    ) -> Option<Arc<OaepPrivateDecryptingKey>> {
+        self.decryption_keys.get(certificate_id).cloned()
+    }
 }
 
 /// The Graph part: the application's identity and credential. Only the worker, the renewer and

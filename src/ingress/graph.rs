@@ -2,10 +2,14 @@
 //! per-notification checks (clientState, tenant, validation tokens, decryption) that turn a
 //! batch into [`RiskEvent`]s and [`LifecycleNotice`]s.
 
+use std::sync::{Arc, OnceLock};
+
 use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::rsa::OaepPrivateDecryptingKey;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 
 use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
 use super::validation_tokens::{TokenError, TokenVerifier};
@@ -67,6 +71,10 @@ pub enum BatchError {
     /// nothing is dropped, the batch is answered 503 so that Graph delivers it again.
     #[error("validation tokens could not be checked: {0}")]
     KeysUnavailable(String),
+    /// Every core was busy with other batches' decryption until the batch's deadline: nothing
+    /// is dropped, the batch is answered 503 so that Graph delivers it again.
+    #[error("no decryption capacity before the deadline")]
+    Busy,
 }
 
 /// One notification of a batch, as Graph sends it.
@@ -272,19 +280,39 @@ impl GraphIngress<'_> {
         if let Vouched::Unavailable(reason) = vouched {
             return Err(BatchError::KeysUnavailable(reason));
         }
-        let mut outcome = BatchOutcome::default();
+        // Cheap checks first, one notification after another; what needs its content
+        // decrypted (an RSA unwrap each) is set aside and opened on all cores at once.
+        let mut results: Vec<(usize, Result<Item, Rejection>)> =
+            Vec::with_capacity(batch.value.len());
+        let mut sealed = Vec::new();
+        let mut claimed: Vec<(Option<String>, Option<String>)> =
+            Vec::with_capacity(batch.value.len());
         for (index, raw) in batch.value.into_iter().enumerate() {
             let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-            let (subscription_id, tenant_id) = (field("subscriptionId"), field("tenantId"));
+            claimed.push((field("subscriptionId"), field("tenantId")));
             match self.check(raw, &vouched) {
+                Ok(Checked::Ready(item)) => results.push((index, Ok(item))),
+                Ok(Checked::Sealed(notification)) => sealed.push((index, notification)),
+                Err(reason) => results.push((index, Err(reason))),
+            }
+        }
+        results.extend(open_all(sealed, decryption_permits(), self.deadline).await?);
+        results.sort_by_key(|(index, _)| *index);
+
+        let mut outcome = BatchOutcome::default();
+        for (index, result) in results {
+            match result {
                 Ok(Item::Event(event)) => outcome.events.push(*event),
                 Ok(Item::Lifecycle(notice)) => outcome.lifecycle.push(notice),
-                Err(reason) => outcome.dropped.push(Dropped {
-                    index,
-                    subscription_id,
-                    tenant_id,
-                    reason,
-                }),
+                Err(reason) => {
+                    let (subscription_id, tenant_id) = std::mem::take(&mut claimed[index]);
+                    outcome.dropped.push(Dropped {
+                        index,
+                        subscription_id,
+                        tenant_id,
+                        reason,
+                    })
+                }
             }
         }
         Ok(outcome)
@@ -300,12 +328,13 @@ impl GraphIngress<'_> {
                 "no Graph application id configured to check the audience".into(),
             ));
         };
+        // Checked together: they share one wait for the key set.
+        let checks = tokens.iter().map(|token| {
+            verifier.verify(token, |tid| self.config.tenant_allowed(tid), self.deadline)
+        });
         let mut tenants = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            match verifier
-                .verify(token, |tid| self.config.tenant_allowed(tid), self.deadline)
-                .await
-            {
+        for result in futures_util::future::join_all(checks).await {
+            match result {
                 Ok(tid) => tenants.push(tid),
                 Err(TokenError::KeysUnavailable(reason)) => return Vouched::Unavailable(reason),
                 Err(e) => return Vouched::Refused(e),
@@ -314,7 +343,7 @@ impl GraphIngress<'_> {
         Vouched::Tenants(tenants)
     }
 
-    fn check(&self, raw: serde_json::Value, vouched: &Vouched) -> Result<Item, Rejection> {
+    fn check(&self, raw: serde_json::Value, vouched: &Vouched) -> Result<Checked, Rejection> {
         // A batch whose tokens fail is suspicious as a whole: drop every notification in it.
         if let Vouched::Refused(e) = vouched {
             return Err(Rejection::ValidationToken(e.clone()));
@@ -344,26 +373,33 @@ impl GraphIngress<'_> {
                 "missed" => LifecycleKind::Missed,
                 other => return Err(Rejection::UnknownLifecycleEvent(other.to_owned())),
             };
-            return Ok(Item::Lifecycle(LifecycleNotice {
+            return Ok(Checked::Ready(Item::Lifecycle(LifecycleNotice {
                 tenant_id,
                 subscription_id: n.subscription_id,
                 kind,
-            }));
+            })));
         }
 
-        let decrypted = match &n.encrypted_content {
-            None => None,
-            Some(content) => Some(self.decrypt(content, &tenant_id, vouched)?),
-        };
-        to_event(n, tenant_id, decrypted).map(|e| Item::Event(Box::new(e)))
+        match &n.encrypted_content {
+            None => to_event(n, tenant_id, None).map(|e| Checked::Ready(Item::Event(Box::new(e)))),
+            Some(content) => {
+                let key = self.decryption_key(content, &tenant_id, vouched)?;
+                Ok(Checked::Sealed(Box::new(Sealed {
+                    notification: n,
+                    tenant_id,
+                    key,
+                })))
+            }
+        }
     }
 
-    fn decrypt(
+    /// The key that opens `content`, once the batch's tokens vouch for the tenant.
+    fn decryption_key(
         &self,
         content: &EncryptedContent,
         tenant_id: &str,
         vouched: &Vouched,
-    ) -> Result<serde_json::Value, Rejection> {
+    ) -> Result<Arc<OaepPrivateDecryptingKey>, Rejection> {
         match vouched {
             Vouched::NoTokens => return Err(Rejection::MissingValidationTokens),
             Vouched::Refused(e) => return Err(Rejection::ValidationToken(e.clone())),
@@ -382,13 +418,90 @@ impl GraphIngress<'_> {
             .encryption_certificate_id
             .clone()
             .unwrap_or_default();
-        let key = self
-            .secrets
-            .decryption_key(&cert_id)
-            .ok_or(Rejection::UnknownDecryptionKey(cert_id))?;
-        let plaintext = decrypt_content(content, key).map_err(Rejection::Decryption)?;
-        serde_json::from_slice(&plaintext).map_err(|_| Rejection::DecryptedNotJson)
+        self.secrets
+            .shared_decryption_key(&cert_id)
+            .ok_or(Rejection::UnknownDecryptionKey(cert_id))
     }
+}
+
+/// A notification that passed every check but the opening of its `encryptedContent`.
+struct Sealed {
+    notification: ChangeNotification,
+    tenant_id: String,
+    key: Arc<OaepPrivateDecryptingKey>,
+}
+
+impl Sealed {
+    /// Decrypts the content (RSA unwrap, HMAC, AES) and builds the event. CPU-bound.
+    fn open(self) -> Result<Item, Rejection> {
+        let Sealed {
+            notification,
+            tenant_id,
+            key,
+        } = self;
+        let content = notification
+            .encrypted_content
+            .as_ref()
+            .ok_or(Rejection::MissingValidationTokens)?;
+        let plaintext = decrypt_content(content, &key).map_err(Rejection::Decryption)?;
+        let decrypted: serde_json::Value =
+            serde_json::from_slice(&plaintext).map_err(|_| Rejection::DecryptedNotJson)?;
+        to_event(notification, tenant_id, Some(decrypted)).map(|e| Item::Event(Box::new(e)))
+    }
+}
+
+/// Threads that may decrypt at once, across every request of the process: one per core.
+fn decryption_permits() -> &'static Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(Semaphore::new(cores))
+    })
+}
+
+/// Opens sealed notifications on blocking threads, split into one share per core and bounded
+/// by [`decryption_permits`], so a batch uses every core and concurrent batches queue for
+/// them (first come, first served) instead of oversubscribing the machine. A batch that
+/// cannot get a core before `deadline` is [`BatchError::Busy`].
+async fn open_all(
+    sealed: Vec<(usize, Box<Sealed>)>,
+    permits: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<(usize, Result<Item, Rejection>)>, BatchError> {
+    if sealed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shares = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(sealed.len());
+    let per_share = sealed.len().div_ceil(shares);
+    let mut pending = sealed.into_iter().peekable();
+    let mut tasks = Vec::with_capacity(shares);
+    while pending.peek().is_some() {
+        let share: Vec<_> = pending.by_ref().take(per_share).collect();
+        let permits = permits.clone();
+        tasks.push(async move {
+            let permit = tokio::time::timeout_at(deadline, permits.acquire_owned())
+                .await
+                .map_err(|_| BatchError::Busy)?
+                .map_err(|_| BatchError::Busy)?;
+            let opened = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                share
+                    .into_iter()
+                    .map(|(index, sealed)| (index, sealed.open()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|_| BatchError::Busy)?;
+            Ok::<_, BatchError>(opened)
+        });
+    }
+    let mut out = Vec::new();
+    for share in futures_util::future::join_all(tasks).await {
+        out.extend(share?);
+    }
+    Ok(out)
 }
 
 enum Vouched {
@@ -402,6 +515,12 @@ enum Vouched {
 enum Item {
     Event(Box<RiskEvent>),
     Lifecycle(LifecycleNotice),
+}
+
+/// What the cheap checks make of a notification.
+enum Checked {
+    Ready(Item),
+    Sealed(Box<Sealed>),
 }
 
 /// Constant-time comparison of the presented clientState against every accepted value.
@@ -540,6 +659,71 @@ fn last_segment(rest: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VECTOR_KEY: &str =
+        include_str!("../../tests/vectors/graph-rich-notification/private-key.pem");
+    const VECTOR_CONTENT: &str =
+        include_str!("../../tests/vectors/graph-rich-notification/encrypted-content.json");
+
+    fn sealed(n: usize) -> Vec<(usize, Box<Sealed>)> {
+        use crate::secrets::SecretDocument;
+        let secrets = IngressSecrets::from_json(
+            &serde_json::json!({ "decryption_keys": { "custom-id-for-testing": VECTOR_KEY } })
+                .to_string(),
+        )
+        .unwrap();
+        let key = secrets
+            .shared_decryption_key("custom-id-for-testing")
+            .unwrap();
+        let content: serde_json::Value = serde_json::from_str(VECTOR_CONTENT).unwrap();
+        (0..n)
+            .map(|i| {
+                let notification: ChangeNotification = serde_json::from_value(serde_json::json!({
+                    "id": format!("n-{i}"), "subscriptionId": "s", "changeType": "updated",
+                    "resource": format!("Users/6e7b768e-07e2-4810-8459-{i:012}"),
+                    "tenantId": "t", "encryptedContent": content,
+                }))
+                .unwrap();
+                let sealed = Sealed {
+                    notification,
+                    tenant_id: "t".into(),
+                    key: key.clone(),
+                };
+                (i, Box::new(sealed))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sealed_notifications_are_opened_on_every_core_and_keep_their_place() {
+        let permits = Arc::new(Semaphore::new(2));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut opened = open_all(sealed(5), &permits, deadline).await.unwrap();
+        opened.sort_by_key(|(index, _)| *index);
+        assert_eq!(
+            opened.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        for (index, item) in opened {
+            let Ok(Item::Event(event)) = item else {
+                panic!("notification {index} not opened");
+            };
+            assert_eq!(event.source_id, format!("n-{index}"));
+            let data = event.resource_data.expect("decrypted content kept");
+            assert_eq!(data["body"]["content"], "Hello World");
+        }
+        assert_eq!(permits.available_permits(), 2, "every core given back");
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_gets_no_core_before_its_deadline_is_busy() {
+        let permits = Arc::new(Semaphore::new(0));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let result = open_all(sealed(3), &permits, deadline).await;
+        assert!(matches!(result, Err(BatchError::Busy)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
 
     #[test]
     fn handshake_decodes_and_bounds_the_token() {

@@ -207,7 +207,10 @@ impl Sweeper<'_> {
         // Keep the signals, then move the watermarks.
         let items: Vec<WorkItem> = signals.iter().cloned().map(WorkItem::Risk).collect();
         if !items.is_empty() {
-            self.intake.keep(&items).await.map_err(SweepError::Intake)?;
+            self.intake
+                .keep(&items)
+                .await
+                .map_err(|e| SweepError::Intake(e.to_string()))?;
         }
         for _ in 0..16 {
             let (mut current, version) = self.state(tenant).await?;

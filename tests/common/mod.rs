@@ -248,7 +248,7 @@ pub struct FailingQueue;
 #[async_trait]
 impl WorkQueue for FailingQueue {
     async fn send(&self, _items: &[WorkItem]) -> Result<(), QueueError> {
-        Err(QueueError("connection refused".into()))
+        Err(QueueError::Unavailable("connection refused".into()))
     }
 }
 
