@@ -219,15 +219,23 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The demo's own ledger file (in the working directory).
+const DEMO_LEDGER: &str = "risk-responder-demo.sqlite";
+
 /// The demo: the simulated tenant started in this process and the configuration pointed at
 /// it (Graph, the token endpoint, the signing keys, the embedded development secrets, the
 /// demo policy, a ledger of its own), so nothing can reach a real tenant.
 async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator, StartError> {
     use risk_responder::config::SecretsSource;
     let simulator = risk_responder::simulator::start_with(demo_tenant::directory()).await?;
+    // Every outbound URL of the configuration points at the simulator, whatever the
+    // environment says: Graph, the token endpoint, the signing keys, Azure Resource Manager
+    // (incident comments); subscriptions are not managed.
     config.graph_base_url = simulator.graph_url();
     config.login_authority = simulator.authority();
     config.jwks_url = format!("{}/demo/keys", simulator.base);
+    config.arm_base_url = simulator.arm_url();
+    config.notification_url = None;
     config.ingress_secrets = SecretsSource::EmbeddedDev;
     config.graph_secrets = SecretsSource::EmbeddedDev;
     config.allowed_tenants = vec![demo_tenant::TENANT.to_owned()];
@@ -240,9 +248,9 @@ async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator,
     ));
     std::fs::write(&policy, demo_tenant::POLICY)?;
     config.policy_file = Some(policy);
-    if config.ledger_path == Config::default().ledger_path {
-        config.ledger_path = PathBuf::from("risk-responder-demo.sqlite");
-    }
+    // A ledger of its own, whatever RR_LEDGER_PATH says: the demo starts it afresh and must
+    // never touch (or delete) the operator's ledger.
+    config.ledger_path = PathBuf::from(DEMO_LEDGER);
     if fresh_ledger {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", config.ledger_path.display()));
@@ -777,20 +785,19 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
     let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
     let state = AppState::new(config, ingress_store, intake, http);
 
-    // Inline queue: the worker drains it in the background, a batch at a time; what failed is
-    // resumed from the ledger with backoff (and after a restart).
+    // Inline queue: the worker waits on it and takes up to 100 items at a time, on its own
+    // ledger connection; intake never waits for it (a full queue is answered 503). What
+    // failed is resumed from the ledger with backoff (and after a restart).
     let worker = Arc::new(worker);
     risk_responder::respond::pending::spawn_local_retries(worker.clone(), Duration::from_secs(5));
+    app::spawn_ledger_expiry(&state.config, Duration::from_secs(60))?;
     if let Some(queue) = memory {
         tokio::spawn(async move {
             loop {
-                let items = queue.drain();
-                if !items.is_empty() {
-                    for disposition in worker.handle_batch(&items).await {
-                        tracing::info!(?disposition, "inline work item handled");
-                    }
+                let items = queue.next_batch(100).await;
+                for disposition in worker.handle_batch(&items).await {
+                    tracing::debug!(?disposition, "inline work item handled");
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
     }

@@ -171,8 +171,14 @@ pub fn directory() -> Directory {
         .insert(ISAIAH.0.into(), registration(ISAIAH, false, false));
     d.registrations
         .insert(BREAK_GLASS.0.into(), registration(BREAK_GLASS, true, false));
+    // The Sentinel incident of events/demo/03 (the demo application holds the Responder role
+    // on its workspace), so outcomes are commented on the simulated incident.
+    d.sentinel.add_incident(DEMO_INCIDENT);
     d
 }
+
+/// ARM id of the Sentinel incident in `events/demo/03-sentinel-incident-grady-isaiah.json`.
+pub const DEMO_INCIDENT: &str = "/subscriptions/d0cfe6b2-9ac0-4464-9919-dccaee2e48c0/resourceGroups/rg-sentinel/providers/Microsoft.OperationalInsights/workspaces/law-sentinel/providers/Microsoft.SecurityInsights/Incidents/7e6d5c4b-0003-4000-8000-000000000003";
 
 #[cfg(test)]
 mod tests {
