@@ -1,5 +1,5 @@
 # risk-responder: the README's commands, and what CI runs.
-.PHONY: run test lint ci build deploy bench audit advisory-db-archive lambda-check
+.PHONY: run test lint ci build deploy bench wrk-tool audit advisory-db-archive lambda-check
 
 VENV := .venv
 SAM_VENV := .venv-sam
@@ -71,10 +71,17 @@ advisory-db-archive:
 
 ci: test lint audit lambda-check
 
-# Criterion benches, then cold start, RSS and binary sizes; writes BENCHMARKS.md.
-bench:
+# wrk, the HTTP load generator of the served-path bench (Debian's package).
+wrk-tool:
+	command -v wrk >/dev/null || { apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }; } \
+	  || { echo "make bench needs wrk: apt-get install wrk (as root)"; exit 1; }
+
+# Criterion benches, the burst, the served path under wrk, then cold start, RSS and binary
+# sizes; writes BENCHMARKS.md.
+bench: wrk-tool
 	cargo bench --locked --bench pipeline
 	cargo bench --locked --bench burst
+	cargo bench --locked --bench served
 	cargo build --locked --release --bins
 	python3 scripts/bench_report.py
 

@@ -138,12 +138,19 @@ def main():
         "",
         f"Rich batch vs its crypto floor (100 × (RSA + HMAC) + 1 JWT = {fmt_ns(floor)}): **{rich / floor:.2f}×**.",
         "",
+        "These criterion figures are the ingress checks alone, in process, on one core: no HTTP, no",
+        "ledger, no queue. What a sender sees is the served path, below.",
+        "",
         "| process | value |",
         "|---|---|",
         f"| cold start, `risk-responder serve` exec to first 200 on /health ({RUNS} runs) | median {statistics.median(ready_ms):.1f} ms, max {max(ready_ms):.1f} ms |",
         f"| peak RSS at ready | median {statistics.median(rss_ready) / 1024:.1f} MiB |",
         f"| peak RSS after 100 batches of 100 notifications (inline queue, SQLite ledger) | {rss_loaded[0] / 1024:.1f} MiB |",
     ]
+    # `cargo bench --bench served` writes its own section (issue 14: the served path under wrk).
+    served = ROOT / "target" / "bench" / "served.md"
+    if served.exists():
+        lines += [served.read_text().rstrip(), ""]
     release = tomllib.loads((ROOT / "Cargo.toml").read_text()).get("profile", {}).get("release", {})
     profile = ", ".join(f"{k} {v}".lower() for k, v in release.items() if not isinstance(v, dict))
     for name in BINARIES:

@@ -175,6 +175,10 @@ enum CaAction {
         /// Create it even if a user-risk policy exists already.
         #[arg(long)]
         force: bool,
+        /// Create it even though the policy names no protected (break-glass) account or group
+        /// to exclude (Microsoft: always exclude emergency-access accounts).
+        #[arg(long)]
+        without_exclusions: bool,
     },
 }
 
@@ -447,6 +451,25 @@ async fn ca_policy(action: CaAction, tenant: Option<String>) -> Result<(), Start
     let (ledger, _) = app::ledger(&config).await?;
     let graph =
         app::shared_graph_client(&config, &secrets, store, reqwest::Client::new(), &ledger)?;
+    if let Some(t) = &tenant
+        && !config.tenant_allowed(t)
+    {
+        return Err(format!("tenant {t} is not in RR_ALLOWED_TENANTS").into());
+    }
+    if let CaAction::Create {
+        without_exclusions: false,
+        ..
+    } = &action
+        && policy.safety.protected_user_ids.is_empty()
+        && policy.safety.protected_group_ids.is_empty()
+    {
+        return Err(
+            "the policy lists no protected (break-glass) account or group to exclude, and a user-risk policy \
+             that excludes no emergency-access account can lock every administrator out: add them to [safety] \
+             protected_user_ids / protected_group_ids (or pass --without-exclusions)"
+                .into(),
+        );
+    }
     let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
     for tenant in tenants {
         let existing = graph.conditional_access_policies(&tenant).await?;
@@ -494,6 +517,7 @@ async fn ca_policy(action: CaAction, tenant: Option<String>) -> Result<(), Start
                 levels,
                 name,
                 force,
+                ..
             } => {
                 if let Some(l) = levels
                     .iter()
@@ -507,13 +531,6 @@ async fn ca_policy(action: CaAction, tenant: Option<String>) -> Result<(), Start
                         found.iter().map(|p| p.display_name.as_str()).collect::<Vec<_>>().join(", ")
                     )
                     .into());
-                }
-                if policy.safety.protected_user_ids.is_empty()
-                    && policy.safety.protected_group_ids.is_empty()
-                {
-                    eprintln!(
-                        "warning: the policy lists no protected (break-glass) accounts to exclude; add them to [safety] protected_user_ids"
-                    );
                 }
                 let body = ca_policy::new_policy(name, levels, &policy);
                 let created = graph
@@ -786,21 +803,11 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
     let state = AppState::new(config, ingress_store, intake, http);
 
     // Inline queue: the worker waits on it and takes up to 100 items at a time, on its own
-    // ledger connection; intake never waits for it (a full queue is answered 503). What
-    // failed is resumed from the ledger with backoff (and after a restart).
-    let worker = Arc::new(worker);
-    risk_responder::respond::pending::spawn_local_retries(worker.clone(), Duration::from_secs(5));
+    // ledger connection and its own thread, at a lower CPU priority, so intake never waits for
+    // it (a full queue is answered 503). What failed is resumed from the ledger with backoff
+    // (and after a restart).
     app::spawn_ledger_expiry(&state.config, Duration::from_secs(60))?;
-    if let Some(queue) = memory {
-        tokio::spawn(async move {
-            loop {
-                let items = queue.next_batch(100).await;
-                for disposition in worker.handle_batch(&items).await {
-                    tracing::debug!(?disposition, "inline work item handled");
-                }
-            }
-        });
-    }
+    risk_responder::respond::local::spawn_local_worker(Arc::new(worker), memory)?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");

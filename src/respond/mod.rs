@@ -3,6 +3,7 @@
 
 pub mod ca_policy;
 pub mod investigate;
+pub mod local;
 pub mod notify;
 pub mod pending;
 pub mod remediate;
