@@ -352,11 +352,11 @@ pub async fn sentinel_alerts(
         )
             .into_response();
     }
-    // Remember the delivery for the whole window in which its timestamp would still be accepted.
+    // Remember the delivery for as long as its credential would be accepted again.
     match state
         .intake
         .replay_guard
-        .first_seen(&delivery.delivery_id, tolerance * 2)
+        .first_seen(&delivery.delivery_id, delivery.remember_for)
         .await
     {
         Ok(true) => {}
