@@ -289,7 +289,9 @@ pub async fn sentinel_alerts(
     body: Body,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
-    let body = match read_body(body, state.config.max_body_bytes).await {
+    // A limit of its own: incident trigger bodies (every alert and entity of the incident) can
+    // be large, and Logic Apps does not retry a 413.
+    let body = match read_body(body, state.config.sentinel_max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
