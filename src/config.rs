@@ -116,6 +116,10 @@ pub struct Config {
     pub incident_comments: Option<crate::cases::writeback::CommentPath>,
     /// Azure Resource Manager base URL (`RR_ARM_BASE_URL`).
     pub arm_base_url: String,
+    /// Name prefix of the temporary-password secrets the deployment grants access to
+    /// (`RR_TEMPORARY_PASSWORD_PREFIX`, the stack's `TemporaryPasswordPrefix` when its
+    /// `PasswordDelivery` is `secrets-manager`); unset: no Secrets Manager vault is granted.
+    pub temporary_password_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             templates_dir: None,
             incident_comments: Some(crate::cases::writeback::CommentPath::Arm),
             arm_base_url: "https://management.azure.com".to_owned(),
+            temporary_password_prefix: None,
         }
     }
 }
@@ -266,6 +271,8 @@ impl Config {
         if let Some(url) = get("RR_ARM_BASE_URL").filter(|v| !v.trim().is_empty()) {
             config.arm_base_url = url.trim().to_owned();
         }
+        config.temporary_password_prefix =
+            get("RR_TEMPORARY_PASSWORD_PREFIX").filter(|v| !v.trim().is_empty());
         if get("RR_SECRET_ID").is_some() {
             return Err(ConfigError::SplitSecret);
         }
