@@ -133,7 +133,7 @@ pub struct EntraVerifier {
 
 impl EntraVerifier {
     /// Tokens must be addressed to one of `audiences` (the application ID URI, e.g.
-    /// `api://risk-responder`, and/or the application's client id).
+    /// `api://<client id>`, and/or the application's client id).
     pub fn new(jwks: JwksCache, audiences: Vec<String>, leeway: Duration) -> Self {
         Self {
             jwks,
