@@ -74,28 +74,60 @@ pub enum LoadPolicyError {
     Io(String, std::io::Error),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The policy stores temporary passwords under another prefix than the deployment grants.
+    #[error(
+        "the policy stores temporary passwords as Secrets Manager secrets named {policy}..., but the deployment grants access to {granted}... (RR_TEMPORARY_PASSWORD_PREFIX, the stack's TemporaryPasswordPrefix): make them equal"
+    )]
+    VaultPrefix { policy: String, granted: String },
+    /// The policy stores temporary passwords in Secrets Manager, the deployment grants none.
+    #[error(
+        "the policy stores temporary passwords in Secrets Manager, but the deployment grants no access to it (RR_TEMPORARY_PASSWORD_PREFIX is unset: deploy with PasswordDelivery=secrets-manager)"
+    )]
+    NoVault,
 }
 
-/// The policy file the configuration names, or the embedded default.
+/// The policy file the configuration names, or the embedded default. When the deployment
+/// says which temporary-password secrets it grants (`RR_TEMPORARY_PASSWORD_PREFIX`), a policy
+/// storing them under another prefix is refused: every reset would fail on access.
 pub fn load_policy(config: &Config) -> Result<Policy, LoadPolicyError> {
-    match &config.policy_file {
-        None => Ok(Policy::default_policy()),
+    let policy = match &config.policy_file {
+        None => Policy::default_policy(),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| LoadPolicyError::Io(path.display().to_string(), e))?;
-            Ok(Policy::from_toml(&text)?)
+            Policy::from_toml(&text)?
         }
+    };
+    if let (
+        Some(crate::cases::policy::PasswordDelivery::SecretsManager { name_prefix, .. }),
+        Some(granted),
+    ) = (&policy.password_delivery, &config.temporary_password_prefix)
+        && name_prefix != granted
+    {
+        return Err(LoadPolicyError::VaultPrefix {
+            policy: name_prefix.clone(),
+            granted: granted.clone(),
+        });
     }
+    Ok(policy)
 }
 
-/// The password vault the policy needs (Secrets Manager delivery), if any.
-pub async fn password_vault(policy: &Policy) -> Option<Arc<dyn PasswordVault>> {
+/// The password vault the policy needs (Secrets Manager delivery), if any. Inside Lambda the
+/// deployment must grant it (`RR_TEMPORARY_PASSWORD_PREFIX`, checked against the policy by
+/// [`load_policy`]); the worker refuses to start otherwise.
+pub async fn password_vault(
+    config: &Config,
+    policy: &Policy,
+) -> Result<Option<Arc<dyn PasswordVault>>, LoadPolicyError> {
     match policy.password_delivery {
         Some(crate::cases::policy::PasswordDelivery::SecretsManager { .. }) => {
+            if config.in_lambda && config.temporary_password_prefix.is_none() {
+                return Err(LoadPolicyError::NoVault);
+            }
             let client = aws_sdk_secretsmanager::Client::new(&aws_config().await);
-            Some(Arc::new(SecretsManagerPasswordVault::new(client)))
+            Ok(Some(Arc::new(SecretsManagerPasswordVault::new(client))))
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
@@ -159,10 +191,13 @@ pub fn graph_client(
     store: Arc<dyn SecretStore<GraphSecrets>>,
     http: reqwest::Client,
 ) -> Result<Arc<GraphClient>, StartError> {
+    // The application id is configuration (RR_GRAPH_CLIENT_ID, the stack's GraphClientId); the
+    // Graph secret may hold it too, and then its value is used.
     let client_id = secrets
         .client_id
         .clone()
-        .ok_or("the Graph secrets have no client_id")?;
+        .or_else(|| config.graph_client_id.clone())
+        .ok_or("the Graph secrets have no client_id, and RR_GRAPH_CLIENT_ID is not set")?;
     if secrets.credential().is_none() {
         return Err("the Graph secrets have neither a client secret nor a certificate".into());
     }
@@ -212,7 +247,7 @@ pub async fn worker(
     if let Some(mode) = mode {
         policy.mode = mode;
     }
-    let vault = password_vault(&policy).await;
+    let vault = password_vault(config, &policy).await?;
     let mut worker = Worker::new(
         ledger,
         graph,

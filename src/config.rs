@@ -13,6 +13,11 @@ pub const DEV_TENANT_ID: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 /// Default cap on request bodies (Lambda's own synchronous payload limit is 6 MB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Default cap on `/sentinel/alerts` bodies: an incident trigger body carries the incident with
+/// all its alerts and entities and can be large, and Logic Apps does not retry a 413. A
+/// Function URL accepts request payloads of at most 6 MB, so this is that limit.
+pub const DEFAULT_SENTINEL_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
 /// Default cap on notifications in one Graph batch. Graph documents no maximum (a request may
 /// carry "multiple notifications"); every kept notification costs a ledger write and a tenth of
 /// an SQS batch before the answer, which must come within Graph's 3 s.
@@ -55,6 +60,8 @@ pub struct Config {
     pub jwks_url: String,
     /// Largest accepted request body, in bytes; larger gets 413.
     pub max_body_bytes: usize,
+    /// Largest accepted `/sentinel/alerts` body (`RR_SENTINEL_MAX_BODY_BYTES`); larger gets 413.
+    pub sentinel_max_body_bytes: usize,
     /// Most notifications in one Graph batch; more gets 413 and none is looked at.
     pub max_notifications_per_batch: usize,
     /// Work items the local server's in-process queue holds before intake answers 503.
@@ -111,6 +118,10 @@ pub struct Config {
     pub incident_comments: Option<crate::cases::writeback::CommentPath>,
     /// Azure Resource Manager base URL (`RR_ARM_BASE_URL`).
     pub arm_base_url: String,
+    /// Name prefix of the temporary-password secrets the deployment grants access to
+    /// (`RR_TEMPORARY_PASSWORD_PREFIX`, the stack's `TemporaryPasswordPrefix` when its
+    /// `PasswordDelivery` is `secrets-manager`); unset: no Secrets Manager vault is granted.
+    pub temporary_password_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -119,6 +130,7 @@ impl Default for Config {
             allowed_tenants: vec![DEV_TENANT_ID.to_owned()],
             jwks_url: MICROSOFT_JWKS_URL.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sentinel_max_body_bytes: DEFAULT_SENTINEL_MAX_BODY_BYTES,
             max_notifications_per_batch: DEFAULT_MAX_NOTIFICATIONS_PER_BATCH,
             local_queue_capacity: crate::queue::DEFAULT_LOCAL_QUEUE_CAPACITY,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -144,6 +156,7 @@ impl Default for Config {
             templates_dir: None,
             incident_comments: Some(crate::cases::writeback::CommentPath::Arm),
             arm_base_url: "https://management.azure.com".to_owned(),
+            temporary_password_prefix: None,
         }
     }
 }
@@ -170,6 +183,12 @@ impl Config {
         if let Some(bytes) = get("RR_MAX_BODY_BYTES") {
             config.max_body_bytes = bytes.parse().map_err(|e| ConfigError::Invalid {
                 name: "RR_MAX_BODY_BYTES",
+                reason: format!("{e}"),
+            })?;
+        }
+        if let Some(bytes) = get("RR_SENTINEL_MAX_BODY_BYTES") {
+            config.sentinel_max_body_bytes = bytes.parse().map_err(|e| ConfigError::Invalid {
+                name: "RR_SENTINEL_MAX_BODY_BYTES",
                 reason: format!("{e}"),
             })?;
         }
@@ -265,6 +284,8 @@ impl Config {
         if let Some(url) = get("RR_ARM_BASE_URL").filter(|v| !v.trim().is_empty()) {
             config.arm_base_url = url.trim().to_owned();
         }
+        config.temporary_password_prefix =
+            get("RR_TEMPORARY_PASSWORD_PREFIX").filter(|v| !v.trim().is_empty());
         if get("RR_SECRET_ID").is_some() {
             return Err(ConfigError::SplitSecret);
         }
@@ -334,6 +355,7 @@ mod tests {
         let config = Config::from_lookup(lookup(&[
             ("RR_ALLOWED_TENANTS", " AAAA-1 , bbbb-2,"),
             ("RR_MAX_BODY_BYTES", "2048"),
+            ("RR_SENTINEL_MAX_BODY_BYTES", "4096"),
             ("RR_MAX_NOTIFICATIONS_PER_BATCH", "50"),
             ("RR_SECRETS_FILE", "/tmp/s.json"),
         ]))
@@ -341,6 +363,9 @@ mod tests {
         assert_eq!(config.max_notifications_per_batch, 50);
         assert_eq!(config.allowed_tenants, vec!["aaaa-1", "bbbb-2"]);
         assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.sentinel_max_body_bytes, 4096);
+        let default = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(default.sentinel_max_body_bytes, 6 * 1024 * 1024);
         assert!(config.tenant_allowed("BBBB-2"));
         assert!(!config.tenant_allowed("cccc-3"));
         assert_eq!(

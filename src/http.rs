@@ -353,7 +353,9 @@ pub async fn sentinel_alerts(
     body: Body,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + state.config.jwks.wait;
-    let body = match read_body(body, state.config.max_body_bytes).await {
+    // A limit of its own: incident trigger bodies (every alert and entity of the incident) can
+    // be large, and Logic Apps does not retry a 413.
+    let body = match read_body(body, state.config.sentinel_max_body_bytes).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -416,11 +418,11 @@ pub async fn sentinel_alerts(
         )
             .into_response();
     }
-    // Remember the delivery for the whole window in which its timestamp would still be accepted.
+    // Remember the delivery for as long as its credential would be accepted again.
     match state
         .intake
         .replay_guard
-        .first_seen(&delivery.delivery_id, tolerance * 2)
+        .first_seen(&delivery.delivery_id, delivery.remember_for)
         .await
     {
         Ok(true) => {}

@@ -200,10 +200,8 @@ impl SecretDocument for IngressSecrets {
             .iter()
             .enumerate()
             .map(|(position, key)| {
-                crate::ingress::signature::WebhookKey::parse(key.expose()).ok_or_else(|| {
-                    SecretsError::Invalid(format!(
-                        "webhook_hmac_keys[{position}] is not a Standard Webhooks key (whsec_ followed by base64)"
-                    ))
+                crate::ingress::signature::WebhookKey::parse(key.expose()).map_err(|e| {
+                    SecretsError::Invalid(format!("webhook_hmac_keys[{position}] {e}"))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -710,9 +708,21 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         // Unpadded keys load.
         let ok = IngressSecrets::from_json(
-            r#"{"webhook_hmac_keys":["whsec_c2lnbmluZy1rZXktb2YtMjAtYnk"]}"#,
+            r#"{"webhook_hmac_keys":["whsec_c2lnbmluZy1rZXktb2YtMjUtYnl0ZXMhIQ"]}"#,
         );
         assert_eq!(ok.unwrap().webhook_hmac_keys.len(), 1);
+        // A key shorter than Standard Webhooks' 24 bytes is refused, by position.
+        let short = "whsec_c2lnbmluZy1rZXktb2YtMjMtYnl0ZXM=";
+        let err = IngressSecrets::from_json(&format!(
+            r#"{{"webhook_hmac_keys":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","{short}"]}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "secrets document is not valid: webhook_hmac_keys[1] is 23 bytes long; Standard Webhooks keys are at least 24 random bytes"
+        );
+        assert!(!err.contains("c2lnbmluZy1rZXktb2YtMjMtYnl0ZXM"), "{err}");
     }
 
     #[test]

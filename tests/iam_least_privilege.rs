@@ -162,10 +162,12 @@ for user, policies in json.loads(sys.argv[2]).items():
 print(json.dumps(keys))
 "#;
 
-/// What `!Ref`, `!GetAtt` and `!Sub` resolve to.
+/// What `!Ref`, `!GetAtt` and `!Sub` resolve to, and the template's conditions that `!If`
+/// chooses by (`!Ref AWS::NoValue` leaves the element out).
 struct Names {
     refs: HashMap<String, String>,
     attributes: HashMap<String, String>,
+    conditions: HashMap<String, bool>,
 }
 
 impl Names {
@@ -202,17 +204,29 @@ impl Names {
 
     /// The template value as JSON, intrinsic functions resolved.
     fn resolve(&self, value: &Yaml) -> Json {
-        match value {
+        self.resolve_or_none(value)
+            .expect("!Ref AWS::NoValue where a value is required")
+    }
+
+    /// As [`Names::resolve`]; `None` for `!Ref AWS::NoValue`, which sequences and mappings
+    /// leave out.
+    fn resolve_or_none(&self, value: &Yaml) -> Option<Json> {
+        Some(match value {
             Yaml::Null => Json::Null,
             Yaml::Bool(b) => json!(b),
             Yaml::Number(n) => serde_json::to_value(n).unwrap(),
             Yaml::String(s) => json!(s),
-            Yaml::Sequence(items) => Json::Array(items.iter().map(|v| self.resolve(v)).collect()),
+            Yaml::Sequence(items) => Json::Array(
+                items
+                    .iter()
+                    .filter_map(|v| self.resolve_or_none(v))
+                    .collect(),
+            ),
             Yaml::Mapping(map) => {
                 if map.len() == 1 {
                     let (key, inner) = map.iter().next().unwrap();
                     match key.as_str() {
-                        Some("Ref") => return json!(self.reference(inner.as_str().unwrap())),
+                        Some("Ref") => return self.reference_or_none(inner.as_str().unwrap()),
                         Some(f) if f.starts_with("Fn::") => {
                             return self.function(&f[4..], inner);
                         }
@@ -221,7 +235,9 @@ impl Names {
                 }
                 Json::Object(
                     map.iter()
-                        .map(|(k, v)| (k.as_str().unwrap().to_owned(), self.resolve(v)))
+                        .filter_map(|(k, v)| {
+                            Some((k.as_str().unwrap().to_owned(), self.resolve_or_none(v)?))
+                        })
                         .collect(),
                 )
             }
@@ -229,15 +245,19 @@ impl Names {
                 let tag = tagged.tag.to_string();
                 let name = tag.trim_start_matches('!');
                 if name == "Ref" {
-                    return json!(self.reference(tagged.value.as_str().unwrap()));
+                    return self.reference_or_none(tagged.value.as_str().unwrap());
                 }
-                self.function(name, &tagged.value)
+                return self.function(name, &tagged.value);
             }
-        }
+        })
     }
 
-    fn function(&self, name: &str, argument: &Yaml) -> Json {
-        match name {
+    fn reference_or_none(&self, name: &str) -> Option<Json> {
+        (name != "AWS::NoValue").then(|| json!(self.reference(name)))
+    }
+
+    fn function(&self, name: &str, argument: &Yaml) -> Option<Json> {
+        Some(match name {
             "GetAtt" => match argument {
                 Yaml::String(s) => json!(self.attribute(s)),
                 Yaml::Sequence(parts) => json!(self.attribute(&format!(
@@ -248,8 +268,16 @@ impl Names {
                 other => panic!("!GetAtt {other:?}"),
             },
             "Sub" => json!(self.sub(argument.as_str().expect("!Sub with a string"))),
+            "If" => {
+                let branches = argument.as_sequence().expect("!If [condition, then, else]");
+                let condition = branches[0].as_str().unwrap();
+                let holds = *self.conditions.get(condition).unwrap_or_else(|| {
+                    panic!("the test does not know whether condition {condition} holds")
+                });
+                return self.resolve_or_none(&branches[if holds { 1 } else { 2 }]);
+            }
             other => panic!("the test cannot resolve Fn::{other} in a policy statement"),
-        }
+        })
     }
 }
 
@@ -693,8 +721,33 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             format!("arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{logs_group}:*"),
         );
     }
-    let ids = Names { refs, attributes };
+    // Secrets Manager delivery of temporary passwords (the policy below uses it): the stack is
+    // deployed with PasswordDelivery=secrets-manager, whose statements this test checks.
+    let with_vault = |vault: bool| Names {
+        refs: refs.clone(),
+        attributes: attributes.clone(),
+        conditions: HashMap::from([("VaultInSecretsManager".to_owned(), vault)]),
+    };
+    let ids = with_vault(true);
     let policies = template_policies(&ids);
+    // With PasswordDelivery=mail (the embedded policy's channel), no function may create, list
+    // or delete secrets.
+    let mail_only = template_policies(&with_vault(false));
+    for function in ["WorkerFunction", "RenewerFunction"] {
+        let text = serde_json::to_string(&mail_only[function]).unwrap();
+        for action in [
+            "CreateSecret",
+            "PutSecretValue",
+            "TagResource",
+            "ListSecrets",
+            "DeleteSecret",
+        ] {
+            assert!(
+                !text.contains(action),
+                "{function} may {action} with PasswordDelivery=mail: {text}"
+            );
+        }
+    }
 
     let users = json!({
         "rr-webhook": policies["WebhookFunction"],
@@ -807,7 +860,7 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     let guard = admin_ddb
         .get_item()
         .table_name(&table)
-        .key("pk", s("webhook#msg_iam_2"))
+        .key("pk", s("webhook#swh:msg_iam_2"))
         .send()
         .await
         .unwrap();
@@ -1134,7 +1187,7 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         worker_ddb
             .get_item()
             .table_name(&table)
-            .key("pk", s("webhook#msg_iam_1"))
+            .key("pk", s("webhook#swh:msg_iam_1"))
             .send()
             .await
     ));

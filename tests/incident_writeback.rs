@@ -663,6 +663,10 @@ async fn the_arm_stand_in_refuses_what_arm_refuses() {
     let long = serde_json::json!({"properties": {"message": "x".repeat(30_001)}});
     let (status, v) = put(url(Some("2025-09-01")), arm.clone(), long).await;
     assert_eq!((status, code(&v).as_str()), (400, "BadRequest"));
+    // Counted in UTF-16 code units: 15,001 emoji are 30,002.
+    let wide = serde_json::json!({"properties": {"message": "😀".repeat(15_001)}});
+    let (status, v) = put(url(Some("2025-09-01")), arm.clone(), wide).await;
+    assert_eq!((status, code(&v).as_str()), (400, "BadRequest"));
     let (status, v) = put(url(Some("2025-09-01")), arm.clone(), body.clone()).await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["type"], "Microsoft.SecurityInsights/incidents/comments");
@@ -834,4 +838,206 @@ async fn a_report_only_replay_writes_no_comment() {
     assert!(s.with(|d| d.sentinel.calls.is_empty()), "no ARM call");
     assert!(arm_comments(&s, TWO_ACCOUNTS).is_empty());
     std::fs::remove_file(ledger).ok();
+}
+
+// ---- what the comment may carry from elsewhere, and its length ----
+
+/// App names and locations come from sign-in logs, which an attacker influences (an app
+/// registration's name, a crafted location). Sentinel renders Markdown and HTML in comments:
+/// none of it may become a link, an image or markup.
+#[tokio::test]
+async fn a_hostile_app_name_cannot_put_a_link_into_the_comment() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let hostile_app = "[Reset your password here](https://evil.example/login) ![t](https://evil.example/t.png) <img src=x onerror=alert(1)> **urgent**";
+    let hostile_city = "](https://evil.example) `x` | # !";
+    s.with(|d| {
+        for sign_in in d.sign_ins.iter_mut() {
+            sign_in["appDisplayName"] = hostile_app.into();
+            sign_in["location"]["city"] = hostile_city.into();
+        }
+        d.sentinel.add_incident(&arm_id(TWO_ACCOUNTS));
+    });
+    let ledger = memory_ledger();
+    let worker = worker(&s, &ledger, enforce(), CommentPath::Arm);
+    let signal = incident_signal(TWO_ACCOUNTS);
+    let disposition = worker.handle(&WorkItem::Risk(signal)).await;
+    assert!(
+        matches!(disposition, Disposition::Done(_)),
+        "{disposition:?}"
+    );
+    let comments = arm_comments(&s, TWO_ACCOUNTS);
+    let text = message(&comments[0]);
+    assert!(
+        text.contains(r"app \[Reset your password here\]\(https://evil.example/login\) \!\[t\]\(https://evil.example/t.png\) &lt;img src=x onerror=alert\(1\)&gt; \*\*urgent\*\*"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r"\]\(https://evil.example\) \`x\` \| \# \!"),
+        "{text}"
+    );
+    for live in ["](https://evil", "<img", "**urgent**", "`x`"] {
+        assert!(!text.contains(live), "{live:?} is live in:\n{text}");
+    }
+    // Our own formatting is intact.
+    assert!(text.contains("**risk-responder**"), "{text}");
+}
+
+/// Sentinel counts a comment's 30,000 characters in UTF-16 code units: a comment full of
+/// characters outside the Basic Multilingual Plane is shortened to fit, not refused.
+#[tokio::test]
+async fn a_long_comment_is_shortened_to_30000_utf16_units() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 5);
+    let wide = "😀".repeat(7_000);
+    s.with(|d| {
+        for sign_in in d.sign_ins.iter_mut() {
+            sign_in["appDisplayName"] = wide.clone().into();
+        }
+        d.sentinel.add_incident(&arm_id(TWO_ACCOUNTS));
+    });
+    let ledger = memory_ledger();
+    let worker = worker(&s, &ledger, enforce(), CommentPath::Arm);
+    let signal = incident_signal(TWO_ACCOUNTS);
+    let disposition = worker.handle(&WorkItem::Risk(signal.clone())).await;
+    assert!(
+        matches!(disposition, Disposition::Done(_)),
+        "{disposition:?}"
+    );
+    let (case, _) = case_of(&ledger, &signal).await;
+    assert_eq!(case.write_back.incidents[0].state, CommentState::Written);
+    let text = message(&arm_comments(&s, TWO_ACCOUNTS)[0]);
+    let units = text.encode_utf16().count();
+    assert!((29_000..=30_000).contains(&units), "{units}");
+    assert!(text.contains("(shortened;"), "shortened visibly");
+    assert!(
+        text.ends_with(&risk_responder::cases::writeback::marker(
+            &case,
+            &risk_responder::cases::writeback::outcome_key(&case)
+        )),
+        "the marker line ends it"
+    );
+}
+
+/// The Graph stand-in holds incident comments to limits and permissions too: a comment over
+/// 30,000 UTF-16 units or past 100 comments is refused (400), and an application that may only
+/// read incidents gets 403 on POST.
+#[tokio::test]
+async fn the_graph_incident_stand_in_refuses_long_comments_too_many_and_read_only_apps() {
+    let s = start().await;
+    s.with(|d| {
+        d.sentinel.add_defender_incident(DEFENDER_ID);
+        // 100 comments in a row: past the security budget's 50 a minute, which is not tested here.
+        d.limits.enabled = false;
+    });
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/{TENANT}/oauth2/v2.0/token", s.authority()))
+        .form(&[
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("grant_type", "client_credentials"),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let url = format!(
+        "{}/security/incidents/{DEFENDER_ID}/comments",
+        s.graph_url()
+    );
+    let post = |comment: String| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({
+                    "@odata.type": "microsoft.graph.security.alertComment",
+                    "comment": comment,
+                }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    // 15,001 emoji: 15,001 characters, 30,002 UTF-16 units.
+    let (status, v) = post("😀".repeat(15_001)).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = post("😀".repeat(15_000)).await;
+    assert_eq!(status, 200, "{v}");
+    for i in 1..100 {
+        let (status, v) = post(format!("comment {i}")).await;
+        assert_eq!(status, 200, "{i}: {v}");
+    }
+    let (status, v) = post("one too many".into()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 comments"),
+        "{v}"
+    );
+    s.with(|d| d.sentinel.add_defender_incident("2972396"));
+    s.with(|d| d.sentinel.defender_read_only = true);
+    let url = format!("{}/security/incidents/2972396/comments", s.graph_url());
+    let r = http
+        .post(url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"comment": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // Reading still works.
+    let r = http
+        .get(format!("{}/security/incidents/2972396", s.graph_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// The application may read incidents but not comment: the write-back reads the incident,
+/// its POST is refused, the failure is recorded and the item kept; once the permission is
+/// granted the comment is posted once.
+#[tokio::test]
+async fn a_graph_comment_refused_for_want_of_readwrite_is_kept_and_posted_once_granted() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| {
+        d.sentinel.add_defender_incident(DEFENDER_ID);
+        d.sentinel.defender_read_only = true;
+    });
+    let ledger = memory_ledger();
+    let worker = worker(&s, &ledger, enforce(), CommentPath::Graph);
+    let signal = incident_signal(DEFENDER);
+    let item = WorkItem::Risk(signal.clone());
+    assert!(worker.handle(&item).await.is_retry());
+    let (case, _) = case_of(&ledger, &signal).await;
+    let comment = &case.write_back.incidents[0];
+    assert_eq!(comment.state, CommentState::Failed);
+    assert!(
+        comment.last_error.as_deref().unwrap().contains("403"),
+        "{comment:?}"
+    );
+    assert!(
+        s.with(|d| d.sentinel.defender_comments(DEFENDER_ID))
+            .is_empty()
+    );
+    s.with(|d| d.sentinel.defender_read_only = false);
+    assert!(matches!(worker.handle(&item).await, Disposition::Done(_)));
+    assert!(!worker.handle(&item).await.is_retry());
+    assert_eq!(
+        s.with(|d| d.sentinel.defender_comments(DEFENDER_ID)).len(),
+        1
+    );
 }

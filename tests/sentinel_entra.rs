@@ -300,3 +300,190 @@ async fn a_logic_apps_retry_of_a_kept_delivery_is_a_2xx_duplicate() {
         "the incident's two accounts, once"
     );
 }
+
+// ---- app-only tokens (a user's token through an allow-listed app is refused) ----
+
+/// A user's (delegated) token obtained through the allow-listed application: v1 with `scp`.
+fn users_token_through_the_app() -> serde_json::Value {
+    let mut claims = entra_claims();
+    let user = "8f7e6d5c-4b3a-4291-8d7e-6f5a4b3c2d1e";
+    claims["oid"] = user.into();
+    claims["sub"] = "Vx7x0Qz2y3JfR1n3mN4pQ5rS6tU7vW8xY9zA0bC1dE2".into();
+    claims["scp"] = "user_impersonation".into();
+    claims["upn"] = "megan.bowen@contoso.onmicrosoft.com".into();
+    claims.as_object_mut().unwrap().remove("idtyp");
+    claims
+}
+
+async fn assert_refused_with_app_allowed(claims: serde_json::Value, expected: &str) {
+    let secrets = serde_json::json!({
+        "webhook_hmac_keys": [WEBHOOK_KEY],
+        "sentinel_callers": { "app_ids": [PLAYBOOK_APPID] },
+    })
+    .to_string();
+    let (state, queue, _) = webhook(&secrets).await;
+    let (status, body) = post(&state, &signed(&claims)).await;
+    assert_eq!(status, 401, "{expected}: {body}");
+    assert!(body.contains(expected), "expected {expected:?} in {body}");
+    assert!(queue.drain().is_empty());
+}
+
+#[tokio::test]
+async fn a_users_token_through_an_allowed_app_is_refused() {
+    // v1, scp, no idtyp.
+    assert_refused_with_app_allowed(users_token_through_the_app(), "it carries scp").await;
+    // v2 with idtyp=user (and scp).
+    let mut claims = users_token_through_the_app();
+    claims["idtyp"] = "user".into();
+    claims["ver"] = "2.0".into();
+    claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
+    let appid = claims.as_object_mut().unwrap().remove("appid").unwrap();
+    claims["azp"] = appid;
+    assert_refused_with_app_allowed(claims.clone(), "it carries scp").await;
+    // idtyp=user without scp (a token whose scopes were stripped is still a user's).
+    claims.as_object_mut().unwrap().remove("scp");
+    assert_refused_with_app_allowed(claims, "idtyp is not app").await;
+    // v1 without idtyp and without scp, but oid is not sub: not an app-only token.
+    let mut claims = users_token_through_the_app();
+    claims.as_object_mut().unwrap().remove("scp");
+    assert_refused_with_app_allowed(claims, "its oid must equal its sub").await;
+}
+
+#[tokio::test]
+async fn an_app_only_v1_token_without_idtyp_is_accepted() {
+    // idtyp is an optional claim in v1 tokens: without it, no scp and oid = sub is app-only.
+    let secrets = serde_json::json!({
+        "sentinel_callers": { "app_ids": [PLAYBOOK_APPID] },
+    })
+    .to_string();
+    let (state, queue, _) = webhook(&secrets).await;
+    let mut claims = entra_claims();
+    claims.as_object_mut().unwrap().remove("idtyp");
+    assert_eq!(claims["oid"], claims["sub"]);
+    let (status, body) = post(&state, &signed(&claims)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(risk_events(&queue).len(), 2);
+}
+
+// ---- replay ids and how long a delivery is remembered ----
+
+/// A signer cannot pre-empt a playbook's delivery by choosing a `webhook-id` equal to the id
+/// the Entra delivery of the same body gets: each method's ids have their own prefix.
+#[tokio::test]
+async fn a_webhook_id_cannot_collide_with_an_entra_delivery() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let body = incident();
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes())
+        .as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let forged_id = format!("entra:{PLAYBOOK_OID}:{hash}");
+    let headers = signed_headers(WEBHOOK_KEY, &forged_id, &body);
+    let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    // The playbook's own delivery of that body is not taken for a duplicate.
+    let (status, text) = post(&state, &entra_token()).await;
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains(r#""status":"accepted""#), "{text}");
+    assert_eq!(risk_events(&queue).len(), 4);
+}
+
+/// A replay guard on a clock the test moves (the in-memory and DynamoDB guards both expire an
+/// id `remember_for` after it was first seen).
+#[derive(Default)]
+struct ClockedGuard {
+    now: std::sync::atomic::AtomicU64,
+    seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl ClockedGuard {
+    fn advance(&self, by: std::time::Duration) {
+        self.now
+            .fetch_add(by.as_secs(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ingress::signature::ReplayGuard for ClockedGuard {
+    async fn first_seen(
+        &self,
+        id: &str,
+        remember_for: std::time::Duration,
+    ) -> Result<bool, risk_responder::ingress::signature::ReplayStoreError> {
+        let now = self.now.load(std::sync::atomic::Ordering::SeqCst);
+        let mut seen = self.seen.lock().unwrap();
+        if seen.get(id).is_some_and(|expires| *expires > now) {
+            return Ok(false);
+        }
+        seen.insert(id.to_owned(), now + remember_for.as_secs());
+        Ok(true)
+    }
+
+    async fn forget(&self, id: &str) {
+        self.seen.lock().unwrap().remove(id);
+    }
+}
+
+/// A managed identity's token is good for up to a day: the same token and body replayed after
+/// the signature window (10 minutes) is still a duplicate while the token would be accepted;
+/// once it expired, the token itself is refused.
+#[tokio::test]
+async fn bearer_deliveries_are_remembered_while_their_token_is_valid() {
+    let (mut state, queue, _) = webhook(&entra_secrets()).await;
+    let guard = Arc::new(ClockedGuard::default());
+    state.intake.replay_guard = guard.clone();
+    let mut claims = entra_claims();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    claims["exp"] = (now + 20 * 3600).into();
+    let token = signed(&claims);
+    let (first, body) = post(&state, &token).await;
+    assert_eq!(first, 202, "{body}");
+    guard.advance(std::time::Duration::from_secs(11 * 60));
+    let (again, body) = post(&state, &token).await;
+    assert_eq!(again, 200, "{body}");
+    assert!(body.contains(r#""status":"duplicate""#), "{body}");
+    guard.advance(std::time::Duration::from_secs(19 * 3600));
+    let (still, body) = post(&state, &token).await;
+    assert_eq!(still, 200, "{body}");
+    assert_eq!(risk_events(&queue).len(), 2, "kept once");
+    // Remembered for the token's remaining life and its leeway, bounded.
+    let remembered = guard.seen.lock().unwrap().values().copied().max().unwrap();
+    assert!(
+        (20 * 3600..=20 * 3600 + 120).contains(&remembered),
+        "{remembered}"
+    );
+}
+
+#[tokio::test]
+async fn how_long_a_delivery_is_remembered_is_bounded() {
+    let (mut state, _, _) = webhook(&entra_secrets()).await;
+    let guard = Arc::new(ClockedGuard::default());
+    state.intake.replay_guard = guard.clone();
+    let mut claims = entra_claims();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    claims["exp"] = (now + 10 * 24 * 3600).into();
+    let (status, body) = post(&state, &signed(&claims)).await;
+    assert_eq!(status, 202, "{body}");
+    let remembered = guard.seen.lock().unwrap().values().copied().max().unwrap();
+    assert_eq!(
+        remembered,
+        risk_responder::ingress::sentinel_auth::MAX_REPLAY_MEMORY.as_secs()
+    );
+    // A token about to expire: remembered at least for the signature window.
+    let mut claims = entra_claims();
+    claims["exp"] = (now + 30).into();
+    claims["uti"] = "another-token".into();
+    let body = incident().replace("High", "Medium");
+    let (status, _, text) = call(
+        state,
+        post_sentinel(
+            &body,
+            &[("authorization", format!("Bearer {}", signed(&claims)))],
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let windows: Vec<u64> = guard.seen.lock().unwrap().values().copied().collect();
+    assert!(windows.contains(&600), "{windows:?}");
+}

@@ -191,14 +191,62 @@ async fn unknown_schema_is_422_naming_the_field() {
     assert!(text.contains("missing field `SystemAlertId`"), "{text}");
 }
 
+/// Once the schema is known (an incident's `object.name`/`properties`, an alert's
+/// `SystemAlertId`), missing, null, empty or unreadable entities are "no account": a 200 that
+/// says so, never a 4xx that Logic Apps would mark as a failed run.
 #[tokio::test]
-async fn incident_without_entities_is_422_naming_the_field() {
+async fn a_known_schema_without_entities_is_a_success_that_says_so() {
+    let (state, queue) = app(JWKS).await;
+    let incident = |properties: &str| {
+        format!(
+            r#"{{"object":{{"id":"/subscriptions/x/incidents/inc-1","name":"inc-1","properties":{properties}}}}}"#
+        )
+    };
+    let alert = |entities: &str| {
+        format!(
+            r#"{{"SystemAlertId":"8c3f6f51-0d41-4a3b-8d6b-1d6f2f4b9e77","Severity":"High"{entities}}}"#
+        )
+    };
+    let bodies = [
+        incident(r#"{"severity":"High"}"#),
+        incident(r#"{"severity":"High","relatedEntities":null}"#),
+        incident(r#"{"severity":"High","relatedEntities":[]}"#),
+        incident(r#"{"severity":"High","relatedEntities":{"kind":"Account"}}"#),
+        r#"{"object":{"name":"inc-2"}}"#.to_owned(),
+        r#"{"object":{"properties":{"incidentNumber":12,"severity":"Low"}}}"#.to_owned(),
+        alert(""),
+        alert(r#","Entities":null"#),
+        alert(r#","Entities":[]"#),
+        alert(r#","Entities":{}"#),
+        alert(r#","Entities":"not json""#),
+        alert(r#","Entities":"{\"Type\":\"account\"}""#),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let headers = signed_headers(WEBHOOK_KEY, &format!("msg_no_entities_{i}"), body);
+        let (status, _, text) = call(state.clone(), post_sentinel(body, &headers)).await;
+        assert_eq!(status, 200, "{body}: {text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["status"], "no_usable_account", "{body}");
+        assert_eq!(answer["signals"], serde_json::json!([]), "{body}");
+    }
+    assert!(queue.drain().is_empty());
+}
+
+/// A body that is no Sentinel payload at all still fails visibly, naming what is missing.
+#[tokio::test]
+async fn a_body_that_is_not_a_sentinel_payload_is_still_refused() {
     let (state, _) = app(JWKS).await;
-    let body = r#"{"object":{"name":"inc-1","properties":{"severity":"High"}}}"#;
-    let headers = signed_headers(WEBHOOK_KEY, "msg_inc", body);
-    let (status, _, text) = call(state, post_sentinel(body, &headers)).await;
-    assert_eq!(status, 422);
-    assert!(text.contains("object.properties.relatedEntities"), "{text}");
+    for body in [
+        r#"{"hello":"world"}"#,
+        r#"{"object":5}"#,
+        r#"{"object":{"title":"no name, no properties"}}"#,
+        r#"[]"#,
+    ] {
+        let headers = signed_headers(WEBHOOK_KEY, "msg_not_sentinel", body);
+        let (status, _, text) = call(state.clone(), post_sentinel(body, &headers)).await;
+        assert_eq!(status, 422, "{body}: {text}");
+        assert!(text.contains("missing field `SystemAlertId`"), "{text}");
+    }
 }
 
 #[tokio::test]
@@ -303,8 +351,8 @@ async fn signatures_from_the_python_standardwebhooks_library_verify() {
 
 #[tokio::test]
 async fn an_unpadded_key_works_as_with_the_reference_library() {
-    // 20 random bytes: base64 with one "=" of padding, configured and used without it.
-    let key = "whsec_3q2+7wAAABEiM0RVZneImaq7zN0";
+    // 25 random bytes: base64 with "==" of padding, configured and used without it.
+    let key = "whsec_3q2+7wAAABEiM0RVZneImaq7zN3u/xAgMA";
     assert!(!key.ends_with('='));
     let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
     let secrets = serde_json::json!({ "webhook_hmac_keys": [key] }).to_string();
@@ -390,4 +438,87 @@ async fn incident_accounts_given_as_name_and_upn_suffix_are_used() {
         )
     );
     assert_eq!(context["incidentNumber"], 4802);
+}
+
+/// An `AadUserId` that is not a GUID names no Entra user: the entity is reported unusable (and
+/// its other fields are not trusted). SIDs are decoded only from ASCII digits.
+#[tokio::test]
+async fn malformed_object_ids_and_sids_are_reported_unusable() {
+    let (state, queue) = app(JWKS).await;
+    let body = serde_json::json!({
+        "SystemAlertId": "5d0e6c1a-1f7b-4c2e-9a3d-7b8c9d0e1f2a",
+        "Severity": "High",
+        "Entities": [
+            {"$id": "2", "Type": "account", "AadUserId": "../../users/someone-else",
+             "Name": "adele.vance", "UPNSuffix": "contoso.onmicrosoft.com",
+             "AadTenantId": TENANT},
+            {"$id": "3", "Type": "account", "Name": "plus",
+             "Sid": "S-1-12-1-+1853585038-1209010146-1598577028-83032196"},
+            {"$id": "4", "Type": "account",
+             "AadUserId": "{6E7B768E-07E2-4810-8459-485F84F8F204}", "AadTenantId": TENANT}
+        ]
+    })
+    .to_string();
+    let headers = signed_headers(WEBHOOK_KEY, "msg_malformed_ids", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dropped = answer["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 2, "{text}");
+    assert_eq!(dropped[0]["account"], "adele.vance");
+    assert_eq!(
+        dropped[0]["reason"],
+        "AadUserId is not a GUID (an Entra object id)"
+    );
+    assert_eq!(dropped[1]["account"], "plus");
+    assert!(
+        dropped[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names no Entra user"),
+        "{text}"
+    );
+    // A braced, upper-case GUID is a GUID: normalised.
+    let events = risk_events(&queue);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].subject,
+        Subject::User {
+            id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+            upn: None,
+        }
+    );
+}
+
+/// `/sentinel/alerts` has its own, larger body limit (`RR_SENTINEL_MAX_BODY_BYTES`): an
+/// incident trigger body over the 1 MiB of Graph batches is kept (Logic Apps would not retry a
+/// 413); beyond the Sentinel limit, 413.
+#[tokio::test]
+async fn large_incident_bodies_have_a_limit_of_their_own() {
+    let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
+    let config = Config {
+        jwks_url: JWKS.to_owned(),
+        ..Config::default()
+    };
+    assert_eq!(config.max_body_bytes, 1024 * 1024);
+    let state = app_with(config, queue.clone()).await;
+    let mut incident: serde_json::Value =
+        serde_json::from_str(&event_body("sentinel/incident-two-accounts.json")).unwrap();
+    incident["object"]["properties"]["description"] = "x".repeat(2 * 1024 * 1024).into();
+    let body = incident.to_string();
+    let headers = signed_headers(WEBHOOK_KEY, "msg_large_incident", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{}", &text[..text.len().min(300)]);
+    assert_eq!(risk_events(&queue).len(), 2);
+
+    let small = Config {
+        jwks_url: JWKS.to_owned(),
+        sentinel_max_body_bytes: 64 * 1024,
+        ..Config::default()
+    };
+    let state = app_with(small, queue.clone()).await;
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 413, "{}", &text[..text.len().min(300)]);
+    assert!(text.contains("larger than 65536 bytes"), "{text}");
+    assert!(queue.drain().is_empty());
 }

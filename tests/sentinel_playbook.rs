@@ -18,6 +18,14 @@ const TEMPLATE: &str = include_str!("../infra/sentinel-playbook.json");
 /// What an operator enters when deploying (the webhook's Function URL + sentinel/alerts).
 const ALERTS_URL: &str =
     "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/sentinel/alerts";
+/// Client id of the app registration that stands for risk-responder.
+const RR_CLIENT_ID: &str = "5a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d";
+
+/// The Application ID URI as the README has it: `api://<client id>`, the default Entra
+/// proposes, which the default app management policy accepts.
+fn app_id_uri() -> String {
+    format!("api://{RR_CLIENT_ID}")
+}
 
 fn template() -> Value {
     serde_json::from_str(TEMPLATE).expect("the template is JSON")
@@ -118,6 +126,30 @@ fn the_template_references_only_its_own_parameters() {
     }
 }
 
+/// `api://risk-responder` and other bare names are not identifier URIs Entra accepts under
+/// its default app management policy ("Restrictions on identifier URIs of Microsoft Entra
+/// applications": they must hold the tenant id, the app id or a verified domain). The operator
+/// enters the app registration's own; there is no default to deploy with by mistake.
+#[test]
+fn the_application_id_uri_has_no_default_and_says_which_formats_entra_accepts() {
+    let template = template();
+    let parameter = &template["parameters"]["AppIdUri"];
+    assert!(parameter.get("defaultValue").is_none(), "{parameter}");
+    let description = parameter["metadata"]["description"].as_str().unwrap();
+    assert!(description.contains("api://<client id>"), "{description}");
+    assert!(
+        description.contains("api://<tenant id>/risk-responder"),
+        "{description}"
+    );
+    // The README's deployment command passes it.
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains("AppIdUri=api://<client id>"),
+        "the README's az deployment command sets AppIdUri"
+    );
+    assert!(!readme.contains("AppIdUri=api://risk-responder"));
+}
+
 #[test]
 fn the_playbook_is_triggered_by_incidents_and_has_a_managed_identity() {
     let template = template();
@@ -157,7 +189,7 @@ async fn the_request_the_playbook_builds_is_accepted_as_the_readme_configures_it
         &template,
         &[
             ("RiskResponderAlertsUrl", ALERTS_URL),
-            ("AppIdUri", SENTINEL_AUDIENCE),
+            ("AppIdUri", &app_id_uri()),
         ],
     );
     let actions = workflow["properties"]["definition"]["actions"]
@@ -186,14 +218,14 @@ async fn the_request_the_playbook_builds_is_accepted_as_the_readme_configures_it
         workflow,
         &parameters,
     );
-    assert_eq!(audience, SENTINEL_AUDIENCE);
+    assert_eq!(audience, app_id_uri());
     // Retries that survive a 503 (keys or the queue briefly unavailable).
     assert_eq!(inputs["retryPolicy"]["type"], "exponential");
 
     // risk-responder configured as the README says.
     let jwks = jwks_server().await;
     let config = Config::from_lookup(|name| match name {
-        "RR_SENTINEL_AUDIENCE" => Some(SENTINEL_AUDIENCE.to_owned()),
+        "RR_SENTINEL_AUDIENCE" => Some(format!("{},{RR_CLIENT_ID}", app_id_uri())),
         "RR_ALLOWED_TENANTS" => Some(TENANT.to_owned()),
         "RR_JWKS_URL" => Some(jwks.url.clone()),
         _ => None,

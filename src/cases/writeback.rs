@@ -19,7 +19,11 @@ use crate::event::derive_event_id;
 
 /// Incidents one case reports to (a case merging signals from more incidents keeps the first).
 pub const INCIDENTS_KEPT: usize = 10;
-/// Longest comment Microsoft Sentinel accepts (30,000 characters per comment).
+/// Longest comment Microsoft Sentinel accepts, in UTF-16 code units (what JavaScript and .NET
+/// count as characters). Source: Microsoft Sentinel documentation, "Investigate incidents"
+/// (learn.microsoft.com/azure/sentinel/investigate-incidents), comments: "A single comment can
+/// contain up to 30,000 characters"; the Incident Comments REST API (2025-09-01) sets no
+/// `maxLength` on `properties.message`, so this documented limit is the one to honour.
 pub const MAX_COMMENT_CHARS: usize = 30_000;
 /// Provider names under which a Sentinel incident is a Microsoft Defender XDR incident, whose
 /// `providerIncidentId` is the Defender incident id that Graph's `security/incidents` uses
@@ -376,20 +380,70 @@ pub fn marker(case: &Case, outcome: &str) -> String {
     format!("risk-responder case {} · outcome {outcome}", case.case_id)
 }
 
-/// Sentinel renders basic HTML and Markdown in comments: text from elsewhere (names, Graph
-/// error messages) is escaped so that it shows as written.
+/// Sentinel renders basic HTML and Markdown in comments: text from elsewhere (user and app
+/// names, locations from sign-in logs, Graph error messages) is escaped so that it shows as
+/// written and can never become a link, an image, emphasis, a heading, a table or markup. HTML
+/// metacharacters become entities; every Markdown metacharacter is backslash-escaped
+/// (CommonMark: any ASCII punctuation may be); line breaks become spaces, so a value never
+/// starts a line of its own, and a leading list or quote marker is escaped all the same.
 fn esc(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
+    let mut out = String::with_capacity(value.len() + 8);
+    for (i, c) in value.chars().enumerate() {
         match c {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
             '\r' | '\n' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '!' | '|' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '-' | '+' | '=' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
             c => out.push(c),
         }
     }
     out
+}
+
+/// As [`esc`], keeping the code spans of a text that mixes our own commands (in backticks)
+/// with values from elsewhere (errors, rails): paired backticks stay, so our commands still
+/// show as code; everything between and around them is escaped all the same (our commands hold
+/// no other metacharacter, so nothing shows differently inside a span, and a span that Markdown
+/// would not pair up can expose nothing). An unpaired backtick is escaped.
+fn esc_keeping_code(value: &str) -> String {
+    let parts: Vec<&str> = value.split('`').collect();
+    let paired = (parts.len() - 1) / 2 * 2;
+    let mut out = String::with_capacity(value.len() + 8);
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            out.push_str(&esc(part));
+            continue;
+        }
+        out.push_str(if i <= paired { "`" } else { "\\`" });
+        // Not at the start of the value: a leading marker is just text here.
+        out.push_str(esc(&format!(" {part}")).get(1..).unwrap_or(""));
+    }
+    out
+}
+
+/// Length as Sentinel counts it: UTF-16 code units.
+fn utf16_len(text: &str) -> usize {
+    text.encode_utf16().count()
+}
+
+/// The longest prefix of `text` within `limit` UTF-16 code units, cut between characters.
+fn clip_utf16(text: &str, limit: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += c.len_utf16();
+        if used > limit {
+            return &text[..at];
+        }
+    }
+    text
 }
 
 fn when(at: OffsetDateTime) -> String {
@@ -534,13 +588,14 @@ pub fn comment_text(case: &Case, outcome: &str) -> String {
         (_, NextActor::Worker(what)) => format!("risk-responder: {what}"),
         (_, NextActor::Nobody) => "nobody; the case is closed".to_owned(),
     };
-    let _ = writeln!(t, "**Next**: {}.", esc(&next));
+    let _ = writeln!(t, "**Next**: {}.", esc_keeping_code(&next));
     let _ = writeln!(t);
     let end = marker(case, outcome);
-    let room = MAX_COMMENT_CHARS.saturating_sub(end.chars().count() + 80);
-    if t.chars().count() > room {
-        t = t.chars().take(room).collect();
-        t.push_str("\n\n… (shortened; `risk-responder cases show` has it all)\n\n");
+    let shortened = "\n\n… (shortened; `risk-responder cases show` has it all)\n\n";
+    let room = MAX_COMMENT_CHARS.saturating_sub(utf16_len(&end) + utf16_len(shortened));
+    if utf16_len(&t) > room {
+        t = clip_utf16(&t, room).to_owned();
+        t.push_str(shortened);
     }
     t.push_str(&end);
     t
@@ -671,5 +726,60 @@ mod tests {
     #[test]
     fn markup_in_names_is_escaped() {
         assert_eq!(esc("<img src=x>&\n"), "&lt;img src=x&gt;&amp; ");
+    }
+
+    #[test]
+    fn markdown_in_names_cannot_make_links_or_formatting() {
+        let hostile = "[Reset your password](https://evil.example/login) ![p](https://evil.example/p.png) **urgent** _x_ `code` # h | t | ~~s~~ {a} \\";
+        let escaped = esc(hostile);
+        assert_eq!(
+            escaped,
+            r"\[Reset your password\]\(https://evil.example/login\) \!\[p\]\(https://evil.example/p.png\) \*\*urgent\*\* \_x\_ \`code\` \# h \| t \| \~\~s\~\~ \{a\} \\"
+        );
+        // Every metacharacter is escaped: none stands unescaped.
+        let bytes = escaped.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if b"[]()*_`#!|~{}".contains(b) {
+                assert_eq!(bytes[i - 1], b'\\', "unescaped {} in {escaped}", *b as char);
+            }
+        }
+        // A leading list, quote or heading marker.
+        assert_eq!(esc("- item"), r"\- item");
+        assert_eq!(esc("+ item"), r"\+ item");
+        assert_eq!(esc("> quote"), "&gt; quote");
+        assert_eq!(esc("a-b"), "a-b", "only a leading marker");
+    }
+
+    #[test]
+    fn our_commands_stay_code_and_outside_text_around_them_is_escaped() {
+        let next = "`cases approve c-1` or `cases skip c-1 --reason ...` (blast radius [x](https://evil.example) <b>)";
+        assert_eq!(
+            esc_keeping_code(next),
+            r"`cases approve c-1` or `cases skip c-1 --reason ...` \(blast radius \[x\]\(https://evil.example\) &lt;b&gt;\)"
+        );
+        // A backtick from an error message cannot open a span of its own around a link.
+        let error =
+            "fix it, then `cases retry c-2`: Graph said ` [x](https://evil.example) <img src=x>";
+        let escaped = esc_keeping_code(error);
+        assert_eq!(
+            escaped,
+            r"fix it, then `cases retry c-2`: Graph said \` \[x\]\(https://evil.example\) &lt;img src=x&gt;"
+        );
+        // Inside a span from elsewhere, markup is escaped too.
+        assert_eq!(
+            esc_keeping_code("a `<img>[x](y)` b"),
+            r"a `&lt;img&gt;\[x\]\(y\)` b"
+        );
+        assert_eq!(esc_keeping_code("- x"), r"\- x");
+        assert_eq!(esc_keeping_code("`a` - x"), "`a` - x");
+    }
+
+    #[test]
+    fn comments_are_clipped_in_utf16_units_between_characters() {
+        // "😀" is one char but two UTF-16 units.
+        assert_eq!(utf16_len("a😀"), 3);
+        assert_eq!(clip_utf16("a😀b", 2), "a");
+        assert_eq!(clip_utf16("a😀b", 3), "a😀");
+        assert_eq!(clip_utf16("abc", 10), "abc");
     }
 }

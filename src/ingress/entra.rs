@@ -2,8 +2,15 @@
 //! Managed Identity authentication sends `Authorization: Bearer <token>` for the audience it is
 //! given. The token must be RS256-signed by the Microsoft identity platform (the key set shared
 //! with Graph validation tokens), addressed to our application ID URI or client id, issued (v1
-//! or v2) by an allowed tenant, current, and name a caller on the allow-list: a managed
-//! identity by `oid`, an application by `appid` (v1) or `azp` (v2).
+//! or v2) by an allowed tenant, current, app-only (never a user's delegated token), and name a
+//! caller on the allow-list: a managed identity by `oid`, an application by `appid` (v1) or
+//! `azp` (v2).
+//!
+//! App-only, as the Microsoft identity platform documents it ("Secure applications and APIs by
+//! validating claims", access token claims reference): a token that carries `scp` is
+//! delegated; `idtyp`, when present, is `app` for an app-only token (always present in v2
+//! tokens of managed identities, optional in v1); without `idtyp`, an app-only token has no
+//! `scp` and its `oid` equals its `sub` (the service principal is both subject and object).
 
 use std::time::Duration;
 
@@ -59,6 +66,9 @@ impl CallerAllowList {
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// Until when the token is accepted (`exp` plus the leeway), unix seconds: a delivery made
+    /// with it can be replayed until then.
+    pub valid_until: i64,
     /// Tenant that issued the token (lower case).
     pub tenant_id: String,
     /// `oid`: the calling principal's object id.
@@ -88,12 +98,26 @@ pub enum EntraError {
     Tenant(String),
     #[error("caller ({0}) is not on the allow-list of sentinel_callers")]
     NotAllowed(Caller),
+    /// A user's token (delegated), even one obtained through an allow-listed application.
+    #[error(
+        "bearer token refused: {0}; only app-only tokens (managed identities, applications) are accepted"
+    )]
+    Delegated(&'static str),
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    exp: i64,
     #[serde(default)]
     oid: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    /// Delegated scopes: present only in tokens issued for a user.
+    #[serde(default)]
+    scp: Option<serde_json::Value>,
+    /// `app` or `user` (v2, and v1 when the optional claim is configured).
+    #[serde(default)]
+    idtyp: Option<String>,
     #[serde(default)]
     appid: Option<String>,
     #[serde(default)]
@@ -109,7 +133,7 @@ pub struct EntraVerifier {
 
 impl EntraVerifier {
     /// Tokens must be addressed to one of `audiences` (the application ID URI, e.g.
-    /// `api://risk-responder`, and/or the application's client id).
+    /// `api://<client id>`, and/or the application's client id).
     pub fn new(jwks: JwksCache, audiences: Vec<String>, leeway: Duration) -> Self {
         Self {
             jwks,
@@ -134,7 +158,10 @@ impl EntraVerifier {
         if !tenant_allowed(&issuer.tid) {
             return Err(EntraError::Tenant(issuer.tid));
         }
+        app_only(&claims)?;
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         let caller = Caller {
+            valid_until: claims.exp.saturating_add(leeway),
             tenant_id: issuer.tid,
             object_id: claims.oid.map(|s| s.to_ascii_lowercase()),
             app_id: claims.appid.or(claims.azp).map(|s| s.to_ascii_lowercase()),
@@ -144,6 +171,28 @@ impl EntraVerifier {
         } else {
             Err(EntraError::NotAllowed(caller))
         }
+    }
+}
+
+/// Refuses a user's (delegated) token: `scp` present, `idtyp` other than `app`, or (without
+/// `idtyp`) an `oid` that is not the `sub`.
+fn app_only(claims: &Claims) -> Result<(), EntraError> {
+    if claims.scp.is_some() {
+        return Err(EntraError::Delegated(
+            "it is a user's (delegated) token: it carries scp",
+        ));
+    }
+    match claims.idtyp.as_deref() {
+        Some(kind) if kind.eq_ignore_ascii_case("app") => Ok(()),
+        Some(_) => Err(EntraError::Delegated(
+            "it is a user's (delegated) token: idtyp is not app",
+        )),
+        None => match (claims.oid.as_deref(), claims.sub.as_deref()) {
+            (Some(oid), Some(sub)) if oid.eq_ignore_ascii_case(sub) => Ok(()),
+            _ => Err(EntraError::Delegated(
+                "it is not an app-only token: without idtyp, its oid must equal its sub",
+            )),
+        },
     }
 }
 
@@ -160,6 +209,7 @@ mod tests {
         .normalised()
         .unwrap();
         let caller = |oid: Option<&str>, app: Option<&str>| Caller {
+            valid_until: 0,
             tenant_id: "t".into(),
             object_id: oid.map(str::to_owned),
             app_id: app.map(str::to_owned),

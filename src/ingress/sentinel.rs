@@ -87,7 +87,15 @@ struct Payload {
 pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| SentinelError::NotJson(e.to_string()))?;
-    let payload = if value.get("object").is_some() {
+    let is_incident = value
+        .get("object")
+        .and_then(Value::as_object)
+        .is_some_and(|o| {
+            ["name", "id", "properties"]
+                .iter()
+                .any(|k| o.contains_key(*k))
+        });
+    let payload = if is_incident {
         incident(&value)?
     } else {
         alert(&value)?
@@ -177,26 +185,22 @@ fn timestamp(value: &Value, names: &[&str]) -> Option<OffsetDateTime> {
 }
 
 /// SecurityAlert: `SystemAlertId`, `Severity`/`AlertSeverity`, `Entities` (array, or the JSON
-/// string the Log Analytics table stores).
+/// string the Log Analytics table stores). Once `SystemAlertId` identifies the schema, missing,
+/// null, empty or unreadable `Entities` mean no account (answered 200, not an error that Logic
+/// Apps would mark as a failed run).
 fn alert(value: &Value) -> Result<Payload, SentinelError> {
     let source_id = str_field(value, &["SystemAlertId"])
         .ok_or(SentinelError::MissingField("SystemAlertId"))?
         .to_owned();
-    let entities = value
-        .get("Entities")
-        .ok_or(SentinelError::MissingField("Entities"))?;
     let parsed;
-    let entities = match entities {
-        Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|_| SentinelError::MissingField("Entities"))?;
-            &parsed
+    let entities: &[Value] = match value.get("Entities") {
+        Some(Value::String(text)) => {
+            parsed = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+            parsed.as_array().map_or(&[], Vec::as_slice)
         }
-        other => other,
+        Some(Value::Array(items)) => items,
+        _ => &[],
     };
-    let entities = entities
-        .as_array()
-        .ok_or(SentinelError::MissingField("Entities"))?;
     let (accounts, unusable) =
         usable(alert_accounts(entities).into_iter().map(|e| AccountFields {
             aad_user_id: str_field(e, &["AadUserId"]),
@@ -223,18 +227,21 @@ fn alert(value: &Value) -> Result<Payload, SentinelError> {
 /// `object.properties.relatedEntities[kind=Account].properties`.
 fn incident(value: &Value) -> Result<Payload, SentinelError> {
     let object = &value["object"];
+    let no_properties = Value::Null;
+    let properties = object.get("properties").unwrap_or(&no_properties);
+    let number = properties
+        .get("incidentNumber")
+        .filter(|n| n.is_number())
+        .map(ToString::to_string);
     let source_id = str_field(object, &["name", "id"])
-        .ok_or(SentinelError::MissingField("object.name"))?
-        .to_owned();
-    let properties = object
-        .get("properties")
-        .ok_or(SentinelError::MissingField("object.properties"))?;
-    let entities = properties
+        .map(str::to_owned)
+        .or(number)
+        .ok_or(SentinelError::MissingField("object.name"))?;
+    // The schema is identified: missing, null or non-array entities mean no account.
+    let entities: &[Value] = properties
         .get("relatedEntities")
         .and_then(Value::as_array)
-        .ok_or(SentinelError::MissingField(
-            "object.properties.relatedEntities",
-        ))?;
+        .map_or(&[], Vec::as_slice);
     let accounts = entities
         .iter()
         .filter(|e| str_field(e, &["kind"]).is_some_and(|k| k.eq_ignore_ascii_case("account")))
@@ -372,9 +379,14 @@ pub fn entra_object_id_from_sid(sid: &str) -> Option<String> {
         .get(..9)
         .filter(|p| p.eq_ignore_ascii_case("S-1-12-1-"))
         .map(|_| &rest[9..])?;
+    // ASCII digits only: `u32::from_str` would also take a leading `+`.
     let parts: Vec<u32> = rest
         .split('-')
-        .map(|p| p.parse::<u32>().ok())
+        .map(|p| {
+            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u32>().ok())
+                .flatten()
+        })
         .collect::<Option<_>>()?;
     let [a, b, c, d] = parts.as_slice() else {
         return None;
@@ -394,15 +406,24 @@ fn usable<'a>(
     let mut unusable = Vec::new();
     for fields in entities {
         match account(&fields) {
-            Some(account) => accounts.push(account),
-            None => unusable.push(DroppedAccount {
-                account: describe(&fields),
-                reason: "names no Entra user: no AadUserId, Entra cloud SID (S-1-12-1-...) or UPN"
-                    .into(),
+            Ok(account) => accounts.push(account),
+            Err(reason) => unusable.push(DroppedAccount {
+                account: clip(&describe(&fields)),
+                reason,
             }),
         }
     }
     (accounts, unusable)
+}
+
+/// Longest account name echoed in an answer (characters).
+const MAX_ACCOUNT_ECHO: usize = 200;
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_ACCOUNT_ECHO) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 fn describe(fields: &AccountFields<'_>) -> String {
@@ -410,11 +431,18 @@ fn describe(fields: &AccountFields<'_>) -> String {
         (Some(domain), Some(name), _) => format!("{domain}\\{name}"),
         (None, Some(name), _) => name.to_owned(),
         (_, None, Some(sid)) => sid.to_owned(),
-        _ => "(unnamed account)".into(),
+        _ => match (fields.upn, fields.aad_user_id) {
+            (Some(upn), _) => upn.to_owned(),
+            (None, Some(id)) => id.to_owned(),
+            _ => "(unnamed account)".into(),
+        },
     }
 }
 
-fn account(fields: &AccountFields<'_>) -> Option<Account> {
+/// The account an entity names, or why it names no Entra user. An `AadUserId` that is not a
+/// GUID makes the whole entity unusable: Entra object ids are GUIDs, and an entity that gets
+/// this wrong is not trusted for its other fields either.
+fn account(fields: &AccountFields<'_>) -> Result<Account, String> {
     let (name, suffix) = (fields.name, fields.upn_suffix);
     let upn = fields
         .upn
@@ -424,14 +452,19 @@ fn account(fields: &AccountFields<'_>) -> Option<Account> {
             (Some(name), _) if name.contains('@') => Some(name.to_owned()),
             _ => None,
         });
-    let id = fields
-        .aad_user_id
-        .map(|s| s.to_ascii_lowercase())
-        .or_else(|| fields.sid.and_then(entra_object_id_from_sid));
+    let id = match fields.aad_user_id {
+        Some(raw) => match uuid::Uuid::try_parse(raw) {
+            Ok(id) => Some(id.hyphenated().to_string()),
+            Err(_) => return Err("AadUserId is not a GUID (an Entra object id)".into()),
+        },
+        None => fields.sid.and_then(entra_object_id_from_sid),
+    };
     if id.is_none() && upn.is_none() {
-        return None;
+        return Err(
+            "names no Entra user: no AadUserId, Entra cloud SID (S-1-12-1-...) or UPN".into(),
+        );
     }
-    Some(Account {
+    Ok(Account {
         id,
         upn: upn.map(|u| u.to_ascii_lowercase()),
         tenant: fields.tenant.map(str::to_owned),
@@ -461,6 +494,8 @@ mod tests {
             "S-1-12-1-1-2-3-4-5",
             "S-1-12-1-4294967296-1-2-3",
             "S-1-12-1--1-2-3",
+            "S-1-12-1-+1853585038-1209010146-1598577028-83032196",
+            "S-1-12-1-1853585038-+1209010146-1598577028-83032196",
             "S-1-5-18",
             "",
         ] {

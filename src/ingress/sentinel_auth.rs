@@ -31,6 +31,13 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 const MAX_BEARER_LEN: usize = 16 * 1024;
 /// Shortest API key accepted in the secrets.
 pub const MIN_API_KEY_LEN: usize = 32;
+/// Longest a delivery is remembered against replay: beyond the longest-lived Entra access
+/// tokens (managed identity tokens are used for up to 24 hours, tokens of clients capable of
+/// continuous access evaluation live up to 28 hours).
+pub const MAX_REPLAY_MEMORY: Duration = Duration::from_secs(30 * 3600);
+/// How long an API-key delivery is remembered: an API key does not expire, so the same
+/// request could be replayed at any time; a day covers a Logic Apps retry series many times.
+pub const API_KEY_REPLAY_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// An authentication method of the Sentinel endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,10 +75,15 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub method: Method,
-    /// Identifies the delivery for replay and duplicate detection: the `webhook-id` of a
-    /// signed delivery; otherwise the caller and a hash of the body (a playbook's retry sends
-    /// the same body again).
+    /// Identifies the delivery for replay and duplicate detection, prefixed by its method so
+    /// that one method's ids can never pre-empt another's: `swh:<webhook-id>` for a signed
+    /// delivery; otherwise `entra:`/`apikey:`, the caller and a hash of the body (a playbook's
+    /// retry sends the same body again).
     pub delivery_id: String,
+    /// How long the delivery must be remembered to refuse its replay: as long as its
+    /// credential would be accepted again (the signature's timestamp window; the bearer
+    /// token's remaining lifetime), within [`MAX_REPLAY_MEMORY`].
+    pub remember_for: Duration,
     /// Who sent it, for logs (ids only, never a credential).
     pub caller: String,
 }
@@ -208,9 +220,12 @@ impl SentinelAuth<'_> {
                                 .clone()
                                 .or(caller.app_id.clone())
                                 .unwrap_or_default();
+                            let left = caller.valid_until.saturating_sub(now.unix_timestamp());
+                            let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
                             return Ok(Authenticated {
                                 method: Method::EntraId,
                                 delivery_id: format!("entra:{who}:{}", body_hash(body)),
+                                remember_for: left.min(MAX_REPLAY_MEMORY).max(tolerance * 2),
                                 caller: caller.to_string(),
                             });
                         }
@@ -235,7 +250,9 @@ impl SentinelAuth<'_> {
                         return Ok(Authenticated {
                             method: Method::StandardWebhooks,
                             caller: format!("webhook-id {}", webhook.id),
-                            delivery_id: webhook.id,
+                            delivery_id: format!("swh:{}", webhook.id),
+                            // The whole window in which its timestamp would still be accepted.
+                            remember_for: tolerance * 2,
                         });
                     }
                     Err(e) => reasons.push(e.to_string()),
@@ -254,6 +271,7 @@ impl SentinelAuth<'_> {
                         return Ok(Authenticated {
                             method: Method::ApiKey,
                             delivery_id: format!("apikey:{position}:{}", body_hash(body)),
+                            remember_for: API_KEY_REPLAY_MEMORY.max(tolerance * 2),
                             caller: format!("sentinel_api_keys[{position}]"),
                         });
                     }

@@ -72,18 +72,33 @@ pub fn decode_key(key: &str) -> Option<Vec<u8>> {
     KEY_BASE64.decode(encoded).ok().filter(|k| !k.is_empty())
 }
 
+/// Shortest signing key accepted, in bytes once decoded: Standard Webhooks keys are 24 to 64
+/// random bytes (the specification's "Signature scheme" section).
+pub const MIN_KEY_BYTES: usize = 24;
+
+/// Why a configured signing key is refused (never showing the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is not a Standard Webhooks key (whsec_ followed by base64)")]
+    NotBase64,
+    #[error("is {0} bytes long; Standard Webhooks keys are at least {MIN_KEY_BYTES} random bytes")]
+    TooShort(usize),
+}
+
 /// A Standard Webhooks signing key, decoded once when the secrets load. `Debug` shows nothing
 /// of it, and the key bytes are not kept outside aws-lc-rs.
 #[derive(Clone)]
 pub struct WebhookKey(hmac::Key);
 
 impl WebhookKey {
-    /// Parses a `whsec_<base64>` key; `None` if it cannot be decoded.
-    pub fn parse(key: &str) -> Option<Self> {
-        let mut bytes = decode_key(key)?;
-        let parsed = Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+    /// Parses a `whsec_<base64>` key of at least [`MIN_KEY_BYTES`] bytes.
+    pub fn parse(key: &str) -> Result<Self, KeyError> {
+        let mut bytes = decode_key(key).ok_or(KeyError::NotBase64)?;
+        let length = bytes.len();
+        let parsed =
+            (length >= MIN_KEY_BYTES).then(|| Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes)));
         zeroize::Zeroize::zeroize(&mut bytes);
-        Some(parsed)
+        parsed.ok_or(KeyError::TooShort(length))
     }
 }
 
@@ -226,13 +241,29 @@ mod tests {
         list.iter().map(|k| WebhookKey::parse(k).unwrap()).collect()
     }
 
+    /// A second key of 24 bytes ("another-24-byte-hmac-key").
+    const OTHER_KEY: &str = "whsec_YW5vdGhlci0yNC1ieXRlLWhtYWMta2V5";
+
+    #[test]
+    fn keys_shorter_than_24_bytes_are_refused() {
+        // 23 bytes: one short of the specification's minimum.
+        let short = "whsec_c2lnbmluZy1rZXktb2YtMjMtYnl0ZXM";
+        assert_eq!(decode_key(short).map(|k| k.len()), Some(23));
+        assert_eq!(WebhookKey::parse(short).err(), Some(KeyError::TooShort(23)));
+        assert!(WebhookKey::parse(KEY).is_ok(), "24 bytes");
+        assert_eq!(
+            WebhookKey::parse("whsec_not*base64").err(),
+            Some(KeyError::NotBase64)
+        );
+    }
+
     #[test]
     fn unpadded_keys_are_accepted_as_the_reference_libraries_do() {
-        // The spec's key is 24 bytes (no padding); this one is 20 bytes: "=" when padded.
-        let padded = "whsec_c2lnbmluZy1rZXktb2YtMjAtYnk=";
+        // The spec's key is 24 bytes (no padding); this one is 25 bytes: "=" when padded.
+        let padded = "whsec_c2lnbmluZy1rZXktb2YtMjUtYnl0ZXMhIQ==";
         let unpadded = padded.trim_end_matches('=');
         assert_eq!(decode_key(padded), decode_key(unpadded));
-        assert_eq!(decode_key(unpadded).unwrap(), b"signing-key-of-20-by");
+        assert_eq!(decode_key(unpadded).unwrap(), b"signing-key-of-25-bytes!!");
         let raw = decode_key(padded).unwrap();
         let h = headers(ID, &TS.to_string(), &sign(&raw, ID, TS, BODY));
         assert!(verify(&h, BODY, &keys(&[unpadded]), at(TS), DEFAULT_TOLERANCE).is_ok());
@@ -252,7 +283,7 @@ mod tests {
     fn any_of_several_keys_and_signatures_may_match() {
         let sigs = format!("v1,AAAA v2,whatever {SIG}");
         let h = headers(ID, &TS.to_string(), &sigs);
-        let ring = keys(&["whsec_b2xkb2xkb2xkb2xk", KEY]);
+        let ring = keys(&[OTHER_KEY, KEY]);
         assert!(verify(&h, BODY, &ring, at(TS), DEFAULT_TOLERANCE).is_ok());
     }
 
@@ -265,13 +296,7 @@ mod tests {
         let h2 = headers("msg_other", &TS.to_string(), SIG);
         let err = verify(&h2, BODY, &keys(&[KEY]), at(TS), DEFAULT_TOLERANCE);
         assert_eq!(err, Err(SignatureError::NoMatch));
-        let err = verify(
-            &h,
-            BODY,
-            &keys(&["whsec_b2xkb2xkb2xkb2xk"]),
-            at(TS),
-            DEFAULT_TOLERANCE,
-        );
+        let err = verify(&h, BODY, &keys(&[OTHER_KEY]), at(TS), DEFAULT_TOLERANCE);
         assert_eq!(err, Err(SignatureError::NoMatch));
     }
 

@@ -14,7 +14,11 @@
 //!
 //! Microsoft Graph (`/v1.0/security/incidents/{id}` and `…/comments`): the Defender XDR incident
 //! with its `comments`, and `POST` of an `alertComment` answered 200 with every comment of the
-//! incident; 404 for an unknown incident.
+//! incident; 404 for an unknown incident; 403 when the application may read incidents but not
+//! write them (SecurityIncident.Read.All without SecurityIncident.ReadWrite.All). Graph documents
+//! no comment limits of its own: the stand-in applies Sentinel's (30,000 characters, counted in
+//! UTF-16 code units, and 100 comments per incident), so that the write-back is held to them on
+//! both paths.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -29,8 +33,9 @@ use super::{CLIENT_ID, GraphSimulator, error as graph_error, lock, now_iso};
 
 /// The only api-version the stand-in serves (what the product sends).
 pub const API_VERSION: &str = "2025-09-01";
-/// Characters per comment (Microsoft Sentinel: "A single comment can contain up to 30,000
-/// characters").
+/// Characters per comment, in UTF-16 code units as .NET and JavaScript count them (Microsoft
+/// Sentinel, "Investigate incidents": "A single comment can contain up to 30,000 characters";
+/// the REST API's `properties.message` has no `maxLength` of its own).
 pub const MAX_COMMENT_CHARS: usize = 30_000;
 /// Comments per incident ("A single incident can contain up to 100 comments").
 pub const MAX_COMMENTS: usize = 100;
@@ -49,6 +54,9 @@ pub struct Sentinel {
     pub responder_on: Vec<String>,
     /// Defender XDR incidents (Graph `security/incidents`) by id, with their `comments`.
     pub defender: HashMap<String, Value>,
+    /// The application holds SecurityIncident.Read.All but not SecurityIncident.ReadWrite.All:
+    /// incidents can be read, a comment `POST` answers 403.
+    pub defender_read_only: bool,
     /// ARM access tokens issued, and the tenant each is for.
     pub issued: HashMap<String, String>,
     /// Every ARM request as "METHOD /path?query" and the status answered.
@@ -350,7 +358,7 @@ fn serve(
                     "The 'properties.message' field is required.",
                 );
             };
-            if message.chars().count() > MAX_COMMENT_CHARS {
+            if message.encode_utf16().count() > MAX_COMMENT_CHARS {
                 return arm_error(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
@@ -442,9 +450,31 @@ pub fn defender_comment(sentinel: &mut Sentinel, id: &str, body: &Value) -> Resp
             "The comment is required.",
         );
     };
+    if sentinel.defender_read_only {
+        return graph_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Missing application roles. API required roles: SecurityIncident.ReadWrite.All. Application roles: SecurityIncident.Read.All.",
+        );
+    }
     let Some(incident) = sentinel.defender.get_mut(id) else {
         return defender_not_found(id);
     };
+    if comment.encode_utf16().count() > MAX_COMMENT_CHARS {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("The comment exceeds the maximum length of {MAX_COMMENT_CHARS} characters."),
+        );
+    }
+    let count = incident["comments"].as_array().map_or(0, Vec::len);
+    if count >= MAX_COMMENTS {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("The incident has reached the maximum of {MAX_COMMENTS} comments."),
+        );
+    }
     let entry = json!({
         "comment": comment,
         "createdByDisplayName": "risk-responder",
