@@ -189,14 +189,29 @@ fn busy() -> Response {
     response
 }
 
-async fn load_secrets(state: &AppState) -> Result<Arc<IngressSecrets>, Response> {
-    state.secrets.load().await.map_err(|e| {
-        tracing::error!(error = %e, "secrets unavailable");
+/// The ingress secrets, read within the request's budget: a cold start whose secrets read is
+/// slow answers 503 in time (the read goes on in the background, so the retry finds them).
+async fn load_secrets(
+    state: &AppState,
+    deadline: tokio::time::Instant,
+) -> Result<Arc<IngressSecrets>, Response> {
+    let unavailable = || {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "secrets unavailable; retry",
         )
-    })
+    };
+    match tokio::time::timeout_at(deadline, state.secrets.load()).await {
+        Ok(Ok(secrets)) => Ok(secrets),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "secrets unavailable");
+            Err(unavailable())
+        }
+        Err(_) => {
+            tracing::error!("secrets not read within the answer budget");
+            Err(unavailable())
+        }
+    }
 }
 
 /// `POST /graph/notifications` and `/graph/lifecycle`: handshake or notification batch.
@@ -226,24 +241,9 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
         Ok(body) => body,
         Err(response) => return response,
     };
-    // Within the batch's budget: a cold start whose secrets read is slow answers 503 in time
-    // (the read goes on in the background, so Graph's retry finds the secrets).
-    let secrets = match tokio::time::timeout_at(deadline, state.secrets.load()).await {
-        Ok(Ok(secrets)) => secrets,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "secrets unavailable");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "secrets unavailable; retry",
-            );
-        }
-        Err(_) => {
-            tracing::error!("secrets not read within the answer budget");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "secrets unavailable; retry",
-            );
-        }
+    let secrets = match load_secrets(&state, deadline).await {
+        Ok(secrets) => secrets,
+        Err(response) => return response,
     };
     let ingress = GraphIngress {
         config: &state.config,
@@ -359,7 +359,7 @@ pub async fn sentinel_alerts(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let secrets = match load_secrets(&state).await {
+    let secrets = match load_secrets(&state, deadline).await {
         Ok(secrets) => secrets,
         Err(response) => return response,
     };
