@@ -634,8 +634,10 @@ async fn holders_of_protected_roles_and_members_of_protected_groups_are_held() {
     assert!(case.rails[0].contains(group));
 }
 
+/// The reset cooldown is a rail of the plan: the second episode's reset (and the dismiss that
+/// would follow it) wait for a person, who can approve them past the cooldown.
 #[tokio::test]
-async fn a_second_episode_within_the_cooldown_does_not_reset_again() {
+async fn a_second_episode_within_the_cooldown_waits_for_a_person_who_can_approve_the_reset() {
     let s = start().await;
     seed(&s, "medium", "atRisk", 0);
     let (mut worker, ledger) = enforcing(&s).await;
@@ -650,17 +652,82 @@ async fn a_second_episode_within_the_cooldown_does_not_reset_again() {
         r["riskLevel"] = "medium".into();
         r["riskLastUpdatedDateTime"] = now_iso().into();
     });
-    worker.handle(&users_notification("n-new")).await;
+    let disposition = worker.handle(&users_notification("n-new")).await;
+    assert!(!disposition.is_retry(), "{disposition:?}");
     let first = case_of(&ledger, "alert-one").await;
-    let second = case_of(&ledger, "n-new").await;
+    let (second, version) = ledger.find_case("n-new").await.unwrap().unwrap();
     assert_ne!(first.case_id, second.case_id, "a new episode is a new case");
     assert_eq!(resets(&s), 1, "no second reset within the cooldown");
     match state(&second, Action::ResetPassword) {
-        ActionState::Skipped { reason, .. } => assert!(reason.contains("cooldown"), "{reason}"),
+        ActionState::Held { rail } => {
+            assert!(rail.starts_with("reset cooldown until "), "{rail}")
+        }
         other => panic!("{other:?}"),
     }
-    assert!(is_done(state(&second, Action::DismissRisk)));
+    // Dismissing without the reset would let the user back in with the same password.
+    assert!(matches!(
+        state(&second, Action::DismissRisk),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert!(is_done(state(&second, Action::RevokeSessions)));
+    assert_eq!(second.status, CaseStatus::AwaitingApproval);
     assert!(second.rails.iter().any(|r| r.contains("cooldown")));
+    assert!(second.next_actor().to_string().starts_with("person"));
+    // The plan shows it before anything runs (the audit trail too).
+    assert!(
+        second.history.iter().any(|h| h
+            .what
+            .starts_with("reset_password held: reset cooldown until")),
+        "{:#?}",
+        second.history
+    );
+
+    // A person approves past the cooldown: the reset runs this time (the run-time guard
+    // honours the approval).
+    let mut approved = second.clone();
+    approved
+        .approve(
+            "alice",
+            "user called, verified",
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    ledger.save_case(&approved, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: second.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    let second = case_of(&ledger, "n-new").await;
+    assert_eq!(second.status, CaseStatus::Completed);
+    assert!(is_done(state(&second, Action::ResetPassword)));
+    assert_eq!(resets(&s), 2);
+}
+
+/// The cooldown also holds a reset in report-only mode, where the plan shows it.
+#[tokio::test]
+async fn the_cooldown_shows_in_a_report_only_plan() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let ledger = memory_ledger();
+    let (record, version) = ledger.user(TENANT, ADELE).await.unwrap();
+    let mut record = record;
+    record.last_reset_at = Some(time::OffsetDateTime::now_utc() - time::Duration::hours(2));
+    record.last_reset_case = Some("c-earlier".into());
+    ledger.save_user(&record, version).await.unwrap().unwrap();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
+    assert!(!worker.handle(&adele_item("alert-ro-cool")).await.is_retry());
+    let case = case_of(&ledger, "alert-ro-cool").await;
+    assert!(matches!(
+        state(&case, Action::ResetPassword),
+        ActionState::Held { rail } if rail.starts_with("reset cooldown until")
+    ));
+    assert_eq!(*state(&case, Action::RevokeSessions), ActionState::Planned);
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
 }
 
 #[tokio::test]
@@ -883,4 +950,262 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
         "{out}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A store that runs a hook (once) just before the first write of a planned case: what
+/// another worker does while this one works a case.
+struct HookStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    hook:
+        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for HookStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        if key.starts_with("case#") && doc.contains("\"findings\"") {
+            let hook = self.hook.lock().await.take();
+            if let Some(hook) = hook {
+                hook.await;
+            }
+        }
+        self.inner.put(key, doc, expected, expires_at).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+fn medium(id: &str) -> WorkItem {
+    signal(id, EventSource::Sentinel, "alert-m", RiskLevel::Medium)
+}
+
+fn high(id: &str) -> WorkItem {
+    signal(id, EventSource::Sentinel, "alert-h", RiskLevel::High)
+}
+
+/// A High signal merged while another worker plans the Medium case is not lost: the planning
+/// worker escalates the case when it saves it (the merge only raised the observed level).
+#[tokio::test]
+async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let inner: Arc<dyn risk_responder::ledger::Store> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
+    let other = Arc::new(enforcing_worker(&s, Ledger::new(inner.clone()), 2));
+    let merged_meanwhile = {
+        let other = other.clone();
+        Box::pin(async move {
+            let d = other.handle(&high("high-meanwhile")).await;
+            // The case is leased by the planning worker: this message is done, trusting it.
+            assert!(!d.is_retry(), "{d:?}");
+        })
+    };
+    let store = HookStore {
+        inner: inner.clone(),
+        hook: tokio::sync::Mutex::new(Some(merged_meanwhile)),
+    };
+    let ledger = Ledger::new(Arc::new(store));
+    let mut worker = enforcing_worker(&s, ledger.clone(), 2);
+    worker.view_max_age = time::Duration::ZERO;
+    let d = worker.handle(&medium("medium-first")).await;
+    assert!(!d.is_retry(), "{d:?}");
+    assert!(
+        ledger.signal("high-meanwhile").await.unwrap().is_some(),
+        "the hook ran"
+    );
+    let case = case_of(&ledger, "high-meanwhile").await;
+    assert_eq!(case.case_id, case_of(&ledger, "medium-first").await.case_id);
+    assert_eq!(case.risk_level, RiskLevel::High);
+    assert_eq!(
+        case.planned_level,
+        Some(RiskLevel::High),
+        "{:#?}",
+        case.history
+    );
+    assert!(is_done(state(&case, Action::BlockSignIn)), "{case:#?}");
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+    assert_eq!(resets(&s), 1);
+}
+
+/// A protected account's case stays held when it escalates: on the retry of its failed SOC
+/// mail, and after a person approved its first plan.
+#[tokio::test]
+async fn escalating_a_protected_case_holds_the_new_actions_too() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    let mut worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_user_ids = [\"{ADELE}\"]")),
+        2,
+    );
+    worker.view_max_age = time::Duration::ZERO;
+    // Its SOC mail fails once: status retry.
+    s.with(|d| {
+        d.faults
+            .unavailable_mail_subjects
+            .push("risk-responder:".into())
+    });
+    assert!(worker.handle(&medium("m-1")).await.is_retry());
+    assert_eq!(case_of(&ledger, "m-1").await.status, CaseStatus::Retry);
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    // A higher-severity signal, then the retry.
+    assert!(!worker.handle(&high("h-1")).await.is_retry());
+    let case = case_of(&ledger, "h-1").await;
+    assert_eq!(case.planned_level, Some(RiskLevel::High));
+    for action in [Action::BlockSignIn, Action::ConfirmCompromised] {
+        assert!(
+            matches!(state(&case, action), ActionState::Held { rail } if rail.starts_with("protected account")),
+            "{action:?}: {:?}",
+            state(&case, action)
+        );
+    }
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert_eq!((revokes(&s), resets(&s)), (0, 0));
+
+    // Approved, carried out and completed; a later signal at a higher level is held again.
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    let mut worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_user_ids = [\"{ADELE}\"]")),
+        2,
+    );
+    worker.view_max_age = time::Duration::ZERO;
+    assert!(!worker.handle(&medium("m-2")).await.is_retry());
+    let (mut case, version) = ledger.find_case("m-2").await.unwrap().unwrap();
+    case.approve("alice", "verified", time::OffsetDateTime::now_utc())
+        .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    assert_eq!(case_of(&ledger, "m-2").await.status, CaseStatus::Completed);
+    assert_eq!(resets(&s), 1);
+    assert!(!worker.handle(&high("h-2")).await.is_retry());
+    let case = case_of(&ledger, "h-2").await;
+    assert!(matches!(
+        state(&case, Action::BlockSignIn),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    assert_ne!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "confirmedCompromised"
+    );
+}
+
+/// A case a person skipped that escalates waits for a person again, who can approve it.
+#[tokio::test]
+async fn an_escalated_skipped_case_can_be_approved() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    // A Medium rule that leaves Identity Protection's record as it is (the High signal then
+    // belongs to the same episode).
+    let text = enforcing_policy_text("").replace(
+        "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\"]",
+        "actions = [\"revoke_sessions\", \"notify\"]",
+    );
+    let mut worker = worker_with(&s, ledger.clone(), Policy::from_toml(&text).unwrap(), 2);
+    worker.view_max_age = time::Duration::ZERO;
+    // Its SOC mail fails (retry), and a person skips the rest.
+    s.with(|d| {
+        d.faults
+            .unavailable_mail_subjects
+            .push("risk-responder:".into())
+    });
+    assert!(worker.handle(&medium("m-3")).await.is_retry());
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    let (mut case, version) = ledger.find_case("m-3").await.unwrap().unwrap();
+    case.skip("alice", "known travel", time::OffsetDateTime::now_utc())
+        .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    // A High signal arrives.
+    assert!(!worker.handle(&high("h-3")).await.is_retry());
+    let (mut case, version) = ledger.find_case("h-3").await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(
+        case.actions
+            .iter()
+            .filter(|a| !matches!(
+                a.state,
+                ActionState::Skipped { .. } | ActionState::Done { .. }
+            ))
+            .all(|a| matches!(&a.state, ActionState::Held { rail } if rail.contains("skipped"))),
+        "{:#?}",
+        case.actions
+    );
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    case.approve(
+        "bob",
+        "confirmed compromise",
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    let case = case_of(&ledger, "h-3").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::BlockSignIn)));
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
 }

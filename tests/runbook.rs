@@ -118,6 +118,26 @@ async fn a_registered_user_self_remediates_and_gets_sspr_instructions_not_a_rese
     assert!(
         matches!(state(&case, Action::ResetPassword), ActionState::Skipped { reason, .. } if reason.contains("SSPR"))
     );
+    // The risk is left for the user's own secure password change: dismissing it would let the
+    // possibly stolen password in again, and the mail says sign-ins may be blocked until then.
+    assert!(
+        matches!(state(&case, Action::DismissRisk), ActionState::Skipped { reason, .. }
+            if reason == "risk left for the user's own secure password change / Conditional Access"),
+        "{:?}",
+        state(&case, Action::DismissRisk)
+    );
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert!(
+        !s.writes()
+            .iter()
+            .any(|w| w.contains("/identityProtection/riskyUsers/dismiss")),
+        "{:?}",
+        s.writes()
+    );
+    assert_eq!(case.status, CaseStatus::Completed);
     assert!(matches!(
         state(&case, Action::NotifyUser),
         ActionState::Done { .. }
@@ -130,6 +150,10 @@ async fn a_registered_user_self_remediates_and_gets_sspr_instructions_not_a_rese
     assert_eq!(subject, "Please change your password now");
     assert!(
         body.contains("https://aka.ms/sspr") && body.contains(&case.case_id),
+        "{body}"
+    );
+    assert!(
+        body.contains("sign-ins may ask for more verification or be blocked"),
         "{body}"
     );
     // The registration read is a report: it was read by $batch on the reports budget.
@@ -213,6 +237,18 @@ async fn a_hybrid_user_without_password_writeback_is_not_reset() {
     );
     assert_eq!(resets(&s), 0);
     assert!(case.rails.iter().any(|r| r.contains("hybrid")));
+    // The risk is not dismissed without the reset: the case waits for a person.
+    assert!(
+        matches!(state(&case, Action::DismissRisk), ActionState::Held { rail } if rail.contains("hybrid")),
+        "{:?}",
+        state(&case, Action::DismissRisk)
+    );
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(case.next_actor().to_string().starts_with("person"));
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
     // The user is advised to change the password the way the organisation provides.
     let (_, subject, _) = &user_mails(&s)[0];
     assert_eq!(subject, "Unusual sign-in activity on your account");

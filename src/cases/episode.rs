@@ -130,6 +130,7 @@ mod tests {
         case.actions = done
             .iter()
             .map(|&action| CaseAction {
+                approved_by: None,
                 action,
                 rule: "r".into(),
                 state: ActionState::Done {

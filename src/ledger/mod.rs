@@ -108,6 +108,19 @@ pub struct UserRecord {
     /// When we last reset the user's password (the cooldown rail).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_reset_at: Option<OffsetDateTime>,
+    /// The case that reset it (its own retries are not held by the cooldown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset_case: Option<String>,
+}
+
+impl UserRecord {
+    /// The user's last automatic password reset by a case other than `case_id`.
+    pub fn last_reset_by_another(&self, case_id: &str) -> Option<OffsetDateTime> {
+        match &self.last_reset_case {
+            Some(by) if by == case_id => None,
+            _ => self.last_reset_at,
+        }
+    }
 }
 
 /// A tenant's enforced cases within the last hour (the blast-radius rail).
@@ -116,16 +129,35 @@ pub struct BlastRecord {
     /// (unix seconds, case id) of enforced cases admitted in the last hour.
     #[serde(default)]
     pub admitted: Vec<(i64, String)>,
-    /// When the limit was last announced.
+    /// When the limit was last announced (set once the alert was sent).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub alerted_at: Option<OffsetDateTime>,
+    /// A worker is sending the alert until then (so concurrent refusals send one).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub alert_claimed_until: Option<OffsetDateTime>,
 }
+
+impl BlastRecord {
+    /// Whether the limit must still be announced (no alert sent in the window, nobody
+    /// sending one now).
+    fn alert_due(&self, now: OffsetDateTime) -> bool {
+        self.alerted_at
+            .is_none_or(|t| (now - t).whole_seconds() >= BLAST_WINDOW_SECONDS)
+            && self.alert_claimed_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// The blast-radius window.
+const BLAST_WINDOW_SECONDS: i64 = 3600;
+/// How long a worker may take to send the blast-radius alert it claimed.
+const BLAST_ALERT_CLAIM: time::Duration = time::Duration::minutes(2);
 
 /// The answer of the blast-radius rail for one case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Admitted,
-    /// Over the limit; `announce` is true for the first refusal in the window.
+    /// Over the limit; `announce` is true when this caller claimed the window's one alert: it
+    /// sends it, then reports with [`Ledger::blast_alert_done`].
     Refused {
         announce: bool,
     },
@@ -317,16 +349,18 @@ impl Ledger {
             .await
     }
 
-    /// Records a password reset of the user (for the cooldown rail).
+    /// Records a password reset of the user by `case_id` (for the cooldown rail).
     pub async fn record_reset(
         &self,
         tenant_id: &str,
         user_id: &str,
+        case_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
         for _ in 0..MAX_CONFLICTS {
             let (mut record, version) = self.user(tenant_id, user_id).await?;
             record.last_reset_at = Some(at);
+            record.last_reset_case = Some(case_id.to_owned());
             if self.save_user(&record, version).await?.is_some() {
                 return Ok(());
             }
@@ -361,7 +395,9 @@ impl Ledger {
     }
 
     /// The blast-radius rail: admits `case_id` as one of the tenant's enforced cases of the
-    /// last hour if fewer than `limit` were admitted (an admitted case stays admitted).
+    /// last hour if fewer than `limit` were admitted (an admitted case stays admitted). A
+    /// refusal claims the window's one alert if nobody sent or is sending it: the alert is
+    /// marked sent only when [`Ledger::blast_alert_done`] says it was.
     pub async fn admit_enforced(
         &self,
         tenant_id: &str,
@@ -370,14 +406,15 @@ impl Ledger {
         now: OffsetDateTime,
     ) -> Result<Admission, LedgerError> {
         let key = format!("tenant#{tenant_id}#blast");
-        let window = 3600;
         for _ in 0..MAX_CONFLICTS {
             let (mut record, version) = match self.store.get(&key).await? {
                 Some(stored) => (Self::decode::<BlastRecord>(&stored)?, stored.version),
                 None => (BlastRecord::default(), 0),
             };
             let now_s = unix(now);
-            record.admitted.retain(|(at, _)| now_s - at < window);
+            record
+                .admitted
+                .retain(|(at, _)| now_s - at < BLAST_WINDOW_SECONDS);
             if record.admitted.iter().any(|(_, id)| id == case_id) {
                 return Ok(Admission::Admitted);
             }
@@ -385,11 +422,9 @@ impl Ledger {
                 record.admitted.push((now_s, case_id.to_owned()));
                 Admission::Admitted
             } else {
-                let announce = record
-                    .alerted_at
-                    .is_none_or(|t| (now - t).whole_seconds() >= window);
+                let announce = record.alert_due(now);
                 if announce {
-                    record.alerted_at = Some(now);
+                    record.alert_claimed_until = Some(now + BLAST_ALERT_CLAIM);
                 }
                 Admission::Refused { announce }
             };
@@ -399,6 +434,66 @@ impl Ledger {
             let doc = Self::encode(&record)?;
             if self.store.put(&key, &doc, version, None).await?.is_some() {
                 return Ok(admission);
+            }
+        }
+        Err(LedgerError(format!(
+            "tenant {tenant_id} blast record kept changing"
+        )))
+    }
+
+    /// Claims the tenant's blast-radius alert for a case whose alert failed before: true if
+    /// the caller must send it now, false if it was sent (or is being sent) meanwhile.
+    pub async fn claim_blast_alert(
+        &self,
+        tenant_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, LedgerError> {
+        let key = format!("tenant#{tenant_id}#blast");
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = match self.store.get(&key).await? {
+                Some(stored) => (Self::decode::<BlastRecord>(&stored)?, stored.version),
+                None => (BlastRecord::default(), 0),
+            };
+            if !record.alert_due(now) {
+                return Ok(false);
+            }
+            record.alert_claimed_until = Some(now + BLAST_ALERT_CLAIM);
+            let doc = Self::encode(&record)?;
+            if self.store.put(&key, &doc, version, None).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Err(LedgerError(format!(
+            "tenant {tenant_id} blast record kept changing"
+        )))
+    }
+
+    /// Reports the claimed blast-radius alert: sent (no other alert this hour) or not (the
+    /// claim is released, so the next refusal or the case's retry sends it).
+    pub async fn blast_alert_done(
+        &self,
+        tenant_id: &str,
+        sent: bool,
+        now: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        let key = format!("tenant#{tenant_id}#blast");
+        for _ in 0..MAX_CONFLICTS {
+            let Some(stored) = self.store.get(&key).await? else {
+                return Ok(());
+            };
+            let mut record = Self::decode::<BlastRecord>(&stored)?;
+            if sent {
+                record.alerted_at = Some(now);
+            }
+            record.alert_claimed_until = None;
+            let doc = Self::encode(&record)?;
+            if self
+                .store
+                .put(&key, &doc, stored.version, None)
+                .await?
+                .is_some()
+            {
+                return Ok(());
             }
         }
         Err(LedgerError(format!(

@@ -18,7 +18,7 @@ use super::vault::PasswordVault;
 use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
 use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
-use crate::cases::plan::{RAIL_BLAST_RADIUS, plan_case};
+use crate::cases::plan::{RAIL_BLAST_RADIUS, escalate_case, plan_case};
 use crate::cases::{Case, CaseStatus, Placement, Policy, place};
 use crate::event::RiskEvent;
 use crate::graph::{GraphClient, GraphError};
@@ -415,19 +415,13 @@ impl Worker {
                     }
                     case.merge(reference.clone(), now);
                     let mut note = format!("merged into case {case_id}");
-                    if case.findings.is_some() {
-                        let blocked = case
-                            .findings
-                            .as_ref()
-                            .map_or(0, |f| f.blocked_sign_ins.count);
-                        let rule = self.policy.rule_for(level, blocked, signal.source);
-                        if case.escalate(level, rule, now) > 0 {
-                            note = format!(
-                                "merged into case {case_id}, which it escalated to {level:?}"
-                            );
-                        }
-                    } else {
-                        case.risk_level = case.risk_level.max(level);
+                    // The signal raises what the case has been seen at; the worker that works
+                    // it next escalates the plan, through every rail (see `escalate`).
+                    case.risk_level = case.risk_level.max(level);
+                    if let Some(planned) = case.plan_level().filter(|p| level > *p) {
+                        note = format!(
+                            "merged into case {case_id}, which it raises from {planned:?} to {level:?}: the case is escalated"
+                        );
                     }
                     if self.ledger.save_case(&case, version).await?.is_some() {
                         return Ok(Merged::Case { case_id, note });
@@ -634,6 +628,13 @@ impl Worker {
                 }
             }
         }
+        // Resumed cases a signal raised above their plan: escalated first, so what the new
+        // actions check is read below.
+        for job in jobs.iter_mut() {
+            if !job.stopped && job.case.findings.is_some() && job.case.needs_escalation() {
+                self.escalate(tenant, job, now).await;
+            }
+        }
         let new: Vec<(String, Option<RiskRecord>)> = jobs
             .iter()
             .filter(|j| !j.stopped && j.case.findings.is_none())
@@ -672,10 +673,16 @@ impl Worker {
                         if job.case.user_principal_name.is_none() {
                             job.case.user_principal_name = found.user.user_principal_name.clone();
                         }
-                        plan_case(&mut job.case, &self.policy, &found, now);
+                        let last_reset = match self.last_reset(tenant, &job.case).await {
+                            Ok(last) => last,
+                            Err(e) => {
+                                self.stop(job, &GraphError::RateLimiter(e.to_string()), now);
+                                continue;
+                            }
+                        };
+                        plan_case(&mut job.case, &self.policy, &found, last_reset, now);
                         job.facts = found.user.clone();
                         job.risk = found.risk.clone();
-                        self.blast_radius(tenant, job, now).await;
                     }
                     Some(Err(GraphError::NotFound { .. })) => {
                         job.case.findings = Some(crate::cases::Findings {
@@ -718,6 +725,71 @@ impl Worker {
                 }
             }
         }
+        // The blast-radius rail, for what the plan or an escalation would enforce; and a
+        // blast-radius alert that could not be sent before.
+        for job in jobs.iter_mut().filter(|j| !j.stopped) {
+            if job.case.admission_due {
+                self.blast_radius(tenant, job, now).await;
+            }
+            if job.case.blast_alert_due && !job.stopped && !job.case.admission_due {
+                match self.ledger.claim_blast_alert(tenant, now).await {
+                    Ok(true) => self.send_blast_alert(tenant, job, now).await,
+                    Ok(false) => {
+                        job.case.blast_alert_due = false;
+                        job.case
+                            .note(now, "the blast-radius alert went out with another case");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "blast-radius alert could not be claimed"),
+                }
+            }
+        }
+    }
+
+    /// The user's last automatic password reset by another case (the cooldown rail).
+    async fn last_reset(
+        &self,
+        tenant: &str,
+        case: &Case,
+    ) -> Result<Option<OffsetDateTime>, LedgerError> {
+        let (record, _) = self.ledger.user(tenant, &case.user_id).await?;
+        Ok(record.last_reset_by_another(&case.case_id))
+    }
+
+    /// Escalates a planned case to the level a signal raised it to, with the rule for that
+    /// level, the user's traits and the signal's source, through every rail.
+    async fn escalate(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
+        match self.escalate_case(tenant, &mut job.case, now).await {
+            Ok(appended) => {
+                tracing::info!(case_id = %job.case.case_id, appended, level = ?job.case.risk_level, "case escalated");
+            }
+            Err(e) => self.stop(job, &GraphError::RateLimiter(e.to_string()), now),
+        }
+    }
+
+    async fn escalate_case(
+        &self,
+        tenant: &str,
+        case: &mut Case,
+        now: OffsetDateTime,
+    ) -> Result<usize, LedgerError> {
+        let last_reset = self.last_reset(tenant, case).await?;
+        let level = case.risk_level;
+        // The newest signal at that level (rules may be limited to sources).
+        let source = case
+            .signals
+            .recent
+            .iter()
+            .rev()
+            .find(|s| s.risk_level >= level)
+            .map_or(case.opened_by, |s| s.source);
+        Ok(escalate_case(
+            case,
+            &self.policy,
+            level,
+            source,
+            last_reset,
+            now,
+        ))
     }
 
     fn stop(&self, job: &mut Job, e: &GraphError, now: OffsetDateTime) {
@@ -747,7 +819,8 @@ impl Worker {
         }
     }
 
-    /// The per-tenant blast-radius rail, for a case about to change an account in enforce mode.
+    /// The per-tenant blast-radius rail, for a case about to change an account in enforce mode
+    /// (a new plan, or an escalation's appended actions).
     async fn blast_radius(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
         let acts = job
             .case
@@ -755,6 +828,7 @@ impl Worker {
             .iter()
             .any(|a| a.state == ActionState::Pending && a.action.changes_account());
         if !acts {
+            job.case.admission_due = false;
             return;
         }
         let limit = self.policy.safety.max_enforced_cases_per_hour;
@@ -763,37 +837,65 @@ impl Worker {
             .admit_enforced(tenant, &job.case.case_id, limit, now)
             .await
         {
-            Ok(Admission::Admitted) => {}
+            Ok(Admission::Admitted) => job.case.admission_due = false,
             Ok(Admission::Refused { announce }) => {
+                job.case.admission_due = false;
                 let rail = format!(
                     "{RAIL_BLAST_RADIUS}: more than {limit} enforced cases in the tenant within an hour"
                 );
                 job.case.hold(&rail, false, now);
-                if announce && let Some(notify) = &self.policy.notify {
-                    let (subject, text) = notify::blast_radius_mail(tenant, limit, &job.case);
-                    match self
-                        .graph
-                        .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
-                        .await
-                    {
-                        Ok(()) => job.case.note(now, "blast-radius alert sent to the SOC"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "blast-radius alert could not be sent");
-                            job.case
-                                .note(now, format!("blast-radius alert failed: {e}"));
-                        }
-                    }
+                if announce {
+                    self.send_blast_alert(tenant, job, now).await;
                 }
             }
             Err(e) => {
+                // Nothing runs until the count is read: the case is retried.
+                tracing::warn!(case_id = %job.case.case_id, error = %e, "blast-radius count could not be read");
                 job.stopped = true;
-                job.case.last_error = Some(e.to_string());
-                job.case.hold(
-                    &format!("{RAIL_BLAST_RADIUS}: the tenant's count could not be read"),
-                    false,
-                    now,
-                );
+                let error =
+                    format!("{RAIL_BLAST_RADIUS}: the tenant's count could not be read: {e}");
+                job.case.note(now, error.clone());
+                job.case.last_error = Some(error);
             }
+        }
+    }
+
+    /// Sends the tenant's blast-radius alert this worker claimed; the ledger marks it sent only
+    /// when it was. A failure keeps the case for retry (`blast_alert_due`) and frees the claim,
+    /// so this case's retry or the next refused case sends it.
+    async fn send_blast_alert(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
+        let limit = self.policy.safety.max_enforced_cases_per_hour;
+        let sent = match &self.policy.notify {
+            None => {
+                job.case
+                    .note(now, "blast-radius limit reached; no [notify] to alert");
+                Ok(())
+            }
+            Some(notify) => {
+                let (subject, text) = notify::blast_radius_mail(tenant, limit, &job.case);
+                self.graph
+                    .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
+                    .await
+            }
+        };
+        let ok = sent.is_ok();
+        match sent {
+            Ok(()) => {
+                job.case.blast_alert_due = false;
+                if self.policy.notify.is_some() {
+                    job.case.note(now, "blast-radius alert sent to the SOC");
+                }
+            }
+            Err(e) => {
+                tracing::error!(case_id = %job.case.case_id, error = %e, "blast-radius alert could not be sent; kept for retry");
+                job.case.blast_alert_due = true;
+                let error = format!("blast-radius alert failed: {e}");
+                job.case.note(now, error.clone());
+                job.case.last_error = Some(error);
+            }
+        }
+        if let Err(e) = self.ledger.blast_alert_done(tenant, ok, now).await {
+            tracing::error!(error = %e, sent = ok, "blast-radius alert outcome could not be recorded");
         }
     }
 
@@ -825,18 +927,32 @@ impl Worker {
                 fresh.findings = ours.findings.clone();
                 fresh.rules = ours.rules.clone();
                 fresh.plan_note = ours.plan_note.clone();
+                fresh.planned_level = ours.planned_level;
                 fresh.risk_level = fresh.risk_level.max(ours.risk_level);
                 let extra: Vec<_> = fresh.actions.drain(..).collect();
                 fresh.actions = ours.actions.clone();
                 fresh.actions.extend(extra);
             } else {
-                for (i, action) in ours.actions.iter().enumerate() {
+                let known = base.actions.len();
+                for (i, action) in ours.actions.iter().enumerate().take(known) {
                     let changed = base.actions.get(i) != Some(action);
                     if changed && let Some(slot) = fresh.actions.get_mut(i) {
                         *slot = action.clone();
                     }
                 }
+                // What we appended (an escalation), after whatever was appended meanwhile.
+                fresh
+                    .actions
+                    .extend(ours.actions.iter().skip(known).cloned());
+                fresh.planned_level = fresh.planned_level.max(ours.planned_level);
+                for rule in &ours.rules {
+                    if !fresh.rules.contains(rule) {
+                        fresh.rules.push(rule.clone());
+                    }
+                }
             }
+            fresh.admission_due = ours.admission_due;
+            fresh.blast_alert_due = ours.blast_alert_due;
             for rail in &ours.rails {
                 if !fresh.rails.contains(rail) {
                     fresh.rails.push(rail.clone());
@@ -856,6 +972,14 @@ impl Worker {
                 .is_some_and(|l| l.holder == self.holder)
             {
                 fresh.lease = None;
+            }
+            // A signal merged while we worked raised the case above the plan we made or
+            // resumed: escalate now (the next pass carries the appended actions out).
+            if fresh.findings.is_some() && fresh.needs_escalation() {
+                let appended = self
+                    .escalate_case(&fresh.tenant_id.clone(), &mut fresh, now)
+                    .await?;
+                tracing::info!(case_id = %fresh.case_id, appended, "case escalated after a signal merged meanwhile");
             }
             if fresh.status != CaseStatus::Skipped {
                 if fresh.findings.is_some() && ours.findings.is_some() {
