@@ -768,6 +768,8 @@ impl Case {
             }
         }
         self.record(by, "retry", reason, now);
+        // A person's retry starts the local retries' count over.
+        self.attempts = 0;
         if self.status != CaseStatus::New {
             self.status = CaseStatus::Open;
         }

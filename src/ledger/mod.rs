@@ -4,8 +4,10 @@
 //! the version it replaces), with adapters beside it: [`sqlite`] (local server, replay, CLI) and
 //! [`dynamodb`] (Lambda). [`Ledger`] gives the domain's records typed access over any store.
 //!
-//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, and the
-//! Standard Webhooks replay guard's `webhook#{id}`.
+//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, the
+//! Standard Webhooks replay guard's `webhook#{id}`, and (on a ledger with a work index: the
+//! local server's SQLite file) `pending#case#{id}` and `pending#signal#{id}`, which mark the
+//! cases and signals the local retries must look at, however old.
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -163,10 +165,44 @@ pub enum Admission {
     },
 }
 
+/// A mark of the work index: a case or signal the local retries look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMark {
+    /// Times the local retries took it up (signals: the backoff).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When they last did.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_at: Option<OffsetDateTime>,
+}
+
+/// What a work-index key marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    Case(String),
+    Signal(String),
+}
+
+/// A work-index entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub marked: Marked,
+    pub mark: PendingMark,
+    pub key: String,
+    pub version: u64,
+    /// Unix seconds of the mark's last write.
+    pub written_at: i64,
+}
+
+const PENDING_CASE: &str = "pending#case#";
+const PENDING_SIGNAL: &str = "pending#signal#";
+
 /// Typed access to the domain's records over a [`Store`].
 #[derive(Clone)]
 pub struct Ledger {
     store: std::sync::Arc<dyn Store>,
+    /// Whether the ledger keeps the work index (`pending#…`) for local retries.
+    work_index: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -187,7 +223,24 @@ const MAX_CONFLICTS: usize = 32;
 impl Ledger {
     /// A ledger over `store`.
     pub fn new(store: std::sync::Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            work_index: false,
+        }
+    }
+
+    /// This ledger, also keeping the work index: every signal kept until it is settled and
+    /// every case while it waits for the worker are marked under `pending#`, so the local
+    /// retries find them however much else changed since (the local server's ledger; Lambda
+    /// has SQS redelivery and no grant on those keys).
+    pub fn with_work_index(mut self) -> Self {
+        self.work_index = true;
+        self
+    }
+
+    /// Whether this ledger keeps the work index.
+    pub fn keeps_work_index(&self) -> bool {
+        self.work_index
     }
 
     /// The underlying store.
@@ -227,6 +280,15 @@ impl Ledger {
                 doc: Self::encode(&record)?,
                 expires_at: expiry(SIGNAL_RETENTION),
             });
+        }
+        if self.work_index {
+            // The marks first: a kept signal always has one (a mark without its signal, or of
+            // a redelivered signal settled long ago, is cleared by the local retries).
+            let marks: Vec<NewItem> = signals
+                .iter()
+                .map(|s| self.mark_item(format!("{PENDING_SIGNAL}{}", s.event_id)))
+                .collect::<Result<_, _>>()?;
+            self.store.create_all(&marks).await?;
         }
         self.store.create_all(&items).await
     }
@@ -274,6 +336,10 @@ impl Ledger {
                 .await?
                 .is_some()
             {
+                if self.work_index {
+                    self.clear_mark(&format!("{PENDING_SIGNAL}{}", signal.event_id))
+                        .await?;
+                }
                 return Ok(());
             }
         }
@@ -291,17 +357,92 @@ impl Ledger {
         }
     }
 
-    /// Writes `case` over `version` (0: new); `None` if it changed meanwhile.
+    /// Writes `case` over `version` (0: new); `None` if it changed meanwhile. On a ledger
+    /// with a work index, a case left waiting for the worker is marked (after the write: the
+    /// local retries clear a mark only after reading the case settled, then read it again).
     pub async fn save_case(&self, case: &Case, version: u64) -> Result<Option<u64>, LedgerError> {
         let doc = Self::encode(case)?;
-        self.store
+        let saved = self
+            .store
             .put(
                 &format!("case#{}", case.case_id),
                 &doc,
                 version,
                 expiry(CASE_RETENTION),
             )
-            .await
+            .await?;
+        if saved.is_some() && self.work_index && case.awaits_worker() {
+            self.mark_case(&case.case_id).await?;
+        }
+        Ok(saved)
+    }
+
+    fn mark_item(&self, key: String) -> Result<NewItem, LedgerError> {
+        Ok(NewItem {
+            key,
+            doc: Self::encode(&PendingMark::default())?,
+            expires_at: expiry(CASE_RETENTION),
+        })
+    }
+
+    /// Marks a case for the local retries (kept if marked already).
+    pub async fn mark_case(&self, case_id: &str) -> Result<(), LedgerError> {
+        let item = self.mark_item(format!("{PENDING_CASE}{case_id}"))?;
+        self.store.create_all(&[item]).await.map(drop)
+    }
+
+    async fn clear_mark(&self, key: &str) -> Result<(), LedgerError> {
+        if let Some(stored) = self.store.get(key).await? {
+            self.store.delete(key, stored.version).await?;
+        }
+        Ok(())
+    }
+
+    /// The work index: every marked case and signal (marks are few: they go when their case
+    /// or signal is settled).
+    pub async fn pending_marks(&self) -> Result<Vec<PendingEntry>, LedgerError> {
+        let stored = self.store.list("pending#", usize::MAX).await?;
+        let mut out = Vec::with_capacity(stored.len());
+        for item in stored {
+            let marked = if let Some(id) = item.key.strip_prefix(PENDING_CASE) {
+                Marked::Case(id.to_owned())
+            } else if let Some(id) = item.key.strip_prefix(PENDING_SIGNAL) {
+                Marked::Signal(id.to_owned())
+            } else {
+                continue;
+            };
+            out.push(PendingEntry {
+                marked,
+                mark: Self::decode(&item)?,
+                key: item.key,
+                version: item.version,
+                written_at: item.updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a mark if it is still the version listed; returns whether it did.
+    pub async fn unmark(&self, entry: &PendingEntry) -> Result<bool, LedgerError> {
+        self.store.delete(&entry.key, entry.version).await
+    }
+
+    /// Records that the local retries took the marked item up at `now`.
+    pub async fn touch_mark(
+        &self,
+        entry: &PendingEntry,
+        now: OffsetDateTime,
+    ) -> Result<bool, LedgerError> {
+        let mark = PendingMark {
+            attempts: entry.mark.attempts.saturating_add(1),
+            last_at: Some(now),
+        };
+        let doc = Self::encode(&mark)?;
+        Ok(self
+            .store
+            .put(&entry.key, &doc, entry.version, expiry(CASE_RETENTION))
+            .await?
+            .is_some())
     }
 
     /// Deletes a case that was created but lost the race to become the user's case.
