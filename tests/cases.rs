@@ -90,7 +90,11 @@ async fn enforcing(s: &StandIn) -> (Worker, Ledger) {
 async fn confirmed_compromised_user_is_remediated_once_however_many_signals_follow() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let (worker, ledger) = enforcing(&s).await;
+    let (mut worker, ledger) = enforcing(&s).await;
+    // Every later signal sees Identity Protection as it is now: confirmedCompromised, with a
+    // riskLastUpdatedDateTime newer than the case's episode (explained by our own confirm),
+    // not a cached atRisk record.
+    worker.view_max_age = time::Duration::ZERO;
     let first = worker.handle(&adele_item("alert-first")).await;
     assert!(matches!(first, Disposition::Done(_)), "{first:?}");
     assert_eq!(
@@ -117,6 +121,26 @@ async fn confirmed_compromised_user_is_remediated_once_however_many_signals_foll
     assert_eq!(password_mails(&s), 1, "one password mail");
     assert_eq!(soc_mails(&s), 1, "one SOC mail");
     assert_eq!(revokes(&s), 1);
+    let record = s.with(|d| d.risky_users[ADELE].clone());
+    let case = case_of(&ledger, "alert-first").await;
+    let risk_rfc3339 = record["riskLastUpdatedDateTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let updated = time::OffsetDateTime::parse(
+        &risk_rfc3339,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    match &case.episode {
+        risk_responder::cases::Episode::IdentityProtection {
+            risk_last_updated, ..
+        } => assert!(
+            Some(updated) > *risk_last_updated,
+            "the record changed since the episode began (by our confirm)"
+        ),
+        other => panic!("{other:?}"),
+    }
     let case = case_of(&ledger, "m-24").await;
     assert_eq!(case.signals.count, 29);
     assert_eq!(case.status, CaseStatus::Completed);
@@ -490,6 +514,7 @@ async fn fifty_concurrent_signals(faults: bool) {
         });
     }
     let mut pending: Vec<WorkItem> = items;
+    let mut retried = 0;
     for round in 0..10 {
         if round == 1 {
             s.with(|d| d.faults.unavailable_mail_subjects.clear());
@@ -504,6 +529,7 @@ async fn fifty_concurrent_signals(faults: bool) {
         for (chunk, dispositions) in chunks.iter().zip(results) {
             for (item, disposition) in chunk.iter().zip(dispositions) {
                 if disposition.is_retry() {
+                    retried += 1;
                     again.push(item.clone());
                 }
             }
@@ -528,6 +554,18 @@ async fn fifty_concurrent_signals(faults: bool) {
     assert_eq!(cases.len(), 1, "one case: {cases:#?}");
     assert_eq!(cases[0].signals.count, 50);
     assert_eq!(cases[0].status, CaseStatus::Completed);
+    if faults {
+        // The faults happened: messages were kept for retry, and the SOC mail got a 503.
+        assert!(retried > 0, "no message was retried");
+        assert!(
+            cases[0]
+                .history
+                .iter()
+                .any(|h| h.what.starts_with("notify failed: Graph error 503")),
+            "{:#?}",
+            cases[0].history
+        );
+    }
     std::fs::remove_file(&path).ok();
 }
 
@@ -1026,14 +1064,18 @@ fn high(id: &str) -> WorkItem {
 }
 
 /// A High signal merged while another worker plans the Medium case is not lost: the planning
-/// worker escalates the case when it saves it (the merge only raised the observed level).
-#[tokio::test]
-async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
+/// worker escalates the case when it records it (the merge only raised the observed level).
+async fn high_signal_merged_mid_plan(policy: Policy) {
     let s = start().await;
     seed(&s, "medium", "atRisk", 1);
     let inner: Arc<dyn risk_responder::ledger::Store> =
         Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
-    let other = Arc::new(enforcing_worker(&s, Ledger::new(inner.clone()), 2));
+    let other = Arc::new(worker_with(
+        &s,
+        Ledger::new(inner.clone()),
+        policy.clone(),
+        2,
+    ));
     let merged_meanwhile = {
         let other = other.clone();
         Box::pin(async move {
@@ -1047,7 +1089,7 @@ async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
         hook: tokio::sync::Mutex::new(Some(merged_meanwhile)),
     };
     let ledger = Ledger::new(Arc::new(store));
-    let mut worker = enforcing_worker(&s, ledger.clone(), 2);
+    let mut worker = worker_with(&s, ledger.clone(), policy, 2);
     worker.view_max_age = time::Duration::ZERO;
     let d = worker.handle(&medium("medium-first")).await;
     assert!(!d.is_retry(), "{d:?}");
@@ -1069,6 +1111,22 @@ async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
     assert_eq!(case.status, CaseStatus::Completed);
     assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
     assert_eq!(resets(&s), 1);
+}
+
+/// The merge lands while the planning worker records the reset (a checkpoint).
+#[tokio::test]
+async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
+    high_signal_merged_mid_plan(policy(Mode::Enforce)).await;
+}
+
+/// The merge lands when the planning worker saves the case at the end of its run.
+#[tokio::test]
+async fn a_high_signal_merged_before_a_medium_case_is_saved_escalates_it() {
+    let text = enforcing_policy_text("").replace(
+        "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\"]",
+        "actions = [\"revoke_sessions\"]",
+    );
+    high_signal_merged_mid_plan(Policy::from_toml(&text).unwrap()).await;
 }
 
 /// A protected account's case stays held when it escalates: on the retry of its failed SOC
@@ -1208,4 +1266,213 @@ async fn an_escalated_skipped_case_can_be_approved() {
     assert_eq!(case.status, CaseStatus::Completed);
     assert!(is_done(state(&case, Action::BlockSignIn)));
     assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+}
+
+/// A store that stops answering (a worker that crashed) at the first request for the Identity
+/// Protection budget after a case with a done reset was written.
+struct CrashingStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    armed: std::sync::atomic::AtomicBool,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+impl CrashingStore {
+    async fn gate(&self, key: &str) {
+        use std::sync::atomic::Ordering;
+        if self.armed.load(Ordering::SeqCst) && key.contains("#rate#identity_protection") {
+            self.crashed.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for CrashingStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.gate(key).await;
+        self.inner.get(key).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        self.gate(key).await;
+        let written = self.inner.put(key, doc, expected, expires_at).await?;
+        if written.is_some()
+            && key.starts_with("case#")
+            && let Ok(case) = serde_json::from_str::<Case>(doc)
+            && case
+                .actions
+                .iter()
+                .any(|a| a.action == Action::ResetPassword && is_done(&a.state))
+        {
+            self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(written)
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+/// A worker that crashes after the reset and its mail, before confirming: once its lease runs
+/// out another resumes the case from what was recorded. Still one reset, one password mail,
+/// one SOC mail.
+#[tokio::test]
+async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let inner: Arc<dyn risk_responder::ledger::Store> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
+    let crashing = Arc::new(CrashingStore {
+        inner: inner.clone(),
+        armed: Default::default(),
+        crashed: Default::default(),
+    });
+    let doomed = enforcing_worker(&s, Ledger::new(crashing.clone()), 2);
+    let item = adele_item("alert-crash");
+    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
+    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
+    assert!(crashing.crashed.load(std::sync::atomic::Ordering::SeqCst));
+    drop(doomed);
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 0));
+
+    let ledger = Ledger::new(inner.clone());
+    let (mut case, version) = ledger.find_case("alert-crash").await.unwrap().unwrap();
+    assert!(is_done(state(&case, Action::ResetPassword)), "{case:#?}");
+    assert_eq!(
+        *state(&case, Action::ConfirmCompromised),
+        ActionState::Pending
+    );
+    // The crashed worker's lease runs out; SQS delivers the message again to another worker.
+    let lease = case.lease.as_mut().expect("the crashed worker's lease");
+    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let survivor = enforcing_worker(&s, ledger.clone(), 2);
+    let d = survivor.handle(&item).await;
+    assert!(!d.is_retry(), "{d:?}");
+    let case = case_of(&ledger, "alert-crash").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 1));
+    assert_eq!(revokes(&s), 1, "recorded with the reset");
+}
+
+/// The blast-radius alert is marked sent only once it was: a 503 on its mail keeps the held
+/// case for retry, and the retry sends the one alert.
+#[tokio::test]
+async fn a_failed_blast_radius_alert_is_sent_on_retry() {
+    let s = start().await;
+    let mut users = Vec::new();
+    s.with(|d| {
+        for i in 0..3 {
+            let id = format!("00000000-0000-4000-8000-00000000000{i}");
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users
+                .push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(
+                id.clone(),
+                json!({"id": id, "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": now_iso(), "userPrincipalName": upn}),
+            );
+            users.push(id);
+        }
+        d.faults
+            .unavailable_mail_subjects
+            .push("blast-radius limit".into());
+    });
+    let ledger = memory_ledger();
+    let mut policy = with_safety("max_enforced_cases_per_hour = 1");
+    if let Some(risk_responder::cases::policy::PasswordDelivery::Mail { to_manager, .. }) =
+        policy.password_delivery.as_mut()
+    {
+        *to_manager = false;
+    }
+    let worker = worker_with(&s, ledger.clone(), policy, 2);
+    let item = |i: usize| {
+        WorkItem::Risk(RiskEvent {
+            event_id: format!("spray-{i}"),
+            tenant_id: TENANT.into(),
+            source: EventSource::Sentinel,
+            subject: Subject::User {
+                id: Some(users[i].clone()),
+                upn: None,
+            },
+            risk_level: RiskLevel::Medium,
+            detected_at: time::OffsetDateTime::now_utc(),
+            source_id: format!("alert-{i}"),
+            resource_data: None,
+        })
+    };
+    let alerts = |s: &StandIn| {
+        mail_subjects(s)
+            .iter()
+            .filter(|m| m.contains("blast-radius limit"))
+            .count()
+    };
+    assert!(!worker.handle(&item(0)).await.is_retry());
+    // The second case is held; its alert fails: kept for retry, not marked sent.
+    assert!(worker.handle(&item(1)).await.is_retry());
+    let held = case_of(&ledger, "spray-1").await;
+    assert_eq!(held.status, CaseStatus::Retry);
+    assert!(held.blast_alert_due);
+    assert!(
+        held.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("blast-radius alert failed"),
+        "{:?}",
+        held.last_error
+    );
+    assert_eq!(alerts(&s), 0);
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    // The message is delivered again: the alert goes out, the case waits for a person.
+    assert!(!worker.handle(&item(1)).await.is_retry());
+    assert_eq!(alerts(&s), 1);
+    let held = case_of(&ledger, "spray-1").await;
+    assert_eq!(held.status, CaseStatus::AwaitingApproval);
+    assert!(!held.blast_alert_due);
+    // A third case in the same hour: held, no second alert.
+    assert!(!worker.handle(&item(2)).await.is_retry());
+    assert_eq!(
+        case_of(&ledger, "spray-2").await.status,
+        CaseStatus::AwaitingApproval
+    );
+    assert_eq!(alerts(&s), 1, "one alert per hour");
+    assert_eq!(resets(&s), 1);
 }

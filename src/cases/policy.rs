@@ -49,6 +49,15 @@ impl Action {
         !matches!(self, Action::Notify | Action::NotifyUser)
     }
 
+    /// Whether doing it twice does no harm (the same request, the same end state). A new
+    /// password or a mail is not: the worker records those before it goes on.
+    pub fn idempotent(self) -> bool {
+        !matches!(
+            self,
+            Action::ResetPassword | Action::Notify | Action::NotifyUser
+        )
+    }
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {

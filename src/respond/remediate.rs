@@ -124,7 +124,14 @@ impl Remediator<'_> {
     /// Runs the pending actions of `jobs` (one tenant's cases) until each is done, held, or
     /// stopped by a failure.
     pub async fn run(&self, tenant: &str, jobs: &mut [Job]) {
-        loop {
+        while !self.run_round(tenant, jobs).await.is_empty() {}
+    }
+
+    /// One round: each case's next runnable action, each kind for all cases together. Returns
+    /// what ran, as (job index, action); empty when nothing is left to run.
+    pub async fn run_round(&self, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
+        let mut ran = Vec::new();
+        {
             let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
             for (j, job) in jobs.iter().enumerate() {
                 if job.stopped {
@@ -138,9 +145,10 @@ impl Remediator<'_> {
                 }
             }
             if groups.is_empty() {
-                return;
+                return ran;
             }
             for (action, items) in groups {
+                ran.extend(items.iter().map(|&(j, _)| (j, action)));
                 let results = self.run_action(tenant, action, jobs, &items).await;
                 let now = OffsetDateTime::now_utc();
                 for (&(j, i), result) in items.iter().zip(results) {
@@ -184,6 +192,7 @@ impl Remediator<'_> {
                 }
             }
         }
+        ran
     }
 
     async fn run_action(

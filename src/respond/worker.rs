@@ -122,6 +122,59 @@ fn disposition_of(case: &Case) -> Disposition {
     }
 }
 
+/// `fresh` (the stored case, changed meanwhile) with what this worker did to `ours` since
+/// `base` (the case as leased or last checkpointed): our actions' outcomes win for the actions
+/// we ran, our plan (if the stored case had none) and what we appended, rails, history lines,
+/// the rail flags; everything else (signals merged, a person's decision) is kept.
+fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
+    let added_history = (ours.history_dropped as usize + ours.history.len())
+        .saturating_sub(base.history_dropped as usize + base.history.len());
+    if fresh.findings.is_none() && ours.findings.is_some() {
+        fresh.findings = ours.findings.clone();
+        fresh.rules = ours.rules.clone();
+        fresh.plan_note = ours.plan_note.clone();
+        fresh.planned_level = ours.planned_level;
+        fresh.risk_level = fresh.risk_level.max(ours.risk_level);
+        let extra: Vec<_> = fresh.actions.drain(..).collect();
+        fresh.actions = ours.actions.clone();
+        fresh.actions.extend(extra);
+    } else {
+        let known = base.actions.len();
+        for (i, action) in ours.actions.iter().enumerate().take(known) {
+            let changed = base.actions.get(i) != Some(action);
+            if changed && let Some(slot) = fresh.actions.get_mut(i) {
+                *slot = action.clone();
+            }
+        }
+        // What we appended (an escalation), after whatever was appended meanwhile.
+        fresh
+            .actions
+            .extend(ours.actions.iter().skip(known).cloned());
+        fresh.planned_level = fresh.planned_level.max(ours.planned_level);
+        for rule in &ours.rules {
+            if !fresh.rules.contains(rule) {
+                fresh.rules.push(rule.clone());
+            }
+        }
+    }
+    fresh.admission_due = ours.admission_due;
+    fresh.blast_alert_due = ours.blast_alert_due;
+    for rail in &ours.rails {
+        if !fresh.rails.contains(rail) {
+            fresh.rails.push(rail.clone());
+        }
+    }
+    let start = ours.history.len().saturating_sub(added_history);
+    for entry in &ours.history[start..] {
+        fresh.note(entry.at, entry.what.clone());
+    }
+    if fresh.user_principal_name.is_none() {
+        fresh.user_principal_name = ours.user_principal_name.clone();
+    }
+    fresh.last_error = ours.last_error.clone();
+    fresh
+}
+
 fn signal_ref(signal: &RiskEvent) -> SignalRef {
     SignalRef {
         signal_id: signal.event_id.clone(),
@@ -564,7 +617,21 @@ impl Worker {
             vault: self.vault.as_deref(),
             templates: &self.templates,
         };
-        remediator.run(tenant, &mut jobs).await;
+        loop {
+            let ran = remediator.run_round(tenant, &mut jobs).await;
+            if ran.is_empty() {
+                break;
+            }
+            // What cannot be repeated safely (a new password, a mail) is recorded before the
+            // next round: a worker that stops after it leaves a case that says it was done.
+            let mut saved = Vec::new();
+            for (j, action) in ran {
+                if !action.idempotent() && !saved.contains(&j) {
+                    saved.push(j);
+                    self.checkpoint(&mut jobs[j]).await;
+                }
+            }
+        }
         let mut again = Vec::new();
         for job in jobs {
             let id = job.case.case_id.clone();
@@ -899,6 +966,57 @@ impl Worker {
         }
     }
 
+    /// Records a job's progress mid-run, keeping the lease. A case changed meanwhile (a signal
+    /// merged) is reconciled; a case another worker leased (ours ran out) stops this job: what
+    /// it did is reconciled when it finishes, and nothing more runs here.
+    async fn checkpoint(&self, job: &mut Job) {
+        let now = OffsetDateTime::now_utc();
+        // The lease is renewed with the progress (a long run keeps it).
+        if let Some(lease) = job.case.lease.as_mut().filter(|l| l.holder == self.holder) {
+            lease.until = now + CASE_LEASE;
+        }
+        for _ in 0..MAX_CONFLICTS {
+            match self.ledger.save_case(&job.case, job.version).await {
+                Ok(Some(version)) => {
+                    job.version = version;
+                    job.base = job.case.clone();
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
+                    return;
+                }
+            }
+            let fresh = match self.ledger.case(&job.case.case_id).await {
+                Ok(Some(found)) => found,
+                Ok(None) | Err(_) => return,
+            };
+            let (fresh, version) = fresh;
+            if fresh
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.holder != self.holder && l.until > now)
+            {
+                tracing::error!(case_id = %job.case.case_id, "lease ran out and another worker holds the case: stopping");
+                job.stopped = true;
+                job.case.note(
+                    now,
+                    "this worker's lease ran out: another worker resumes the case",
+                );
+                return;
+            }
+            let merged = reconcile(&job.case, &job.base, fresh);
+            job.case = merged;
+            job.case.lease = Some(Lease {
+                holder: self.holder.clone(),
+                until: now + CASE_LEASE,
+            });
+            job.base = job.case.clone();
+            job.version = version;
+        }
+    }
+
     /// Saves the worked case, releasing the lease; reconciles with changes made meanwhile (a
     /// signal merged, an escalation, a person's decision): our actions' outcomes win for the
     /// actions we ran, everything else is kept.
@@ -911,61 +1029,23 @@ impl Worker {
             ..
         } = job;
         ours.lease = None;
+        // A signal merged before a checkpoint of ours raised the case above its plan.
+        if ours.findings.is_some() && ours.needs_escalation() {
+            let tenant = ours.tenant_id.clone();
+            let appended = self.escalate_case(&tenant, &mut ours, now).await?;
+            tracing::info!(case_id = %ours.case_id, appended, "case escalated after a signal merged meanwhile");
+        }
         if ours.findings.is_some() {
             ours.settle(now);
         }
         if self.ledger.save_case(&ours, version).await?.is_some() {
             return Ok(ours);
         }
-        let added_history = (ours.history_dropped as usize + ours.history.len())
-            .saturating_sub(base.history_dropped as usize + base.history.len());
         for _ in 0..MAX_CONFLICTS {
-            let Some((mut fresh, fresh_version)) = self.ledger.case(&ours.case_id).await? else {
+            let Some((fresh, fresh_version)) = self.ledger.case(&ours.case_id).await? else {
                 return Err(LedgerError(format!("case {} vanished", ours.case_id)));
             };
-            if fresh.findings.is_none() && ours.findings.is_some() {
-                fresh.findings = ours.findings.clone();
-                fresh.rules = ours.rules.clone();
-                fresh.plan_note = ours.plan_note.clone();
-                fresh.planned_level = ours.planned_level;
-                fresh.risk_level = fresh.risk_level.max(ours.risk_level);
-                let extra: Vec<_> = fresh.actions.drain(..).collect();
-                fresh.actions = ours.actions.clone();
-                fresh.actions.extend(extra);
-            } else {
-                let known = base.actions.len();
-                for (i, action) in ours.actions.iter().enumerate().take(known) {
-                    let changed = base.actions.get(i) != Some(action);
-                    if changed && let Some(slot) = fresh.actions.get_mut(i) {
-                        *slot = action.clone();
-                    }
-                }
-                // What we appended (an escalation), after whatever was appended meanwhile.
-                fresh
-                    .actions
-                    .extend(ours.actions.iter().skip(known).cloned());
-                fresh.planned_level = fresh.planned_level.max(ours.planned_level);
-                for rule in &ours.rules {
-                    if !fresh.rules.contains(rule) {
-                        fresh.rules.push(rule.clone());
-                    }
-                }
-            }
-            fresh.admission_due = ours.admission_due;
-            fresh.blast_alert_due = ours.blast_alert_due;
-            for rail in &ours.rails {
-                if !fresh.rails.contains(rail) {
-                    fresh.rails.push(rail.clone());
-                }
-            }
-            let start = ours.history.len().saturating_sub(added_history);
-            for entry in &ours.history[start..] {
-                fresh.note(entry.at, entry.what.clone());
-            }
-            if fresh.user_principal_name.is_none() {
-                fresh.user_principal_name = ours.user_principal_name.clone();
-            }
-            fresh.last_error = ours.last_error.clone();
+            let mut fresh = reconcile(&ours, &base, fresh);
             if fresh
                 .lease
                 .as_ref()
