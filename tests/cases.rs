@@ -987,6 +987,17 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
         out.contains("approve by alice: confirmed with the owner"),
         "{out}"
     );
+    // The audit shows the blocked sign-ins the plan was made from (a short summary).
+    assert!(
+        out.contains("1 sign-in(s) blocked with AADSTS53011 since"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "app Office 365 Exchange Online IP 203.0.113.77 location Lagos, Lagos, NG client Browser device"
+        ),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
