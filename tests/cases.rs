@@ -1487,3 +1487,138 @@ async fn a_failed_blast_radius_alert_is_sent_on_retry() {
     assert_eq!(alerts(&s), 1, "one alert per hour");
     assert_eq!(resets(&s), 1);
 }
+
+/// A store that takes 20 ms per request on `user#` records and counts how many are in flight.
+struct SlowStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl SlowStore {
+    async fn timed<T>(&self, key: &str, call: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering;
+        if !key.starts_with("user#") {
+            return call.await;
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let out = call.await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for SlowStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.timed(key, self.inner.get(key)).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        self.timed(key, self.inner.put(key, doc, expected, expires_at))
+            .await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+/// A tenant's records are worked on together (bounded), not one after another: with a ledger
+/// that takes 20 ms per user record, many are in flight at once.
+#[tokio::test]
+async fn a_tenants_records_are_worked_concurrently() {
+    let s = start().await;
+    s.with(|d| d.page_size = 1000);
+    let users: Vec<String> = (0..32)
+        .map(|i| format!("00000000-0000-4000-8000-0000000001{i:02}"))
+        .collect();
+    s.with(|d| {
+        for (i, id) in users.iter().enumerate() {
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users
+                .push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(
+                id.clone(),
+                json!({"id": id, "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": now_iso(), "userPrincipalName": upn}),
+            );
+        }
+    });
+    let slow = Arc::new(SlowStore {
+        inner: Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap()),
+        in_flight: Default::default(),
+        most: Default::default(),
+    });
+    let ledger = Ledger::new(slow.clone());
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
+    let items: Vec<WorkItem> = users
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            WorkItem::Risk(RiskEvent {
+                event_id: format!("burst-{i}"),
+                tenant_id: TENANT.into(),
+                source: EventSource::Sentinel,
+                subject: Subject::User {
+                    id: Some(id.clone()),
+                    upn: None,
+                },
+                risk_level: RiskLevel::Medium,
+                detected_at: time::OffsetDateTime::now_utc(),
+                source_id: format!("alert-{i}"),
+                resource_data: None,
+            })
+        })
+        .collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    assert_eq!(ledger.cases(100).await.unwrap().len(), 32);
+    let most = slow.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most >= 8,
+        "at most {most} user records in flight: the records were worked one after another"
+    );
+    assert!(most <= risk_responder::respond::worker::RECORDS_AT_ONCE);
+}

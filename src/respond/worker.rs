@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -35,6 +36,9 @@ const MAX_CONFLICTS: usize = 32;
 const MAX_PASSES: usize = 3;
 /// Tenants worked on at once.
 const TENANTS_AT_ONCE: usize = 4;
+/// A tenant's records (signals resolved, users merged, cases leased, recorded and saved)
+/// worked on at once; Graph requests stay paced by the per-tenant limiter.
+pub const RECORDS_AT_ONCE: usize = 16;
 
 /// What became of one work item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,9 @@ impl Disposition {
         matches!(self, Disposition::Retry(_))
     }
 }
+
+/// A signal about a resolved user: its index in the batch, the signal, the user's UPN.
+type UserSignal<'a> = (usize, &'a RiskEvent, Option<String>);
 
 /// What merging a signal gave.
 enum Merged {
@@ -175,6 +182,14 @@ fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
     fresh
 }
 
+/// Runs `futures` at most [`RECORDS_AT_ONCE`] at a time; outputs in completion order.
+async fn at_once<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    stream::iter(futures)
+        .buffer_unordered(RECORDS_AT_ONCE)
+        .collect()
+        .await
+}
+
 fn signal_ref(signal: &RiskEvent) -> SignalRef {
     SignalRef {
         signal_id: signal.event_id.clone(),
@@ -292,18 +307,38 @@ impl Worker {
     ) -> Vec<(usize, Disposition)> {
         let mut out = Vec::new();
         // 1. Who each signal is about.
+        let answers: Vec<(usize, &RiskEvent, Result<Resolved, GraphError>)> = at_once(
+            signals
+                .iter()
+                .map(|(index, signal)| async move {
+                    let answer = investigate::resolve(&self.graph, tenant, &signal.subject).await;
+                    (*index, signal, answer)
+                })
+                .collect(),
+        )
+        .await;
         let mut resolved: Vec<(usize, &RiskEvent, String, Option<String>)> = Vec::new();
-        for (index, signal) in signals {
-            let index = *index;
-            match investigate::resolve(&self.graph, tenant, &signal.subject).await {
+        let mut no_user = Vec::new();
+        for (index, signal, answer) in answers {
+            match answer {
                 Ok(Resolved::User { id, upn }) => resolved.push((index, signal, id, upn)),
                 Ok(Resolved::NoUser(reason)) => {
                     tracing::info!(signal_id = %signal.event_id, %reason, "signal names no user to act on");
-                    out.push((index, self.settle_signal(signal, None, &reason).await));
+                    no_user.push((index, signal, reason));
                 }
                 Err(e) => out.push((index, graph_failure(&e))),
             }
         }
+        let settled: Vec<(usize, Disposition)> = at_once(
+            no_user
+                .into_iter()
+                .map(|(index, signal, reason)| async move {
+                    (index, self.settle_signal(signal, None, &reason).await)
+                })
+                .collect(),
+        )
+        .await;
+        out.extend(settled);
         // 2. What Identity Protection says about each user, from the tenant's view: a `users`
         //    notification accepts a view of up to `view_max_age`, anything that carries a
         //    detection wants one listing at least as new as this batch.
@@ -348,36 +383,61 @@ impl Worker {
                 }
             }
         }
-        // 3. Each signal into its user's case.
-        let mut case_of_signal: Vec<(usize, String)> = Vec::new();
-        let mut work: Vec<String> = Vec::new();
+        // 3. Each signal into its user's case: users at once, a user's signals one after
+        //    another (they go to the same case).
+        let mut per_user: BTreeMap<String, Vec<UserSignal>> = BTreeMap::new();
         for (index, signal, user, upn) in resolved {
             if let Some(failure) = failed_users.get(&user) {
                 out.push((index, failure.clone()));
                 continue;
             }
-            let risk = risks.get(&user).cloned().flatten();
-            match self.merge(tenant, signal, &user, upn, risk.as_ref()).await {
-                Ok(Merged::Case { case_id, note }) => {
-                    tracing::info!(signal_id = %signal.event_id, %case_id, %note, "signal merged");
-                    if let Err(e) = self
-                        .ledger
-                        .settle_signal(signal, Some(&case_id), &note)
-                        .await
+            per_user.entry(user).or_default().push((index, signal, upn));
+        }
+        let risks_ref = &risks;
+        let merged: Vec<Vec<(usize, Result<String, Disposition>)>> = at_once(
+            per_user
+                .into_iter()
+                .map(|(user, items)| async move {
+                let risk = risks_ref.get(&user).cloned().flatten();
+                let mut results = Vec::new();
+                for (index, signal, upn) in items {
+                    let result = match self.merge(tenant, signal, &user, upn, risk.as_ref()).await
                     {
-                        out.push((index, ledger_retry(e)));
-                        continue;
-                    }
+                        Ok(Merged::Case { case_id, note }) => {
+                            tracing::info!(signal_id = %signal.event_id, %case_id, %note, "signal merged");
+                            match self
+                                .ledger
+                                .settle_signal(signal, Some(&case_id), &note)
+                                .await
+                            {
+                                Ok(()) => Ok(case_id),
+                                Err(e) => Err(ledger_retry(e)),
+                            }
+                        }
+                        Ok(Merged::NoCase(reason)) => {
+                            tracing::info!(signal_id = %signal.event_id, %reason, "signal needs no case");
+                            Err(self.settle_signal(signal, None, &reason).await)
+                        }
+                        Err(e) => Err(ledger_retry(e)),
+                    };
+                    results.push((index, result));
+                }
+                results
+            })
+                .collect(),
+        )
+        .await;
+        let mut case_of_signal: Vec<(usize, String)> = Vec::new();
+        let mut work: Vec<String> = Vec::new();
+        for (index, result) in merged.into_iter().flatten() {
+            match result {
+                Ok(case_id) => {
                     if !work.contains(&case_id) {
                         work.push(case_id.clone());
                     }
                     case_of_signal.push((index, case_id));
                 }
-                Ok(Merged::NoCase(reason)) => {
-                    tracing::info!(signal_id = %signal.event_id, %reason, "signal needs no case");
-                    out.push((index, self.settle_signal(signal, None, &reason).await));
-                }
-                Err(e) => out.push((index, ledger_retry(e))),
+                Err(disposition) => out.push((index, disposition)),
             }
         }
         for (_, case_id) in resumes {
@@ -572,8 +632,14 @@ impl Worker {
         out: &mut HashMap<String, Disposition>,
     ) -> Vec<String> {
         let mut jobs = Vec::new();
-        for id in ids {
-            match self.lease(id).await {
+        let leased: Vec<(&String, Result<Option<Leased>, LedgerError>)> = at_once(
+            ids.iter()
+                .map(|id| async move { (id, self.lease(id).await) })
+                .collect(),
+        )
+        .await;
+        for (id, lease) in leased {
+            match lease {
                 Ok(Some(Leased::Mine(case, version))) => {
                     let base = (*case).clone();
                     jobs.push(Job {
@@ -624,18 +690,31 @@ impl Worker {
             }
             // What cannot be repeated safely (a new password, a mail) is recorded before the
             // next round: a worker that stops after it leaves a case that says it was done.
-            let mut saved = Vec::new();
-            for (j, action) in ran {
-                if !action.idempotent() && !saved.contains(&j) {
-                    saved.push(j);
-                    self.checkpoint(&mut jobs[j]).await;
+            let record: std::collections::HashSet<usize> = ran
+                .into_iter()
+                .filter(|(_, action)| !action.idempotent())
+                .map(|(j, _)| j)
+                .collect();
+            let mut saves = Vec::new();
+            for (j, job) in jobs.iter_mut().enumerate() {
+                if record.contains(&j) {
+                    saves.push(self.checkpoint(job));
                 }
             }
+            at_once(saves).await;
         }
         let mut again = Vec::new();
-        for job in jobs {
-            let id = job.case.case_id.clone();
-            match self.finish(job).await {
+        let finished: Vec<(String, Result<Case, LedgerError>)> = at_once(
+            jobs.into_iter()
+                .map(|job| async move {
+                    let id = job.case.case_id.clone();
+                    (id, self.finish(job).await)
+                })
+                .collect(),
+        )
+        .await;
+        for (id, result) in finished {
+            match result {
                 Ok(case) => {
                     let pending = case.status == CaseStatus::Open
                         && case.actions.iter().any(|a| a.state == ActionState::Pending);
@@ -697,11 +776,13 @@ impl Worker {
         }
         // Resumed cases a signal raised above their plan: escalated first, so what the new
         // actions check is read below.
+        let mut escalations = Vec::new();
         for job in jobs.iter_mut() {
             if !job.stopped && job.case.findings.is_some() && job.case.needs_escalation() {
-                self.escalate(tenant, job, now).await;
+                escalations.push(self.escalate(tenant, job, now));
             }
         }
+        at_once(escalations).await;
         let new: Vec<(String, Option<RiskRecord>)> = jobs
             .iter()
             .filter(|j| !j.stopped && j.case.findings.is_none())
@@ -731,6 +812,23 @@ impl Worker {
             .map(|j| j.case.user_id.clone())
             .collect();
         let mut facts = investigate::user_facts_bulk(&self.graph, tenant, &resumed).await;
+        // The cooldown rail of each new plan: the users' last resets, read at once.
+        let planned: Vec<String> = jobs
+            .iter()
+            .filter(|j| !j.stopped && j.case.findings.is_none())
+            .map(|j| j.case.case_id.clone())
+            .collect();
+        let mut reads = Vec::new();
+        for job in jobs.iter().filter(|j| planned.contains(&j.case.case_id)) {
+            reads.push(async move {
+                (
+                    job.case.case_id.clone(),
+                    self.last_reset(tenant, &job.case).await,
+                )
+            });
+        }
+        let mut last_resets: HashMap<String, Result<Option<OffsetDateTime>, LedgerError>> =
+            at_once(reads).await.into_iter().collect();
         for job in jobs.iter_mut().filter(|j| !j.stopped) {
             let user = job.case.user_id.clone();
             let risk = risks.get(&user).cloned().flatten();
@@ -740,13 +838,14 @@ impl Worker {
                         if job.case.user_principal_name.is_none() {
                             job.case.user_principal_name = found.user.user_principal_name.clone();
                         }
-                        let last_reset = match self.last_reset(tenant, &job.case).await {
-                            Ok(last) => last,
-                            Err(e) => {
-                                self.stop(job, &GraphError::RateLimiter(e.to_string()), now);
-                                continue;
-                            }
-                        };
+                        let last_reset =
+                            match last_resets.remove(&job.case.case_id).unwrap_or(Ok(None)) {
+                                Ok(last) => last,
+                                Err(e) => {
+                                    self.stop(job, &GraphError::RateLimiter(e.to_string()), now);
+                                    continue;
+                                }
+                            };
                         plan_case(&mut job.case, &self.policy, &found, last_reset, now);
                         job.facts = found.user.clone();
                         job.risk = found.risk.clone();
