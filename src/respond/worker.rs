@@ -1074,24 +1074,22 @@ impl Worker {
         if let Some(lease) = job.case.lease.as_mut().filter(|l| l.holder == self.holder) {
             lease.until = now + CASE_LEASE;
         }
-        for _ in 0..MAX_CONFLICTS {
-            match self.ledger.save_case(&job.case, job.version).await {
-                Ok(Some(version)) => {
-                    job.version = version;
-                    job.base = job.case.clone();
-                    return;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
-                    return;
-                }
+        match self.ledger.save_case(&job.case, job.version).await {
+            Ok(Some(version)) => {
+                job.version = version;
+                job.base = job.case.clone();
+                return;
             }
-            let fresh = match self.ledger.case(&job.case.case_id).await {
-                Ok(Some(found)) => found,
-                Ok(None) | Err(_) => return,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
+                return;
+            }
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let Ok(Some((fresh, version))) = self.ledger.case(&job.case.case_id).await else {
+                return;
             };
-            let (fresh, version) = fresh;
             if fresh
                 .lease
                 .as_ref()
@@ -1105,14 +1103,26 @@ impl Worker {
                 );
                 return;
             }
-            let merged = reconcile(&job.case, &job.base, fresh);
-            job.case = merged;
-            job.case.lease = Some(Lease {
+            // Ours is adopted only once it is stored: until then `base` stays what the store
+            // last had from us, so a later reconcile still sees every outcome of this run.
+            let mut merged = reconcile(&job.case, &job.base, fresh);
+            merged.lease = Some(Lease {
                 holder: self.holder.clone(),
                 until: now + CASE_LEASE,
             });
-            job.base = job.case.clone();
-            job.version = version;
+            match self.ledger.save_case(&merged, version).await {
+                Ok(Some(saved)) => {
+                    job.base = merged.clone();
+                    job.case = merged;
+                    job.version = saved;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
+                    return;
+                }
+            }
         }
     }
 
