@@ -138,11 +138,18 @@ pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), S
         Some(table) => {
             let client = aws_sdk_dynamodb::Client::new(&aws_config().await);
             let store = Arc::new(DynamoStore::new(client, table.clone()));
-            Ok((Ledger::new(store.clone()), store))
+            let ledger = Ledger::new(store.clone());
+            // Off Lambda (SQS redelivers there), the work index feeds the local retries.
+            let ledger = if config.in_lambda {
+                ledger
+            } else {
+                ledger.with_work_index()
+            };
+            Ok((ledger, store))
         }
         None if config.in_lambda => Err(ConfigError::RequiredInLambda("RR_LEDGER_TABLE").into()),
         None => Ok((
-            Ledger::new(Arc::new(SqliteStore::open(&config.ledger_path)?)),
+            Ledger::new(Arc::new(SqliteStore::open(&config.ledger_path)?)).with_work_index(),
             Arc::new(MemoryReplayGuard::default()),
         )),
     }

@@ -90,7 +90,11 @@ async fn enforcing(s: &StandIn) -> (Worker, Ledger) {
 async fn confirmed_compromised_user_is_remediated_once_however_many_signals_follow() {
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
-    let (worker, ledger) = enforcing(&s).await;
+    let (mut worker, ledger) = enforcing(&s).await;
+    // Every later signal sees Identity Protection as it is now: confirmedCompromised, with a
+    // riskLastUpdatedDateTime newer than the case's episode (explained by our own confirm),
+    // not a cached atRisk record.
+    worker.view_max_age = time::Duration::ZERO;
     let first = worker.handle(&adele_item("alert-first")).await;
     assert!(matches!(first, Disposition::Done(_)), "{first:?}");
     assert_eq!(
@@ -117,6 +121,26 @@ async fn confirmed_compromised_user_is_remediated_once_however_many_signals_foll
     assert_eq!(password_mails(&s), 1, "one password mail");
     assert_eq!(soc_mails(&s), 1, "one SOC mail");
     assert_eq!(revokes(&s), 1);
+    let record = s.with(|d| d.risky_users[ADELE].clone());
+    let case = case_of(&ledger, "alert-first").await;
+    let risk_rfc3339 = record["riskLastUpdatedDateTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let updated = time::OffsetDateTime::parse(
+        &risk_rfc3339,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    match &case.episode {
+        risk_responder::cases::Episode::IdentityProtection {
+            risk_last_updated, ..
+        } => assert!(
+            Some(updated) > *risk_last_updated,
+            "the record changed since the episode began (by our confirm)"
+        ),
+        other => panic!("{other:?}"),
+    }
     let case = case_of(&ledger, "m-24").await;
     assert_eq!(case.signals.count, 29);
     assert_eq!(case.status, CaseStatus::Completed);
@@ -490,6 +514,7 @@ async fn fifty_concurrent_signals(faults: bool) {
         });
     }
     let mut pending: Vec<WorkItem> = items;
+    let mut retried = 0;
     for round in 0..10 {
         if round == 1 {
             s.with(|d| d.faults.unavailable_mail_subjects.clear());
@@ -504,6 +529,7 @@ async fn fifty_concurrent_signals(faults: bool) {
         for (chunk, dispositions) in chunks.iter().zip(results) {
             for (item, disposition) in chunk.iter().zip(dispositions) {
                 if disposition.is_retry() {
+                    retried += 1;
                     again.push(item.clone());
                 }
             }
@@ -528,6 +554,18 @@ async fn fifty_concurrent_signals(faults: bool) {
     assert_eq!(cases.len(), 1, "one case: {cases:#?}");
     assert_eq!(cases[0].signals.count, 50);
     assert_eq!(cases[0].status, CaseStatus::Completed);
+    if faults {
+        // The faults happened: messages were kept for retry, and the SOC mail got a 503.
+        assert!(retried > 0, "no message was retried");
+        assert!(
+            cases[0]
+                .history
+                .iter()
+                .any(|h| h.what.starts_with("notify failed: Graph error 503")),
+            "{:#?}",
+            cases[0].history
+        );
+    }
     std::fs::remove_file(&path).ok();
 }
 
@@ -634,8 +672,10 @@ async fn holders_of_protected_roles_and_members_of_protected_groups_are_held() {
     assert!(case.rails[0].contains(group));
 }
 
+/// The reset cooldown is a rail of the plan: the second episode's reset (and the dismiss that
+/// would follow it) wait for a person, who can approve them past the cooldown.
 #[tokio::test]
-async fn a_second_episode_within_the_cooldown_does_not_reset_again() {
+async fn a_second_episode_within_the_cooldown_waits_for_a_person_who_can_approve_the_reset() {
     let s = start().await;
     seed(&s, "medium", "atRisk", 0);
     let (mut worker, ledger) = enforcing(&s).await;
@@ -650,17 +690,82 @@ async fn a_second_episode_within_the_cooldown_does_not_reset_again() {
         r["riskLevel"] = "medium".into();
         r["riskLastUpdatedDateTime"] = now_iso().into();
     });
-    worker.handle(&users_notification("n-new")).await;
+    let disposition = worker.handle(&users_notification("n-new")).await;
+    assert!(!disposition.is_retry(), "{disposition:?}");
     let first = case_of(&ledger, "alert-one").await;
-    let second = case_of(&ledger, "n-new").await;
+    let (second, version) = ledger.find_case("n-new").await.unwrap().unwrap();
     assert_ne!(first.case_id, second.case_id, "a new episode is a new case");
     assert_eq!(resets(&s), 1, "no second reset within the cooldown");
     match state(&second, Action::ResetPassword) {
-        ActionState::Skipped { reason, .. } => assert!(reason.contains("cooldown"), "{reason}"),
+        ActionState::Held { rail } => {
+            assert!(rail.starts_with("reset cooldown until "), "{rail}")
+        }
         other => panic!("{other:?}"),
     }
-    assert!(is_done(state(&second, Action::DismissRisk)));
+    // Dismissing without the reset would let the user back in with the same password.
+    assert!(matches!(
+        state(&second, Action::DismissRisk),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert!(is_done(state(&second, Action::RevokeSessions)));
+    assert_eq!(second.status, CaseStatus::AwaitingApproval);
     assert!(second.rails.iter().any(|r| r.contains("cooldown")));
+    assert!(second.next_actor().to_string().starts_with("person"));
+    // The plan shows it before anything runs (the audit trail too).
+    assert!(
+        second.history.iter().any(|h| h
+            .what
+            .starts_with("reset_password held: reset cooldown until")),
+        "{:#?}",
+        second.history
+    );
+
+    // A person approves past the cooldown: the reset runs this time (the run-time guard
+    // honours the approval).
+    let mut approved = second.clone();
+    approved
+        .approve(
+            "alice",
+            "user called, verified",
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    ledger.save_case(&approved, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: second.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    let second = case_of(&ledger, "n-new").await;
+    assert_eq!(second.status, CaseStatus::Completed);
+    assert!(is_done(state(&second, Action::ResetPassword)));
+    assert_eq!(resets(&s), 2);
+}
+
+/// The cooldown also holds a reset in report-only mode, where the plan shows it.
+#[tokio::test]
+async fn the_cooldown_shows_in_a_report_only_plan() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let ledger = memory_ledger();
+    let (record, version) = ledger.user(TENANT, ADELE).await.unwrap();
+    let mut record = record;
+    record.last_reset_at = Some(time::OffsetDateTime::now_utc() - time::Duration::hours(2));
+    record.last_reset_case = Some("c-earlier".into());
+    ledger.save_user(&record, version).await.unwrap().unwrap();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
+    assert!(!worker.handle(&adele_item("alert-ro-cool")).await.is_retry());
+    let case = case_of(&ledger, "alert-ro-cool").await;
+    assert!(matches!(
+        state(&case, Action::ResetPassword),
+        ActionState::Held { rail } if rail.starts_with("reset cooldown until")
+    ));
+    assert_eq!(*state(&case, Action::RevokeSessions), ActionState::Planned);
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
 }
 
 #[tokio::test]
@@ -882,5 +987,638 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
         out.contains("approve by alice: confirmed with the owner"),
         "{out}"
     );
+    // The audit shows the blocked sign-ins the plan was made from (a short summary).
+    assert!(
+        out.contains("1 sign-in(s) blocked with AADSTS53011 since"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "app Office 365 Exchange Online IP 203.0.113.77 location Lagos, Lagos, NG client Browser device"
+        ),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A store that runs a hook (once) just before the first write of a planned case: what
+/// another worker does while this one works a case.
+struct HookStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    hook:
+        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for HookStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        if key.starts_with("case#") && doc.contains("\"findings\"") {
+            let hook = self.hook.lock().await.take();
+            if let Some(hook) = hook {
+                hook.await;
+            }
+        }
+        self.inner.put(key, doc, expected, expires_at).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+fn medium(id: &str) -> WorkItem {
+    signal(id, EventSource::Sentinel, "alert-m", RiskLevel::Medium)
+}
+
+fn high(id: &str) -> WorkItem {
+    signal(id, EventSource::Sentinel, "alert-h", RiskLevel::High)
+}
+
+/// A High signal merged while another worker plans the Medium case is not lost: the planning
+/// worker escalates the case when it records it (the merge only raised the observed level).
+async fn high_signal_merged_mid_plan(policy: Policy) {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let inner: Arc<dyn risk_responder::ledger::Store> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
+    let other = Arc::new(worker_with(
+        &s,
+        Ledger::new(inner.clone()),
+        policy.clone(),
+        2,
+    ));
+    let merged_meanwhile = {
+        let other = other.clone();
+        Box::pin(async move {
+            let d = other.handle(&high("high-meanwhile")).await;
+            // The case is leased by the planning worker: this message is done, trusting it.
+            assert!(!d.is_retry(), "{d:?}");
+        })
+    };
+    let store = HookStore {
+        inner: inner.clone(),
+        hook: tokio::sync::Mutex::new(Some(merged_meanwhile)),
+    };
+    let ledger = Ledger::new(Arc::new(store));
+    let mut worker = worker_with(&s, ledger.clone(), policy, 2);
+    worker.view_max_age = time::Duration::ZERO;
+    let d = worker.handle(&medium("medium-first")).await;
+    assert!(!d.is_retry(), "{d:?}");
+    assert!(
+        ledger.signal("high-meanwhile").await.unwrap().is_some(),
+        "the hook ran"
+    );
+    let case = case_of(&ledger, "high-meanwhile").await;
+    assert_eq!(case.case_id, case_of(&ledger, "medium-first").await.case_id);
+    assert_eq!(case.risk_level, RiskLevel::High);
+    assert_eq!(
+        case.planned_level,
+        Some(RiskLevel::High),
+        "{:#?}",
+        case.history
+    );
+    assert!(is_done(state(&case, Action::BlockSignIn)), "{case:#?}");
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+    assert_eq!(resets(&s), 1);
+}
+
+/// The merge lands while the planning worker records the reset (a checkpoint).
+#[tokio::test]
+async fn a_high_signal_merged_while_a_medium_case_is_planned_escalates_it() {
+    high_signal_merged_mid_plan(policy(Mode::Enforce)).await;
+}
+
+/// The merge lands when the planning worker saves the case at the end of its run.
+#[tokio::test]
+async fn a_high_signal_merged_before_a_medium_case_is_saved_escalates_it() {
+    let text = enforcing_policy_text("").replace(
+        "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\"]",
+        "actions = [\"revoke_sessions\"]",
+    );
+    high_signal_merged_mid_plan(Policy::from_toml(&text).unwrap()).await;
+}
+
+/// A protected account's case stays held when it escalates: on the retry of its failed SOC
+/// mail, and after a person approved its first plan.
+#[tokio::test]
+async fn escalating_a_protected_case_holds_the_new_actions_too() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    let mut worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_user_ids = [\"{ADELE}\"]")),
+        2,
+    );
+    worker.view_max_age = time::Duration::ZERO;
+    // Its SOC mail fails once: status retry.
+    s.with(|d| {
+        d.faults
+            .unavailable_mail_subjects
+            .push("risk-responder:".into())
+    });
+    assert!(worker.handle(&medium("m-1")).await.is_retry());
+    assert_eq!(case_of(&ledger, "m-1").await.status, CaseStatus::Retry);
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    // A higher-severity signal, then the retry.
+    assert!(!worker.handle(&high("h-1")).await.is_retry());
+    let case = case_of(&ledger, "h-1").await;
+    assert_eq!(case.planned_level, Some(RiskLevel::High));
+    for action in [Action::BlockSignIn, Action::ConfirmCompromised] {
+        assert!(
+            matches!(state(&case, action), ActionState::Held { rail } if rail.starts_with("protected account")),
+            "{action:?}: {:?}",
+            state(&case, action)
+        );
+    }
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert_eq!((revokes(&s), resets(&s)), (0, 0));
+
+    // Approved, carried out and completed; a later signal at a higher level is held again.
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    let mut worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety(&format!("protected_user_ids = [\"{ADELE}\"]")),
+        2,
+    );
+    worker.view_max_age = time::Duration::ZERO;
+    assert!(!worker.handle(&medium("m-2")).await.is_retry());
+    let (mut case, version) = ledger.find_case("m-2").await.unwrap().unwrap();
+    case.approve("alice", "verified", time::OffsetDateTime::now_utc())
+        .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    assert_eq!(case_of(&ledger, "m-2").await.status, CaseStatus::Completed);
+    assert_eq!(resets(&s), 1);
+    assert!(!worker.handle(&high("h-2")).await.is_retry());
+    let case = case_of(&ledger, "h-2").await;
+    assert!(matches!(
+        state(&case, Action::BlockSignIn),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    assert_ne!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "confirmedCompromised"
+    );
+}
+
+/// A case a person skipped that escalates waits for a person again, who can approve it.
+#[tokio::test]
+async fn an_escalated_skipped_case_can_be_approved() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 1);
+    let ledger = memory_ledger();
+    // A Medium rule that leaves Identity Protection's record as it is (the High signal then
+    // belongs to the same episode).
+    let text = enforcing_policy_text("").replace(
+        "actions = [\"revoke_sessions\", \"reset_password\", \"dismiss_risk\", \"notify\"]",
+        "actions = [\"revoke_sessions\", \"notify\"]",
+    );
+    let mut worker = worker_with(&s, ledger.clone(), Policy::from_toml(&text).unwrap(), 2);
+    worker.view_max_age = time::Duration::ZERO;
+    // Its SOC mail fails (retry), and a person skips the rest.
+    s.with(|d| {
+        d.faults
+            .unavailable_mail_subjects
+            .push("risk-responder:".into())
+    });
+    assert!(worker.handle(&medium("m-3")).await.is_retry());
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    let (mut case, version) = ledger.find_case("m-3").await.unwrap().unwrap();
+    case.skip("alice", "known travel", time::OffsetDateTime::now_utc())
+        .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    // A High signal arrives.
+    assert!(!worker.handle(&high("h-3")).await.is_retry());
+    let (mut case, version) = ledger.find_case("h-3").await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(
+        case.actions
+            .iter()
+            .filter(|a| !matches!(
+                a.state,
+                ActionState::Skipped { .. } | ActionState::Done { .. }
+            ))
+            .all(|a| matches!(&a.state, ActionState::Held { rail } if rail.contains("skipped"))),
+        "{:#?}",
+        case.actions
+    );
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), true);
+    case.approve(
+        "bob",
+        "confirmed compromise",
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: case.case_id.clone(),
+    };
+    assert!(!worker.handle(&resume).await.is_retry());
+    let case = case_of(&ledger, "h-3").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::BlockSignIn)));
+    assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+}
+
+/// A store that stops answering (a worker that crashed) at the first request for the Identity
+/// Protection budget after a case with a done reset was written.
+struct CrashingStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    armed: std::sync::atomic::AtomicBool,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+impl CrashingStore {
+    async fn gate(&self, key: &str) {
+        use std::sync::atomic::Ordering;
+        if self.armed.load(Ordering::SeqCst) && key.contains("#rate#identity_protection") {
+            self.crashed.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for CrashingStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.gate(key).await;
+        self.inner.get(key).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        self.gate(key).await;
+        let written = self.inner.put(key, doc, expected, expires_at).await?;
+        if written.is_some()
+            && key.starts_with("case#")
+            && let Ok(case) = serde_json::from_str::<Case>(doc)
+            && case
+                .actions
+                .iter()
+                .any(|a| a.action == Action::ResetPassword && is_done(&a.state))
+        {
+            self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(written)
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+/// A worker that crashes after the reset and its mail, before confirming: once its lease runs
+/// out another resumes the case from what was recorded. Still one reset, one password mail,
+/// one SOC mail.
+#[tokio::test]
+async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let inner: Arc<dyn risk_responder::ledger::Store> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
+    let crashing = Arc::new(CrashingStore {
+        inner: inner.clone(),
+        armed: Default::default(),
+        crashed: Default::default(),
+    });
+    let doomed = enforcing_worker(&s, Ledger::new(crashing.clone()), 2);
+    let item = adele_item("alert-crash");
+    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
+    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
+    assert!(crashing.crashed.load(std::sync::atomic::Ordering::SeqCst));
+    drop(doomed);
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 0));
+
+    let ledger = Ledger::new(inner.clone());
+    let (mut case, version) = ledger.find_case("alert-crash").await.unwrap().unwrap();
+    assert!(is_done(state(&case, Action::ResetPassword)), "{case:#?}");
+    assert_eq!(
+        *state(&case, Action::ConfirmCompromised),
+        ActionState::Pending
+    );
+    // The crashed worker's lease runs out; SQS delivers the message again to another worker.
+    let lease = case.lease.as_mut().expect("the crashed worker's lease");
+    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    ledger.save_case(&case, version).await.unwrap().unwrap();
+    let survivor = enforcing_worker(&s, ledger.clone(), 2);
+    let d = survivor.handle(&item).await;
+    assert!(!d.is_retry(), "{d:?}");
+    let case = case_of(&ledger, "alert-crash").await;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(is_done(state(&case, Action::ConfirmCompromised)));
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 1));
+    assert_eq!(revokes(&s), 1, "recorded with the reset");
+}
+
+/// The blast-radius alert is marked sent only once it was: a 503 on its mail keeps the held
+/// case for retry, and the retry sends the one alert.
+#[tokio::test]
+async fn a_failed_blast_radius_alert_is_sent_on_retry() {
+    let s = start().await;
+    let mut users = Vec::new();
+    s.with(|d| {
+        for i in 0..3 {
+            let id = format!("00000000-0000-4000-8000-00000000000{i}");
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users
+                .push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(
+                id.clone(),
+                json!({"id": id, "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": now_iso(), "userPrincipalName": upn}),
+            );
+            users.push(id);
+        }
+        d.faults
+            .unavailable_mail_subjects
+            .push("blast-radius limit".into());
+    });
+    let ledger = memory_ledger();
+    let mut policy = with_safety("max_enforced_cases_per_hour = 1");
+    if let Some(risk_responder::cases::policy::PasswordDelivery::Mail { to_manager, .. }) =
+        policy.password_delivery.as_mut()
+    {
+        *to_manager = false;
+    }
+    let worker = worker_with(&s, ledger.clone(), policy, 2);
+    let item = |i: usize| {
+        WorkItem::Risk(RiskEvent {
+            event_id: format!("spray-{i}"),
+            tenant_id: TENANT.into(),
+            source: EventSource::Sentinel,
+            subject: Subject::User {
+                id: Some(users[i].clone()),
+                upn: None,
+            },
+            risk_level: RiskLevel::Medium,
+            detected_at: time::OffsetDateTime::now_utc(),
+            source_id: format!("alert-{i}"),
+            resource_data: None,
+        })
+    };
+    let alerts = |s: &StandIn| {
+        mail_subjects(s)
+            .iter()
+            .filter(|m| m.contains("blast-radius limit"))
+            .count()
+    };
+    assert!(!worker.handle(&item(0)).await.is_retry());
+    // The second case is held; its alert fails: kept for retry, not marked sent.
+    assert!(worker.handle(&item(1)).await.is_retry());
+    let held = case_of(&ledger, "spray-1").await;
+    assert_eq!(held.status, CaseStatus::Retry);
+    assert!(held.blast_alert_due);
+    assert!(
+        held.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("blast-radius alert failed"),
+        "{:?}",
+        held.last_error
+    );
+    assert_eq!(alerts(&s), 0);
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    // The message is delivered again: the alert goes out, the case waits for a person.
+    assert!(!worker.handle(&item(1)).await.is_retry());
+    assert_eq!(alerts(&s), 1);
+    let held = case_of(&ledger, "spray-1").await;
+    assert_eq!(held.status, CaseStatus::AwaitingApproval);
+    assert!(!held.blast_alert_due);
+    // A third case in the same hour: held, no second alert.
+    assert!(!worker.handle(&item(2)).await.is_retry());
+    assert_eq!(
+        case_of(&ledger, "spray-2").await.status,
+        CaseStatus::AwaitingApproval
+    );
+    assert_eq!(alerts(&s), 1, "one alert per hour");
+    assert_eq!(resets(&s), 1);
+}
+
+/// A store that takes 20 ms per request on `user#` records and counts how many are in flight.
+struct SlowStore {
+    inner: Arc<dyn risk_responder::ledger::Store>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl SlowStore {
+    async fn timed<T>(&self, key: &str, call: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering;
+        if !key.starts_with("user#") {
+            return call.await;
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let out = call.await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl risk_responder::ledger::Store for SlowStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.timed(key, self.inner.get(key)).await
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.get_many(keys).await
+    }
+    async fn create_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<usize, risk_responder::ledger::LedgerError> {
+        self.inner.create_all(items).await
+    }
+    async fn put_all(
+        &self,
+        items: &[risk_responder::ledger::NewItem],
+    ) -> Result<(), risk_responder::ledger::LedgerError> {
+        self.inner.put_all(items).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        doc: &str,
+        expected: u64,
+        expires_at: Option<i64>,
+    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+        self.timed(key, self.inner.put(key, doc, expected, expires_at))
+            .await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, risk_responder::ledger::LedgerError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
+        self.inner.list(prefix, limit).await
+    }
+}
+
+/// A tenant's records are worked on together (bounded), not one after another: with a ledger
+/// that takes 20 ms per user record, many are in flight at once.
+#[tokio::test]
+async fn a_tenants_records_are_worked_concurrently() {
+    let s = start().await;
+    s.with(|d| d.page_size = 1000);
+    let users: Vec<String> = (0..32)
+        .map(|i| format!("00000000-0000-4000-8000-0000000001{i:02}"))
+        .collect();
+    s.with(|d| {
+        for (i, id) in users.iter().enumerate() {
+            let upn = format!("user{i}@contoso.onmicrosoft.com");
+            d.users
+                .push(json!({"id": id, "userPrincipalName": upn, "accountEnabled": true}));
+            d.risky_users.insert(
+                id.clone(),
+                json!({"id": id, "riskLevel": "medium", "riskState": "atRisk",
+                "riskLastUpdatedDateTime": now_iso(), "userPrincipalName": upn}),
+            );
+        }
+    });
+    let slow = Arc::new(SlowStore {
+        inner: Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap()),
+        in_flight: Default::default(),
+        most: Default::default(),
+    });
+    let ledger = Ledger::new(slow.clone());
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
+    let items: Vec<WorkItem> = users
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            WorkItem::Risk(RiskEvent {
+                event_id: format!("burst-{i}"),
+                tenant_id: TENANT.into(),
+                source: EventSource::Sentinel,
+                subject: Subject::User {
+                    id: Some(id.clone()),
+                    upn: None,
+                },
+                risk_level: RiskLevel::Medium,
+                detected_at: time::OffsetDateTime::now_utc(),
+                source_id: format!("alert-{i}"),
+                resource_data: None,
+            })
+        })
+        .collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    assert_eq!(ledger.cases(100).await.unwrap().len(), 32);
+    let most = slow.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most >= 8,
+        "at most {most} user records in flight: the records were worked one after another"
+    );
+    assert!(most <= risk_responder::respond::worker::RECORDS_AT_ONCE);
 }

@@ -139,9 +139,9 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
         [
             format!("POST /v1.0/users/{ADELE}/revokeSignInSessions"),
             format!("PATCH /v1.0/users/{ADELE}"),
-            // password: delivered first, then set
-            "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
+            // password: set first, then delivered (never a mail of a password not set)
             format!("PATCH /v1.0/users/{ADELE}"),
+            "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
             "POST /v1.0/identityProtection/riskyUsers/confirmCompromised".to_owned(),
             "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
         ]
@@ -558,4 +558,107 @@ async fn a_rotated_client_secret_is_used_without_a_restart() {
         graph.user_facts(TENANT, ADELE).await.unwrap().user_id,
         ADELE
     );
+}
+
+/// The temporary password is set before it is delivered: a 503 on the PATCH delivers nothing;
+/// a 503 on the mail after the PATCH leaves the action failed, saying so, and its retry sets a
+/// new password and mails that one. Exactly one password mail, holding the password set last.
+#[tokio::test]
+async fn a_password_is_mailed_only_after_it_is_set_and_only_the_current_one() {
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 0);
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::Enforce), 2);
+    let item = WorkItem::Risk(event(RiskLevel::Medium));
+    let password_mails = |s: &StandIn| -> Vec<String> {
+        s.with(|d| {
+            d.mails
+                .iter()
+                .filter(|(_, m)| {
+                    m["message"]["subject"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Temporary password")
+                })
+                .map(|(_, m)| m["message"]["body"]["content"].as_str().unwrap().to_owned())
+                .collect()
+        })
+    };
+    let reset_state = |case: &Case| {
+        case.actions
+            .iter()
+            .find(|a| a.action == Action::ResetPassword)
+            .unwrap()
+            .state
+            .clone()
+    };
+    // 1. Setting it fails: nothing is delivered.
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((Method::PATCH, format!("/users/{ADELE}")))
+    });
+    assert!(worker.handle(&item).await.is_retry());
+    assert_eq!((resets(&s), password_mails(&s).len()), (0, 0));
+    // 2. Set, but its mail fails: the action says so (no password in it).
+    s.with(|d| {
+        d.faults.unavailable_paths.clear();
+        d.faults
+            .unavailable_mail_subjects
+            .push("Temporary password".into());
+    });
+    assert!(worker.handle(&item).await.is_retry());
+    assert_eq!((resets(&s), password_mails(&s).len()), (1, 0));
+    let first = s.with(|d| d.users[0]["passwordProfile"]["password"].clone());
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    match reset_state(&case) {
+        ActionState::Failed {
+            error, transient, ..
+        } => {
+            assert!(
+                error.starts_with("temporary password set at ")
+                    && error.contains("but its mail failed")
+                    && error.contains("the retry sets a new password"),
+                "{error}"
+            );
+            assert!(transient);
+        }
+        other => panic!("{other:?}"),
+    }
+    let dismiss = case
+        .actions
+        .iter()
+        .find(|a| a.action == Action::DismissRisk)
+        .unwrap();
+    assert_eq!(
+        dismiss.state.word(),
+        "pending",
+        "nothing after the reset ran"
+    );
+    // 3. Both work: a new password is set and that one is mailed.
+    s.with(|d| d.faults.unavailable_mail_subjects.clear());
+    let done = worker.handle(&item).await;
+    assert!(!done.is_retry(), "{done:?}");
+    assert_eq!(resets(&s), 2);
+    let (current, force) = s.with(|d| {
+        let profile = &d.users[0]["passwordProfile"];
+        (
+            profile["password"].as_str().unwrap().to_owned(),
+            profile["forceChangePasswordNextSignIn"].clone(),
+        )
+    });
+    assert_ne!(first.as_str(), Some(current.as_str()), "a new password");
+    assert_eq!(force, true);
+    let mails = password_mails(&s);
+    assert_eq!(mails.len(), 1, "exactly one password mail");
+    assert!(
+        mails[0].contains(&current),
+        "the mail holds the password set last"
+    );
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    assert_eq!(case.status, CaseStatus::Completed);
+    assert!(matches!(reset_state(&case), ActionState::Done { .. }));
+    let stored = serde_json::to_string(&case).unwrap();
+    assert!(!stored.contains(&current), "no password in the case");
+    assert!(!stored.contains(first.as_str().unwrap()));
 }

@@ -118,6 +118,26 @@ async fn a_registered_user_self_remediates_and_gets_sspr_instructions_not_a_rese
     assert!(
         matches!(state(&case, Action::ResetPassword), ActionState::Skipped { reason, .. } if reason.contains("SSPR"))
     );
+    // The risk is left for the user's own secure password change: dismissing it would let the
+    // possibly stolen password in again, and the mail says sign-ins may be blocked until then.
+    assert!(
+        matches!(state(&case, Action::DismissRisk), ActionState::Skipped { reason, .. }
+            if reason == "risk left for the user's own secure password change / Conditional Access"),
+        "{:?}",
+        state(&case, Action::DismissRisk)
+    );
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
+    assert!(
+        !s.writes()
+            .iter()
+            .any(|w| w.contains("/identityProtection/riskyUsers/dismiss")),
+        "{:?}",
+        s.writes()
+    );
+    assert_eq!(case.status, CaseStatus::Completed);
     assert!(matches!(
         state(&case, Action::NotifyUser),
         ActionState::Done { .. }
@@ -130,6 +150,10 @@ async fn a_registered_user_self_remediates_and_gets_sspr_instructions_not_a_rese
     assert_eq!(subject, "Please change your password now");
     assert!(
         body.contains("https://aka.ms/sspr") && body.contains(&case.case_id),
+        "{body}"
+    );
+    assert!(
+        body.contains("sign-ins may ask for more verification or be blocked"),
         "{body}"
     );
     // The registration read is a report: it was read by $batch on the reports budget.
@@ -213,6 +237,18 @@ async fn a_hybrid_user_without_password_writeback_is_not_reset() {
     );
     assert_eq!(resets(&s), 0);
     assert!(case.rails.iter().any(|r| r.contains("hybrid")));
+    // The risk is not dismissed without the reset: the case waits for a person.
+    assert!(
+        matches!(state(&case, Action::DismissRisk), ActionState::Held { rail } if rail.contains("hybrid")),
+        "{:?}",
+        state(&case, Action::DismissRisk)
+    );
+    assert_eq!(case.status, CaseStatus::AwaitingApproval);
+    assert!(case.next_actor().to_string().starts_with("person"));
+    assert_eq!(
+        s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
+        "atRisk"
+    );
     // The user is advised to change the password the way the organisation provides.
     let (_, subject, _) = &user_mails(&s)[0];
     assert_eq!(subject, "Unusual sign-in activity on your account");
@@ -443,7 +479,8 @@ async fn the_local_server_retries_failed_work_from_its_ledger() {
     let path = std::env::temp_dir().join(format!("pending-{}.sqlite", uuid::Uuid::new_v4()));
     let ledger = Ledger::new(Arc::new(
         risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
-    ));
+    ))
+    .with_work_index();
     let worker = enforcing_worker(&s, ledger.clone(), 2);
     // A signal kept by the intake but never worked (the process stopped).
     let WorkItem::Risk(kept) = adele_item("kept-not-worked") else {
@@ -487,7 +524,8 @@ async fn the_local_server_retries_failed_work_from_its_ledger() {
         &s,
         Ledger::new(Arc::new(
             risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
-        )),
+        ))
+        .with_work_index(),
         2,
     );
     assert!(!restarted.handle_batch(&due).await[0].is_retry());
@@ -497,4 +535,144 @@ async fn the_local_server_retries_failed_work_from_its_ledger() {
     );
     assert_eq!(resets(&s), 1);
     std::fs::remove_file(&path).ok();
+}
+
+fn stored_case(status: CaseStatus, attempts: u32, user: &str) -> Case {
+    use risk_responder::cases::{Episode, Mode, SignalRef};
+    use risk_responder::event::{EventSource, RiskLevel};
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    let mut case = Case::open(
+        TENANT,
+        user,
+        None,
+        Episode::Source {
+            source: EventSource::Sentinel,
+            source_id: format!("alert-{user}"),
+        },
+        SignalRef {
+            signal_id: format!("s-{user}"),
+            source: EventSource::Sentinel,
+            source_id: format!("alert-{user}"),
+            risk_level: RiskLevel::High,
+            detected_at: long_ago,
+        },
+        RiskLevel::High,
+        Mode::Enforce,
+        long_ago,
+    );
+    case.status = status;
+    case.attempts = attempts;
+    case.last_error = Some("Graph: 503 Service Unavailable".into());
+    case
+}
+
+/// Local retries leave a case that needs an operator to a person (`cases retry`), and give up
+/// on a case that keeps failing after eight attempts, saying why.
+#[tokio::test]
+async fn local_retries_leave_operator_work_to_a_person_and_stop_after_eight_attempts() {
+    use risk_responder::respond::pending::{MAX_LOCAL_ATTEMPTS, pending_work};
+    let ledger = memory_ledger().with_work_index();
+    let refused = stored_case(CaseStatus::NeedsOperator, 1, "u-refused");
+    let flaky = stored_case(CaseStatus::Retry, MAX_LOCAL_ATTEMPTS, "u-flaky");
+    let young = stored_case(CaseStatus::Retry, 2, "u-young");
+    for case in [&refused, &flaky, &young] {
+        ledger.save_case(case, 0).await.unwrap().unwrap();
+    }
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let due = pending_work(&ledger, later, 100).await.unwrap();
+    assert!(
+        matches!(&due[..], [WorkItem::Resume { case_id, .. }] if *case_id == young.case_id),
+        "{due:?}"
+    );
+    let (gave_up, _) = ledger.case(&flaky.case_id).await.unwrap().unwrap();
+    assert_eq!(gave_up.status, CaseStatus::NeedsOperator);
+    assert!(
+        gave_up
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("local retries gave up after 8 attempts: Graph: 503"),
+        "{:?}",
+        gave_up.last_error
+    );
+    assert!(gave_up.next_actor().to_string().starts_with("person"));
+    // Forever after: neither is taken up again, however long it waits.
+    let much_later = later + time::Duration::days(2);
+    let due = pending_work(&ledger, much_later, 100).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    // A person's retry gives it a fresh count.
+    let (mut retried, version) = ledger.case(&refused.case_id).await.unwrap().unwrap();
+    retried
+        .retry(
+            "alice",
+            "permission granted",
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    ledger.save_case(&retried, version).await.unwrap().unwrap();
+    let due = pending_work(&ledger, much_later, 100).await.unwrap();
+    assert!(
+        due.iter()
+            .any(|d| matches!(d, WorkItem::Resume { case_id, .. } if *case_id == refused.case_id)),
+        "{due:?}"
+    );
+}
+
+/// Work older than whatever changed since is still found (the work index, not the newest
+/// records), and an unsettled signal is taken up with backoff, not every 30 s.
+#[tokio::test]
+async fn local_retries_find_old_work_and_back_off_unsettled_signals() {
+    use risk_responder::event::RiskEvent;
+    use risk_responder::respond::pending::pending_work;
+    let ledger = memory_ledger().with_work_index();
+    let WorkItem::Risk(old) = adele_item("old-unsettled") else {
+        unreachable!()
+    };
+    ledger.keep_signals(&[old]).await.unwrap();
+    let waiting = stored_case(CaseStatus::Retry, 1, "u-old");
+    ledger.save_case(&waiting, 0).await.unwrap().unwrap();
+    // 1,500 signals and 1,200 cases settle after them.
+    let newer: Vec<RiskEvent> = (0..1500)
+        .map(|i| match adele_item(&format!("newer-{i}")) {
+            WorkItem::Risk(r) => r,
+            _ => unreachable!(),
+        })
+        .collect();
+    ledger.keep_signals(&newer).await.unwrap();
+    for signal in &newer {
+        ledger.settle_signal(signal, None, "no risk").await.unwrap();
+    }
+    for i in 0..1200 {
+        let mut done = stored_case(CaseStatus::Completed, 1, &format!("u-{i}"));
+        done.closed_at = Some(done.updated_at);
+        ledger.save_case(&done, 0).await.unwrap().unwrap();
+    }
+    let start = time::OffsetDateTime::now_utc();
+    let at = |s: i64| start + time::Duration::seconds(s);
+    let due = pending_work(&ledger, at(31), 100).await.unwrap();
+    let ids = |due: &[WorkItem]| -> Vec<String> {
+        due.iter()
+            .map(|d| match d {
+                WorkItem::Risk(r) => r.event_id.clone(),
+                WorkItem::Resume { case_id, .. } => case_id.clone(),
+                WorkItem::Lifecycle(_) => "lifecycle".into(),
+            })
+            .collect()
+    };
+    let mut found = ids(&due);
+    found.sort();
+    let mut expected = vec![waiting.case_id.clone(), "old-unsettled".to_owned()];
+    expected.sort();
+    assert_eq!(found, expected);
+    // Still unsettled: not again 30 s later, but after the doubled wait.
+    let again = ids(&pending_work(&ledger, at(62), 100).await.unwrap());
+    assert!(!again.contains(&"old-unsettled".to_owned()), "{again:?}");
+    let again = ids(&pending_work(&ledger, at(92), 100).await.unwrap());
+    assert!(again.contains(&"old-unsettled".to_owned()), "{again:?}");
+    let again = ids(&pending_work(&ledger, at(92 + 100), 100).await.unwrap());
+    assert!(!again.contains(&"old-unsettled".to_owned()), "{again:?}");
+    let again = ids(&pending_work(&ledger, at(92 + 121), 100).await.unwrap());
+    assert!(again.contains(&"old-unsettled".to_owned()), "{again:?}");
+    // The settled ones left the index.
+    assert!(ledger.pending_marks().await.unwrap().len() <= 2);
 }

@@ -171,6 +171,23 @@ pub struct CaseAction {
     pub state: ActionState,
     #[serde(default)]
     pub attempts: u32,
+    /// The person whose approval released the action past a rail (their decision overrides
+    /// the run-time guards of that rail: the reset cooldown, a dismiss without a reset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+impl CaseAction {
+    /// A pending action of `rule`.
+    pub fn pending(action: Action, rule: &str) -> Self {
+        CaseAction {
+            action,
+            rule: rule.to_owned(),
+            state: ActionState::Pending,
+            attempts: 0,
+            approved_by: None,
+        }
+    }
 }
 
 /// A signal as its case remembers it.
@@ -246,8 +263,20 @@ pub struct Case {
     pub mode: Mode,
     /// The source of the signal that opened the case (rules may be limited to sources).
     pub opened_by: EventSource,
-    /// The highest risk level seen (signals and Identity Protection): what the plan is for.
+    /// The highest risk level seen (signals and Identity Protection).
     pub risk_level: RiskLevel,
+    /// The level the plan (with its escalations) covers; below `risk_level`, the worker
+    /// escalates the case. `None` until planned (and in cases stored before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_level: Option<RiskLevel>,
+    /// Actions that change an account were planned or appended in enforce mode and the
+    /// per-tenant blast-radius rail has not admitted them yet (the worker asks the ledger).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admission_due: bool,
+    /// The blast-radius rail held this case and its one alert to the SOC could not be sent:
+    /// the case is retried until the alert goes out (or another case's alert did).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blast_alert_due: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub opened_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -327,6 +356,9 @@ impl Case {
             mode,
             opened_by: signal.source,
             risk_level: level,
+            planned_level: None,
+            admission_due: false,
+            blast_alert_due: false,
             opened_at: now,
             updated_at: now,
             closed_at: None,
@@ -373,12 +405,36 @@ impl Case {
         matches!(self.status, CaseStatus::Completed | CaseStatus::Skipped)
     }
 
-    /// Whether the worker has something to do on this case.
+    /// Whether the worker has something to do on this case: it is not settled, or a signal
+    /// raised its level above what its plan covers (the worker escalates it, whatever its
+    /// status).
     pub fn needs_worker(&self) -> bool {
         matches!(
             self.status,
             CaseStatus::New | CaseStatus::Open | CaseStatus::Retry | CaseStatus::NeedsOperator
-        )
+        ) || self.needs_escalation()
+    }
+
+    /// Whether the case waits for the worker and no person: what the local retries take up
+    /// (a case that needs an operator waits for `cases retry`).
+    pub fn awaits_worker(&self) -> bool {
+        matches!(
+            self.status,
+            CaseStatus::New | CaseStatus::Open | CaseStatus::Retry
+        ) || self.needs_escalation()
+    }
+
+    /// The level the plan covers (a planned case stored before `planned_level` was kept
+    /// covers its `risk_level`).
+    pub fn plan_level(&self) -> Option<RiskLevel> {
+        self.planned_level
+            .or_else(|| self.findings.as_ref().map(|_| self.risk_level))
+    }
+
+    /// Whether the case is planned for a lower level than it has been seen at.
+    pub fn needs_escalation(&self) -> bool {
+        self.plan_level()
+            .is_some_and(|planned| self.risk_level > planned)
     }
 
     /// Whether `signal_id` was merged already (redelivery).
@@ -410,12 +466,7 @@ impl Case {
                 self.actions = rule
                     .actions
                     .iter()
-                    .map(|&action| CaseAction {
-                        action,
-                        rule: rule.name.clone(),
-                        state: ActionState::Pending,
-                        attempts: 0,
-                    })
+                    .map(|&action| CaseAction::pending(action, &rule.name))
                     .collect();
                 let list: Vec<&str> = rule.actions.iter().map(|a| a.as_str()).collect();
                 self.note(
@@ -441,33 +492,43 @@ impl Case {
             }
         }
         self.plan_note = note;
+        self.planned_level = Some(self.risk_level);
     }
 
-    /// Raises the case to `level` with `rule` (the rule for that level): the rule's actions
-    /// that are missing are appended, done ones stay done. Returns how many were appended.
+    /// Raises the plan to `level` with `rule` (the rule for that level): the rule's actions
+    /// that are missing (never planned, or planned and skipped) are appended as pending, done
+    /// ones stay done; with a notify so the SOC hears of it. Returns the range of the appended
+    /// actions, which the caller passes through the safety rails
+    /// ([`crate::cases::plan::escalate_case`]); the status is left to it.
     pub fn escalate(
         &mut self,
         level: RiskLevel,
         rule: Option<&Rule>,
         now: OffsetDateTime,
-    ) -> usize {
-        if level <= self.risk_level {
-            return 0;
-        }
-        let previous = self.risk_level;
-        self.risk_level = level;
+    ) -> std::ops::Range<usize> {
+        let end = self.actions.len();
+        let Some(previous) = self.plan_level().filter(|planned| level > *planned) else {
+            return end..end;
+        };
+        self.planned_level = Some(level);
+        self.risk_level = self.risk_level.max(level);
         let Some(rule) = rule else {
             self.note(
                 now,
                 format!("risk rose from {previous:?} to {level:?}; no rule adds actions"),
             );
-            return 0;
+            return end..end;
+        };
+        let planned = |a: Action| {
+            self.actions
+                .iter()
+                .any(|x| x.action == a && !matches!(x.state, ActionState::Skipped { .. }))
         };
         let missing: Vec<Action> = rule
             .actions
             .iter()
             .copied()
-            .filter(|a| *a != Action::Notify && !self.actions.iter().any(|x| x.action == *a))
+            .filter(|a| *a != Action::Notify && !planned(*a))
             .collect();
         if missing.is_empty() {
             self.note(
@@ -477,25 +538,15 @@ impl Case {
                     rule.name
                 ),
             );
-            return 0;
+            return end..end;
         }
-        let mut appended = missing.clone();
+        let mut appended = missing;
         // The SOC hears of what the escalation added.
         if rule.actions.contains(&Action::Notify) {
             appended.push(Action::Notify);
         }
-        let state = if self.mode == Mode::ReportOnly {
-            ActionState::Planned
-        } else {
-            ActionState::Pending
-        };
         for action in &appended {
-            self.actions.push(CaseAction {
-                action: *action,
-                rule: rule.name.clone(),
-                state: state.clone(),
-                attempts: 0,
-            });
+            self.actions.push(CaseAction::pending(*action, &rule.name));
         }
         if !self.rules.contains(&rule.name) {
             self.rules.push(rule.name.clone());
@@ -509,24 +560,24 @@ impl Case {
                 list.join(", ")
             ),
         );
-        match self.status {
-            CaseStatus::Completed if self.mode == Mode::Enforce => {
-                self.status = CaseStatus::Open;
-                self.closed_at = None;
-            }
-            CaseStatus::Skipped => {
-                self.status = CaseStatus::AwaitingApproval;
-                self.closed_at = None;
-            }
-            _ => {}
-        }
-        appended.len()
+        end..self.actions.len()
     }
 
     /// Holds every not-yet-done action behind `rail` (e.g. the blast-radius limit).
     pub fn hold(&mut self, rail: &str, only_account_changes: bool, now: OffsetDateTime) {
+        self.hold_range(0..self.actions.len(), rail, only_account_changes, now);
+    }
+
+    /// As [`Case::hold`], for the actions in `range` only (those an escalation appended).
+    pub fn hold_range(
+        &mut self,
+        range: std::ops::Range<usize>,
+        rail: &str,
+        only_account_changes: bool,
+        now: OffsetDateTime,
+    ) {
         let mut held = 0;
-        for action in &mut self.actions {
+        for action in self.actions.get_mut(range).into_iter().flatten() {
             let applies = !only_account_changes || action.action.changes_account();
             if applies && matches!(action.state, ActionState::Pending | ActionState::Planned) {
                 action.state = ActionState::Held {
@@ -574,8 +625,14 @@ impl Case {
             CaseStatus::Retry
         } else if any(&|s| matches!(s, ActionState::Pending)) {
             CaseStatus::Open
+        } else if self.blast_alert_due {
+            // Everything else waits or is done, but the SOC has not been told.
+            CaseStatus::Retry
         } else if any(&|s| matches!(s, ActionState::Held { .. })) {
             CaseStatus::AwaitingApproval
+        } else if self.status == CaseStatus::Skipped {
+            // A person closed it; nothing was reopened since.
+            CaseStatus::Skipped
         } else {
             CaseStatus::Completed
         };
@@ -583,7 +640,7 @@ impl Case {
             self.note(now, format!("status {}", status.as_str()));
         }
         self.status = status;
-        if status == CaseStatus::Completed {
+        if matches!(status, CaseStatus::Completed | CaseStatus::Skipped) {
             self.closed_at.get_or_insert(now);
             self.last_error = None;
         } else {
@@ -614,21 +671,24 @@ impl Case {
         }
     }
 
-    /// A person approves: held (and, for a report-only case, planned) actions are carried out
-    /// as planned, past the rail that held them.
+    /// A person approves: held and (report-only) planned actions are carried out as planned,
+    /// past the rail that held them. The approval covers these actions only: a later
+    /// escalation passes through the rails and the policy's mode again.
     pub fn approve(
         &mut self,
         by: &str,
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<usize, String> {
-        let report_only = self.mode == Mode::ReportOnly;
         let mut released = 0;
         for action in &mut self.actions {
-            let release = matches!(action.state, ActionState::Held { .. })
-                || (report_only && matches!(action.state, ActionState::Planned));
+            let release = matches!(
+                action.state,
+                ActionState::Held { .. } | ActionState::Planned
+            );
             if release {
                 action.state = ActionState::Pending;
+                action.approved_by = Some(by.to_owned());
                 released += 1;
             }
         }
@@ -644,14 +704,14 @@ impl Case {
             .iter()
             .any(|a| a.action == Action::Notify && matches!(a.state, ActionState::Done { .. }));
         if notified {
-            self.actions.push(CaseAction {
-                action: Action::Notify,
-                rule: format!("approved by {by}"),
-                state: ActionState::Pending,
-                attempts: 0,
-            });
+            let mut notify = CaseAction::pending(Action::Notify, &format!("approved by {by}"));
+            notify.approved_by = Some(by.to_owned());
+            self.actions.push(notify);
         }
+        // What was approved runs (the mode tells readers of the case that it did); the person
+        // is the rail, so the blast-radius count does not hold it again.
         self.mode = Mode::Enforce;
+        self.admission_due = false;
         self.record(by, "approve", reason, now);
         self.status = CaseStatus::Open;
         self.closed_at = None;
@@ -708,6 +768,8 @@ impl Case {
             }
         }
         self.record(by, "retry", reason, now);
+        // A person's retry starts the local retries' count over.
+        self.attempts = 0;
         if self.status != CaseStatus::New {
             self.status = CaseStatus::Open;
         }
@@ -946,8 +1008,10 @@ mod tests {
         }
         c.settle(at(1));
         assert_eq!(c.status, CaseStatus::Completed);
-        assert_eq!(c.escalate(RiskLevel::Medium, Some(&high), at(2)), 0);
-        assert_eq!(c.escalate(RiskLevel::High, Some(&high), at(2)), 3);
+        assert!(c.escalate(RiskLevel::Medium, Some(&high), at(2)).is_empty());
+        assert_eq!(c.escalate(RiskLevel::High, Some(&high), at(2)), 3..6);
+        assert_eq!(c.planned_level, Some(RiskLevel::High));
+        assert!(!c.needs_escalation());
         let pending: Vec<Action> = c
             .actions
             .iter()
@@ -962,8 +1026,81 @@ mod tests {
                 Action::Notify
             ]
         );
-        assert_eq!(c.status, CaseStatus::Open);
+        // The status is the rails' business (plan::escalate_case).
+        assert_eq!(c.status, CaseStatus::Completed);
         assert_eq!(c.rules, ["medium", "high"]);
+    }
+
+    #[test]
+    fn a_signal_above_the_plan_needs_the_worker_whatever_the_status() {
+        let mut c = case();
+        c.set_plan(
+            Some(&rule("medium", &[Action::RevokeSessions])),
+            None,
+            at(0),
+        );
+        c.findings = Some(crate::cases::findings::Findings {
+            user: Default::default(),
+            risk: None,
+            blocked_sign_ins: crate::cases::findings::SignInSummary::empty(at(0)),
+            registration: None,
+            protected: None,
+            investigated_at: at(0),
+        });
+        c.actions[0].state = ActionState::Done {
+            at: at(1),
+            detail: None,
+        };
+        c.settle(at(1));
+        assert!(!c.needs_worker());
+        // A merge raises what the case was seen at; the plan still covers Medium.
+        c.risk_level = RiskLevel::High;
+        assert!(c.needs_escalation());
+        assert!(c.needs_worker() && c.awaits_worker());
+        c.status = CaseStatus::Skipped;
+        assert!(c.needs_worker());
+    }
+
+    #[test]
+    fn approval_releases_what_it_approved_and_names_who() {
+        let mut c = case();
+        c.mode = Mode::ReportOnly;
+        c.set_plan(
+            Some(&rule("r", &[Action::RevokeSessions, Action::ResetPassword])),
+            None,
+            at(0),
+        );
+        c.actions[0].state = ActionState::Planned;
+        c.actions[1].state = ActionState::Held {
+            rail: "reset cooldown until …".into(),
+        };
+        c.admission_due = true;
+        assert_eq!(c.approve("alice", "checked", at(1)).unwrap(), 2);
+        assert!(
+            c.actions
+                .iter()
+                .all(|a| a.state == ActionState::Pending
+                    && a.approved_by.as_deref() == Some("alice"))
+        );
+        assert!(!c.admission_due, "the person is the rail");
+    }
+
+    #[test]
+    fn a_skipped_case_stays_skipped_when_settled_and_a_failed_alert_is_retried() {
+        let mut c = case();
+        c.set_plan(Some(&rule("r", &[Action::RevokeSessions])), None, at(0));
+        c.skip("alice", "known travel", at(1)).unwrap();
+        c.settle(at(2));
+        assert_eq!(c.status, CaseStatus::Skipped);
+        let mut c = case();
+        c.set_plan(Some(&rule("r", &[Action::RevokeSessions])), None, at(0));
+        c.hold("blast-radius limit", false, at(0));
+        c.blast_alert_due = true;
+        c.settle(at(1));
+        assert_eq!(c.status, CaseStatus::Retry);
+        c.blast_alert_due = false;
+        c.settle(at(2));
+        assert_eq!(c.status, CaseStatus::AwaitingApproval);
     }
 
     #[test]

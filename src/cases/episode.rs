@@ -43,10 +43,12 @@ pub fn place(
         Some(risk) => {
             if let Some(case) = current {
                 let ours = case.expected_risk_state() == Some(risk.risk_state.as_str());
+                // Unchanged for this episode: no update after the case closed (an update while
+                // it was open, waiting for an operator or a person, is what the case is about).
                 let unchanged = match &case.episode {
                     Episode::IdentityProtection {
                         risk_last_updated, ..
-                    } => risk.last_updated <= *risk_last_updated,
+                    } => risk.last_updated <= (*risk_last_updated).max(closed_at),
                     Episode::Source { .. } => risk.last_updated <= closed_at,
                 };
                 if ours || unchanged {
@@ -128,6 +130,7 @@ mod tests {
         case.actions = done
             .iter()
             .map(|&action| CaseAction {
+                approved_by: None,
                 action,
                 rule: "r".into(),
                 state: ActionState::Done {
@@ -203,6 +206,30 @@ mod tests {
             at(30),
         );
         assert_eq!(p, Placement::Merge(case.case_id));
+    }
+
+    #[test]
+    fn an_update_while_the_case_was_open_is_the_same_episode() {
+        // The case sat in needs_operator from minute 0 to 40; Identity Protection updated the
+        // record at minute 20; the case closed at minute 40.
+        let case = closed_case(ip(-3), &[Action::RevokeSessions, Action::Notify], 40);
+        let p = place(
+            &signal(EventSource::GraphUser, "n", 60),
+            Some(&risk("atRisk", 20)),
+            Some(&case),
+            DAY,
+            at(60),
+        );
+        assert_eq!(p, Placement::Merge(case.case_id.clone()));
+        // An update after it closed is a new episode.
+        let p = place(
+            &signal(EventSource::GraphUser, "n", 60),
+            Some(&risk("atRisk", 41)),
+            Some(&case),
+            DAY,
+            at(60),
+        );
+        assert_eq!(p, Placement::Open(ip(41)));
     }
 
     #[test]

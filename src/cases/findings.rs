@@ -92,6 +92,45 @@ impl SignInSummary {
         }
     }
 
+    /// The summary in one bounded line for the audit trail: the count, then the newest `n`
+    /// sign-ins (time, application, IP address, location, client app, device), each field cut
+    /// to a few dozen characters.
+    pub fn short_text(&self, n: usize) -> String {
+        fn field(value: Option<&str>) -> String {
+            const MAX: usize = 48;
+            let value = value.unwrap_or("-");
+            match value.char_indices().nth(MAX) {
+                Some((cut, _)) => format!("{}…", &value[..cut]),
+                None => value.to_owned(),
+            }
+        }
+        let newest: Vec<String> = self
+            .newest
+            .iter()
+            .take(n)
+            .map(|s| {
+                format!(
+                    "{} app {} IP {} location {} client {} device {}",
+                    field(Some(&s.at)),
+                    field(s.app.as_deref()),
+                    field(s.ip_address.as_deref()),
+                    field(s.location.as_deref()),
+                    field(s.client_app.as_deref()),
+                    field(s.device.as_deref())
+                )
+            })
+            .collect();
+        let mut text = format!(
+            "{} sign-in(s) blocked with AADSTS53011 since {}",
+            self.count, self.since
+        );
+        if !newest.is_empty() {
+            text.push_str("; newest: ");
+            text.push_str(&newest.join("; "));
+        }
+        text
+    }
+
     /// Counts one more sign-in, keeping the newest few in detail.
     pub fn add(&mut self, brief: SignInBrief) {
         self.count = self.count.saturating_add(1);
@@ -163,5 +202,28 @@ mod tests {
         assert_eq!(summary.count, 5000);
         assert_eq!(summary.newest.len(), SIGN_IN_DETAILS_KEPT);
         assert_eq!(summary.newest[0].at, "2026-11-25T23:59:00Z");
+    }
+
+    #[test]
+    fn the_short_text_is_bounded_and_names_the_details() {
+        let mut summary = SignInSummary::empty(OffsetDateTime::UNIX_EPOCH);
+        for minute in 0..50 {
+            summary.add(SignInBrief {
+                at: format!("2026-11-25T10:{minute:02}:00Z"),
+                app: Some("Office 365 Exchange Online".into()),
+                ip_address: Some("203.0.113.77".into()),
+                location: Some("x".repeat(5000)),
+                client_app: Some("Browser".into()),
+                device: Some("Linux / Firefox 140.0".into()),
+            });
+        }
+        let text = summary.short_text(3);
+        assert!(text.starts_with("50 sign-in(s) blocked"), "{text}");
+        assert!(
+            text.contains("2026-11-25T10:49:00Z app Office 365 Exchange Online IP 203.0.113.77")
+        );
+        assert!(text.contains("client Browser device Linux / Firefox 140.0"));
+        assert!(!text.contains("10:46:00"), "only the newest three: {text}");
+        assert!(text.len() < 1000, "{} characters", text.len());
     }
 }

@@ -42,16 +42,19 @@ pub enum Action {
 }
 
 impl Action {
-    /// Whether the action changes the account or its risk (what safety rails guard).
+    /// Whether the action changes the account or its risk (what safety rails guard: a
+    /// protected account gets none of these without a person, in the first plan and in every
+    /// escalation).
     pub fn changes_account(self) -> bool {
         !matches!(self, Action::Notify | Action::NotifyUser)
     }
 
-    /// Actions a protected account never gets automatically.
-    pub fn forbidden_for_protected(self) -> bool {
-        matches!(
+    /// Whether doing it twice does no harm (the same request, the same end state). A new
+    /// password or a mail is not: the worker records those before it goes on.
+    pub fn idempotent(self) -> bool {
+        !matches!(
             self,
-            Action::ResetPassword | Action::BlockSignIn | Action::ConfirmCompromised
+            Action::ResetPassword | Action::Notify | Action::NotifyUser
         )
     }
 

@@ -4,8 +4,10 @@
 //! the version it replaces), with adapters beside it: [`sqlite`] (local server, replay, CLI) and
 //! [`dynamodb`] (Lambda). [`Ledger`] gives the domain's records typed access over any store.
 //!
-//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, and the
-//! Standard Webhooks replay guard's `webhook#{id}`.
+//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, the
+//! Standard Webhooks replay guard's `webhook#{id}`, and (on a ledger with a work index: the
+//! local server's SQLite file) `pending#case#{id}` and `pending#signal#{id}`, which mark the
+//! cases and signals the local retries must look at, however old.
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -108,6 +110,19 @@ pub struct UserRecord {
     /// When we last reset the user's password (the cooldown rail).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_reset_at: Option<OffsetDateTime>,
+    /// The case that reset it (its own retries are not held by the cooldown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset_case: Option<String>,
+}
+
+impl UserRecord {
+    /// The user's last automatic password reset by a case other than `case_id`.
+    pub fn last_reset_by_another(&self, case_id: &str) -> Option<OffsetDateTime> {
+        match &self.last_reset_case {
+            Some(by) if by == case_id => None,
+            _ => self.last_reset_at,
+        }
+    }
 }
 
 /// A tenant's enforced cases within the last hour (the blast-radius rail).
@@ -116,25 +131,78 @@ pub struct BlastRecord {
     /// (unix seconds, case id) of enforced cases admitted in the last hour.
     #[serde(default)]
     pub admitted: Vec<(i64, String)>,
-    /// When the limit was last announced.
+    /// When the limit was last announced (set once the alert was sent).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub alerted_at: Option<OffsetDateTime>,
+    /// A worker is sending the alert until then (so concurrent refusals send one).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub alert_claimed_until: Option<OffsetDateTime>,
 }
+
+impl BlastRecord {
+    /// Whether the limit must still be announced (no alert sent in the window, nobody
+    /// sending one now).
+    fn alert_due(&self, now: OffsetDateTime) -> bool {
+        self.alerted_at
+            .is_none_or(|t| (now - t).whole_seconds() >= BLAST_WINDOW_SECONDS)
+            && self.alert_claimed_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// The blast-radius window.
+const BLAST_WINDOW_SECONDS: i64 = 3600;
+/// How long a worker may take to send the blast-radius alert it claimed.
+const BLAST_ALERT_CLAIM: time::Duration = time::Duration::minutes(2);
 
 /// The answer of the blast-radius rail for one case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Admitted,
-    /// Over the limit; `announce` is true for the first refusal in the window.
+    /// Over the limit; `announce` is true when this caller claimed the window's one alert: it
+    /// sends it, then reports with [`Ledger::blast_alert_done`].
     Refused {
         announce: bool,
     },
 }
 
+/// A mark of the work index: a case or signal the local retries look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMark {
+    /// Times the local retries took it up (signals: the backoff).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When they last did.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_at: Option<OffsetDateTime>,
+}
+
+/// What a work-index key marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marked {
+    Case(String),
+    Signal(String),
+}
+
+/// A work-index entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub marked: Marked,
+    pub mark: PendingMark,
+    pub key: String,
+    pub version: u64,
+    /// Unix seconds of the mark's last write.
+    pub written_at: i64,
+}
+
+const PENDING_CASE: &str = "pending#case#";
+const PENDING_SIGNAL: &str = "pending#signal#";
+
 /// Typed access to the domain's records over a [`Store`].
 #[derive(Clone)]
 pub struct Ledger {
     store: std::sync::Arc<dyn Store>,
+    /// Whether the ledger keeps the work index (`pending#…`) for local retries.
+    work_index: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -155,7 +223,24 @@ const MAX_CONFLICTS: usize = 32;
 impl Ledger {
     /// A ledger over `store`.
     pub fn new(store: std::sync::Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            work_index: false,
+        }
+    }
+
+    /// This ledger, also keeping the work index: every signal kept until it is settled and
+    /// every case while it waits for the worker are marked under `pending#`, so the local
+    /// retries find them however much else changed since (the local server's ledger; Lambda
+    /// has SQS redelivery and no grant on those keys).
+    pub fn with_work_index(mut self) -> Self {
+        self.work_index = true;
+        self
+    }
+
+    /// Whether this ledger keeps the work index.
+    pub fn keeps_work_index(&self) -> bool {
+        self.work_index
     }
 
     /// The underlying store.
@@ -195,6 +280,15 @@ impl Ledger {
                 doc: Self::encode(&record)?,
                 expires_at: expiry(SIGNAL_RETENTION),
             });
+        }
+        if self.work_index {
+            // The marks first: a kept signal always has one (a mark without its signal, or of
+            // a redelivered signal settled long ago, is cleared by the local retries).
+            let marks: Vec<NewItem> = signals
+                .iter()
+                .map(|s| self.mark_item(format!("{PENDING_SIGNAL}{}", s.event_id)))
+                .collect::<Result<_, _>>()?;
+            self.store.create_all(&marks).await?;
         }
         self.store.create_all(&items).await
     }
@@ -242,6 +336,10 @@ impl Ledger {
                 .await?
                 .is_some()
             {
+                if self.work_index {
+                    self.clear_mark(&format!("{PENDING_SIGNAL}{}", signal.event_id))
+                        .await?;
+                }
                 return Ok(());
             }
         }
@@ -259,17 +357,92 @@ impl Ledger {
         }
     }
 
-    /// Writes `case` over `version` (0: new); `None` if it changed meanwhile.
+    /// Writes `case` over `version` (0: new); `None` if it changed meanwhile. On a ledger
+    /// with a work index, a case left waiting for the worker is marked (after the write: the
+    /// local retries clear a mark only after reading the case settled, then read it again).
     pub async fn save_case(&self, case: &Case, version: u64) -> Result<Option<u64>, LedgerError> {
         let doc = Self::encode(case)?;
-        self.store
+        let saved = self
+            .store
             .put(
                 &format!("case#{}", case.case_id),
                 &doc,
                 version,
                 expiry(CASE_RETENTION),
             )
-            .await
+            .await?;
+        if saved.is_some() && self.work_index && case.awaits_worker() {
+            self.mark_case(&case.case_id).await?;
+        }
+        Ok(saved)
+    }
+
+    fn mark_item(&self, key: String) -> Result<NewItem, LedgerError> {
+        Ok(NewItem {
+            key,
+            doc: Self::encode(&PendingMark::default())?,
+            expires_at: expiry(CASE_RETENTION),
+        })
+    }
+
+    /// Marks a case for the local retries (kept if marked already).
+    pub async fn mark_case(&self, case_id: &str) -> Result<(), LedgerError> {
+        let item = self.mark_item(format!("{PENDING_CASE}{case_id}"))?;
+        self.store.create_all(&[item]).await.map(drop)
+    }
+
+    async fn clear_mark(&self, key: &str) -> Result<(), LedgerError> {
+        if let Some(stored) = self.store.get(key).await? {
+            self.store.delete(key, stored.version).await?;
+        }
+        Ok(())
+    }
+
+    /// The work index: every marked case and signal (marks are few: they go when their case
+    /// or signal is settled).
+    pub async fn pending_marks(&self) -> Result<Vec<PendingEntry>, LedgerError> {
+        let stored = self.store.list("pending#", usize::MAX).await?;
+        let mut out = Vec::with_capacity(stored.len());
+        for item in stored {
+            let marked = if let Some(id) = item.key.strip_prefix(PENDING_CASE) {
+                Marked::Case(id.to_owned())
+            } else if let Some(id) = item.key.strip_prefix(PENDING_SIGNAL) {
+                Marked::Signal(id.to_owned())
+            } else {
+                continue;
+            };
+            out.push(PendingEntry {
+                marked,
+                mark: Self::decode(&item)?,
+                key: item.key,
+                version: item.version,
+                written_at: item.updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a mark if it is still the version listed; returns whether it did.
+    pub async fn unmark(&self, entry: &PendingEntry) -> Result<bool, LedgerError> {
+        self.store.delete(&entry.key, entry.version).await
+    }
+
+    /// Records that the local retries took the marked item up at `now`.
+    pub async fn touch_mark(
+        &self,
+        entry: &PendingEntry,
+        now: OffsetDateTime,
+    ) -> Result<bool, LedgerError> {
+        let mark = PendingMark {
+            attempts: entry.mark.attempts.saturating_add(1),
+            last_at: Some(now),
+        };
+        let doc = Self::encode(&mark)?;
+        Ok(self
+            .store
+            .put(&entry.key, &doc, entry.version, expiry(CASE_RETENTION))
+            .await?
+            .is_some())
     }
 
     /// Deletes a case that was created but lost the race to become the user's case.
@@ -317,16 +490,18 @@ impl Ledger {
             .await
     }
 
-    /// Records a password reset of the user (for the cooldown rail).
+    /// Records a password reset of the user by `case_id` (for the cooldown rail).
     pub async fn record_reset(
         &self,
         tenant_id: &str,
         user_id: &str,
+        case_id: &str,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
         for _ in 0..MAX_CONFLICTS {
             let (mut record, version) = self.user(tenant_id, user_id).await?;
             record.last_reset_at = Some(at);
+            record.last_reset_case = Some(case_id.to_owned());
             if self.save_user(&record, version).await?.is_some() {
                 return Ok(());
             }
@@ -361,7 +536,9 @@ impl Ledger {
     }
 
     /// The blast-radius rail: admits `case_id` as one of the tenant's enforced cases of the
-    /// last hour if fewer than `limit` were admitted (an admitted case stays admitted).
+    /// last hour if fewer than `limit` were admitted (an admitted case stays admitted). A
+    /// refusal claims the window's one alert if nobody sent or is sending it: the alert is
+    /// marked sent only when [`Ledger::blast_alert_done`] says it was.
     pub async fn admit_enforced(
         &self,
         tenant_id: &str,
@@ -370,14 +547,15 @@ impl Ledger {
         now: OffsetDateTime,
     ) -> Result<Admission, LedgerError> {
         let key = format!("tenant#{tenant_id}#blast");
-        let window = 3600;
         for _ in 0..MAX_CONFLICTS {
             let (mut record, version) = match self.store.get(&key).await? {
                 Some(stored) => (Self::decode::<BlastRecord>(&stored)?, stored.version),
                 None => (BlastRecord::default(), 0),
             };
             let now_s = unix(now);
-            record.admitted.retain(|(at, _)| now_s - at < window);
+            record
+                .admitted
+                .retain(|(at, _)| now_s - at < BLAST_WINDOW_SECONDS);
             if record.admitted.iter().any(|(_, id)| id == case_id) {
                 return Ok(Admission::Admitted);
             }
@@ -385,11 +563,9 @@ impl Ledger {
                 record.admitted.push((now_s, case_id.to_owned()));
                 Admission::Admitted
             } else {
-                let announce = record
-                    .alerted_at
-                    .is_none_or(|t| (now - t).whole_seconds() >= window);
+                let announce = record.alert_due(now);
                 if announce {
-                    record.alerted_at = Some(now);
+                    record.alert_claimed_until = Some(now + BLAST_ALERT_CLAIM);
                 }
                 Admission::Refused { announce }
             };
@@ -399,6 +575,66 @@ impl Ledger {
             let doc = Self::encode(&record)?;
             if self.store.put(&key, &doc, version, None).await?.is_some() {
                 return Ok(admission);
+            }
+        }
+        Err(LedgerError(format!(
+            "tenant {tenant_id} blast record kept changing"
+        )))
+    }
+
+    /// Claims the tenant's blast-radius alert for a case whose alert failed before: true if
+    /// the caller must send it now, false if it was sent (or is being sent) meanwhile.
+    pub async fn claim_blast_alert(
+        &self,
+        tenant_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, LedgerError> {
+        let key = format!("tenant#{tenant_id}#blast");
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = match self.store.get(&key).await? {
+                Some(stored) => (Self::decode::<BlastRecord>(&stored)?, stored.version),
+                None => (BlastRecord::default(), 0),
+            };
+            if !record.alert_due(now) {
+                return Ok(false);
+            }
+            record.alert_claimed_until = Some(now + BLAST_ALERT_CLAIM);
+            let doc = Self::encode(&record)?;
+            if self.store.put(&key, &doc, version, None).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Err(LedgerError(format!(
+            "tenant {tenant_id} blast record kept changing"
+        )))
+    }
+
+    /// Reports the claimed blast-radius alert: sent (no other alert this hour) or not (the
+    /// claim is released, so the next refusal or the case's retry sends it).
+    pub async fn blast_alert_done(
+        &self,
+        tenant_id: &str,
+        sent: bool,
+        now: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        let key = format!("tenant#{tenant_id}#blast");
+        for _ in 0..MAX_CONFLICTS {
+            let Some(stored) = self.store.get(&key).await? else {
+                return Ok(());
+            };
+            let mut record = Self::decode::<BlastRecord>(&stored)?;
+            if sent {
+                record.alerted_at = Some(now);
+            }
+            record.alert_claimed_until = None;
+            let doc = Self::encode(&record)?;
+            if self
+                .store
+                .put(&key, &doc, stored.version, None)
+                .await?
+                .is_some()
+            {
+                return Ok(());
             }
         }
         Err(LedgerError(format!(

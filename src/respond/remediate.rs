@@ -2,8 +2,8 @@
 //! case's next action and runs each kind of action for all those cases together (one request
 //! for up to 60 users where Graph accepts a list), so a case keeps its own order while a tenant's
 //! cases share requests. Every action checks its own precondition first and records why it
-//! skipped. Temporary passwords are generated here, delivered before they are set, and never
-//! logged or stored.
+//! skipped. Temporary passwords are generated here, set first and only then delivered (a
+//! password that was never set is never handed out), and never logged or stored in a case.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::cases::Case;
 use crate::cases::case::ActionState;
 use crate::cases::findings::{RiskRecord, UserFacts};
+use crate::cases::plan::{RAIL_COOLDOWN, RISK_LEFT};
 use crate::cases::policy::{Action, PasswordDelivery, Policy};
 use crate::graph::api::segment;
 use crate::graph::batch::{BatchItem, MAIL_BATCH_MAX};
@@ -48,6 +49,12 @@ pub struct Job {
 enum Step {
     Done(Option<String>),
     Skipped(String),
+}
+
+/// Where a temporary password goes.
+enum Delivery {
+    Mail(Vec<String>),
+    Vault(String),
 }
 
 /// Why one action failed.
@@ -117,7 +124,14 @@ impl Remediator<'_> {
     /// Runs the pending actions of `jobs` (one tenant's cases) until each is done, held, or
     /// stopped by a failure.
     pub async fn run(&self, tenant: &str, jobs: &mut [Job]) {
-        loop {
+        while !self.run_round(tenant, jobs).await.is_empty() {}
+    }
+
+    /// One round: each case's next runnable action, each kind for all cases together. Returns
+    /// what ran, as (job index, action); empty when nothing is left to run.
+    pub async fn run_round(&self, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
+        let mut ran = Vec::new();
+        {
             let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
             for (j, job) in jobs.iter().enumerate() {
                 if job.stopped {
@@ -131,9 +145,10 @@ impl Remediator<'_> {
                 }
             }
             if groups.is_empty() {
-                return;
+                return ran;
             }
             for (action, items) in groups {
+                ran.extend(items.iter().map(|&(j, _)| (j, action)));
                 let results = self.run_action(tenant, action, jobs, &items).await;
                 let now = OffsetDateTime::now_utc();
                 for (&(j, i), result) in items.iter().zip(results) {
@@ -177,6 +192,7 @@ impl Remediator<'_> {
                 }
             }
         }
+        ran
     }
 
     async fn run_action(
@@ -226,7 +242,7 @@ impl Remediator<'_> {
                 }
                 results
             }
-            Action::ResetPassword => self.reset_passwords(tenant, jobs, &picked).await,
+            Action::ResetPassword => self.reset_passwords(tenant, jobs, items).await,
             Action::Notify => self.notify(tenant, jobs, &picked).await,
             Action::NotifyUser => self.notify_users(tenant, jobs, &picked).await,
         }
@@ -457,20 +473,30 @@ impl Remediator<'_> {
             .collect()
     }
 
-    /// Resets passwords: the cooldown rail first, then each new password is delivered (mail,
-    /// four to a `$batch`, or the case's vault secret) and only then set (`$batch` of PATCH).
+    /// Resets passwords: the cooldown rail a second time (the plan held resets inside it;
+    /// another case may have reset the user since; a person's approval overrides it), then
+    /// where each password goes (a delivery that cannot work sets nothing), then each new
+    /// password is set (`$batch` of PATCH, `forceChangePasswordNextSignIn`) and only then
+    /// delivered: mail (four to a `$batch`) or the case's vault secret. A delivery that fails
+    /// after the password was set leaves the action failed, saying so: its retry makes, sets
+    /// and delivers a new password, so no mail ever holds a password that is not the current one.
     async fn reset_passwords(
         &self,
         tenant: &str,
         jobs: &mut [Job],
-        picked: &[usize],
+        items: &[(usize, usize)],
     ) -> Vec<Result<Step, Failure>> {
         let now = OffsetDateTime::now_utc();
-        let cooldown = time::Duration::hours(i64::from(self.policy.safety.reset_cooldown_hours));
-        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; picked.len()];
-        let mut todo: Vec<(usize, SecretString)> = Vec::new();
-        for (k, &j) in picked.iter().enumerate() {
+        let hours = self.policy.safety.reset_cooldown_hours;
+        let cooldown = time::Duration::hours(i64::from(hours));
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
+        let mut todo: Vec<usize> = Vec::new();
+        for (k, &(j, i)) in items.iter().enumerate() {
             let job = &mut jobs[j];
+            if job.case.actions[i].approved_by.is_some() {
+                todo.push(k);
+                continue;
+            }
             match self.ledger.user(tenant, &job.case.user_id).await {
                 Err(e) => {
                     results[k] = Some(Err(Failure {
@@ -479,52 +505,47 @@ impl Remediator<'_> {
                         needs_operator: false,
                     }))
                 }
-                Ok((record, _)) => match record.last_reset_at.filter(|at| now - *at < cooldown) {
+                Ok((record, _)) => match record
+                    .last_reset_by_another(&job.case.case_id)
+                    .filter(|at| now - *at < cooldown)
+                {
                     Some(at) => {
-                        if !job
-                            .case
-                            .rails
-                            .iter()
-                            .any(|r| r.starts_with("reset cooldown"))
-                        {
-                            job.case
-                                .rails
-                                .push(format!("reset cooldown: last reset {at}"));
+                        let rail = format!(
+                            "{RAIL_COOLDOWN} until {} (last automatic reset {at}, cooldown {hours} h)",
+                            at + cooldown
+                        );
+                        if !job.case.rails.contains(&rail) {
+                            job.case.rails.push(rail.clone());
                         }
                         results[k] = Some(Ok(Step::Skipped(format!(
-                            "a password was reset automatically at {at} (cooldown {} h): not again so soon",
-                            self.policy.safety.reset_cooldown_hours
+                            "{rail}: another case reset the password since the plan was made"
                         ))));
                     }
-                    None => todo.push((k, generate_temporary_password())),
+                    None => todo.push(k),
                 },
             }
         }
-        // Deliver first.
-        let mut delivered: Vec<(usize, SecretString, String)> = Vec::new();
+        // Where each password goes, checked before anything is set.
+        let mut ready: Vec<(usize, Delivery)> = Vec::new();
         match &self.policy.password_delivery {
             None => {
-                for (k, _) in todo {
+                for k in todo {
                     results[k] = Some(Err(operator("[password_delivery] is not configured")));
                 }
             }
-            Some(PasswordDelivery::Mail {
-                sender,
-                to,
-                to_manager,
-            }) => {
+            Some(PasswordDelivery::Mail { to, to_manager, .. }) => {
                 let managers: Vec<Result<Option<String>, GraphError>> = if *to_manager {
-                    let items: Vec<BatchItem> = todo
+                    let requests: Vec<BatchItem> = todo
                         .iter()
-                        .map(|(k, _)| {
+                        .map(|&k| {
                             BatchItem::get(format!(
                                 "/users/{}/manager?$select=id,mail,userPrincipalName",
-                                segment(&jobs[picked[*k]].case.user_id)
+                                segment(&jobs[items[k].0].case.user_id)
                             ))
                         })
                         .collect();
                     self.graph
-                        .batch(tenant, &items)
+                        .batch(tenant, &requests)
                         .await
                         .into_iter()
                         .map(|r| match r {
@@ -536,9 +557,7 @@ impl Remediator<'_> {
                 } else {
                     todo.iter().map(|_| Ok(None)).collect()
                 };
-                let mut mails = Vec::new();
-                let mut mailed = Vec::new();
-                for ((k, password), manager) in todo.into_iter().zip(managers) {
+                for (k, manager) in todo.into_iter().zip(managers) {
                     let mut recipients = to.clone();
                     match manager {
                         Ok(Some(mail)) => recipients.push(mail),
@@ -554,59 +573,35 @@ impl Remediator<'_> {
                         )));
                         continue;
                     }
-                    let (subject, text) = notify::password_mail(&jobs[picked[k]].case, &password);
-                    mails.push(mail_item(sender, &recipients, &subject, &text));
-                    mailed.push((k, password, recipients.len()));
-                }
-                let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
-                for ((k, password, n), answer) in mailed.into_iter().zip(answers) {
-                    match answer {
-                        Ok(_) => delivered.push((
-                            k,
-                            password,
-                            format!("temporary password mailed to {n} recipient(s)"),
-                        )),
-                        Err(e) => results[k] = Some(Err(Failure::from(e))),
-                    }
+                    ready.push((k, Delivery::Mail(recipients)));
                 }
             }
-            Some(PasswordDelivery::SecretsManager {
-                name_prefix,
-                ttl_hours,
-            }) => {
-                for (k, password) in todo {
-                    let case = &jobs[picked[k]].case;
-                    let Some(vault) = self.vault else {
+            Some(PasswordDelivery::SecretsManager { name_prefix, .. }) => {
+                for k in todo {
+                    if self.vault.is_none() {
                         results[k] = Some(Err(operator(
                             "no Secrets Manager client for password delivery",
                         )));
                         continue;
-                    };
-                    let name = format!("{name_prefix}{tenant}/{}/{}", case.user_id, case.case_id);
-                    match vault.store(&name, &password, *ttl_hours).await {
-                        Ok(id) => delivered.push((
-                            k,
-                            password,
-                            format!("temporary password stored in Secrets Manager as {id}"),
-                        )),
-                        Err(error) => {
-                            results[k] = Some(Err(Failure {
-                                error: format!("password vault: {error}"),
-                                transient: true,
-                                needs_operator: false,
-                            }))
-                        }
                     }
+                    let case = &jobs[items[k].0].case;
+                    let name = format!("{name_prefix}{tenant}/{}/{}", case.user_id, case.case_id);
+                    ready.push((k, Delivery::Vault(name)));
                 }
             }
         }
-        // Then set.
-        let patches: Vec<BatchItem> = delivered
+        // Set first.
+        let passwords: Vec<SecretString> = ready
             .iter()
-            .map(|(k, password, _)| {
+            .map(|_| generate_temporary_password())
+            .collect();
+        let patches: Vec<BatchItem> = ready
+            .iter()
+            .zip(&passwords)
+            .map(|((k, _), password)| {
                 BatchItem::new(
                     Method::PATCH,
-                    format!("/users/{}", segment(&jobs[picked[*k]].case.user_id)),
+                    format!("/users/{}", segment(&jobs[items[*k].0].case.user_id)),
                     Some(json!({
                         "passwordProfile": {
                             "forceChangePasswordNextSignIn": true,
@@ -618,13 +613,14 @@ impl Remediator<'_> {
             .collect();
         let answers = self.graph.batch(tenant, &patches).await;
         drop(patches);
-        for ((k, _password, detail), answer) in delivered.into_iter().zip(answers) {
-            let job = &mut jobs[picked[k]];
-            results[k] = Some(match answer {
+        let mut set: Vec<(usize, Delivery, SecretString)> = Vec::new();
+        for (((k, delivery), password), answer) in ready.into_iter().zip(passwords).zip(answers) {
+            let job = &mut jobs[items[k].0];
+            match answer {
                 Ok(_) => {
                     if let Err(e) = self
                         .ledger
-                        .record_reset(tenant, &job.case.user_id, now)
+                        .record_reset(tenant, &job.case.user_id, &job.case.case_id, now)
                         .await
                     {
                         tracing::error!(case_id = %job.case.case_id, error = %e, "password reset done but its time could not be recorded for the cooldown");
@@ -632,9 +628,66 @@ impl Remediator<'_> {
                     if let Some(risk) = job.risk.as_mut().filter(|r| r.at_risk()) {
                         risk.risk_state = "remediated".into();
                     }
-                    Ok(Step::Done(Some(detail)))
+                    set.push((k, delivery, password));
                 }
-                Err(e) => Err(Failure::from(e)),
+                // Not set: this password goes nowhere; the retry makes a new one.
+                Err(e) => results[k] = Some(Err(Failure::from(e))),
+            }
+        }
+        let set_at = now.replace_nanosecond(0).unwrap_or(now);
+        let undelivered = |what: &str, e: &dyn std::fmt::Display| {
+            format!(
+                "temporary password set at {set_at} (must be changed at next sign-in), but {what} \
+                 failed: {e}; the retry sets a new password and delivers that one"
+            )
+        };
+        // Then deliver what was set.
+        let sender = match &self.policy.password_delivery {
+            Some(PasswordDelivery::Mail { sender, .. }) => sender.as_str(),
+            _ => "",
+        };
+        let ttl_hours = match &self.policy.password_delivery {
+            Some(PasswordDelivery::SecretsManager { ttl_hours, .. }) => *ttl_hours,
+            _ => 24,
+        };
+        let mut mails = Vec::new();
+        let mut mailed = Vec::new();
+        for (k, delivery, password) in set {
+            match delivery {
+                Delivery::Mail(recipients) => {
+                    let (subject, text) = notify::password_mail(&jobs[items[k].0].case, &password);
+                    mails.push(mail_item(sender, &recipients, &subject, &text));
+                    mailed.push((k, recipients.len()));
+                }
+                Delivery::Vault(name) => {
+                    let Some(vault) = self.vault else {
+                        continue;
+                    };
+                    results[k] = Some(match vault.store(&name, &password, ttl_hours).await {
+                        Ok(id) => Ok(Step::Done(Some(format!(
+                            "temporary password set at {set_at} (must be changed at next sign-in) and stored in Secrets Manager as {id}"
+                        )))),
+                        Err(error) => Err(Failure {
+                            error: undelivered("storing it in the vault", &error),
+                            transient: true,
+                            needs_operator: false,
+                        }),
+                    });
+                }
+            }
+        }
+        let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+        drop(mails);
+        for ((k, n), answer) in mailed.into_iter().zip(answers) {
+            results[k] = Some(match answer {
+                Ok(_) => Ok(Step::Done(Some(format!(
+                    "temporary password set at {set_at} (must be changed at next sign-in) and mailed to {n} recipient(s)"
+                )))),
+                Err(e) => Err(Failure {
+                    error: undelivered("its mail", &e),
+                    transient: e.is_transient(),
+                    needs_operator: e.needs_operator() || !e.is_transient(),
+                }),
             });
         }
         results
@@ -654,7 +707,26 @@ impl Remediator<'_> {
     ) -> Vec<Result<Step, Failure>> {
         let mut results: Vec<Option<Result<Step, Failure>>> = Vec::with_capacity(items.len());
         let mut todo = Vec::new();
-        for (k, &(j, _)) in items.iter().enumerate() {
+        for (k, &(j, i)) in items.iter().enumerate() {
+            let case = &jobs[j].case;
+            // The dismiss follows our reset: without it the user would be let back in with a
+            // password that may be stolen (a person's approval decides otherwise).
+            let unreset = case
+                .actions
+                .iter()
+                .rev()
+                .find(|a| a.action == Action::ResetPassword)
+                .filter(|a| !matches!(a.state, ActionState::Done { .. }));
+            if action == Action::DismissRisk
+                && case.actions[i].approved_by.is_none()
+                && let Some(reset) = unreset
+            {
+                results.push(Some(Ok(Step::Skipped(format!(
+                    "{RISK_LEFT} (reset_password {})",
+                    reset.state.word()
+                )))));
+                continue;
+            }
             let state = jobs[j].risk.as_ref().map(|r| r.risk_state.as_str());
             let skip = match (action, state) {
                 (_, None) => Some(

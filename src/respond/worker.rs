@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -18,7 +19,7 @@ use super::vault::PasswordVault;
 use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
 use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
-use crate::cases::plan::{RAIL_BLAST_RADIUS, plan_case};
+use crate::cases::plan::{RAIL_BLAST_RADIUS, escalate_case, plan_case};
 use crate::cases::{Case, CaseStatus, Placement, Policy, place};
 use crate::event::RiskEvent;
 use crate::graph::{GraphClient, GraphError};
@@ -35,6 +36,9 @@ const MAX_CONFLICTS: usize = 32;
 const MAX_PASSES: usize = 3;
 /// Tenants worked on at once.
 const TENANTS_AT_ONCE: usize = 4;
+/// A tenant's records (signals resolved, users merged, cases leased, recorded and saved)
+/// worked on at once; Graph requests stay paced by the per-tenant limiter.
+pub const RECORDS_AT_ONCE: usize = 16;
 
 /// What became of one work item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,9 @@ impl Disposition {
         matches!(self, Disposition::Retry(_))
     }
 }
+
+/// A signal about a resolved user: its index in the batch, the signal, the user's UPN.
+type UserSignal<'a> = (usize, &'a RiskEvent, Option<String>);
 
 /// What merging a signal gave.
 enum Merged {
@@ -120,6 +127,67 @@ fn disposition_of(case: &Case) -> Disposition {
             case.last_error.as_deref().unwrap_or("not finished")
         )),
     }
+}
+
+/// `fresh` (the stored case, changed meanwhile) with what this worker did to `ours` since
+/// `base` (the case as leased or last checkpointed): our actions' outcomes win for the actions
+/// we ran, our plan (if the stored case had none) and what we appended, rails, history lines,
+/// the rail flags; everything else (signals merged, a person's decision) is kept.
+fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
+    let added_history = (ours.history_dropped as usize + ours.history.len())
+        .saturating_sub(base.history_dropped as usize + base.history.len());
+    if fresh.findings.is_none() && ours.findings.is_some() {
+        fresh.findings = ours.findings.clone();
+        fresh.rules = ours.rules.clone();
+        fresh.plan_note = ours.plan_note.clone();
+        fresh.planned_level = ours.planned_level;
+        fresh.risk_level = fresh.risk_level.max(ours.risk_level);
+        let extra: Vec<_> = fresh.actions.drain(..).collect();
+        fresh.actions = ours.actions.clone();
+        fresh.actions.extend(extra);
+    } else {
+        let known = base.actions.len();
+        for (i, action) in ours.actions.iter().enumerate().take(known) {
+            let changed = base.actions.get(i) != Some(action);
+            if changed && let Some(slot) = fresh.actions.get_mut(i) {
+                *slot = action.clone();
+            }
+        }
+        // What we appended (an escalation), after whatever was appended meanwhile.
+        fresh
+            .actions
+            .extend(ours.actions.iter().skip(known).cloned());
+        fresh.planned_level = fresh.planned_level.max(ours.planned_level);
+        for rule in &ours.rules {
+            if !fresh.rules.contains(rule) {
+                fresh.rules.push(rule.clone());
+            }
+        }
+    }
+    fresh.admission_due = ours.admission_due;
+    fresh.blast_alert_due = ours.blast_alert_due;
+    for rail in &ours.rails {
+        if !fresh.rails.contains(rail) {
+            fresh.rails.push(rail.clone());
+        }
+    }
+    let start = ours.history.len().saturating_sub(added_history);
+    for entry in &ours.history[start..] {
+        fresh.note(entry.at, entry.what.clone());
+    }
+    if fresh.user_principal_name.is_none() {
+        fresh.user_principal_name = ours.user_principal_name.clone();
+    }
+    fresh.last_error = ours.last_error.clone();
+    fresh
+}
+
+/// Runs `futures` at most [`RECORDS_AT_ONCE`] at a time; outputs in completion order.
+async fn at_once<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    stream::iter(futures)
+        .buffer_unordered(RECORDS_AT_ONCE)
+        .collect()
+        .await
 }
 
 fn signal_ref(signal: &RiskEvent) -> SignalRef {
@@ -239,18 +307,38 @@ impl Worker {
     ) -> Vec<(usize, Disposition)> {
         let mut out = Vec::new();
         // 1. Who each signal is about.
+        let answers: Vec<(usize, &RiskEvent, Result<Resolved, GraphError>)> = at_once(
+            signals
+                .iter()
+                .map(|(index, signal)| async move {
+                    let answer = investigate::resolve(&self.graph, tenant, &signal.subject).await;
+                    (*index, signal, answer)
+                })
+                .collect(),
+        )
+        .await;
         let mut resolved: Vec<(usize, &RiskEvent, String, Option<String>)> = Vec::new();
-        for (index, signal) in signals {
-            let index = *index;
-            match investigate::resolve(&self.graph, tenant, &signal.subject).await {
+        let mut no_user = Vec::new();
+        for (index, signal, answer) in answers {
+            match answer {
                 Ok(Resolved::User { id, upn }) => resolved.push((index, signal, id, upn)),
                 Ok(Resolved::NoUser(reason)) => {
                     tracing::info!(signal_id = %signal.event_id, %reason, "signal names no user to act on");
-                    out.push((index, self.settle_signal(signal, None, &reason).await));
+                    no_user.push((index, signal, reason));
                 }
                 Err(e) => out.push((index, graph_failure(&e))),
             }
         }
+        let settled: Vec<(usize, Disposition)> = at_once(
+            no_user
+                .into_iter()
+                .map(|(index, signal, reason)| async move {
+                    (index, self.settle_signal(signal, None, &reason).await)
+                })
+                .collect(),
+        )
+        .await;
+        out.extend(settled);
         // 2. What Identity Protection says about each user, from the tenant's view: a `users`
         //    notification accepts a view of up to `view_max_age`, anything that carries a
         //    detection wants one listing at least as new as this batch.
@@ -295,36 +383,61 @@ impl Worker {
                 }
             }
         }
-        // 3. Each signal into its user's case.
-        let mut case_of_signal: Vec<(usize, String)> = Vec::new();
-        let mut work: Vec<String> = Vec::new();
+        // 3. Each signal into its user's case: users at once, a user's signals one after
+        //    another (they go to the same case).
+        let mut per_user: BTreeMap<String, Vec<UserSignal>> = BTreeMap::new();
         for (index, signal, user, upn) in resolved {
             if let Some(failure) = failed_users.get(&user) {
                 out.push((index, failure.clone()));
                 continue;
             }
-            let risk = risks.get(&user).cloned().flatten();
-            match self.merge(tenant, signal, &user, upn, risk.as_ref()).await {
-                Ok(Merged::Case { case_id, note }) => {
-                    tracing::info!(signal_id = %signal.event_id, %case_id, %note, "signal merged");
-                    if let Err(e) = self
-                        .ledger
-                        .settle_signal(signal, Some(&case_id), &note)
-                        .await
+            per_user.entry(user).or_default().push((index, signal, upn));
+        }
+        let risks_ref = &risks;
+        let merged: Vec<Vec<(usize, Result<String, Disposition>)>> = at_once(
+            per_user
+                .into_iter()
+                .map(|(user, items)| async move {
+                let risk = risks_ref.get(&user).cloned().flatten();
+                let mut results = Vec::new();
+                for (index, signal, upn) in items {
+                    let result = match self.merge(tenant, signal, &user, upn, risk.as_ref()).await
                     {
-                        out.push((index, ledger_retry(e)));
-                        continue;
-                    }
+                        Ok(Merged::Case { case_id, note }) => {
+                            tracing::info!(signal_id = %signal.event_id, %case_id, %note, "signal merged");
+                            match self
+                                .ledger
+                                .settle_signal(signal, Some(&case_id), &note)
+                                .await
+                            {
+                                Ok(()) => Ok(case_id),
+                                Err(e) => Err(ledger_retry(e)),
+                            }
+                        }
+                        Ok(Merged::NoCase(reason)) => {
+                            tracing::info!(signal_id = %signal.event_id, %reason, "signal needs no case");
+                            Err(self.settle_signal(signal, None, &reason).await)
+                        }
+                        Err(e) => Err(ledger_retry(e)),
+                    };
+                    results.push((index, result));
+                }
+                results
+            })
+                .collect(),
+        )
+        .await;
+        let mut case_of_signal: Vec<(usize, String)> = Vec::new();
+        let mut work: Vec<String> = Vec::new();
+        for (index, result) in merged.into_iter().flatten() {
+            match result {
+                Ok(case_id) => {
                     if !work.contains(&case_id) {
                         work.push(case_id.clone());
                     }
                     case_of_signal.push((index, case_id));
                 }
-                Ok(Merged::NoCase(reason)) => {
-                    tracing::info!(signal_id = %signal.event_id, %reason, "signal needs no case");
-                    out.push((index, self.settle_signal(signal, None, &reason).await));
-                }
-                Err(e) => out.push((index, ledger_retry(e))),
+                Err(disposition) => out.push((index, disposition)),
             }
         }
         for (_, case_id) in resumes {
@@ -415,19 +528,13 @@ impl Worker {
                     }
                     case.merge(reference.clone(), now);
                     let mut note = format!("merged into case {case_id}");
-                    if case.findings.is_some() {
-                        let blocked = case
-                            .findings
-                            .as_ref()
-                            .map_or(0, |f| f.blocked_sign_ins.count);
-                        let rule = self.policy.rule_for(level, blocked, signal.source);
-                        if case.escalate(level, rule, now) > 0 {
-                            note = format!(
-                                "merged into case {case_id}, which it escalated to {level:?}"
-                            );
-                        }
-                    } else {
-                        case.risk_level = case.risk_level.max(level);
+                    // The signal raises what the case has been seen at; the worker that works
+                    // it next escalates the plan, through every rail (see `escalate`).
+                    case.risk_level = case.risk_level.max(level);
+                    if let Some(planned) = case.plan_level().filter(|p| level > *p) {
+                        note = format!(
+                            "merged into case {case_id}, which it raises from {planned:?} to {level:?}: the case is escalated"
+                        );
                     }
                     if self.ledger.save_case(&case, version).await?.is_some() {
                         return Ok(Merged::Case { case_id, note });
@@ -525,8 +632,14 @@ impl Worker {
         out: &mut HashMap<String, Disposition>,
     ) -> Vec<String> {
         let mut jobs = Vec::new();
-        for id in ids {
-            match self.lease(id).await {
+        let leased: Vec<(&String, Result<Option<Leased>, LedgerError>)> = at_once(
+            ids.iter()
+                .map(|id| async move { (id, self.lease(id).await) })
+                .collect(),
+        )
+        .await;
+        for (id, lease) in leased {
+            match lease {
                 Ok(Some(Leased::Mine(case, version))) => {
                     let base = (*case).clone();
                     jobs.push(Job {
@@ -570,11 +683,38 @@ impl Worker {
             vault: self.vault.as_deref(),
             templates: &self.templates,
         };
-        remediator.run(tenant, &mut jobs).await;
+        loop {
+            let ran = remediator.run_round(tenant, &mut jobs).await;
+            if ran.is_empty() {
+                break;
+            }
+            // What cannot be repeated safely (a new password, a mail) is recorded before the
+            // next round: a worker that stops after it leaves a case that says it was done.
+            let record: std::collections::HashSet<usize> = ran
+                .into_iter()
+                .filter(|(_, action)| !action.idempotent())
+                .map(|(j, _)| j)
+                .collect();
+            let mut saves = Vec::new();
+            for (j, job) in jobs.iter_mut().enumerate() {
+                if record.contains(&j) {
+                    saves.push(self.checkpoint(job));
+                }
+            }
+            at_once(saves).await;
+        }
         let mut again = Vec::new();
-        for job in jobs {
-            let id = job.case.case_id.clone();
-            match self.finish(job).await {
+        let finished: Vec<(String, Result<Case, LedgerError>)> = at_once(
+            jobs.into_iter()
+                .map(|job| async move {
+                    let id = job.case.case_id.clone();
+                    (id, self.finish(job).await)
+                })
+                .collect(),
+        )
+        .await;
+        for (id, result) in finished {
+            match result {
                 Ok(case) => {
                     let pending = case.status == CaseStatus::Open
                         && case.actions.iter().any(|a| a.state == ActionState::Pending);
@@ -634,6 +774,15 @@ impl Worker {
                 }
             }
         }
+        // Resumed cases a signal raised above their plan: escalated first, so what the new
+        // actions check is read below.
+        let mut escalations = Vec::new();
+        for job in jobs.iter_mut() {
+            if !job.stopped && job.case.findings.is_some() && job.case.needs_escalation() {
+                escalations.push(self.escalate(tenant, job, now));
+            }
+        }
+        at_once(escalations).await;
         let new: Vec<(String, Option<RiskRecord>)> = jobs
             .iter()
             .filter(|j| !j.stopped && j.case.findings.is_none())
@@ -663,6 +812,23 @@ impl Worker {
             .map(|j| j.case.user_id.clone())
             .collect();
         let mut facts = investigate::user_facts_bulk(&self.graph, tenant, &resumed).await;
+        // The cooldown rail of each new plan: the users' last resets, read at once.
+        let planned: Vec<String> = jobs
+            .iter()
+            .filter(|j| !j.stopped && j.case.findings.is_none())
+            .map(|j| j.case.case_id.clone())
+            .collect();
+        let mut reads = Vec::new();
+        for job in jobs.iter().filter(|j| planned.contains(&j.case.case_id)) {
+            reads.push(async move {
+                (
+                    job.case.case_id.clone(),
+                    self.last_reset(tenant, &job.case).await,
+                )
+            });
+        }
+        let mut last_resets: HashMap<String, Result<Option<OffsetDateTime>, LedgerError>> =
+            at_once(reads).await.into_iter().collect();
         for job in jobs.iter_mut().filter(|j| !j.stopped) {
             let user = job.case.user_id.clone();
             let risk = risks.get(&user).cloned().flatten();
@@ -672,10 +838,17 @@ impl Worker {
                         if job.case.user_principal_name.is_none() {
                             job.case.user_principal_name = found.user.user_principal_name.clone();
                         }
-                        plan_case(&mut job.case, &self.policy, &found, now);
+                        let last_reset =
+                            match last_resets.remove(&job.case.case_id).unwrap_or(Ok(None)) {
+                                Ok(last) => last,
+                                Err(e) => {
+                                    self.stop(job, &GraphError::RateLimiter(e.to_string()), now);
+                                    continue;
+                                }
+                            };
+                        plan_case(&mut job.case, &self.policy, &found, last_reset, now);
                         job.facts = found.user.clone();
                         job.risk = found.risk.clone();
-                        self.blast_radius(tenant, job, now).await;
                     }
                     Some(Err(GraphError::NotFound { .. })) => {
                         job.case.findings = Some(crate::cases::Findings {
@@ -718,6 +891,71 @@ impl Worker {
                 }
             }
         }
+        // The blast-radius rail, for what the plan or an escalation would enforce; and a
+        // blast-radius alert that could not be sent before.
+        for job in jobs.iter_mut().filter(|j| !j.stopped) {
+            if job.case.admission_due {
+                self.blast_radius(tenant, job, now).await;
+            }
+            if job.case.blast_alert_due && !job.stopped && !job.case.admission_due {
+                match self.ledger.claim_blast_alert(tenant, now).await {
+                    Ok(true) => self.send_blast_alert(tenant, job, now).await,
+                    Ok(false) => {
+                        job.case.blast_alert_due = false;
+                        job.case
+                            .note(now, "the blast-radius alert went out with another case");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "blast-radius alert could not be claimed"),
+                }
+            }
+        }
+    }
+
+    /// The user's last automatic password reset by another case (the cooldown rail).
+    async fn last_reset(
+        &self,
+        tenant: &str,
+        case: &Case,
+    ) -> Result<Option<OffsetDateTime>, LedgerError> {
+        let (record, _) = self.ledger.user(tenant, &case.user_id).await?;
+        Ok(record.last_reset_by_another(&case.case_id))
+    }
+
+    /// Escalates a planned case to the level a signal raised it to, with the rule for that
+    /// level, the user's traits and the signal's source, through every rail.
+    async fn escalate(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
+        match self.escalate_case(tenant, &mut job.case, now).await {
+            Ok(appended) => {
+                tracing::info!(case_id = %job.case.case_id, appended, level = ?job.case.risk_level, "case escalated");
+            }
+            Err(e) => self.stop(job, &GraphError::RateLimiter(e.to_string()), now),
+        }
+    }
+
+    async fn escalate_case(
+        &self,
+        tenant: &str,
+        case: &mut Case,
+        now: OffsetDateTime,
+    ) -> Result<usize, LedgerError> {
+        let last_reset = self.last_reset(tenant, case).await?;
+        let level = case.risk_level;
+        // The newest signal at that level (rules may be limited to sources).
+        let source = case
+            .signals
+            .recent
+            .iter()
+            .rev()
+            .find(|s| s.risk_level >= level)
+            .map_or(case.opened_by, |s| s.source);
+        Ok(escalate_case(
+            case,
+            &self.policy,
+            level,
+            source,
+            last_reset,
+            now,
+        ))
     }
 
     fn stop(&self, job: &mut Job, e: &GraphError, now: OffsetDateTime) {
@@ -747,7 +985,8 @@ impl Worker {
         }
     }
 
-    /// The per-tenant blast-radius rail, for a case about to change an account in enforce mode.
+    /// The per-tenant blast-radius rail, for a case about to change an account in enforce mode
+    /// (a new plan, or an escalation's appended actions).
     async fn blast_radius(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
         let acts = job
             .case
@@ -755,6 +994,7 @@ impl Worker {
             .iter()
             .any(|a| a.state == ActionState::Pending && a.action.changes_account());
         if !acts {
+            job.case.admission_due = false;
             return;
         }
         let limit = self.policy.safety.max_enforced_cases_per_hour;
@@ -763,36 +1003,125 @@ impl Worker {
             .admit_enforced(tenant, &job.case.case_id, limit, now)
             .await
         {
-            Ok(Admission::Admitted) => {}
+            Ok(Admission::Admitted) => job.case.admission_due = false,
             Ok(Admission::Refused { announce }) => {
+                job.case.admission_due = false;
                 let rail = format!(
                     "{RAIL_BLAST_RADIUS}: more than {limit} enforced cases in the tenant within an hour"
                 );
                 job.case.hold(&rail, false, now);
-                if announce && let Some(notify) = &self.policy.notify {
-                    let (subject, text) = notify::blast_radius_mail(tenant, limit, &job.case);
-                    match self
-                        .graph
-                        .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
-                        .await
-                    {
-                        Ok(()) => job.case.note(now, "blast-radius alert sent to the SOC"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "blast-radius alert could not be sent");
-                            job.case
-                                .note(now, format!("blast-radius alert failed: {e}"));
-                        }
-                    }
+                if announce {
+                    self.send_blast_alert(tenant, job, now).await;
                 }
             }
             Err(e) => {
+                // Nothing runs until the count is read: the case is retried.
+                tracing::warn!(case_id = %job.case.case_id, error = %e, "blast-radius count could not be read");
                 job.stopped = true;
-                job.case.last_error = Some(e.to_string());
-                job.case.hold(
-                    &format!("{RAIL_BLAST_RADIUS}: the tenant's count could not be read"),
-                    false,
+                let error =
+                    format!("{RAIL_BLAST_RADIUS}: the tenant's count could not be read: {e}");
+                job.case.note(now, error.clone());
+                job.case.last_error = Some(error);
+            }
+        }
+    }
+
+    /// Sends the tenant's blast-radius alert this worker claimed; the ledger marks it sent only
+    /// when it was. A failure keeps the case for retry (`blast_alert_due`) and frees the claim,
+    /// so this case's retry or the next refused case sends it.
+    async fn send_blast_alert(&self, tenant: &str, job: &mut Job, now: OffsetDateTime) {
+        let limit = self.policy.safety.max_enforced_cases_per_hour;
+        let sent = match &self.policy.notify {
+            None => {
+                job.case
+                    .note(now, "blast-radius limit reached; no [notify] to alert");
+                Ok(())
+            }
+            Some(notify) => {
+                let (subject, text) = notify::blast_radius_mail(tenant, limit, &job.case);
+                self.graph
+                    .send_mail(tenant, &notify.sender, &notify.to, &subject, &text)
+                    .await
+            }
+        };
+        let ok = sent.is_ok();
+        match sent {
+            Ok(()) => {
+                job.case.blast_alert_due = false;
+                if self.policy.notify.is_some() {
+                    job.case.note(now, "blast-radius alert sent to the SOC");
+                }
+            }
+            Err(e) => {
+                tracing::error!(case_id = %job.case.case_id, error = %e, "blast-radius alert could not be sent; kept for retry");
+                job.case.blast_alert_due = true;
+                let error = format!("blast-radius alert failed: {e}");
+                job.case.note(now, error.clone());
+                job.case.last_error = Some(error);
+            }
+        }
+        if let Err(e) = self.ledger.blast_alert_done(tenant, ok, now).await {
+            tracing::error!(error = %e, sent = ok, "blast-radius alert outcome could not be recorded");
+        }
+    }
+
+    /// Records a job's progress mid-run, keeping the lease. A case changed meanwhile (a signal
+    /// merged) is reconciled; a case another worker leased (ours ran out) stops this job: what
+    /// it did is reconciled when it finishes, and nothing more runs here.
+    async fn checkpoint(&self, job: &mut Job) {
+        let now = OffsetDateTime::now_utc();
+        // The lease is renewed with the progress (a long run keeps it).
+        if let Some(lease) = job.case.lease.as_mut().filter(|l| l.holder == self.holder) {
+            lease.until = now + CASE_LEASE;
+        }
+        match self.ledger.save_case(&job.case, job.version).await {
+            Ok(Some(version)) => {
+                job.version = version;
+                job.base = job.case.clone();
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
+                return;
+            }
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let Ok(Some((fresh, version))) = self.ledger.case(&job.case.case_id).await else {
+                return;
+            };
+            if fresh
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.holder != self.holder && l.until > now)
+            {
+                tracing::error!(case_id = %job.case.case_id, "lease ran out and another worker holds the case: stopping");
+                job.stopped = true;
+                job.case.note(
                     now,
+                    "this worker's lease ran out: another worker resumes the case",
                 );
+                return;
+            }
+            // Ours is adopted only once it is stored: until then `base` stays what the store
+            // last had from us, so a later reconcile still sees every outcome of this run.
+            let mut merged = reconcile(&job.case, &job.base, fresh);
+            merged.lease = Some(Lease {
+                holder: self.holder.clone(),
+                until: now + CASE_LEASE,
+            });
+            match self.ledger.save_case(&merged, version).await {
+                Ok(Some(saved)) => {
+                    job.base = merged.clone();
+                    job.case = merged;
+                    job.version = saved;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
+                    return;
+                }
             }
         }
     }
@@ -809,53 +1138,37 @@ impl Worker {
             ..
         } = job;
         ours.lease = None;
+        // A signal merged before a checkpoint of ours raised the case above its plan.
+        if ours.findings.is_some() && ours.needs_escalation() {
+            let tenant = ours.tenant_id.clone();
+            let appended = self.escalate_case(&tenant, &mut ours, now).await?;
+            tracing::info!(case_id = %ours.case_id, appended, "case escalated after a signal merged meanwhile");
+        }
         if ours.findings.is_some() {
             ours.settle(now);
         }
         if self.ledger.save_case(&ours, version).await?.is_some() {
             return Ok(ours);
         }
-        let added_history = (ours.history_dropped as usize + ours.history.len())
-            .saturating_sub(base.history_dropped as usize + base.history.len());
         for _ in 0..MAX_CONFLICTS {
-            let Some((mut fresh, fresh_version)) = self.ledger.case(&ours.case_id).await? else {
+            let Some((fresh, fresh_version)) = self.ledger.case(&ours.case_id).await? else {
                 return Err(LedgerError(format!("case {} vanished", ours.case_id)));
             };
-            if fresh.findings.is_none() && ours.findings.is_some() {
-                fresh.findings = ours.findings.clone();
-                fresh.rules = ours.rules.clone();
-                fresh.plan_note = ours.plan_note.clone();
-                fresh.risk_level = fresh.risk_level.max(ours.risk_level);
-                let extra: Vec<_> = fresh.actions.drain(..).collect();
-                fresh.actions = ours.actions.clone();
-                fresh.actions.extend(extra);
-            } else {
-                for (i, action) in ours.actions.iter().enumerate() {
-                    let changed = base.actions.get(i) != Some(action);
-                    if changed && let Some(slot) = fresh.actions.get_mut(i) {
-                        *slot = action.clone();
-                    }
-                }
-            }
-            for rail in &ours.rails {
-                if !fresh.rails.contains(rail) {
-                    fresh.rails.push(rail.clone());
-                }
-            }
-            let start = ours.history.len().saturating_sub(added_history);
-            for entry in &ours.history[start..] {
-                fresh.note(entry.at, entry.what.clone());
-            }
-            if fresh.user_principal_name.is_none() {
-                fresh.user_principal_name = ours.user_principal_name.clone();
-            }
-            fresh.last_error = ours.last_error.clone();
+            let mut fresh = reconcile(&ours, &base, fresh);
             if fresh
                 .lease
                 .as_ref()
                 .is_some_and(|l| l.holder == self.holder)
             {
                 fresh.lease = None;
+            }
+            // A signal merged while we worked raised the case above the plan we made or
+            // resumed: escalate now (the next pass carries the appended actions out).
+            if fresh.findings.is_some() && fresh.needs_escalation() {
+                let appended = self
+                    .escalate_case(&fresh.tenant_id.clone(), &mut fresh, now)
+                    .await?;
+                tracing::info!(case_id = %fresh.case_id, appended, "case escalated after a signal merged meanwhile");
             }
             if fresh.status != CaseStatus::Skipped {
                 if fresh.findings.is_some() && ours.findings.is_some() {
