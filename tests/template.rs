@@ -421,7 +421,8 @@ fn policy_file(channel: &str) -> tempfile_path::TempPolicy {
     let mut text =
         std::fs::read_to_string(format!("{}/config/policy.toml", env!("CARGO_MANIFEST_DIR")))
             .unwrap();
-    let start = text.find("[password_delivery]").unwrap();
+    // The table itself, not a comment that names it.
+    let start = text.find("\n[password_delivery]").unwrap() + 1;
     let end = start + text[start..].find("\n\n").unwrap();
     text.replace_range(start..end, channel);
     tempfile_path::TempPolicy::new(&text)
