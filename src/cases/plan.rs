@@ -157,6 +157,7 @@ mod tests {
                 newest: Vec::new(),
             },
             registration: None,
+            registration_unknown: None,
             protected: None,
             investigated_at: now(),
         }
@@ -285,6 +286,7 @@ mod runbook_tests {
             }),
             blocked_sign_ins: SignInSummary::empty(now()),
             registration,
+            registration_unknown: None,
             protected: None,
             investigated_at: now(),
         }
@@ -345,6 +347,7 @@ mod runbook_tests {
             is_mfa_registered: true,
             is_sspr_registered: true,
             methods_registered: vec!["microsoftAuthenticatorPush".into()],
+            capable: None,
         };
         let extra = "[self_remediation]\nenabled = true\n[notify_user]\nsender = \"rr@contoso.com\"\nhelpdesk = \"x\"";
         let mut c = case();

@@ -686,6 +686,7 @@ impl Worker {
                             risk,
                             blocked_sign_ins: SignInSummary::empty(now),
                             registration: None,
+                            registration_unknown: None,
                             protected: None,
                             investigated_at: now,
                         });
