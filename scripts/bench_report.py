@@ -166,6 +166,15 @@ def main():
     ]
     # Keep what `make build` recorded (scripts/lambda_sizes.py): arm64 Lambda artifact sizes.
     previous = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else ""
+    # The burst (issue 10): what `cargo bench --bench burst` just wrote, or else the section
+    # BENCHMARKS.md already has, so that this rewrite never drops it.
+    burst = ROOT / "target" / "bench" / "burst.md"
+    if burst.exists():
+        lines += [burst.read_text().rstrip(), ""]
+    else:
+        kept_burst = re.search(r"<!-- burst -->.*?<!-- /burst -->", previous, re.S)
+        if kept_burst:
+            lines += [kept_burst.group(0), ""]
     kept = re.search(r"<!-- lambda-sizes -->.*?<!-- /lambda-sizes -->.*", previous, re.S)
     if kept:
         lines += [kept.group(0).rstrip("\n"), ""]

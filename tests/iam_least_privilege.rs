@@ -1318,7 +1318,7 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     let second = sweeper.run(TENANT, None).await.unwrap();
     assert_eq!(
         second.sign_ins_since,
-        sign_in_watermark - risk_responder::respond::view::OVERLAP,
+        sign_in_watermark - risk_responder::respond::sweep::SIGN_IN_OVERLAP,
         "the next sweep starts from the watermark"
     );
     assert!(second.sign_ins_since > first.sign_ins_since);

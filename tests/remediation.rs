@@ -16,6 +16,7 @@ use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
 use risk_responder::queue::WorkItem;
 use risk_responder::respond::Disposition;
 use risk_responder::secrets::SecretString;
+use serde_json::json;
 
 fn graph_client(s: &StandIn, credential: ClientCredential) -> Arc<GraphClient> {
     s.client(credential, 4)
@@ -93,17 +94,22 @@ async fn investigation_reads_risk_and_pages_through_53011_sign_ins() {
             .count()
     });
     assert_eq!(sign_in_calls, 3, "5 results at 2 per page");
-    // $select everywhere the API supports it.
+    // $select everywhere the API supports it; users are read by `$filter=id in (…)`.
     let user_read = s.with(|d| {
         d.calls
             .iter()
-            .find(|(c, _)| c.starts_with(&format!("GET /v1.0/users/{ADELE}?")))
+            .find(|(c, _)| c.starts_with("GET /v1.0/users?"))
             .unwrap()
             .0
             .clone()
     });
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(user_read.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
     assert!(
-        user_read.contains("$select=id,userPrincipalName"),
+        query["$select"].starts_with("id,userPrincipalName")
+            && query["$filter"] == format!("id in ('{ADELE}')"),
         "{user_read}"
     );
 }
@@ -237,8 +243,10 @@ async fn user_no_longer_at_risk_gets_no_case() {
     graph_signal.source = EventSource::GraphUser;
     let (disposition, case) = run_with(&s, policy(Mode::Enforce), graph_signal, 4).await;
     assert!(case.is_none());
+    // The view is seeded with the users at risk only (riskState atRisk or
+    // confirmedCompromised): a remediated user is simply not in it.
     match disposition {
-        Disposition::Done(why) => assert!(why.contains("riskState remediated"), "{why}"),
+        Disposition::Done(why) => assert!(why.contains("reports no risk for the user"), "{why}"),
         other => panic!("{other:?}"),
     }
     assert!(s.writes().is_empty());
@@ -661,4 +669,365 @@ async fn a_password_is_mailed_only_after_it_is_set_and_only_the_current_one() {
     let stored = serde_json::to_string(&case).unwrap();
     assert!(!stored.contains(&current), "no password in the case");
     assert!(!stored.contains(first.as_str().unwrap()));
+}
+
+// ---- Graph's rules for JSON batches, throttling and paging (the stand-in is no more lenient
+// than Graph, and the client keeps to them) ----
+
+#[tokio::test]
+async fn graph_refuses_a_whole_batch_with_a_write_lacking_its_body_or_content_type() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    let token = raw_token(&s).await;
+    let revoke = format!("/users/{ADELE}/revokeSignInSessions");
+    let user = format!("/users/{ADELE}?$select=id");
+    let json_type = json!({ "Content-Type": "application/json" });
+    let refused = [
+        // A bodyless POST, as the client sent revokeSignInSessions before.
+        (
+            json!([{"id": "1", "method": "POST", "url": revoke}]),
+            "Write request id : 1 does not contain Content-Type header or body.",
+        ),
+        (
+            json!([{"id": "1", "method": "POST", "url": revoke, "body": {}}]),
+            "Write request id : 1 does not contain Content-Type header or body.",
+        ),
+        (
+            json!([{"id": "7", "method": "POST", "url": revoke, "headers": json_type}]),
+            "Write request id : 7 does not contain Content-Type header or body.",
+        ),
+        (
+            json!([{"id": "a", "method": "GET", "url": user}, {"id": "A", "method": "GET", "url": user}]),
+            "is not unique",
+        ),
+        (json!([{"method": "GET", "url": user}]), "needs an id"),
+    ];
+    for (requests, says) in refused {
+        let answer = raw_batch(&s, &token, requests.clone()).await;
+        assert_eq!(answer.status(), 400, "{requests}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "BadRequest");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(revokes(&s), 0, "nothing of a refused batch runs");
+    let answer = raw_batch(
+        &s,
+        &token,
+        json!([{"id": "1", "method": "POST", "url": revoke, "body": {}, "headers": json_type}]),
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["responses"][0]["status"], 200);
+    assert_eq!(revokes(&s), 1);
+}
+
+#[tokio::test]
+async fn the_worker_revokes_sessions_through_a_batch_graph_accepts() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    let revoke = case
+        .actions
+        .iter()
+        .find(|a| a.action == Action::RevokeSessions)
+        .expect("the plan revokes sessions");
+    assert!(done(&revoke.state), "{:?}", revoke.state);
+    assert_eq!(s.with(|d| d.revoked.clone()), vec![ADELE.to_owned()]);
+    // It went as a batch member with an empty JSON body and its Content-Type.
+    let member = batches(&s)
+        .into_iter()
+        .flatten()
+        .find(|m| m.ends_with("/revokeSignInSessions"))
+        .expect("revocation through $batch");
+    assert_eq!(member, format!("POST /users/{ADELE}/revokeSignInSessions"));
+}
+
+#[tokio::test]
+async fn a_batch_never_carries_more_members_of_a_budget_than_its_window_admits() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    // Reports: 5 per second here (5 per 10 s at Graph), to keep the test short.
+    s.with(|d| d.limits.reports = (5, Duration::from_secs(1)));
+    let graph = s.client_with(
+        secret(),
+        3,
+        Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
+            risk_responder::graph::limiter::Limits {
+                reports: (5, Duration::from_millis(1100)),
+                ..risk_responder::graph::limiter::Limits::published(1.0)
+            },
+        )),
+    );
+    let items: Vec<_> = (0..20)
+        .map(|_| {
+            risk_responder::graph::batch::BatchItem::get(format!(
+                "/reports/authenticationMethods/userRegistrationDetails/{ADELE}"
+            ))
+        })
+        .chain([risk_responder::graph::batch::BatchItem::get(format!(
+            "/users/{ADELE}?$select=id"
+        ))])
+        .collect();
+    let results = graph.batch(TENANT, &items).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let throttled = s.with(|d| d.throttled.clone());
+    assert!(
+        throttled.is_empty(),
+        "no member answered 429: {throttled:?}"
+    );
+    let sizes: Vec<usize> = batches(&s)
+        .iter()
+        .map(|b| b.iter().filter(|m| m.contains("/reports/")).count())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 20);
+    assert!(sizes.iter().all(|n| *n <= 5), "{sizes:?}");
+    // The limiter refuses a group larger than the window instead of admitting it.
+    let limiter = risk_responder::graph::limiter::LocalLimiter::new(
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    use risk_responder::graph::limiter::{Budget, RateLimiter};
+    let err = limiter
+        .acquire(TENANT, Budget::Reports, "", 6)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_waits_out_the_budget_window() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 3);
+    // Graph's reports answer 429 without Retry-After; here their window is 3 s.
+    s.with(|d| d.limits.reports = (5, Duration::from_secs(3)));
+    // A client that thinks it may send more than the window admits (as another process of the
+    // same app sharing the budget would make it see), knowing the window's length.
+    let graph = s.client_with(
+        secret(),
+        3,
+        Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
+            risk_responder::graph::limiter::Limits {
+                reports: (1000, Duration::from_millis(3300)),
+                ..risk_responder::graph::limiter::Limits::published(1.0)
+            },
+        )),
+    );
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let reads = (0..7).map(|_| graph.blocked_sign_ins(TENANT, ADELE, since));
+    let started = std::time::Instant::now();
+    let results = futures_util::future::join_all(reads).await;
+    for r in &results {
+        assert_eq!(r.as_ref().map(|s| s.count).ok(), Some(3), "{r:?}");
+    }
+    assert!(s.with(|d| d.throttled.get(&Budget::Reports).copied()) >= Some(2));
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "waited the window"
+    );
+}
+
+#[tokio::test]
+async fn mailbox_concurrency_counts_every_batch_in_flight() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    s.with(|d| d.mail_hold = Some(Duration::from_millis(400)));
+    let token = raw_token(&s).await;
+    let mails = |from: usize| -> serde_json::Value {
+        (from..from + 3)
+            .map(|i| json!({"id": i.to_string(), "method": "POST",
+                "url": "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
+                "headers": {"Content-Type": "application/json"},
+                "body": {"message": {"subject": "s", "body": {"contentType": "Text", "content": "x"},
+                    "toRecipients": [{"emailAddress": {"address": "soc@contoso.onmicrosoft.com"}}]}}}))
+            .collect()
+    };
+    let first = raw_batch(&s, &token, mails(0));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        raw_batch(&s, &token, mails(10)).await
+    };
+    let (a, b) = tokio::join!(first, second);
+    let mut statuses = Vec::new();
+    let mut retry_after = 0;
+    for answer in [a, b] {
+        let body: serde_json::Value = answer.json().await.unwrap();
+        for member in body["responses"].as_array().unwrap() {
+            statuses.push(member["status"].as_u64().unwrap());
+            retry_after += usize::from(member["headers"]["retry-after"].is_string());
+        }
+    }
+    // Six in flight at once to one mailbox: Outlook admits four.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(retry_after, 2, "Outlook says when to retry");
+}
+
+#[tokio::test]
+async fn a_zero_page_size_still_pages_forward() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 3);
+    s.with(|d| d.page_size = 0);
+    let graph = s.secret_client(2);
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let summary = tokio::time::timeout(
+        Duration::from_secs(20),
+        graph.blocked_sign_ins(TENANT, ADELE, since),
+    )
+    .await
+    .expect("paging ends")
+    .unwrap();
+    assert_eq!(summary.count, 3);
+}
+
+#[tokio::test]
+async fn a_listing_past_the_page_limit_is_an_error_not_a_short_answer() {
+    let s = start().await;
+    s.with(|d| {
+        d.page_size = 2;
+        for i in 0..5 {
+            d.subscriptions
+                .push(json!({"id": format!("sub-{i}"), "resource": "users"}));
+        }
+    });
+    let graph = paged_client(
+        &s,
+        2,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    let err = graph.get_all(TENANT, "/subscriptions").await.unwrap_err();
+    assert_eq!(err, GraphError::Truncated { pages: 2 });
+    let paging = graph
+        .for_each_item(TENANT, "/subscriptions", |_| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(
+        paging,
+        risk_responder::graph::Paging::Truncated { pages: 2 }
+    );
+    let whole = paged_client(
+        &s,
+        3,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    assert_eq!(
+        whole.get_all(TENANT, "/subscriptions").await.unwrap().len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn upn_only_signals_are_resolved_fifteen_to_a_request() {
+    use risk_responder::respond::investigate::{Resolved, resolve_bulk};
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    let id = |i: usize| format!("00000000-0000-4000-8000-{i:012}");
+    s.with(|d| {
+        d.page_size = 100;
+        for i in 0..20 {
+            d.users.push(json!({"id": id(i), "userPrincipalName": format!("user{i}@contoso.onmicrosoft.com")}));
+        }
+        d.users.push(json!({"id": id(99), "userPrincipalName": "o'brien@contoso.onmicrosoft.com"}));
+    });
+    let mut subjects: Vec<Subject> = (0..20)
+        .map(|i| Subject::User {
+            id: None,
+            upn: Some(format!("USER{i}@contoso.onmicrosoft.com")),
+        })
+        .collect();
+    subjects.push(Subject::User {
+        id: None,
+        upn: Some("o'brien@contoso.onmicrosoft.com".into()),
+    });
+    subjects.push(Subject::User {
+        id: None,
+        upn: Some("nobody@contoso.onmicrosoft.com".into()),
+    });
+    subjects.push(Subject::User {
+        id: Some(ADELE.into()),
+        upn: None,
+    });
+    subjects.push(Subject::SecurityAlert {
+        id: "legacy".into(),
+    });
+    let graph = s.secret_client(2);
+    let resolved = resolve_bulk(&graph, TENANT, &subjects).await;
+    for (i, r) in resolved.iter().take(20).enumerate() {
+        assert_eq!(
+            r.as_ref().unwrap(),
+            &Resolved::User {
+                id: id(i),
+                upn: Some(format!("user{i}@contoso.onmicrosoft.com"))
+            }
+        );
+    }
+    assert!(matches!(&resolved[20], Ok(Resolved::User { id: found, .. }) if *found == id(99)));
+    assert!(matches!(&resolved[21], Ok(Resolved::NoUser(why)) if why.contains("no user nobody@")));
+    assert!(matches!(&resolved[22], Ok(Resolved::User { id: found, .. }) if found == ADELE));
+    assert!(matches!(&resolved[23], Ok(Resolved::NoUser(why)) if why.contains("retired")));
+    let lookups = s.with(|d| {
+        d.calls
+            .iter()
+            .filter(|(c, _)| c.starts_with("GET /v1.0/users"))
+            .count()
+    });
+    assert_eq!(lookups, 2, "22 UPNs at 15 a request");
+    // Graph allows 15 values in an `in` list.
+    let token = raw_token(&s).await;
+    let sixteen: Vec<String> = (0..16).map(|i| format!("'{}'", id(i))).collect();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("$filter", &format!("id in ({})", sixteen.join(",")))
+        .finish();
+    let too_many = reqwest::Client::new()
+        .get(format!("{}/v1.0/users?{query}", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+}
+
+#[tokio::test]
+async fn the_worker_resolves_a_batch_of_upn_only_signals_fifteen_to_a_request() {
+    let s = start().await;
+    let id = |i: usize| format!("00000000-0000-4000-8000-{i:012}");
+    s.with(|d| {
+        d.page_size = 100;
+        for i in 0..20 {
+            d.users.push(json!({"id": id(i), "userPrincipalName": format!("user{i}@contoso.onmicrosoft.com")}));
+        }
+    });
+    let items: Vec<WorkItem> = (0..20)
+        .map(|i| {
+            WorkItem::Risk(RiskEvent {
+                event_id: format!("upn-{i}"),
+                subject: Subject::User {
+                    id: None,
+                    upn: Some(format!("user{i}@contoso.onmicrosoft.com")),
+                },
+                source_id: format!("alert-{i}"),
+                ..event(RiskLevel::Medium)
+            })
+        })
+        .collect();
+    let worker = worker_with(&s, memory_ledger(), policy(Mode::ReportOnly), 2);
+    worker.handle_batch(&items).await;
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    let by_upn = calls
+        .iter()
+        .filter(|c| c.starts_with("GET /v1.0/users?") && c.contains("userPrincipalName%20in"))
+        .count();
+    assert_eq!(by_upn, 2, "20 UPNs at 15 a request: {calls:#?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("/users/user")),
+        "no read per UPN: {calls:#?}"
+    );
 }

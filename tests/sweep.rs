@@ -240,6 +240,17 @@ async fn a_burst_is_investigated_and_remediated_in_bulk() {
     assert!(http <= 70 * 4 / 3, "{http} HTTP requests for 70 users");
     assert!(count("POST /v1.0/$batch") >= 1);
     assert_eq!(throttled(&s), 0, "{:?}", s.with(|d| d.throttled.clone()));
+    // Users are read 15 to a request, protection once for the tenant: no per-user read of
+    // either. What is left per user is what the plan does to each (revoke, block, reset, the
+    // password mail, the SOC mail), counting every $batch member as Microsoft counts it.
+    assert_eq!(count("GET /v1.0/users?"), 5, "70 users at 15 a request");
+    assert!(calls.iter().all(|c| !c.contains("transitiveMemberOf")));
+    let operations: usize = s.with(|d| d.admitted.values().sum());
+    let per_user = operations as f64 / 70.0;
+    eprintln!("{operations} Graph operations for 70 users: {per_user:.2} a user");
+    // Medium risk: revoke, reset, the password mail and the SOC mail (4 a user), plus the
+    // shared reads.
+    assert!(per_user <= 4.25, "{per_user:.2} operations a user");
 }
 
 #[tokio::test]
@@ -408,7 +419,8 @@ async fn the_simulator_enforces_the_published_limits() {
     let second = get("/identityProtection/riskyUsers?$top=5").await.unwrap();
     assert_eq!(second.status(), 429);
     assert!(second.headers().get("retry-after").is_none());
-    // Reports: 5 per 10 seconds, 429 with Retry-After.
+    // Reports: 5 per 10 seconds per app and tenant, 429 without Retry-After (the reports
+    // document none; the client must cope without).
     let since = "status/errorCode eq 53011 and createdDateTime ge 2026-01-01T00:00:00Z";
     let path = format!("/auditLogs/signIns?$filter={}", urlencode(since));
     for _ in 0..5 {
@@ -416,7 +428,9 @@ async fn the_simulator_enforces_the_published_limits() {
     }
     let sixth = get(&path).await.unwrap();
     assert_eq!(sixth.status(), 429);
-    assert!(sixth.headers().get("retry-after").is_some());
+    assert!(sixth.headers().get("retry-after").is_none());
+    let envelope: serde_json::Value = sixth.json().await.unwrap();
+    assert_eq!(envelope["error"]["code"], "TooManyRequests");
     // A batch of more than 20 is refused; 5 mails to one mailbox in one batch: one throttled.
     let requests: Vec<_> = (0..21).map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{}", user_id(0))})).collect();
     let refused = http
@@ -491,4 +505,501 @@ async fn the_sweep_command_works_the_signals_locally() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an RFC 3339 time"));
     std::fs::remove_file(&path).ok();
+}
+
+// ---- what a sweep reads, and how far its watermarks move ----
+
+fn view<'a>(
+    graph: &'a risk_responder::graph::GraphClient,
+    ledger: &'a Ledger,
+) -> risk_responder::respond::view::RiskView<'a> {
+    risk_responder::respond::view::RiskView { graph, ledger }
+}
+
+#[tokio::test]
+async fn a_truncated_listing_keeps_what_it_read_and_moves_no_watermark() {
+    use risk_responder::graph::GraphError;
+    use risk_responder::respond::sweep::SweepError;
+    use risk_responder::respond::view::ViewError;
+    let s = start().await;
+    population(&s, 12, 12);
+    s.with(|d| d.page_size = 5);
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    // Two pages of five: 10 of the 12 records and 10 of the 12 sign-ins.
+    let graph = paged_client(
+        &s,
+        2,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    let err = sweeper(&graph, &intake)
+        .run(TENANT, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SweepError::Truncated { .. }), "{err}");
+    let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    assert!(
+        state.risk_watermark.is_none() && state.sign_in_watermark.is_none(),
+        "{state:?}"
+    );
+    assert!(
+        !common::risk_events(&queue).is_empty(),
+        "what was read is kept"
+    );
+    let (seen, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
+    assert!(
+        seen.refreshed_at.is_none() && !seen.complete,
+        "a truncated listing does not make the view current: {seen:?}"
+    );
+    // A seed that does not fit is an error, not a complete view with users missing.
+    let err = view(&graph, &intake.ledger)
+        .refresh(TENANT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ViewError::Graph(GraphError::Truncated { .. })),
+        "{err}"
+    );
+    assert!(
+        !view(&graph, &intake.ledger)
+            .state(TENANT)
+            .await
+            .unwrap()
+            .0
+            .complete
+    );
+    // With room for every page, the same sweep moves both watermarks.
+    let whole = paged_client(
+        &s,
+        10,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    let report = sweeper(&whole, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!((report.users_at_risk, report.users_blocked), (12, 12));
+    let (state, _) = sweeper(&whole, &intake).state(TENANT).await.unwrap();
+    assert!(state.risk_watermark.is_some() && state.sign_in_watermark.is_some());
+}
+
+#[tokio::test]
+async fn sweep_since_later_than_the_watermarks_moves_nothing() {
+    let s = start().await;
+    population(&s, 4, 2);
+    let intake = Intake::in_process(Arc::new(MemoryQueue::default())).unwrap();
+    let graph = s.secret_client(3);
+    sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    let (first, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    // `--since` a minute ago: later than where the watermarks would start, so the time
+    // between them was skipped.
+    let skipped = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let report = sweeper(&graph, &intake)
+        .run(TENANT, Some(skipped))
+        .await
+        .unwrap();
+    assert_eq!(report.risk_since, skipped);
+    let (after, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    assert_eq!(after.risk_watermark, first.risk_watermark);
+    assert_eq!(after.sign_in_watermark, first.sign_in_watermark);
+    assert!(after.last_run > first.last_run);
+    // A backfill (since before the watermarks) covers everything after it: they move.
+    let backfill = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    sweeper(&graph, &intake)
+        .run(TENANT, Some(backfill))
+        .await
+        .unwrap();
+    let (moved, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    assert!(moved.sign_in_watermark > first.sign_in_watermark);
+}
+
+#[tokio::test]
+async fn a_sign_in_that_reaches_the_log_late_is_still_swept() {
+    let s = start().await;
+    population(&s, 3, 0);
+    let intake = Intake::in_process(Arc::new(MemoryQueue::default())).unwrap();
+    let graph = s.secret_client(3);
+    let first = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(first.blocked_sign_ins, 0);
+    let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    let watermark = state.sign_in_watermark.unwrap();
+    // A sign-in made 12 minutes before the last sweep reaches the log only now.
+    s.with(|d| {
+        d.sign_ins.push(json!({"id": "late-1",
+            "createdDateTime": (watermark - time::Duration::minutes(12))
+                .format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "userId": user_id(1), "userPrincipalName": "user1@contoso.onmicrosoft.com",
+            "status": {"errorCode": 53011, "failureReason": "User blocked due to risk on home tenant."}}));
+    });
+    let second = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(second.users_blocked, 1, "caught by the sign-in overlap");
+    assert_eq!(
+        second.sign_ins_since,
+        watermark - risk_responder::respond::sweep::SIGN_IN_OVERLAP
+    );
+    // Listed again by the next run, it is kept once.
+    let kept = intake.ledger.signals(100).await.unwrap().len();
+    let third = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(third.users_blocked, 1);
+    assert_eq!(intake.ledger.signals(100).await.unwrap().len(), kept);
+}
+
+#[tokio::test]
+async fn an_older_listing_never_overwrites_a_newer_view_entry() {
+    let s = start().await;
+    population(&s, 1, 1);
+    let graph = s.secret_client(3);
+    let ledger = memory_ledger();
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let before = s.with(|d| d.risky_users[&user_id(0)].clone());
+    // The user is dismissed; a listing writes that into the view.
+    s.with(|d| {
+        let r = d.risky_users.get_mut(&user_id(0)).unwrap();
+        r["riskState"] = "dismissed".into();
+        r["riskLevel"] = "none".into();
+        r["riskLastUpdatedDateTime"] = risk_responder::simulator::now_iso().into();
+    });
+    view(&graph, &ledger)
+        .absorb_listing(TENANT, Some(since))
+        .await
+        .unwrap();
+    // A listing that read Graph before the dismissal finishes later.
+    s.with(|d| {
+        d.risky_users.insert(user_id(0), before);
+    });
+    view(&graph, &ledger)
+        .absorb_listing(TENANT, Some(since))
+        .await
+        .unwrap();
+    let held = ledger
+        .store()
+        .get(&format!("tenant#{TENANT}#risk#{}", user_id(0)))
+        .await
+        .unwrap()
+        .unwrap();
+    let entry: risk_responder::respond::view::ViewEntry = serde_json::from_str(&held.doc).unwrap();
+    assert_eq!(
+        entry.record.risk_state, "dismissed",
+        "the newer record stays"
+    );
+}
+
+// ---- limits per app, and the tenant's other apps ----
+
+const OTHER_APP: &str = "99999999-8888-7777-6666-555555555555";
+
+#[tokio::test]
+async fn limits_are_kept_per_app_where_graph_keeps_them_per_app() {
+    let s = start().await;
+    population(&s, 1, 1);
+    s.with(|d| d.apps.insert(OTHER_APP.into(), "other-secret".into()));
+    let ours = raw_token(&s).await;
+    let theirs = s
+        .app_client(OTHER_APP, "other-secret", 1)
+        .tokens()
+        .token(TENANT)
+        .await
+        .unwrap()
+        .expose()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let get = |token: &str, path: &str| {
+        http.get(format!("{}/v1.0{path}", s.base))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    // Reports: 5 per 10 s per app and tenant: ours are spent, the other app's are not.
+    let since = "status/errorCode eq 53011 and createdDateTime ge 2026-01-01T00:00:00Z";
+    let sign_ins = format!("/auditLogs/signIns?$filter={}", urlencode(since));
+    for _ in 0..5 {
+        assert_eq!(get(&ours, &sign_ins).await.unwrap().status(), 200);
+    }
+    assert_eq!(get(&ours, &sign_ins).await.unwrap().status(), 429);
+    assert_eq!(get(&theirs, &sign_ins).await.unwrap().status(), 200);
+    // Identity Protection: 1 per second per tenant for all apps together.
+    assert_eq!(
+        get(&theirs, "/identityProtection/riskyUsers")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ours_after = get(&ours, "/identityProtection/riskyUsers").await.unwrap();
+    assert_eq!(
+        ours_after.status(),
+        429,
+        "the other app spent the tenant's second"
+    );
+    assert!(ours_after.headers().get("retry-after").is_none());
+    // The hook: another app's request without a client of its own.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(s.other_app_request(
+        TENANT,
+        OTHER_APP,
+        &Method::GET,
+        "/identityProtection/riskyUsers"
+    ));
+    assert!(!s.other_app_request(
+        TENANT,
+        "another",
+        &Method::GET,
+        "/identityProtection/riskyUsers"
+    ));
+}
+
+#[tokio::test]
+async fn the_product_completes_while_another_app_spends_the_tenants_identity_protection_budget() {
+    let s = start().await;
+    population(&s, 30, 30);
+    // Another app of the tenant reads Identity Protection every 1.5 s: two thirds of the
+    // tenant's budget, besides our half; its requests come when they come, so ours meet 429s
+    // without Retry-After.
+    let other = s.spawn_other_app(TENANT, OTHER_APP, std::time::Duration::from_millis(1500));
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    let worker = worker_sharing(&s, intake.ledger.clone(), no_manager_policy(), 5, 0.5);
+    // A sweep that still meets 429 after its retries fails and runs again (the schedule).
+    let mut swept = false;
+    for _ in 0..5 {
+        if sweeper(&worker.graph, &intake)
+            .run(TENANT, None)
+            .await
+            .is_ok()
+        {
+            swept = true;
+            break;
+        }
+    }
+    assert!(swept, "the sweep got through");
+    let mut items: Vec<WorkItem> = queue.drain();
+    items.extend((0..30).map(alert));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    loop {
+        let dispositions = worker.handle_batch(&items).await;
+        items = items
+            .into_iter()
+            .zip(dispositions)
+            .filter(|(_, d)| d.is_retry())
+            .map(|(i, _)| i)
+            .collect();
+        if items.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still retrying {} signals",
+            items.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    other.abort();
+    assert_eq!(resets(&s), 30);
+    let cases = intake.ledger.cases(100).await.unwrap();
+    assert_eq!(cases.len(), 30);
+    assert!(cases.iter().all(|c| c.status == CaseStatus::Completed));
+    let signals = intake.ledger.signals(200).await.unwrap();
+    assert_eq!(signals.len(), 90, "60 from the sweep, 30 alerts: none lost");
+    assert!(
+        signals.iter().all(|r| r.case_id.is_some()),
+        "each merged into its case"
+    );
+    let (theirs, throttled) = s.with(|d| {
+        (
+            d.other_apps_admitted,
+            d.throttled
+                .get(&Budget::IdentityProtection)
+                .copied()
+                .unwrap_or(0),
+        )
+    });
+    assert!(theirs >= 2, "the other app was served too: {theirs}");
+    eprintln!("other app: {theirs} requests; ours answered 429: {throttled}");
+}
+
+// ---- registration and protection, read in bulk ----
+
+fn self_remediation_policy() -> risk_responder::cases::Policy {
+    risk_responder::cases::Policy::from_toml(
+        r#"mode = "enforce"
+[[rules]]
+name = "medium"
+min_risk_level = "medium"
+actions = ["revoke_sessions", "reset_password", "notify"]
+[password_delivery]
+channel = "mail"
+sender = "risk-responder@contoso.onmicrosoft.com"
+to = ["helpdesk@contoso.onmicrosoft.com"]
+[notify]
+sender = "risk-responder@contoso.onmicrosoft.com"
+to = ["soc@contoso.onmicrosoft.com"]
+[self_remediation]
+enabled = true
+[notify_user]
+sender = "risk-responder@contoso.onmicrosoft.com"
+helpdesk = "+1 555 0100"
+[safety]
+max_enforced_cases_per_hour = 1000"#,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_registration_read_leaves_registration_unknown_and_the_case_goes_ahead() {
+    use risk_responder::cases::findings::Capable;
+    let s = start().await;
+    population(&s, 3, 3);
+    s.with(|d| {
+        // user 0: the registration report is refused (no licence or permission).
+        d.faults.forbidden.push((
+            Method::GET,
+            format!(
+                "/reports/authenticationMethods/userRegistrationDetails/{}",
+                user_id(0)
+            ),
+        ));
+        // user 1: registered for both, but SSPR is not usable (not capable).
+        d.registrations.insert(
+            user_id(1),
+            json!({"id": user_id(1), "isMfaRegistered": true,
+            "isSsprRegistered": true, "isMfaCapable": true, "isSsprCapable": false,
+            "methodsRegistered": ["microsoftAuthenticatorPush"]}),
+        );
+        // user 2: no record of its own: the report says nothing is registered.
+    });
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), self_remediation_policy(), 3);
+    let items: Vec<WorkItem> = (0..3).map(alert).collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    let case_of = |i: usize| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .find_case(&format!("alert-{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+        }
+    };
+    let refused = case_of(0).await;
+    assert_eq!(
+        refused.status,
+        CaseStatus::Completed,
+        "{:?}",
+        refused.last_error
+    );
+    let findings = refused.findings.clone().unwrap();
+    assert!(findings.registration.is_none());
+    assert!(
+        findings
+            .registration_unknown
+            .as_deref()
+            .is_some_and(|why| why.contains("could not be read")),
+        "{:?}",
+        findings.registration_unknown
+    );
+    let reset = |case: &risk_responder::cases::Case| {
+        case.actions.iter().any(|a| {
+            a.action == risk_responder::cases::Action::ResetPassword
+                && matches!(
+                    a.state,
+                    risk_responder::cases::case::ActionState::Done { .. }
+                )
+        })
+    };
+    assert!(
+        reset(&refused),
+        "registration unknown: no self-remediation, the admin reset"
+    );
+    let capable = case_of(1).await.findings.unwrap().registration.unwrap();
+    assert_eq!(
+        capable.capable,
+        Some(Capable {
+            mfa: true,
+            sspr: false
+        })
+    );
+    assert!(
+        !capable.can_self_remediate(),
+        "registered, but SSPR is not usable"
+    );
+    let nothing = case_of(2).await;
+    assert!(reset(&nothing));
+    let nothing = nothing.findings.unwrap().registration.unwrap();
+    assert!(
+        !nothing.is_mfa_registered
+            && nothing.capable
+                == Some(Capable {
+                    mfa: false,
+                    sspr: false
+                })
+    );
+    // Graph's report has a record for every enabled user; an unknown id is 404.
+    let token = raw_token(&s).await;
+    let unknown = reqwest::Client::new()
+        .get(format!(
+            "{}/v1.0/reports/authenticationMethods/userRegistrationDetails/{}",
+            s.base,
+            user_id(777)
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+const GLOBAL_ADMIN: &str = "62e90394-69f5-4237-9190-012177145e10";
+
+#[tokio::test]
+async fn eligible_and_group_held_administrators_are_protected() {
+    let s = start().await;
+    population(&s, 3, 3);
+    let admins = "7a0e2f5a-3333-4c8d-9000-00000000cccc";
+    s.with(|d| {
+        // user 0 can activate Global Administrator through PIM at any time.
+        d.role_eligibilities.push((user_id(0), GLOBAL_ADMIN.into()));
+        // user 1 holds it through a role-assignable group.
+        d.role_assignments
+            .push((admins.into(), GLOBAL_ADMIN.into()));
+        d.member_of.insert(user_id(1), vec![admins.into()]);
+    });
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), no_manager_policy(), 3);
+    let dispositions = worker
+        .handle_batch(&(0..3).map(alert).collect::<Vec<_>>())
+        .await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    for (i, says) in [(0, "eligible (PIM)"), (1, "through group")] {
+        let case = ledger
+            .find_case(&format!("alert-{i}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(case.status, CaseStatus::AwaitingApproval, "user {i}");
+        assert!(
+            case.rails
+                .iter()
+                .any(|r| r.contains(says) && r.contains(GLOBAL_ADMIN)),
+            "{:?}",
+            case.rails
+        );
+    }
+    assert_eq!(resets(&s), 1, "only the unprotected user is reset");
+    // Protection was read once for the tenant, not per user.
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    assert!(calls.iter().all(|c| !c.contains("transitiveMemberOf")));
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.contains("/roleManagement/directory/roleEligibilitySchedules"))
+            .count(),
+        2,
+        "two protected roles"
+    );
 }

@@ -1044,6 +1044,7 @@ mod tests {
             risk: None,
             blocked_sign_ins: crate::cases::findings::SignInSummary::empty(at(0)),
             registration: None,
+            registration_unknown: None,
             protected: None,
             investigated_at: at(0),
         });

@@ -148,6 +148,36 @@ pub struct Registration {
     pub is_sspr_registered: bool,
     #[serde(default)]
     pub methods_registered: Vec<String>,
+    /// `isMfaCapable` / `isSsprCapable`: registered with methods the tenant's policies allow
+    /// (and, for SSPR, enabled for the user), i.e. whether the user can actually use them.
+    /// `None` where they were not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capable: Option<Capable>,
+}
+
+/// What the user can actually use (`isMfaCapable`, `isSsprCapable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capable {
+    pub mfa: bool,
+    pub sspr: bool,
+}
+
+impl Registration {
+    /// Whether the user can complete MFA: capable when that is known, registered otherwise.
+    pub fn can_mfa(&self) -> bool {
+        self.capable.map_or(self.is_mfa_registered, |c| c.mfa)
+    }
+
+    /// Whether the user can reset their own password (SSPR): capable when known, registered
+    /// otherwise.
+    pub fn can_sspr(&self) -> bool {
+        self.capable.map_or(self.is_sspr_registered, |c| c.sspr)
+    }
+
+    /// Whether the user can fix their own risk: MFA and SSPR both usable.
+    pub fn can_self_remediate(&self) -> bool {
+        self.can_mfa() && self.can_sspr()
+    }
 }
 
 /// Everything a plan is made from.
@@ -160,6 +190,10 @@ pub struct Findings {
     pub blocked_sign_ins: SignInSummary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
+    /// Why registration is unknown when it could not be read (licence, permission): the plan
+    /// then offers no self-remediation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_unknown: Option<String>,
     /// Why the account is protected from automatic action, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected: Option<String>,

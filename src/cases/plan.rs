@@ -8,7 +8,7 @@
 use time::OffsetDateTime;
 
 use super::case::{ActionState, Case, CaseAction, CaseStatus};
-use super::findings::Findings;
+use super::findings::{Findings, Registration};
 use super::policy::{Action, Mode, Policy, UserTraits};
 use crate::event::{EventSource, RiskLevel};
 
@@ -38,7 +38,9 @@ const SIGN_INS_NOTED: usize = 3;
 
 fn traits(findings: &Findings) -> UserTraits {
     UserTraits {
-        mfa_registered: findings.registration.as_ref().map(|r| r.is_mfa_registered),
+        // Registered with methods the tenant's policies let the user use (`isMfaCapable`),
+        // where Graph said so.
+        mfa_registered: findings.registration.as_ref().map(Registration::can_mfa),
         synced: findings.user.on_premises_sync_enabled,
     }
 }
@@ -193,7 +195,7 @@ fn apply_rails(
         && findings
             .registration
             .as_ref()
-            .is_some_and(|r| r.is_mfa_registered && r.is_sspr_registered);
+            .is_some_and(Registration::can_self_remediate);
     // A synced user's password is mastered on-premises: without password writeback neither an
     // admin reset nor self-service password reset reaches Active Directory.
     let hybrid_without_writeback =
@@ -335,6 +337,7 @@ mod tests {
                 newest: Vec::new(),
             },
             registration: None,
+            registration_unknown: None,
             protected: None,
             investigated_at: now(),
         }
@@ -466,6 +469,7 @@ mod runbook_tests {
             }),
             blocked_sign_ins: SignInSummary::empty(now()),
             registration,
+            registration_unknown: None,
             protected: None,
             investigated_at: now(),
         }
@@ -527,6 +531,7 @@ mod runbook_tests {
             is_mfa_registered: true,
             is_sspr_registered: true,
             methods_registered: vec!["microsoftAuthenticatorPush".into()],
+            capable: None,
         };
         let extra = "[self_remediation]\nenabled = true\n[notify_user]\nsender = \"rr@contoso.com\"\nhelpdesk = \"x\"";
         let mut c = case();
@@ -546,12 +551,30 @@ mod runbook_tests {
         let mut c = case();
         let partial = Registration {
             is_sspr_registered: false,
-            ..registered
+            ..registered.clone()
         };
         plan_case(
             &mut c,
             &policy(extra),
             &findings(false, Some(partial)),
+            None,
+            now(),
+        );
+        assert_eq!(state(&c, Action::ResetPassword), ActionState::Pending);
+        // Registered, but the tenant's policies do not let the user use SSPR
+        // (`isSsprCapable` false): the admin reset stays.
+        let mut c = case();
+        let not_capable = Registration {
+            capable: Some(crate::cases::findings::Capable {
+                mfa: true,
+                sspr: false,
+            }),
+            ..registered
+        };
+        plan_case(
+            &mut c,
+            &policy(extra),
+            &findings(false, Some(not_capable)),
             None,
             now(),
         );
@@ -594,6 +617,7 @@ mod escalation_tests {
                 newest: Vec::new(),
             },
             registration: None,
+            registration_unknown: None,
             protected: protected.map(str::to_owned),
             investigated_at: now(),
         }
@@ -794,6 +818,7 @@ mod escalation_tests {
             is_mfa_registered: true,
             is_sspr_registered: true,
             methods_registered: Vec::new(),
+            capable: None,
         });
         let c = planned(&policy, &f);
         let state = |c: &Case, a: Action| {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{GraphClient, GraphError};
+use super::{GraphClient, GraphError, Paging};
 use crate::cases::findings::{RiskRecord, SignInBrief, SignInSummary, UserFacts};
 
 /// Characters escaped in one URL path segment (a UPN may hold `#`, e.g. `#EXT#`).
@@ -66,6 +66,31 @@ pub const RISKY_USER_SELECT: &str = "id,userPrincipalName,riskLevel,riskState,ri
 /// Properties read from `user`.
 pub const USER_SELECT: &str =
     "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled";
+/// Most values in one `$filter=… in (…)` (Graph's default limit on `in` and `or` clauses).
+pub const FILTER_IN_MAX: usize = 15;
+/// The `riskState` values of a user Identity Protection considers at risk now.
+pub const AT_RISK_FILTER: &str = "riskState eq 'atRisk' or riskState eq 'confirmedCompromised'";
+
+/// An OData string literal: single-quoted, quotes inside doubled.
+pub fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Which principals hold a directory role: active assignments, or PIM eligibilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleHolding {
+    /// `roleManagement/directory/roleAssignments` (active, permanent or activated).
+    Assigned,
+    /// `roleManagement/directory/roleEligibilitySchedules` (PIM: can activate the role).
+    Eligible,
+}
+
+/// A principal holding a role, and whether it is a group (whose members then hold it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePrincipal {
+    pub id: String,
+    pub is_group: bool,
+}
 
 /// `riskyUser`, as Graph returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,41 +213,42 @@ impl GraphClient {
         }
     }
 
-    /// Identity Protection's records changed since `since` (all records when `None`), 500 a
-    /// page: one request per page on the tenant's Identity Protection budget.
+    /// Identity Protection's records changed since `since` (any state), or, when `None`, the
+    /// records of every user at risk now (`riskState` atRisk or confirmedCompromised), 500 a
+    /// page: one request per page on the tenant's Identity Protection budget. Says whether
+    /// every page was read.
     pub async fn risky_users_since(
         &self,
         tenant: &str,
         since: Option<OffsetDateTime>,
-    ) -> Result<Vec<RiskyUser>, GraphError> {
-        let mut path =
-            format!("/identityProtection/riskyUsers?$select={RISKY_USER_SELECT}&$top=500");
-        if let Some(since) = since {
-            path.push_str(&format!(
-                "&$filter={}",
-                filter(&format!(
-                    "riskLastUpdatedDateTime ge {}",
-                    odata_time(since)?
-                ))
-            ));
-        }
+    ) -> Result<(Vec<RiskyUser>, Paging), GraphError> {
+        let expression = match since {
+            Some(since) => format!("riskLastUpdatedDateTime ge {}", odata_time(since)?),
+            None => AT_RISK_FILTER.to_owned(),
+        };
+        let path = format!(
+            "/identityProtection/riskyUsers?$select={RISKY_USER_SELECT}&$top=500&$filter={}",
+            filter(&expression)
+        );
         let mut out = Vec::new();
-        self.for_each_item(tenant, &path, |item| {
-            out.push(decode::<RiskyUser>(item)?);
-            Ok(())
-        })
-        .await?;
-        Ok(out)
+        let paging = self
+            .for_each_item(tenant, &path, |item| {
+                out.push(decode::<RiskyUser>(item)?);
+                Ok(())
+            })
+            .await?;
+        Ok((out, paging))
     }
 
     /// Every sign-in of the tenant that failed with 53011 since `since`, handed to `visit`
-    /// page by page (1,000 a page, newest first).
+    /// page by page (1,000 a page, newest first). Says whether every page was read (a
+    /// truncated listing misses the oldest).
     pub async fn blocked_sign_ins_since(
         &self,
         tenant: &str,
         since: OffsetDateTime,
         visit: impl FnMut(Value) -> Result<(), GraphError>,
-    ) -> Result<(), GraphError> {
+    ) -> Result<Paging, GraphError> {
         let expression = format!(
             "status/errorCode eq {ERROR_BLOCKED_DUE_TO_RISK} and createdDateTime ge {}",
             odata_time(since)?
@@ -264,6 +290,99 @@ impl GraphClient {
         decode::<GraphUserDoc>(self.send(tenant, Method::GET, &path, None).await?).map(Into::into)
     }
 
+    /// Users whose `property` (`id` or `userPrincipalName`) is one of `values` (at most
+    /// [`FILTER_IN_MAX`]): `GET /users?$filter={property} in (…)&$select=…`, one directory
+    /// request. Values no user has are simply absent from the answer.
+    pub async fn users_where_in(
+        &self,
+        tenant: &str,
+        property: &str,
+        values: &[String],
+    ) -> Result<Vec<UserFacts>, GraphError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        if values.len() > FILTER_IN_MAX {
+            return Err(GraphError::Config(format!(
+                "{} values in one `in` filter: Graph allows {FILTER_IN_MAX}",
+                values.len()
+            )));
+        }
+        let list: Vec<String> = values.iter().map(|v| quoted(v)).collect();
+        let path = format!(
+            "/users?$filter={}&$select={USER_SELECT}&$top={FILTER_IN_MAX}",
+            filter(&format!("{property} in ({})", list.join(",")))
+        );
+        let mut out = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            out.push(decode::<GraphUserDoc>(item)?.into());
+            Ok(())
+        })
+        .await?
+        .complete()?;
+        Ok(out)
+    }
+
+    /// Object ids of every user in group `group_id`, directly or through nested groups
+    /// (`GET /groups/{id}/transitiveMembers/microsoft.graph.user?$select=id`, 999 a page).
+    pub async fn group_user_ids(
+        &self,
+        tenant: &str,
+        group_id: &str,
+    ) -> Result<Vec<String>, GraphError> {
+        let path = format!(
+            "/groups/{}/transitiveMembers/microsoft.graph.user?$select=id&$top=999",
+            object_id(group_id)?
+        );
+        let mut ids = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            if let Some(id) = item["id"].as_str() {
+                ids.push(id.to_ascii_lowercase());
+            }
+            Ok(())
+        })
+        .await?
+        .complete()?;
+        Ok(ids)
+    }
+
+    /// The principals that hold (or, with [`RoleHolding::Eligible`], may activate) the
+    /// directory role `role_definition_id` (a built-in role's template id), tenant-wide:
+    /// `GET /roleManagement/directory/roleAssignments|roleEligibilitySchedules
+    /// ?$filter=roleDefinitionId eq '…'&$expand=principal`.
+    pub async fn role_principals(
+        &self,
+        tenant: &str,
+        role_definition_id: &str,
+        holding: RoleHolding,
+    ) -> Result<Vec<RolePrincipal>, GraphError> {
+        let collection = match holding {
+            RoleHolding::Assigned => "roleAssignments",
+            RoleHolding::Eligible => "roleEligibilitySchedules",
+        };
+        let path = format!(
+            "/roleManagement/directory/{collection}?$filter={}&$expand=principal",
+            filter(&format!(
+                "roleDefinitionId eq '{}'",
+                object_id(role_definition_id)?
+            ))
+        );
+        let mut out = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            if let Some(id) = item["principalId"].as_str() {
+                let kind = item["principal"]["@odata.type"].as_str().unwrap_or("");
+                out.push(RolePrincipal {
+                    id: id.to_ascii_lowercase(),
+                    is_group: kind.eq_ignore_ascii_case("#microsoft.graph.group"),
+                });
+            }
+            Ok(())
+        })
+        .await?
+        .complete()?;
+        Ok(out)
+    }
+
     /// The mail address of the user's manager, if the user has a manager with one.
     pub async fn manager_mail(
         &self,
@@ -298,7 +417,8 @@ impl GraphClient {
             }
             Ok(())
         })
-        .await?;
+        .await?
+        .complete()?;
         Ok(ids)
     }
 
@@ -337,11 +457,21 @@ impl GraphClient {
             filter(&expression)
         );
         let mut summary = SignInSummary::empty(since);
-        self.for_each_item(tenant, &path, |sign_in| {
-            summary.add(sign_in_brief(&sign_in));
-            Ok(())
-        })
-        .await?;
+        let paging = self
+            .for_each_item(tenant, &path, |sign_in| {
+                summary.add(sign_in_brief(&sign_in));
+                Ok(())
+            })
+            .await?;
+        if let Paging::Truncated { pages } = paging {
+            // Newest first: the details kept are the newest, and the count is a lower bound
+            // (every rule threshold it passes, the whole count passes too).
+            tracing::warn!(
+                pages,
+                count = summary.count,
+                "a user's 53011 sign-ins exceed the page limit: the count is a lower bound"
+            );
+        }
         Ok(summary)
     }
 

@@ -1,7 +1,9 @@
 //! JSON batching: up to 20 requests in one `POST /$batch`. Each member still counts against
-//! its own service limit (the limiter takes a slot per member), but a tenant's per-user reads
-//! and writes cost one HTTP round trip per twenty. Members answered 429 or 5xx are retried,
-//! honouring their own `Retry-After`.
+//! its own service limit, as Microsoft counts it: a batch is cut so that no budget gets more
+//! members than its window admits, and the limiter takes a slot per member before the batch is
+//! sent. A tenant's per-user reads and writes cost one HTTP round trip per twenty, not one
+//! request per twenty. Members answered 429 or 5xx are retried, honouring their own
+//! `Retry-After` (a 429 without one waits out the budget's window).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use super::{GraphClient, GraphError};
 /// Most requests in one `$batch` (Graph's limit).
 pub const BATCH_MAX: usize = 20;
 /// Most `sendMail` requests to one mailbox in one batch (Outlook allows 4 concurrent requests
-/// per mailbox, and a batch runs its members in parallel).
+/// per app and mailbox, and a batch runs its members in parallel).
 pub const MAIL_BATCH_MAX: usize = 4;
 
 /// One request of a batch.
@@ -67,15 +69,54 @@ fn member_error(status: u16, body: &Value) -> GraphError {
     }
 }
 
+/// The limit a member counts against: its budget, and for mail the sending mailbox.
+fn member_key(item: &BatchItem) -> (Budget, String) {
+    let budget = Budget::of(&item.method, &item.url);
+    let mailbox = if budget == Budget::Mail {
+        item.url
+            .split('/')
+            .nth(2)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    } else {
+        String::new()
+    };
+    (budget, mailbox)
+}
+
+/// The JSON of one member. A write always carries a body and its `Content-Type` (Graph refuses
+/// the whole batch otherwise, "Write request id : … does not contain Content-Type header or
+/// body"): a bodyless action such as `revokeSignInSessions` sends an empty object.
+fn member_json(id: usize, item: &BatchItem) -> Value {
+    let mut request = json!({
+        "id": id.to_string(),
+        "method": item.method.as_str(),
+        "url": item.url,
+    });
+    let write = matches!(item.method, Method::POST | Method::PATCH | Method::PUT);
+    let body = match &item.body {
+        Some(body) => Some(body.clone()),
+        None if write => Some(json!({})),
+        None => None,
+    };
+    if let Some(body) = body {
+        request["body"] = body;
+        request["headers"] = json!({ "Content-Type": "application/json" });
+    }
+    request
+}
+
 impl GraphClient {
-    /// Sends `items` in batches of [`BATCH_MAX`] (callers keep mail to [`MAIL_BATCH_MAX`] per
-    /// mailbox); returns one result per item, in order.
+    /// Sends `items` in batches of up to [`BATCH_MAX`]; returns one result per item, in order.
+    /// Every member counts against its own limit (Microsoft counts each one): a batch never
+    /// holds more members of a budget than the budget's window admits (at most 5 sign-in or
+    /// registration reads, 1 Identity Protection request, [`MAIL_BATCH_MAX`] mails to one
+    /// mailbox), and the limiter admits each batch's members before it is sent.
     pub async fn batch(&self, tenant: &str, items: &[BatchItem]) -> Vec<Result<Value, GraphError>> {
         self.batch_sized(tenant, items, BATCH_MAX).await
     }
 
-    /// As [`GraphClient::batch`], with at most `size` requests per `$batch` (e.g.
-    /// [`MAIL_BATCH_MAX`] for mail to one mailbox).
+    /// As [`GraphClient::batch`], with at most `size` requests per `$batch`.
     pub async fn batch_sized(
         &self,
         tenant: &str,
@@ -90,29 +131,15 @@ impl GraphClient {
             attempt += 1;
             let mut again = Vec::new();
             let mut wait = Duration::ZERO;
-            for chunk in pending.chunks(size) {
-                if let Err(e) = self.acquire_members(tenant, items, chunk).await {
-                    for &i in chunk {
+            for chunk in self.chunks(items, &pending, size) {
+                if let Err(e) = self.acquire_members(tenant, items, &chunk).await {
+                    for &i in &chunk {
                         results[i] = Some(Err(e.clone()));
                     }
                     continue;
                 }
-                let requests: Vec<Value> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let item = &items[i];
-                        let mut request = json!({
-                            "id": i.to_string(),
-                            "method": item.method.as_str(),
-                            "url": item.url,
-                        });
-                        if let Some(body) = &item.body {
-                            request["body"] = body.clone();
-                            request["headers"] = json!({ "Content-Type": "application/json" });
-                        }
-                        request
-                    })
-                    .collect();
+                let requests: Vec<Value> =
+                    chunk.iter().map(|&i| member_json(i, &items[i])).collect();
                 let answer = self
                     .send(
                         tenant,
@@ -124,7 +151,7 @@ impl GraphClient {
                 let responses = match answer {
                     Ok(value) => value["responses"].as_array().cloned().unwrap_or_default(),
                     Err(e) => {
-                        for &i in chunk {
+                        for &i in &chunk {
                             results[i] = Some(Err(e.clone()));
                         }
                         continue;
@@ -154,8 +181,19 @@ impl GraphClient {
                                     .and_then(|(_, v)| v.as_str())
                                     .and_then(|v| v.trim().parse::<u64>().ok())
                             })
-                            .map(Duration::from_secs)
-                            .unwrap_or_else(|| self.backoff(attempt));
+                            .map(Duration::from_secs);
+                        if after.is_some_and(|after| after > self.retry.max_delay) {
+                            results[i] = Some(Err(GraphError::Throttled { attempts: attempt }));
+                            continue;
+                        }
+                        // Without Retry-After, a 429 waits out the member's budget window.
+                        let after = after.unwrap_or_else(|| {
+                            if status == 429 {
+                                self.window_wait(member_key(&items[i]).0)
+                            } else {
+                                self.backoff(attempt)
+                            }
+                        });
                         wait = wait.max(after);
                         again.push(i);
                         continue;
@@ -166,7 +204,7 @@ impl GraphClient {
                         member_error(status, &body)
                     }));
                 }
-                for &i in chunk {
+                for &i in &chunk {
                     if results[i].is_none() && !again.contains(&i) {
                         results[i] = Some(Err(GraphError::Decode(
                             "the batch answered without this request".into(),
@@ -175,12 +213,6 @@ impl GraphClient {
                 }
             }
             if again.is_empty() {
-                break;
-            }
-            if wait > self.retry.max_delay {
-                for &i in &again {
-                    results[i] = Some(Err(GraphError::Throttled { attempts: attempt }));
-                }
                 break;
             }
             tokio::time::sleep(wait).await;
@@ -192,6 +224,31 @@ impl GraphClient {
             .collect()
     }
 
+    /// Splits `pending` into batches of at most `size` members in which no limit gets more
+    /// members than its window admits (first fit, order kept within a batch).
+    fn chunks(&self, items: &[BatchItem], pending: &[usize], size: usize) -> Vec<Vec<usize>> {
+        type Chunk = (Vec<usize>, BTreeMap<(Budget, String), usize>);
+        let mut chunks: Vec<Chunk> = Vec::new();
+        for &i in pending {
+            let key = member_key(&items[i]);
+            let mut cap = self.limiter.limit(key.0).0.max(1);
+            if key.0 == Budget::Mail {
+                cap = cap.min(MAIL_BATCH_MAX);
+            }
+            let fits = chunks.iter_mut().find(|(members, counts)| {
+                members.len() < size && counts.get(&key).copied().unwrap_or(0) < cap
+            });
+            match fits {
+                Some((members, counts)) => {
+                    members.push(i);
+                    *counts.entry(key).or_default() += 1;
+                }
+                None => chunks.push((vec![i], BTreeMap::from([(key, 1)]))),
+            }
+        }
+        chunks.into_iter().map(|(members, _)| members).collect()
+    }
+
     async fn acquire_members(
         &self,
         tenant: &str,
@@ -200,18 +257,7 @@ impl GraphClient {
     ) -> Result<(), GraphError> {
         let mut counts: BTreeMap<(Budget, String), usize> = BTreeMap::new();
         for &i in chunk {
-            let item = &items[i];
-            let budget = Budget::of(&item.method, &item.url);
-            let mailbox = if budget == Budget::Mail {
-                item.url
-                    .split('/')
-                    .nth(2)
-                    .unwrap_or("")
-                    .to_ascii_lowercase()
-            } else {
-                String::new()
-            };
-            *counts.entry((budget, mailbox)).or_default() += 1;
+            *counts.entry(member_key(&items[i])).or_default() += 1;
         }
         for ((budget, key), count) in counts {
             self.limiter.acquire(tenant, budget, &key, count).await?;

@@ -110,12 +110,14 @@ impl Limits {
     }
 }
 
-/// Longest a caller waits for a slot before the call fails as throttled (the work is retried
-/// later, from the queue).
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Longest a caller waits for a slot before the call fails as throttled (the work is given back
+/// to the queue and retried later). The same bound as the longest `Retry-After` the client
+/// sleeps on ([`super::RetryPolicy::max_delay`]): a wait past 30 s hands the work back.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Port: waits until `count` requests of `budget` may go to `tenant` (`key` tells mailboxes
-/// apart for mail).
+/// apart for mail). `count` never exceeds the budget's window ([`RateLimiter::limit`]): a
+/// larger group is refused, never admitted past the limit.
 #[async_trait]
 pub trait RateLimiter: Send + Sync {
     async fn acquire(
@@ -125,6 +127,16 @@ pub trait RateLimiter: Send + Sync {
         key: &str,
         count: usize,
     ) -> Result<(), GraphError>;
+
+    /// Requests admitted per window for `budget`, and the window.
+    fn limit(&self, budget: Budget) -> (usize, Duration);
+}
+
+fn oversized(budget: Budget, count: usize, limit: usize) -> GraphError {
+    GraphError::Config(format!(
+        "{count} {} requests at once exceed the budget's window of {limit}: split them",
+        budget.as_str()
+    ))
 }
 
 /// Sliding windows in this process.
@@ -158,7 +170,6 @@ impl LocalLimiter {
         {
             log.pop_front();
         }
-        let count = count.min(limit);
         if log.len() + count <= limit {
             log.extend(std::iter::repeat_n(now, count));
             return Ok(());
@@ -180,6 +191,10 @@ impl RateLimiter for LocalLimiter {
         key: &str,
         count: usize,
     ) -> Result<(), GraphError> {
+        let (limit, _) = self.limits.of(budget);
+        if count > limit {
+            return Err(oversized(budget, count, limit));
+        }
         let key = format!("{tenant}|{}|{key}", budget.as_str());
         let started = Instant::now();
         loop {
@@ -194,6 +209,22 @@ impl RateLimiter for LocalLimiter {
             }
         }
     }
+
+    fn limit(&self, budget: Budget) -> (usize, Duration) {
+        self.limits.of(budget)
+    }
+}
+
+/// A short random pause (5 to 50 ms) before looking again at a window another process just
+/// wrote, so that contending processes do not retry in step.
+fn contention_pause() -> Duration {
+    let mut byte = [0u8; 1];
+    let jitter = if aws_lc_rs::rand::fill(&mut byte).is_ok() {
+        u64::from(byte[0]) * 45 / 255
+    } else {
+        25
+    };
+    Duration::from_millis(5 + jitter)
 }
 
 /// A sliding window kept in the ledger (`tenant#{tenant}#rate#{budget}`): unix milliseconds of
@@ -243,8 +274,10 @@ impl RateLimiter for SharedLimiter {
             return self.local.acquire(tenant, budget, key, count).await;
         }
         let (limit, window) = self.limits.of(budget);
+        if count > limit {
+            return Err(oversized(budget, count, limit));
+        }
         let window_ms = window.as_millis() as i64;
-        let count = count.min(limit);
         let doc_key = format!("tenant#{tenant}#rate#{}", budget.as_str());
         let started = Instant::now();
         loop {
@@ -267,7 +300,14 @@ impl RateLimiter for SharedLimiter {
                 let expires = Some(time::OffsetDateTime::now_utc().unix_timestamp() + 3600);
                 match self.store().put(&doc_key, &doc, version, expires).await {
                     Ok(Some(_)) => return Ok(()),
-                    Ok(None) => continue, // another process took a slot: look again
+                    Ok(None) => {
+                        // Another process wrote the window first: look again shortly.
+                        if started.elapsed() > MAX_WAIT {
+                            return Err(GraphError::Throttled { attempts: 0 });
+                        }
+                        tokio::time::sleep(contention_pause()).await;
+                        continue;
+                    }
                     Err(e) => return Err(unavailable(e)),
                 }
             }
@@ -283,6 +323,10 @@ impl RateLimiter for SharedLimiter {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    fn limit(&self, budget: Budget) -> (usize, Duration) {
+        self.limits.of(budget)
     }
 }
 
@@ -347,6 +391,41 @@ mod tests {
             .await
             .unwrap();
         assert!(other.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_max_wait_hands_the_work_back_at_once() {
+        assert_eq!(MAX_WAIT, super::super::RetryPolicy::default().max_delay);
+        let limiter = LocalLimiter::new(Limits {
+            identity_protection: (1, MAX_WAIT + Duration::from_secs(1)),
+            ..Limits::published(1.0)
+        });
+        limiter
+            .acquire("t", Budget::IdentityProtection, "", 1)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let err = limiter
+            .acquire("t", Budget::IdentityProtection, "", 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err, GraphError::Throttled { attempts: 0 });
+        assert!(started.elapsed() < Duration::from_secs(1), "not slept on");
+    }
+
+    #[tokio::test]
+    async fn a_group_larger_than_the_window_is_refused_not_admitted() {
+        let ledger = Ledger::new(std::sync::Arc::new(
+            crate::ledger::sqlite::SqliteStore::in_memory().unwrap(),
+        ));
+        let shared = SharedLimiter::new(ledger, Limits::published(1.0));
+        let local = LocalLimiter::new(Limits::published(1.0));
+        for limiter in [&shared as &dyn RateLimiter, &local] {
+            let err = limiter.acquire("t", Budget::Reports, "", 6).await;
+            assert!(matches!(err, Err(GraphError::Config(_))), "{err:?}");
+            limiter.acquire("t", Budget::Reports, "", 5).await.unwrap();
+            assert_eq!(limiter.limit(Budget::Reports).0, 5);
+        }
     }
 
     #[tokio::test]

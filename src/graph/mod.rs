@@ -42,6 +42,10 @@ pub enum GraphError {
     Config(String),
     #[error("rate limiter unavailable: {0}")]
     RateLimiter(String),
+    /// A listing had more pages than the client follows: what was read is not the whole
+    /// collection, and nothing may treat it as complete.
+    #[error("listing stopped at the page limit ({pages} pages): the rest was not read")]
+    Truncated { pages: usize },
 }
 
 impl GraphError {
@@ -68,6 +72,7 @@ impl GraphError {
             GraphError::TokenUnavailable(_)
                 | GraphError::RateLimiter(_)
                 | GraphError::Throttled { .. }
+                | GraphError::Truncated { .. }
                 | GraphError::Transport(_)
                 | GraphError::Api {
                     status: 500..=599 | 408 | 409 | 412,
@@ -77,9 +82,29 @@ impl GraphError {
     }
 }
 
-/// The window of the strictest budget (Identity Protection: 1 request per second), waited
-/// out before retrying a 429 that carries no Retry-After.
-pub const THROTTLE_WINDOW: Duration = Duration::from_secs(1);
+/// How a paged listing ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// Every page was read (`@odata.nextLink` ran out).
+    Complete,
+    /// The client stopped at [`RetryPolicy::max_pages`]: more pages were left unread.
+    Truncated { pages: usize },
+}
+
+impl Paging {
+    /// Whether every page was read.
+    pub fn is_complete(self) -> bool {
+        self == Paging::Complete
+    }
+
+    /// The listing as a result: a truncated one is an error.
+    pub fn complete(self) -> Result<(), GraphError> {
+        match self {
+            Paging::Complete => Ok(()),
+            Paging::Truncated { pages } => Err(GraphError::Truncated { pages }),
+        }
+    }
+}
 
 /// Retry settings.
 #[derive(Debug, Clone)]
@@ -131,8 +156,11 @@ pub struct GraphClient {
     limiter: Arc<dyn limiter::RateLimiter>,
     /// HTTP requests sent (attempts included), for benchmarks and tests.
     requests: std::sync::atomic::AtomicUsize,
-    /// Slots taken ahead with [`GraphClient::reserve`], per (tenant, budget).
-    credits: std::sync::Mutex<std::collections::HashMap<(String, limiter::Budget), usize>>,
+    /// Slots taken ahead with [`GraphClient::reserve`], per (tenant, budget): when each was
+    /// taken. A slot is good for its budget's window only.
+    credits: std::sync::Mutex<
+        std::collections::HashMap<(String, limiter::Budget), Vec<std::time::Instant>>,
+    >,
 }
 
 impl GraphClient {
@@ -156,27 +184,55 @@ impl GraphClient {
 
     /// Waits for one slot of `budget` in `tenant` and keeps it for the next request of that
     /// budget. Lets a caller wait for its turn, then decide whether the request is still needed
-    /// (another worker may have done the work meanwhile); an unused slot serves a later request.
+    /// (another worker may have done the work meanwhile); an unused slot serves a later request
+    /// within the budget's window, and is dropped after it (the window it was counted in has
+    /// passed: using it later would exceed the limit).
     pub async fn reserve(&self, tenant: &str, budget: limiter::Budget) -> Result<(), GraphError> {
         self.limiter.acquire(tenant, budget, "", 1).await?;
-        *self
-            .credits
+        self.credits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((tenant.to_owned(), budget))
-            .or_default() += 1;
+            .or_default()
+            .push(std::time::Instant::now());
         Ok(())
     }
 
     fn take_credit(&self, tenant: &str, budget: limiter::Budget) -> bool {
+        let (_, window) = self.limiter.limit(budget);
         let mut credits = self.credits.lock().unwrap_or_else(|e| e.into_inner());
-        match credits.get_mut(&(tenant.to_owned(), budget)) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
+        let Some(slots) = credits.get_mut(&(tenant.to_owned(), budget)) else {
+            return false;
+        };
+        slots.retain(|taken| taken.elapsed() < window);
+        let fresh = slots.pop().is_some();
+        if slots.is_empty() {
+            credits.remove(&(tenant.to_owned(), budget));
         }
+        fresh
+    }
+
+    /// Slots reserved and not used yet for `budget` in `tenant` (expired ones included until
+    /// the next request of the budget drops them).
+    pub fn reserved(&self, tenant: &str, budget: limiter::Budget) -> usize {
+        self.credits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.to_owned(), budget))
+            .map_or(0, Vec::len)
+    }
+
+    /// How long to wait after a 429 without `Retry-After`: the budget's own window (Identity
+    /// Protection and the reports never send one), with up to 250 ms of jitter.
+    fn window_wait(&self, budget: limiter::Budget) -> Duration {
+        let (_, window) = self.limiter.limit(budget);
+        let mut byte = [0u8; 1];
+        let jitter = if aws_lc_rs::rand::fill(&mut byte).is_ok() {
+            u64::from(byte[0])
+        } else {
+            128
+        };
+        window + Duration::from_millis(jitter)
     }
 
     /// Uses `limiter` for the per-tenant budgets (e.g. a [`limiter::SharedLimiter`] over the
@@ -189,6 +245,11 @@ impl GraphClient {
     /// The application's token provider (for deriving providers for other resources).
     pub fn tokens(&self) -> &Arc<TokenProvider> {
         &self.tokens
+    }
+
+    /// Pages one listing follows at most ([`RetryPolicy::max_pages`]).
+    pub fn max_pages(&self) -> usize {
+        self.retry.max_pages
     }
 
     /// HTTP requests sent so far (every attempt counts; a `$batch` counts once).
@@ -300,16 +361,18 @@ impl GraphClient {
                 | StatusCode::GATEWAY_TIMEOUT
                 | StatusCode::BAD_GATEWAY
                 | StatusCode::INTERNAL_SERVER_ERROR => {
-                    // Identity Protection throttles without Retry-After: wait out its window.
+                    // Identity Protection and the reports throttle without Retry-After: wait
+                    // out the budget's window (a shorter backoff could give up just before it
+                    // passes).
                     let wait = retry_after.unwrap_or_else(|| {
-                        let backoff = self.backoff(attempt);
                         if status == StatusCode::TOO_MANY_REQUESTS {
-                            backoff.max(THROTTLE_WINDOW + backoff)
+                            self.window_wait(budget)
                         } else {
-                            backoff
+                            self.backoff(attempt)
                         }
                     });
-                    if attempt >= self.retry.max_attempts || wait > self.retry.max_delay {
+                    let too_long = retry_after.is_some_and(|after| after > self.retry.max_delay);
+                    if attempt >= self.retry.max_attempts || too_long {
                         tracing::warn!(
                             status = status.as_u16(),
                             attempt,
@@ -346,36 +409,39 @@ impl GraphClient {
         }
     }
 
-    /// GETs a collection and follows `@odata.nextLink` until the end (or `max_pages`).
+    /// GETs a whole collection, following `@odata.nextLink` to the end; a collection longer
+    /// than `max_pages` is an error ([`GraphError::Truncated`]), never a short answer.
     pub async fn get_all(&self, tenant: &str, path: &str) -> Result<Vec<Value>, GraphError> {
         let mut items = Vec::new();
         self.for_each_item(tenant, path, |item| {
             items.push(item);
             Ok(())
         })
-        .await?;
+        .await?
+        .complete()?;
         Ok(items)
     }
 
     /// GETs a collection page by page, following `@odata.nextLink` (at most `max_pages`), and
-    /// hands each item to `visit` without keeping the pages.
+    /// hands each item to `visit` without keeping the pages. Says whether every page was read:
+    /// a caller must not treat a truncated listing as the whole collection.
     pub async fn for_each_item(
         &self,
         tenant: &str,
         path: &str,
         mut visit: impl FnMut(Value) -> Result<(), GraphError>,
-    ) -> Result<(), GraphError> {
+    ) -> Result<Paging, GraphError> {
         let mut next = Some(path.to_owned());
         let mut pages = 0;
         while let Some(link) = next.take() {
-            pages += 1;
-            if pages > self.retry.max_pages {
-                tracing::warn!(
-                    pages = self.retry.max_pages,
-                    "stopped paging at the page limit"
+            if pages == self.retry.max_pages {
+                tracing::error!(
+                    pages,
+                    "stopped paging at the page limit: the listing is incomplete"
                 );
-                break;
+                return Ok(Paging::Truncated { pages });
             }
+            pages += 1;
             let mut page = self.send(tenant, Method::GET, &link, None).await?;
             next = page
                 .get("@odata.nextLink")
@@ -394,7 +460,7 @@ impl GraphClient {
                 }
             }
         }
-        Ok(())
+        Ok(Paging::Complete)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -410,5 +476,61 @@ impl GraphClient {
             1.0
         };
         exp.min(self.retry.max_delay).mul_f64(0.5 + jitter / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(limits: limiter::Limits) -> GraphClient {
+        let http = reqwest::Client::new();
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            "http://127.0.0.1:9",
+            "11111111-2222-3333-4444-555555555555",
+            ClientCredential::Secret(crate::secrets::SecretString::new("unused")),
+            "https://graph.microsoft.com/.default",
+        ));
+        GraphClient::new(
+            http,
+            "http://127.0.0.1:9/v1.0",
+            tokens,
+            RetryPolicy::default(),
+        )
+        .with_limiter(Arc::new(limiter::LocalLimiter::new(limits)))
+    }
+
+    #[tokio::test]
+    async fn a_reserved_slot_lapses_with_its_window() {
+        let budget = limiter::Budget::IdentityProtection;
+        let graph = client(limiter::Limits {
+            identity_protection: (1, Duration::from_millis(150)),
+            ..limiter::Limits::published(1.0)
+        });
+        graph.reserve("t", budget).await.unwrap();
+        assert!(
+            graph.take_credit("t", budget),
+            "a fresh slot serves the next request"
+        );
+        assert!(!graph.take_credit("t", budget), "and only one");
+        graph.reserve("t", budget).await.unwrap();
+        assert_eq!(graph.reserved("t", budget), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !graph.take_credit("t", budget),
+            "a slot whose window passed is not used: the request takes a new one"
+        );
+        assert_eq!(graph.reserved("t", budget), 0, "and the old one is dropped");
+    }
+
+    #[test]
+    fn paging_says_whether_the_listing_is_whole() {
+        assert!(Paging::Complete.complete().is_ok());
+        assert_eq!(
+            Paging::Truncated { pages: 50 }.complete(),
+            Err(GraphError::Truncated { pages: 50 })
+        );
+        assert!(GraphError::Truncated { pages: 50 }.is_transient());
     }
 }

@@ -1,16 +1,23 @@
 //! Investigation: who a signal is about, what Identity Protection says about them, and, for a
-//! case about to be planned, the user's directory facts, 53011 sign-ins and protection.
+//! case about to be planned, the user's directory facts, 53011 sign-ins, registration and
+//! protection, read in bulk: users 15 to a `$filter=id in (…)` request, the tenant's protected
+//! accounts once per tenant (group members, role holders and PIM-eligible role holders), the
+//! tenant's 53011 sign-ins in one listing.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use crate::cases::Policy;
-use crate::cases::findings::{Findings, RiskRecord, SignInSummary, UserFacts};
+use crate::cases::findings::{
+    Capable, Findings, Registration, RiskRecord, SignInSummary, UserFacts,
+};
 use crate::event::Subject;
-use crate::graph::api::{USER_SELECT, is_object_id, segment, sign_in_brief};
+use crate::graph::api::{
+    FILTER_IN_MAX, RoleHolding, USER_SELECT, is_object_id, segment, sign_in_brief,
+};
 use crate::graph::batch::BatchItem;
 use crate::graph::{GraphClient, GraphError};
 
@@ -49,53 +56,215 @@ pub async fn resolve(
                 Err(e) => Err(e),
             }
         }
-        Subject::SecurityAlert { id } => Ok(Resolved::NoUser(format!(
-            "legacy security alert {id} names no user, and the legacy /security/alerts API is retired \
-             (no data after 2026-08-31): Identity Protection's risk reaches us through the sweep and Sentinel"
-        ))),
+        Subject::SecurityAlert { id } => Ok(Resolved::NoUser(legacy_alert(id))),
     }
 }
 
-/// (tenant, role template id) -> (role object id if activated, when it was read).
-type RoleIds = HashMap<(String, String), (Option<String>, Instant)>;
-
-/// Resolved ids of a tenant's protected directory roles, cached for an hour per tenant.
-#[derive(Default)]
-pub struct RoleCache {
-    roles: Mutex<RoleIds>,
+fn legacy_alert(id: &str) -> String {
+    format!(
+        "legacy security alert {id} names no user, and the legacy /security/alerts API is retired \
+         (no data after 2026-08-31): Identity Protection's risk reaches us through the sweep and Sentinel"
+    )
 }
 
-const ROLE_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Users read at once (each read a request of up to [`FILTER_IN_MAX`] users).
+const READS_AT_ONCE: usize = 4;
+
+/// Resolves many subjects at once, one result per subject, in order: object ids as they are;
+/// UPNs (and anything else that is not an object id) by
+/// `GET /users?$filter=userPrincipalName in (…)`, 15 to a request, instead of one read each.
+pub async fn resolve_bulk(
+    graph: &GraphClient,
+    tenant: &str,
+    subjects: &[Subject],
+) -> Vec<Result<Resolved, GraphError>> {
+    let mut out: Vec<Option<Result<Resolved, GraphError>>> = vec![None; subjects.len()];
+    // lower-cased lookup -> (subjects asking, the UPN the signal gave)
+    let mut lookups: BTreeMap<String, Vec<(usize, Option<String>)>> = BTreeMap::new();
+    for (i, subject) in subjects.iter().enumerate() {
+        match subject {
+            Subject::User { id: Some(id), upn } if is_object_id(id) => {
+                out[i] = Some(Ok(Resolved::User {
+                    id: id.to_ascii_lowercase(),
+                    upn: upn.clone(),
+                }));
+            }
+            Subject::User { id, upn } => match upn.as_deref().or(id.as_deref()) {
+                Some(lookup) => lookups
+                    .entry(lookup.to_ascii_lowercase())
+                    .or_default()
+                    .push((i, upn.clone())),
+                None => out[i] = Some(Ok(Resolved::NoUser("the signal names no user".into()))),
+            },
+            Subject::SecurityAlert { id } => out[i] = Some(Ok(Resolved::NoUser(legacy_alert(id)))),
+        }
+    }
+    let wanted: Vec<String> = lookups.keys().cloned().collect();
+    let chunks: Vec<&[String]> = wanted.chunks(FILTER_IN_MAX).collect();
+    let mut answers = Vec::with_capacity(chunks.len());
+    for wave in chunks.chunks(READS_AT_ONCE) {
+        let reads = wave
+            .iter()
+            .map(|chunk| graph.users_where_in(tenant, "userPrincipalName", chunk));
+        answers.extend(
+            wave.iter()
+                .copied()
+                .zip(futures_util::future::join_all(reads).await),
+        );
+    }
+    for (chunk, answer) in answers {
+        let found: HashMap<String, UserFacts> = match answer {
+            Ok(users) => users
+                .into_iter()
+                .filter_map(|u| {
+                    u.user_principal_name
+                        .clone()
+                        .map(|upn| (upn.to_ascii_lowercase(), u))
+                })
+                .collect(),
+            Err(e) => {
+                for lookup in chunk {
+                    for (i, _) in lookups.get(lookup).into_iter().flatten() {
+                        out[*i] = Some(Err(e.clone()));
+                    }
+                }
+                continue;
+            }
+        };
+        for lookup in chunk {
+            for (i, given) in lookups.get(lookup).into_iter().flatten() {
+                out[*i] = Some(Ok(match found.get(lookup) {
+                    Some(user) => Resolved::User {
+                        id: user.user_id.clone(),
+                        upn: user.user_principal_name.clone().or_else(|| given.clone()),
+                    },
+                    None => Resolved::NoUser(format!(
+                        "no user {lookup} in the directory (deleted or mistyped)"
+                    )),
+                }));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(GraphError::Decode("subject not resolved".into()))))
+        .collect()
+}
+
+/// How long a tenant's protected accounts, as read, are trusted. Short: an account that
+/// becomes Global Administrator is protected within this long.
+pub const PROTECTION_TTL: Duration = Duration::from_secs(300);
+
+/// The tenant's protected accounts as read at one time: user id (lower-case) -> why.
+#[derive(Debug, Default)]
+pub struct Protected {
+    reasons: HashMap<String, String>,
+}
+
+impl Protected {
+    /// Why `user_id` is protected, if it is.
+    pub fn reason(&self, user_id: &str) -> Option<&str> {
+        self.reasons
+            .get(&user_id.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// How many accounts are protected.
+    pub fn len(&self) -> usize {
+        self.reasons.len()
+    }
+
+    /// Whether no account is protected.
+    pub fn is_empty(&self) -> bool {
+        self.reasons.is_empty()
+    }
+
+    fn add(&mut self, user_id: &str, why: impl FnOnce() -> String) {
+        self.reasons
+            .entry(user_id.to_ascii_lowercase())
+            .or_insert_with(why);
+    }
+}
+
+type ProtectedByTenant = HashMap<String, (Arc<Protected>, Instant)>;
+
+/// Each tenant's protected accounts (members of the protected groups, holders of the protected
+/// directory roles, and principals eligible for them through PIM), read once per tenant and
+/// kept [`PROTECTION_TTL`], instead of each user's `transitiveMemberOf`.
+#[derive(Default)]
+pub struct RoleCache {
+    tenants: Mutex<ProtectedByTenant>,
+}
 
 impl RoleCache {
-    /// The tenant's role object id for `template` (cached for an hour).
-    pub async fn role_id(
+    /// The tenant's protected accounts under `policy`, read at most [`PROTECTION_TTL`] ago.
+    /// Reads (each paged, on the directory budget): per protected group
+    /// `GET /groups/{id}/transitiveMembers/microsoft.graph.user?$select=id`; per protected role
+    /// `GET /roleManagement/directory/roleAssignments?$filter=roleDefinitionId eq '…'` and
+    /// `…/roleEligibilitySchedules?…` (eligible administrators are protected too: they can
+    /// activate the role at any time), and the members of any group holding the role.
+    pub async fn protected(
         &self,
         graph: &GraphClient,
+        policy: &Policy,
         tenant: &str,
-        template: &str,
-    ) -> Result<Option<String>, GraphError> {
-        let key = (tenant.to_owned(), template.to_owned());
-        if let Some((id, at)) = self
-            .roles
+    ) -> Result<Arc<Protected>, GraphError> {
+        let safety = &policy.safety;
+        let key = format!(
+            "{tenant}|{}|{}",
+            safety.protected_group_ids.join(","),
+            safety.protected_role_template_ids.join(",")
+        );
+        if let Some((protected, at)) = self
+            .tenants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            && at.elapsed() < ROLE_CACHE_TTL
+            && at.elapsed() < PROTECTION_TTL
         {
-            return Ok(id.clone());
+            return Ok(protected.clone());
         }
-        let id = graph.directory_role_id(tenant, template).await?;
-        self.roles
+        let mut protected = Protected::default();
+        for group in &safety.protected_group_ids {
+            for user in graph.group_user_ids(tenant, group).await? {
+                protected.add(&user, || format!("member of protected group {group}"));
+            }
+        }
+        for (holding, how) in [
+            (RoleHolding::Assigned, "holds"),
+            (RoleHolding::Eligible, "is eligible (PIM) for"),
+        ] {
+            for template in &safety.protected_role_template_ids {
+                for principal in graph.role_principals(tenant, template, holding).await? {
+                    if principal.is_group {
+                        for user in graph.group_user_ids(tenant, &principal.id).await? {
+                            protected.add(&user, || {
+                                format!(
+                                    "{how} protected directory role {template} through group {}",
+                                    principal.id
+                                )
+                            });
+                        }
+                    } else {
+                        protected.add(&principal.id, || {
+                            format!("{how} protected directory role {template}")
+                        });
+                    }
+                }
+            }
+        }
+        tracing::info!(tenant_id = %tenant, protected = protected.len(), "protected accounts read");
+        let protected = Arc::new(protected);
+        self.tenants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (id.clone(), Instant::now()));
-        Ok(id)
+            .insert(key, (protected.clone(), Instant::now()));
+        Ok(protected)
     }
 }
 
 /// Why `user_id` is protected from automatic action, if it is: a listed break-glass account,
-/// or a (transitive) member of a protected group or holder of a protected directory role.
+/// or a (transitive) member of a protected group, or a holder of (or eligible for) a
+/// protected directory role.
 pub async fn protection(
     graph: &GraphClient,
     roles: &RoleCache,
@@ -103,31 +272,8 @@ pub async fn protection(
     tenant: &str,
     user_id: &str,
 ) -> Result<Option<String>, GraphError> {
-    let safety = &policy.safety;
-    if safety.protected_user_ids.iter().any(|id| id == user_id) {
-        return Ok(Some("listed in protected_user_ids (break-glass)".into()));
-    }
-    if safety.protected_group_ids.is_empty() && safety.protected_role_template_ids.is_empty() {
-        return Ok(None);
-    }
-    let mut role_ids = Vec::new();
-    for template in &safety.protected_role_template_ids {
-        if let Some(id) = roles.role_id(graph, tenant, template).await? {
-            role_ids.push((id, template));
-        }
-    }
-    let member_of = graph.transitive_member_of(tenant, user_id).await?;
-    if let Some(group) = safety
-        .protected_group_ids
-        .iter()
-        .find(|g| member_of.contains(g))
-    {
-        return Ok(Some(format!("member of protected group {group}")));
-    }
-    if let Some((_, template)) = role_ids.iter().find(|(id, _)| member_of.contains(id)) {
-        return Ok(Some(format!("holds protected directory role {template}")));
-    }
-    Ok(None)
+    let mut verdicts = protection_bulk(graph, roles, policy, tenant, &[user_id.to_owned()]).await;
+    verdicts.remove(user_id).unwrap_or(Ok(None))
 }
 
 /// Everything a new case is planned from.
@@ -149,40 +295,99 @@ pub async fn investigate(
         risk,
         blocked_sign_ins,
         registration: None,
+        registration_unknown: None,
         protected,
         investigated_at: now,
     })
 }
 
-/// Directory facts of many users: one `$batch` per 20.
+/// Directory facts of many users: object ids 15 to a request
+/// (`GET /users?$filter=id in (…)&$select=…`), anything else by `$batch`. A user the directory
+/// does not have gets `NotFound`.
 pub async fn user_facts_bulk(
     graph: &GraphClient,
     tenant: &str,
     users: &[String],
 ) -> HashMap<String, Result<UserFacts, GraphError>> {
-    let items: Vec<BatchItem> = users
+    let mut out = HashMap::new();
+    let (ids, others): (Vec<String>, Vec<String>) =
+        users.iter().cloned().partition(|u| is_object_id(u));
+    let mut ids: Vec<String> = ids;
+    ids.sort_by_key(|u| u.to_ascii_lowercase());
+    ids.dedup_by_key(|u| u.to_ascii_lowercase());
+    let chunks: Vec<&[String]> = ids.chunks(FILTER_IN_MAX).collect();
+    let mut answers = Vec::with_capacity(chunks.len());
+    for wave in chunks.chunks(READS_AT_ONCE) {
+        let reads = wave
+            .iter()
+            .map(|chunk| graph.users_where_in(tenant, "id", chunk));
+        answers.extend(
+            wave.iter()
+                .copied()
+                .zip(futures_util::future::join_all(reads).await),
+        );
+    }
+    for (chunk, answer) in answers {
+        match answer {
+            Ok(found) => {
+                let mut found: HashMap<String, UserFacts> = found
+                    .into_iter()
+                    .map(|u| (u.user_id.to_ascii_lowercase(), u))
+                    .collect();
+                for id in chunk {
+                    let result = found.remove(&id.to_ascii_lowercase()).ok_or_else(|| {
+                        GraphError::NotFound {
+                            code: "Request_ResourceNotFound".into(),
+                            message: format!("no user {id} in the directory"),
+                        }
+                    });
+                    out.insert(id.clone(), result);
+                }
+            }
+            Err(e) => {
+                for id in chunk {
+                    out.insert(id.clone(), Err(e.clone()));
+                }
+            }
+        }
+    }
+    // Every spelling the caller used answers.
+    let by_lower: HashMap<String, Result<UserFacts, GraphError>> = out
         .iter()
-        .map(|u| BatchItem::get(format!("/users/{}?$select={USER_SELECT}", segment(u))))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
-    let results = graph.batch(tenant, &items).await;
-    users
-        .iter()
-        .cloned()
-        .zip(results.into_iter().map(|r| {
-            r.and_then(|v| {
-                serde_json::from_value::<crate::graph::api::GraphUserDoc>(v)
-                    .map(Into::into)
-                    .map_err(|e| GraphError::Decode(e.to_string()))
-            })
-        }))
-        .collect()
+    for user in users {
+        if !out.contains_key(user)
+            && let Some(result) = by_lower.get(&user.to_ascii_lowercase())
+        {
+            out.insert(user.clone(), result.clone());
+        }
+    }
+    if !others.is_empty() {
+        let items: Vec<BatchItem> = others
+            .iter()
+            .map(|u| BatchItem::get(format!("/users/{}?$select={USER_SELECT}", segment(u))))
+            .collect();
+        let results = graph.batch(tenant, &items).await;
+        for (user, result) in others.into_iter().zip(results) {
+            out.insert(
+                user,
+                result.and_then(|v| {
+                    serde_json::from_value::<crate::graph::api::GraphUserDoc>(v)
+                        .map(Into::into)
+                        .map_err(|e| GraphError::Decode(e.to_string()))
+                }),
+            );
+        }
+    }
+    out
 }
 
 /// How long a tenant-wide listing of 53011 sign-ins answers later groups before it is brought
 /// up to date (incrementally).
 pub const SIGN_IN_CACHE_TTL: time::Duration = time::Duration::seconds(60);
-/// Incremental listings reach this far back, for sign-ins logged late.
-const SIGN_IN_OVERLAP: time::Duration = time::Duration::minutes(5);
+/// Incremental listings reach this far back, for sign-ins logged late (the sweep's overlap).
+const SIGN_IN_OVERLAP: time::Duration = super::sweep::SIGN_IN_OVERLAP;
 
 /// The tenants' 53011 sign-ins as this worker last listed them, so that groups arriving within
 /// a minute share one listing and later ones list only what is new (each sign-in once, by id).
@@ -260,18 +465,18 @@ pub async fn sign_ins_bulk(
         .unwrap_or_else(|e| e.into_inner())
         .remove(tenant)
         .filter(|t| t.since <= since);
-    let mut listing = match taken {
-        Some(t) if now - t.listed_at < SIGN_IN_CACHE_TTL => t,
+    let (mut listing, paging) = match taken {
+        Some(t) if now - t.listed_at < SIGN_IN_CACHE_TTL => (t, crate::graph::Paging::Complete),
         Some(mut t) => {
             let from = t.listed_at - SIGN_IN_OVERLAP;
-            graph
+            let paging = graph
                 .blocked_sign_ins_since(tenant, from, |sign_in| {
                     t.add(&sign_in);
                     Ok(())
                 })
                 .await?;
             t.listed_at = now;
-            t
+            (t, paging)
         }
         None => {
             let mut t = TenantSignIns {
@@ -280,15 +485,27 @@ pub async fn sign_ins_bulk(
                 seen: Default::default(),
                 per_user: HashMap::new(),
             };
-            graph
+            let paging = graph
                 .blocked_sign_ins_since(tenant, since, |sign_in| {
                     t.add(&sign_in);
                     Ok(())
                 })
                 .await?;
-            t
+            (t, paging)
         }
     };
+    if !paging.is_complete() {
+        // Newest first: the oldest sign-ins of the window were not read, so the listing would
+        // count some users short. Each user is asked on their own instead, and nothing is kept.
+        tracing::warn!(tenant_id = %tenant, ?paging, "tenant-wide 53011 listing truncated: reading per user");
+        for user in users {
+            out.insert(
+                user.clone(),
+                graph.blocked_sign_ins(tenant, user, since).await?,
+            );
+        }
+        return Ok(out);
+    }
     // Forget what no look-back reaches any more.
     for list in listing.per_user.values_mut() {
         list.retain(|(at, _, _)| *at >= since);
@@ -312,8 +529,8 @@ pub async fn sign_ins_bulk(
     Ok(out)
 }
 
-/// Why each of `users` is protected, if it is: listed ids, then one `$batch` of
-/// `transitiveMemberOf` per 20 users checked against protected groups and roles.
+/// Why each of `users` is protected, if it is: listed break-glass ids, then the tenant's
+/// protected accounts ([`RoleCache::protected`], read once per tenant).
 pub async fn protection_bulk(
     graph: &GraphClient,
     roles: &RoleCache,
@@ -322,10 +539,16 @@ pub async fn protection_bulk(
     users: &[String],
 ) -> HashMap<String, Result<Option<String>, GraphError>> {
     let safety = &policy.safety;
+    let listed = |user: &str| {
+        safety
+            .protected_user_ids
+            .iter()
+            .any(|id| id.eq_ignore_ascii_case(user))
+    };
     let mut out = HashMap::new();
     let mut check = Vec::new();
     for user in users {
-        if safety.protected_user_ids.iter().any(|id| id == user) {
+        if listed(user) {
             out.insert(
                 user.clone(),
                 Ok(Some(
@@ -343,54 +566,18 @@ pub async fn protection_bulk(
     if check.is_empty() {
         return out;
     }
-    let mut role_ids = Vec::new();
-    for template in &safety.protected_role_template_ids {
-        match roles.role_id(graph, tenant, template).await {
-            Ok(Some(id)) => role_ids.push((id, template.clone())),
-            Ok(None) => {}
-            Err(e) => {
-                for user in check {
-                    out.insert(user, Err(e.clone()));
-                }
-                return out;
+    match roles.protected(graph, policy, tenant).await {
+        Ok(protected) => {
+            for user in check {
+                let why = protected.reason(&user).map(str::to_owned);
+                out.insert(user, Ok(why));
             }
         }
-    }
-    let items: Vec<BatchItem> = check
-        .iter()
-        .map(|u| {
-            BatchItem::get(format!(
-                "/users/{}/transitiveMemberOf?$select=id&$top=999",
-                segment(u)
-            ))
-        })
-        .collect();
-    let results = graph.batch(tenant, &items).await;
-    for (user, result) in check.into_iter().zip(results) {
-        let verdict = async {
-            let page = result?;
-            let mut ids: Vec<String> = page["value"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|m| m["id"].as_str().map(str::to_ascii_lowercase))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if page.get("@odata.nextLink").is_some() {
-                // Members of very many groups: the whole list, page by page.
-                ids = graph.transitive_member_of(tenant, &user).await?;
+        Err(e) => {
+            for user in check {
+                out.insert(user, Err(e.clone()));
             }
-            if let Some(group) = safety.protected_group_ids.iter().find(|g| ids.contains(g)) {
-                return Ok(Some(format!("member of protected group {group}")));
-            }
-            if let Some((_, template)) = role_ids.iter().find(|(id, _)| ids.contains(id)) {
-                return Ok(Some(format!("holds protected directory role {template}")));
-            }
-            Ok(None)
         }
-        .await;
-        out.insert(user, verdict);
     }
     out
 }
@@ -437,12 +624,33 @@ pub async fn investigate_bulk(
                 Err(e) => return Err(e.clone()),
             };
             let protected = protection.remove(user).unwrap_or(Ok(None))?;
-            let registration = registration.remove(user).unwrap_or(Ok(None))?;
+            // A registration read that failed for good (no licence, no permission) or found no
+            // record leaves registration unknown, noted on the case: the plan then offers no
+            // self-remediation, and everything else goes ahead. A passing failure is retried.
+            let (registration, registration_unknown) = match registration.remove(user) {
+                None => (None, None),
+                Some(Ok(Some(found))) => (Some(found), None),
+                Some(Ok(None)) => (
+                    None,
+                    Some(
+                        "registration unknown: no userRegistrationDetails record for the user"
+                            .to_owned(),
+                    ),
+                ),
+                Some(Err(e)) if e.is_transient() => return Err(e),
+                Some(Err(e)) => (
+                    None,
+                    Some(format!(
+                        "registration unknown: userRegistrationDetails could not be read ({e})"
+                    )),
+                ),
+            };
             Ok(Findings {
                 user: user_facts,
                 risk: risk.clone(),
                 blocked_sign_ins: blocked,
                 registration,
+                registration_unknown,
                 protected,
                 investigated_at: now,
             })
@@ -453,13 +661,15 @@ pub async fn investigate_bulk(
 }
 
 /// Authentication-method registration of many users
-/// (`GET /reports/authenticationMethods/userRegistrationDetails/{id}`, by `$batch`); `None` for
-/// a user without details.
+/// (`GET /reports/authenticationMethods/userRegistrationDetails/{id}`, by `$batch`, at most 5
+/// to a batch: each is a reports request, 5 per 10 s per app and tenant). The method takes no
+/// OData query parameters (no `$select`): the whole record comes back, `isMfaCapable` and
+/// `isSsprCapable` with it. `None` for a user without a record (404).
 pub async fn registration_bulk(
     graph: &GraphClient,
     tenant: &str,
     users: &[String],
-) -> HashMap<String, Result<Option<crate::cases::findings::Registration>, GraphError>> {
+) -> HashMap<String, Result<Option<Registration>, GraphError>> {
     let items: Vec<BatchItem> = users
         .iter()
         .map(|u| {
@@ -473,23 +683,37 @@ pub async fn registration_bulk(
     users
         .iter()
         .cloned()
-        .zip(results.into_iter().map(|r| {
-            match r {
-                Ok(v) => Ok(Some(crate::cases::findings::Registration {
-                    is_mfa_registered: v["isMfaRegistered"].as_bool().unwrap_or(false),
-                    is_sspr_registered: v["isSsprRegistered"].as_bool().unwrap_or(false),
-                    methods_registered: v["methodsRegistered"]
-                        .as_array()
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|x| x.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })),
-                Err(GraphError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
+        .zip(results.into_iter().map(|r| match r {
+            Ok(v) => Ok(Some(registration_of(&v))),
+            Err(GraphError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }))
         .collect()
+}
+
+/// A `userRegistrationDetails` record (as the documented example shows it, under `value`, or
+/// bare).
+fn registration_of(answer: &serde_json::Value) -> Registration {
+    let record = answer
+        .get("value")
+        .filter(|v| v.is_object())
+        .unwrap_or(answer);
+    let flag = |name: &str| record[name].as_bool();
+    let capable = match (flag("isMfaCapable"), flag("isSsprCapable")) {
+        (Some(mfa), Some(sspr)) => Some(Capable { mfa, sspr }),
+        _ => None,
+    };
+    Registration {
+        is_mfa_registered: flag("isMfaRegistered").unwrap_or(false),
+        is_sspr_registered: flag("isSsprRegistered").unwrap_or(false),
+        methods_registered: record["methodsRegistered"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        capable,
+    }
 }

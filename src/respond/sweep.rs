@@ -3,8 +3,9 @@
 //! the sign-ins that failed with AADSTS53011 since then; every user found becomes a signal,
 //! kept through the same intake (ledger, then queue) as webhook signals, so the product works
 //! with no webhook at all and catches what a lost delivery missed. Watermarks move only after
-//! the signals are kept, and every listing reaches back [`OVERLAP`] so nothing falls between
-//! two runs.
+//! the signals are kept, only as far as was read (a truncated listing moves nothing), and every
+//! listing reaches back ([`OVERLAP`] for risk records, [`SIGN_IN_OVERLAP`] for sign-ins, which
+//! reach the log late) so nothing falls between two runs.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +52,15 @@ pub struct SweepReport {
     pub signals: Vec<RiskEvent>,
 }
 
-/// Why a sweep stopped; nothing was kept and the watermarks did not move.
+/// How far back each sign-in listing reaches behind the sign-in watermark. Entries reach the
+/// sign-in log minutes after the sign-in (Microsoft's latency table gave 2 minutes at the
+/// 95th percentile and 5 at the 99th; the current page names no bound and says many factors
+/// add delay): 30 minutes covers that several times over. Re-listed sign-ins cost nothing: a
+/// user's signal is named after its newest sign-in id and kept once.
+pub const SIGN_IN_OVERLAP: time::Duration = time::Duration::minutes(30);
+
+/// Why a sweep stopped. Graph, ledger and intake failures keep nothing and move no
+/// watermark; a truncated listing keeps what it read and moves only the complete one's.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error(transparent)]
@@ -60,6 +69,10 @@ pub enum SweepError {
     Ledger(#[from] LedgerError),
     #[error("signals could not be kept: {0}")]
     Intake(String),
+    #[error(
+        "the {listing} listing stopped at the page limit: {kept} signal(s) from what was read were kept, and its watermark did not move"
+    )]
+    Truncated { listing: &'static str, kept: usize },
 }
 
 impl From<ViewError> for SweepError {
@@ -103,7 +116,9 @@ impl Sweeper<'_> {
         }
     }
 
-    /// Sweeps `tenant` from its watermarks (or from `since`, when given).
+    /// Sweeps `tenant` from its watermarks (or from `since`, when given). A `since` later than
+    /// where the watermarks would start skipped time: such a run moves no watermark (an
+    /// earlier one, a backfill, moves them as a normal run does).
     pub async fn run(
         &self,
         tenant: &str,
@@ -112,12 +127,14 @@ impl Sweeper<'_> {
         let started = OffsetDateTime::now_utc();
         let (state, _) = self.state(tenant).await?;
         let first = started - self.first_lookback;
-        let risk_since = since
-            .or(state.risk_watermark.map(|w| w - OVERLAP))
-            .unwrap_or(first);
-        let sign_ins_since = since
-            .or(state.sign_in_watermark.map(|w| w - OVERLAP))
-            .unwrap_or(first);
+        let usual_risk_since = state.risk_watermark.map_or(first, |w| w - OVERLAP);
+        let usual_sign_ins_since = state
+            .sign_in_watermark
+            .map_or(first, |w| w - SIGN_IN_OVERLAP);
+        let risk_since = since.unwrap_or(usual_risk_since);
+        let sign_ins_since = since.unwrap_or(usual_sign_ins_since);
+        let may_advance_risk = since.is_none_or(|s| s <= usual_risk_since);
+        let may_advance_sign_ins = since.is_none_or(|s| s <= usual_sign_ins_since);
 
         // Identity Protection: the records changed since the watermark (they also refresh the
         // tenant's view, so workers answer from it).
@@ -125,21 +142,28 @@ impl Sweeper<'_> {
             graph: self.graph,
             ledger: self.ledger,
         };
-        let entries = view.absorb_listing(tenant, Some(risk_since)).await?;
+        let absorbed = view.absorb_listing(tenant, Some(risk_since)).await?;
+        let entries = absorbed.entries;
         // The sign-in log, filtered as an administrator filters it: error 53011, a date window.
         let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
         let mut blocked_sign_ins = 0;
-        self.graph
+        let mut seen = std::collections::HashSet::new();
+        let sign_in_paging = self
+            .graph
             .blocked_sign_ins_since(tenant, sign_ins_since, |sign_in| {
                 let Some(user) = sign_in["userId"].as_str().map(str::to_ascii_lowercase) else {
                     return Ok(());
                 };
+                let id = sign_in["id"].as_str().unwrap_or_default().to_owned();
+                // A sign-in listed twice (pages shifting under new entries) counts once.
+                if !id.is_empty() && !seen.insert(id.clone()) {
+                    return Ok(());
+                }
                 blocked_sign_ins += 1;
                 let at = sign_in["createdDateTime"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
-                let id = sign_in["id"].as_str().unwrap_or_default().to_owned();
                 let upn = sign_in["userPrincipalName"].as_str().map(str::to_owned);
                 let entry = blocked.entry(user).or_insert_with(|| Blocked {
                     count: 0,
@@ -204,7 +228,8 @@ impl Sweeper<'_> {
             });
         }
 
-        // Keep the signals, then move the watermarks.
+        // Keep the signals, then move the watermarks: only over what was read completely, and
+        // not at all when `--since` skipped time.
         let items: Vec<WorkItem> = signals.iter().cloned().map(WorkItem::Risk).collect();
         if !items.is_empty() {
             self.intake
@@ -212,13 +237,19 @@ impl Sweeper<'_> {
                 .await
                 .map_err(|e| SweepError::Intake(e.to_string()))?;
         }
+        let advance_risk = may_advance_risk && absorbed.complete;
+        let advance_sign_ins = may_advance_sign_ins && sign_in_paging.is_complete();
         for _ in 0..16 {
             let (mut current, version) = self.state(tenant).await?;
-            current.risk_watermark = current
-                .risk_watermark
-                .max(Some(newest_risk.unwrap_or(started).min(started)))
-                .max(Some(started - OVERLAP));
-            current.sign_in_watermark = current.sign_in_watermark.max(Some(started));
+            if advance_risk {
+                current.risk_watermark = current
+                    .risk_watermark
+                    .max(Some(newest_risk.unwrap_or(started).min(started)))
+                    .max(Some(started - OVERLAP));
+            }
+            if advance_sign_ins {
+                current.sign_in_watermark = current.sign_in_watermark.max(Some(started));
+            }
             current.last_run = Some(started);
             let doc = serde_json::to_string(&current).unwrap_or_default();
             if self
@@ -237,8 +268,20 @@ impl Sweeper<'_> {
             users_at_risk,
             blocked_sign_ins,
             signals = signals.len(),
+            advance_risk,
+            advance_sign_ins,
             "sweep kept its signals"
         );
+        if !absorbed.complete || !sign_in_paging.is_complete() {
+            return Err(SweepError::Truncated {
+                listing: if absorbed.complete {
+                    "53011 sign-in"
+                } else {
+                    "risky user"
+                },
+                kept: signals.len(),
+            });
+        }
         Ok(SweepReport {
             tenant_id: tenant.to_owned(),
             risk_since,

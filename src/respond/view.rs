@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::cases::findings::RiskRecord;
 use crate::graph::{GraphClient, GraphError};
-use crate::ledger::{Ledger, LedgerError, NewItem};
+use crate::ledger::{Ledger, LedgerError};
 
 /// Listings reach this far behind the watermark, so a record updated while a listing ran is
 /// not missed (Identity Protection may set `riskLastUpdatedDateTime` slightly in the past).
@@ -28,7 +28,8 @@ pub struct ViewState {
     /// When the last listing started (our clock): the view is current as of then.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub refreshed_at: Option<OffsetDateTime>,
-    /// Whether a full listing seeded the view (before it, absence proves nothing).
+    /// Whether a complete listing of every user at risk seeded the view (before it, absence
+    /// proves nothing; after it, a user the view does not hold is not at risk).
     #[serde(default)]
     pub complete: bool,
 }
@@ -50,6 +51,19 @@ pub enum ViewError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
+
+/// What one listing brought into the view.
+#[derive(Debug, Clone)]
+pub struct Absorbed {
+    /// The records listed (also those the view already had newer).
+    pub entries: Vec<ViewEntry>,
+    /// Whether every page was read. Only a complete listing moves the view's watermark, marks
+    /// it current or (the first time) complete; a truncated one only adds what it read.
+    pub complete: bool,
+}
+
+/// Entries written at once (each a conditional write of its own).
+const WRITES_AT_ONCE: usize = 16;
 
 /// The view over a tenant, through Graph and the ledger.
 pub struct RiskView<'a> {
@@ -77,15 +91,15 @@ impl RiskView<'_> {
         }
     }
 
-    /// Lists what changed since `since` (everything when `None`, which also marks the view
-    /// complete) and writes it into the view; returns the listed entries.
+    /// Lists what changed since `since` (when `None`: every user at risk now, which seeds the
+    /// view and marks it complete) and writes it into the view.
     pub async fn absorb_listing(
         &self,
         tenant: &str,
         since: Option<OffsetDateTime>,
-    ) -> Result<Vec<ViewEntry>, ViewError> {
+    ) -> Result<Absorbed, ViewError> {
         let started = OffsetDateTime::now_utc();
-        let listed = self.graph.risky_users_since(tenant, since).await?;
+        let (listed, paging) = self.graph.risky_users_since(tenant, since).await?;
         let entries: Vec<ViewEntry> = listed
             .iter()
             .map(|r| ViewEntry {
@@ -94,16 +108,13 @@ impl RiskView<'_> {
                 record: r.record(),
             })
             .collect();
-        let expires = Some(started.unix_timestamp() + ENTRY_RETENTION_SECONDS);
-        let items: Vec<NewItem> = entries
-            .iter()
-            .map(|e| NewItem {
-                key: entry_key(tenant, &e.user_id),
-                doc: serde_json::to_string(e).unwrap_or_default(),
-                expires_at: expires,
-            })
-            .collect();
-        self.ledger.store().put_all(&items).await?;
+        let written = self.write_entries(tenant, &entries, started).await?;
+        let complete = paging.is_complete();
+        if !complete {
+            tracing::error!(tenant_id = %tenant, listed = entries.len(), full = since.is_none(), ?paging,
+                "risk listing truncated: the view keeps what was read, but neither its watermark nor its freshness moves");
+            return Ok(Absorbed { entries, complete });
+        }
         let newest = entries.iter().filter_map(|e| e.record.last_updated).max();
         for _ in 0..16 {
             let (mut state, version) = self.state(tenant).await?;
@@ -121,12 +132,72 @@ impl RiskView<'_> {
                 break;
             }
         }
-        tracing::info!(tenant_id = %tenant, listed = entries.len(), full = since.is_none(), "risk view refreshed");
-        Ok(entries)
+        tracing::info!(tenant_id = %tenant, listed = entries.len(), written, full = since.is_none(), "risk view refreshed");
+        Ok(Absorbed { entries, complete })
     }
 
-    /// Brings the view up to date: the records changed since its watermark (all of them the
-    /// first time).
+    /// Writes each entry unless the view holds a newer record of the user
+    /// (`riskLastUpdatedDateTime`): an older listing finishing late never overwrites a newer
+    /// one. Each write is conditional on the version read. Returns how many were written.
+    async fn write_entries(
+        &self,
+        tenant: &str,
+        entries: &[ViewEntry],
+        listed_at: OffsetDateTime,
+    ) -> Result<usize, LedgerError> {
+        let expires = Some(listed_at.unix_timestamp() + ENTRY_RETENTION_SECONDS);
+        let mut written = 0;
+        for wave in entries.chunks(WRITES_AT_ONCE) {
+            let writes = wave
+                .iter()
+                .map(|entry| self.write_entry(tenant, entry, expires));
+            for result in futures_util::future::join_all(writes).await {
+                written += usize::from(result?);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes one entry unless the view holds a newer (or the same) record of the user;
+    /// conditional on the version read, read again after a conflict.
+    async fn write_entry(
+        &self,
+        tenant: &str,
+        entry: &ViewEntry,
+        expires: Option<i64>,
+    ) -> Result<bool, LedgerError> {
+        let key = entry_key(tenant, &entry.user_id);
+        let doc = serde_json::to_string(entry).unwrap_or_default();
+        for _ in 0..16 {
+            let stored = self.ledger.store().get(&key).await?;
+            let version = match &stored {
+                Some(stored) => {
+                    let held = serde_json::from_str::<ViewEntry>(&stored.doc).ok();
+                    let newer_held = held.as_ref().is_some_and(|held| {
+                        held.record.last_updated > entry.record.last_updated || held == entry
+                    });
+                    if newer_held {
+                        return Ok(false);
+                    }
+                    stored.version
+                }
+                None => 0,
+            };
+            if self
+                .ledger
+                .store()
+                .put(&key, &doc, version, expires)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Err(LedgerError(format!("view entry {key} kept changing")))
+    }
+
+    /// Brings the view up to date: the records changed since its watermark (every user at
+    /// risk the first time). A truncated listing is an error: the view is not current.
     pub async fn refresh(&self, tenant: &str) -> Result<Vec<ViewEntry>, ViewError> {
         let (state, _) = self.state(tenant).await?;
         let since = if state.complete {
@@ -134,7 +205,13 @@ impl RiskView<'_> {
         } else {
             None
         };
-        self.absorb_listing(tenant, since).await
+        let absorbed = self.absorb_listing(tenant, since).await?;
+        if !absorbed.complete {
+            return Err(ViewError::Graph(GraphError::Truncated {
+                pages: self.graph.max_pages(),
+            }));
+        }
+        Ok(absorbed.entries)
     }
 
     /// Each user's record, from a view current as of `fresh_after` at least (refreshing it once

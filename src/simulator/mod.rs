@@ -1,11 +1,24 @@
 //! A simulated Microsoft Graph tenant and identity platform token endpoint, following the
-//! documented request and response shapes: `/{tenant}/oauth2/v2.0/token`, `/v1.0/users`
-//! (`$select`, `manager`, `transitiveMemberOf`, `revokeSignInSessions`, `sendMail`),
-//! `/v1.0/directoryRoles(roleTemplateId='…')`, `/v1.0/identityProtection/riskyUsers`,
-//! `/v1.0/auditLogs/signIns` with the exact `$filter` grammar the product uses (and no
-//! `$select`, which the API does not support), `@odata.nextLink` paging, subscriptions with the
-//! validation handshake, errors in the `{"error":{"code","message"}}` envelope, 411 for a
-//! bodyless write without `Content-Length`, and 429 with `Retry-After` where injected.
+//! documented request and response shapes: `/{tenant}/oauth2/v2.0/token` (for several
+//! applications), `/v1.0/users` (`$select`, `$filter=id|userPrincipalName in (…)` with at most
+//! 15 values, `manager`, `transitiveMemberOf`, `revokeSignInSessions`, `sendMail`),
+//! `/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user`,
+//! `/v1.0/roleManagement/directory/roleAssignments|roleEligibilitySchedules`,
+//! `/v1.0/directoryRoles(roleTemplateId='…')`, `/v1.0/identityProtection/riskyUsers` (`$filter`
+//! on `riskLastUpdatedDateTime` or `riskState`), `/v1.0/auditLogs/signIns` with the exact
+//! `$filter` grammar the product uses (and no `$select`, which the API does not support),
+//! registration details, `@odata.nextLink` paging, JSON batching validated as Graph validates
+//! it (a write needs a body and its `Content-Type`, ids are required and unique, or the whole
+//! batch is refused), subscriptions with the validation handshake, errors in the
+//! `{"error":{"code","message"}}` envelope, 411 for a bodyless write without `Content-Length`.
+//!
+//! The published throttle limits are enforced at their documented scope (Identity Protection
+//! per tenant for all apps; reports, directory and security per app and tenant; Outlook per app
+//! and mailbox, with 4 requests in flight across every request and batch), each `$batch` member
+//! counted. A 429 carries `Retry-After` only where Graph sends one: not for Identity Protection
+//! (documented) nor the reports (none documented). The tenant's other apps can spend its shared
+//! budget ([`GraphSimulator::other_app_request`]). Faults (429 with `Retry-After`, 503, 403,
+//! other refusals) can be injected.
 //!
 //! Microsoft Sentinel incidents are there too (`sentinel`): Azure Resource Manager's incident
 //! comments (`/subscriptions/…`, with an ARM token for `https://management.azure.com/.default`
@@ -67,6 +80,8 @@ pub struct Limits {
     pub directory: (usize, Duration),
     /// Directory writes per app and tenant (3,000 per 2 min 30 s).
     pub directory_writes: (usize, Duration),
+    /// Directory writes per tenant for all apps (18,000 per 5 min).
+    pub directory_tenant_writes: (usize, Duration),
     /// Outlook: requests per app per mailbox (10,000 per 10 min).
     pub mail: (usize, Duration),
     /// Outlook: concurrent requests per app per mailbox.
@@ -85,6 +100,7 @@ impl Default for Limits {
             reports: (5, Duration::from_secs(10)),
             directory: (3500, Duration::from_secs(10)),
             directory_writes: (3000, Duration::from_secs(150)),
+            directory_tenant_writes: (18_000, Duration::from_secs(300)),
             mail: (10_000, Duration::from_secs(600)),
             mail_concurrency: 4,
             security: (50, Duration::from_secs(60)),
@@ -182,6 +198,30 @@ pub struct Directory {
     pub password_resets: usize,
     /// Access tokens issued, and the tenant each is for.
     pub issued: HashMap<String, String>,
+    /// Access tokens issued, and the application (client id) each is for: Graph's limits are
+    /// kept per app and tenant, per tenant for all apps, or per app and mailbox.
+    pub token_apps: HashMap<String, String>,
+    /// Other applications the token endpoint knows (client id -> client secret), besides
+    /// [`CLIENT_ID`]: the tenant's other apps, which share its Identity Protection budget.
+    pub apps: HashMap<String, String>,
+    /// Users whose sessions were revoked (`revokeSignInSessions` answered 200).
+    pub revoked: Vec<String>,
+    /// Every `$batch` that passed validation, as its members ("METHOD url"), in order.
+    pub batches: Vec<Vec<String>>,
+    /// How long Outlook takes to accept a message (a sendMail holds its mailbox's concurrency
+    /// slot this long; 2 ms when unset).
+    pub mail_hold: Option<Duration>,
+    /// Requests of the tenant's other applications that Graph admitted (see
+    /// [`GraphSimulator::other_app_request`]).
+    pub other_apps_admitted: usize,
+    /// Groups of the tenant (ids); any id in `member_of` that is not a directory role is a
+    /// group too.
+    pub groups: Vec<String>,
+    /// PIM: (principalId, roleDefinitionId) of role eligibilities (`roleEligibilitySchedules`).
+    pub role_eligibilities: Vec<(String, String)>,
+    /// (principalId, roleDefinitionId) of active role assignments besides the members of the
+    /// activated roles in `directory_roles` (e.g. a role-assignable group holding a role).
+    pub role_assignments: Vec<(String, String)>,
     pub faults: Faults,
     pub certificate: Option<CertificateCredential>,
     pub page_size: usize,
@@ -196,7 +236,8 @@ pub struct Directory {
     pub admitted: HashMap<Budget, usize>,
     /// HTTP requests received on `/v1.0` (a `$batch` counts once).
     pub http_requests: usize,
-    /// sendMail requests being served per mailbox (the concurrency limit).
+    /// sendMail requests being served per app and mailbox (`{app}|{mailbox}`), across every
+    /// request and `$batch` (Outlook's concurrency limit).
     pub mail_in_flight: HashMap<String, usize>,
     /// Microsoft Sentinel: incidents and their comments (ARM), Defender incidents (Graph).
     pub sentinel: sentinel::Sentinel,
@@ -277,7 +318,7 @@ impl GraphSimulator {
         max_attempts: u32,
         limiter: Arc<dyn crate::graph::limiter::RateLimiter>,
     ) -> Arc<crate::graph::GraphClient> {
-        use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
+        use crate::graph::{GraphClient, TokenProvider};
         let http = reqwest::Client::new();
         let tokens = Arc::new(TokenProvider::new(
             http.clone(),
@@ -286,20 +327,80 @@ impl GraphSimulator {
             credential,
             "https://graph.microsoft.com/.default",
         ));
-        let retry = RetryPolicy {
-            max_attempts,
-            base_delay: std::time::Duration::from_millis(5),
-            max_delay: std::time::Duration::from_secs(5),
-            request_timeout: std::time::Duration::from_secs(5),
-            max_pages: 50,
-        };
-        Arc::new(GraphClient::new(http, self.graph_url(), tokens, retry).with_limiter(limiter))
+        Arc::new(
+            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
+                .with_limiter(limiter),
+        )
+    }
+
+    /// A client of application `app_id` (registered in [`Directory::apps`] with `secret`),
+    /// with an in-process limiter.
+    pub fn app_client(
+        &self,
+        app_id: &str,
+        secret: &str,
+        max_attempts: u32,
+    ) -> Arc<crate::graph::GraphClient> {
+        use crate::graph::{GraphClient, TokenProvider};
+        let http = reqwest::Client::new();
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            self.authority(),
+            app_id,
+            crate::graph::ClientCredential::Secret(crate::secrets::SecretString::new(secret)),
+            "https://graph.microsoft.com/.default",
+        ));
+        Arc::new(
+            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
+                .with_limiter(Arc::new(crate::graph::limiter::LocalLimiter::new(
+                    crate::graph::limiter::Limits::published(1.0),
+                ))),
+        )
     }
 
     /// A client with the right client secret.
     pub fn secret_client(&self, max_attempts: u32) -> Arc<crate::graph::GraphClient> {
         let secret = crate::secrets::SecretString::new(CLIENT_SECRET);
         self.client(crate::graph::ClientCredential::Secret(secret), max_attempts)
+    }
+
+    /// Another application of the tenant sends `method path` (relative to `/v1.0`) now: it
+    /// spends the limits it shares with ours (Identity Protection: per tenant, all apps
+    /// together) and its own. Returns whether Graph admitted it.
+    pub fn other_app_request(&self, tenant: &str, app: &str, method: &Method, path: &str) -> bool {
+        self.with(|d| match limit(d, tenant, app, method, path) {
+            Ok(mail) => {
+                if let Some(key) = mail {
+                    release_mail(d, &key);
+                }
+                d.other_apps_admitted += 1;
+                true
+            }
+            Err(_) => false,
+        })
+    }
+
+    /// Another application of the tenant that reads Identity Protection every `every`
+    /// (`GET /identityProtection/riskyUsers`), spending part of the tenant's shared budget
+    /// until the task is aborted.
+    pub fn spawn_other_app(
+        &self,
+        tenant: &str,
+        app: &str,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (standin, tenant, app) = (self.clone(), tenant.to_owned(), app.to_owned());
+        tokio::spawn(async move {
+            loop {
+                standin.other_app_request(
+                    &tenant,
+                    &app,
+                    &Method::GET,
+                    "/identityProtection/riskyUsers",
+                );
+                tokio::time::sleep(every).await;
+            }
+        })
     }
 
     /// Calls that change something (anything but GET).
@@ -311,6 +412,17 @@ impl GraphSimulator {
                 .filter(|c| !c.starts_with("GET ") && !c.starts_with("POST /v1.0/$batch"))
                 .collect()
         })
+    }
+}
+
+/// Retries for clients of the stand-in: `max_attempts`, millisecond backoff, short timeouts.
+fn test_retry(max_attempts: u32) -> crate::graph::RetryPolicy {
+    crate::graph::RetryPolicy {
+        max_attempts,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        max_pages: 50,
     }
 }
 
@@ -405,8 +517,14 @@ async fn token(
     // Graph, or Azure Resource Manager (incident comments).
     let arm =
         form.get("scope").map(String::as_str) == Some("https://management.azure.com/.default");
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let expected_secret = if client_id == CLIENT_ID {
+        Some(CLIENT_SECRET.to_owned())
+    } else {
+        dir.apps.get(&client_id).cloned()
+    };
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
-        || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || expected_secret.is_none()
         || (form.get("scope").map(String::as_str) != Some("https://graph.microsoft.com/.default")
             && !arm)
     {
@@ -454,7 +572,7 @@ async fn token(
                 );
             }
         }
-    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+    } else if form.get("client_secret") != expected_secret.as_ref() {
         return invalid_client("AADSTS7000215: Invalid client secret provided.");
     }
     let access_token = if arm {
@@ -464,6 +582,7 @@ async fn token(
     } else {
         let token = format!("standin-token-{}-{}", tenant, uuid::Uuid::new_v4());
         dir.issued.insert(token.clone(), tenant.clone());
+        dir.token_apps.insert(token.clone(), client_id.clone());
         token
     };
     axum::Json(json!({
@@ -481,80 +600,138 @@ fn query_params(uri: &Uri) -> HashMap<String, String> {
         .collect()
 }
 
-/// Applies the published throttle limits to one request (or one member of a `$batch`).
-fn throttle(dir: &mut Directory, tenant: &str, method: &Method, path: &str) -> Option<Response> {
-    let budget = Budget::of(method, path);
+/// Whether Graph sends `Retry-After` with a 429 of `budget`. Identity Protection and
+/// Conditional Access document that they do not; the identity and access reports (sign-ins,
+/// registration details) do not document one either, so the stand-in sends none and the client
+/// must cope without it. Directory, Outlook and the security API send it.
+pub fn sends_retry_after(budget: Budget) -> bool {
+    !matches!(budget, Budget::IdentityProtection | Budget::Reports)
+}
+
+/// Checks one request (or one member of a `$batch`) of application `app` against the
+/// published limits, each kept at its documented scope: Identity Protection per tenant for all
+/// apps; reports, directory and security per app and tenant (directory writes also per
+/// tenant); Outlook per app and mailbox, with at most `mail_concurrency` requests in flight.
+/// Admitted: the mailbox slot it holds until it completes (release it with
+/// [`release_mail`]); throttled: how long until the window frees a slot.
+fn limit(
+    dir: &mut Directory,
+    tenant: &str,
+    app: &str,
+    method: &Method,
+    path: &str,
+) -> Result<Option<String>, Duration> {
     if !dir.limits.enabled {
-        *dir.admitted.entry(budget).or_default() += 1;
-        return None;
+        return Ok(None);
     }
     let limits = dir.limits.clone();
-    let verdict = match budget {
+    match Budget::of(method, path) {
         Budget::IdentityProtection => dir
             .windows
-            .admit(format!("{tenant}|ip"), limits.identity_protection),
+            .admit(
+                format!("{tenant}|identity-protection"),
+                limits.identity_protection,
+            )
+            .map(|()| None),
         Budget::Reports => dir
             .windows
-            .admit(format!("{tenant}|reports"), limits.reports),
+            .admit(format!("{tenant}|{app}|reports"), limits.reports)
+            .map(|()| None),
         Budget::Directory => {
             let write = *method != Method::GET;
             dir.windows
-                .admit(format!("{tenant}|directory"), limits.directory)
-                .and_then(|()| {
-                    if write {
-                        dir.windows.admit(
-                            format!("{tenant}|directory-writes"),
-                            limits.directory_writes,
-                        )
-                    } else {
-                        Ok(())
-                    }
-                })
+                .admit(format!("{tenant}|{app}|directory"), limits.directory)?;
+            if write {
+                dir.windows.admit(
+                    format!("{tenant}|{app}|directory-writes"),
+                    limits.directory_writes,
+                )?;
+                dir.windows.admit(
+                    format!("{tenant}|directory-writes"),
+                    limits.directory_tenant_writes,
+                )?;
+            }
+            Ok(None)
         }
-        Budget::Security => dir
-            .windows
-            .admit(format!("{tenant}|security"), limits.security)
-            .and_then(|()| {
-                dir.windows
-                    .admit(format!("{tenant}|security-hourly"), limits.security_hourly)
-            }),
+        Budget::Security => {
+            dir.windows
+                .admit(format!("{tenant}|{app}|security"), limits.security)?;
+            dir.windows.admit(
+                format!("{tenant}|{app}|security-hourly"),
+                limits.security_hourly,
+            )?;
+            Ok(None)
+        }
         Budget::Mail => {
             let mailbox = path.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
-            let in_flight = dir.mail_in_flight.get(&mailbox).copied().unwrap_or(0);
+            let key = format!("{app}|{mailbox}");
+            let in_flight = dir.mail_in_flight.get(&key).copied().unwrap_or(0);
             if in_flight >= limits.mail_concurrency {
-                Err(Duration::from_secs(1))
-            } else {
-                dir.windows
-                    .admit(format!("{tenant}|mail|{mailbox}"), limits.mail)
+                return Err(Duration::from_secs(1));
             }
+            dir.windows.admit(format!("{key}|window"), limits.mail)?;
+            *dir.mail_in_flight.entry(key.clone()).or_default() += 1;
+            Ok(Some(key))
         }
-    };
-    match verdict {
-        Ok(()) => {
+    }
+}
+
+/// Ends a sendMail request admitted by [`limit`] (its mailbox slot is free again).
+fn release_mail(dir: &mut Directory, key: &str) {
+    if let Some(n) = dir.mail_in_flight.get_mut(key) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// Applies the published throttle limits to one request (or one member of a `$batch`) of our
+/// application, counting it; a 429 carries `Retry-After` only where Graph sends one.
+fn throttle(
+    dir: &mut Directory,
+    tenant: &str,
+    app: &str,
+    method: &Method,
+    path: &str,
+) -> Result<Option<String>, Box<Response>> {
+    let budget = Budget::of(method, path);
+    match limit(dir, tenant, app, method, path) {
+        Ok(mail) => {
             *dir.admitted.entry(budget).or_default() += 1;
-            None
+            Ok(mail)
         }
         Err(wait) => {
             *dir.throttled.entry(budget).or_default() += 1;
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "Too many requests are being sent. Please retry later.",
-            );
-            // Identity Protection and Conditional Access send no Retry-After.
-            if budget != Budget::IdentityProtection {
+            let mut response = if budget == Budget::Mail {
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                )
+            } else {
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    "Too many requests are being sent. Please retry later.",
+                )
+            };
+            if sends_retry_after(budget) {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response
                     .headers_mut()
                     .insert("retry-after", axum::http::HeaderValue::from(seconds.max(1)));
             }
-            Some(response)
+            Err(Box::new(response))
         }
     }
 }
 
-/// Records the call, checks the bearer token, and applies injected faults.
-fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+/// Records the call, checks the bearer token, applies the limits and injected faults. Admitted:
+/// the mailbox slot a sendMail holds until it completes (see [`release_mail`]).
+fn gate(
+    dir: &mut Directory,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Box<Response>> {
     let call = format!(
         "{method} {}{}",
         uri.path(),
@@ -567,14 +744,14 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
         && !headers.contains_key("content-length")
         && !headers.contains_key("transfer-encoding")
     {
-        return Some(
+        return Err(Box::new(
             (
                 StatusCode::LENGTH_REQUIRED,
                 [("content-type", "text/html; charset=us-ascii")],
                 "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Length Required</TITLE></HEAD><BODY><h2>Length Required</h2><hr><p>HTTP Error 411. The request must be chunked or have a content length.</p></BODY></HTML>\r\n",
             )
                 .into_response(),
-        );
+        ));
     }
     let bearer = headers
         .get("authorization")
@@ -582,18 +759,18 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
         .and_then(|v| v.strip_prefix("Bearer "));
     match bearer {
         None => {
-            return Some(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
                 "Access token is empty.",
-            ));
+            )));
         }
         Some(token) if !dir.issued.contains_key(token) => {
-            return Some(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
                 "Access token validation failure. Invalid audience.",
-            ));
+            )));
         }
         _ => {}
     }
@@ -601,12 +778,24 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
         .and_then(|t| dir.issued.get(t))
         .cloned()
         .unwrap_or_default();
+    let app = bearer
+        .and_then(|t| dir.token_apps.get(t))
+        .cloned()
+        .unwrap_or_default();
     let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
-    if path != "/$batch"
-        && let Some(response) = throttle(dir, &tenant, method, path)
-    {
-        return Some(response);
-    }
+    // The `$batch` envelope counts nothing: each member counts against its own limit.
+    let mail = if path == "/$batch" {
+        None
+    } else {
+        throttle(dir, &tenant, &app, method, path)?
+    };
+    // Past this point a refusal frees the mailbox slot at once.
+    let refuse = |dir: &mut Directory, response: Response| {
+        if let Some(key) = &mail {
+            release_mail(dir, key);
+        }
+        Err(Box::new(response))
+    };
     if dir.faults.throttle_next > 0 {
         dir.faults.throttle_next -= 1;
         let mut response = error(
@@ -618,7 +807,7 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
             "retry-after",
             axum::http::HeaderValue::from(dir.faults.retry_after),
         );
-        return Some(response);
+        return refuse(dir, response);
     }
     let matches = |list: &[(Method, String)]| {
         list.iter()
@@ -626,29 +815,36 @@ fn gate(dir: &mut Directory, method: &Method, uri: &Uri, headers: &HeaderMap) ->
     };
     if dir.faults.unavailable_next > 0 || matches(&dir.faults.unavailable_paths) {
         dir.faults.unavailable_next = dir.faults.unavailable_next.saturating_sub(1);
-        return Some(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "serviceNotAvailable",
-            "The service is temporarily unavailable.",
-        ));
+        return refuse(
+            dir,
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable.",
+            ),
+        );
     }
-    if let Some((_, _, status)) = dir
+    let refused = dir
         .faults
         .refused_paths
         .iter()
         .find(|(m, prefix, _)| m == method && path.starts_with(prefix.as_str()))
-    {
-        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
-        return Some(error(status, "BadRequest", "The request was refused."));
+        .map(|(_, _, status)| *status);
+    if let Some(status) = refused {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return refuse(dir, error(status, "BadRequest", "The request was refused."));
     }
     if matches(&dir.faults.forbidden) {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "Authorization_RequestDenied",
-            "Insufficient privileges to complete the operation.",
-        ));
+        return refuse(
+            dir,
+            error(
+                StatusCode::FORBIDDEN,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            ),
+        );
     }
-    None
+    Ok(mail)
 }
 
 async fn graph(
@@ -661,40 +857,91 @@ async fn graph(
     if uri.path() == "/v1.0/$batch" {
         return batch(&s, &method, &uri, &headers, &body).await;
     }
-    let mailbox = mail_mailbox(&method, &uri);
-    let response = {
+    let (response, mail, hold) = {
         let mut dir = lock(&s.dir);
         dir.http_requests += 1;
-        let response = dispatch(&s, &mut dir, &method, &uri, &headers, &body);
-        if let Some(mailbox) = &mailbox
-            && response.status().is_success()
-        {
-            *dir.mail_in_flight.entry(mailbox.clone()).or_default() += 1;
-        }
-        response
+        let (response, mail) = dispatch(&s, &mut dir, &method, &uri, &headers, &body);
+        (
+            response,
+            mail,
+            dir.mail_hold.unwrap_or(Duration::from_millis(2)),
+        )
     };
-    if let Some(mailbox) = mailbox {
+    if let Some(key) = mail {
         // Outlook takes a moment to accept a message: concurrency is observable.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if let Some(n) = lock(&s.dir).mail_in_flight.get_mut(&mailbox) {
-            *n = n.saturating_sub(1);
-        }
+        tokio::time::sleep(hold).await;
+        release_mail(&mut lock(&s.dir), &key);
     }
     response
-}
-
-fn mail_mailbox(method: &Method, uri: &Uri) -> Option<String> {
-    let path = uri.path().strip_prefix("/v1.0")?;
-    (Budget::of(method, path) == Budget::Mail)
-        .then(|| path.split('/').nth(2).unwrap_or("").to_ascii_lowercase())
 }
 
 /// Most requests in one `$batch` (Graph's limit).
 pub const BATCH_MAX: usize = 20;
 
-/// `POST /$batch`: JSON batching. Members run in order here; each counts against its own
-/// budget, and sendMail members to one mailbox beyond the concurrency limit are throttled as
-/// Outlook does when a batch runs them in parallel.
+/// A refusal of a whole `$batch` (400, Graph's error envelope): nothing in it runs.
+fn bad_batch(message: &str) -> Box<Response> {
+    Box::new(error(StatusCode::BAD_REQUEST, "BadRequest", message))
+}
+
+/// Validates a `$batch` body as Graph does before running any member: 1 to 20 requests, each
+/// with an `id` unique in the batch (ids are not case-sensitive), a method and a url; a write
+/// (POST, PATCH, PUT) must carry a body and a `Content-Type` header, and so must any request
+/// with a body. Graph refuses the whole batch otherwise.
+fn check_batch(body: &Bytes) -> Result<Vec<Value>, Box<Response>> {
+    let parsed: Value =
+        serde_json::from_slice(body).map_err(|_| bad_batch("Invalid batch payload format."))?;
+    let requests = parsed["requests"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| bad_batch("Invalid batch payload format."))?;
+    if requests.is_empty() || requests.len() > BATCH_MAX {
+        return Err(bad_batch(
+            "Invalid batch payload format: the number of requests must be between 1 and 20.",
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for request in &requests {
+        let Some(id) = request["id"].as_str().filter(|id| !id.trim().is_empty()) else {
+            return Err(bad_batch(
+                "Invalid batch payload format: every request needs an id.",
+            ));
+        };
+        if !ids.insert(id.to_ascii_lowercase()) {
+            return Err(bad_batch(&format!(
+                "Invalid batch payload format: request id '{id}' is not unique in the batch."
+            )));
+        }
+        let method = request["method"].as_str().unwrap_or_default();
+        if request["url"].as_str().is_none_or(str::is_empty)
+            || Method::from_bytes(method.as_bytes()).is_err()
+        {
+            return Err(bad_batch(&format!(
+                "Invalid batch payload format: request id '{id}' needs a method and a url."
+            )));
+        }
+        let write = matches!(
+            method.to_ascii_uppercase().as_str(),
+            "POST" | "PATCH" | "PUT"
+        );
+        let has_body = !matches!(request.get("body"), None | Some(Value::Null));
+        let content_type = request["headers"].as_object().is_some_and(|h| {
+            h.iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.is_string())
+        });
+        if (write || has_body) && !(has_body && content_type) {
+            return Err(bad_batch(&format!(
+                "Write request id : {id} does not contain Content-Type header or body."
+            )));
+        }
+    }
+    Ok(requests)
+}
+
+/// `POST /$batch`: JSON batching. The batch is validated first (see [`check_batch`]); then each
+/// member counts against its own limit. Graph runs members in parallel: a batch's sendMail
+/// members hold their mailbox's concurrency slots until the whole batch is answered, so more
+/// than four to one mailbox (counting every other request in flight) are throttled as Outlook
+/// does.
 async fn batch(
     s: &GraphSimulator,
     method: &Method,
@@ -705,44 +952,46 @@ async fn batch(
     let requests = {
         let mut dir = lock(&s.dir);
         dir.http_requests += 1;
-        if let Some(response) = gate(&mut dir, method, uri, headers) {
-            return response;
+        if let Err(response) = gate(&mut dir, method, uri, headers) {
+            return *response;
         }
-        let Ok(parsed) = serde_json::from_slice::<Value>(body) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "Invalid batch payload format.",
-            );
-        };
-        let Some(requests) = parsed["requests"].as_array().cloned() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "Invalid batch payload format.",
-            );
-        };
-        if requests.is_empty() || requests.len() > BATCH_MAX {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "Invalid batch payload format: the number of requests must be between 1 and 20.",
-            );
+        match check_batch(body) {
+            Ok(requests) => requests,
+            Err(response) => return *response,
         }
-        requests
     };
     let authorization = headers.get("authorization").cloned();
     let mut responses = Vec::with_capacity(requests.len());
-    let mut mail_in_batch: HashMap<String, usize> = HashMap::new();
+    let mut held_mail = Vec::new();
+    let hold = {
+        let mut dir = lock(&s.dir);
+        dir.batches.push(
+            requests
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r["method"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_ascii_uppercase(),
+                        r["url"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect(),
+        );
+        dir.mail_hold.unwrap_or(Duration::from_millis(2))
+    };
     for request in requests {
         let id = request["id"].as_str().unwrap_or_default().to_owned();
-        let Some(method) = request["method"]
-            .as_str()
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        else {
-            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid method."}}}));
-            continue;
-        };
+        let method = Method::from_bytes(
+            request["method"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_uppercase()
+                .as_bytes(),
+        )
+        .unwrap_or(Method::GET);
         let url = request["url"].as_str().unwrap_or_default();
         let Ok(member_uri) = format!(
             "/v1.0{}",
@@ -764,31 +1013,14 @@ async fn batch(
         if let Some(auth) = &authorization {
             member_headers.insert("authorization", auth.clone());
         }
-        // Inside a batch the body's length is known from the JSON.
+        // Validated above: a write member has a body, whose length the JSON gives.
         member_headers.insert("content-length", axum::http::HeaderValue::from(body.len()));
         let response = {
             let mut dir = lock(&s.dir);
-            let limit = dir.limits.mail_concurrency;
-            match mail_mailbox(&method, &member_uri) {
-                Some(mailbox)
-                    if dir.limits.enabled && {
-                        let n = mail_in_batch.entry(mailbox.clone()).or_default();
-                        *n += 1;
-                        *n > limit
-                    } =>
-                {
-                    *dir.throttled.entry(Budget::Mail).or_default() += 1;
-                    let mut r = error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "ApplicationThrottled",
-                        "Application is over its MailboxConcurrency limit.",
-                    );
-                    r.headers_mut()
-                        .insert("retry-after", axum::http::HeaderValue::from(1u64));
-                    r
-                }
-                _ => dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body),
-            }
+            let (response, mail) =
+                dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body);
+            held_mail.extend(mail);
+            response
         };
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -808,6 +1040,13 @@ async fn batch(
         }
         responses.push(member);
     }
+    if !held_mail.is_empty() {
+        tokio::time::sleep(hold).await;
+        let mut dir = lock(&s.dir);
+        for key in &held_mail {
+            release_mail(&mut dir, key);
+        }
+    }
     axum::Json(json!({ "responses": responses })).into_response()
 }
 
@@ -819,10 +1058,21 @@ fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Response {
-    if let Some(response) = gate(dir, method, uri, headers) {
-        return response;
+) -> (Response, Option<String>) {
+    match gate(dir, method, uri, headers) {
+        Ok(mail) => (serve(s, dir, method, uri, body), mail),
+        Err(response) => (*response, None),
     }
+}
+
+/// Answers an admitted request.
+fn serve(
+    s: &GraphSimulator,
+    dir: &mut Directory,
+    method: &Method,
+    uri: &Uri,
+    body: &Bytes,
+) -> Response {
     let Some(path) = uri.path().strip_prefix("/v1.0") else {
         return error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid version.");
     };
@@ -858,14 +1108,30 @@ fn dispatch(
             None => user_not_found(id),
         },
         (Method::PATCH, ["users", id]) => patch_user(dir, id, body),
+        (Method::GET, ["users"]) => list_users(s, dir, &params),
         (Method::POST, ["users", id, "revokeSignInSessions"]) => match find_user(dir, id) {
-            Some(_) => axum::Json(json!({
-                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
-                "value": true
-            }))
-            .into_response(),
+            Some(user) => {
+                let uid = user["id"].as_str().unwrap_or_default().to_owned();
+                dir.revoked.push(uid);
+                axum::Json(json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
+                    "value": true
+                }))
+                .into_response()
+            }
             None => user_not_found(id),
         },
+        (Method::GET, ["groups", id, "transitiveMembers", "microsoft.graph.user"]) => {
+            group_user_members(s, dir, id, &params)
+        }
+        (
+            Method::GET,
+            [
+                "roleManagement",
+                "directory",
+                kind @ ("roleAssignments" | "roleEligibilitySchedules"),
+            ],
+        ) => role_principals(s, dir, kind, &params),
         (Method::GET, ["users", id, "manager"]) => {
             let Some(user) = find_user(dir, id) else {
                 return user_not_found(id);
@@ -1000,18 +1266,7 @@ fn dispatch(
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["reports", "authenticationMethods", "userRegistrationDetails", id]) => {
-            match dir.registrations.get(*id) {
-                Some(r) => {
-                    let mut r = r.clone();
-                    r["@odata.context"] = "https://graph.microsoft.com/v1.0/$metadata#reports/authenticationMethods/userRegistrationDetails/$entity".into();
-                    axum::Json(r).into_response()
-                }
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    "Request_ResourceNotFound",
-                    &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
-                ),
-            }
+            registration_details(dir, id, &params)
         }
         (Method::GET, ["identity", "conditionalAccess", "policies"]) => axum::Json(json!({
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identity/conditionalAccess/policies",
@@ -1169,34 +1424,58 @@ fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
 /// `GET /identityProtection/riskyUsers[?$filter=riskLastUpdatedDateTime ge|gt {iso}]`, with
 /// `$select` and `$top` (at most 500), paged with `@odata.nextLink`.
 fn risky_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
-    let since = match params.get("$filter") {
-        None => None,
-        Some(filter) => {
-            let parsed = filter
-                .strip_prefix("riskLastUpdatedDateTime ge ")
-                .map(|t| (t, true))
-                .or_else(|| {
-                    filter
-                        .strip_prefix("riskLastUpdatedDateTime gt ")
-                        .map(|t| (t, false))
+    // `riskLastUpdatedDateTime ge|gt {iso}`, or `riskState eq '{state}'` clauses joined by `or`.
+    let mut since = None;
+    let mut states: Option<Vec<String>> = None;
+    if let Some(filter) = params.get("$filter") {
+        let by_date = filter
+            .strip_prefix("riskLastUpdatedDateTime ge ")
+            .map(|t| (t, true))
+            .or_else(|| {
+                filter
+                    .strip_prefix("riskLastUpdatedDateTime gt ")
+                    .map(|t| (t, false))
+            })
+            .and_then(|(t, inclusive)| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .map(|t| (t, inclusive))
+            });
+        let by_state = || -> Option<Vec<String>> {
+            filter
+                .split(" or ")
+                .map(|clause| {
+                    let value = clause.trim().strip_prefix("riskState eq ")?;
+                    let value = value
+                        .strip_prefix("microsoft.graph.riskState")
+                        .unwrap_or(value);
+                    let state = value.strip_prefix('\'')?.strip_suffix('\'')?;
+                    matches!(
+                        state,
+                        "none"
+                            | "confirmedSafe"
+                            | "remediated"
+                            | "dismissed"
+                            | "atRisk"
+                            | "confirmedCompromised"
+                            | "unknownFutureValue"
+                    )
+                    .then(|| state.to_owned())
                 })
-                .and_then(|(t, inclusive)| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                        .map(|t| (t, inclusive))
-                });
-            match parsed {
-                Some(p) => Some(p),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BadRequest",
-                        "Invalid filter clause: Syntax error.",
-                    );
-                }
+                .collect()
+        };
+        match (by_date, by_state()) {
+            (Some(date), _) => since = Some(date),
+            (None, Some(wanted)) => states = Some(wanted),
+            (None, None) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "Invalid filter clause: Syntax error.",
+                );
             }
         }
-    };
+    }
     let top: usize = params
         .get("$top")
         .and_then(|t| t.parse().ok())
@@ -1225,6 +1504,13 @@ fn risky_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, Str
             (Some((t, true)), Some(at)) => at >= t,
             (Some((t, false)), Some(at)) => at > t,
             (Some(_), None) => false,
+        })
+        .filter(|r| {
+            states.as_ref().is_none_or(|wanted| {
+                r["riskState"]
+                    .as_str()
+                    .is_some_and(|state| wanted.iter().any(|w| w == state))
+            })
         })
         .collect();
     matching.sort_by(|a, b| {
@@ -1318,7 +1604,7 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
             "$top must be between 1 and 1000.",
         );
     }
-    let page = top.min(dir.page_size);
+    let page = top.min(dir.page_size.max(1));
     let skip: usize = params
         .get("$skiptoken")
         .and_then(|t| t.parse().ok())
@@ -1368,6 +1654,342 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
         out["@odata.nextLink"] = format!("{}/v1.0/auditLogs/signIns?{query}", s.base).into();
     }
     axum::Json(out).into_response()
+}
+
+/// A page of `items` at `path` (under `/v1.0`), `page` a page, continued with `$skiptoken`.
+fn page_of(
+    s: &GraphSimulator,
+    path: &str,
+    context: &str,
+    params: &HashMap<String, String>,
+    items: Vec<Value>,
+    page: usize,
+) -> Response {
+    let skip: usize = params
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let page = page.max(1);
+    let total = items.len();
+    let value: Vec<Value> = items.into_iter().skip(skip).take(page).collect();
+    let mut out = json!({
+        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#{context}"),
+        "value": value,
+    });
+    if skip + page < total {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let mut keys: Vec<&String> = params.keys().filter(|k| *k != "$skiptoken").collect();
+        keys.sort();
+        for k in keys {
+            query.append_pair(k, &params[k]);
+        }
+        query.append_pair("$skiptoken", &(skip + page).to_string());
+        out["@odata.nextLink"] = format!("{}/v1.0{path}?{}", s.base, query.finish()).into();
+    }
+    axum::Json(out).into_response()
+}
+
+/// `$top` of a directory collection: 100 by default, at most 999.
+fn directory_top(params: &HashMap<String, String>) -> Result<usize, Box<Response>> {
+    match params.get("$top") {
+        None => Ok(100),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if (1..=999).contains(&n) => Ok(n),
+            _ => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "Request_UnsupportedQuery",
+                "Invalid page size specified: the value of $top must be between 1 and 999.",
+            ))),
+        },
+    }
+}
+
+/// The values of an OData `in ('a','b')` list or the value of `eq 'a'` (quotes doubled inside
+/// a value), for `property`.
+fn filter_values(filter: &str, property: &str) -> Option<Vec<String>> {
+    let rest = filter.trim().strip_prefix(property)?.trim_start();
+    if let Some(value) = rest.strip_prefix("eq ") {
+        let value = value.trim();
+        let inner = value.strip_prefix('\'')?.strip_suffix('\'')?;
+        return Some(vec![inner.replace("''", "'")]);
+    }
+    let list = rest
+        .strip_prefix("in")?
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?;
+    let mut values = Vec::new();
+    let mut chars = list.trim().chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next()? != '\'' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                '\'' => break,
+                c => value.push(c),
+            }
+        }
+        values.push(value);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => return Some(values),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// `GET /users[?$filter=id|userPrincipalName in (...) | eq '...']`, `$select`, `$top`, paged.
+/// Graph allows at most 15 values in an `in` list (and 15 `or` clauses) by default.
+fn list_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
+    let top = match directory_top(params) {
+        Ok(top) => top,
+        Err(response) => return *response,
+    };
+    let mut users: Vec<Value> = dir.users.clone();
+    if let Some(filter) = params.get("$filter") {
+        let (by_id, values) = match (
+            filter_values(filter, "id"),
+            filter_values(filter, "userPrincipalName"),
+        ) {
+            (Some(v), _) => (true, v),
+            (None, Some(v)) => (false, v),
+            (None, None) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Request_UnsupportedQuery",
+                    "Unsupported or invalid query filter clause specified for property of resource 'User'.",
+                );
+            }
+        };
+        if values.len() > 15 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Request_UnsupportedQuery",
+                &format!(
+                    "Too many child clauses specified in search filter expression containing 'OR' operators: {}. Max allowed: 15.",
+                    values.len()
+                ),
+            );
+        }
+        users.retain(|u| {
+            let field = if by_id { "id" } else { "userPrincipalName" };
+            u[field]
+                .as_str()
+                .is_some_and(|have| values.iter().any(|v| v.eq_ignore_ascii_case(have)))
+        });
+    }
+    let items = users
+        .into_iter()
+        .map(|u| select(u, params.get("$select")))
+        .collect();
+    page_of(
+        s,
+        "/users",
+        "users",
+        params,
+        items,
+        top.min(dir.page_size.max(1)),
+    )
+}
+
+/// Whether `id` is a group of the directory (listed, or a non-role id in `member_of`).
+fn group_exists(dir: &Directory, id: &str) -> bool {
+    let is_role = dir.directory_roles.values().any(|r| r == id);
+    dir.groups.iter().any(|g| g == id)
+        || (!is_role && dir.member_of.values().flatten().any(|g| g == id))
+}
+
+/// Users that are (transitive) members of group `id`.
+fn users_in_group(dir: &Directory, id: &str) -> Vec<String> {
+    let mut users: Vec<String> = dir
+        .member_of
+        .iter()
+        .filter(|(_, of)| of.iter().any(|g| g == id))
+        .map(|(u, _)| u.clone())
+        .collect();
+    users.sort();
+    users
+}
+
+/// `GET /groups/{id}/transitiveMembers/microsoft.graph.user?$select=id&$top=999`: the group's
+/// users, direct or through nested groups, paged.
+fn group_user_members(
+    s: &GraphSimulator,
+    dir: &Directory,
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    if !group_exists(dir, id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            ),
+        );
+    }
+    let top = match directory_top(params) {
+        Ok(top) => top,
+        Err(response) => return *response,
+    };
+    let items = users_in_group(dir, id)
+        .into_iter()
+        .map(|u| {
+            let user = find_user(dir, &u).unwrap_or_else(|| json!({ "id": u }));
+            let mut out = select(user, params.get("$select"));
+            out["@odata.type"] = "#microsoft.graph.user".into();
+            out
+        })
+        .collect();
+    page_of(
+        s,
+        &format!("/groups/{id}/transitiveMembers/microsoft.graph.user"),
+        "users",
+        params,
+        items,
+        top.min(dir.page_size.max(1)),
+    )
+}
+
+/// `GET /roleManagement/directory/roleAssignments|roleEligibilitySchedules
+/// ?$filter=roleDefinitionId eq '{id}'[&$expand=principal]`. Active assignments are the
+/// members of the activated roles (`directory_roles`, `member_of`) and `role_assignments`;
+/// eligibilities are `role_eligibilities`. A built-in role's definition id is its template id.
+fn role_principals(
+    s: &GraphSimulator,
+    dir: &Directory,
+    kind: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let wanted = match params.get("$filter") {
+        None => None,
+        Some(filter) => match filter_values(filter, "roleDefinitionId") {
+            Some(values) if values.len() == 1 => values.into_iter().next(),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "Invalid filter clause: only roleDefinitionId eq '{id}' is supported here.",
+                );
+            }
+        },
+    };
+    let expand = match params.get("$expand").map(String::as_str) {
+        None => false,
+        Some("principal") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("Could not find a property named '{other}' to expand."),
+            );
+        }
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if kind == "roleAssignments" {
+        for (template, role) in &dir.directory_roles {
+            for (user, of) in &dir.member_of {
+                if of.iter().any(|id| id == role) {
+                    pairs.push((user.clone(), template.clone()));
+                }
+            }
+        }
+        pairs.extend(dir.role_assignments.iter().cloned());
+    } else {
+        pairs.extend(dir.role_eligibilities.iter().cloned());
+    }
+    pairs.retain(|(_, role)| {
+        wanted
+            .as_deref()
+            .is_none_or(|w| w.eq_ignore_ascii_case(role))
+    });
+    pairs.sort();
+    pairs.dedup();
+    let items = pairs
+        .into_iter()
+        .map(|(principal, role)| {
+            let mut item = json!({
+                "id": format!("{role}_{principal}"),
+                "principalId": principal,
+                "roleDefinitionId": role,
+                "directoryScopeId": "/",
+            });
+            if kind == "roleEligibilitySchedules" {
+                item["memberType"] = "Direct".into();
+                item["status"] = "Provisioned".into();
+                item["scheduleInfo"] = json!({"startDateTime": "2026-01-01T00:00:00Z", "expiration": {"type": "noExpiration"}});
+            }
+            if expand {
+                let kind = if find_user(dir, &principal).is_some() {
+                    "#microsoft.graph.user"
+                } else {
+                    "#microsoft.graph.group"
+                };
+                item["principal"] = json!({ "@odata.type": kind, "id": principal });
+            }
+            item
+        })
+        .collect();
+    page_of(
+        s,
+        &format!("/roleManagement/directory/{kind}"),
+        &format!("roleManagement/directory/{kind}"),
+        params,
+        items,
+        dir.page_size.max(1),
+    )
+}
+
+/// `GET /reports/authenticationMethods/userRegistrationDetails/{id}` (no OData query
+/// parameters). The report covers every enabled user, registered or not (a user with nothing
+/// registered has a record saying so); a disabled user or an unknown id is 404. The answer is
+/// shaped as the documented example: the record under `value`.
+fn registration_details(dir: &Directory, id: &str, params: &HashMap<String, String>) -> Response {
+    if let Some(option) = params.keys().next() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "Query option '{option}' is not allowed. This method does not support OData query parameters."
+            ),
+        );
+    }
+    let record = match (dir.registrations.get(id), find_user(dir, id)) {
+        (Some(record), _) => record.clone(),
+        (None, Some(user)) if user["accountEnabled"] != false => json!({
+            "id": user["id"], "userPrincipalName": user["userPrincipalName"],
+            "userDisplayName": user["displayName"], "userType": "member", "isAdmin": false,
+            "isSsprRegistered": false, "isSsprEnabled": false, "isSsprCapable": false,
+            "isMfaRegistered": false, "isMfaCapable": false, "isPasswordlessCapable": false,
+            "methodsRegistered": [], "lastUpdatedDateTime": now_iso(),
+        }),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "Request_ResourceNotFound",
+                &format!(
+                    "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+                ),
+            );
+        }
+    };
+    axum::Json(json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#reports/authenticationMethods/userRegistrationDetails/$entity",
+        "value": record,
+    }))
+    .into_response()
 }
 
 // ---- subscriptions ----
@@ -1431,31 +2053,28 @@ async fn list_subscriptions(
     headers: HeaderMap,
 ) -> Response {
     let mut dir = lock(&s.dir);
-    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
-        return response;
+    if let Err(response) = gate(&mut dir, &method, &uri, &headers) {
+        return *response;
     }
     let skip: usize = query_params(&uri)
         .get("$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let size = dir.page_size.max(1);
     let page: Vec<Value> = dir
         .subscriptions
         .iter()
         .skip(skip)
-        .take(dir.page_size)
+        .take(size)
         .cloned()
         .collect();
     let mut out = json!({
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions",
         "value": page,
     });
-    if skip + dir.page_size < dir.subscriptions.len() {
-        out["@odata.nextLink"] = format!(
-            "{}/v1.0/subscriptions?$skiptoken={}",
-            s.base,
-            skip + dir.page_size
-        )
-        .into();
+    if skip + size < dir.subscriptions.len() {
+        out["@odata.nextLink"] =
+            format!("{}/v1.0/subscriptions?$skiptoken={}", s.base, skip + size).into();
     }
     axum::Json(out).into_response()
 }
@@ -1469,8 +2088,8 @@ async fn create_subscription(
 ) -> Response {
     let body: Value = {
         let mut dir = lock(&s.dir);
-        if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
-            return response;
+        if let Err(response) = gate(&mut dir, &method, &uri, &headers) {
+            return *response;
         }
         match serde_json::from_slice(&body) {
             Ok(v) => v,
@@ -1525,8 +2144,8 @@ async fn renew_subscription(
     body: Bytes,
 ) -> Response {
     let mut dir = lock(&s.dir);
-    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
-        return response;
+    if let Err(response) = gate(&mut dir, &method, &uri, &headers) {
+        return *response;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let Some(index) = dir
@@ -1559,8 +2178,8 @@ async fn reauthorize_subscription(
     headers: HeaderMap,
 ) -> Response {
     let mut dir = lock(&s.dir);
-    if let Some(response) = gate(&mut dir, &method, &uri, &headers) {
-        return response;
+    if let Err(response) = gate(&mut dir, &method, &uri, &headers) {
+        return *response;
     }
     if !dir.subscriptions.iter().any(|x| x["id"] == id.as_str()) {
         return error(

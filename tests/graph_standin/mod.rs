@@ -53,6 +53,91 @@ pub fn worker_with(
     )
 }
 
+/// A worker over this simulator and `ledger` with `policy`, using `share` of the tenant's
+/// Identity Protection budget (the rest left to the tenant's other apps).
+pub fn worker_sharing(
+    s: &StandIn,
+    ledger: risk_responder::ledger::Ledger,
+    policy: risk_responder::cases::Policy,
+    max_attempts: u32,
+    share: f64,
+) -> risk_responder::respond::Worker {
+    let limiter = Arc::new(risk_responder::graph::limiter::SharedLimiter::new(
+        ledger.clone(),
+        risk_responder::graph::limiter::Limits::published(share),
+    ));
+    let graph = s.client_with(
+        risk_responder::graph::ClientCredential::Secret(
+            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+        ),
+        max_attempts,
+        limiter,
+    );
+    risk_responder::respond::Worker::new(
+        ledger,
+        graph,
+        Arc::new(policy),
+        None,
+        None,
+        vec![TENANT.to_owned()],
+    )
+}
+
+/// A client of this simulator that follows at most `max_pages` pages of a listing, with
+/// `limits` in-process.
+pub fn paged_client(
+    s: &StandIn,
+    max_pages: usize,
+    limits: risk_responder::graph::limiter::Limits,
+) -> risk_responder::graph::GraphClient {
+    use risk_responder::graph::{ClientCredential, GraphClient, RetryPolicy, TokenProvider};
+    let http = reqwest::Client::new();
+    let tokens = Arc::new(TokenProvider::new(
+        http.clone(),
+        s.authority(),
+        CLIENT_ID,
+        ClientCredential::Secret(risk_responder::secrets::SecretString::new(CLIENT_SECRET)),
+        "https://graph.microsoft.com/.default",
+    ));
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_secs(5),
+        request_timeout: std::time::Duration::from_secs(5),
+        max_pages,
+    };
+    GraphClient::new(http, s.graph_url(), tokens, retry).with_limiter(Arc::new(
+        risk_responder::graph::limiter::LocalLimiter::new(limits),
+    ))
+}
+
+/// A bearer token of our application for raw requests to the simulator.
+pub async fn raw_token(s: &StandIn) -> String {
+    s.secret_client(1)
+        .tokens()
+        .token(TENANT)
+        .await
+        .expect("a token")
+        .expose()
+        .to_owned()
+}
+
+/// `POST /v1.0/$batch` with `requests`, as sent by hand.
+pub async fn raw_batch(s: &StandIn, token: &str, requests: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1.0/$batch", s.base))
+        .bearer_auth(token)
+        .json(&json!({ "requests": requests }))
+        .send()
+        .await
+        .expect("the batch is answered")
+}
+
+/// Members of each `$batch` the simulator accepted ("METHOD url"), in order.
+pub fn batches(s: &StandIn) -> Vec<Vec<String>> {
+    s.with(|d| d.batches.clone())
+}
+
 /// A worker over this simulator with the embedded policy switched to enforce.
 pub fn enforcing_worker(
     s: &StandIn,
@@ -74,12 +159,9 @@ pub fn memory_ledger() -> risk_responder::ledger::Ledger {
     ))
 }
 
-/// How many times sessions were revoked.
+/// How many times sessions were revoked (Graph answered `revokeSignInSessions` with 200).
 pub fn revokes(s: &StandIn) -> usize {
-    s.writes()
-        .iter()
-        .filter(|c| c.ends_with("/revokeSignInSessions"))
-        .count()
+    s.with(|d| d.revoked.len())
 }
 
 /// How many password resets (PATCH with a passwordProfile) Graph received.
