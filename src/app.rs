@@ -155,18 +155,35 @@ pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), S
     }
 }
 
-/// Deletes expired ledger documents every `every` on a connection of its own (SQLite only:
-/// DynamoDB expires them by TTL). Never on the write path.
-pub fn spawn_ledger_expiry(config: &Config, every: std::time::Duration) -> Result<(), StartError> {
+/// Deletes expired ledger documents every `every`, and checkpoints the write-ahead log every
+/// second, on a connection of its own (SQLite only: DynamoDB expires them by TTL). Never on
+/// the write path.
+pub fn spawn_ledger_maintenance(
+    config: &Config,
+    every: std::time::Duration,
+) -> Result<(), StartError> {
     if config.ledger_table.is_none() && !config.in_lambda {
-        SqliteStore::open(&config.ledger_path)?.spawn_expiry(every);
+        SqliteStore::open(&config.ledger_path)?
+            .spawn_maintenance(std::time::Duration::from_secs(1), every);
     }
     Ok(())
 }
 
 /// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).
 pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>), StartError> {
-    let (ledger, replay_guard) = ledger(config).await?;
+    let (ledger, replay_guard) = match &config.ledger_table {
+        // Locally, intake's connection never checkpoints: `spawn_ledger_maintenance` does.
+        None if !config.in_lambda => (
+            Ledger::new(Arc::new(
+                SqliteStore::open(&config.ledger_path)?
+                    .without_auto_checkpoint()
+                    .await?,
+            ))
+            .with_work_index(),
+            Arc::new(MemoryReplayGuard::default()) as Arc<dyn ReplayGuard>,
+        ),
+        _ => ledger(config).await?,
+    };
     let (queue, memory): (Arc<dyn WorkQueue>, _) = match &config.queue_url {
         Some(url) => {
             let client = aws_sdk_sqs::Client::new(&aws_config().await);

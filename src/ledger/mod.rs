@@ -264,7 +264,8 @@ impl Ledger {
         Ok(doc)
     }
 
-    /// Keeps accepted signals (intake): one write for the batch; redeliveries are no-ops.
+    /// Keeps accepted signals (intake): one write for the batch (with the work index, their
+    /// marks in the same write); redeliveries are no-ops. Returns how many items were created.
     pub async fn keep_signals(&self, signals: &[RiskEvent]) -> Result<usize, LedgerError> {
         let now = OffsetDateTime::now_utc();
         let mut items = Vec::with_capacity(signals.len());
@@ -281,16 +282,17 @@ impl Ledger {
                 expires_at: expiry(SIGNAL_RETENTION),
             });
         }
-        if self.work_index {
-            // The marks first: a kept signal always has one (a mark without its signal, or of
-            // a redelivered signal settled long ago, is cleared by the local retries).
-            let marks: Vec<NewItem> = signals
-                .iter()
-                .map(|s| self.mark_item(format!("{PENDING_SIGNAL}{}", s.event_id)))
-                .collect::<Result<_, _>>()?;
-            self.store.create_all(&marks).await?;
+        if !self.work_index {
+            return self.store.create_all(&items).await;
         }
-        self.store.create_all(&items).await
+        // The marks first, in the same write: a kept signal always has one (a mark without its
+        // signal, or of a redelivered signal settled long ago, is cleared by the local retries).
+        let mut all: Vec<NewItem> = signals
+            .iter()
+            .map(|s| self.mark_item(format!("{PENDING_SIGNAL}{}", s.event_id)))
+            .collect::<Result<_, _>>()?;
+        all.extend(items);
+        self.store.create_all(&all).await
     }
 
     /// A signal's record.

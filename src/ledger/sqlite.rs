@@ -86,6 +86,22 @@ impl SqliteStore {
         .map_err(err)
     }
 
+    /// Leaves checkpoints of the write-ahead log to [`SqliteStore::spawn_maintenance`] (or to
+    /// the last connection's close), so a commit on this connection never copies the log into
+    /// the database and syncs it: intake's answers do not wait for that.
+    pub async fn without_auto_checkpoint(self) -> Result<Self, LedgerError> {
+        self.with(|conn| conn.execute_batch("PRAGMA wal_autocheckpoint=0;"))
+            .await?;
+        Ok(self)
+    }
+
+    /// Copies what the write-ahead log holds into the database as far as no reader needs it
+    /// (`PASSIVE`: never waits for, nor blocks, writers and readers).
+    pub async fn checkpoint(&self) -> Result<(), LedgerError> {
+        self.with(|conn| conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+            .await
+    }
+
     /// Deletes documents whose expiry has passed (uses the `expires_at` index). Returns how many.
     pub async fn expire(&self) -> Result<usize, LedgerError> {
         let now = now();
@@ -107,6 +123,36 @@ impl SqliteStore {
                 tick.tick().await;
                 if let Err(e) = store.expire().await {
                     tracing::warn!(error = %e, "ledger expiry failed");
+                }
+            }
+        })
+    }
+
+    /// The local server's ledger upkeep on this connection, in the background: a passive
+    /// checkpoint of the write-ahead log every `checkpoint_every` (the connections that write
+    /// leave it to this one), expired documents deleted every `expire_every`.
+    pub fn spawn_maintenance(
+        &self,
+        checkpoint_every: Duration,
+        expire_every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut checkpoint = tokio::time::interval(checkpoint_every);
+            let mut expire = tokio::time::interval(expire_every);
+            checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = checkpoint.tick() => {
+                        if let Err(e) = store.checkpoint().await {
+                            tracing::warn!(error = %e, "ledger checkpoint failed");
+                        }
+                    }
+                    _ = expire.tick() => {
+                        if let Err(e) = store.expire().await {
+                            tracing::warn!(error = %e, "ledger expiry failed");
+                        }
+                    }
                 }
             }
         })
@@ -282,6 +328,52 @@ mod tests {
         assert_eq!(store.expire().await.unwrap(), 1);
         assert!(store.get("signal#old").await.unwrap().is_none());
         assert!(store.get("signal#new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn intake_commits_leave_the_log_to_the_maintenance_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("rr-wal-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.sqlite");
+        let intake = SqliteStore::open(&path)
+            .unwrap()
+            .without_auto_checkpoint()
+            .await
+            .unwrap();
+        let maintenance = SqliteStore::open(&path).unwrap();
+        let wal = || std::fs::metadata(dir.join("ledger.sqlite-wal")).map_or(0, |m| m.len());
+        // Far past the 1,000 pages at which a commit would checkpoint by itself.
+        for batch in 0..100 {
+            let items: Vec<NewItem> = (0..100)
+                .map(|i| NewItem {
+                    key: format!("signal#{batch}-{i}"),
+                    doc: "x".repeat(400),
+                    expires_at: Some(now() + 3600),
+                })
+                .collect();
+            intake.create_all(&items).await.unwrap();
+        }
+        let before = wal();
+        // A connection that checkpoints by itself keeps the log near 4 MB.
+        assert!(before > 8 * 1024 * 1024, "the log grew: {before}");
+        maintenance.checkpoint().await.unwrap();
+        // The log is copied into the database; its space is reused from the start, so more
+        // writes do not grow it.
+        intake
+            .create_all(&[NewItem {
+                key: "signal#after".into(),
+                doc: "{}".into(),
+                expires_at: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(wal(), before, "the log is reused, not grown");
+        assert_eq!(
+            maintenance.list("signal#", 20_000).await.unwrap().len(),
+            10_001
+        );
+        drop((intake, maintenance));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
