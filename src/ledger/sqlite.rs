@@ -12,6 +12,11 @@ use time::OffsetDateTime;
 
 use super::{LedgerError, NewItem, Store, Stored};
 
+/// How long a connection waits between tries while another holds the write lock.
+const BUSY_STEP: Duration = Duration::from_micros(250);
+/// Tries before a write gives up as busy (about 5 s).
+const BUSY_ATTEMPTS: i32 = 20_000;
+
 /// A store in one SQLite file (or in memory). Each instance has its own connection: give the
 /// intake and the worker one each, so neither waits on the other's connection.
 #[derive(Clone)]
@@ -50,11 +55,11 @@ impl SqliteStore {
         Self::init(Connection::open_in_memory().map_err(err)?)
     }
 
-    fn init(conn: Connection) -> Result<Self, LedgerError> {
+    fn init(mut conn: Connection) -> Result<Self, LedgerError> {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
-             PRAGMA busy_timeout=5000;
+             PRAGMA cache_size=-32768;
              CREATE TABLE IF NOT EXISTS items (
                  key        TEXT PRIMARY KEY,
                  doc        TEXT NOT NULL,
@@ -65,6 +70,16 @@ impl SqliteStore {
              CREATE INDEX IF NOT EXISTS items_expires ON items(expires_at) WHERE expires_at IS NOT NULL;
              CREATE INDEX IF NOT EXISTS items_updated ON items(updated_at);",
         )
+        .map_err(err)?;
+        // While another connection writes, wait in short steps: SQLite's own busy timeout
+        // sleeps up to 100 ms at a time, which an answer to Graph would wait out whole.
+        conn.busy_handler(Some(|attempt: i32| {
+            if attempt >= BUSY_ATTEMPTS {
+                return false;
+            }
+            std::thread::sleep(BUSY_STEP);
+            true
+        }))
         .map_err(err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -373,6 +388,34 @@ mod tests {
             10_001
         );
         drop((intake, maintenance));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_another_connections_write_lock_then_lands() {
+        let dir = std::env::temp_dir().join(format!("rr-busy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.sqlite");
+        let waiting = SqliteStore::open(&path).unwrap();
+        let (locked, release) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        release.recv().unwrap();
+        let item = NewItem {
+            key: "signal#waited".into(),
+            doc: "{}".into(),
+            expires_at: None,
+        };
+        assert_eq!(waiting.create_all(&[item]).await.unwrap(), 1);
+        holder.join().unwrap();
         std::fs::remove_dir_all(&dir).ok();
     }
 
