@@ -155,24 +155,20 @@ pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), S
     }
 }
 
-/// Deletes expired ledger documents every `every`, and checkpoints the write-ahead log every
-/// second, on a connection of its own (SQLite only: DynamoDB expires them by TTL). Never on
-/// the write path.
-pub fn spawn_ledger_maintenance(
-    config: &Config,
-    every: std::time::Duration,
-) -> Result<(), StartError> {
+/// The connection of the local ledger's upkeep (SQLite only: DynamoDB expires items by TTL
+/// and has no log to checkpoint): see [`SqliteStore::spawn_maintenance`], which the local
+/// worker runs on its own thread, never on the write path.
+pub fn ledger_maintenance(config: &Config) -> Result<Option<SqliteStore>, StartError> {
     if config.ledger_table.is_none() && !config.in_lambda {
-        SqliteStore::open(&config.ledger_path)?
-            .spawn_maintenance(std::time::Duration::from_secs(1), every);
+        return Ok(Some(SqliteStore::open(&config.ledger_path)?));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).
 pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>), StartError> {
     let (ledger, replay_guard) = match &config.ledger_table {
-        // Locally, intake's connection never checkpoints: `spawn_ledger_maintenance` does.
+        // Locally, intake's connection never checkpoints: the maintenance connection does.
         None if !config.in_lambda => (
             Ledger::new(Arc::new(
                 SqliteStore::open(&config.ledger_path)?

@@ -806,8 +806,8 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
     // ledger connection and its own thread, at a lower CPU priority, so intake never waits for
     // it (a full queue is answered 503). What failed is resumed from the ledger with backoff
     // (and after a restart).
-    app::spawn_ledger_maintenance(&state.config, Duration::from_secs(60))?;
-    risk_responder::respond::local::spawn_local_worker(Arc::new(worker), memory)?;
+    let maintenance = app::ledger_maintenance(&state.config)?;
+    risk_responder::respond::local::spawn_local_worker(Arc::new(worker), memory, maintenance)?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "listening");

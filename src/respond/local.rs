@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::pending::spawn_local_retries;
 use super::worker::Worker;
+use crate::ledger::sqlite::SqliteStore;
 use crate::queue::MemoryQueue;
 
 /// Nice value of the local worker's thread (and the blocking threads it starts), unless the
@@ -22,11 +23,18 @@ pub const BATCH: usize = 100;
 /// How often the ledger is searched for work to resume.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the local worker thread: it drains `queue` (when the server has one) and resumes
-/// pending work from the ledger, until the process ends.
+/// How often the write-ahead log of the local ledger is checkpointed, and expired documents
+/// deleted.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts the local worker thread: it drains `queue` (when the server has one), resumes
+/// pending work from the ledger, and keeps the SQLite ledger (`maintenance`: checkpoints and
+/// expiry, at the worker's priority too), until the process ends.
 pub fn spawn_local_worker(
     worker: Arc<Worker>,
     queue: Option<Arc<MemoryQueue>>,
+    maintenance: Option<SqliteStore>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("local-worker".into())
@@ -44,6 +52,9 @@ pub fn spawn_local_worker(
                 }
             };
             runtime.block_on(async move {
+                if let Some(store) = maintenance {
+                    store.spawn_maintenance(CHECKPOINT_EVERY, EXPIRE_EVERY);
+                }
                 spawn_local_retries(worker.clone(), RETRY_EVERY);
                 let Some(queue) = queue else {
                     std::future::pending::<()>().await;
