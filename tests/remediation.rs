@@ -144,8 +144,8 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
             .collect::<Vec<_>>(),
         [
             format!("POST /v1.0/users/{ADELE}/revokeSignInSessions"),
-            format!("PATCH /v1.0/users/{ADELE}"),
-            // password: set first, then delivered (never a mail of a password not set)
+            // block and password in one PATCH: set first, then delivered (never a mail of a
+            // password not set)
             format!("PATCH /v1.0/users/{ADELE}"),
             "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
             "POST /v1.0/identityProtection/riskyUsers/confirmCompromised".to_owned(),
@@ -499,6 +499,152 @@ async fn upn_only_subject_is_resolved_to_the_object_id() {
     };
     let (_, case) = run_with(&s, policy(Mode::ReportOnly), e, 4).await;
     assert_eq!(case.unwrap().user_id, ADELE);
+}
+
+/// The PATCHes of `/users/{id}` Graph accepted: the user and the properties each set.
+fn user_patches(s: &StandIn) -> Vec<(String, Vec<String>)> {
+    s.with(|d| d.user_patches.clone())
+}
+
+fn action_state(case: &Case, action: Action) -> ActionState {
+    case.actions
+        .iter()
+        .find(|a| a.action == action)
+        .unwrap_or_else(|| panic!("{action:?} not planned"))
+        .state
+        .clone()
+}
+
+/// block_sign_in and reset_password due in the same round: one PATCH carries accountEnabled
+/// and the passwordProfile; both record its outcome.
+#[tokio::test]
+async fn a_block_and_a_reset_due_together_are_one_patch() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(
+            ADELE.to_owned(),
+            vec!["accountEnabled".to_owned(), "passwordProfile".to_owned()]
+        )],
+        "one PATCH with both properties"
+    );
+    let user = s.with(|d| d.users.iter().find(|u| u["id"] == ADELE).unwrap().clone());
+    assert_eq!(user["accountEnabled"], false);
+    assert_eq!(
+        user["passwordProfile"]["forceChangePasswordNextSignIn"],
+        true
+    );
+    match action_state(&case, Action::BlockSignIn) {
+        ActionState::Done { detail, .. } => assert_eq!(
+            detail.as_deref(),
+            Some("in one request with the password reset")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!((resets(&s), mail_subjects(&s).len()), (1, 2));
+}
+
+/// The combined PATCH fails: both actions fail with the same error and nothing is mailed;
+/// the retry sends one PATCH with both again.
+#[tokio::test]
+async fn a_failed_combined_patch_fails_both_and_the_retry_sends_both() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::Enforce), 2);
+    let item = WorkItem::Risk(event(RiskLevel::High));
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((Method::PATCH, format!("/users/{ADELE}")))
+    });
+    assert!(worker.handle(&item).await.is_retry());
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    let (block, reset) = (
+        action_state(&case, Action::BlockSignIn),
+        action_state(&case, Action::ResetPassword),
+    );
+    match (&block, &reset) {
+        (ActionState::Failed { error: a, .. }, ActionState::Failed { error: b, .. }) => {
+            assert_eq!(a, b, "one request, one outcome")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((resets(&s), mail_subjects(&s).len()), (0, 0));
+    s.with(|d| d.faults.unavailable_paths.clear());
+    assert!(!worker.handle(&item).await.is_retry());
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    assert!(done(&action_state(&case, Action::BlockSignIn)));
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!(
+        user_patches(&s),
+        [(
+            ADELE.to_owned(),
+            vec!["accountEnabled".to_owned(), "passwordProfile".to_owned()]
+        )]
+    );
+    assert_eq!(resets(&s), 1);
+}
+
+/// An account already blocked: no second block, the PATCH carries only the password.
+#[tokio::test]
+async fn an_account_already_blocked_gets_only_the_password() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| d.users[0]["accountEnabled"] = false.into());
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(ADELE.to_owned(), vec!["passwordProfile".to_owned()])]
+    );
+    match action_state(&case, Action::BlockSignIn) {
+        ActionState::Skipped { reason, .. } => {
+            assert_eq!(reason, "sign-in is already blocked")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+}
+
+/// The reset rails decide whether the password is in the request at all: a protected account
+/// gets neither property; a synced user without password writeback gets only the block.
+#[tokio::test]
+async fn the_reset_rails_decide_what_the_patch_carries() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let mut protected = policy(Mode::Enforce);
+    protected.safety.protected_user_ids = vec![ADELE.to_owned()];
+    let (_, case) = run_with(&s, protected, event(RiskLevel::High), 4).await;
+    let case = case.unwrap();
+    assert!(user_patches(&s).is_empty(), "{:?}", user_patches(&s));
+    assert!(matches!(
+        action_state(&case, Action::BlockSignIn),
+        ActionState::Held { .. }
+    ));
+    assert!(matches!(
+        action_state(&case, Action::ResetPassword),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(resets(&s), 0);
+
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| d.users[0]["onPremisesSyncEnabled"] = true.into());
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(ADELE.to_owned(), vec!["accountEnabled".to_owned()])],
+        "the block alone: no cloud password for a synced user without writeback"
+    );
+    assert!(done(&action_state(&case, Action::BlockSignIn)));
+    assert!(matches!(
+        action_state(&case, Action::ResetPassword),
+        ActionState::Skipped { .. }
+    ));
+    assert_eq!(resets(&s), 0);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! skipped. Temporary passwords are generated here, set first and only then delivered (a
 //! password that was never set is never handed out), and never logged or stored in a case.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use time::OffsetDateTime;
 
@@ -129,67 +129,68 @@ impl Remediator<'_> {
 
     /// One round: each case's next runnable action, each kind for all cases together. Returns
     /// what ran, as (job index, action); empty when nothing is left to run.
+    ///
+    /// A case whose next two runnable actions are `block_sign_in` and `reset_password` (in
+    /// either order) has both in this round: one `PATCH /users/{id}` sets `accountEnabled` and
+    /// the `passwordProfile` together (see [`Remediator::reset_passwords`]).
     pub async fn run_round(&self, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
         let mut ran = Vec::new();
-        {
-            let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
-            for (j, job) in jobs.iter().enumerate() {
-                if job.stopped {
-                    continue;
-                }
-                if let Some(i) = job.case.actions.iter().position(|a| a.state.runnable()) {
+        let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
+        // Job index -> the index of its block_sign_in that goes with its reset_password.
+        let mut blocks_with_reset: HashMap<usize, usize> = HashMap::new();
+        for (j, job) in jobs.iter().enumerate() {
+            if job.stopped {
+                continue;
+            }
+            let mut runnable = job
+                .case
+                .actions
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.state.runnable());
+            let Some((i, first)) = runnable.next() else {
+                continue;
+            };
+            let second = runnable.next().map(|(k, a)| (k, a.action));
+            match (first.action, second) {
+                (Action::BlockSignIn, Some((r, Action::ResetPassword))) => {
                     groups
-                        .entry(job.case.actions[i].action)
+                        .entry(Action::ResetPassword)
+                        .or_default()
+                        .push((j, r));
+                    blocks_with_reset.insert(j, i);
+                }
+                (Action::ResetPassword, Some((b, Action::BlockSignIn))) => {
+                    groups
+                        .entry(Action::ResetPassword)
                         .or_default()
                         .push((j, i));
+                    blocks_with_reset.insert(j, b);
                 }
+                (action, _) => groups.entry(action).or_default().push((j, i)),
             }
-            if groups.is_empty() {
-                return ran;
+        }
+        if groups.is_empty() {
+            return ran;
+        }
+        for (action, items) in groups {
+            ran.extend(items.iter().map(|&(j, _)| (j, action)));
+            let (results, companions) = if action == Action::ResetPassword {
+                self.reset_passwords(tenant, jobs, &items, &blocks_with_reset)
+                    .await
+            } else {
+                (
+                    self.run_action(tenant, action, jobs, &items).await,
+                    Vec::new(),
+                )
+            };
+            let now = OffsetDateTime::now_utc();
+            for (&(j, i), result) in items.iter().zip(results) {
+                record(tenant, &mut jobs[j], i, action, result, now);
             }
-            for (action, items) in groups {
-                ran.extend(items.iter().map(|&(j, _)| (j, action)));
-                let results = self.run_action(tenant, action, jobs, &items).await;
-                let now = OffsetDateTime::now_utc();
-                for (&(j, i), result) in items.iter().zip(results) {
-                    let job = &mut jobs[j];
-                    let entry = &mut job.case.actions[i];
-                    entry.attempts += 1;
-                    let (state, what) = match result {
-                        Ok(Step::Done(detail)) => {
-                            let what = format!(
-                                "{} done{}",
-                                action.as_str(),
-                                detail
-                                    .as_deref()
-                                    .map(|d| format!(": {d}"))
-                                    .unwrap_or_default()
-                            );
-                            (ActionState::Done { at: now, detail }, what)
-                        }
-                        Ok(Step::Skipped(reason)) => {
-                            let what = format!("{} skipped: {reason}", action.as_str());
-                            (ActionState::Skipped { at: now, reason }, what)
-                        }
-                        Err(failure) => {
-                            job.stopped = true;
-                            job.case.last_error = Some(failure.error.clone());
-                            let what = format!("{} failed: {}", action.as_str(), failure.error);
-                            (
-                                ActionState::Failed {
-                                    at: now,
-                                    error: failure.error,
-                                    transient: failure.transient,
-                                    needs_operator: failure.needs_operator,
-                                },
-                                what,
-                            )
-                        }
-                    };
-                    tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
-                    entry.state = state;
-                    job.case.note(now, what);
-                }
+            for (j, i, result) in companions {
+                ran.push((j, Action::BlockSignIn));
+                record(tenant, &mut jobs[j], i, Action::BlockSignIn, result, now);
             }
         }
         ran
@@ -242,7 +243,11 @@ impl Remediator<'_> {
                 }
                 results
             }
-            Action::ResetPassword => self.reset_passwords(tenant, jobs, items).await,
+            Action::ResetPassword => {
+                self.reset_passwords(tenant, jobs, items, &HashMap::new())
+                    .await
+                    .0
+            }
             Action::Notify => self.notify(tenant, jobs, &picked).await,
             Action::NotifyUser => self.notify_users(tenant, jobs, &picked).await,
         }
@@ -480,12 +485,36 @@ impl Remediator<'_> {
     /// delivered: mail (four to a `$batch`) or the case's vault secret. A delivery that fails
     /// after the password was set leaves the action failed, saying so: its retry makes, sets
     /// and delivers a new password, so no mail ever holds a password that is not the current one.
+    ///
+    /// `blocks` names, per job, a `block_sign_in` due in the same round: its `accountEnabled:
+    /// false` goes in the same PATCH as the password (Graph's Update user takes several
+    /// properties at once), and both actions record that request's outcome. Each keeps its own
+    /// precondition: an account already blocked gets only the password; a reset that does not
+    /// go (the cooldown, no delivery) leaves the block to a PATCH of its own. Returns the
+    /// resets' results, and each block's as (job, action index, result).
+    #[allow(clippy::type_complexity)]
     async fn reset_passwords(
         &self,
         tenant: &str,
         jobs: &mut [Job],
         items: &[(usize, usize)],
-    ) -> Vec<Result<Step, Failure>> {
+        blocks: &HashMap<usize, usize>,
+    ) -> (
+        Vec<Result<Step, Failure>>,
+        Vec<(usize, usize, Result<Step, Failure>)>,
+    ) {
+        // Each reset's block_sign_in, if one is due with it and the account is not blocked yet.
+        let mut block_due: Vec<Option<usize>> = vec![None; items.len()];
+        let mut companions: Vec<(usize, usize, Result<Step, Failure>)> = Vec::new();
+        for (k, &(j, _)) in items.iter().enumerate() {
+            if let Some(&b) = blocks.get(&j) {
+                if jobs[j].facts.account_enabled == Some(false) {
+                    companions.push((j, b, Ok(Step::Skipped("sign-in is already blocked".into()))));
+                } else {
+                    block_due[k] = Some(b);
+                }
+            }
+        }
         let now = OffsetDateTime::now_utc();
         let hours = self.policy.safety.reset_cooldown_hours;
         let cooldown = time::Duration::hours(i64::from(hours));
@@ -590,32 +619,74 @@ impl Remediator<'_> {
                 }
             }
         }
-        // Set first.
+        // Set first: one PATCH per user, with the block when it is due in this round; a block
+        // whose reset does not go is a PATCH of its own.
         let passwords: Vec<SecretString> = ready
             .iter()
             .map(|_| generate_temporary_password())
             .collect();
-        let patches: Vec<BatchItem> = ready
+        let mut patches: Vec<BatchItem> = Vec::with_capacity(ready.len());
+        for ((k, _), password) in ready.iter().zip(&passwords) {
+            let mut body = json!({
+                "passwordProfile": {
+                    "forceChangePasswordNextSignIn": true,
+                    "password": password.expose(),
+                }
+            });
+            if block_due[*k].is_some() {
+                body["accountEnabled"] = json!(false);
+            }
+            patches.push(BatchItem::new(
+                Method::PATCH,
+                format!("/users/{}", segment(&jobs[items[*k].0].case.user_id)),
+                Some(body),
+            ));
+        }
+        let in_ready: std::collections::HashSet<usize> = ready.iter().map(|(k, _)| *k).collect();
+        let blocks_alone: Vec<(usize, usize)> = block_due
             .iter()
-            .zip(&passwords)
-            .map(|((k, _), password)| {
-                BatchItem::new(
-                    Method::PATCH,
-                    format!("/users/{}", segment(&jobs[items[*k].0].case.user_id)),
-                    Some(json!({
-                        "passwordProfile": {
-                            "forceChangePasswordNextSignIn": true,
-                            "password": password.expose(),
-                        }
-                    })),
-                )
-            })
+            .enumerate()
+            .filter(|(k, _)| !in_ready.contains(k))
+            .filter_map(|(k, b)| b.map(|b| (k, b)))
             .collect();
-        let answers = self.graph.batch(tenant, &patches).await;
+        for &(k, _) in &blocks_alone {
+            patches.push(BatchItem::new(
+                Method::PATCH,
+                format!("/users/{}", segment(&jobs[items[k].0].case.user_id)),
+                Some(json!({ "accountEnabled": false })),
+            ));
+        }
+        let mut answers = self.graph.batch(tenant, &patches).await;
         drop(patches);
+        let alone_answers = answers.split_off(ready.len().min(answers.len()));
+        for ((k, b), answer) in blocks_alone.into_iter().zip(alone_answers) {
+            let j = items[k].0;
+            if answer.is_ok() {
+                jobs[j].facts.account_enabled = Some(false);
+            }
+            companions.push((
+                j,
+                b,
+                answer.map(|_| Step::Done(None)).map_err(Failure::from),
+            ));
+        }
         let mut set: Vec<(usize, Delivery, SecretString)> = Vec::new();
         for (((k, delivery), password), answer) in ready.into_iter().zip(passwords).zip(answers) {
-            let job = &mut jobs[items[k].0];
+            let (j, _) = items[k];
+            if let Some(b) = block_due[k] {
+                // One request: the block has the reset's outcome.
+                let block = match &answer {
+                    Ok(_) => {
+                        jobs[j].facts.account_enabled = Some(false);
+                        Ok(Step::Done(Some(
+                            "in one request with the password reset".into(),
+                        )))
+                    }
+                    Err(e) => Err(Failure::from(e.clone())),
+                };
+                companions.push((j, b, block));
+            }
+            let job = &mut jobs[j];
             match answer {
                 Ok(_) => {
                     if let Err(e) = self
@@ -690,10 +761,13 @@ impl Remediator<'_> {
                 }),
             });
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
-            .collect()
+        (
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+                .collect(),
+            companions,
+        )
     }
 
     /// Dismiss or confirm: skips users whose state makes it pointless, then one request per
@@ -784,6 +858,53 @@ impl Remediator<'_> {
             .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
             .collect()
     }
+}
+
+/// Records what one action of a job did.
+fn record(
+    tenant: &str,
+    job: &mut Job,
+    i: usize,
+    action: Action,
+    result: Result<Step, Failure>,
+    now: OffsetDateTime,
+) {
+    let entry = &mut job.case.actions[i];
+    entry.attempts += 1;
+    let (state, what) = match result {
+        Ok(Step::Done(detail)) => {
+            let what = format!(
+                "{} done{}",
+                action.as_str(),
+                detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            (ActionState::Done { at: now, detail }, what)
+        }
+        Ok(Step::Skipped(reason)) => {
+            let what = format!("{} skipped: {reason}", action.as_str());
+            (ActionState::Skipped { at: now, reason }, what)
+        }
+        Err(failure) => {
+            job.stopped = true;
+            job.case.last_error = Some(failure.error.clone());
+            let what = format!("{} failed: {}", action.as_str(), failure.error);
+            (
+                ActionState::Failed {
+                    at: now,
+                    error: failure.error,
+                    transient: failure.transient,
+                    needs_operator: failure.needs_operator,
+                },
+                what,
+            )
+        }
+    };
+    tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
+    entry.state = state;
+    job.case.note(now, what);
 }
 
 fn operator(error: &str) -> Failure {

@@ -196,6 +196,9 @@ pub struct Directory {
     pub token_requests: usize,
     /// Passwords set through `PATCH /users/{id}` (a `passwordProfile`).
     pub password_resets: usize,
+    /// Each `PATCH /users/{id}` Graph accepted: the user and the properties its body set
+    /// (names only, never values: no password is kept here).
+    pub user_patches: Vec<(String, Vec<String>)>,
     /// Access tokens issued, and the tenant each is for.
     pub issued: HashMap<String, String>,
     /// Access tokens issued, and the application (client id) each is for: Graph's limits are
@@ -1370,9 +1373,24 @@ fn select(user: Value, fields: Option<&String>) -> Value {
     Value::Object(out)
 }
 
+/// `PATCH /users/{id}`: several properties at once, as Graph's Update user takes them (the
+/// body is checked whole before anything changes). Records which properties each PATCH set.
 fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
     let Some(index) = dir.users.iter().position(|u| u["id"].as_str() == Some(id)) else {
         return user_not_found(id);
+    };
+    let enabled = match body.get("accountEnabled") {
+        None => None,
+        Some(v) => match v.as_bool() {
+            Some(enabled) => Some(enabled),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Request_BadRequest",
+                    "Invalid value for accountEnabled.",
+                );
+            }
+        },
     };
     if let Some(profile) = body.get("passwordProfile") {
         let password = profile["password"].as_str().unwrap_or("");
@@ -1408,16 +1426,15 @@ fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
             r["riskLastUpdatedDateTime"] = now_iso().into();
         }
     }
-    if let Some(enabled) = body.get("accountEnabled") {
-        let Some(enabled) = enabled.as_bool() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Request_BadRequest",
-                "Invalid value for accountEnabled.",
-            );
-        };
+    if let Some(enabled) = enabled {
         dir.users[index]["accountEnabled"] = enabled.into();
     }
+    let mut properties: Vec<String> = body
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    properties.sort();
+    dir.user_patches.push((id.to_owned(), properties));
     StatusCode::NO_CONTENT.into_response()
 }
 
