@@ -387,6 +387,22 @@ impl Policy {
         })
     }
 
+    /// Whether mails may go to users' managers (the password to the manager, or the user's
+    /// mail when their own mailbox is at risk): investigation then reads each user's manager
+    /// with the user.
+    pub fn mails_managers(&self) -> bool {
+        matches!(
+            self.password_delivery,
+            Some(PasswordDelivery::Mail {
+                to_manager: true,
+                ..
+            })
+        ) || self
+            .notify_user
+            .as_ref()
+            .is_some_and(|n| n.when_mailbox_at_risk == "manager")
+    }
+
     /// Whether investigation must read users' authentication-method registration.
     pub fn needs_registration(&self) -> bool {
         self.self_remediation.enabled || self.rules.iter().any(|r| r.mfa_registered.is_some())

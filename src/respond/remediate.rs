@@ -253,6 +253,45 @@ impl Remediator<'_> {
         }
     }
 
+    /// The mail address of each job's user's manager (`None`: no manager, or one without a
+    /// mailbox): as read with the user (`$expand=manager`, see
+    /// [`crate::respond::investigate::user_facts_bulk`]); for a user read without it,
+    /// `GET /users/{id}/manager` through `$batch`.
+    async fn manager_mails(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        of_jobs: &[usize],
+    ) -> Vec<Result<Option<String>, GraphError>> {
+        let mut out: Vec<Option<Result<Option<String>, GraphError>>> = of_jobs
+            .iter()
+            .map(|&j| jobs[j].facts.manager.as_ref().map(|m| Ok(m.mail.clone())))
+            .collect();
+        let unread: Vec<usize> = (0..of_jobs.len()).filter(|&k| out[k].is_none()).collect();
+        let requests: Vec<BatchItem> = unread
+            .iter()
+            .map(|&k| {
+                BatchItem::get(format!(
+                    "/users/{}/manager?$select=id,mail,userPrincipalName",
+                    segment(&jobs[of_jobs[k]].case.user_id)
+                ))
+            })
+            .collect();
+        for (k, answer) in unread
+            .into_iter()
+            .zip(self.graph.batch(tenant, &requests).await)
+        {
+            out[k] = Some(match answer {
+                Ok(v) => Ok(v["mail"].as_str().map(str::to_owned)),
+                Err(GraphError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            });
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(GraphError::Decode("manager not read".into()))))
+            .collect()
+    }
+
     /// One request per user through `$batch`; `request` gives the request, or why the user's
     /// state makes it pointless (recorded as skipped).
     async fn per_user(
@@ -352,26 +391,15 @@ impl Remediator<'_> {
                 at_risk_mailbox(&jobs[picked[k]].case) && config.when_mailbox_at_risk == "manager"
             })
             .collect();
-        let items: Vec<BatchItem> = need_manager
-            .iter()
-            .map(|&k| {
-                BatchItem::get(format!(
-                    "/users/{}/manager?$select=id,mail,userPrincipalName",
-                    segment(&jobs[picked[k]].case.user_id)
-                ))
-            })
-            .collect();
-        let mut managers: std::collections::HashMap<usize, Option<String>> = Default::default();
+        let of_jobs: Vec<usize> = need_manager.iter().map(|&k| picked[k]).collect();
+        let mut managers: HashMap<usize, Option<String>> = HashMap::new();
         for (k, answer) in need_manager
             .into_iter()
-            .zip(self.graph.batch(tenant, &items).await)
+            .zip(self.manager_mails(tenant, jobs, &of_jobs).await)
         {
             match answer {
-                Ok(v) => {
-                    managers.insert(k, v["mail"].as_str().map(str::to_owned));
-                }
-                Err(GraphError::NotFound { .. }) => {
-                    managers.insert(k, None);
+                Ok(mail) => {
+                    managers.insert(k, mail);
                 }
                 Err(e) => results[k] = Some(Err(Failure::from(e))),
             }
@@ -564,25 +592,8 @@ impl Remediator<'_> {
             }
             Some(PasswordDelivery::Mail { to, to_manager, .. }) => {
                 let managers: Vec<Result<Option<String>, GraphError>> = if *to_manager {
-                    let requests: Vec<BatchItem> = todo
-                        .iter()
-                        .map(|&k| {
-                            BatchItem::get(format!(
-                                "/users/{}/manager?$select=id,mail,userPrincipalName",
-                                segment(&jobs[items[k].0].case.user_id)
-                            ))
-                        })
-                        .collect();
-                    self.graph
-                        .batch(tenant, &requests)
-                        .await
-                        .into_iter()
-                        .map(|r| match r {
-                            Ok(v) => Ok(v["mail"].as_str().map(str::to_owned)),
-                            Err(GraphError::NotFound { .. }) => Ok(None),
-                            Err(e) => Err(e),
-                        })
-                        .collect()
+                    let of_jobs: Vec<usize> = todo.iter().map(|&k| items[k].0).collect();
+                    self.manager_mails(tenant, jobs, &of_jobs).await
                 } else {
                     todo.iter().map(|_| Ok(None)).collect()
                 };

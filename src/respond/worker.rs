@@ -808,7 +808,13 @@ impl Worker {
             })
             .map(|j| j.case.user_id.clone())
             .collect();
-        let mut facts = investigate::user_facts_bulk(&self.graph, tenant, &resumed).await;
+        let mut facts = investigate::user_facts_bulk(
+            &self.graph,
+            tenant,
+            &resumed,
+            self.policy.mails_managers(),
+        )
+        .await;
         // The cooldown rail of each new plan: the users' last resets, read at once.
         let planned: Vec<String> = jobs
             .iter()
