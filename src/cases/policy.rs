@@ -103,6 +103,15 @@ fn default_ttl_hours() -> u32 {
 pub struct Notify {
     pub sender: String,
     pub to: Vec<String>,
+    /// When several cases of a tenant have their `notify` due in the same worker round, one
+    /// digest mail lists them all (at most 100 cases and 256 KiB a mail: more are split)
+    /// instead of one mail each. A case alone keeps its own mail.
+    #[serde(default = "default_digest")]
+    pub digest: bool,
+}
+
+fn default_digest() -> bool {
+    true
 }
 
 /// How the user hears about their case (`notify_user`).

@@ -23,7 +23,7 @@ use crate::cases::policy::{Action, PasswordDelivery, Policy};
 use crate::graph::api::segment;
 use crate::graph::batch::{BatchItem, MAIL_BATCH_MAX};
 use crate::graph::{GraphClient, GraphError};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SocMailRecord};
 use crate::secrets::SecretString;
 
 /// Users per dismiss/confirmCompromised request (Graph's documented maximum is 60).
@@ -49,6 +49,18 @@ pub struct Job {
 enum Step {
     Done(Option<String>),
     Skipped(String),
+    /// Nothing: the case is another worker's now (this worker's lease ran out), left as it
+    /// was stored.
+    Untouched,
+}
+
+/// Records cases in the ledger in the middle of a round: before a SOC mail is sent, each case
+/// it covers is stored saying which mail that is (see [`Remediator::run_round`]).
+#[async_trait::async_trait]
+pub trait Checkpoints: Sync {
+    /// Stores `jobs[j]` for every `j` in `which` (renewing the lease); a job whose lease ran
+    /// out, so another worker holds its case, comes back `stopped`.
+    async fn record(&self, jobs: &mut [Job], which: &[usize]);
 }
 
 /// Where a temporary password goes.
@@ -123,8 +135,8 @@ pub struct Remediator<'a> {
 impl Remediator<'_> {
     /// Runs the pending actions of `jobs` (one tenant's cases) until each is done, held, or
     /// stopped by a failure.
-    pub async fn run(&self, tenant: &str, jobs: &mut [Job]) {
-        while !self.run_round(tenant, jobs).await.is_empty() {}
+    pub async fn run(&self, tenant: &str, jobs: &mut [Job], checkpoints: &dyn Checkpoints) {
+        while !self.run_round(tenant, jobs, checkpoints).await.is_empty() {}
     }
 
     /// One round: each case's next runnable action, each kind for all cases together. Returns
@@ -133,7 +145,15 @@ impl Remediator<'_> {
     /// A case whose next two runnable actions are `block_sign_in` and `reset_password` (in
     /// either order) has both in this round: one `PATCH /users/{id}` sets `accountEnabled` and
     /// the `passwordProfile` together (see [`Remediator::reset_passwords`]).
-    pub async fn run_round(&self, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
+    ///
+    /// The `notify` of several cases goes as one SOC digest when the policy says so (see
+    /// [`Remediator::notify`]); `checkpoints` stores the cases it covers before it is sent.
+    pub async fn run_round(
+        &self,
+        tenant: &str,
+        jobs: &mut [Job],
+        checkpoints: &dyn Checkpoints,
+    ) -> Vec<(usize, Action)> {
         let mut ran = Vec::new();
         let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
         // Job index -> the index of its block_sign_in that goes with its reset_password.
@@ -180,7 +200,8 @@ impl Remediator<'_> {
                     .await
             } else {
                 (
-                    self.run_action(tenant, action, jobs, &items).await,
+                    self.run_action(tenant, action, jobs, &items, checkpoints)
+                        .await,
                     Vec::new(),
                 )
             };
@@ -202,6 +223,7 @@ impl Remediator<'_> {
         action: Action,
         jobs: &mut [Job],
         items: &[(usize, usize)],
+        checkpoints: &dyn Checkpoints,
     ) -> Vec<Result<Step, Failure>> {
         let picked: Vec<usize> = items.iter().map(|&(j, _)| j).collect();
         match action {
@@ -248,7 +270,7 @@ impl Remediator<'_> {
                     .await
                     .0
             }
-            Action::Notify => self.notify(tenant, jobs, &picked).await,
+            Action::Notify => self.notify(tenant, jobs, items, checkpoints).await,
             Action::NotifyUser => self.notify_users(tenant, jobs, &picked).await,
         }
     }
@@ -326,41 +348,186 @@ impl Remediator<'_> {
             .collect()
     }
 
-    /// The SOC mail of each case, four to a `$batch` (Outlook's per-mailbox concurrency).
+    /// The SOC mail: one per case, or, when the policy says `digest` and several cases of the
+    /// tenant have their `notify` in this round, one digest listing them all (split at
+    /// [`notify::DIGEST_MAX_CASES`] cases and [`notify::DIGEST_MAX_BYTES`]); mails go four to a
+    /// `$batch` (Outlook's per-mailbox concurrency). Every case in a mail records that mail's
+    /// outcome: all done, referencing it, or all failed and retried.
+    ///
+    /// Nothing a mail covers is mailed twice, though a worker may stop anywhere: each case is
+    /// stored naming its mail before the mail is sent (`checkpoints`; a case whose lease ran
+    /// out meanwhile is another worker's and is left out), and once Graph accepts the mail one
+    /// ledger write records it, however many cases it covers. A worker that resumes a case
+    /// naming a mail asks the ledger first: recorded means sent, and the case is done without
+    /// another mail. What is left is the instant between Graph's answer and that one write:
+    /// a worker stopped there sends the mail again on resume (never a case without its mail).
     async fn notify(
         &self,
         tenant: &str,
-        jobs: &[Job],
-        picked: &[usize],
+        jobs: &mut [Job],
+        items: &[(usize, usize)],
+        checkpoints: &dyn Checkpoints,
     ) -> Vec<Result<Step, Failure>> {
-        let Some(notify) = &self.policy.notify else {
-            return picked
+        let Some(config) = &self.policy.notify else {
+            return items
                 .iter()
-                .map(|_| {
-                    Err(Failure {
-                        error: "[notify] is not configured".into(),
-                        transient: false,
-                        needs_operator: true,
-                    })
-                })
+                .map(|_| Err(operator("[notify] is not configured")))
                 .collect();
         };
-        let items: Vec<BatchItem> = picked
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
+        // 1. Mails named before (a worker stopped around their send): sent, if recorded.
+        let named: Vec<String> = items
             .iter()
-            .map(|&j| {
-                let (subject, text) = notify::soc_mail(&jobs[j].case);
-                mail_item(&notify.sender, &notify.to, &subject, &text)
-            })
+            .filter_map(|&(j, i)| jobs[j].case.actions[i].mail_id.clone())
             .collect();
-        self.graph
-            .batch_sized(tenant, &items, MAIL_BATCH_MAX)
-            .await
-            .into_iter()
-            .map(|r| {
-                r.map(|_| Step::Done(Some(format!("mailed to {} recipient(s)", notify.to.len()))))
-                    .map_err(Failure::from)
-            })
-            .collect()
+        if !named.is_empty() {
+            match self.ledger.soc_mails_sent(tenant, &named).await {
+                Ok(sent) => {
+                    for (k, &(j, i)) in items.iter().enumerate() {
+                        let case = &jobs[j].case;
+                        let Some(id) = &case.actions[i].mail_id else {
+                            continue;
+                        };
+                        if let Some(record) = sent
+                            .iter()
+                            .find(|r| &r.mail_id == id && r.case_ids.contains(&case.case_id))
+                        {
+                            results[k] = Some(Ok(Step::Done(Some(format!(
+                                "in SOC mail {id} of {} case(s), sent at {} (recorded here by the \
+                                 worker that resumed the case)",
+                                record.case_ids.len(),
+                                record.sent_at
+                            )))));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Whether it went out is unknown: wait rather than risk a second mail.
+                    for (k, &(j, i)) in items.iter().enumerate() {
+                        if let Some(id) = &jobs[j].case.actions[i].mail_id {
+                            results[k] = Some(Err(Failure {
+                                error: format!(
+                                    "whether SOC mail {id} was sent cannot be read: {e}"
+                                ),
+                                transient: true,
+                                needs_operator: false,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        // 2. The others: a mail each, or digests.
+        let todo: Vec<usize> = (0..items.len()).filter(|&k| results[k].is_none()).collect();
+        let groups: Vec<Vec<usize>> = if config.digest && todo.len() > 1 {
+            let sizes: Vec<usize> = todo
+                .iter()
+                .map(|&k| notify::digest_section(&jobs[items[k].0].case).len())
+                .collect();
+            notify::pack_digests(&sizes, notify::DIGEST_MAX_CASES, notify::DIGEST_MAX_BYTES)
+                .into_iter()
+                .map(|mail| mail.into_iter().map(|x| todo[x]).collect())
+                .collect()
+        } else {
+            todo.iter().map(|&k| vec![k]).collect()
+        };
+        if groups.is_empty() {
+            return finish(results);
+        }
+        // 3. Each case stored naming its mail before anything is sent.
+        let mail_ids: Vec<String> = groups
+            .iter()
+            .map(|_| format!("soc-{}", uuid::Uuid::new_v4().simple()))
+            .collect();
+        let mut which = Vec::new();
+        for (group, id) in groups.iter().zip(&mail_ids) {
+            for &k in group {
+                let (j, i) = items[k];
+                jobs[j].case.actions[i].mail_id = Some(id.clone());
+                which.push(j);
+            }
+        }
+        checkpoints.record(jobs, &which).await;
+        for &k in groups.iter().flatten() {
+            let (j, i) = items[k];
+            if jobs[j].stopped {
+                // Another worker holds the case now: it is left as this worker last stored it.
+                if let Some(stored) = jobs[j].base.actions.get(i).cloned() {
+                    jobs[j].case.actions[i] = stored;
+                }
+                results[k] = Some(Ok(Step::Untouched));
+            }
+        }
+        // 4. The mails; one ledger write for each Graph accepted; then the cases' outcomes.
+        let parts = groups.iter().filter(|g| g.len() > 1).count();
+        let mut mails = Vec::new();
+        let mut sent: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut part = 0;
+        for (g, group) in groups.iter().enumerate() {
+            let members: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&k| results[k].is_none())
+                .collect();
+            let (subject, text) = match members.as_slice() {
+                [] => continue,
+                [one] => notify::soc_mail(&jobs[items[*one].0].case),
+                _ => {
+                    part += 1;
+                    let cases: Vec<&Case> =
+                        members.iter().map(|&k| &jobs[items[k].0].case).collect();
+                    let sections: Vec<String> =
+                        cases.iter().map(|c| notify::digest_section(c)).collect();
+                    notify::soc_digest(
+                        tenant,
+                        &mail_ids[g],
+                        &cases,
+                        &sections,
+                        (parts > 1).then_some((part, parts)),
+                    )
+                }
+            };
+            mails.push(mail_item(&config.sender, &config.to, &subject, &text));
+            sent.push((g, members));
+        }
+        let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+        let now = OffsetDateTime::now_utc();
+        for ((g, members), answer) in sent.into_iter().zip(answers) {
+            let id = &mail_ids[g];
+            match answer {
+                Ok(_) => {
+                    let record = SocMailRecord {
+                        mail_id: id.clone(),
+                        case_ids: members
+                            .iter()
+                            .map(|&k| jobs[items[k].0].case.case_id.clone())
+                            .collect(),
+                        sent_at: now.replace_nanosecond(0).unwrap_or(now),
+                    };
+                    if let Err(e) = self.ledger.record_soc_mail(tenant, &record).await {
+                        tracing::warn!(tenant_id = %tenant, mail_id = %id, error = %e, "SOC mail sent but not recorded; the cases record it");
+                    }
+                    let detail = if members.len() == 1 {
+                        format!("mailed to {} recipient(s) (SOC mail {id})", config.to.len())
+                    } else {
+                        format!(
+                            "in SOC digest {id} of {} cases, mailed to {} recipient(s)",
+                            members.len(),
+                            config.to.len()
+                        )
+                    };
+                    for k in members {
+                        results[k] = Some(Ok(Step::Done(Some(detail.clone()))));
+                    }
+                }
+                Err(e) => {
+                    for k in members {
+                        results[k] = Some(Err(Failure::from(e.clone())));
+                    }
+                }
+            }
+        }
+        finish(results)
     }
 
     /// Tells each user what happened and what to do, from the operator's templates: at their
@@ -871,6 +1038,14 @@ impl Remediator<'_> {
     }
 }
 
+/// Every result, an action left without one counted as not attempted.
+fn finish(results: Vec<Option<Result<Step, Failure>>>) -> Vec<Result<Step, Failure>> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+        .collect()
+}
+
 /// Records what one action of a job did.
 fn record(
     tenant: &str,
@@ -880,9 +1055,13 @@ fn record(
     result: Result<Step, Failure>,
     now: OffsetDateTime,
 ) {
+    if matches!(result, Ok(Step::Untouched)) {
+        return;
+    }
     let entry = &mut job.case.actions[i];
     entry.attempts += 1;
     let (state, what) = match result {
+        Ok(Step::Untouched) => return,
         Ok(Step::Done(detail)) => {
             let what = format!(
                 "{} done{}",
