@@ -144,8 +144,8 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
             .collect::<Vec<_>>(),
         [
             format!("POST /v1.0/users/{ADELE}/revokeSignInSessions"),
-            format!("PATCH /v1.0/users/{ADELE}"),
-            // password: set first, then delivered (never a mail of a password not set)
+            // block and password in one PATCH: set first, then delivered (never a mail of a
+            // password not set)
             format!("PATCH /v1.0/users/{ADELE}"),
             "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
             "POST /v1.0/identityProtection/riskyUsers/confirmCompromised".to_owned(),
@@ -501,6 +501,226 @@ async fn upn_only_subject_is_resolved_to_the_object_id() {
     assert_eq!(case.unwrap().user_id, ADELE);
 }
 
+/// The PATCHes of `/users/{id}` Graph accepted: the user and the properties each set.
+fn user_patches(s: &StandIn) -> Vec<(String, Vec<String>)> {
+    s.with(|d| d.user_patches.clone())
+}
+
+fn action_state(case: &Case, action: Action) -> ActionState {
+    case.actions
+        .iter()
+        .find(|a| a.action == action)
+        .unwrap_or_else(|| panic!("{action:?} not planned"))
+        .state
+        .clone()
+}
+
+/// block_sign_in and reset_password due in the same round: one PATCH carries accountEnabled
+/// and the passwordProfile; both record its outcome.
+#[tokio::test]
+async fn a_block_and_a_reset_due_together_are_one_patch() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(
+            ADELE.to_owned(),
+            vec!["accountEnabled".to_owned(), "passwordProfile".to_owned()]
+        )],
+        "one PATCH with both properties"
+    );
+    let user = s.with(|d| d.users.iter().find(|u| u["id"] == ADELE).unwrap().clone());
+    assert_eq!(user["accountEnabled"], false);
+    assert_eq!(
+        user["passwordProfile"]["forceChangePasswordNextSignIn"],
+        true
+    );
+    match action_state(&case, Action::BlockSignIn) {
+        ActionState::Done { detail, .. } => assert_eq!(
+            detail.as_deref(),
+            Some("in one request with the password reset")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!((resets(&s), mail_subjects(&s).len()), (1, 2));
+}
+
+/// The combined PATCH fails: both actions fail with the same error and nothing is mailed;
+/// the retry sends one PATCH with both again.
+#[tokio::test]
+async fn a_failed_combined_patch_fails_both_and_the_retry_sends_both() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let ledger = memory_ledger();
+    let worker = worker_with(&s, ledger.clone(), policy(Mode::Enforce), 2);
+    let item = WorkItem::Risk(event(RiskLevel::High));
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((Method::PATCH, format!("/users/{ADELE}")))
+    });
+    assert!(worker.handle(&item).await.is_retry());
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    let (block, reset) = (
+        action_state(&case, Action::BlockSignIn),
+        action_state(&case, Action::ResetPassword),
+    );
+    match (&block, &reset) {
+        (ActionState::Failed { error: a, .. }, ActionState::Failed { error: b, .. }) => {
+            assert_eq!(a, b, "one request, one outcome")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((resets(&s), mail_subjects(&s).len()), (0, 0));
+    s.with(|d| d.faults.unavailable_paths.clear());
+    assert!(!worker.handle(&item).await.is_retry());
+    let case = ledger.find_case("evt-1").await.unwrap().unwrap().0;
+    assert!(done(&action_state(&case, Action::BlockSignIn)));
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!(
+        user_patches(&s),
+        [(
+            ADELE.to_owned(),
+            vec!["accountEnabled".to_owned(), "passwordProfile".to_owned()]
+        )]
+    );
+    assert_eq!(resets(&s), 1);
+}
+
+/// An account already blocked: no second block, the PATCH carries only the password.
+#[tokio::test]
+async fn an_account_already_blocked_gets_only_the_password() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| d.users[0]["accountEnabled"] = false.into());
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(ADELE.to_owned(), vec!["passwordProfile".to_owned()])]
+    );
+    match action_state(&case, Action::BlockSignIn) {
+        ActionState::Skipped { reason, .. } => {
+            assert_eq!(reason, "sign-in is already blocked")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+}
+
+/// The reset rails decide whether the password is in the request at all: a protected account
+/// gets neither property; a synced user without password writeback gets only the block.
+#[tokio::test]
+async fn the_reset_rails_decide_what_the_patch_carries() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let mut protected = policy(Mode::Enforce);
+    protected.safety.protected_user_ids = vec![ADELE.to_owned()];
+    let (_, case) = run_with(&s, protected, event(RiskLevel::High), 4).await;
+    let case = case.unwrap();
+    assert!(user_patches(&s).is_empty(), "{:?}", user_patches(&s));
+    assert!(matches!(
+        action_state(&case, Action::BlockSignIn),
+        ActionState::Held { .. }
+    ));
+    assert!(matches!(
+        action_state(&case, Action::ResetPassword),
+        ActionState::Held { .. }
+    ));
+    assert_eq!(resets(&s), 0);
+
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| d.users[0]["onPremisesSyncEnabled"] = true.into());
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert_eq!(
+        user_patches(&s),
+        [(ADELE.to_owned(), vec!["accountEnabled".to_owned()])],
+        "the block alone: no cloud password for a synced user without writeback"
+    );
+    assert!(done(&action_state(&case, Action::BlockSignIn)));
+    assert!(matches!(
+        action_state(&case, Action::ResetPassword),
+        ActionState::Skipped { .. }
+    ));
+    assert_eq!(resets(&s), 0);
+}
+
+/// Every request for a user's manager: `GET /users/{id}/manager`, alone or in a `$batch`.
+fn manager_reads(s: &StandIn) -> usize {
+    let direct = s.with(|d| {
+        d.calls
+            .iter()
+            .filter(|(c, _)| c.split('?').next().unwrap_or("").ends_with("/manager"))
+            .count()
+    });
+    let batched = batches(s)
+        .iter()
+        .flatten()
+        .filter(|m| m.split('?').next().unwrap_or("").ends_with("/manager"))
+        .count();
+    direct.max(batched)
+}
+
+/// The password goes to the manager: the manager is read with the user
+/// (`$expand=manager($select=…)` on the bulk `$filter=id in (…)` read), not by a request of its
+/// own.
+#[tokio::test]
+async fn the_manager_is_read_with_the_user() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!(manager_reads(&s), 0, "no GET /users/{{id}}/manager");
+    let user_read = s.with(|d| {
+        d.calls
+            .iter()
+            .find(|(c, _)| c.starts_with("GET /v1.0/users?"))
+            .unwrap()
+            .0
+            .clone()
+    });
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(user_read.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(query["$filter"], format!("id in ('{ADELE}')"));
+    assert!(query["$select"].starts_with("id,userPrincipalName"));
+    assert_eq!(
+        query["$expand"],
+        "manager($select=id,mail,userPrincipalName)"
+    );
+    assert!(!query.contains_key("$count"), "not an advanced query");
+    let recipients: Vec<String> = s.with(|d| {
+        d.mails[0].1["message"]["toRecipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["emailAddress"]["address"].as_str().unwrap().to_owned())
+            .collect()
+    });
+    assert_eq!(
+        recipients,
+        [
+            "helpdesk@contoso.onmicrosoft.com",
+            "miriam.graham@contoso.onmicrosoft.com"
+        ]
+    );
+    // A user without a manager: the helpdesk alone, still no manager read.
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| d.managers.clear());
+    let (_, case) = run(&s, Mode::Enforce, RiskLevel::High).await;
+    assert!(done(&action_state(&case, Action::ResetPassword)));
+    assert_eq!(manager_reads(&s), 0);
+    let recipients = s.with(|d| d.mails[0].1["message"]["toRecipients"].clone());
+    assert_eq!(
+        recipients,
+        json!([{"emailAddress": {"address": "helpdesk@contoso.onmicrosoft.com"}}])
+    );
+}
+
 #[tokio::test]
 async fn unblock_sign_in_reenables_the_account() {
     let s = start().await;
@@ -721,6 +941,84 @@ async fn graph_refuses_a_whole_batch_with_a_write_lacking_its_body_or_content_ty
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["responses"][0]["status"], 200);
     assert_eq!(revokes(&s), 1);
+}
+
+/// `$expand=manager` on users as Graph documents it, and nothing more: with `$filter` and
+/// `$select` (and `$select` inside it) on the list and on one user; refused (Graph's error
+/// envelope) with two relationships, `$levels` on the list, an advanced query, or a
+/// relationship that cannot be expanded.
+#[tokio::test]
+async fn the_stand_in_expands_a_users_manager_as_graph_documents_it() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    let token = raw_token(&s).await;
+    let get = |query: String, consistency: bool| {
+        let mut request = reqwest::Client::new()
+            .get(format!("{}/v1.0/users{query}", s.base))
+            .bearer_auth(&token);
+        if consistency {
+            request = request.header("ConsistencyLevel", "eventual");
+        }
+        request.send()
+    };
+    let filter = format!("$filter=id in ('{ADELE}','{MANAGER}')");
+    let answer = get(
+        format!("?{filter}&$select=id,mail&$expand=manager($select=id,mail,userPrincipalName)"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let users = body["value"].as_array().unwrap();
+    let adele = users.iter().find(|u| u["id"] == ADELE).unwrap();
+    assert_eq!(
+        adele["manager"],
+        json!({"@odata.type": "#microsoft.graph.user", "id": MANAGER,
+               "mail": "miriam.graham@contoso.onmicrosoft.com",
+               "userPrincipalName": "miriam.graham@contoso.onmicrosoft.com"})
+    );
+    assert!(adele.get("userPrincipalName").is_none(), "$select kept");
+    let miriam = users.iter().find(|u| u["id"] == MANAGER).unwrap();
+    assert!(miriam.get("manager").is_none(), "no manager, no property");
+    // One user.
+    let answer = get(format!("/{ADELE}?$select=id&$expand=manager"), false)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["manager"]["id"], MANAGER);
+    // What Graph does not accept.
+    for (query, consistency) in [
+        (format!("?{filter}&$expand=manager,memberOf"), false),
+        (format!("?{filter}&$expand=manager($levels=max)"), false),
+        (format!("?{filter}&$expand=manager&$count=true"), true),
+        (format!("?{filter}&$expand=manager"), true),
+        (format!("?{filter}&$expand=photo"), false),
+        (
+            format!("?{filter}&$expand=manager($filter=id eq '{MANAGER}')"),
+            false,
+        ),
+    ] {
+        let answer = get(query.clone(), consistency).await.unwrap();
+        assert_eq!(answer.status(), 400, "{query}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{query}: {body}"
+        );
+    }
+    // Inside a batch, the member's own ConsistencyLevel counts too.
+    let answer = raw_batch(
+        &s,
+        &token,
+        json!([{"id": "1", "method": "GET",
+                "url": format!("/users?{filter}&$expand=manager"),
+                "headers": {"ConsistencyLevel": "eventual"}}]),
+    )
+    .await;
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["responses"][0]["status"], 400, "{body}");
 }
 
 #[tokio::test]

@@ -175,6 +175,11 @@ pub struct CaseAction {
     /// the run-time guards of that rail: the reset cooldown, a dismiss without a reset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The SOC mail (one case's, or a digest of several) this `notify` went out in, recorded
+    /// before it is sent: a worker that resumes the case after another stopped asks the
+    /// ledger whether that mail was sent before it sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_id: Option<String>,
 }
 
 impl CaseAction {
@@ -186,6 +191,7 @@ impl CaseAction {
             state: ActionState::Pending,
             attempts: 0,
             approved_by: None,
+            mail_id: None,
         }
     }
 }

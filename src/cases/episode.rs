@@ -131,6 +131,7 @@ mod tests {
             .iter()
             .map(|&action| CaseAction {
                 approved_by: None,
+                mail_id: None,
                 action,
                 rule: "r".into(),
                 state: ActionState::Done {

@@ -50,6 +50,18 @@ pub struct UserFacts {
     /// Synced from on-premises Active Directory (a reset needs password writeback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_sync_enabled: Option<bool>,
+    /// The user's manager, when it was read with the user (`$expand=manager`) in this run;
+    /// `None` when it was not read. Never stored: it is read again with the user each run.
+    #[serde(skip)]
+    pub manager: Option<Manager>,
+}
+
+/// The user's manager as read with the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manager {
+    /// The manager's mail address; `None` when the user has no manager, or one without a
+    /// mailbox.
+    pub mail: Option<String>,
 }
 
 /// The details of one blocked sign-in worth showing a person.

@@ -103,6 +103,15 @@ fn default_ttl_hours() -> u32 {
 pub struct Notify {
     pub sender: String,
     pub to: Vec<String>,
+    /// When several cases of a tenant have their `notify` due in the same worker round, one
+    /// digest mail lists them all (at most 100 cases and 256 KiB a mail: more are split)
+    /// instead of one mail each. A case alone keeps its own mail.
+    #[serde(default = "default_digest")]
+    pub digest: bool,
+}
+
+fn default_digest() -> bool {
+    true
 }
 
 /// How the user hears about their case (`notify_user`).
@@ -385,6 +394,22 @@ impl Policy {
                 && holds(rule.mfa_registered, traits.mfa_registered)
                 && holds(rule.synced, traits.synced)
         })
+    }
+
+    /// Whether mails may go to users' managers (the password to the manager, or the user's
+    /// mail when their own mailbox is at risk): investigation then reads each user's manager
+    /// with the user.
+    pub fn mails_managers(&self) -> bool {
+        matches!(
+            self.password_delivery,
+            Some(PasswordDelivery::Mail {
+                to_manager: true,
+                ..
+            })
+        ) || self
+            .notify_user
+            .as_ref()
+            .is_some_and(|n| n.when_mailbox_at_risk == "manager")
     }
 
     /// Whether investigation must read users' authentication-method registration.

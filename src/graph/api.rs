@@ -66,6 +66,13 @@ pub const RISKY_USER_SELECT: &str = "id,userPrincipalName,riskLevel,riskState,ri
 /// Properties read from `user`.
 pub const USER_SELECT: &str =
     "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled";
+/// The user's manager, read with the user: `manager` is a relationship of `user` that supports
+/// `$expand` (one relationship per request, not with advanced queries), on the users list as on
+/// one user, with `$select` inside it (Microsoft Graph "List manager", "Use query parameters").
+pub const MANAGER_EXPAND: &str = "manager($select=id,mail,userPrincipalName)";
+/// Most users a page of a listing with `$expand` holds on directory objects (a known Graph
+/// limit: `$expand` returns at most 100 objects a page).
+pub const EXPAND_PAGE_MAX: usize = 100;
 /// Most values in one `$filter=… in (…)` (Graph's default limit on `in` and `or` clauses).
 pub const FILTER_IN_MAX: usize = 15;
 /// The `riskState` values of a user Identity Protection considers at risk now.
@@ -141,18 +148,37 @@ pub struct GraphUserDoc {
     account_enabled: Option<bool>,
     #[serde(default)]
     on_premises_sync_enabled: Option<bool>,
+    /// Present when read with [`MANAGER_EXPAND`] and the user has a manager.
+    #[serde(default)]
+    manager: Option<Value>,
+}
+
+impl GraphUserDoc {
+    /// The domain's view; `expanded` says whether the manager was asked for (a user without
+    /// a manager then has none, rather than an unknown one).
+    pub fn facts(self, expanded: bool) -> UserFacts {
+        let manager = expanded.then(|| crate::cases::findings::Manager {
+            mail: self
+                .manager
+                .as_ref()
+                .and_then(|m| m["mail"].as_str())
+                .map(str::to_owned),
+        });
+        UserFacts {
+            user_id: self.id.to_ascii_lowercase(),
+            user_principal_name: self.user_principal_name,
+            display_name: self.display_name,
+            mail: self.mail,
+            account_enabled: self.account_enabled,
+            on_premises_sync_enabled: self.on_premises_sync_enabled,
+            manager,
+        }
+    }
 }
 
 impl From<GraphUserDoc> for UserFacts {
     fn from(u: GraphUserDoc) -> Self {
-        UserFacts {
-            user_id: u.id.to_ascii_lowercase(),
-            user_principal_name: u.user_principal_name,
-            display_name: u.display_name,
-            mail: u.mail,
-            account_enabled: u.account_enabled,
-            on_premises_sync_enabled: u.on_premises_sync_enabled,
-        }
+        u.facts(false)
     }
 }
 
@@ -292,12 +318,15 @@ impl GraphClient {
 
     /// Users whose `property` (`id` or `userPrincipalName`) is one of `values` (at most
     /// [`FILTER_IN_MAX`]): `GET /users?$filter={property} in (…)&$select=…`, one directory
-    /// request. Values no user has are simply absent from the answer.
+    /// request; with `with_manager`, each user's manager in the same request
+    /// (`&$expand=manager($select=id,mail,userPrincipalName)`). Values no user has are simply
+    /// absent from the answer.
     pub async fn users_where_in(
         &self,
         tenant: &str,
         property: &str,
         values: &[String],
+        with_manager: bool,
     ) -> Result<Vec<UserFacts>, GraphError> {
         if values.is_empty() {
             return Ok(Vec::new());
@@ -309,13 +338,19 @@ impl GraphClient {
             )));
         }
         let list: Vec<String> = values.iter().map(|v| quoted(v)).collect();
+        let expand = if with_manager {
+            format!("&$expand={}", filter(MANAGER_EXPAND))
+        } else {
+            String::new()
+        };
         let path = format!(
-            "/users?$filter={}&$select={USER_SELECT}&$top={FILTER_IN_MAX}",
-            filter(&format!("{property} in ({})", list.join(",")))
+            "/users?$filter={}&$select={USER_SELECT}{expand}&$top={}",
+            filter(&format!("{property} in ({})", list.join(","))),
+            FILTER_IN_MAX.min(EXPAND_PAGE_MAX)
         );
         let mut out = Vec::new();
         self.for_each_item(tenant, &path, |item| {
-            out.push(decode::<GraphUserDoc>(item)?.into());
+            out.push(decode::<GraphUserDoc>(item)?.facts(with_manager));
             Ok(())
         })
         .await?

@@ -125,6 +125,20 @@ impl UserRecord {
     }
 }
 
+/// A SOC mail (one case's, or a digest of several) that Graph accepted, recorded right after
+/// (`tenant#{tenant}#socmail#{mail id}`): one write, however many cases the mail covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocMailRecord {
+    pub mail_id: String,
+    pub case_ids: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+}
+
+fn soc_mail_key(tenant_id: &str, mail_id: &str) -> String {
+    format!("tenant#{tenant_id}#socmail#{mail_id}")
+}
+
 /// A tenant's enforced cases within the last hour (the blast-radius rail).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlastRecord {
@@ -582,6 +596,41 @@ impl Ledger {
         Err(LedgerError(format!(
             "tenant {tenant_id} blast record kept changing"
         )))
+    }
+
+    /// Records that Graph accepted SOC mail `mail_id`, covering `case_ids`.
+    pub async fn record_soc_mail(
+        &self,
+        tenant_id: &str,
+        record: &SocMailRecord,
+    ) -> Result<(), LedgerError> {
+        let key = soc_mail_key(tenant_id, &record.mail_id);
+        let doc = Self::encode(record)?;
+        self.store
+            .put(&key, &doc, 0, expiry(CASE_RETENTION))
+            .await
+            .map(drop)
+    }
+
+    /// The SOC mails among `mail_ids` that were recorded as sent.
+    pub async fn soc_mails_sent(
+        &self,
+        tenant_id: &str,
+        mail_ids: &[String],
+    ) -> Result<Vec<SocMailRecord>, LedgerError> {
+        if mail_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = mail_ids
+            .iter()
+            .map(|id| soc_mail_key(tenant_id, id))
+            .collect();
+        self.store
+            .get_many(&keys)
+            .await?
+            .iter()
+            .map(Self::decode::<SocMailRecord>)
+            .collect()
     }
 
     /// Claims the tenant's blast-radius alert for a case whose alert failed before: true if

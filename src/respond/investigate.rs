@@ -16,7 +16,7 @@ use crate::cases::findings::{
 };
 use crate::event::Subject;
 use crate::graph::api::{
-    FILTER_IN_MAX, RoleHolding, USER_SELECT, is_object_id, segment, sign_in_brief,
+    FILTER_IN_MAX, MANAGER_EXPAND, RoleHolding, USER_SELECT, is_object_id, segment, sign_in_brief,
 };
 use crate::graph::batch::BatchItem;
 use crate::graph::{GraphClient, GraphError};
@@ -105,7 +105,7 @@ pub async fn resolve_bulk(
     for wave in chunks.chunks(READS_AT_ONCE) {
         let reads = wave
             .iter()
-            .map(|chunk| graph.users_where_in(tenant, "userPrincipalName", chunk));
+            .map(|chunk| graph.users_where_in(tenant, "userPrincipalName", chunk, false));
         answers.extend(
             wave.iter()
                 .copied()
@@ -302,12 +302,15 @@ pub async fn investigate(
 }
 
 /// Directory facts of many users: object ids 15 to a request
-/// (`GET /users?$filter=id in (…)&$select=…`), anything else by `$batch`. A user the directory
-/// does not have gets `NotFound`.
+/// (`GET /users?$filter=id in (…)&$select=…`), anything else by `$batch`; with `with_manager`
+/// (the policy mails managers), each user's manager in the same request (`$expand=manager`),
+/// instead of a `GET /users/{id}/manager` per user. A user the directory does not have gets
+/// `NotFound`.
 pub async fn user_facts_bulk(
     graph: &GraphClient,
     tenant: &str,
     users: &[String],
+    with_manager: bool,
 ) -> HashMap<String, Result<UserFacts, GraphError>> {
     let mut out = HashMap::new();
     let (ids, others): (Vec<String>, Vec<String>) =
@@ -320,7 +323,7 @@ pub async fn user_facts_bulk(
     for wave in chunks.chunks(READS_AT_ONCE) {
         let reads = wave
             .iter()
-            .map(|chunk| graph.users_where_in(tenant, "id", chunk));
+            .map(|chunk| graph.users_where_in(tenant, "id", chunk, with_manager));
         answers.extend(
             wave.iter()
                 .copied()
@@ -364,9 +367,19 @@ pub async fn user_facts_bulk(
         }
     }
     if !others.is_empty() {
+        let expand = if with_manager {
+            format!("&$expand={}", crate::graph::api::filter(MANAGER_EXPAND))
+        } else {
+            String::new()
+        };
         let items: Vec<BatchItem> = others
             .iter()
-            .map(|u| BatchItem::get(format!("/users/{}?$select={USER_SELECT}", segment(u))))
+            .map(|u| {
+                BatchItem::get(format!(
+                    "/users/{}?$select={USER_SELECT}{expand}",
+                    segment(u)
+                ))
+            })
             .collect();
         let results = graph.batch(tenant, &items).await;
         for (user, result) in others.into_iter().zip(results) {
@@ -374,7 +387,7 @@ pub async fn user_facts_bulk(
                 user,
                 result.and_then(|v| {
                     serde_json::from_value::<crate::graph::api::GraphUserDoc>(v)
-                        .map(Into::into)
+                        .map(|doc| doc.facts(with_manager))
                         .map_err(|e| GraphError::Decode(e.to_string()))
                 }),
             );
@@ -595,7 +608,7 @@ pub async fn investigate_bulk(
     let now = OffsetDateTime::now_utc();
     let since = now - time::Duration::hours(i64::from(policy.lookback_hours));
     let ids: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
-    let mut facts = user_facts_bulk(graph, tenant, &ids).await;
+    let mut facts = user_facts_bulk(graph, tenant, &ids, policy.mails_managers()).await;
     let present: Vec<String> = ids
         .iter()
         .filter(|u| facts.get(*u).is_some_and(Result::is_ok))

@@ -5,7 +5,7 @@
 //! skipped. Temporary passwords are generated here, set first and only then delivered (a
 //! password that was never set is never handed out), and never logged or stored in a case.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use time::OffsetDateTime;
 
@@ -23,7 +23,7 @@ use crate::cases::policy::{Action, PasswordDelivery, Policy};
 use crate::graph::api::segment;
 use crate::graph::batch::{BatchItem, MAIL_BATCH_MAX};
 use crate::graph::{GraphClient, GraphError};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, SocMailRecord};
 use crate::secrets::SecretString;
 
 /// Users per dismiss/confirmCompromised request (Graph's documented maximum is 60).
@@ -49,6 +49,18 @@ pub struct Job {
 enum Step {
     Done(Option<String>),
     Skipped(String),
+    /// Nothing: the case is another worker's now (this worker's lease ran out), left as it
+    /// was stored.
+    Untouched,
+}
+
+/// Records cases in the ledger in the middle of a round: before a SOC mail is sent, each case
+/// it covers is stored saying which mail that is (see [`Remediator::run_round`]).
+#[async_trait::async_trait]
+pub trait Checkpoints: Sync {
+    /// Stores `jobs[j]` for every `j` in `which` (renewing the lease); a job whose lease ran
+    /// out, so another worker holds its case, comes back `stopped`.
+    async fn record(&self, jobs: &mut [Job], which: &[usize]);
 }
 
 /// Where a temporary password goes.
@@ -123,73 +135,83 @@ pub struct Remediator<'a> {
 impl Remediator<'_> {
     /// Runs the pending actions of `jobs` (one tenant's cases) until each is done, held, or
     /// stopped by a failure.
-    pub async fn run(&self, tenant: &str, jobs: &mut [Job]) {
-        while !self.run_round(tenant, jobs).await.is_empty() {}
+    pub async fn run(&self, tenant: &str, jobs: &mut [Job], checkpoints: &dyn Checkpoints) {
+        while !self.run_round(tenant, jobs, checkpoints).await.is_empty() {}
     }
 
     /// One round: each case's next runnable action, each kind for all cases together. Returns
     /// what ran, as (job index, action); empty when nothing is left to run.
-    pub async fn run_round(&self, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
+    ///
+    /// A case whose next two runnable actions are `block_sign_in` and `reset_password` (in
+    /// either order) has both in this round: one `PATCH /users/{id}` sets `accountEnabled` and
+    /// the `passwordProfile` together (see [`Remediator::reset_passwords`]).
+    ///
+    /// The `notify` of several cases goes as one SOC digest when the policy says so (see
+    /// [`Remediator::notify`]); `checkpoints` stores the cases it covers before it is sent.
+    pub async fn run_round(
+        &self,
+        tenant: &str,
+        jobs: &mut [Job],
+        checkpoints: &dyn Checkpoints,
+    ) -> Vec<(usize, Action)> {
         let mut ran = Vec::new();
-        {
-            let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
-            for (j, job) in jobs.iter().enumerate() {
-                if job.stopped {
-                    continue;
-                }
-                if let Some(i) = job.case.actions.iter().position(|a| a.state.runnable()) {
+        let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
+        // Job index -> the index of its block_sign_in that goes with its reset_password.
+        let mut blocks_with_reset: HashMap<usize, usize> = HashMap::new();
+        for (j, job) in jobs.iter().enumerate() {
+            if job.stopped {
+                continue;
+            }
+            let mut runnable = job
+                .case
+                .actions
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.state.runnable());
+            let Some((i, first)) = runnable.next() else {
+                continue;
+            };
+            let second = runnable.next().map(|(k, a)| (k, a.action));
+            match (first.action, second) {
+                (Action::BlockSignIn, Some((r, Action::ResetPassword))) => {
                     groups
-                        .entry(job.case.actions[i].action)
+                        .entry(Action::ResetPassword)
+                        .or_default()
+                        .push((j, r));
+                    blocks_with_reset.insert(j, i);
+                }
+                (Action::ResetPassword, Some((b, Action::BlockSignIn))) => {
+                    groups
+                        .entry(Action::ResetPassword)
                         .or_default()
                         .push((j, i));
+                    blocks_with_reset.insert(j, b);
                 }
+                (action, _) => groups.entry(action).or_default().push((j, i)),
             }
-            if groups.is_empty() {
-                return ran;
+        }
+        if groups.is_empty() {
+            return ran;
+        }
+        for (action, items) in groups {
+            ran.extend(items.iter().map(|&(j, _)| (j, action)));
+            let (results, companions) = if action == Action::ResetPassword {
+                self.reset_passwords(tenant, jobs, &items, &blocks_with_reset)
+                    .await
+            } else {
+                (
+                    self.run_action(tenant, action, jobs, &items, checkpoints)
+                        .await,
+                    Vec::new(),
+                )
+            };
+            let now = OffsetDateTime::now_utc();
+            for (&(j, i), result) in items.iter().zip(results) {
+                record(tenant, &mut jobs[j], i, action, result, now);
             }
-            for (action, items) in groups {
-                ran.extend(items.iter().map(|&(j, _)| (j, action)));
-                let results = self.run_action(tenant, action, jobs, &items).await;
-                let now = OffsetDateTime::now_utc();
-                for (&(j, i), result) in items.iter().zip(results) {
-                    let job = &mut jobs[j];
-                    let entry = &mut job.case.actions[i];
-                    entry.attempts += 1;
-                    let (state, what) = match result {
-                        Ok(Step::Done(detail)) => {
-                            let what = format!(
-                                "{} done{}",
-                                action.as_str(),
-                                detail
-                                    .as_deref()
-                                    .map(|d| format!(": {d}"))
-                                    .unwrap_or_default()
-                            );
-                            (ActionState::Done { at: now, detail }, what)
-                        }
-                        Ok(Step::Skipped(reason)) => {
-                            let what = format!("{} skipped: {reason}", action.as_str());
-                            (ActionState::Skipped { at: now, reason }, what)
-                        }
-                        Err(failure) => {
-                            job.stopped = true;
-                            job.case.last_error = Some(failure.error.clone());
-                            let what = format!("{} failed: {}", action.as_str(), failure.error);
-                            (
-                                ActionState::Failed {
-                                    at: now,
-                                    error: failure.error,
-                                    transient: failure.transient,
-                                    needs_operator: failure.needs_operator,
-                                },
-                                what,
-                            )
-                        }
-                    };
-                    tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
-                    entry.state = state;
-                    job.case.note(now, what);
-                }
+            for (j, i, result) in companions {
+                ran.push((j, Action::BlockSignIn));
+                record(tenant, &mut jobs[j], i, Action::BlockSignIn, result, now);
             }
         }
         ran
@@ -201,6 +223,7 @@ impl Remediator<'_> {
         action: Action,
         jobs: &mut [Job],
         items: &[(usize, usize)],
+        checkpoints: &dyn Checkpoints,
     ) -> Vec<Result<Step, Failure>> {
         let picked: Vec<usize> = items.iter().map(|&(j, _)| j).collect();
         match action {
@@ -242,10 +265,53 @@ impl Remediator<'_> {
                 }
                 results
             }
-            Action::ResetPassword => self.reset_passwords(tenant, jobs, items).await,
-            Action::Notify => self.notify(tenant, jobs, &picked).await,
+            Action::ResetPassword => {
+                self.reset_passwords(tenant, jobs, items, &HashMap::new())
+                    .await
+                    .0
+            }
+            Action::Notify => self.notify(tenant, jobs, items, checkpoints).await,
             Action::NotifyUser => self.notify_users(tenant, jobs, &picked).await,
         }
+    }
+
+    /// The mail address of each job's user's manager (`None`: no manager, or one without a
+    /// mailbox): as read with the user (`$expand=manager`, see
+    /// [`crate::respond::investigate::user_facts_bulk`]); for a user read without it,
+    /// `GET /users/{id}/manager` through `$batch`.
+    async fn manager_mails(
+        &self,
+        tenant: &str,
+        jobs: &[Job],
+        of_jobs: &[usize],
+    ) -> Vec<Result<Option<String>, GraphError>> {
+        let mut out: Vec<Option<Result<Option<String>, GraphError>>> = of_jobs
+            .iter()
+            .map(|&j| jobs[j].facts.manager.as_ref().map(|m| Ok(m.mail.clone())))
+            .collect();
+        let unread: Vec<usize> = (0..of_jobs.len()).filter(|&k| out[k].is_none()).collect();
+        let requests: Vec<BatchItem> = unread
+            .iter()
+            .map(|&k| {
+                BatchItem::get(format!(
+                    "/users/{}/manager?$select=id,mail,userPrincipalName",
+                    segment(&jobs[of_jobs[k]].case.user_id)
+                ))
+            })
+            .collect();
+        for (k, answer) in unread
+            .into_iter()
+            .zip(self.graph.batch(tenant, &requests).await)
+        {
+            out[k] = Some(match answer {
+                Ok(v) => Ok(v["mail"].as_str().map(str::to_owned)),
+                Err(GraphError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            });
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(GraphError::Decode("manager not read".into()))))
+            .collect()
     }
 
     /// One request per user through `$batch`; `request` gives the request, or why the user's
@@ -282,41 +348,186 @@ impl Remediator<'_> {
             .collect()
     }
 
-    /// The SOC mail of each case, four to a `$batch` (Outlook's per-mailbox concurrency).
+    /// The SOC mail: one per case, or, when the policy says `digest` and several cases of the
+    /// tenant have their `notify` in this round, one digest listing them all (split at
+    /// [`notify::DIGEST_MAX_CASES`] cases and [`notify::DIGEST_MAX_BYTES`]); mails go four to a
+    /// `$batch` (Outlook's per-mailbox concurrency). Every case in a mail records that mail's
+    /// outcome: all done, referencing it, or all failed and retried.
+    ///
+    /// Nothing a mail covers is mailed twice, though a worker may stop anywhere: each case is
+    /// stored naming its mail before the mail is sent (`checkpoints`; a case whose lease ran
+    /// out meanwhile is another worker's and is left out), and once Graph accepts the mail one
+    /// ledger write records it, however many cases it covers. A worker that resumes a case
+    /// naming a mail asks the ledger first: recorded means sent, and the case is done without
+    /// another mail. What is left is the instant between Graph's answer and that one write:
+    /// a worker stopped there sends the mail again on resume (never a case without its mail).
     async fn notify(
         &self,
         tenant: &str,
-        jobs: &[Job],
-        picked: &[usize],
+        jobs: &mut [Job],
+        items: &[(usize, usize)],
+        checkpoints: &dyn Checkpoints,
     ) -> Vec<Result<Step, Failure>> {
-        let Some(notify) = &self.policy.notify else {
-            return picked
+        let Some(config) = &self.policy.notify else {
+            return items
                 .iter()
-                .map(|_| {
-                    Err(Failure {
-                        error: "[notify] is not configured".into(),
-                        transient: false,
-                        needs_operator: true,
-                    })
-                })
+                .map(|_| Err(operator("[notify] is not configured")))
                 .collect();
         };
-        let items: Vec<BatchItem> = picked
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
+        // 1. Mails named before (a worker stopped around their send): sent, if recorded.
+        let named: Vec<String> = items
             .iter()
-            .map(|&j| {
-                let (subject, text) = notify::soc_mail(&jobs[j].case);
-                mail_item(&notify.sender, &notify.to, &subject, &text)
-            })
+            .filter_map(|&(j, i)| jobs[j].case.actions[i].mail_id.clone())
             .collect();
-        self.graph
-            .batch_sized(tenant, &items, MAIL_BATCH_MAX)
-            .await
-            .into_iter()
-            .map(|r| {
-                r.map(|_| Step::Done(Some(format!("mailed to {} recipient(s)", notify.to.len()))))
-                    .map_err(Failure::from)
-            })
-            .collect()
+        if !named.is_empty() {
+            match self.ledger.soc_mails_sent(tenant, &named).await {
+                Ok(sent) => {
+                    for (k, &(j, i)) in items.iter().enumerate() {
+                        let case = &jobs[j].case;
+                        let Some(id) = &case.actions[i].mail_id else {
+                            continue;
+                        };
+                        if let Some(record) = sent
+                            .iter()
+                            .find(|r| &r.mail_id == id && r.case_ids.contains(&case.case_id))
+                        {
+                            results[k] = Some(Ok(Step::Done(Some(format!(
+                                "in SOC mail {id} of {} case(s), sent at {} (recorded here by the \
+                                 worker that resumed the case)",
+                                record.case_ids.len(),
+                                record.sent_at
+                            )))));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Whether it went out is unknown: wait rather than risk a second mail.
+                    for (k, &(j, i)) in items.iter().enumerate() {
+                        if let Some(id) = &jobs[j].case.actions[i].mail_id {
+                            results[k] = Some(Err(Failure {
+                                error: format!(
+                                    "whether SOC mail {id} was sent cannot be read: {e}"
+                                ),
+                                transient: true,
+                                needs_operator: false,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        // 2. The others: a mail each, or digests.
+        let todo: Vec<usize> = (0..items.len()).filter(|&k| results[k].is_none()).collect();
+        let groups: Vec<Vec<usize>> = if config.digest && todo.len() > 1 {
+            let sizes: Vec<usize> = todo
+                .iter()
+                .map(|&k| notify::digest_section(&jobs[items[k].0].case).len())
+                .collect();
+            notify::pack_digests(&sizes, notify::DIGEST_MAX_CASES, notify::DIGEST_MAX_BYTES)
+                .into_iter()
+                .map(|mail| mail.into_iter().map(|x| todo[x]).collect())
+                .collect()
+        } else {
+            todo.iter().map(|&k| vec![k]).collect()
+        };
+        if groups.is_empty() {
+            return finish(results);
+        }
+        // 3. Each case stored naming its mail before anything is sent.
+        let mail_ids: Vec<String> = groups
+            .iter()
+            .map(|_| format!("soc-{}", uuid::Uuid::new_v4().simple()))
+            .collect();
+        let mut which = Vec::new();
+        for (group, id) in groups.iter().zip(&mail_ids) {
+            for &k in group {
+                let (j, i) = items[k];
+                jobs[j].case.actions[i].mail_id = Some(id.clone());
+                which.push(j);
+            }
+        }
+        checkpoints.record(jobs, &which).await;
+        for &k in groups.iter().flatten() {
+            let (j, i) = items[k];
+            if jobs[j].stopped {
+                // Another worker holds the case now: it is left as this worker last stored it.
+                if let Some(stored) = jobs[j].base.actions.get(i).cloned() {
+                    jobs[j].case.actions[i] = stored;
+                }
+                results[k] = Some(Ok(Step::Untouched));
+            }
+        }
+        // 4. The mails; one ledger write for each Graph accepted; then the cases' outcomes.
+        let parts = groups.iter().filter(|g| g.len() > 1).count();
+        let mut mails = Vec::new();
+        let mut sent: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut part = 0;
+        for (g, group) in groups.iter().enumerate() {
+            let members: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&k| results[k].is_none())
+                .collect();
+            let (subject, text) = match members.as_slice() {
+                [] => continue,
+                [one] => notify::soc_mail(&jobs[items[*one].0].case),
+                _ => {
+                    part += 1;
+                    let cases: Vec<&Case> =
+                        members.iter().map(|&k| &jobs[items[k].0].case).collect();
+                    let sections: Vec<String> =
+                        cases.iter().map(|c| notify::digest_section(c)).collect();
+                    notify::soc_digest(
+                        tenant,
+                        &mail_ids[g],
+                        &cases,
+                        &sections,
+                        (parts > 1).then_some((part, parts)),
+                    )
+                }
+            };
+            mails.push(mail_item(&config.sender, &config.to, &subject, &text));
+            sent.push((g, members));
+        }
+        let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+        let now = OffsetDateTime::now_utc();
+        for ((g, members), answer) in sent.into_iter().zip(answers) {
+            let id = &mail_ids[g];
+            match answer {
+                Ok(_) => {
+                    let record = SocMailRecord {
+                        mail_id: id.clone(),
+                        case_ids: members
+                            .iter()
+                            .map(|&k| jobs[items[k].0].case.case_id.clone())
+                            .collect(),
+                        sent_at: now.replace_nanosecond(0).unwrap_or(now),
+                    };
+                    if let Err(e) = self.ledger.record_soc_mail(tenant, &record).await {
+                        tracing::warn!(tenant_id = %tenant, mail_id = %id, error = %e, "SOC mail sent but not recorded; the cases record it");
+                    }
+                    let detail = if members.len() == 1 {
+                        format!("mailed to {} recipient(s) (SOC mail {id})", config.to.len())
+                    } else {
+                        format!(
+                            "in SOC digest {id} of {} cases, mailed to {} recipient(s)",
+                            members.len(),
+                            config.to.len()
+                        )
+                    };
+                    for k in members {
+                        results[k] = Some(Ok(Step::Done(Some(detail.clone()))));
+                    }
+                }
+                Err(e) => {
+                    for k in members {
+                        results[k] = Some(Err(Failure::from(e.clone())));
+                    }
+                }
+            }
+        }
+        finish(results)
     }
 
     /// Tells each user what happened and what to do, from the operator's templates: at their
@@ -347,26 +558,15 @@ impl Remediator<'_> {
                 at_risk_mailbox(&jobs[picked[k]].case) && config.when_mailbox_at_risk == "manager"
             })
             .collect();
-        let items: Vec<BatchItem> = need_manager
-            .iter()
-            .map(|&k| {
-                BatchItem::get(format!(
-                    "/users/{}/manager?$select=id,mail,userPrincipalName",
-                    segment(&jobs[picked[k]].case.user_id)
-                ))
-            })
-            .collect();
-        let mut managers: std::collections::HashMap<usize, Option<String>> = Default::default();
+        let of_jobs: Vec<usize> = need_manager.iter().map(|&k| picked[k]).collect();
+        let mut managers: HashMap<usize, Option<String>> = HashMap::new();
         for (k, answer) in need_manager
             .into_iter()
-            .zip(self.graph.batch(tenant, &items).await)
+            .zip(self.manager_mails(tenant, jobs, &of_jobs).await)
         {
             match answer {
-                Ok(v) => {
-                    managers.insert(k, v["mail"].as_str().map(str::to_owned));
-                }
-                Err(GraphError::NotFound { .. }) => {
-                    managers.insert(k, None);
+                Ok(mail) => {
+                    managers.insert(k, mail);
                 }
                 Err(e) => results[k] = Some(Err(Failure::from(e))),
             }
@@ -480,12 +680,36 @@ impl Remediator<'_> {
     /// delivered: mail (four to a `$batch`) or the case's vault secret. A delivery that fails
     /// after the password was set leaves the action failed, saying so: its retry makes, sets
     /// and delivers a new password, so no mail ever holds a password that is not the current one.
+    ///
+    /// `blocks` names, per job, a `block_sign_in` due in the same round: its `accountEnabled:
+    /// false` goes in the same PATCH as the password (Graph's Update user takes several
+    /// properties at once), and both actions record that request's outcome. Each keeps its own
+    /// precondition: an account already blocked gets only the password; a reset that does not
+    /// go (the cooldown, no delivery) leaves the block to a PATCH of its own. Returns the
+    /// resets' results, and each block's as (job, action index, result).
+    #[allow(clippy::type_complexity)]
     async fn reset_passwords(
         &self,
         tenant: &str,
         jobs: &mut [Job],
         items: &[(usize, usize)],
-    ) -> Vec<Result<Step, Failure>> {
+        blocks: &HashMap<usize, usize>,
+    ) -> (
+        Vec<Result<Step, Failure>>,
+        Vec<(usize, usize, Result<Step, Failure>)>,
+    ) {
+        // Each reset's block_sign_in, if one is due with it and the account is not blocked yet.
+        let mut block_due: Vec<Option<usize>> = vec![None; items.len()];
+        let mut companions: Vec<(usize, usize, Result<Step, Failure>)> = Vec::new();
+        for (k, &(j, _)) in items.iter().enumerate() {
+            if let Some(&b) = blocks.get(&j) {
+                if jobs[j].facts.account_enabled == Some(false) {
+                    companions.push((j, b, Ok(Step::Skipped("sign-in is already blocked".into()))));
+                } else {
+                    block_due[k] = Some(b);
+                }
+            }
+        }
         let now = OffsetDateTime::now_utc();
         let hours = self.policy.safety.reset_cooldown_hours;
         let cooldown = time::Duration::hours(i64::from(hours));
@@ -535,25 +759,8 @@ impl Remediator<'_> {
             }
             Some(PasswordDelivery::Mail { to, to_manager, .. }) => {
                 let managers: Vec<Result<Option<String>, GraphError>> = if *to_manager {
-                    let requests: Vec<BatchItem> = todo
-                        .iter()
-                        .map(|&k| {
-                            BatchItem::get(format!(
-                                "/users/{}/manager?$select=id,mail,userPrincipalName",
-                                segment(&jobs[items[k].0].case.user_id)
-                            ))
-                        })
-                        .collect();
-                    self.graph
-                        .batch(tenant, &requests)
-                        .await
-                        .into_iter()
-                        .map(|r| match r {
-                            Ok(v) => Ok(v["mail"].as_str().map(str::to_owned)),
-                            Err(GraphError::NotFound { .. }) => Ok(None),
-                            Err(e) => Err(e),
-                        })
-                        .collect()
+                    let of_jobs: Vec<usize> = todo.iter().map(|&k| items[k].0).collect();
+                    self.manager_mails(tenant, jobs, &of_jobs).await
                 } else {
                     todo.iter().map(|_| Ok(None)).collect()
                 };
@@ -590,32 +797,74 @@ impl Remediator<'_> {
                 }
             }
         }
-        // Set first.
+        // Set first: one PATCH per user, with the block when it is due in this round; a block
+        // whose reset does not go is a PATCH of its own.
         let passwords: Vec<SecretString> = ready
             .iter()
             .map(|_| generate_temporary_password())
             .collect();
-        let patches: Vec<BatchItem> = ready
+        let mut patches: Vec<BatchItem> = Vec::with_capacity(ready.len());
+        for ((k, _), password) in ready.iter().zip(&passwords) {
+            let mut body = json!({
+                "passwordProfile": {
+                    "forceChangePasswordNextSignIn": true,
+                    "password": password.expose(),
+                }
+            });
+            if block_due[*k].is_some() {
+                body["accountEnabled"] = json!(false);
+            }
+            patches.push(BatchItem::new(
+                Method::PATCH,
+                format!("/users/{}", segment(&jobs[items[*k].0].case.user_id)),
+                Some(body),
+            ));
+        }
+        let in_ready: std::collections::HashSet<usize> = ready.iter().map(|(k, _)| *k).collect();
+        let blocks_alone: Vec<(usize, usize)> = block_due
             .iter()
-            .zip(&passwords)
-            .map(|((k, _), password)| {
-                BatchItem::new(
-                    Method::PATCH,
-                    format!("/users/{}", segment(&jobs[items[*k].0].case.user_id)),
-                    Some(json!({
-                        "passwordProfile": {
-                            "forceChangePasswordNextSignIn": true,
-                            "password": password.expose(),
-                        }
-                    })),
-                )
-            })
+            .enumerate()
+            .filter(|(k, _)| !in_ready.contains(k))
+            .filter_map(|(k, b)| b.map(|b| (k, b)))
             .collect();
-        let answers = self.graph.batch(tenant, &patches).await;
+        for &(k, _) in &blocks_alone {
+            patches.push(BatchItem::new(
+                Method::PATCH,
+                format!("/users/{}", segment(&jobs[items[k].0].case.user_id)),
+                Some(json!({ "accountEnabled": false })),
+            ));
+        }
+        let mut answers = self.graph.batch(tenant, &patches).await;
         drop(patches);
+        let alone_answers = answers.split_off(ready.len().min(answers.len()));
+        for ((k, b), answer) in blocks_alone.into_iter().zip(alone_answers) {
+            let j = items[k].0;
+            if answer.is_ok() {
+                jobs[j].facts.account_enabled = Some(false);
+            }
+            companions.push((
+                j,
+                b,
+                answer.map(|_| Step::Done(None)).map_err(Failure::from),
+            ));
+        }
         let mut set: Vec<(usize, Delivery, SecretString)> = Vec::new();
         for (((k, delivery), password), answer) in ready.into_iter().zip(passwords).zip(answers) {
-            let job = &mut jobs[items[k].0];
+            let (j, _) = items[k];
+            if let Some(b) = block_due[k] {
+                // One request: the block has the reset's outcome.
+                let block = match &answer {
+                    Ok(_) => {
+                        jobs[j].facts.account_enabled = Some(false);
+                        Ok(Step::Done(Some(
+                            "in one request with the password reset".into(),
+                        )))
+                    }
+                    Err(e) => Err(Failure::from(e.clone())),
+                };
+                companions.push((j, b, block));
+            }
+            let job = &mut jobs[j];
             match answer {
                 Ok(_) => {
                     if let Err(e) = self
@@ -690,10 +939,13 @@ impl Remediator<'_> {
                 }),
             });
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
-            .collect()
+        (
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+                .collect(),
+            companions,
+        )
     }
 
     /// Dismiss or confirm: skips users whose state makes it pointless, then one request per
@@ -784,6 +1036,65 @@ impl Remediator<'_> {
             .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
             .collect()
     }
+}
+
+/// Every result, an action left without one counted as not attempted.
+fn finish(results: Vec<Option<Result<Step, Failure>>>) -> Vec<Result<Step, Failure>> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Ok(Step::Skipped("not attempted".into()))))
+        .collect()
+}
+
+/// Records what one action of a job did.
+fn record(
+    tenant: &str,
+    job: &mut Job,
+    i: usize,
+    action: Action,
+    result: Result<Step, Failure>,
+    now: OffsetDateTime,
+) {
+    if matches!(result, Ok(Step::Untouched)) {
+        return;
+    }
+    let entry = &mut job.case.actions[i];
+    entry.attempts += 1;
+    let (state, what) = match result {
+        Ok(Step::Untouched) => return,
+        Ok(Step::Done(detail)) => {
+            let what = format!(
+                "{} done{}",
+                action.as_str(),
+                detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            (ActionState::Done { at: now, detail }, what)
+        }
+        Ok(Step::Skipped(reason)) => {
+            let what = format!("{} skipped: {reason}", action.as_str());
+            (ActionState::Skipped { at: now, reason }, what)
+        }
+        Err(failure) => {
+            job.stopped = true;
+            job.case.last_error = Some(failure.error.clone());
+            let what = format!("{} failed: {}", action.as_str(), failure.error);
+            (
+                ActionState::Failed {
+                    at: now,
+                    error: failure.error,
+                    transient: failure.transient,
+                    needs_operator: failure.needs_operator,
+                },
+                what,
+            )
+        }
+    };
+    tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
+    entry.state = state;
+    job.case.note(now, what);
 }
 
 fn operator(error: &str) -> Failure {

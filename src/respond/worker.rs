@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::investigate::{self, Resolved, RoleCache};
 use super::notify;
-use super::remediate::{Job, Remediator};
+use super::remediate::{Checkpoints, Job, Remediator};
 use super::vault::PasswordVault;
 use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
@@ -197,6 +197,21 @@ fn signal_ref(signal: &RiskEvent) -> SignalRef {
         source_id: signal.source_id.clone(),
         risk_level: signal.risk_level,
         detected_at: signal.detected_at,
+    }
+}
+
+/// Cases stored in the middle of a round (before a SOC mail), as after it.
+#[async_trait::async_trait]
+impl Checkpoints for Worker {
+    async fn record(&self, jobs: &mut [Job], which: &[usize]) {
+        let which: std::collections::HashSet<usize> = which.iter().copied().collect();
+        let saves: Vec<_> = jobs
+            .iter_mut()
+            .enumerate()
+            .filter(|(j, _)| which.contains(j))
+            .map(|(_, job)| self.checkpoint(job))
+            .collect();
+        at_once(saves).await;
     }
 }
 
@@ -681,7 +696,7 @@ impl Worker {
             templates: &self.templates,
         };
         loop {
-            let ran = remediator.run_round(tenant, &mut jobs).await;
+            let ran = remediator.run_round(tenant, &mut jobs, self).await;
             if ran.is_empty() {
                 break;
             }
@@ -808,7 +823,13 @@ impl Worker {
             })
             .map(|j| j.case.user_id.clone())
             .collect();
-        let mut facts = investigate::user_facts_bulk(&self.graph, tenant, &resumed).await;
+        let mut facts = investigate::user_facts_bulk(
+            &self.graph,
+            tenant,
+            &resumed,
+            self.policy.mails_managers(),
+        )
+        .await;
         // The cooldown rail of each new plan: the users' last resets, read at once.
         let planned: Vec<String> = jobs
             .iter()

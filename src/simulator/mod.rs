@@ -1,7 +1,9 @@
 //! A simulated Microsoft Graph tenant and identity platform token endpoint, following the
 //! documented request and response shapes: `/{tenant}/oauth2/v2.0/token` (for several
 //! applications), `/v1.0/users` (`$select`, `$filter=id|userPrincipalName in (…)` with at most
-//! 15 values, `manager`, `transitiveMemberOf`, `revokeSignInSessions`, `sendMail`),
+//! 15 values, `$expand=manager[($select=…)]` as documented: one relationship, not with advanced
+//! queries, `$levels` only on one user, at most 100 users a page; `PATCH` of several properties
+//! at once, `manager`, `transitiveMemberOf`, `revokeSignInSessions`, `sendMail`),
 //! `/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user`,
 //! `/v1.0/roleManagement/directory/roleAssignments|roleEligibilitySchedules`,
 //! `/v1.0/directoryRoles(roleTemplateId='…')`, `/v1.0/identityProtection/riskyUsers` (`$filter`
@@ -196,6 +198,9 @@ pub struct Directory {
     pub token_requests: usize,
     /// Passwords set through `PATCH /users/{id}` (a `passwordProfile`).
     pub password_resets: usize,
+    /// Each `PATCH /users/{id}` Graph accepted: the user and the properties its body set
+    /// (names only, never values: no password is kept here).
+    pub user_patches: Vec<(String, Vec<String>)>,
     /// Access tokens issued, and the tenant each is for.
     pub issued: HashMap<String, String>,
     /// Access tokens issued, and the application (client id) each is for: Graph's limits are
@@ -1010,6 +1015,15 @@ async fn batch(
             Some(b) => Bytes::from(b.to_string()),
         };
         let mut member_headers = HeaderMap::new();
+        // The member's own headers (e.g. `ConsistencyLevel`); not its authorization or length.
+        for (name, value) in request["headers"].as_object().into_iter().flatten() {
+            if let (Ok(name), Some(Ok(value))) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                value.as_str().map(axum::http::HeaderValue::from_str),
+            ) {
+                member_headers.insert(name, value);
+            }
+        }
         if let Some(auth) = &authorization {
             member_headers.insert("authorization", auth.clone());
         }
@@ -1060,7 +1074,7 @@ fn dispatch(
     body: &Bytes,
 ) -> (Response, Option<String>) {
     match gate(dir, method, uri, headers) {
-        Ok(mail) => (serve(s, dir, method, uri, body), mail),
+        Ok(mail) => (serve(s, dir, method, uri, headers, body), mail),
         Err(response) => (*response, None),
     }
 }
@@ -1071,6 +1085,7 @@ fn serve(
     dir: &mut Directory,
     method: &Method,
     uri: &Uri,
+    headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
     let Some(path) = uri.path().strip_prefix("/v1.0") else {
@@ -1102,13 +1117,27 @@ fn serve(
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let params = query_params(uri);
 
+    let advanced = headers
+        .get("consistencylevel")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
     match (method.clone(), segs.as_slice()) {
-        (Method::GET, ["users", id]) => match find_user(dir, id) {
-            Some(user) => axum::Json(select(user, params.get("$select"))).into_response(),
-            None => user_not_found(id),
-        },
+        (Method::GET, ["users", id]) => {
+            let expand = match user_expand(&params, true, advanced) {
+                Ok(expand) => expand,
+                Err(response) => return *response,
+            };
+            match find_user(dir, id) {
+                Some(user) => {
+                    let mut out = select(user.clone(), params.get("$select"));
+                    expand_user(dir, &user, &mut out, &expand);
+                    axum::Json(out).into_response()
+                }
+                None => user_not_found(id),
+            }
+        }
         (Method::PATCH, ["users", id]) => patch_user(dir, id, body),
-        (Method::GET, ["users"]) => list_users(s, dir, &params),
+        (Method::GET, ["users"]) => list_users(s, dir, &params, advanced),
         (Method::POST, ["users", id, "revokeSignInSessions"]) => match find_user(dir, id) {
             Some(user) => {
                 let uid = user["id"].as_str().unwrap_or_default().to_owned();
@@ -1370,9 +1399,24 @@ fn select(user: Value, fields: Option<&String>) -> Value {
     Value::Object(out)
 }
 
+/// `PATCH /users/{id}`: several properties at once, as Graph's Update user takes them (the
+/// body is checked whole before anything changes). Records which properties each PATCH set.
 fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
     let Some(index) = dir.users.iter().position(|u| u["id"].as_str() == Some(id)) else {
         return user_not_found(id);
+    };
+    let enabled = match body.get("accountEnabled") {
+        None => None,
+        Some(v) => match v.as_bool() {
+            Some(enabled) => Some(enabled),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Request_BadRequest",
+                    "Invalid value for accountEnabled.",
+                );
+            }
+        },
     };
     if let Some(profile) = body.get("passwordProfile") {
         let password = profile["password"].as_str().unwrap_or("");
@@ -1408,16 +1452,15 @@ fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
             r["riskLastUpdatedDateTime"] = now_iso().into();
         }
     }
-    if let Some(enabled) = body.get("accountEnabled") {
-        let Some(enabled) = enabled.as_bool() else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Request_BadRequest",
-                "Invalid value for accountEnabled.",
-            );
-        };
+    if let Some(enabled) = enabled {
         dir.users[index]["accountEnabled"] = enabled.into();
     }
+    let mut properties: Vec<String> = body
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    properties.sort();
+    dir.user_patches.push((id.to_owned(), properties));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -1750,12 +1793,133 @@ fn filter_values(filter: &str, property: &str) -> Option<Vec<String>> {
     }
 }
 
+/// What a user read expands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UserExpand {
+    None,
+    /// `manager`, with the properties of its `$select` (all when `None`).
+    Manager(Option<String>),
+}
+
+/// `$expand` on users, as Microsoft Graph documents it ("Use query parameters", "List
+/// manager"): one relationship per request; `manager`, `directReports` and `memberOf` can be
+/// expanded (this stand-in models `manager`; the other two answer 501), nothing else; inside
+/// `manager(…)`, `$select`, and `$levels` on a single user only (not modelled here: 501);
+/// never with an advanced query (`$count`, `$search`, `ConsistencyLevel: eventual`).
+fn user_expand(
+    params: &HashMap<String, String>,
+    single_user: bool,
+    advanced: bool,
+) -> Result<UserExpand, Box<Response>> {
+    let Some(value) = params.get("$expand").map(|v| v.trim()) else {
+        return Ok(UserExpand::None);
+    };
+    let refuse =
+        |code: &str, message: &str| Err(Box::new(error(StatusCode::BAD_REQUEST, code, message)));
+    if advanced || params.contains_key("$count") || params.contains_key("$search") {
+        return refuse(
+            "Request_UnsupportedQuery",
+            "$expand is not supported with advanced queries ($count, $search, ConsistencyLevel: eventual).",
+        );
+    }
+    let (name, options) = match value.split_once('(') {
+        Some((name, rest)) => match rest.strip_suffix(')') {
+            Some(options) => (name.trim(), Some(options)),
+            None => return refuse("BadRequest", "Invalid $expand expression."),
+        },
+        None => (value, None),
+    };
+    if name.contains(',') || options.is_some_and(|o| o.contains('(')) {
+        return refuse(
+            "Request_UnsupportedQuery",
+            "Only one relationship can be expanded in a single request.",
+        );
+    }
+    match name {
+        "manager" => {}
+        "directReports" | "memberOf" => {
+            return Err(Box::new(error(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "The Graph stand-in expands only manager.",
+            )));
+        }
+        other => {
+            return refuse(
+                "Request_UnsupportedQuery",
+                &format!(
+                    "Could not find a navigation property named '{other}' that supports $expand on type 'microsoft.graph.user'."
+                ),
+            );
+        }
+    }
+    let mut select = None;
+    for option in options.into_iter().flat_map(|o| o.split(';')) {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        match key.trim() {
+            "$select" if !value.trim().is_empty() => select = Some(value.trim().to_owned()),
+            "$levels" if single_user => {
+                return Err(Box::new(error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    "The Graph stand-in does not model manager chains ($levels).",
+                )));
+            }
+            "$levels" => {
+                return refuse(
+                    "Request_UnsupportedQuery",
+                    "$levels is supported only on a single user, not on the list of users.",
+                );
+            }
+            _ => {
+                return refuse(
+                    "Request_UnsupportedQuery",
+                    &format!(
+                        "Query option '{}' is not supported inside $expand of manager.",
+                        option.trim()
+                    ),
+                );
+            }
+        }
+    }
+    Ok(UserExpand::Manager(select))
+}
+
+/// Adds what `expand` asks for to `out`, the answer for `user`: its manager (absent when the
+/// user has none).
+fn expand_user(dir: &Directory, user: &Value, out: &mut Value, expand: &UserExpand) {
+    let UserExpand::Manager(fields) = expand else {
+        return;
+    };
+    let uid = user["id"].as_str().unwrap_or_default();
+    if let Some(manager) = dir.managers.get(uid).and_then(|m| find_user(dir, m)) {
+        let mut manager = select(manager, fields.as_ref());
+        manager["@odata.type"] = "#microsoft.graph.user".into();
+        out["manager"] = manager;
+    }
+}
+
 /// `GET /users[?$filter=id|userPrincipalName in (...) | eq '...']`, `$select`, `$top`, paged.
 /// Graph allows at most 15 values in an `in` list (and 15 `or` clauses) by default.
-fn list_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
+fn list_users(
+    s: &GraphSimulator,
+    dir: &Directory,
+    params: &HashMap<String, String>,
+    advanced: bool,
+) -> Response {
     let top = match directory_top(params) {
         Ok(top) => top,
         Err(response) => return *response,
+    };
+    let expand = match user_expand(params, false, advanced) {
+        Ok(expand) => expand,
+        Err(response) => return *response,
+    };
+    // A known Graph limit: with `$expand`, a page of directory objects holds at most 100.
+    let top = if expand == UserExpand::None {
+        top
+    } else {
+        top.min(100)
     };
     let mut users: Vec<Value> = dir.users.clone();
     if let Some(filter) = params.get("$filter") {
@@ -1792,7 +1956,11 @@ fn list_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, Stri
     }
     let items = users
         .into_iter()
-        .map(|u| select(u, params.get("$select")))
+        .map(|u| {
+            let mut out = select(u.clone(), params.get("$select"));
+            expand_user(dir, &u, &mut out, &expand);
+            out
+        })
         .collect();
     page_of(
         s,
