@@ -83,10 +83,12 @@ fn policy() -> Policy {
 fn worker(s: &GraphSimulator, path: &std::path::Path) -> Worker {
     let ledger = Ledger::new(Arc::new(SqliteStore::open(path).unwrap()));
     let limiter = Arc::new(SharedLimiter::new(ledger.clone(), Limits::published(0.5)));
-    let graph = s.client_with(
+    // One of WORKERS processes sending mail at once, as the worker's MaximumConcurrency says.
+    let graph = s.client_of_workers(
         ClientCredential::Secret(SecretString::new(CLIENT_SECRET)),
         5,
         limiter,
+        WORKERS,
     );
     Worker::new(
         ledger,

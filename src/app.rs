@@ -228,12 +228,10 @@ pub fn graph_client(
         store,
         "https://graph.microsoft.com/.default",
     ));
-    Ok(Arc::new(GraphClient::new(
-        http,
-        &config.graph_base_url,
-        tokens,
-        RetryPolicy::default(),
-    )))
+    Ok(Arc::new(
+        GraphClient::new(http, &config.graph_base_url, tokens, RetryPolicy::default())
+            .with_concurrent_workers(config.worker_concurrency),
+    ))
 }
 
 /// As [`graph_client`], with the scarce budgets (Identity Protection, reports) shared through

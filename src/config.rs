@@ -66,6 +66,9 @@ pub struct Config {
     pub max_notifications_per_batch: usize,
     /// Work items the local server's in-process queue holds before intake answers 503.
     pub local_queue_capacity: usize,
+    /// Workers that may run at once (`RR_WORKER_CONCURRENCY`, the stack's
+    /// `WorkerMaxConcurrency`): each keeps to its share of a mailbox's concurrent requests.
+    pub worker_concurrency: usize,
     /// Address of the local server.
     pub bind: SocketAddr,
     /// Where the ingress secrets (clientStates, HMAC keys, decryption keys) come from.
@@ -133,6 +136,7 @@ impl Default for Config {
             sentinel_max_body_bytes: DEFAULT_SENTINEL_MAX_BODY_BYTES,
             max_notifications_per_batch: DEFAULT_MAX_NOTIFICATIONS_PER_BATCH,
             local_queue_capacity: crate::queue::DEFAULT_LOCAL_QUEUE_CAPACITY,
+            worker_concurrency: 1,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             ingress_secrets: SecretsSource::EmbeddedDev,
             graph_secrets: SecretsSource::EmbeddedDev,
@@ -206,6 +210,16 @@ impl Config {
                 .ok_or_else(|| ConfigError::Invalid {
                     name: "RR_LOCAL_QUEUE_CAPACITY",
                     reason: "a positive number of work items".into(),
+                })?;
+        }
+        if let Some(workers) = get("RR_WORKER_CONCURRENCY") {
+            config.worker_concurrency = workers
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "RR_WORKER_CONCURRENCY",
+                    reason: "a positive number of workers".into(),
                 })?;
         }
         if let Some(bind) = get("RR_BIND") {

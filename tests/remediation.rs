@@ -1329,3 +1329,58 @@ async fn the_worker_resolves_a_batch_of_upn_only_signals_fifteen_to_a_request() 
         "no read per UPN: {calls:#?}"
     );
 }
+
+/// Outlook allows 4 concurrent requests per app and mailbox, whichever worker sends them: two
+/// workers (MaximumConcurrency 2) each keep to 2, so their mail batches sent at once are never
+/// refused. Each worker on its own may use all 4 when it runs alone.
+#[tokio::test]
+async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
+    use risk_responder::graph::batch::BatchItem;
+    let s = start().await;
+    s.with(|d| d.mail_hold = Some(Duration::from_millis(150)));
+    let mails = |n: usize| -> Vec<BatchItem> {
+        (0..n)
+            .map(|i| {
+                BatchItem::new(
+                    Method::POST,
+                    "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
+                    Some(json!({
+                        "message": {"subject": format!("m{i}"), "body": {"contentType": "Text", "content": "x"},
+                            "toRecipients": [{"emailAddress": {"address": "soc@contoso.com"}}]},
+                        "saveToSentItems": false,
+                    })),
+                )
+            })
+            .collect()
+    };
+    let limiter = || {
+        Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
+            risk_responder::graph::limiter::Limits::published(1.0),
+        )) as Arc<dyn risk_responder::graph::limiter::RateLimiter>
+    };
+    let workers: Vec<_> = (0..2)
+        .map(|_| s.client_of_workers(secret(), 1, limiter(), 2))
+        .collect();
+    assert_eq!(workers[0].mail_slots().per_mailbox(), 2);
+    let (first, second) = (mails(8), mails(8));
+    let (a, b) = tokio::join!(
+        workers[0].batch(TENANT, &first),
+        workers[1].batch(TENANT, &second)
+    );
+    // One attempt each: a 429 would be an error here.
+    assert!(a.iter().chain(&b).all(Result::is_ok), "{a:?} {b:?}");
+    assert_eq!(s.with(|d| d.throttled.values().sum::<usize>()), 0, "no 429");
+
+    // Without the shares, the same two batches at once exceed the mailbox's 4.
+    let alone: Vec<_> = (0..2)
+        .map(|_| s.client_of_workers(secret(), 1, limiter(), 1))
+        .collect();
+    let (a, b) = tokio::join!(
+        alone[0].batch(TENANT, &first),
+        alone[1].batch(TENANT, &second)
+    );
+    assert!(
+        a.iter().chain(&b).any(Result::is_err),
+        "8 concurrent mails to one mailbox are refused"
+    );
+}

@@ -138,6 +138,18 @@ impl GraphClient {
                     }
                     continue;
                 }
+                // Its mails hold this process's slots of their mailboxes while it is in flight.
+                let mut mails: BTreeMap<String, usize> = BTreeMap::new();
+                for &i in &chunk {
+                    let (budget, mailbox) = member_key(&items[i]);
+                    if budget == Budget::Mail {
+                        *mails.entry(mailbox).or_default() += 1;
+                    }
+                }
+                let mut held = Vec::with_capacity(mails.len());
+                for (mailbox, count) in &mails {
+                    held.push(self.mail_slots().take(mailbox, *count).await);
+                }
                 let requests: Vec<Value> =
                     chunk.iter().map(|&i| member_json(i, &items[i])).collect();
                 let answer = self
@@ -233,7 +245,7 @@ impl GraphClient {
             let key = member_key(&items[i]);
             let mut cap = self.limiter.limit(key.0).0.max(1);
             if key.0 == Budget::Mail {
-                cap = cap.min(MAIL_BATCH_MAX);
+                cap = cap.min(MAIL_BATCH_MAX).min(self.mail_slots().per_mailbox());
             }
             let fits = chunks.iter_mut().find(|(members, counts)| {
                 members.len() < size && counts.get(&key).copied().unwrap_or(0) < cap

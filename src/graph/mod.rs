@@ -161,6 +161,51 @@ pub struct GraphClient {
     credits: std::sync::Mutex<
         std::collections::HashMap<(String, limiter::Budget), Vec<std::time::Instant>>,
     >,
+    /// This process's share of Outlook's concurrent requests per mailbox.
+    mail: MailSlots,
+}
+
+/// Outlook's concurrent requests per app and mailbox (Microsoft Graph service limits).
+pub const MAILBOX_CONCURRENCY: usize = 4;
+
+/// This process's share of each mailbox's concurrent requests: Outlook allows
+/// [`MAILBOX_CONCURRENCY`] per app and mailbox, shared by every worker running at once, so
+/// each of `workers` processes keeps to `4 / workers` (at least one). A `$batch` holding mails
+/// takes a slot per mail for as long as it is in flight.
+pub struct MailSlots {
+    per_mailbox: usize,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl MailSlots {
+    fn new(workers: usize) -> Self {
+        Self {
+            per_mailbox: (MAILBOX_CONCURRENCY / workers.max(1)).max(1),
+            slots: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Concurrent requests this process sends to one mailbox at most.
+    pub fn per_mailbox(&self) -> usize {
+        self.per_mailbox
+    }
+
+    /// Waits for `count` slots of `mailbox` (at most its share), held until dropped.
+    pub async fn take(&self, mailbox: &str, count: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let semaphore = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(mailbox.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_mailbox)))
+            .clone();
+        let count = count.clamp(1, self.per_mailbox) as u32;
+        match semaphore.acquire_many_owned(count).await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => unreachable!("mail slots are never closed"),
+        }
+    }
 }
 
 impl GraphClient {
@@ -179,6 +224,7 @@ impl GraphClient {
             limiter: Arc::new(limiter::LocalLimiter::new(limiter::Limits::published(0.5))),
             requests: std::sync::atomic::AtomicUsize::new(0),
             credits: std::sync::Mutex::new(std::collections::HashMap::new()),
+            mail: MailSlots::new(1),
         }
     }
 
@@ -233,6 +279,18 @@ impl GraphClient {
             128
         };
         window + Duration::from_millis(jitter)
+    }
+
+    /// Keeps to this process's share of each mailbox's concurrent requests when `workers`
+    /// processes send mail at once (the worker's `MaximumConcurrency`).
+    pub fn with_concurrent_workers(mut self, workers: usize) -> Self {
+        self.mail = MailSlots::new(workers);
+        self
+    }
+
+    /// This process's share of each mailbox's concurrent requests.
+    pub fn mail_slots(&self) -> &MailSlots {
+        &self.mail
     }
 
     /// Uses `limiter` for the per-tenant budgets (e.g. a [`limiter::SharedLimiter`] over the
@@ -301,6 +359,13 @@ impl GraphClient {
             if relative != "/$batch" && !self.take_credit(tenant, budget) {
                 self.limiter.acquire(tenant, budget, &mailbox, 1).await?;
             }
+            // A mail on its own holds one of this process's slots of its mailbox while it
+            // is in flight (a $batch takes them for its mails before it is sent).
+            let _slot = if budget == limiter::Budget::Mail && relative != "/$batch" {
+                Some(self.mail.take(&mailbox, 1).await)
+            } else {
+                None
+            };
             let token = self.tokens.token(tenant).await?;
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -323,6 +323,18 @@ impl GraphSimulator {
         max_attempts: u32,
         limiter: Arc<dyn crate::graph::limiter::RateLimiter>,
     ) -> Arc<crate::graph::GraphClient> {
+        self.client_of_workers(credential, max_attempts, limiter, 1)
+    }
+
+    /// As [`GraphSimulator::client_with`], for one of `workers` processes running at once
+    /// (each keeps to its share of a mailbox's concurrent requests).
+    pub fn client_of_workers(
+        &self,
+        credential: crate::graph::ClientCredential,
+        max_attempts: u32,
+        limiter: Arc<dyn crate::graph::limiter::RateLimiter>,
+        workers: usize,
+    ) -> Arc<crate::graph::GraphClient> {
         use crate::graph::{GraphClient, TokenProvider};
         let http = reqwest::Client::new();
         let tokens = Arc::new(TokenProvider::new(
@@ -334,7 +346,8 @@ impl GraphSimulator {
         ));
         Arc::new(
             GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
-                .with_limiter(limiter),
+                .with_limiter(limiter)
+                .with_concurrent_workers(workers),
         )
     }
 
