@@ -1001,68 +1001,21 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A store that runs a hook (once) just before the first write of a planned case: what
-/// another worker does while this one works a case.
-struct HookStore {
-    inner: Arc<dyn risk_responder::ledger::Store>,
-    hook:
-        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
-}
+/// Runs a future (once) just before the first write of a planned case: what another worker
+/// does while this one works a case.
+struct BeforePlannedWrite(
+    tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+);
 
 #[async_trait::async_trait]
-impl risk_responder::ledger::Store for HookStore {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.get_many(keys).await
-    }
-    async fn create_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<usize, risk_responder::ledger::LedgerError> {
-        self.inner.create_all(items).await
-    }
-    async fn put_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<(), risk_responder::ledger::LedgerError> {
-        self.inner.put_all(items).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
+impl common::hooked_store::StoreHooks for BeforePlannedWrite {
+    async fn before_put(&self, key: &str, doc: &str) {
         if key.starts_with("case#") && doc.contains("\"findings\"") {
-            let hook = self.hook.lock().await.take();
+            let hook = self.0.lock().await.take();
             if let Some(hook) = hook {
                 hook.await;
             }
         }
-        self.inner.put(key, doc, expected, expires_at).await
-    }
-    async fn delete(
-        &self,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, risk_responder::ledger::LedgerError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.list(prefix, limit).await
     }
 }
 
@@ -1095,10 +1048,10 @@ async fn high_signal_merged_mid_plan(policy: Policy) {
             assert!(!d.is_retry(), "{d:?}");
         })
     };
-    let store = HookStore {
-        inner: inner.clone(),
-        hook: tokio::sync::Mutex::new(Some(merged_meanwhile)),
-    };
+    let store = common::hooked_store::HookedStore::new(
+        inner.clone(),
+        BeforePlannedWrite(tokio::sync::Mutex::new(Some(merged_meanwhile))),
+    );
     let ledger = Ledger::new(Arc::new(store));
     let mut worker = worker_with(&s, ledger.clone(), policy, 2);
     worker.view_max_age = time::Duration::ZERO;
@@ -1281,58 +1234,22 @@ async fn an_escalated_skipped_case_can_be_approved() {
 
 /// A store that stops answering (a worker that crashed) at the first request for the Identity
 /// Protection budget after a case with a done reset was written.
-struct CrashingStore {
-    inner: Arc<dyn risk_responder::ledger::Store>,
+#[derive(Default)]
+struct CrashAfterReset {
     armed: std::sync::atomic::AtomicBool,
     crashed: std::sync::atomic::AtomicBool,
 }
 
-impl CrashingStore {
-    async fn gate(&self, key: &str) {
+#[async_trait::async_trait]
+impl common::hooked_store::StoreHooks for CrashAfterReset {
+    async fn enter(&self, key: &str) {
         use std::sync::atomic::Ordering;
         if self.armed.load(Ordering::SeqCst) && key.contains("#rate#identity_protection") {
             self.crashed.store(true, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
     }
-}
-
-#[async_trait::async_trait]
-impl risk_responder::ledger::Store for CrashingStore {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.gate(key).await;
-        self.inner.get(key).await
-    }
-    async fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.get_many(keys).await
-    }
-    async fn create_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<usize, risk_responder::ledger::LedgerError> {
-        self.inner.create_all(items).await
-    }
-    async fn put_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<(), risk_responder::ledger::LedgerError> {
-        self.inner.put_all(items).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
-        self.gate(key).await;
-        let written = self.inner.put(key, doc, expected, expires_at).await?;
+    async fn after_put(&self, key: &str, doc: &str, written: Option<u64>) {
         if written.is_some()
             && key.starts_with("case#")
             && let Ok(case) = serde_json::from_str::<Case>(doc)
@@ -1343,21 +1260,6 @@ impl risk_responder::ledger::Store for CrashingStore {
         {
             self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        Ok(written)
-    }
-    async fn delete(
-        &self,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, risk_responder::ledger::LedgerError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.list(prefix, limit).await
     }
 }
 
@@ -1370,16 +1272,20 @@ async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
     seed(&s, "high", "atRisk", 2);
     let inner: Arc<dyn risk_responder::ledger::Store> =
         Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
-    let crashing = Arc::new(CrashingStore {
-        inner: inner.clone(),
-        armed: Default::default(),
-        crashed: Default::default(),
-    });
+    let crashing = Arc::new(common::hooked_store::HookedStore::new(
+        inner.clone(),
+        CrashAfterReset::default(),
+    ));
     let doomed = enforcing_worker(&s, Ledger::new(crashing.clone()), 2);
     let item = adele_item("alert-crash");
     let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
     assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
-    assert!(crashing.crashed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        crashing
+            .hooks
+            .crashed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
     drop(doomed);
     assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 0));
 
@@ -1488,77 +1394,28 @@ async fn a_failed_blast_radius_alert_is_sent_on_retry() {
     assert_eq!(resets(&s), 1);
 }
 
-/// A store that takes 20 ms per request on `user#` records and counts how many are in flight.
-struct SlowStore {
-    inner: Arc<dyn risk_responder::ledger::Store>,
+/// Takes 20 ms per request on `user#` records and counts how many are in flight.
+#[derive(Default)]
+struct SlowUserRecords {
     in_flight: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
 }
 
-impl SlowStore {
-    async fn timed<T>(&self, key: &str, call: impl std::future::Future<Output = T>) -> T {
-        use std::sync::atomic::Ordering;
-        if !key.starts_with("user#") {
-            return call.await;
-        }
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let out = call.await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-}
-
 #[async_trait::async_trait]
-impl risk_responder::ledger::Store for SlowStore {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.timed(key, self.inner.get(key)).await
+impl common::hooked_store::StoreHooks for SlowUserRecords {
+    async fn enter(&self, key: &str) {
+        use std::sync::atomic::Ordering;
+        if key.starts_with("user#") {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
-    async fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.get_many(keys).await
-    }
-    async fn create_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<usize, risk_responder::ledger::LedgerError> {
-        self.inner.create_all(items).await
-    }
-    async fn put_all(
-        &self,
-        items: &[risk_responder::ledger::NewItem],
-    ) -> Result<(), risk_responder::ledger::LedgerError> {
-        self.inner.put_all(items).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, risk_responder::ledger::LedgerError> {
-        self.timed(key, self.inner.put(key, doc, expected, expires_at))
-            .await
-    }
-    async fn delete(
-        &self,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, risk_responder::ledger::LedgerError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<risk_responder::ledger::Stored>, risk_responder::ledger::LedgerError> {
-        self.inner.list(prefix, limit).await
+    async fn leave(&self, key: &str) {
+        if key.starts_with("user#") {
+            self.in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -1583,11 +1440,10 @@ async fn a_tenants_records_are_worked_concurrently() {
             );
         }
     });
-    let slow = Arc::new(SlowStore {
-        inner: Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap()),
-        in_flight: Default::default(),
-        most: Default::default(),
-    });
+    let slow = Arc::new(common::hooked_store::HookedStore::new(
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap()),
+        SlowUserRecords::default(),
+    ));
     let ledger = Ledger::new(slow.clone());
     let worker = worker_with(&s, ledger.clone(), policy(Mode::ReportOnly), 2);
     let items: Vec<WorkItem> = users
@@ -1615,7 +1471,7 @@ async fn a_tenants_records_are_worked_concurrently() {
         "{dispositions:?}"
     );
     assert_eq!(ledger.cases(100).await.unwrap().len(), 32);
-    let most = slow.most.load(std::sync::atomic::Ordering::SeqCst);
+    let most = slow.hooks.most.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         most >= 8,
         "at most {most} user records in flight: the records were worked one after another"

@@ -12,8 +12,8 @@ use common::{CLIENT_STATE, TENANT, app_with, call, post_json};
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake};
 use risk_responder::ingress::signature::MemoryReplayGuard;
+use risk_responder::ledger::Ledger;
 use risk_responder::ledger::sqlite::SqliteStore;
-use risk_responder::ledger::{Ledger, LedgerError, NewItem, Store, Stored};
 use risk_responder::queue::MemoryQueue;
 use risk_responder::secrets::{IngressSecrets, StaticSecretStore};
 
@@ -77,38 +77,13 @@ async fn a_full_local_queue_is_503_at_once_and_nothing_of_the_refused_batch_is_k
     assert_eq!(ledger.signals(100).await.unwrap().len(), 11);
 }
 
-/// A store whose batch writes take far longer than Graph waits.
-struct StuckStore(SqliteStore);
+/// Batch writes that take far longer than Graph waits.
+struct SlowBatchWrites;
 
 #[async_trait]
-impl Store for StuckStore {
-    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError> {
-        self.0.get(key).await
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError> {
-        self.0.get_many(keys).await
-    }
-    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError> {
+impl common::hooked_store::StoreHooks for SlowBatchWrites {
+    async fn before_create_all(&self, _items: &[risk_responder::ledger::NewItem]) {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        self.0.create_all(items).await
-    }
-    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
-        self.0.put_all(items).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, LedgerError> {
-        self.0.put(key, doc, expected, expires_at).await
-    }
-    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError> {
-        self.0.delete(key, expected).await
-    }
-    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError> {
-        self.0.list(prefix, limit).await
     }
 }
 
@@ -119,7 +94,10 @@ async fn a_ledger_that_cannot_keep_in_time_is_503_within_the_answer_budget() {
     config.jwks.wait = Duration::from_millis(300);
     let queue = Arc::new(MemoryQueue::default());
     let intake = Intake {
-        ledger: Ledger::new(Arc::new(StuckStore(SqliteStore::in_memory().unwrap()))),
+        ledger: Ledger::new(Arc::new(common::hooked_store::HookedStore::new(
+            Arc::new(SqliteStore::in_memory().unwrap()),
+            SlowBatchWrites,
+        ))),
         queue: queue.clone(),
         replay_guard: Arc::new(MemoryReplayGuard::default()),
     };

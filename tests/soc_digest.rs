@@ -12,7 +12,7 @@ use graph_standin::*;
 use risk_responder::cases::case::ActionState;
 use risk_responder::cases::{Action, Case, CaseStatus, Mode, Policy};
 use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
-use risk_responder::ledger::{Ledger, LedgerError, NewItem, Store, Stored};
+use risk_responder::ledger::{Ledger, Store};
 use risk_responder::queue::WorkItem;
 use serde_json::json;
 
@@ -333,15 +333,38 @@ enum StopAt {
     BeforeTheDigest,
 }
 
-/// A store whose worker stops forever at `at`.
-struct StoppingStore {
-    inner: Arc<dyn Store>,
+/// Stops the worker forever at `at`.
+struct StopsAt {
     at: StopAt,
     sent: AtomicBool,
     stopped: AtomicBool,
 }
 
-impl StoppingStore {
+#[async_trait::async_trait]
+impl common::hooked_store::StoreHooks for StopsAt {
+    async fn before_put(&self, key: &str, _doc: &str) {
+        if self.at == StopAt::AfterTheDigest
+            && self.sent.load(Ordering::SeqCst)
+            && key.starts_with("case#")
+        {
+            self.stop().await;
+        }
+    }
+    async fn after_put(&self, key: &str, doc: &str, written: Option<u64>) {
+        if key.contains("#socmail#") {
+            self.sent.store(true, Ordering::SeqCst);
+        }
+        if self.at == StopAt::BeforeTheDigest
+            && key.starts_with("case#")
+            && written.is_some()
+            && Self::names_a_mail(doc)
+        {
+            self.stop().await;
+        }
+    }
+}
+
+impl StopsAt {
     async fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         std::future::pending::<()>().await;
@@ -359,66 +382,20 @@ impl StoppingStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for StoppingStore {
-    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError> {
-        self.inner.get_many(keys).await
-    }
-    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError> {
-        self.inner.create_all(items).await
-    }
-    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
-        self.inner.put_all(items).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, LedgerError> {
-        if self.at == StopAt::AfterTheDigest
-            && self.sent.load(Ordering::SeqCst)
-            && key.starts_with("case#")
-        {
-            self.stop().await;
-        }
-        let written = self.inner.put(key, doc, expected, expires_at).await?;
-        if key.contains("#socmail#") {
-            self.sent.store(true, Ordering::SeqCst);
-        }
-        if self.at == StopAt::BeforeTheDigest
-            && key.starts_with("case#")
-            && written.is_some()
-            && Self::names_a_mail(doc)
-        {
-            self.stop().await;
-        }
-        Ok(written)
-    }
-    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError> {
-        self.inner.list(prefix, limit).await
-    }
-}
-
 /// A worker stops at `at`; once its leases run out another resumes the cases.
 async fn stopped_and_resumed(at: StopAt) -> (StandIn, Vec<Case>) {
     let s = start().await;
     seed_many(&s);
     let inner: Arc<dyn Store> =
         Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
-    let stopping = Arc::new(StoppingStore {
-        inner: inner.clone(),
-        at,
-        sent: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
-    });
+    let stopping = Arc::new(common::hooked_store::HookedStore::new(
+        inner.clone(),
+        StopsAt {
+            at,
+            sent: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        },
+    ));
     let doomed = worker_with(&s, Ledger::new(stopping.clone()), enforcing(), 2);
     let items = alerts();
     let run = tokio::time::timeout(
@@ -427,7 +404,7 @@ async fn stopped_and_resumed(at: StopAt) -> (StandIn, Vec<Case>) {
     )
     .await;
     assert!(run.is_err(), "the worker stopped mid-round");
-    assert!(stopping.stopped.load(Ordering::SeqCst));
+    assert!(stopping.hooks.stopped.load(Ordering::SeqCst));
     drop(doomed);
     let expected = match at {
         StopAt::AfterTheDigest => 1,

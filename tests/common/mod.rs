@@ -2,6 +2,7 @@
 //! signing with test keys, log capture, and Lambda event fixtures.
 #![allow(dead_code)]
 
+pub mod hooked_store;
 pub mod moto;
 
 use std::io::Write;
