@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::cases::policy::{Mode, Policy, PolicyError};
 use crate::config::{Config, ConfigError, SecretsSource};
 use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
-use crate::http::Intake;
+use crate::http::{Intake, IntakeActivity};
 use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
 use crate::ledger::Ledger;
 use crate::ledger::dynamodb::DynamoStore;
@@ -158,11 +158,32 @@ pub async fn ledger(config: &Config) -> Result<(Ledger, Arc<dyn ReplayGuard>), S
 /// The connection of the local ledger's upkeep (SQLite only: DynamoDB expires items by TTL
 /// and has no log to checkpoint): see [`SqliteStore::spawn_maintenance`], which the local
 /// worker runs on its own thread, never on the write path.
-pub fn ledger_maintenance(config: &Config) -> Result<Option<SqliteStore>, StartError> {
+/// Like the worker's connection (see [`local_worker_ledger`]), it yields to intake.
+pub fn ledger_maintenance(
+    config: &Config,
+    activity: &IntakeActivity,
+) -> Result<Option<SqliteStore>, StartError> {
     if config.ledger_table.is_none() && !config.in_lambda {
-        return Ok(Some(SqliteStore::open(&config.ledger_path)?));
+        return Ok(Some(
+            SqliteStore::open(&config.ledger_path)?.yielding_while(activity.probe()),
+        ));
     }
     Ok(None)
+}
+
+/// The local server's worker ledger: its own connection, which yields to intake's requests
+/// (see [`SqliteStore::yielding_while`]); with DynamoDB, the same as [`ledger`].
+pub async fn local_worker_ledger(
+    config: &Config,
+    activity: &IntakeActivity,
+) -> Result<Ledger, StartError> {
+    match &config.ledger_table {
+        None if !config.in_lambda => Ok(Ledger::new(Arc::new(
+            SqliteStore::open(&config.ledger_path)?.yielding_while(activity.probe()),
+        ))
+        .with_work_index()),
+        _ => Ok(ledger(config).await?.0),
+    }
 }
 
 /// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).

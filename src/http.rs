@@ -98,6 +98,51 @@ pub struct AppState {
     /// shares the signing-key cache with `tokens`.
     pub entra: Option<Arc<EntraVerifier>>,
     pub intake: Intake,
+    /// Requests in flight, which the local worker's connections yield to.
+    pub activity: IntakeActivity,
+}
+
+/// How many requests the server is answering right now. The local server's background work
+/// (its worker and the ledger upkeep, see [`SqliteStore::yielding_while`]) waits while this is
+/// above zero, so it takes neither the SQLite write lock nor the CPU from an answer to Graph.
+#[derive(Clone, Default)]
+pub struct IntakeActivity(Arc<std::sync::atomic::AtomicUsize>);
+
+impl IntakeActivity {
+    /// Whether a request is being answered.
+    pub fn busy(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// The probe a yielding SQLite connection asks.
+    pub fn probe(&self) -> crate::ledger::sqlite::BusyProbe {
+        let activity = self.clone();
+        Arc::new(move || activity.busy())
+    }
+
+    fn enter(&self) -> ActivityGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+}
+
+/// Counts one request for as long as it is being answered (dropped with the future too, when
+/// the client goes away).
+struct ActivityGuard(IntakeActivity);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn count_activity(
+    State(activity): State<IntakeActivity>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _guard = activity.enter();
+    next.run(request).await
 }
 
 impl AppState {
@@ -131,12 +176,14 @@ impl AppState {
             tokens,
             entra,
             intake,
+            activity: IntakeActivity::default(),
         }
     }
 }
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
+    let activity = state.activity.clone();
     Router::new()
         .route("/graph/notifications", post(graph_notifications))
         .route("/graph/lifecycle", post(graph_notifications))
@@ -144,6 +191,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         // Bodies are limited in `read_body`, with our own limit and a 413 that says so.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            activity,
+            count_activity,
+        ))
         .with_state(state)
 }
 

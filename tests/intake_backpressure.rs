@@ -146,3 +146,47 @@ async fn secrets_that_cannot_be_read_in_time_are_503_within_the_answer_budget() 
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(queue.is_empty());
 }
+
+/// Records whether the server counted itself busy while intake wrote its batch.
+struct SeesActivity {
+    activity: risk_responder::http::IntakeActivity,
+    busy_during_write: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl common::hooked_store::StoreHooks for SeesActivity {
+    async fn before_create_all(&self, _items: &[risk_responder::ledger::NewItem]) {
+        self.busy_during_write
+            .store(self.activity.busy(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_request_in_flight_makes_the_server_busy_for_the_work_that_yields_to_it() {
+    let activity = risk_responder::http::IntakeActivity::default();
+    let busy_during_write = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake {
+        ledger: Ledger::new(Arc::new(common::hooked_store::HookedStore::new(
+            Arc::new(SqliteStore::in_memory().unwrap()),
+            SeesActivity {
+                activity: activity.clone(),
+                busy_during_write: busy_during_write.clone(),
+            },
+        ))),
+        queue: queue.clone(),
+        replay_guard: Arc::new(MemoryReplayGuard::default()),
+    };
+    let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
+    let mut state = AppState::new(Config::default(), secrets, intake, reqwest::Client::new());
+    state.activity = activity.clone();
+    assert!(!activity.busy());
+    let (status, _, body) = call(state, post_json("/graph/notifications", batch(0, 3))).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        busy_during_write.load(std::sync::atomic::Ordering::SeqCst),
+        "the request counted while it was answered"
+    );
+    assert!(!activity.busy(), "and no longer once answered");
+    assert_eq!(queue.len(), 3);
+}

@@ -789,8 +789,10 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
     let graph_secrets = graph_store.load().await?;
     let http = reqwest::Client::new();
     let (intake, memory) = app::intake(&config).await?;
-    // The worker has its own ledger connection: it never slows intake.
-    let (worker_ledger, _) = app::ledger(&config).await?;
+    // The worker has its own ledger connection, which waits while intake answers requests:
+    // it never slows intake.
+    let activity = risk_responder::http::IntakeActivity::default();
+    let worker_ledger = app::local_worker_ledger(&config, &activity).await?;
     let graph = app::shared_graph_client(
         &config,
         &graph_secrets,
@@ -800,13 +802,14 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
     )?;
     let subscriptions = app::subscriptions(&config, &ingress, graph.clone());
     let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
-    let state = AppState::new(config, ingress_store, intake, http);
+    let mut state = AppState::new(config, ingress_store, intake, http);
+    state.activity = activity.clone();
 
     // Inline queue: the worker waits on it and takes up to 100 items at a time, on its own
     // ledger connection and its own thread, at a lower CPU priority, so intake never waits for
     // it (a full queue is answered 503). What failed is resumed from the ledger with backoff
     // (and after a restart).
-    let maintenance = app::ledger_maintenance(&state.config)?;
+    let maintenance = app::ledger_maintenance(&state.config, &activity)?;
     risk_responder::respond::local::spawn_local_worker(Arc::new(worker), memory, maintenance)?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

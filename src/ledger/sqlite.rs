@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -17,11 +17,33 @@ const BUSY_STEP: Duration = Duration::from_micros(250);
 /// Tries before a write gives up as busy (about 5 s).
 const BUSY_ATTEMPTS: i32 = 20_000;
 
+/// Longest a yielding connection waits for the server to be quiet before it goes ahead anyway
+/// (see [`SqliteStore::yielding_while`]).
+pub const MAX_YIELD: Duration = Duration::from_millis(10);
+/// Step of that wait.
+const YIELD_STEP: Duration = Duration::from_micros(100);
+
+/// Whether the server is busy (intake has requests in flight): a connection that yields waits
+/// while it says so.
+pub type BusyProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A store in one SQLite file (or in memory). Each instance has its own connection: give the
 /// intake and the worker one each, so neither waits on the other's connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Set on the connections of background work (the local worker, the upkeep): each call
+    /// first waits, up to [`MAX_YIELD`], while intake is busy.
+    yield_to: Option<BusyProbe>,
+    /// Batches of [`Store::create_all`] waiting to be written: whichever call takes the
+    /// connection first writes them all in one transaction (group commit).
+    pending: Arc<Mutex<Vec<PendingCreate>>>,
+}
+
+/// One caller's batch in a group commit, and where its count of new documents goes.
+struct PendingCreate {
+    items: Vec<NewItem>,
+    done: tokio::sync::oneshot::Sender<Result<usize, String>>,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -83,7 +105,18 @@ impl SqliteStore {
         .map_err(err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            yield_to: None,
+            pending: Arc::default(),
         })
+    }
+
+    /// Makes every call on this connection first wait, in short steps and for at most
+    /// [`MAX_YIELD`], while `busy` says the server is answering requests: background work
+    /// (the local worker, the upkeep) then neither takes the write lock nor the CPU from an
+    /// answer to Graph, yet still makes progress under a steady load.
+    pub fn yielding_while(mut self, busy: BusyProbe) -> Self {
+        self.yield_to = Some(busy);
+        self
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, LedgerError>
@@ -92,7 +125,14 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let yield_to = self.yield_to.clone();
         tokio::task::spawn_blocking(move || {
+            if let Some(busy) = yield_to {
+                let started = Instant::now();
+                while busy() && started.elapsed() < MAX_YIELD {
+                    std::thread::sleep(YIELD_STEP);
+                }
+            }
             let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut conn)
         })
@@ -218,24 +258,64 @@ impl Store for SqliteStore {
         if items.is_empty() {
             return Ok(0);
         }
-        let items = items.to_vec();
-        let now = now();
+        let (done, created) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(PendingCreate {
+                items: items.to_vec(),
+                done,
+            });
+        let pending = self.pending.clone();
+        // Group commit: whoever holds the connection writes every batch waiting by then in
+        // one transaction, so concurrent requests share its pages and its commit. A call that
+        // finds its batch taken only waits for the answer.
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            let mut created = 0;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO items (key, doc, version, updated_at, expires_at)
-                     VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(key) DO NOTHING",
-                )?;
-                for item in &items {
-                    created += stmt.execute(params![item.key, item.doc, now, item.expires_at])?;
+            let group = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if group.is_empty() {
+                return Ok(());
+            }
+            let written = (|| {
+                let now = now();
+                let tx = conn.transaction()?;
+                let mut counts = Vec::with_capacity(group.len());
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO items (key, doc, version, updated_at, expires_at)
+                         VALUES (?1, ?2, 1, ?3, ?4) ON CONFLICT(key) DO NOTHING",
+                    )?;
+                    for batch in &group {
+                        let mut created = 0;
+                        for item in &batch.items {
+                            created +=
+                                stmt.execute(params![item.key, item.doc, now, item.expires_at])?;
+                        }
+                        counts.push(created);
+                    }
+                }
+                tx.commit()?;
+                Ok::<_, rusqlite::Error>(counts)
+            })();
+            // All or nothing: a failed group is rolled back and every caller gets the error.
+            match written {
+                Ok(counts) => {
+                    for (batch, count) in group.into_iter().zip(counts) {
+                        let _ = batch.done.send(Ok(count));
+                    }
+                }
+                Err(e) => {
+                    for batch in group {
+                        let _ = batch.done.send(Err(e.to_string()));
+                    }
                 }
             }
-            tx.commit()?;
-            Ok(created)
+            Ok(())
         })
-        .await
+        .await?;
+        created
+            .await
+            .map_err(|_| err("the group write ended without an answer"))?
+            .map_err(LedgerError)
     }
 
     async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
@@ -343,6 +423,99 @@ mod tests {
         assert_eq!(store.expire().await.unwrap(), 1);
         assert!(store.get("signal#old").await.unwrap().is_none());
         assert!(store.get("signal#new").await.unwrap().is_some());
+    }
+
+    /// Frames in the write-ahead log of `path` (read by a connection of its own).
+    fn log_frames(path: &Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_waiting_for_the_connection_are_written_in_one_transaction() {
+        let dir = std::env::temp_dir().join(format!("rr-group-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let item = |key: String| NewItem {
+            key,
+            doc: "{}".into(),
+            expires_at: Some(now() + 3600),
+        };
+
+        // Ten batches, one after another: ten transactions.
+        let one_by_one = dir.join("one-by-one.sqlite");
+        let store = SqliteStore::open(&one_by_one)
+            .unwrap()
+            .without_auto_checkpoint()
+            .await
+            .unwrap();
+        for n in 0..10 {
+            let batch = [item(format!("signal#{n}")), item(format!("pending#{n}"))];
+            assert_eq!(store.create_all(&batch).await.unwrap(), 2);
+        }
+        let sequential = log_frames(&one_by_one);
+
+        // The same ten batches arriving while the connection is busy: one transaction.
+        let grouped_path = dir.join("grouped.sqlite");
+        let store = SqliteStore::open(&grouped_path)
+            .unwrap()
+            .without_auto_checkpoint()
+            .await
+            .unwrap();
+        let busy = store.conn.lock().unwrap();
+        let calls: Vec<_> = (0..10)
+            .map(|n| {
+                let store = store.clone();
+                // One key is in two batches: only the first written creates it.
+                let batch = vec![
+                    item(format!("signal#{n}")),
+                    item(format!("pending#{}", n.min(8))),
+                ];
+                tokio::spawn(async move { store.create_all(&batch).await })
+            })
+            .collect();
+        // (The calls run on the runtime's worker threads; this one only waits for them.)
+        while store.pending.lock().unwrap().len() < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(busy);
+        let mut created = 0;
+        for call in calls {
+            created += call.await.unwrap().unwrap();
+        }
+        assert_eq!(created, 19, "each key created once");
+        assert!(store.pending.lock().unwrap().is_empty());
+        assert_eq!(store.list("signal#", 100).await.unwrap().len(), 10);
+        let grouped = log_frames(&grouped_path);
+        assert!(
+            grouped < sequential,
+            "one commit writes the shared pages once: {grouped} frames against {sequential}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_yielding_connection_waits_while_the_server_is_busy_then_goes_ahead() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let busy = Arc::new(AtomicBool::new(false));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let probe: BusyProbe = {
+            let (busy, probes) = (busy.clone(), probes.clone());
+            Arc::new(move || {
+                probes.fetch_add(1, Ordering::SeqCst);
+                busy.load(Ordering::SeqCst)
+            })
+        };
+        let store = SqliteStore::in_memory().unwrap().yielding_while(probe);
+        // Quiet: asked once, no wait.
+        store.get("signal#x").await.unwrap();
+        assert_eq!(probes.swap(0, Ordering::SeqCst), 1);
+        // Busy for good: it waits in steps, then still answers (bounded by MAX_YIELD).
+        busy.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        store.get("signal#x").await.unwrap();
+        assert!(started.elapsed() >= MAX_YIELD);
+        assert!(probes.load(Ordering::SeqCst) > 1);
     }
 
     #[tokio::test]
