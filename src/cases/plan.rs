@@ -315,7 +315,8 @@ mod tests {
     use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
     use crate::event::{EventSource, RiskLevel};
 
-    fn now() -> OffsetDateTime {
+    /// The fixed time of every plan test.
+    pub(super) fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
     }
 
@@ -343,7 +344,9 @@ mod tests {
         }
     }
 
-    fn case(mode: Mode) -> Case {
+    /// A case of user `u` in tenant `t`, opened in `mode` by one signal from `source` at
+    /// `level`, while Identity Protection has the user at risk.
+    fn opened(mode: Mode, source: EventSource, source_id: &str, level: RiskLevel) -> Case {
         Case::open(
             "t",
             "u",
@@ -354,15 +357,25 @@ mod tests {
             },
             SignalRef {
                 signal_id: "s".into(),
-                source: EventSource::GraphUser,
-                source_id: "n".into(),
-                risk_level: RiskLevel::Unknown,
+                source,
+                source_id: source_id.into(),
+                risk_level: level,
                 detected_at: now(),
             },
-            RiskLevel::Unknown,
+            level,
             mode,
             now(),
         )
+    }
+
+    /// Opened by a `users` notification, which carries no level.
+    fn case(mode: Mode) -> Case {
+        opened(mode, EventSource::GraphUser, "n", RiskLevel::Unknown)
+    }
+
+    /// Opened by a Medium Sentinel alert.
+    pub(super) fn sentinel_case(mode: Mode) -> Case {
+        opened(mode, EventSource::Sentinel, "a", RiskLevel::Medium)
     }
 
     #[test]
@@ -433,14 +446,9 @@ mod tests {
 
 #[cfg(test)]
 mod runbook_tests {
+    use super::tests::now;
     use super::*;
-    use crate::cases::case::{Episode, SignalRef};
     use crate::cases::findings::{Registration, RiskRecord, SignInSummary, UserFacts};
-    use crate::event::{EventSource, RiskLevel};
-
-    fn now() -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
-    }
 
     fn policy(extra: &str) -> Policy {
         let text = crate::cases::policy::DEFAULT_POLICY
@@ -476,25 +484,7 @@ mod runbook_tests {
     }
 
     fn case() -> Case {
-        Case::open(
-            "t",
-            "u",
-            None,
-            Episode::IdentityProtection {
-                risk_last_updated: Some(now()),
-                risk_state: "atRisk".into(),
-            },
-            SignalRef {
-                signal_id: "s".into(),
-                source: EventSource::Sentinel,
-                source_id: "a".into(),
-                risk_level: RiskLevel::Medium,
-                detected_at: now(),
-            },
-            RiskLevel::Medium,
-            Mode::Enforce,
-            now(),
-        )
+        super::tests::sentinel_case(Mode::Enforce)
     }
 
     fn state(c: &Case, action: Action) -> ActionState {
@@ -585,13 +575,9 @@ mod runbook_tests {
 #[cfg(test)]
 mod escalation_tests {
     //! Escalation passes the appended actions through every rail the first plan passed.
+    use super::tests::now;
     use super::*;
-    use crate::cases::case::{Episode, SignalRef};
     use crate::cases::findings::{Registration, RiskRecord, SignInSummary, UserFacts};
-
-    fn now() -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
-    }
 
     fn policy(mode: &str, extra: &str) -> Policy {
         let text = crate::cases::policy::DEFAULT_POLICY
@@ -625,25 +611,7 @@ mod escalation_tests {
 
     /// A Medium case planned under `policy` with `findings`.
     fn planned(policy: &Policy, findings: &Findings) -> Case {
-        let mut c = Case::open(
-            "t",
-            "u",
-            None,
-            Episode::IdentityProtection {
-                risk_last_updated: Some(now()),
-                risk_state: "atRisk".into(),
-            },
-            SignalRef {
-                signal_id: "s".into(),
-                source: EventSource::Sentinel,
-                source_id: "a".into(),
-                risk_level: RiskLevel::Medium,
-                detected_at: now(),
-            },
-            RiskLevel::Medium,
-            policy.mode,
-            now(),
-        );
+        let mut c = super::tests::sentinel_case(policy.mode);
         plan_case(&mut c, policy, findings, None, now());
         c
     }

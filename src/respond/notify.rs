@@ -44,7 +44,7 @@ pub fn soc_mail(case: &Case) -> (String, String) {
                 risk.risk_level, risk.risk_state
             );
         }
-        sign_in_lines(&mut text, case);
+        sign_in_lines(&mut text, case, "", usize::MAX);
         if let Some(reason) = &findings.protected {
             let _ = writeln!(text, "Protected account: {reason}.");
         }
@@ -57,13 +57,7 @@ pub fn soc_mail(case: &Case) -> (String, String) {
     }
     let _ = writeln!(text, "Actions:");
     for action in &case.actions {
-        let detail = match &action.state {
-            ActionState::Done { detail, .. } => detail.clone().unwrap_or_default(),
-            ActionState::Skipped { reason, .. } => reason.clone(),
-            ActionState::Held { rail } => rail.clone(),
-            ActionState::Failed { error, .. } => error.clone(),
-            _ => String::new(),
-        };
+        let detail = action_detail(&action.state);
         let _ = writeln!(
             text,
             "  {} - {} {}",
@@ -79,23 +73,36 @@ pub fn soc_mail(case: &Case) -> (String, String) {
     (subject, text)
 }
 
-/// The 53011 sign-ins of the case's findings: count, then the newest few, one line each (time,
-/// application, IP address, location, client app, device).
-fn sign_in_lines(text: &mut String, case: &Case) {
+/// What an action's line says after its state: the result, the reason it was skipped, the rail
+/// that holds it, or the error.
+fn action_detail(state: &ActionState) -> String {
+    match state {
+        ActionState::Done { detail, .. } => detail.clone().unwrap_or_default(),
+        ActionState::Skipped { reason, .. } => reason.clone(),
+        ActionState::Held { rail } => rail.clone(),
+        ActionState::Failed { error, .. } => error.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The 53011 sign-ins of the case's findings: count, then at most `most` of the newest, one
+/// line each (time, application, IP address, location, client app, device), each line after
+/// `indent`.
+fn sign_in_lines(text: &mut String, case: &Case, indent: &str, most: usize) {
     let Some(findings) = &case.findings else {
         return;
     };
     let signins = &findings.blocked_sign_ins;
     let _ = writeln!(
         text,
-        "Sign-ins blocked with AADSTS53011 since {}: {}.",
+        "{indent}Sign-ins blocked with AADSTS53011 since {}: {}.",
         signins.since.date(),
         signins.count
     );
-    for s in &signins.newest {
+    for s in signins.newest.iter().take(most) {
         let _ = writeln!(
             text,
-            "  {}  app {}  IP {}  location {}  client {}  device {}",
+            "{indent}  {}  app {}  IP {}  location {}  client {}  device {}",
             s.at,
             s.app.as_deref().unwrap_or("-"),
             s.ip_address.as_deref().unwrap_or("-"),
@@ -137,25 +144,7 @@ pub fn digest_section(case: &Case) -> String {
                 risk.risk_level, risk.risk_state
             );
         }
-        let signins = &findings.blocked_sign_ins;
-        let _ = writeln!(
-            text,
-            "  Sign-ins blocked with AADSTS53011 since {}: {}.",
-            signins.since.date(),
-            signins.count
-        );
-        for s in signins.newest.iter().take(DIGEST_SIGN_INS) {
-            let _ = writeln!(
-                text,
-                "    {}  app {}  IP {}  location {}  client {}  device {}",
-                s.at,
-                s.app.as_deref().unwrap_or("-"),
-                s.ip_address.as_deref().unwrap_or("-"),
-                s.location.as_deref().unwrap_or("-"),
-                s.client_app.as_deref().unwrap_or("-"),
-                s.device.as_deref().unwrap_or("-"),
-            );
-        }
+        sign_in_lines(&mut text, case, "  ", DIGEST_SIGN_INS);
         if let Some(reason) = &findings.protected {
             let _ = writeln!(text, "  Protected account: {reason}.");
         }
@@ -171,13 +160,10 @@ pub fn digest_section(case: &Case) -> String {
     let mut projected = case.clone();
     for action in &mut projected.actions {
         let this_mail = action.action == crate::cases::Action::Notify && action.state.runnable();
-        let detail = match &action.state {
-            _ if this_mail => "this digest".to_owned(),
-            ActionState::Done { detail, .. } => detail.clone().unwrap_or_default(),
-            ActionState::Skipped { reason, .. } => reason.clone(),
-            ActionState::Held { rail } => rail.clone(),
-            ActionState::Failed { error, .. } => error.clone(),
-            _ => String::new(),
+        let detail = if this_mail {
+            "this digest".to_owned()
+        } else {
+            action_detail(&action.state)
         };
         let word = if this_mail {
             "sending"
@@ -283,7 +269,7 @@ pub fn password_mail(case: &Case, password: &SecretString) -> (String, String) {
         case.case_id,
         password.expose()
     );
-    sign_in_lines(&mut text, case);
+    sign_in_lines(&mut text, case, "", usize::MAX);
     (subject, text)
 }
 
