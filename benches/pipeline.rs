@@ -3,6 +3,7 @@
 //! of events/, and the raw crypto floor (RSA-OAEP decrypt, JWT verify, HMAC) for comparison.
 //! Run with `make bench` (which also writes BENCHMARKS.md).
 
+mod common;
 #[path = "../tests/graph_standin/mod.rs"]
 mod graph_standin;
 
@@ -19,14 +20,7 @@ use risk_responder::ingress::validation_tokens::{JwksCache, JwksPolicy, TokenVer
 use risk_responder::ingress::{sentinel, signature};
 use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-const CLIENT_STATE: &str = "local-dev-client-state-change-me";
-const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap()
-}
+use common::{APP_ID, CLIENT_STATE, ROOT, TENANT, read};
 
 fn basic_batch(n: usize) -> Vec<u8> {
     let value: Vec<_> = (0..n)
@@ -42,21 +36,6 @@ fn basic_batch(n: usize) -> Vec<u8> {
     serde_json::json!({ "value": value })
         .to_string()
         .into_bytes()
-}
-
-fn token() -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = serde_json::json!({
-        "aud": APP_ID, "iss": format!("https://sts.windows.net/{TENANT}/"), "iat": now, "nbf": now,
-        "exp": now + 3600, "appid": "0bf30f3b-4a52-48df-9a82-234910c4a086", "tid": TENANT,
-    });
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
-        read("tests/fixtures/jwt-test-key-1.pem").as_bytes(),
-    )
-    .unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("test-kid-1".into());
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 fn rich_batch(n: usize) -> Vec<u8> {
@@ -75,25 +54,16 @@ fn rich_batch(n: usize) -> Vec<u8> {
             })
         })
         .collect();
-    serde_json::json!({ "value": value, "validationTokens": [token()] })
+    serde_json::json!({ "value": value, "validationTokens": [common::validation_token(3600)] })
         .to_string()
         .into_bytes()
-}
-
-async fn jwks_url() -> String {
-    let jwks = read("tests/fixtures/jwks.json");
-    let app = axum::Router::new().route("/keys", axum::routing::get(move || async move { jwks }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/keys")
 }
 
 fn ingress(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = Config::default();
     let secrets = IngressSecrets::embedded_dev().unwrap();
-    let url = rt.block_on(jwks_url());
+    let url = rt.block_on(common::serve_jwks());
     let verifier = TokenVerifier::new(
         JwksCache::new(url, reqwest::Client::new(), JwksPolicy::default()),
         APP_ID,
@@ -229,7 +199,7 @@ fn crypto_floor(c: &mut Criterion) {
     let wrapped = STANDARD
         .decode(content["dataKey"].as_str().unwrap())
         .unwrap();
-    let token = token();
+    let token = common::validation_token(3600);
     let jwks: jsonwebtoken::jwk::JwkSet =
         serde_json::from_str(&read("tests/fixtures/jwks.json")).unwrap();
     let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();

@@ -8,6 +8,8 @@
 //! `scripts/bench_report.py` puts into BENCHMARKS.md. Knobs: `RR_BENCH_SECONDS` (per
 //! workload, default 10), `RR_BENCH_LEDGER_ROWS` (default 1,000,000).
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,12 +26,9 @@ use aws_lc_rs::rsa::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use common::{APP_ID, CLIENT_STATE, ROOT, TENANT, read};
 use serde_json::json;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
-const CLIENT_STATE: &str = "local-dev-client-state-change-me";
-const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
 const SUBSCRIPTION: &str = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07";
 const CERT_ID: &str = "bench-rsa-2048";
 /// Distinct rich bodies the Lua script cycles through (each with 100 distinct data keys).
@@ -99,16 +98,11 @@ fn main() {
         .build()
         .unwrap();
     let (jwks_url, simulator) = runtime.block_on(async {
-        let jwks = read("tests/fixtures/jwks.json");
-        let app =
-            axum::Router::new().route("/keys", axum::routing::get(move || async move { jwks }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let jwks_url = common::serve_jwks().await;
         let simulator = risk_responder::simulator::start_with(Default::default())
             .await
             .unwrap();
-        (format!("http://{addr}/keys"), simulator)
+        (jwks_url, simulator)
     });
 
     let port = free_port();
@@ -136,7 +130,7 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let token = validation_token();
+    let token = common::validation_token(4 * 3600);
     let workloads: Vec<(&str, &str, usize, String)> = vec![
         (
             "handshake",
@@ -227,10 +221,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -345,21 +335,6 @@ fn ledger_rows(path: &Path) -> i64 {
     rusqlite::Connection::open(path)
         .and_then(|c| c.query_row("SELECT count(*) FROM items", [], |r| r.get(0)))
         .unwrap_or(-1)
-}
-
-fn validation_token() -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = json!({
-        "aud": APP_ID, "iss": format!("https://sts.windows.net/{TENANT}/"), "iat": now, "nbf": now,
-        "exp": now + 4 * 3600, "appid": "0bf30f3b-4a52-48df-9a82-234910c4a086", "tid": TENANT,
-    });
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
-        read("tests/fixtures/jwt-test-key-1.pem").as_bytes(),
-    )
-    .unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("test-kid-1".into());
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 /// Graph's rich-notification encryption of `plaintext` for `public` (a fresh data key).
