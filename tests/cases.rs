@@ -43,10 +43,7 @@ fn users_notification(id: &str) -> WorkItem {
 }
 
 fn password_mails(s: &StandIn) -> usize {
-    mail_subjects(s)
-        .iter()
-        .filter(|m| m.starts_with("Temporary password"))
-        .count()
+    password_mail_bodies(s).len()
 }
 
 fn soc_mails(s: &StandIn) -> usize {

@@ -229,17 +229,7 @@ async fn the_cases_of_a_round_get_one_digest_holding_them_all() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].case_ids.len(), CASES);
     // The password mails are still one per user.
-    let password_mails = s.with(|d| {
-        d.mails
-            .iter()
-            .filter(|(_, m)| {
-                m["message"]["subject"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("Temporary password")
-            })
-            .count()
-    });
+    let password_mails = password_mail_bodies(&s).len();
     assert_eq!(password_mails, CASES);
 }
 

@@ -179,6 +179,22 @@ pub fn mail_subjects(s: &StandIn) -> Vec<String> {
     })
 }
 
+/// Bodies of the temporary-password mails sent, in the order sent.
+pub fn password_mail_bodies(s: &StandIn) -> Vec<String> {
+    s.with(|d| {
+        d.mails
+            .iter()
+            .filter(|(_, m)| {
+                m["message"]["subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Temporary password")
+            })
+            .map(|(_, m)| m["message"]["body"]["content"].as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
 // ---- directory fixtures ----
 
 pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
