@@ -18,12 +18,23 @@ use risk_responder::respond::{Disposition, Worker};
 use serde_json::json;
 
 fn signal(id: &str, source: EventSource, source_id: &str, level: RiskLevel) -> WorkItem {
+    signal_for(ADELE, id, source, source_id, level)
+}
+
+/// A signal about `user` (by object id).
+fn signal_for(
+    user: &str,
+    id: &str,
+    source: EventSource,
+    source_id: &str,
+    level: RiskLevel,
+) -> WorkItem {
     WorkItem::Risk(RiskEvent {
         event_id: id.into(),
         tenant_id: TENANT.into(),
         source,
         subject: Subject::User {
-            id: Some(ADELE.into()),
+            id: Some(user.into()),
             upn: None,
         },
         risk_level: level,
@@ -795,19 +806,13 @@ async fn past_the_blast_radius_new_cases_wait_and_one_alert_says_so() {
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            WorkItem::Risk(RiskEvent {
-                event_id: format!("spray-{i}"),
-                tenant_id: TENANT.into(),
-                source: EventSource::Sentinel,
-                subject: Subject::User {
-                    id: Some(id.clone()),
-                    upn: None,
-                },
-                risk_level: RiskLevel::Medium,
-                detected_at: time::OffsetDateTime::now_utc(),
-                source_id: format!("alert-{i}"),
-                resource_data: None,
-            })
+            signal_for(
+                id,
+                &format!("spray-{i}"),
+                EventSource::Sentinel,
+                &format!("alert-{i}"),
+                RiskLevel::Medium,
+            )
         })
         .collect();
     for item in &items {
@@ -883,19 +888,13 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
     let ledger = Ledger::new(Arc::new(store));
     let worker = worker_with(&s, ledger.clone(), policy, 2);
     worker.handle(&adele_item("alert-cli")).await;
-    let manager_signal = WorkItem::Risk(RiskEvent {
-        event_id: "alert-manager".into(),
-        tenant_id: TENANT.into(),
-        source: EventSource::Sentinel,
-        subject: Subject::User {
-            id: Some(MANAGER.into()),
-            upn: None,
-        },
-        risk_level: RiskLevel::High,
-        detected_at: time::OffsetDateTime::now_utc(),
-        source_id: "alert-m".into(),
-        resource_data: None,
-    });
+    let manager_signal = signal_for(
+        MANAGER,
+        "alert-manager",
+        EventSource::Sentinel,
+        "alert-m",
+        RiskLevel::High,
+    );
     worker.handle(&manager_signal).await;
     // The simulator runs on this test's runtime: the CLI is awaited, never blocked on.
     let cli = async |args: &[&str]| {
@@ -1339,19 +1338,13 @@ async fn a_failed_blast_radius_alert_is_sent_on_retry() {
     }
     let worker = worker_with(&s, ledger.clone(), policy, 2);
     let item = |i: usize| {
-        WorkItem::Risk(RiskEvent {
-            event_id: format!("spray-{i}"),
-            tenant_id: TENANT.into(),
-            source: EventSource::Sentinel,
-            subject: Subject::User {
-                id: Some(users[i].clone()),
-                upn: None,
-            },
-            risk_level: RiskLevel::Medium,
-            detected_at: time::OffsetDateTime::now_utc(),
-            source_id: format!("alert-{i}"),
-            resource_data: None,
-        })
+        signal_for(
+            &users[i],
+            &format!("spray-{i}"),
+            EventSource::Sentinel,
+            &format!("alert-{i}"),
+            RiskLevel::Medium,
+        )
     };
     let alerts = |s: &StandIn| {
         mail_subjects(s)
@@ -1447,19 +1440,13 @@ async fn a_tenants_records_are_worked_concurrently() {
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            WorkItem::Risk(RiskEvent {
-                event_id: format!("burst-{i}"),
-                tenant_id: TENANT.into(),
-                source: EventSource::Sentinel,
-                subject: Subject::User {
-                    id: Some(id.clone()),
-                    upn: None,
-                },
-                risk_level: RiskLevel::Medium,
-                detected_at: time::OffsetDateTime::now_utc(),
-                source_id: format!("alert-{i}"),
-                resource_data: None,
-            })
+            signal_for(
+                id,
+                &format!("burst-{i}"),
+                EventSource::Sentinel,
+                &format!("alert-{i}"),
+                RiskLevel::Medium,
+            )
         })
         .collect();
     let dispositions = worker.handle_batch(&items).await;
