@@ -36,25 +36,7 @@ pub fn soc_mail(case: &Case) -> (String, String) {
         case.signals.count,
         case.opened_by.as_str()
     );
-    if let Some(findings) = &case.findings {
-        if let Some(risk) = &findings.risk {
-            let _ = writeln!(
-                text,
-                "Identity Protection: riskLevel {}, riskState {}.",
-                risk.risk_level, risk.risk_state
-            );
-        }
-        sign_in_lines(&mut text, case, "", usize::MAX);
-        if let Some(reason) = &findings.protected {
-            let _ = writeln!(text, "Protected account: {reason}.");
-        }
-    }
-    if !case.rules.is_empty() {
-        let _ = writeln!(text, "Rule(s): {}.", case.rules.join("; "));
-    }
-    if let Some(note) = &case.plan_note {
-        let _ = writeln!(text, "Plan: {note}.");
-    }
+    findings_and_plan(&mut text, case, "", usize::MAX);
     let _ = writeln!(text, "Actions:");
     for action in &case.actions {
         let detail = action_detail(&action.state);
@@ -71,6 +53,31 @@ pub fn soc_mail(case: &Case) -> (String, String) {
     }
     let _ = writeln!(text, "Next: {}.", case.next_actor());
     (subject, text)
+}
+
+/// What the investigation found (Identity Protection's record, the 53011 sign-ins with at most
+/// `most` of the newest listed, a protected account) and what the plan rests on (rules, note),
+/// each line after `indent`.
+fn findings_and_plan(text: &mut String, case: &Case, indent: &str, most: usize) {
+    if let Some(findings) = &case.findings {
+        if let Some(risk) = &findings.risk {
+            let _ = writeln!(
+                text,
+                "{indent}Identity Protection: riskLevel {}, riskState {}.",
+                risk.risk_level, risk.risk_state
+            );
+        }
+        sign_in_lines(text, case, indent, most);
+        if let Some(reason) = &findings.protected {
+            let _ = writeln!(text, "{indent}Protected account: {reason}.");
+        }
+    }
+    if !case.rules.is_empty() {
+        let _ = writeln!(text, "{indent}Rule(s): {}.", case.rules.join("; "));
+    }
+    if let Some(note) = &case.plan_note {
+        let _ = writeln!(text, "{indent}Plan: {note}.");
+    }
 }
 
 /// What an action's line says after its state: the result, the reason it was skipped, the rail
@@ -136,25 +143,7 @@ pub fn digest_section(case: &Case) -> String {
         case.signals.count,
         case.opened_by.as_str()
     );
-    if let Some(findings) = &case.findings {
-        if let Some(risk) = &findings.risk {
-            let _ = writeln!(
-                text,
-                "  Identity Protection: riskLevel {}, riskState {}.",
-                risk.risk_level, risk.risk_state
-            );
-        }
-        sign_in_lines(&mut text, case, "  ", DIGEST_SIGN_INS);
-        if let Some(reason) = &findings.protected {
-            let _ = writeln!(text, "  Protected account: {reason}.");
-        }
-    }
-    if !case.rules.is_empty() {
-        let _ = writeln!(text, "  Rule(s): {}.", case.rules.join("; "));
-    }
-    if let Some(note) = &case.plan_note {
-        let _ = writeln!(text, "  Plan: {note}.");
-    }
+    findings_and_plan(&mut text, case, "  ", DIGEST_SIGN_INS);
     let _ = writeln!(text, "  Actions:");
     let now = time::OffsetDateTime::now_utc();
     let mut projected = case.clone();
