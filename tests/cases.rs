@@ -680,6 +680,28 @@ async fn holders_of_protected_roles_and_members_of_protected_groups_are_held() {
     assert!(case.rails[0].contains(group));
 }
 
+/// A protected group that Graph does not know (deleted, or mistyped in the policy) makes the
+/// protected accounts unreadable: the case waits for a person with the reason, and is never
+/// closed as "the user no longer exists".
+#[tokio::test]
+async fn an_unknown_protected_group_waits_for_a_person_instead_of_closing_the_case() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger = memory_ledger();
+    let worker = worker_with(
+        &s,
+        ledger.clone(),
+        with_safety("protected_group_ids = [\"0badbad0-2222-4c8d-9000-00000000cccc\"]"),
+        2,
+    );
+    worker.handle(&adele_item("alert-bad-group")).await;
+    let case = case_of(&ledger, "alert-bad-group").await;
+    assert_eq!(case.status, CaseStatus::NeedsOperator, "{case:#?}");
+    let error = case.last_error.clone().unwrap_or_default();
+    assert!(error.contains("protected_group_ids"), "{error}");
+    assert_eq!((revokes(&s), resets(&s)), (0, 0), "nothing changed");
+}
+
 /// The reset cooldown is a rail of the plan: the second episode's reset (and the dismiss that
 /// would follow it) wait for a person, who can approve them past the cooldown.
 #[tokio::test]

@@ -223,43 +223,70 @@ impl RoleCache {
         {
             return Ok(protected.clone());
         }
-        let mut protected = Protected::default();
-        for group in &safety.protected_group_ids {
-            for user in graph.group_user_ids(tenant, group).await? {
-                protected.add(&user, || format!("member of protected group {group}"));
-            }
-        }
-        for (holding, how) in [
-            (RoleHolding::Assigned, "holds"),
-            (RoleHolding::Eligible, "is eligible (PIM) for"),
-        ] {
-            for template in &safety.protected_role_template_ids {
-                for principal in graph.role_principals(tenant, template, holding).await? {
-                    if principal.is_group {
-                        for user in graph.group_user_ids(tenant, &principal.id).await? {
-                            protected.add(&user, || {
-                                format!(
-                                    "{how} protected directory role {template} through group {}",
-                                    principal.id
-                                )
-                            });
-                        }
-                    } else {
-                        protected.add(&principal.id, || {
-                            format!("{how} protected directory role {template}")
-                        });
-                    }
-                }
-            }
-        }
+        let protected = Arc::new(
+            read_protected(graph, policy, tenant)
+                .await
+                .map_err(protection_unreadable)?,
+        );
         tracing::info!(tenant_id = %tenant, protected = protected.len(), "protected accounts read");
-        let protected = Arc::new(protected);
         self.tenants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, (protected.clone(), Instant::now()));
         Ok(protected)
     }
+}
+
+/// A protection read that Graph answered 404 (a protected group deleted or mistyped in
+/// `protected_group_ids`) is a configuration error that waits for a person, never "the user no
+/// longer exists": that would close every new case of the tenant with no action.
+fn protection_unreadable(e: GraphError) -> GraphError {
+    match e {
+        GraphError::NotFound { code, message } => GraphError::Config(format!(
+            "protected accounts could not be read (404 {code}: {message}): check \
+             protected_group_ids and protected_role_template_ids"
+        )),
+        other => other,
+    }
+}
+
+/// The protected accounts of `tenant` under `policy`, read from Graph.
+async fn read_protected(
+    graph: &GraphClient,
+    policy: &Policy,
+    tenant: &str,
+) -> Result<Protected, GraphError> {
+    let safety = &policy.safety;
+    let mut protected = Protected::default();
+    for group in &safety.protected_group_ids {
+        for user in graph.group_user_ids(tenant, group).await? {
+            protected.add(&user, || format!("member of protected group {group}"));
+        }
+    }
+    for (holding, how) in [
+        (RoleHolding::Assigned, "holds"),
+        (RoleHolding::Eligible, "is eligible (PIM) for"),
+    ] {
+        for template in &safety.protected_role_template_ids {
+            for principal in graph.role_principals(tenant, template, holding).await? {
+                if principal.is_group {
+                    for user in graph.group_user_ids(tenant, &principal.id).await? {
+                        protected.add(&user, || {
+                            format!(
+                                "{how} protected directory role {template} through group {}",
+                                principal.id
+                            )
+                        });
+                    }
+                } else {
+                    protected.add(&principal.id, || {
+                        format!("{how} protected directory role {template}")
+                    });
+                }
+            }
+        }
+    }
+    Ok(protected)
 }
 
 /// Why `user_id` is protected from automatic action, if it is: a listed break-glass account,
