@@ -314,7 +314,7 @@ async fn five_thousand_blocked_sign_ins_complete_in_one_pass() {
 }
 
 /// Behaviour 5: password delivery to Secrets Manager is idempotent per case: a retry updates
-/// the case's secret instead of failing on the existing name.
+/// the case's secret (PutSecretValue) instead of failing on the existing name.
 #[tokio::test]
 async fn vault_delivery_is_idempotent_per_case() {
     use risk_responder::respond::vault::{PasswordVault, SecretsManagerPasswordVault};
@@ -338,20 +338,45 @@ actions = ["reset_password"]"#
     .unwrap();
     let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);
     let vault: Arc<dyn PasswordVault> = Arc::new(SecretsManagerPasswordVault::new(sm.clone()));
-    let ledger = memory_ledger();
+    // The first worker sets the password and stores it in the case's secret, then crashes
+    // before the case records the reset. The case is resumed: the retry sets a new password
+    // (the first was never recorded as delivered) and must update the same secret, where
+    // CreateSecret alone fails with ResourceExistsException.
+    let inner: Arc<dyn risk_responder::ledger::Store> =
+        Arc::new(risk_responder::ledger::sqlite::SqliteStore::in_memory().unwrap());
+    let crashing = Arc::new(common::hooked_store::HookedStore::new(
+        inner.clone(),
+        CrashBeforeResetRecorded::default(),
+    ));
+    let mut doomed = worker_with(&s, Ledger::new(crashing.clone()), policy.clone(), 2);
+    doomed.vault = Some(vault.clone());
+    let item = adele_item("alert-vault");
+    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
+    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
+    assert!(
+        crashing
+            .hooks
+            .crashed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    drop(doomed);
+    assert_eq!(resets(&s), 1);
+    let first = s.with(|d| d.users[0]["passwordProfile"]["password"].clone());
+    let ledger = Ledger::new(inner.clone());
+    let (mut case, version) = ledger.find_case("alert-vault").await.unwrap().unwrap();
+    let lease = case.lease.as_mut().expect("the crashed worker's lease");
+    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    ledger.save_case(&case, version).await.unwrap().unwrap();
     let mut worker = worker_with(&s, ledger.clone(), policy, 2);
     worker.vault = Some(vault);
-    // The password is stored, then setting it fails: the retry stores a new one.
-    s.with(|d| {
-        d.faults
-            .unavailable_paths
-            .push((Method::PATCH, format!("/users/{ADELE}")))
-    });
-    let item = adele_item("alert-vault");
-    assert!(worker.handle(&item).await.is_retry());
-    s.with(|d| d.faults.unavailable_paths.clear());
     let done = worker.handle(&item).await;
     assert!(!done.is_retry(), "{done:?}");
+    assert_eq!(resets(&s), 2, "the unrecorded reset is done again");
+    assert_ne!(
+        s.with(|d| d.users[0]["passwordProfile"]["password"].clone()),
+        first,
+        "a new password"
+    );
     let case = case_of(&ledger, "alert-vault").await;
     let name = format!("{prefix}{TENANT}/{ADELE}/{}", case.case_id);
     let stored = sm.get_secret_value().secret_id(&name).send().await.unwrap();
@@ -1248,6 +1273,30 @@ async fn an_escalated_skipped_case_can_be_approved() {
     assert_eq!(case.status, CaseStatus::Completed);
     assert!(is_done(state(&case, Action::BlockSignIn)));
     assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
+}
+
+/// A store that stops answering (a worker that crashed) when a case recording a done reset is
+/// about to be written: the password was set and delivered, the case does not know it.
+#[derive(Default)]
+struct CrashBeforeResetRecorded {
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl common::hooked_store::StoreHooks for CrashBeforeResetRecorded {
+    async fn before_put(&self, key: &str, doc: &str) {
+        if key.starts_with("case#")
+            && let Ok(case) = serde_json::from_str::<Case>(doc)
+            && case
+                .actions
+                .iter()
+                .any(|a| a.action == Action::ResetPassword && is_done(&a.state))
+        {
+            self.crashed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// A store that stops answering (a worker that crashed) at the first request for the Identity

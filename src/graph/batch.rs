@@ -20,13 +20,24 @@ pub const BATCH_MAX: usize = 20;
 /// per app and mailbox, and a batch runs its members in parallel).
 pub const MAIL_BATCH_MAX: usize = 4;
 
-/// One request of a batch.
-#[derive(Debug, Clone)]
+/// One request of a batch. Its `Debug` leaves the body out: a body may hold a temporary
+/// password (the reset PATCH, the password mail).
+#[derive(Clone)]
 pub struct BatchItem {
     pub method: Method,
     /// Relative to the version root, e.g. `/users/{id}/revokeSignInSessions`.
     pub url: String,
     pub body: Option<Value>,
+}
+
+impl std::fmt::Debug for BatchItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchItem")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("body", &self.body.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl BatchItem {
@@ -275,5 +286,22 @@ impl GraphClient {
             self.limiter.acquire(tenant, budget, &key, count).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_body() {
+        let item = BatchItem::new(
+            Method::PATCH,
+            "/users/u1",
+            Some(json!({"passwordProfile": {"password": "Temp-Secret-123"}})),
+        );
+        let shown = format!("{item:?}");
+        assert!(shown.contains("/users/u1"), "{shown}");
+        assert!(!shown.contains("Temp-Secret-123"), "{shown}");
     }
 }

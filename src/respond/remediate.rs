@@ -872,7 +872,17 @@ impl Remediator<'_> {
                         .record_reset(tenant, &job.case.user_id, &job.case.case_id, now)
                         .await
                     {
+                        // The reset stands (a retry would set yet another password); what is
+                        // lost is the cooldown's memory of it, so it is said where people look:
+                        // the case history (audit, `cases show`, the SOC mail) and the log.
                         tracing::error!(case_id = %job.case.case_id, error = %e, "password reset done but its time could not be recorded for the cooldown");
+                        job.case.note(
+                            now,
+                            format!(
+                                "reset cooldown not recorded ({e}): a reset by another case \
+                                 within the cooldown will not be held"
+                            ),
+                        );
                     }
                     if let Some(risk) = job.risk.as_mut().filter(|r| r.at_risk()) {
                         risk.risk_state = "remediated".into();
