@@ -9,6 +9,10 @@ use super::case::{Case, Episode, SignalRef};
 use super::findings::RiskRecord;
 use crate::event::EventSource;
 
+/// How long after a case closed Identity Protection may still stamp the update our own last
+/// action caused (`riskLastUpdatedDateTime` of the confirm): a newer update is a new episode.
+pub const OWN_UPDATE_LAG: time::Duration = time::Duration::minutes(15);
+
 /// Where a signal goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
@@ -42,7 +46,14 @@ pub fn place(
     match risk.filter(|r| r.at_risk()) {
         Some(risk) => {
             if let Some(case) = current {
-                let ours = case.expected_risk_state() == Some(risk.risk_state.as_str());
+                // The state our own last action leaves (confirmCompromised), updated when we
+                // acted or shortly after the case closed (Identity Protection's own lag): not a
+                // new detection. A later update in that state is one.
+                let ours = case.expected_risk_state() == Some(risk.risk_state.as_str())
+                    && match (risk.last_updated, closed_at) {
+                        (Some(updated), Some(closed)) => updated <= closed + OWN_UPDATE_LAG,
+                        _ => true,
+                    };
                 // Unchanged for this episode: no update after the case closed (an update while
                 // it was open, waiting for an operator or a person, is what the case is about).
                 let unchanged = match &case.episode {
@@ -194,6 +205,21 @@ mod tests {
             at(30),
         );
         assert_eq!(p, Placement::Merge(case.case_id));
+    }
+
+    #[test]
+    fn a_new_detection_of_a_user_we_confirmed_compromised_opens_a_new_episode() {
+        let case = closed_case(ip(-3), &[Action::ConfirmCompromised], 2);
+        // Still confirmedCompromised (nobody dismissed it), but Identity Protection updated the
+        // record an hour after the case closed: a new detection, not our confirm.
+        let p = place(
+            &signal(EventSource::GraphUser, "n", 90),
+            Some(&risk("confirmedCompromised", 62)),
+            Some(&case),
+            DAY,
+            at(90),
+        );
+        assert!(matches!(p, Placement::Open(_)), "{p:?}");
     }
 
     #[test]
