@@ -912,6 +912,18 @@ async fn a_refused_registration_read_leaves_registration_unknown_and_the_case_go
         reset(&refused),
         "registration unknown: no self-remediation, the admin reset"
     );
+    // Said where people look: the audit trail and `cases show`.
+    assert!(
+        refused
+            .history
+            .iter()
+            .any(|h| h.what.contains("registration unknown")
+                && h.what.contains("no self-remediation offered")),
+        "{:#?}",
+        refused.history
+    );
+    let shown = risk_responder::cases::case::CaseReport(&refused).to_string();
+    assert!(shown.contains("account: registration unknown"), "{shown}");
     let capable = case_of(1).await.findings.unwrap().registration.unwrap();
     assert_eq!(
         capable.capable,

@@ -857,6 +857,9 @@ impl std::fmt::Display for CaseReport<'_> {
                 "    findings: {risk}; {} sign-in(s) blocked with 53011 since {}",
                 findings.blocked_sign_ins.count, findings.blocked_sign_ins.since
             )?;
+            for line in findings.account_lines() {
+                writeln!(f, "    account: {line}")?;
+            }
             for s in &findings.blocked_sign_ins.newest {
                 writeln!(
                     f,

@@ -192,6 +192,35 @@ impl Registration {
     }
 }
 
+impl Findings {
+    /// What the plan knew of the account beyond its risk, one line each, for `cases show`, the
+    /// audit and the mails: registration (or why it is unknown) and whether the account is
+    /// synced from on-premises.
+    pub fn account_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        match (&self.registration, &self.registration_unknown) {
+            (Some(r), _) => lines.push(format!(
+                "registration: MFA {}, SSPR {}{}",
+                if r.can_mfa() { "usable" } else { "not usable" },
+                if r.can_sspr() { "usable" } else { "not usable" },
+                if r.methods_registered.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (methods: {})", r.methods_registered.join(", "))
+                }
+            )),
+            (None, Some(why)) => lines.push(format!("{why}; no self-remediation offered")),
+            (None, None) => {}
+        }
+        if self.user.on_premises_sync_enabled == Some(true) {
+            lines.push(
+                "synced from on-premises Active Directory (onPremisesSyncEnabled)".to_owned(),
+            );
+        }
+        lines
+    }
+}
+
 /// Everything a plan is made from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Findings {

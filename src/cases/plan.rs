@@ -90,6 +90,16 @@ pub fn plan_case(
     if blocked.count > 0 {
         case.note(now, blocked.short_text(SIGN_INS_NOTED));
     }
+    if let Some(why) = &findings.registration_unknown {
+        case.note(now, format!("{why}; no self-remediation offered"));
+    }
+    if findings.user.on_premises_sync_enabled == Some(true) && policy.password_writeback {
+        case.note(
+            now,
+            "synced from on-premises Active Directory: a reset takes effect only through \
+             password writeback (password_writeback = true)",
+        );
+    }
     let mode = case.mode;
     apply_rails(
         case,
@@ -513,6 +523,14 @@ mod runbook_tests {
             now(),
         );
         assert_eq!(state(&c, Action::ResetPassword), ActionState::Pending);
+        // The plan says what the reset relies on.
+        assert!(
+            c.history
+                .iter()
+                .any(|h| h.what.contains("only through password writeback")),
+            "{:#?}",
+            c.history
+        );
     }
 
     #[test]

@@ -68,6 +68,9 @@ fn findings_and_plan(text: &mut String, case: &Case, indent: &str, most: usize) 
             );
         }
         sign_in_lines(text, case, indent, most);
+        for line in findings.account_lines() {
+            let _ = writeln!(text, "{indent}Account: {line}.");
+        }
         if let Some(reason) = &findings.protected {
             let _ = writeln!(text, "{indent}Protected account: {reason}.");
         }
