@@ -226,6 +226,42 @@ async fn a_user_whose_mailbox_is_at_risk_is_told_through_the_manager() {
     assert!(!body.contains(&password));
 }
 
+/// A user whose mailbox is at risk and who has no manager: the mail is skipped with the reason,
+/// or goes to `when_no_manager` when the operator set one.
+#[tokio::test]
+async fn a_user_without_a_manager_is_told_through_the_configured_fallback() {
+    for fallback in [None, Some("helpdesk-queue@contoso.onmicrosoft.com")] {
+        let s = start().await;
+        seed(&s, "high", "atRisk", 2);
+        s.with(|d| d.managers.clear());
+        let mut policy = runbook_policy("");
+        if let Some(config) = policy.notify_user.as_mut() {
+            config.when_no_manager = fallback.map(str::to_owned);
+        }
+        let case = run(&s, policy, adele_item("a-4")).await;
+        let mails = user_mails(&s);
+        match fallback {
+            None => {
+                assert!(mails.is_empty(), "{mails:?}");
+                assert!(
+                    matches!(state(&case, Action::NotifyUser), ActionState::Skipped { reason, .. }
+                        if reason.contains("no manager") && reason.contains("when_no_manager")),
+                    "{:?}",
+                    state(&case, Action::NotifyUser)
+                );
+            }
+            Some(address) => {
+                assert_eq!(mails.len(), 1, "{mails:?}");
+                assert_eq!(mails[0].0, vec![address.to_owned()]);
+                assert!(matches!(
+                    state(&case, Action::NotifyUser),
+                    ActionState::Done { .. }
+                ));
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_hybrid_user_without_password_writeback_is_not_reset() {
     let s = start().await;

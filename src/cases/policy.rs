@@ -124,6 +124,11 @@ pub struct NotifyUser {
     /// sign-in or confirms the compromise): `"manager"`, or a fixed address.
     #[serde(default = "default_when_mailbox_at_risk")]
     pub when_mailbox_at_risk: String,
+    /// With `when_mailbox_at_risk = "manager"`: where the mail goes for a user with no manager
+    /// (or one without a mailbox), e.g. the helpdesk's shared mailbox. Unset: the mail is
+    /// skipped, with the reason.
+    #[serde(default)]
+    pub when_no_manager: Option<String>,
     /// The self-service password reset page.
     #[serde(default = "default_sspr_url")]
     pub sspr_url: String,
@@ -354,6 +359,14 @@ impl Policy {
             } else if (1..rule.actions.len()).any(|i| rule.actions[..i].contains(&rule.actions[i]))
             {
                 Some("lists an action twice")
+            } else if rule
+                .actions
+                .iter()
+                .skip_while(|a| **a != Action::NotifyUser)
+                .any(|a| !matches!(a, Action::NotifyUser | Action::Notify))
+            {
+                // The user mail says what happened: it goes after what it tells about.
+                Some("lists notify_user before an action it tells the user about: put it last")
             } else {
                 None
             };
@@ -460,6 +473,15 @@ actions = ["reset_password"]"#),
 name = "r"
 actions = ["revoke_sessions", "revoke_sessions"]"#),
             "rule \"r\": lists an action twice"
+        );
+        assert_eq!(
+            err(r#"[notify_user]
+sender = "soc@contoso.com"
+helpdesk = "helpdesk@contoso.com"
+[[rules]]
+name = "r"
+actions = ["revoke_sessions", "notify_user", "dismiss_risk"]"#),
+            "rule \"r\": lists notify_user before an action it tells the user about: put it last"
         );
         assert!(err("mode = \"yolo\"").contains("mode"));
         assert!(err("lookback_hours = 0").contains("lookback_hours"));

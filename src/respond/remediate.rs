@@ -592,7 +592,11 @@ impl Remediator<'_> {
                 .unwrap_or_else(|| case.user_id.clone());
             let recipient = if at_risk_mailbox(case) {
                 if config.when_mailbox_at_risk == "manager" {
-                    managers.get(&k).cloned().flatten()
+                    managers
+                        .get(&k)
+                        .cloned()
+                        .flatten()
+                        .or_else(|| config.when_no_manager.clone())
                 } else {
                     Some(config.when_mailbox_at_risk.clone())
                 }
@@ -601,7 +605,9 @@ impl Remediator<'_> {
             };
             let Some(recipient) = recipient else {
                 results[k] = Some(Ok(Step::Skipped(
-                    "the user's mailbox is at risk and they have no manager to tell".into(),
+                    "the user's mailbox is at risk, they have no manager to tell and \
+                     [notify_user] when_no_manager is not set"
+                        .into(),
                 )));
                 continue;
             };
