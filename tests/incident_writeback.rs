@@ -1041,3 +1041,86 @@ async fn a_graph_comment_refused_for_want_of_readwrite_is_kept_and_posted_once_g
         1
     );
 }
+
+/// Megan's signal from the incident whose accounts carry only `accountName` + `upnSuffix`:
+/// the stand-in's directory has no such user, so no case can be opened for her.
+fn unknown_account_signal() -> RiskEvent {
+    let body = common::event_body("sentinel/incident-account-name-upnsuffix.json");
+    let config = risk_responder::config::Config::default();
+    let outcome = risk_responder::ingress::sentinel::parse(body.as_bytes(), &config).unwrap();
+    outcome
+        .events
+        .into_iter()
+        .find(|e| {
+            matches!(&e.subject, Subject::User { upn: Some(upn), .. }
+                if upn == "megan.bowen@contoso.onmicrosoft.com")
+        })
+        .expect("Megan's signal")
+}
+
+/// An incident account that names no user in the directory opens no case, and the incident is
+/// told so (the analyst sees it on the incident, not only in the playbook's run history): one
+/// comment, the same on redelivery, on either path.
+#[tokio::test]
+async fn an_incident_account_with_no_user_is_reported_on_the_incident_once() {
+    // ARM: the comment id comes from the signal, so a redelivery replaces the same comment.
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let signal = unknown_account_signal();
+    let arm = signal.resource_data.as_ref().unwrap()["incidentArmId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.with(|d| d.sentinel.add_incident(&arm));
+    let ledger = memory_ledger();
+    let on = worker(&s, &ledger, enforce(), CommentPath::Arm);
+    let item = WorkItem::Risk(signal.clone());
+    for _ in 0..2 {
+        let disposition = on.handle(&item).await;
+        assert!(
+            matches!(disposition, Disposition::Done(_)),
+            "{disposition:?}"
+        );
+    }
+    assert!(ledger.find_case(&signal.event_id).await.unwrap().is_none());
+    let comments = s.with(|d| d.sentinel.comments(&arm));
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    let text = message(&comments[0]);
+    for expected in [
+        "could not act on account megan.bowen@contoso.onmicrosoft.com",
+        "No case was opened",
+        &signal.event_id,
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    assert_eq!(
+        arm_puts(&s).len(),
+        2,
+        "one comment, written again on redelivery"
+    );
+
+    // Graph: the marker finds the earlier post, so a redelivery posts nothing more.
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| d.sentinel.add_defender_incident(DEFENDER_ID));
+    let mut signal = unknown_account_signal();
+    signal.resource_data = incident_signal(DEFENDER).resource_data;
+    let ledger = memory_ledger();
+    let on = worker(&s, &ledger, enforce(), CommentPath::Graph);
+    let item = WorkItem::Risk(signal.clone());
+    for _ in 0..3 {
+        assert!(!on.handle(&item).await.is_retry());
+    }
+    assert_eq!(graph_posts(&s), 1);
+    let comments = s.with(|d| d.sentinel.defender_comments(DEFENDER_ID));
+    assert!(
+        comments[0]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("No case was opened"),
+        "{comments:?}"
+    );
+}

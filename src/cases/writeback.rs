@@ -380,6 +380,31 @@ pub fn marker(case: &Case, outcome: &str) -> String {
     format!("risk-responder case {} · outcome {outcome}", case.case_id)
 }
 
+/// The comment for an incident account no case could be opened for (no such user in the
+/// directory, no usable id): the same key on every attempt, so a retry replaces it (ARM) or
+/// finds it (Graph's marker).
+pub fn unresolved_comment_key(signal_id: &str) -> String {
+    format!("signal {signal_id}")
+}
+
+/// The line that ends an unresolved-account comment (see [`marker`]).
+pub fn unresolved_marker(signal_id: &str) -> String {
+    format!("risk-responder signal {signal_id} · no case")
+}
+
+/// What an incident is told about an account risk-responder could not act on: who, why, and
+/// that a person must look. `account` and `reason` come from the payload and the directory, so
+/// they are escaped.
+pub fn unresolved_comment_text(signal_id: &str, account: &str, reason: &str) -> String {
+    format!(
+        "**risk-responder** could not act on account {}: {}. No case was opened and nothing was \
+         changed; a person must check this account.\n\n{}",
+        esc(account),
+        esc(reason),
+        unresolved_marker(signal_id)
+    )
+}
+
 /// Sentinel renders basic HTML and Markdown in comments: text from elsewhere (user and app
 /// names, locations from sign-in logs, Graph error messages) is escaped so that it shows as
 /// written and can never become a link, an image, emphasis, a heading, a table or markup. HTML

@@ -26,7 +26,8 @@ pub enum SentinelError {
     /// JSON, but not a known schema (422).
     #[error("payload is not a Sentinel alert or incident: missing field `{0}`")]
     MissingField(&'static str),
-    /// A known schema without any usable account (422).
+    /// A known schema without any usable account (answered 200 `no_usable_account`: Logic
+    /// Apps retries no 4xx, and a retry could not do better).
     #[error("payload has no Account entity with AadUserId, an Entra SID or a UPN")]
     NoAccount,
 }

@@ -20,8 +20,9 @@ use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
 use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
 use crate::cases::plan::{RAIL_BLAST_RADIUS, escalate_case, plan_case};
+use crate::cases::writeback::IncidentRef;
 use crate::cases::{Case, CaseStatus, Placement, Policy, place};
-use crate::event::RiskEvent;
+use crate::event::{EventSource, RiskEvent, Subject};
 use crate::graph::{GraphClient, GraphError};
 use crate::ingress::graph::{LifecycleKind, LifecycleNotice};
 use crate::ledger::{Admission, Ledger, LedgerError};
@@ -345,6 +346,9 @@ impl Worker {
             no_user
                 .into_iter()
                 .map(|(index, signal, reason)| async move {
+                    if let Some(retry) = self.tell_incident_no_user(tenant, signal, &reason).await {
+                        return (index, Disposition::Retry(retry));
+                    }
                     (index, self.settle_signal(signal, None, &reason).await)
                 })
                 .collect(),
@@ -470,6 +474,41 @@ impl Worker {
             out.push((index, disposition));
         }
         out
+    }
+
+    /// A Sentinel incident's account that names no user to act on: the incident is told, so
+    /// the analyst sees it there and not only in the playbook's run history. Returns why the
+    /// message must be kept when the comment failed and may succeed later.
+    async fn tell_incident_no_user(
+        &self,
+        tenant: &str,
+        signal: &RiskEvent,
+        reason: &str,
+    ) -> Option<String> {
+        let commenter = self.incident_comments.as_ref()?;
+        if signal.source != EventSource::Sentinel {
+            return None;
+        }
+        let incident = signal
+            .resource_data
+            .as_ref()
+            .and_then(IncidentRef::from_signal_context)?;
+        let account = match &signal.subject {
+            Subject::User { upn: Some(upn), .. } => upn.clone(),
+            Subject::User { id: Some(id), .. } => id.clone(),
+            _ => "(no account)".to_owned(),
+        };
+        match commenter
+            .write_unresolved(tenant, &incident, &signal.event_id, &account, reason)
+            .await
+        {
+            super::writeback::Written::Failed { error, retry: true } => Some(format!(
+                "signal {}: incident {} comment failed, kept for retry: {error}",
+                signal.event_id,
+                incident.label()
+            )),
+            _ => None,
+        }
     }
 
     async fn settle_signal(

@@ -33,6 +33,7 @@ use crate::cases::Case;
 use crate::cases::case::Lease;
 use crate::cases::writeback::{
     CommentPath, CommentState, IncidentRef, comment_id, comment_text, marker, outcome_key, settled,
+    unresolved_comment_key, unresolved_comment_text, unresolved_marker,
 };
 use crate::config::Config;
 use crate::event::{EventSource, RiskEvent};
@@ -239,8 +240,19 @@ pub struct CommentCounts {
     pub unwritable: usize,
 }
 
+/// One comment to write: where (the tenant whose token writes it), its stable key (the comment
+/// id on ARM is derived from it), its text, and the marker line that finds an earlier post of
+/// it on the Graph path.
+struct Comment<'a> {
+    tenant: &'a str,
+    key: &'a str,
+    text: String,
+    marker: String,
+}
+
 /// What one write attempt gave.
-enum Written {
+#[derive(Debug)]
+pub enum Written {
     Ok(String),
     /// `retry`: whether a later attempt may succeed (throttling, outage, a permission an
     /// operator grants); otherwise the incident is unwritable (gone, no usable id).
@@ -316,32 +328,65 @@ impl IncidentCommenter {
 
     /// Writes `case`'s outcome `outcome` onto `incident`.
     async fn write(&self, case: &Case, incident: &IncidentRef, outcome: &str) -> Written {
+        let comment = Comment {
+            tenant: &case.tenant_id,
+            key: &case.case_id,
+            text: comment_text(case, outcome),
+            marker: marker(case, outcome),
+        };
+        self.put(&comment, incident, &case.case_id).await
+    }
+
+    /// Tells `incident` that its account `account` (signal `signal_id`) could not be acted on,
+    /// and why: the same comment on every attempt. See
+    /// [`crate::cases::writeback::unresolved_comment_text`].
+    pub async fn write_unresolved(
+        &self,
+        tenant: &str,
+        incident: &IncidentRef,
+        signal_id: &str,
+        account: &str,
+        reason: &str,
+    ) -> Written {
+        let key = unresolved_comment_key(signal_id);
+        let comment = Comment {
+            tenant,
+            key: &key,
+            text: unresolved_comment_text(signal_id, account, reason),
+            marker: unresolved_marker(signal_id),
+        };
+        self.put(&comment, incident, signal_id).await
+    }
+
+    /// Writes `comment` on `incident` through the configured path, counted and logged under
+    /// `about` (a case or signal id).
+    async fn put(&self, comment: &Comment<'_>, incident: &IncidentRef, about: &str) -> Written {
         let written = match self.path {
-            CommentPath::Arm => self.write_arm(case, incident, outcome).await,
-            CommentPath::Graph => self.write_graph(case, incident, outcome).await,
+            CommentPath::Arm => self.write_arm(comment, incident).await,
+            CommentPath::Graph => self.write_graph(comment, incident).await,
         };
         let label = incident.label();
         match &written {
             Written::Ok(detail) => {
                 self.written.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(case_id = %case.case_id, incident = %label, path = self.path.as_str(), %detail, "incident comment written");
+                tracing::info!(about = %about, incident = %label, path = self.path.as_str(), %detail, "incident comment written");
             }
             Written::Failed { error, retry: true } => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(case_id = %case.case_id, incident = %label, path = self.path.as_str(), %error, "incident comment failed");
+                tracing::error!(about = %about, incident = %label, path = self.path.as_str(), %error, "incident comment failed");
             }
             Written::Failed {
                 error,
                 retry: false,
             } => {
                 self.unwritable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(case_id = %case.case_id, incident = %label, path = self.path.as_str(), %error, "incident comment cannot be written");
+                tracing::warn!(about = %about, incident = %label, path = self.path.as_str(), %error, "incident comment cannot be written");
             }
         }
         written
     }
 
-    async fn write_arm(&self, case: &Case, incident: &IncidentRef, outcome: &str) -> Written {
+    async fn write_arm(&self, comment: &Comment<'_>, incident: &IncidentRef) -> Written {
         let Some(arm) = &self.arm else {
             return Written::Failed {
                 error: "no ARM client configured".into(),
@@ -357,14 +402,13 @@ impl IncidentCommenter {
                 };
             }
         };
-        let comment = comment_id(&case.case_id);
-        let text = comment_text(case, outcome);
+        let comment_guid = comment_id(comment.key);
         match arm
-            .put_incident_comment(&case.tenant_id, id, &comment, &text)
+            .put_incident_comment(comment.tenant, id, &comment_guid, &comment.text)
             .await
         {
             Ok(status) => Written::Ok(format!(
-                "comment {comment} {}",
+                "comment {comment_guid} {}",
                 if status == 201 { "created" } else { "replaced" }
             )),
             Err(e @ ArmError::NotFound { .. }) => Written::Failed {
@@ -378,7 +422,7 @@ impl IncidentCommenter {
         }
     }
 
-    async fn write_graph(&self, case: &Case, incident: &IncidentRef, outcome: &str) -> Written {
+    async fn write_graph(&self, comment: &Comment<'_>, incident: &IncidentRef) -> Written {
         let id = match incident.defender_incident_id() {
             Ok(id) => segment(id),
             Err(error) => {
@@ -392,9 +436,9 @@ impl IncidentCommenter {
             retry: !matches!(e, GraphError::NotFound { .. }),
             error: e.to_string(),
         };
-        let tenant = &case.tenant_id;
+        let tenant = comment.tenant;
         // Not idempotent: an earlier post whose answer was lost shows as our marker.
-        let end = marker(case, outcome);
+        let end = &comment.marker;
         match self
             .graph
             .send(
@@ -410,7 +454,7 @@ impl IncidentCommenter {
                     comments
                         .iter()
                         .filter_map(|c| c["comment"].as_str())
-                        .any(|c| c.contains(&end))
+                        .any(|c| c.contains(end.as_str()))
                 });
                 if posted {
                     return Written::Ok("already on the incident".into());
@@ -420,7 +464,7 @@ impl IncidentCommenter {
         }
         let body = json!({
             "@odata.type": "microsoft.graph.security.alertComment",
-            "comment": comment_text(case, outcome),
+            "comment": comment.text,
         });
         match self
             .graph
