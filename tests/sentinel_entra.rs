@@ -80,6 +80,19 @@ async fn an_application_may_be_allowed_by_its_app_id() {
     let mut claims = entra_claims();
     claims["oid"] = "00000000-1111-2222-3333-444444444444".into();
     assert_eq!(post(&state, &signed(&claims)).await.0, 202);
+    // A v2 token names the application in `azp` (no `appid`).
+    claims["aud"] = CLIENT_ID.into();
+    claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
+    claims["ver"] = "2.0".into();
+    let appid = claims.as_object_mut().unwrap().remove("appid").unwrap();
+    claims["azp"] = appid;
+    let (status, body) = post(&state, &signed(&claims)).await;
+    // Authenticated: the same incident again is answered as the duplicate it is.
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicate\""), "{body}");
+    // Another application's v2 token is not on the list.
+    claims["azp"] = "99999999-8888-7777-6666-555555555555".into();
+    assert_eq!(post(&state, &signed(&claims)).await.0, 401);
 }
 
 async fn assert_refused(claims: serde_json::Value, expected: &str) {
