@@ -96,6 +96,39 @@ pub fn check(policies: &[Value], policy: &Policy) -> Vec<UserRiskPolicy> {
         }
         if !built_in.iter().any(|c| c == "passwordChange") {
             findings.push("does not require a secure password change".into());
+        } else if grant["operator"].as_str() == Some("OR") && built_in.len() > 1 {
+            findings.push(
+                "grant operator OR: a user can satisfy it without the password change; \
+                 Microsoft's template requires all (AND)"
+                    .into(),
+            );
+        }
+        if !built_in.iter().any(|c| c == "mfa") && grant["authenticationStrength"].is_null() {
+            findings.push("does not require multifactor authentication".into());
+        }
+        let apps = strings(&conditions["applications"]["includeApplications"]);
+        if !apps.iter().any(|a| a == "All") {
+            findings.push(format!(
+                "covers only some applications ({}): a risky user can still sign in to the rest",
+                if apps.is_empty() {
+                    "none".to_owned()
+                } else {
+                    apps.join(", ")
+                }
+            ));
+        }
+        if sign_in_frequency.as_deref() != Some("everyTime") {
+            findings.push(
+                "sign-in frequency is not every time: a remediated session may not be \
+                 re-evaluated"
+                    .into(),
+            );
+        }
+        if !strings(&users["excludeRoles"]).is_empty() {
+            findings.push(format!(
+                "excludes directory roles ({}): their holders are never asked to remediate",
+                strings(&users["excludeRoles"]).join(", ")
+            ));
         }
         match state.as_str() {
             "enabledForReportingButNotEnforced" => findings.push(
@@ -187,5 +220,34 @@ mod tests {
         );
         let recheck = check(&[created], &policy);
         assert!(recheck[0].break_glass_not_excluded.is_empty());
+        // What we create passes our own check, apart from being report-only.
+        assert_eq!(
+            recheck[0].findings,
+            ["report-only: validate its sign-in log results, then enable it in the portal"]
+        );
+    }
+
+    #[test]
+    fn weak_grants_partial_applications_and_role_exclusions_are_reported() {
+        let policy = Policy::default_policy();
+        let tenant = vec![json!({"id": "3", "displayName": "weak", "state": "enabled",
+            "conditions": {"userRiskLevels": ["high"],
+                "applications": {"includeApplications": ["00000002-0000-0ff1-ce00-000000000000"]},
+                "users": {"includeUsers": ["All"], "excludeUsers": ["x"],
+                    "excludeRoles": ["62e90394-69f5-4237-9190-012177145e10"]}},
+            "grantControls": {"operator": "OR", "builtInControls": ["mfa", "passwordChange"]}})];
+        let findings = &check(&tenant, &policy)[0].findings;
+        for expected in [
+            "grant operator OR",
+            "covers only some applications",
+            "sign-in frequency is not every time",
+            "excludes directory roles",
+        ] {
+            assert!(
+                findings.iter().any(|f| f.contains(expected)),
+                "{expected:?} not in {findings:?}"
+            );
+        }
+        assert!(!findings.iter().any(|f| f.contains("multifactor")));
     }
 }
