@@ -39,6 +39,138 @@ fn forged(kid: &str) -> String {
     sign_token(&token_claims(), "jwt-test-key-2.pem", kid)
 }
 
+/// A rich batch with a forged key id, from a sender without our clientState (or, with
+/// `tenant`, with it but for another tenant).
+fn forged_batch(client_state: &str, tenant: Option<&str>, kid: &str) -> String {
+    let mut batch: serde_json::Value =
+        serde_json::from_str(&rich_batch_with(client_state, Some(vec![forged(kid)]))).unwrap();
+    if let Some(tenant) = tenant {
+        batch["value"][0]["tenantId"] = tenant.into();
+    }
+    batch.to_string()
+}
+
+#[tokio::test]
+async fn forged_key_ids_without_a_genuine_client_state_are_dropped_without_a_fetch() {
+    let (logs, _guard) = Logs::capture();
+    let jwks = jwks_server().await;
+    // Even while the endpoint fails, which would make any key lookup a 503.
+    jwks.fail(true);
+    let (state, queue) = webhook(&jwks, JwksPolicy::default()).await;
+    for i in 0..10 {
+        let (status, _, body) = call(
+            state.clone(),
+            post_json(
+                "/graph/notifications",
+                forged_batch("guessed-client-state", None, &format!("forged-{i}")),
+            ),
+        )
+        .await;
+        assert_eq!(status, 202, "dropped, not retried: {body}");
+        assert!(body.is_empty(), "{body}");
+    }
+    // Our clientState but a tenant that is not allowed: dropped as well.
+    let (status, _, _) = call(
+        state.clone(),
+        post_json(
+            "/graph/notifications",
+            forged_batch(
+                CLIENT_STATE,
+                Some("f00dfeed-0000-4000-8000-000000000bad"),
+                "forged-t",
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(jwks.hits(), 0, "no key set lookup for these batches");
+    assert!(queue.drain().is_empty());
+    let text = logs.text();
+    assert!(text.contains(r#"\"client_state_mismatch\":1"#), "{text}");
+    assert!(text.contains(r#"\"tenant_not_allowed\":1"#), "{text}");
+    assert!(!text.contains("signing keys unavailable"), "{text}");
+
+    // With a genuine clientState the tokens must be checked: 503 while the keys are unavailable.
+    let (status, _) = deliver(&state, forged("forged-genuine")).await;
+    assert_eq!(status, 503);
+    assert_eq!(jwks.hits(), 1);
+}
+
+fn sentinel_config(jwks: &JwksServer) -> Config {
+    Config {
+        jwks_url: jwks.url.clone(),
+        sentinel_audiences: vec![SENTINEL_AUDIENCE.to_owned()],
+        ..Config::default()
+    }
+}
+
+/// Posts an incident to `/sentinel/alerts` with `claims` signed under a forged key id.
+async fn post_forged_bearer(
+    state: &AppState,
+    claims: &serde_json::Value,
+    kid: &str,
+) -> (u16, String) {
+    let token = sign_token(claims, "jwt-test-key-2.pem", kid);
+    let (status, _, body) = call(
+        state.clone(),
+        post_sentinel(
+            &event_body("sentinel/incident-two-accounts.json"),
+            &[("authorization", format!("Bearer {token}"))],
+        ),
+    )
+    .await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn implausible_bearer_tokens_with_forged_key_ids_are_401_without_a_fetch() {
+    let jwks = jwks_server().await;
+    jwks.fail(true);
+    let queue = Arc::new(MemoryQueue::default());
+    let state = app_with_secrets(sentinel_config(&jwks), &entra_secrets(), queue.clone());
+
+    let mut stranger = entra_claims();
+    stranger["oid"] = "7e57e57e-0000-4000-8000-00000000000a".into();
+    stranger["sub"] = "7e57e57e-0000-4000-8000-00000000000a".into();
+    stranger["appid"] = "7e57e57e-0000-4000-8000-00000000000b".into();
+    let mut other_audience = entra_claims();
+    other_audience["aud"] = "https://management.azure.com/".into();
+    let mut other_tenant = entra_claims();
+    other_tenant["tid"] = "f00dfeed-0000-4000-8000-000000000bad".into();
+    let mut junk_caller = entra_claims();
+    junk_caller["oid"] = "<script>not-a-guid</script>".into();
+    for (i, (claims, reason)) in [
+        (
+            &stranger,
+            "caller (oid 7e57e57e-0000-4000-8000-00000000000a",
+        ),
+        (&other_audience, "audience (aud) is not one accepted here"),
+        (
+            &other_tenant,
+            "tenant f00dfeed-0000-4000-8000-000000000bad refused",
+        ),
+        (&junk_caller, "caller (oid - appid"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for attempt in 0..3 {
+            let (status, body) =
+                post_forged_bearer(&state, claims, &format!("forged-{i}-{attempt}")).await;
+            assert_eq!(status, 401, "{body}");
+            assert!(body.contains(reason), "expected {reason:?} in {body}");
+            assert!(!body.contains("script"), "unverified text echoed: {body}");
+        }
+    }
+    assert_eq!(jwks.hits(), 0, "no key set lookup for implausible tokens");
+    assert!(queue.drain().is_empty());
+
+    // A plausible token (allowed caller, audience and tenant) must be checked: 503.
+    let (status, body) = post_forged_bearer(&state, &entra_claims(), "forged-plausible").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(jwks.hits(), 1);
+}
+
 #[tokio::test]
 async fn a_failing_key_endpoint_gives_503_and_drops_nothing() {
     let jwks = jwks_server().await;

@@ -123,7 +123,10 @@ async fn assert_refused(claims: serde_json::Value, expected: &str) {
 async fn another_audience_is_refused() {
     let mut claims = entra_claims();
     claims["aud"] = "https://management.azure.com/".into();
-    assert_refused(claims, "InvalidAudience").await;
+    assert_refused(claims, "token audience (aud) is not one accepted here").await;
+    let mut claims = entra_claims();
+    claims["aud"] = serde_json::json!(["https://management.azure.com/"]);
+    assert_refused(claims, "token audience (aud) is not one accepted here").await;
 }
 
 #[tokio::test]

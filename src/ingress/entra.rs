@@ -108,6 +108,24 @@ pub enum EntraError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     exp: i64,
+    #[serde(flatten)]
+    identity: Identity,
+}
+
+/// The claims read before the signature is checked (see [`EntraVerifier::screen`]).
+#[derive(Debug, Deserialize)]
+struct Unverified {
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(flatten)]
+    identity: Identity,
+}
+
+/// Who the token was issued to, and whether for a user.
+#[derive(Debug, Deserialize)]
+struct Identity {
     #[serde(default)]
     oid: Option<String>,
     #[serde(default)]
@@ -151,6 +169,7 @@ impl EntraVerifier {
         callers: &CallerAllowList,
         deadline: Instant,
     ) -> Result<Caller, EntraError> {
+        self.screen(token, &tenant_allowed, callers)?;
         let (issuer, claims): (_, Claims) =
             super::jwks::verify(&self.jwks, token, &self.audiences, self.leeway, deadline)
                 .await
@@ -158,13 +177,17 @@ impl EntraVerifier {
         if !tenant_allowed(&issuer.tid) {
             return Err(EntraError::Tenant(issuer.tid));
         }
-        app_only(&claims)?;
+        let identity = claims.identity;
+        app_only(&identity)?;
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         let caller = Caller {
             valid_until: claims.exp.saturating_add(leeway),
             tenant_id: issuer.tid,
-            object_id: claims.oid.map(|s| s.to_ascii_lowercase()),
-            app_id: claims.appid.or(claims.azp).map(|s| s.to_ascii_lowercase()),
+            object_id: identity.oid.map(|s| s.to_ascii_lowercase()),
+            app_id: identity
+                .appid
+                .or(identity.azp)
+                .map(|s| s.to_ascii_lowercase()),
         };
         if callers.allows(&caller) {
             Ok(caller)
@@ -172,11 +195,59 @@ impl EntraVerifier {
             Err(EntraError::NotAllowed(caller))
         }
     }
+
+    /// The checks that need no signing key, on the token's unverified header and claims:
+    /// RS256 with a key id, an accepted audience, an allowed tenant, an app-only token, a caller
+    /// on the allow-list. A token failing them could never pass [`Self::verify`], so it is
+    /// refused before any key lookup: forged key ids cannot make an implausible token cause a
+    /// key-set fetch or a 503. What is echoed from these claims is a GUID or nothing.
+    fn screen(
+        &self,
+        token: &str,
+        tenant_allowed: &impl Fn(&str) -> bool,
+        callers: &CallerAllowList,
+    ) -> Result<(), EntraError> {
+        let claims: Unverified =
+            super::jwks::unverified_claims(token).map_err(EntraError::Token)?;
+        let addressed = claims
+            .aud
+            .as_ref()
+            .is_some_and(|aud| super::jwks::addressed_to(aud, &self.audiences));
+        if !addressed {
+            return Err(EntraError::Token(TokenError::Audience));
+        }
+        let tenant = claims.tid.as_deref().and_then(guid);
+        let tenant_id = match tenant {
+            Some(tid) if tenant_allowed(&tid) => tid,
+            Some(tid) => return Err(EntraError::Tenant(tid)),
+            None => return Err(EntraError::Tenant("(no GUID in tid)".into())),
+        };
+        app_only(&claims.identity)?;
+        let identity = claims.identity;
+        let caller = Caller {
+            valid_until: 0,
+            tenant_id,
+            object_id: identity.oid.as_deref().and_then(guid),
+            app_id: identity.appid.or(identity.azp).as_deref().and_then(guid),
+        };
+        if callers.allows(&caller) {
+            Ok(())
+        } else {
+            Err(EntraError::NotAllowed(caller))
+        }
+    }
+}
+
+/// `id` in lower case if it is a GUID (unverified claims are shown only in that form).
+fn guid(id: &str) -> Option<String> {
+    uuid::Uuid::try_parse(id)
+        .ok()
+        .map(|_| id.to_ascii_lowercase())
 }
 
 /// Refuses a user's (delegated) token: `scp` present, `idtyp` other than `app`, or (without
 /// `idtyp`) an `oid` that is not the `sub`.
-fn app_only(claims: &Claims) -> Result<(), EntraError> {
+fn app_only(claims: &Identity) -> Result<(), EntraError> {
     if claims.scp.is_some() {
         return Err(EntraError::Delegated(
             "it is a user's (delegated) token: it carries scp",

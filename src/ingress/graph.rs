@@ -262,8 +262,8 @@ pub struct GraphIngress<'a> {
 impl GraphIngress<'_> {
     /// Parses and checks a batch. Errors when the body is not a batch, holds more than
     /// [`Config::max_notifications_per_batch`] notifications, or when its tokens cannot be
-    /// checked for want of signing keys; individual bad notifications are reported in
-    /// [`BatchOutcome::dropped`].
+    /// checked for want of signing keys (only if a notification passed the key-free checks);
+    /// individual bad notifications are reported in [`BatchOutcome::dropped`].
     pub async fn process(&self, body: &[u8]) -> Result<BatchOutcome, BatchError> {
         let shape: BatchShape =
             serde_json::from_slice(body).map_err(|e| BatchError::NotABatch(e.to_string()))?;
@@ -276,21 +276,36 @@ impl GraphIngress<'_> {
         }
         let batch: NotificationBatch =
             serde_json::from_slice(body).map_err(|e| BatchError::NotABatch(e.to_string()))?;
-        let vouched = self.verify_tokens(batch.validation_tokens.as_deref()).await;
+        // Key-free checks first (shape, clientState, tenant): a batch in which no notification
+        // carries an accepted clientState of an allowed tenant is dropped without looking up a
+        // signing key, so forged key ids from a sender without our clientState can neither
+        // cause a fetch nor be answered 503.
+        let mut claimed: Vec<(Option<String>, Option<String>)> =
+            Vec::with_capacity(batch.value.len());
+        let screened: Vec<Result<Screened, Rejection>> = batch
+            .value
+            .into_iter()
+            .map(|raw| {
+                let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+                claimed.push((field("subscriptionId"), field("tenantId")));
+                self.screen(raw)
+            })
+            .collect();
+        let vouched = if screened.iter().any(Result::is_ok) {
+            self.verify_tokens(batch.validation_tokens.as_deref()).await
+        } else {
+            // Every notification already has its reason; the tokens would change nothing.
+            Vouched::NoTokens
+        };
         if let Vouched::Unavailable(reason) = vouched {
             return Err(BatchError::KeysUnavailable(reason));
         }
-        // Cheap checks first, one notification after another; what needs its content
-        // decrypted (an RSA unwrap each) is set aside and opened on all cores at once.
-        let mut results: Vec<(usize, Result<Item, Rejection>)> =
-            Vec::with_capacity(batch.value.len());
+        // What needs its content decrypted (an RSA unwrap each) is set aside and opened on
+        // all cores at once.
+        let mut results: Vec<(usize, Result<Item, Rejection>)> = Vec::with_capacity(claimed.len());
         let mut sealed = Vec::new();
-        let mut claimed: Vec<(Option<String>, Option<String>)> =
-            Vec::with_capacity(batch.value.len());
-        for (index, raw) in batch.value.into_iter().enumerate() {
-            let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-            claimed.push((field("subscriptionId"), field("tenantId")));
-            match self.check(raw, &vouched) {
+        for (index, screened) in screened.into_iter().enumerate() {
+            match screened.and_then(|s| self.check(s, &vouched)) {
                 Ok(Checked::Ready(item)) => results.push((index, Ok(item))),
                 Ok(Checked::Sealed(notification)) => sealed.push((index, notification)),
                 Err(reason) => results.push((index, Err(reason))),
@@ -343,11 +358,8 @@ impl GraphIngress<'_> {
         Vouched::Tenants(tenants)
     }
 
-    fn check(&self, raw: serde_json::Value, vouched: &Vouched) -> Result<Checked, Rejection> {
-        // A batch whose tokens fail is suspicious as a whole: drop every notification in it.
-        if let Vouched::Refused(e) = vouched {
-            return Err(Rejection::ValidationToken(e.clone()));
-        }
+    /// The checks that need no signing key: shape, clientState, tenant.
+    fn screen(&self, raw: serde_json::Value) -> Result<Screened, Rejection> {
         let n: ChangeNotification =
             serde_json::from_value(raw).map_err(|e| Rejection::Malformed(e.to_string()))?;
         let presented = n
@@ -365,7 +377,22 @@ impl GraphIngress<'_> {
         if !self.config.tenant_allowed(&tenant_id) {
             return Err(Rejection::TenantNotAllowed(tenant_id));
         }
+        Ok(Screened {
+            notification: n,
+            tenant_id,
+        })
+    }
 
+    /// The checks of a screened notification that depend on the batch's tokens.
+    fn check(&self, screened: Screened, vouched: &Vouched) -> Result<Checked, Rejection> {
+        // A batch whose tokens fail is suspicious as a whole: drop every notification in it.
+        if let Vouched::Refused(e) = vouched {
+            return Err(Rejection::ValidationToken(e.clone()));
+        }
+        let Screened {
+            notification: n,
+            tenant_id,
+        } = screened;
         if let Some(kind) = &n.lifecycle_event {
             let kind = match kind.as_str() {
                 "reauthorizationRequired" => LifecycleKind::ReauthorizationRequired,
@@ -515,6 +542,12 @@ enum Vouched {
 enum Item {
     Event(Box<RiskEvent>),
     Lifecycle(LifecycleNotice),
+}
+
+/// A notification with an accepted clientState of an allowed tenant.
+struct Screened {
+    notification: ChangeNotification,
+    tenant_id: String,
 }
 
 /// What the cheap checks make of a notification.

@@ -68,6 +68,8 @@ pub enum TokenError {
     KeysUnavailable(String),
     #[error("token is invalid: {0}")]
     Invalid(String),
+    #[error("token audience (aud) is not one accepted here")]
+    Audience,
     #[error("token issuer {0:?} is not a Microsoft issuer for its tenant")]
     Issuer(String),
     #[error("token appid/azp is not the Graph notification publisher")]
@@ -230,6 +232,35 @@ pub struct IssuerClaims {
     pub tid: String,
 }
 
+/// The claims of a token whose header announces RS256 and a key id, read **without checking
+/// the signature**: only for refusing, before any key is looked up, a token that could never
+/// pass [`verify`]. Nothing read here may be trusted.
+pub fn unverified_claims<C: DeserializeOwned>(token: &str) -> Result<C, TokenError> {
+    let header = decode_header(token).map_err(|_| TokenError::Header)?;
+    if header.alg != Algorithm::RS256 {
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+    }
+    if header.kid.is_none() {
+        return Err(TokenError::Header);
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|e| TokenError::Invalid(format!("claims: {e}")))
+}
+
+/// Whether an `aud` claim (a string, or an array of them) names one of `audiences`, as
+/// [`verify`] requires.
+pub fn addressed_to(aud: &serde_json::Value, audiences: &[String]) -> bool {
+    let accepted = |value: &serde_json::Value| {
+        value
+            .as_str()
+            .is_some_and(|aud| audiences.iter().any(|a| a == aud))
+    };
+    match aud {
+        serde_json::Value::Array(values) => values.iter().any(accepted),
+        value => accepted(value),
+    }
+}
+
 /// Verifies an RS256 JWT signed by a key of `jwks`: the signature, `exp` and `nbf` (with
 /// `leeway`), `aud` among `audiences`, and `iss` the v1 or v2 issuer of the token's own `tid`.
 /// Returns the issuer claims and the claims of type `C`.
@@ -269,4 +300,38 @@ pub async fn verify<C: DeserializeOwned>(
     let rest =
         serde_json::from_value(claims).map_err(|e| TokenError::Invalid(format!("claims: {e}")))?;
     Ok((issuer, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audience_is_accepted_as_a_string_or_in_an_array() {
+        let accepted = ["api://x".to_owned(), "client".to_owned()];
+        assert!(addressed_to(&serde_json::json!("client"), &accepted));
+        assert!(addressed_to(
+            &serde_json::json!(["other", "api://x"]),
+            &accepted
+        ));
+        assert!(!addressed_to(&serde_json::json!("api://X"), &accepted));
+        assert!(!addressed_to(&serde_json::json!(["other"]), &accepted));
+        assert!(!addressed_to(&serde_json::json!(7), &accepted));
+        assert!(!addressed_to(&serde_json::json!("client"), &[]));
+    }
+
+    #[test]
+    fn unverified_claims_need_an_rs256_header_with_a_key_id() {
+        let claims = serde_json::json!({ "aud": "client" });
+        let key = jsonwebtoken::EncodingKey::from_secret(b"k");
+        let hs256 = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        assert!(matches!(
+            unverified_claims::<serde_json::Value>(&hs256),
+            Err(TokenError::Algorithm(_))
+        ));
+        assert_eq!(
+            unverified_claims::<serde_json::Value>("not a token").unwrap_err(),
+            TokenError::Header
+        );
+    }
 }
