@@ -5,9 +5,11 @@ queue with its dead-letter queue, the two Secrets Manager secrets), with the env
 template gives each function. Graph and the token endpoint are a closed port: Microsoft cannot
 run here, so what is checked is that an outage loses nothing.
 
-1. webhook: every saved event, with the status the README promises (events/expected-status.json):
-   Lambda HTTP events as they are; raw Sentinel bodies wrapped in a Function URL event and signed
-   now with the development key. Then once more past the secrets TTL (1 s here). Every accepted
+1. webhook: every saved event, with the status the README promises (events/expected-status.json;
+   tests/saved_events.rs makes sure no saved event is left out unless excluded there with a
+   reason): Lambda HTTP events as they are; raw Sentinel bodies wrapped in a Function URL event
+   and signed now with the development key; raw Graph batches wrapped in a Function URL event to
+   /graph/notifications. Then once more past the secrets TTL (1 s here). Every accepted
    signal must be in the ledger (a `signal#` item whose `doc` is the signal record, not yet
    merged into a case) and on the queue.
 2. worker: an SQS event made of what the webhook enqueued, plus one unreadable message. With
@@ -119,6 +121,14 @@ def signed_function_url_event(body: str, template: dict) -> dict:
     return event
 
 
+def graph_function_url_event(body: str, template: dict) -> dict:
+    """A Function URL event POSTing the raw Graph batch `body` to /graph/notifications."""
+    event = json.loads(json.dumps(template))
+    event["headers"]["content-length"] = str(len(body.encode()))
+    event["body"], event["isBase64Encoded"] = body, False
+    return event
+
+
 def ledger_items(ddb) -> dict:
     """Every item of the ledger table, by `pk`."""
     items = {}
@@ -173,10 +183,14 @@ def main() -> int:
 
         # ---- webhook ----
         template = json.loads((EVENTS / "sentinel" / "alert.function-url.json").read_text())
+        graph_template = json.loads((EVENTS / "graph" / "users-updated.function-url.json").read_text())
         for round_name in ("cold", "past the secrets TTL"):
             for file, want in expected.items():
                 if "lambda_http_event" in want:
                     payload, status = json.loads((EVENTS / file).read_text()), want["lambda_http_event"]
+                elif "graph_body" in want:
+                    payload = graph_function_url_event((EVENTS / file).read_text(), graph_template)
+                    status = want["graph_body"]
                 else:
                     payload = signed_function_url_event((EVENTS / file).read_text(), template)
                     status = want["signed_body"]
