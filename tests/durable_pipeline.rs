@@ -219,6 +219,60 @@ async fn partial_batch_failure_reports_only_the_failed_messages() {
     assert_eq!(revokes(&s), 1);
 }
 
+/// The worker re-checks the tenant allow-list on every message (the queue may hold work of
+/// another configuration, or a message put there by hand): work for a tenant not allowed is
+/// settled, not retried, without a Graph call or a case.
+#[tokio::test]
+async fn work_for_a_tenant_not_allowed_is_settled_without_graph_or_a_case() {
+    let (logs, _guard) = common::Logs::capture();
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger = ddb_ledger().await;
+    let worker = worker(&s, ledger.clone());
+    let other = "f00dfeed-0000-4000-8000-000000000bad";
+    let mut signal = risk_item("foreign-1");
+    if let WorkItem::Risk(event) = &mut signal {
+        event.tenant_id = other.into();
+    }
+    let lifecycle = WorkItem::Lifecycle(LifecycleNotice {
+        tenant_id: other.into(),
+        subscription_id: "sub-foreign".into(),
+        kind: LifecycleKind::ReauthorizationRequired,
+    });
+    let resume = WorkItem::Resume {
+        tenant_id: other.to_ascii_uppercase(),
+        case_id: "c-foreign".into(),
+    };
+    let event = sqs_event(&[
+        ("m-signal", serde_json::to_string(&signal).unwrap()),
+        ("m-lifecycle", serde_json::to_string(&lifecycle).unwrap()),
+        ("m-resume", serde_json::to_string(&resume).unwrap()),
+    ]);
+    let response = worker.handle_sqs(event).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "settled, not retried: {response:?}"
+    );
+    let (calls, tokens) = s.with(|d| (d.calls.clone(), d.token_requests));
+    assert!(calls.is_empty(), "no Graph call: {calls:?}");
+    assert_eq!(tokens, 0, "no token requested for the tenant");
+    assert!(ledger.cases(10).await.unwrap().is_empty(), "no case");
+    assert!(ledger.signals(10).await.unwrap().is_empty(), "nothing kept");
+    let text = logs.text();
+    assert_eq!(
+        text.matches("work item for a tenant that is not allowed: dropped")
+            .count(),
+        3,
+        "{text}"
+    );
+
+    // The same worker still works its own tenant's signal.
+    let own = serde_json::to_string(&risk_item("own-1")).unwrap();
+    let response = worker.handle_sqs(sqs_event(&[("m-own", own)])).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(revokes(&s), 1);
+}
+
 #[tokio::test]
 async fn transient_failure_is_retried_without_repeating_completed_actions() {
     let s = start().await;
