@@ -288,6 +288,26 @@ fn the_notification_url_is_derived_from_the_webhook_function_url() {
     }
 }
 
+/// Graph subscriptions exist once the renewer has run; its daily schedule may first fire a day
+/// after the deploy, so its function name is an output for the one invocation the README asks
+/// for after the first deploy.
+#[test]
+fn the_renewer_function_name_is_an_output_for_the_first_run() {
+    let template = template();
+    let output = &template["Outputs"]["RenewerFunctionName"];
+    assert_eq!(reference(&output["Value"]), Some("RenewerFunction"));
+    assert_eq!(
+        template["Resources"]["RenewerFunction"]["Type"].as_str(),
+        Some("AWS::Serverless::Function")
+    );
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(
+        readme.contains("aws lambda invoke --function-name <RenewerFunctionName> /dev/stdout"),
+        "the README's post-deploy step"
+    );
+}
+
 /// The secret parameters take only full ARNs: the policies name them exactly, and an ARN
 /// without the "-" and six random characters Secrets Manager appends matches no secret.
 #[test]
