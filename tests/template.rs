@@ -219,6 +219,54 @@ fn every_alarm_notifies_someone() {
     assert_eq!(f, "Or");
 }
 
+/// `AlarmEmail` is empty (a topic of one's own in `AlarmTopicArn`) or one address that SNS can
+/// subscribe: a typo such as a missing `@`, or two addresses in one, is refused at deploy
+/// rather than leaving the alarms with nobody to reach.
+#[test]
+fn the_alarm_email_is_an_address_or_empty() {
+    let template = template();
+    let parameter = &template["Parameters"]["AlarmEmail"];
+    assert_eq!(parameter["Default"].as_str(), Some(""));
+    let pattern = parameter["AllowedPattern"].as_str().unwrap();
+    // CloudFormation matches the whole value.
+    let pattern = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+    for good in [
+        "",
+        "soc@example.com",
+        "soc-alerts+risk@corp.example.co.uk",
+        "First.Last@sub.example.org",
+    ] {
+        assert!(pattern.is_match(good), "refuses {good:?}");
+    }
+    for bad in [
+        "soc",
+        "soc@",
+        "@example.com",
+        "soc@example",
+        "soc@example.",
+        "soc @example.com",
+        "soc@example.com,ops@example.com",
+        "soc@example.com; ops@example.com",
+        "soc@@example.com",
+        " ",
+    ] {
+        assert!(!pattern.is_match(bad), "accepts {bad:?}");
+    }
+    assert!(
+        parameter["ConstraintDescription"]
+            .as_str()
+            .is_some_and(|d| d.contains("email address")),
+        "{parameter:?}"
+    );
+    // The parameter's description says the subscription must be confirmed.
+    assert!(
+        parameter["Description"]
+            .as_str()
+            .is_some_and(|d| d.contains("confirmation")),
+        "{parameter:?}"
+    );
+}
+
 fn function<'a>(template: &'a Yaml, name: &str) -> &'a Yaml {
     &template["Resources"][name]["Properties"]
 }
