@@ -724,16 +724,28 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     }
     // Secrets Manager delivery of temporary passwords (the policy below uses it): the stack is
     // deployed with PasswordDelivery=secrets-manager, whose statements this test checks.
+    // moto's secrets use the default key (SecretsKmsKeyArn empty): no KMS statement, which
+    // tests/template.rs checks for a customer managed key.
     let with_vault = |vault: bool| Names {
         refs: refs.clone(),
         attributes: attributes.clone(),
-        conditions: HashMap::from([("VaultInSecretsManager".to_owned(), vault)]),
+        conditions: HashMap::from([
+            ("VaultInSecretsManager".to_owned(), vault),
+            ("UseSecretsKmsKey".to_owned(), false),
+        ]),
     };
     let ids = with_vault(true);
     let policies = template_policies(&ids);
     // With PasswordDelivery=mail (the embedded policy's channel), no function may create, list
     // or delete secrets.
     let mail_only = template_policies(&with_vault(false));
+    for (function, documents) in &policies {
+        let text = serde_json::to_string(documents).unwrap();
+        assert!(
+            !text.contains("kms:"),
+            "{function} may use KMS without SecretsKmsKeyArn: {text}"
+        );
+    }
     for function in ["WorkerFunction", "RenewerFunction"] {
         let text = serde_json::to_string(&mail_only[function]).unwrap();
         for action in [

@@ -485,6 +485,91 @@ fn temporary_password_permissions_follow_the_password_delivery_parameter() {
     }
 }
 
+/// Secrets encrypted with a customer managed key (`SecretsKmsKeyArn`): every role that reads a
+/// secret, and only such a role, may `kms:Decrypt` with that key, only through Secrets Manager
+/// in the stack's region, and only when the parameter is set.
+#[test]
+fn a_customer_managed_secrets_key_is_granted_to_the_secret_readers_only_when_given() {
+    let template = template();
+    let parameter = &template["Parameters"]["SecretsKmsKeyArn"];
+    assert_eq!(parameter["Default"].as_str(), Some(""));
+    let pattern = parameter["AllowedPattern"].as_str().unwrap();
+    let pattern = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+    for good in [
+        "",
+        "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+    ] {
+        assert!(pattern.is_match(good), "refuses {good:?}");
+    }
+    for bad in [
+        "arn:aws:kms:eu-west-1:123456789012:alias/risk-responder",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "arn:aws:kms:eu-west-1:123456789012:key/*",
+        "*",
+    ] {
+        assert!(!pattern.is_match(bad), "accepts {bad:?}");
+    }
+    let condition = tagged(&template["Conditions"]["UseSecretsKmsKey"]).unwrap();
+    assert_eq!(condition.0, "Not");
+    let (equals, operands) = tagged(&condition.1[0]).unwrap();
+    assert_eq!(equals, "Equals");
+    assert_eq!(reference(&operands[0]), Some("SecretsKmsKeyArn"));
+    assert_eq!(operands[1].as_str(), Some(""));
+
+    let roles: Vec<&str> = resources(&template)
+        .into_iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::IAM::Role"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(roles.len(), 4, "{roles:?}");
+    for role in roles {
+        let document = &template["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"];
+        let all = document["Statement"].as_sequence().unwrap();
+        let reads_secrets = all
+            .iter()
+            .any(|s| s["Action"].as_str() == Some("secretsmanager:GetSecretValue"));
+        let decrypt: Vec<&Yaml> = all
+            .iter()
+            .filter_map(|s| match if_branches(s) {
+                Some(("UseSecretsKmsKey", then, otherwise)) => {
+                    assert_eq!(reference(otherwise), Some("AWS::NoValue"), "{role}");
+                    Some(then)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            decrypt.len(),
+            usize::from(reads_secrets),
+            "{role}: a KMS statement exactly when it reads secrets"
+        );
+        let Some(statement) = decrypt.first() else {
+            continue;
+        };
+        assert_eq!(statement["Sid"].as_str(), Some("DecryptSecrets"), "{role}");
+        assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{role}");
+        assert_eq!(statement["Action"].as_str(), Some("kms:Decrypt"), "{role}");
+        assert_eq!(
+            reference(&statement["Resource"]),
+            Some("SecretsKmsKeyArn"),
+            "{role}"
+        );
+        let conditions = statement["Condition"].as_mapping().unwrap();
+        assert_eq!(conditions.len(), 1, "{role}");
+        let equals = statement["Condition"]["StringEquals"].as_mapping().unwrap();
+        assert_eq!(equals.len(), 1, "{role}");
+        let (f, service) = tagged(&statement["Condition"]["StringEquals"]["kms:ViaService"])
+            .unwrap_or_else(|| panic!("{role}: no kms:ViaService"));
+        assert_eq!(f, "Sub");
+        assert_eq!(
+            service.as_str(),
+            Some("secretsmanager.${AWS::Region}.amazonaws.com"),
+            "{role}"
+        );
+    }
+}
+
 fn policy_file(channel: &str) -> tempfile_path::TempPolicy {
     let mut text =
         std::fs::read_to_string(format!("{}/config/policy.toml", env!("CARGO_MANIFEST_DIR")))
