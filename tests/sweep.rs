@@ -586,8 +586,11 @@ async fn sweep_since_later_than_the_watermarks_moves_nothing() {
     population(&s, 4, 2);
     let intake = Intake::in_process(Arc::new(MemoryQueue::default())).unwrap();
     let graph = s.secret_client(3);
+    // The workers' view is seeded (as their first bulk read does); the sweep refreshes it.
+    view(&graph, &intake.ledger).refresh(TENANT).await.unwrap();
     sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
     let (first, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    let (view_first, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
     // `--since` a minute ago: later than where the watermarks would start, so the time
     // between them was skipped.
     let skipped = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
@@ -600,7 +603,12 @@ async fn sweep_since_later_than_the_watermarks_moves_nothing() {
     assert_eq!(after.risk_watermark, first.risk_watermark);
     assert_eq!(after.sign_in_watermark, first.sign_in_watermark);
     assert!(after.last_run > first.last_run);
-    // A backfill (since before the watermarks) covers everything after it: they move.
+    // Nor does the shared view move: it did not see the minutes before `since`.
+    let (view_after, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
+    assert_eq!(view_after.watermark, view_first.watermark);
+    assert_eq!(view_after.refreshed_at, view_first.refreshed_at);
+    // A backfill (since before the watermarks) covers everything after it: they move, and
+    // so does the view.
     let backfill = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
     sweeper(&graph, &intake)
         .run(TENANT, Some(backfill))
@@ -608,6 +616,102 @@ async fn sweep_since_later_than_the_watermarks_moves_nothing() {
         .unwrap();
     let (moved, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
     assert!(moved.sign_in_watermark > first.sign_in_watermark);
+    let (view_moved, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
+    assert!(view_moved.refreshed_at > view_first.refreshed_at);
+}
+
+#[tokio::test]
+async fn a_sweep_that_leaves_a_gap_does_not_make_the_view_current() {
+    let s = start().await;
+    population(&s, 4, 1);
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    let mut worker = worker_with(&s, intake.ledger.clone(), no_manager_policy(), 3);
+    worker.view_max_age = time::Duration::seconds(2);
+    view(&worker.graph, &intake.ledger)
+        .refresh(TENANT)
+        .await
+        .unwrap();
+    let (seeded, _) = view(&worker.graph, &intake.ledger)
+        .state(TENANT)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    // User 2's risk changes after the seed, before the `--since` of an operator's sweep.
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    s.with(|d| {
+        d.risky_users.insert(
+            user_id(2),
+            json!({"id": user_id(2),
+            "userPrincipalName": "user2@contoso.onmicrosoft.com", "riskLevel": "high",
+            "riskState": "atRisk", "riskDetail": "none",
+            "riskLastUpdatedDateTime": iso(now - time::Duration::seconds(30))}),
+        );
+    });
+    let report = sweeper(&worker.graph, &intake)
+        .run(TENANT, Some(now - time::Duration::seconds(10)))
+        .await
+        .unwrap();
+    assert_eq!(report.records_listed, 0, "user 2 changed before `since`");
+    let (after, _) = view(&worker.graph, &intake.ledger)
+        .state(TENANT)
+        .await
+        .unwrap();
+    assert_eq!(after.watermark, seeded.watermark);
+    assert_eq!(
+        after.refreshed_at, seeded.refreshed_at,
+        "the view missed user 2: it must not claim to be current"
+    );
+    // So a `users` notification about user 2 (the view is older than the worker accepts)
+    // refreshes the view, finds the risk, and opens a case.
+    let dispositions = worker.handle_batch(&[users_notification(2, 0)]).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    let cases = intake.ledger.cases(10).await.unwrap();
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    assert_eq!(cases[0].user_id, user_id(2));
+}
+
+#[tokio::test]
+async fn a_scheduled_sweep_keeps_a_quiet_tenants_view_current() {
+    let s = start().await;
+    population(&s, 4, 2);
+    // The last risk change was two hours ago: the view's watermark lags the sweep's.
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    s.with(|d| {
+        for record in d.risky_users.values_mut() {
+            if record["riskState"] == "atRisk" {
+                record["riskLastUpdatedDateTime"] = long_ago
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .into();
+            }
+        }
+    });
+    let intake = Intake::in_process(Arc::new(MemoryQueue::default())).unwrap();
+    let graph = s.secret_client(3);
+    view(&graph, &intake.ledger).refresh(TENANT).await.unwrap();
+    let first = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(first.users_at_risk, 2, "within the first run's look-back");
+    let (view_first, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
+    let kept = intake.ledger.signals(100).await.unwrap().len();
+    let second = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert!(second.risk_since > long_ago);
+    // Its listing reached back to the view's watermark, so the view moved ...
+    let (view_second, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
+    assert!(
+        view_second.refreshed_at > view_first.refreshed_at,
+        "{view_first:?} {view_second:?}"
+    );
+    // ... but only the sweep's own window became signals.
+    assert_eq!((second.records_listed, second.users_at_risk), (0, 0));
+    assert_eq!(intake.ledger.signals(100).await.unwrap().len(), kept);
 }
 
 #[tokio::test]
@@ -649,6 +753,16 @@ async fn an_older_listing_never_overwrites_a_newer_view_entry() {
     let ledger = memory_ledger();
     let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     let before = s.with(|d| d.risky_users[&user_id(0)].clone());
+    // A listing of changes into a view no full listing has seeded adds nothing: the seed
+    // could not correct what it wrote.
+    let unseeded = view(&graph, &ledger)
+        .absorb_listing(TENANT, Some(since))
+        .await
+        .unwrap();
+    assert!(unseeded.complete && !unseeded.advanced);
+    let entry_key = format!("tenant#{TENANT}#risk#{}", user_id(0));
+    assert!(ledger.store().get(&entry_key).await.unwrap().is_none());
+    view(&graph, &ledger).refresh(TENANT).await.unwrap();
     // The user is dismissed; a listing writes that into the view.
     s.with(|d| {
         let r = d.risky_users.get_mut(&user_id(0)).unwrap();
@@ -668,12 +782,7 @@ async fn an_older_listing_never_overwrites_a_newer_view_entry() {
         .absorb_listing(TENANT, Some(since))
         .await
         .unwrap();
-    let held = ledger
-        .store()
-        .get(&format!("tenant#{TENANT}#risk#{}", user_id(0)))
-        .await
-        .unwrap()
-        .unwrap();
+    let held = ledger.store().get(&entry_key).await.unwrap().unwrap();
     let entry: risk_responder::respond::view::ViewEntry = serde_json::from_str(&held.doc).unwrap();
     assert_eq!(
         entry.record.risk_state, "dismissed",

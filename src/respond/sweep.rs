@@ -117,8 +117,8 @@ impl Sweeper<'_> {
     }
 
     /// Sweeps `tenant` from its watermarks (or from `since`, when given). A `since` later than
-    /// where the watermarks would start skipped time: such a run moves no watermark (an
-    /// earlier one, a backfill, moves them as a normal run does).
+    /// where the watermarks would start skipped time: such a run moves no watermark, the
+    /// view's included (an earlier one, a backfill, moves them as a normal run does).
     pub async fn run(
         &self,
         tenant: &str,
@@ -136,14 +136,27 @@ impl Sweeper<'_> {
         let may_advance_risk = since.is_none_or(|s| s <= usual_risk_since);
         let may_advance_sign_ins = since.is_none_or(|s| s <= usual_sign_ins_since);
 
-        // Identity Protection: the records changed since the watermark (they also refresh the
-        // tenant's view, so workers answer from it).
+        // Identity Protection: the records changed since the watermark. They also refresh the
+        // tenant's view, so workers answer from it: a scheduled run's listing reaches back to
+        // where the view's next listing would start when that is earlier (in a quiet tenant
+        // the view's watermark, the newest record, lags the sweep's), so the view may count it
+        // as covering. Only records inside the sweep's own window become signals. A `--since`
+        // run lists exactly from `since`; if that leaves a gap the view takes the records but
+        // does not move.
         let view = RiskView {
             graph: self.graph,
             ledger: self.ledger,
         };
-        let absorbed = view.absorb_listing(tenant, Some(risk_since)).await?;
-        let entries = absorbed.entries;
+        let listing_since = match (since, view.state(tenant).await?.0.next_since()) {
+            (None, Some(view_since)) => risk_since.min(view_since),
+            _ => risk_since,
+        };
+        let absorbed = view.absorb_listing(tenant, Some(listing_since)).await?;
+        let entries: Vec<_> = absorbed
+            .entries
+            .into_iter()
+            .filter(|e| e.record.last_updated.is_none_or(|t| t >= risk_since))
+            .collect();
         // The sign-in log, filtered as an administrator filters it: error 53011, a date window.
         let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
         let mut blocked_sign_ins = 0;

@@ -60,6 +60,33 @@ pub struct Absorbed {
     /// Whether every page was read. Only a complete listing moves the view's watermark, marks
     /// it current or (the first time) complete; a truncated one only adds what it read.
     pub complete: bool,
+    /// Whether the listing moved the view's watermark and freshness: a complete full listing,
+    /// or a complete listing of changes that reached back to [`ViewState::next_since`].
+    pub advanced: bool,
+}
+
+impl ViewState {
+    /// Where the next listing of changes must start for the view to stay whole: [`OVERLAP`]
+    /// behind the watermark (or, with no record listed yet, behind the last refresh). `None`
+    /// while no full listing has seeded the view: only a full listing can make it whole.
+    pub fn next_since(&self) -> Option<OffsetDateTime> {
+        if !self.complete {
+            return None;
+        }
+        self.watermark.or(self.refreshed_at).map(|w| w - OVERLAP)
+    }
+
+    /// Whether a complete listing from `since` (`None`: a full listing) leaves no gap between
+    /// what the view holds and now, so it may move the watermark and `refreshed_at`. A listing
+    /// that starts later than [`ViewState::next_since`] skipped the changes in between: it
+    /// adds its records but moves nothing, or the view would claim to be current while
+    /// missing them.
+    fn covered_by(&self, since: Option<OffsetDateTime>) -> bool {
+        match since {
+            None => true,
+            Some(since) => self.next_since().is_some_and(|from| since <= from),
+        }
+    }
 }
 
 /// Entries written at once (each a conditional write of its own).
@@ -92,13 +119,20 @@ impl RiskView<'_> {
     }
 
     /// Lists what changed since `since` (when `None`: every user at risk now, which seeds the
-    /// view and marks it complete) and writes it into the view.
+    /// view and marks it complete) and writes it into the view. The watermark and
+    /// `refreshed_at` move only when the listing covers the view ([`ViewState::covered_by`]).
+    /// A listing of changes into a view no full listing has seeded yet writes nothing: the
+    /// seed lists only users at risk, so a record it did not list (a user dismissed meanwhile)
+    /// would stay in the view at risk, with no later listing reaching back to correct it.
     pub async fn absorb_listing(
         &self,
         tenant: &str,
         since: Option<OffsetDateTime>,
     ) -> Result<Absorbed, ViewError> {
         let started = OffsetDateTime::now_utc();
+        // Read before listing: a seed that finishes while this listing runs may not have
+        // listed a record this listing read earlier and is about to write.
+        let seeded = self.state(tenant).await?.0.complete;
         let (listed, paging) = self.graph.risky_users_since(tenant, since).await?;
         let entries: Vec<ViewEntry> = listed
             .iter()
@@ -108,32 +142,57 @@ impl RiskView<'_> {
                 record: r.record(),
             })
             .collect();
-        let written = self.write_entries(tenant, &entries, started).await?;
+        let writes = seeded || since.is_none();
+        let written = if writes {
+            self.write_entries(tenant, &entries, started).await?
+        } else {
+            0
+        };
         let complete = paging.is_complete();
         if !complete {
             tracing::error!(tenant_id = %tenant, listed = entries.len(), full = since.is_none(), ?paging,
                 "risk listing truncated: the view keeps what was read, but neither its watermark nor its freshness moves");
-            return Ok(Absorbed { entries, complete });
+            return Ok(Absorbed {
+                entries,
+                complete,
+                advanced: false,
+            });
         }
         let newest = entries.iter().filter_map(|e| e.record.last_updated).max();
-        for _ in 0..16 {
-            let (mut state, version) = self.state(tenant).await?;
-            state.watermark = state.watermark.max(newest);
-            state.refreshed_at = state.refreshed_at.max(Some(started));
-            state.complete |= since.is_none();
-            let doc = serde_json::to_string(&state).unwrap_or_default();
-            if self
-                .ledger
-                .store()
-                .put(&state_key(tenant), &doc, version, None)
-                .await?
-                .is_some()
-            {
-                break;
+        let mut advanced = false;
+        if writes {
+            for _ in 0..16 {
+                let (mut state, version) = self.state(tenant).await?;
+                if !state.covered_by(since) {
+                    break;
+                }
+                state.watermark = state.watermark.max(newest);
+                state.refreshed_at = state.refreshed_at.max(Some(started));
+                state.complete |= since.is_none();
+                let doc = serde_json::to_string(&state).unwrap_or_default();
+                if self
+                    .ledger
+                    .store()
+                    .put(&state_key(tenant), &doc, version, None)
+                    .await?
+                    .is_some()
+                {
+                    advanced = true;
+                    break;
+                }
             }
         }
-        tracing::info!(tenant_id = %tenant, listed = entries.len(), written, full = since.is_none(), "risk view refreshed");
-        Ok(Absorbed { entries, complete })
+        if advanced {
+            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, full = since.is_none(), "risk view refreshed");
+        } else {
+            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, since = ?since, seeded,
+                "risk listing did not reach back to the view's watermark: records added, the view's watermark and freshness not moved");
+        }
+        Ok(Absorbed {
+            entries,
+            complete,
+            advanced,
+        })
     }
 
     /// Writes each entry unless the view holds a newer record of the user
@@ -200,12 +259,7 @@ impl RiskView<'_> {
     /// risk the first time). A truncated listing is an error: the view is not current.
     pub async fn refresh(&self, tenant: &str) -> Result<Vec<ViewEntry>, ViewError> {
         let (state, _) = self.state(tenant).await?;
-        let since = if state.complete {
-            state.watermark.or(state.refreshed_at).map(|w| w - OVERLAP)
-        } else {
-            None
-        };
-        let absorbed = self.absorb_listing(tenant, since).await?;
+        let absorbed = self.absorb_listing(tenant, state.next_since()).await?;
         if !absorbed.complete {
             return Err(ViewError::Graph(GraphError::Truncated {
                 pages: self.graph.max_pages(),
