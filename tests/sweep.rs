@@ -5,6 +5,7 @@ mod common;
 mod graph_standin;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use graph_standin::*;
 use reqwest::Method;
@@ -463,6 +464,52 @@ async fn the_simulator_enforces_the_published_limits() {
     assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 4);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
     let _ = Method::GET;
+}
+
+#[tokio::test]
+async fn the_simulator_enforces_the_directory_write_quota_per_app_and_tenant() {
+    let s = start().await;
+    // Microsoft's figures (identity and access service limits).
+    let published = Limits::default();
+    assert_eq!(published.directory_writes, (3000, Duration::from_secs(150)));
+    assert_eq!(
+        published.directory_app_writes,
+        (35_000, Duration::from_secs(300))
+    );
+    assert_eq!(
+        published.directory_tenant_writes,
+        (18_000, Duration::from_secs(300))
+    );
+    assert_eq!(published.directory, (3500, Duration::from_secs(10)));
+    assert_eq!(published.mail, (10_000, Duration::from_secs(600)));
+    let write = |app: &str, path: &str| s.other_app_request(TENANT, app, &Method::PATCH, path);
+    for i in 0..3000 {
+        assert!(
+            write(OTHER_APP, &format!("/users/{}", user_id(i))),
+            "write {i}"
+        );
+    }
+    assert!(
+        !s.other_app_request(
+            TENANT,
+            OTHER_APP,
+            &Method::POST,
+            &format!("/users/{}/revokeSignInSessions", user_id(1))
+        ),
+        "the 3,001st write within 150 s is throttled"
+    );
+    // Per app and tenant: our application still writes.
+    assert!(write(CLIENT_ID, &format!("/users/{}", user_id(0))));
+    // A write on no directory object (a subscription) is outside the write quota.
+    assert!(s.other_app_request(TENANT, OTHER_APP, &Method::PATCH, "/subscriptions/s1"));
+    // The refused write spent none of the app's 3,500 resource units: 3,001 used, 499 left.
+    for i in 0..499 {
+        assert!(
+            s.other_app_request(TENANT, OTHER_APP, &Method::GET, "/users"),
+            "read {i}"
+        );
+    }
+    assert!(!s.other_app_request(TENANT, OTHER_APP, &Method::GET, "/users"));
 }
 
 fn urlencode(text: &str) -> String {

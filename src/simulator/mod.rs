@@ -15,9 +15,11 @@
 //! `{"error":{"code","message"}}` envelope, 411 for a bodyless write without `Content-Length`.
 //!
 //! The published throttle limits are enforced at their documented scope (Identity Protection
-//! per tenant for all apps; reports, directory and security per app and tenant; Outlook per app
-//! and mailbox, with 4 requests in flight across every request and batch), each `$batch` member
-//! counted. A 429 carries `Retry-After` only where Graph sends one: not for Identity Protection
+//! per tenant for all apps; reports, directory and security per app and tenant; directory
+//! writes on directory objects 3,000 per 150 s per app and tenant, 35,000 per 5 min per app and
+//! 18,000 per 5 min per tenant for all apps; Outlook per app and mailbox, with 4 requests in
+//! flight across every request and batch), each `$batch` member counted, and a request refused
+//! by one limit spending nothing of the others. A 429 carries `Retry-After` only where Graph sends one: not for Identity Protection
 //! (documented) nor the reports (none documented). The tenant's other apps can spend its shared
 //! budget ([`GraphSimulator::other_app_request`]). Faults (429 with `Retry-After`, 503, 403,
 //! other refusals) can be injected.
@@ -80,8 +82,12 @@ pub struct Limits {
     pub reports: (usize, Duration),
     /// Directory resource units per app and tenant (a small tenant: 3,500 per 10 s).
     pub directory: (usize, Duration),
+    /// Directory resource units per app across all tenants (150,000 per 20 s).
+    pub directory_app: (usize, Duration),
     /// Directory writes per app and tenant (3,000 per 2 min 30 s).
     pub directory_writes: (usize, Duration),
+    /// Directory writes per app across all tenants (35,000 per 5 min).
+    pub directory_app_writes: (usize, Duration),
     /// Directory writes per tenant for all apps (18,000 per 5 min).
     pub directory_tenant_writes: (usize, Duration),
     /// Outlook: requests per app per mailbox (10,000 per 10 min).
@@ -101,7 +107,9 @@ impl Default for Limits {
             identity_protection: (1, Duration::from_secs(1)),
             reports: (5, Duration::from_secs(10)),
             directory: (3500, Duration::from_secs(10)),
+            directory_app: (150_000, Duration::from_secs(20)),
             directory_writes: (3000, Duration::from_secs(150)),
+            directory_app_writes: (35_000, Duration::from_secs(300)),
             directory_tenant_writes: (18_000, Duration::from_secs(300)),
             mail: (10_000, Duration::from_secs(600)),
             mail_concurrency: 4,
@@ -153,22 +161,63 @@ pub struct Windows {
 impl Windows {
     /// Admits a request under `key` if fewer than `limit` were admitted within `window`;
     /// otherwise returns how long until one leaves the window.
-    fn admit(&mut self, key: String, (limit, window): (usize, Duration)) -> Result<(), Duration> {
+    fn admit(&mut self, key: String, limit: (usize, Duration)) -> Result<(), Duration> {
+        self.admit_all(&[(key, limit)])
+    }
+
+    /// Admits a request counted under every key at once, or under none: a request refused by
+    /// one limit spends nothing of the others (Graph throttles only the requests that exceed a
+    /// limit). Refused: how long until every full window has a free slot.
+    fn admit_all(&mut self, limits: &[(String, (usize, Duration))]) -> Result<(), Duration> {
         let now = Instant::now();
-        let log = self.log.entry(key).or_default();
-        while log
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            log.pop_front();
+        let mut wait = Duration::ZERO;
+        for (key, (limit, window)) in limits {
+            let log = self.log.entry(key.clone()).or_default();
+            while log
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= *window)
+            {
+                log.pop_front();
+            }
+            if log.len() >= *limit {
+                let oldest = *log.front().unwrap_or(&now);
+                wait = wait.max(window.saturating_sub(now.duration_since(oldest)));
+            }
         }
-        if log.len() >= limit {
-            let oldest = *log.front().unwrap_or(&now);
-            return Err(window.saturating_sub(now.duration_since(oldest)));
+        if !wait.is_zero() {
+            return Err(wait);
         }
-        log.push_back(now);
+        for (key, _) in limits {
+            self.log.entry(key.clone()).or_default().push_back(now);
+        }
         Ok(())
     }
+}
+
+/// The first path segments of the directory objects whose writes count against the directory
+/// write quota (the resources Microsoft lists with the identity and access service limits).
+const DIRECTORY_OBJECTS: &[&str] = &[
+    "users",
+    "groups",
+    "applications",
+    "serviceprincipals",
+    "devices",
+    "directoryobjects",
+    "directoryroles",
+    "contacts",
+    "contracts",
+    "domains",
+    "oauth2permissiongrants",
+    "organization",
+    "groupsettings",
+];
+
+/// Whether `method path` is a write on a directory object (POST, PATCH, PUT, DELETE).
+fn directory_write(method: &Method, path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let first = lower.trim_start_matches('/').split(['/', '(']).next();
+    !matches!(*method, Method::GET | Method::HEAD)
+        && first.is_some_and(|first| DIRECTORY_OBJECTS.contains(&first))
 }
 
 /// A certificate credential the token endpoint accepts.
@@ -628,8 +677,8 @@ pub fn sends_retry_after(budget: Budget) -> bool {
 
 /// Checks one request (or one member of a `$batch`) of application `app` against the
 /// published limits, each kept at its documented scope: Identity Protection per tenant for all
-/// apps; reports, directory and security per app and tenant (directory writes also per
-/// tenant); Outlook per app and mailbox, with at most `mail_concurrency` requests in flight.
+/// apps; reports, directory and security per app and tenant (directory resource units and
+/// writes also per app, writes also per tenant for all apps); Outlook per app and mailbox, with at most `mail_concurrency` requests in flight.
 /// Admitted: the mailbox slot it holds until it completes (release it with
 /// [`release_mail`]); throttled: how long until the window frees a slot.
 fn limit(
@@ -656,30 +705,38 @@ fn limit(
             .admit(format!("{tenant}|{app}|reports"), limits.reports)
             .map(|()| None),
         Budget::Directory => {
-            let write = *method != Method::GET;
-            dir.windows
-                .admit(format!("{tenant}|{app}|directory"), limits.directory)?;
-            if write {
-                dir.windows.admit(
-                    format!("{tenant}|{app}|directory-writes"),
-                    limits.directory_writes,
-                )?;
-                dir.windows.admit(
-                    format!("{tenant}|directory-writes"),
-                    limits.directory_tenant_writes,
-                )?;
+            let mut windows = vec![
+                (format!("{tenant}|{app}|directory"), limits.directory),
+                (format!("{app}|directory"), limits.directory_app),
+            ];
+            if directory_write(method, path) {
+                windows.extend([
+                    (
+                        format!("{tenant}|{app}|directory-writes"),
+                        limits.directory_writes,
+                    ),
+                    (
+                        format!("{app}|directory-writes"),
+                        limits.directory_app_writes,
+                    ),
+                    (
+                        format!("{tenant}|directory-writes"),
+                        limits.directory_tenant_writes,
+                    ),
+                ]);
             }
-            Ok(None)
+            dir.windows.admit_all(&windows).map(|()| None)
         }
-        Budget::Security => {
-            dir.windows
-                .admit(format!("{tenant}|{app}|security"), limits.security)?;
-            dir.windows.admit(
-                format!("{tenant}|{app}|security-hourly"),
-                limits.security_hourly,
-            )?;
-            Ok(None)
-        }
+        Budget::Security => dir
+            .windows
+            .admit_all(&[
+                (format!("{tenant}|{app}|security"), limits.security),
+                (
+                    format!("{tenant}|{app}|security-hourly"),
+                    limits.security_hourly,
+                ),
+            ])
+            .map(|()| None),
         Budget::Mail => {
             let mailbox = path.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
             let key = format!("{app}|{mailbox}");
