@@ -255,8 +255,9 @@ pub fn graph_client(
     ))
 }
 
-/// As [`graph_client`], with the scarce budgets (Identity Protection, reports) shared through
-/// `ledger` with every other process of this deployment.
+/// As [`graph_client`], with every budget but directory reads (Identity Protection, reports,
+/// directory writes, mail, security) shared through `ledger` with every other process of this
+/// deployment.
 pub fn shared_graph_client(
     config: &Config,
     secrets: &GraphSecrets,

@@ -3,17 +3,23 @@
 //!
 //! | budget | published limit | scope | our default |
 //! |---|---|---|---|
-//! | Identity Protection (riskyUsers, riskDetections, CA policies) | 1 request/s, no Retry-After | tenant, all apps | half: 1 per 2.2 s |
+//! | Identity Protection (riskyUsers, riskDetections, CA policies; dismiss and confirm too) | 1 request/s, no Retry-After | tenant, all apps | half: 1 per 2.2 s |
 //! | identity and access reports (signIns, registration details) | 5 requests/10 s | app and tenant | 5 per 11 s |
-//! | directory (users, groups, roles) | 3,500 RU/10 s; 3,000 writes/150 s | app and tenant | 3,000 per 10 s |
-//! | Outlook mail | 10,000 requests/10 min, 4 concurrent | app and mailbox | 9,000 per 10 min |
+//! | directory reads (users, groups, roles) | 3,500 resource units/10 s (small tenant) | app and tenant | 3,000 per 10 s |
+//! | directory writes (POST/PATCH/PUT/DELETE on users, groups and other directory objects) | 3,000 requests/150 s; 18,000/5 min for the tenant's apps together | app and tenant | 2,700 per 150 s |
+//! | Outlook mail (sendMail) | 10,000 requests/10 min, 4 concurrent | app and mailbox | 9,000 per 10 min |
 //! | security incidents (Defender XDR incidents API) | 50 requests/min and 1,500/h | app and tenant | 25 per min (the hourly limit, spread) |
 //!
-//! The two scarce budgets (Identity Protection and reports) are shared by every worker, sweep
-//! and CLI process through the ledger ([`SharedLimiter`]): a sliding window of admitted requests
-//! per tenant, taken with conditional writes, so the limits hold however many Lambda workers
-//! run at once. The larger budgets are limited in-process ([`LocalLimiter`]); a 429 on them
+//! Every budget but directory reads is shared by every worker, sweep and CLI process through
+//! the ledger ([`SharedLimiter`]): requests admitted per tenant (and mailbox), taken with
+//! conditional writes, so the limits hold however many Lambda workers run at once. Directory
+//! reads are limited in-process ([`LocalLimiter`]): they are plentiful, and a 429 on them
 //! carries Retry-After and is retried.
+//!
+//! A directory write also costs one resource unit; at our write pace (18 a second at most)
+//! that is about 5% of the smallest tenant's resource units, so the read window does not count
+//! writes. Our 2,700 writes per 150 s are 5,400 per 5 minutes, under a third of the tenant's
+//! 18,000 shared by all its apps.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,11 +38,32 @@ use crate::ledger::{Ledger, Store};
 pub enum Budget {
     IdentityProtection,
     Reports,
+    /// Directory reads (and writes that are not on directory objects, e.g. subscriptions).
     Directory,
+    /// Writes on directory objects: `PATCH /users/{id}`, `POST /users/{id}/revokeSignInSessions`.
+    DirectoryWrites,
     Mail,
     /// `/security/...` (incidents and their comments).
     Security,
 }
+
+/// The first path segments of the directory objects whose writes count against Graph's
+/// directory write quota (the resources listed with the identity and access service limits).
+const DIRECTORY_OBJECTS: &[&str] = &[
+    "users",
+    "groups",
+    "applications",
+    "serviceprincipals",
+    "devices",
+    "directoryobjects",
+    "directoryroles",
+    "contacts",
+    "contracts",
+    "domains",
+    "oauth2permissiongrants",
+    "organization",
+    "groupsettings",
+];
 
 impl Budget {
     /// The budget of a request to `path` (relative to `/v1.0`, query allowed).
@@ -55,9 +82,24 @@ impl Budget {
             Budget::Mail
         } else if path.starts_with("/security/") {
             Budget::Security
+        } else if *method != Method::GET && *method != Method::HEAD && Self::directory_object(&path)
+        {
+            Budget::DirectoryWrites
         } else {
             Budget::Directory
         }
+    }
+
+    /// Whether `path` (lower case) names a directory object or something under one.
+    fn directory_object(path: &str) -> bool {
+        let first = path.trim_start_matches('/').split(['/', '(']).next();
+        first.is_some_and(|first| DIRECTORY_OBJECTS.contains(&first))
+    }
+
+    /// Whether the budget is shared through the ledger by every process ([`SharedLimiter`]);
+    /// only directory reads are limited in each process.
+    pub fn shared(self) -> bool {
+        self != Budget::Directory
     }
 
     /// The stored spelling.
@@ -66,6 +108,7 @@ impl Budget {
             Budget::IdentityProtection => "identity_protection",
             Budget::Reports => "reports",
             Budget::Directory => "directory",
+            Budget::DirectoryWrites => "directory_writes",
             Budget::Mail => "mail",
             Budget::Security => "security",
         }
@@ -78,6 +121,7 @@ pub struct Limits {
     pub identity_protection: (usize, Duration),
     pub reports: (usize, Duration),
     pub directory: (usize, Duration),
+    pub directory_writes: (usize, Duration),
     pub mail: (usize, Duration),
     pub security: (usize, Duration),
 }
@@ -92,6 +136,8 @@ impl Limits {
             identity_protection: (1, Duration::from_secs_f64(1.1 / share)),
             reports: (5, Duration::from_secs(11)),
             directory: (3000, Duration::from_secs(10)),
+            // 3,000 per 2 min 30 s per app and tenant; 10% left to clock drift and retries.
+            directory_writes: (2700, Duration::from_secs(150)),
             mail: (9000, Duration::from_secs(600)),
             // 1,500 an hour is the binding limit: 25 a minute never exceeds it.
             security: (25, Duration::from_secs(60)),
@@ -104,6 +150,7 @@ impl Limits {
             Budget::IdentityProtection => self.identity_protection,
             Budget::Reports => self.reports,
             Budget::Directory => self.directory,
+            Budget::DirectoryWrites => self.directory_writes,
             Budget::Mail => self.mail,
             Budget::Security => self.security,
         }
@@ -227,15 +274,97 @@ fn contention_pause() -> Duration {
     Duration::from_millis(5 + jitter)
 }
 
-/// A sliding window kept in the ledger (`tenant#{tenant}#rate#{budget}`): unix milliseconds of
-/// the requests admitted within the window.
+/// Each shared window is kept as counts per slot of `window / SLOTS_PER_WINDOW`, not one entry
+/// per request: the item stays under about 600 bytes whatever the limit (2,700 directory writes
+/// or 9,000 mails a window would otherwise be 40 to 130 KB of timestamps, rewritten by every
+/// conditional write, and 9,000 is a third of DynamoDB's 400 KB item limit).
+const SLOTS_PER_WINDOW: i64 = 32;
+
+/// A window kept in the ledger (`tenant#{tenant}#rate#{budget}`, for mail
+/// `tenant#{tenant}#rate#mail#{mailbox}`): the requests admitted per time slot.
+///
+/// A slot's requests are counted until the window has passed since the slot's end, so every
+/// request of the last `window` is counted (the limit holds for any sliding window) at the cost
+/// of holding a slot's requests up to one slot longer than needed: the pace is at most
+/// 1/[`SLOTS_PER_WINDOW`] (3%) slower than the limit.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Window {
+    /// Slot length in milliseconds the counts were kept with.
+    #[serde(default)]
+    slot_ms: i64,
+    /// `(slot, requests)`, oldest first; a slot is unix milliseconds / `slot_ms`.
+    #[serde(default)]
+    slots: Vec<(i64, u32)>,
+    /// Unix milliseconds of each admitted request: what windows held before slots; read once,
+    /// then written as slots.
+    #[serde(default, skip_serializing)]
     admitted: Vec<i64>,
 }
 
-/// The scarce budgets (Identity Protection, reports) shared through the ledger by every
-/// process; the others in-process.
+impl Window {
+    /// The window with slots of `slot_ms`, holding only slots still counted at `now`. Counts
+    /// kept with another slot length (older items, changed limits) move to the new slot that
+    /// holds their old slot's end, so none is dropped early.
+    fn at(mut self, now: i64, window_ms: i64, slot_ms: i64) -> Self {
+        let mut slots: Vec<(i64, u32)> = Vec::new();
+        let mut add = |at_ms: i64, count: u32| {
+            let slot = at_ms.div_euclid(slot_ms);
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, n)) => *n = n.saturating_add(count),
+                None => slots.push((slot, count)),
+            }
+        };
+        for t in std::mem::take(&mut self.admitted) {
+            add(t, 1);
+        }
+        if self.slot_ms == slot_ms {
+            for (slot, count) in std::mem::take(&mut self.slots) {
+                add(slot * slot_ms, count);
+            }
+        } else if self.slot_ms > 0 {
+            for (slot, count) in std::mem::take(&mut self.slots) {
+                add((slot + 1) * self.slot_ms - 1, count);
+            }
+        }
+        slots.retain(|(slot, _)| (slot + 1) * slot_ms + window_ms > now);
+        slots.sort_unstable();
+        Self {
+            slot_ms,
+            slots,
+            admitted: Vec::new(),
+        }
+    }
+
+    /// Requests counted.
+    fn used(&self) -> usize {
+        self.slots.iter().map(|(_, n)| *n as usize).sum()
+    }
+
+    /// Counts `count` requests at `now`.
+    fn admit(&mut self, now: i64, count: usize) {
+        let slot = now.div_euclid(self.slot_ms);
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        match self.slots.last_mut() {
+            Some((last, n)) if *last == slot => *n = n.saturating_add(count),
+            _ => self.slots.push((slot, count)),
+        }
+    }
+
+    /// Milliseconds until `blocking` counted requests have left the window.
+    fn wait_ms(&self, now: i64, window_ms: i64, blocking: usize) -> i64 {
+        let mut freed = 0;
+        for (slot, n) in &self.slots {
+            freed += *n as usize;
+            if freed >= blocking {
+                return ((slot + 1) * self.slot_ms + window_ms - now).max(1);
+            }
+        }
+        window_ms
+    }
+}
+
+/// Every budget but directory reads shared through the ledger by every process
+/// ([`Budget::shared`]); directory reads in-process.
 pub struct SharedLimiter {
     ledger: Ledger,
     limits: Limits,
@@ -243,7 +372,7 @@ pub struct SharedLimiter {
 }
 
 impl SharedLimiter {
-    /// A limiter sharing its scarce windows through `ledger`.
+    /// A limiter sharing its windows through `ledger`.
     pub fn new(ledger: Ledger, limits: Limits) -> Self {
         Self {
             ledger,
@@ -261,6 +390,15 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The ledger key of a shared window.
+fn window_key(tenant: &str, budget: Budget, key: &str) -> String {
+    if key.is_empty() {
+        format!("tenant#{tenant}#rate#{}", budget.as_str())
+    } else {
+        format!("tenant#{tenant}#rate#{}#{key}", budget.as_str())
+    }
+}
+
 #[async_trait]
 impl RateLimiter for SharedLimiter {
     async fn acquire(
@@ -270,21 +408,22 @@ impl RateLimiter for SharedLimiter {
         key: &str,
         count: usize,
     ) -> Result<(), GraphError> {
-        if !matches!(budget, Budget::IdentityProtection | Budget::Reports) {
+        if !budget.shared() {
             return self.local.acquire(tenant, budget, key, count).await;
         }
         let (limit, window) = self.limits.of(budget);
         if count > limit {
             return Err(oversized(budget, count, limit));
         }
-        let window_ms = window.as_millis() as i64;
-        let doc_key = format!("tenant#{tenant}#rate#{}", budget.as_str());
+        let window_ms = (window.as_millis() as i64).max(1);
+        let slot_ms = (window_ms + SLOTS_PER_WINDOW - 1) / SLOTS_PER_WINDOW;
+        let doc_key = window_key(tenant, budget, key);
         let started = Instant::now();
         loop {
             let unavailable =
                 |e: crate::ledger::LedgerError| GraphError::RateLimiter(e.to_string());
             let stored = self.store().get(&doc_key).await.map_err(unavailable)?;
-            let (mut state, version) = match &stored {
+            let (state, version) = match &stored {
                 Some(s) => (
                     serde_json::from_str::<Window>(&s.doc).unwrap_or_default(),
                     s.version,
@@ -292,12 +431,18 @@ impl RateLimiter for SharedLimiter {
                 None => (Window::default(), 0),
             };
             let now = now_ms();
-            state.admitted.retain(|t| now - t < window_ms);
-            state.admitted.sort_unstable();
-            if state.admitted.len() + count <= limit {
-                state.admitted.extend(std::iter::repeat_n(now, count));
-                let doc = serde_json::to_string(&state).unwrap_or_default();
-                let expires = Some(time::OffsetDateTime::now_utc().unix_timestamp() + 3600);
+            let mut state = state.at(now, window_ms, slot_ms);
+            let used = state.used();
+            if used + count <= limit {
+                state.admit(now, count);
+                let doc = serde_json::to_string(&state)
+                    .map_err(|e| GraphError::RateLimiter(e.to_string()))?;
+                // Kept an hour past its window, so a quiet budget leaves no item behind.
+                let expires = Some(
+                    time::OffsetDateTime::now_utc().unix_timestamp()
+                        + window.as_secs() as i64
+                        + 3600,
+                );
                 match self.store().put(&doc_key, &doc, version, expires).await {
                     Ok(Some(_)) => return Ok(()),
                     Ok(None) => {
@@ -311,12 +456,7 @@ impl RateLimiter for SharedLimiter {
                     Err(e) => return Err(unavailable(e)),
                 }
             }
-            let blocking = state.admitted.len() + count - limit;
-            let wait_ms = state
-                .admitted
-                .get(blocking - 1)
-                .map_or(window_ms, |t| window_ms - (now - t))
-                .max(1);
+            let wait_ms = state.wait_ms(now, window_ms, used + count - limit);
             let wait = Duration::from_millis(wait_ms as u64);
             if started.elapsed() + wait > MAX_WAIT {
                 return Err(GraphError::Throttled { attempts: 0 });
@@ -363,11 +503,76 @@ mod tests {
             Budget::of(&Method::POST, "/users/a@b/sendMail"),
             Budget::Mail
         );
-        assert_eq!(Budget::of(&Method::PATCH, "/users/x"), Budget::Directory);
         assert_eq!(
             Budget::of(&Method::POST, "/security/incidents/2972395/comments"),
             Budget::Security
         );
+    }
+
+    #[test]
+    fn writes_on_directory_objects_have_their_own_budget() {
+        for (method, path) in [
+            (Method::PATCH, "/users/x"),
+            (Method::POST, "/users/x/revokeSignInSessions"),
+            (Method::DELETE, "/groups/g/members/x/$ref"),
+            (Method::POST, "/applications"),
+        ] {
+            assert_eq!(
+                Budget::of(&method, path),
+                Budget::DirectoryWrites,
+                "{method} {path}"
+            );
+        }
+        for (method, path) in [
+            (Method::GET, "/users?$filter=id in ('x')"),
+            (Method::GET, "/users/x"),
+            (
+                Method::GET,
+                "/groups/g/transitiveMembers/microsoft.graph.user",
+            ),
+            (
+                Method::GET,
+                "/roleManagement/directory/roleAssignments?$expand=principal",
+            ),
+            // Change notifications are no directory object.
+            (Method::POST, "/subscriptions"),
+            (Method::PATCH, "/subscriptions/s"),
+            // A batch envelope counts nothing itself (its members do).
+            (Method::POST, "/$batch"),
+        ] {
+            assert_eq!(
+                Budget::of(&method, path),
+                Budget::Directory,
+                "{method} {path}"
+            );
+        }
+        // Risk actions stay with Identity Protection, mail with Outlook.
+        assert_eq!(
+            Budget::of(
+                &Method::POST,
+                "/identityProtection/riskyUsers/confirmCompromised"
+            ),
+            Budget::IdentityProtection
+        );
+        assert_eq!(
+            Budget::of(&Method::POST, "/users/soc@contoso.com/sendMail"),
+            Budget::Mail
+        );
+        assert_eq!(
+            Limits::published(0.5).of(Budget::DirectoryWrites),
+            (2700, Duration::from_secs(150))
+        );
+        // Only directory reads are limited in each process.
+        assert!(!Budget::Directory.shared());
+        for budget in [
+            Budget::IdentityProtection,
+            Budget::Reports,
+            Budget::DirectoryWrites,
+            Budget::Mail,
+            Budget::Security,
+        ] {
+            assert!(budget.shared(), "{budget:?}");
+        }
     }
 
     #[tokio::test]
@@ -453,5 +658,147 @@ mod tests {
             started.elapsed() >= Duration::from_millis(300),
             "four requests at two per window take a second window"
         );
+    }
+
+    fn memory_ledger() -> Ledger {
+        Ledger::new(std::sync::Arc::new(
+            crate::ledger::sqlite::SqliteStore::in_memory().unwrap(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn directory_writes_and_mail_hold_across_limiters_on_one_ledger() {
+        let ledger = memory_ledger();
+        let limits = Limits {
+            directory_writes: (2, Duration::from_millis(300)),
+            mail: (2, Duration::from_millis(300)),
+            ..Limits::published(1.0)
+        };
+        let a = SharedLimiter::new(ledger.clone(), limits);
+        let b = SharedLimiter::new(ledger.clone(), limits);
+        for (budget, key) in [
+            (Budget::DirectoryWrites, ""),
+            (Budget::Mail, "soc@contoso.com"),
+        ] {
+            let started = Instant::now();
+            let (x, y, z, w) = tokio::join!(
+                a.acquire("t", budget, key, 1),
+                b.acquire("t", budget, key, 1),
+                a.acquire("t", budget, key, 1),
+                b.acquire("t", budget, key, 1),
+            );
+            for r in [x, y, z, w] {
+                r.unwrap();
+            }
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "{budget:?}: four requests at two per window take a second window"
+            );
+        }
+        // Another mailbox, and another tenant, have windows of their own.
+        let started = Instant::now();
+        a.acquire("t", Budget::Mail, "helpdesk@contoso.com", 2)
+            .await
+            .unwrap();
+        b.acquire("u", Budget::DirectoryWrites, "", 2)
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(200));
+        for key in [
+            "tenant#t#rate#directory_writes",
+            "tenant#t#rate#mail#soc@contoso.com",
+            "tenant#t#rate#mail#helpdesk@contoso.com",
+            "tenant#u#rate#directory_writes",
+        ] {
+            assert!(ledger.store().get(key).await.unwrap().is_some(), "{key}");
+        }
+        // Directory reads stay in each process: the ledger holds no window for them.
+        a.acquire("t", Budget::Directory, "", 1).await.unwrap();
+        assert!(
+            ledger
+                .store()
+                .get("tenant#t#rate#directory")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_shared_window_is_a_small_item_and_admits_no_more() {
+        let ledger = memory_ledger();
+        let limiter = SharedLimiter::new(ledger.clone(), Limits::published(1.0));
+        // 2,700 writes, 20 at a time (a $batch's members), fill the 150 s window.
+        for _ in 0..135 {
+            limiter
+                .acquire("t", Budget::DirectoryWrites, "", 20)
+                .await
+                .unwrap();
+        }
+        let stored = ledger
+            .store()
+            .get("tenant#t#rate#directory_writes")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stored.doc.len() < 1000, "{} bytes", stored.doc.len());
+        // The next write would wait out most of the 150 s window: handed back at once.
+        let started = Instant::now();
+        let err = limiter
+            .acquire("t", Budget::DirectoryWrites, "", 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err, GraphError::Throttled { attempts: 0 });
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_window_written_as_timestamps_still_counts() {
+        let ledger = memory_ledger();
+        let now = now_ms();
+        ledger
+            .store()
+            .put(
+                "tenant#t#rate#reports",
+                &format!("{{\"admitted\":[{now},{now}]}}"),
+                0,
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let limiter = SharedLimiter::new(
+            ledger.clone(),
+            Limits {
+                reports: (2, Duration::from_millis(300)),
+                ..Limits::published(1.0)
+            },
+        );
+        let started = Instant::now();
+        limiter.acquire("t", Budget::Reports, "", 1).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the two requests already admitted fill the window"
+        );
+    }
+
+    #[test]
+    fn slots_count_every_request_of_the_last_window() {
+        // 300 ms in slots of 10 ms: a request in the slot [1000, 1010) is counted until
+        // 1310, the end of its slot plus the window, never dropped before 1300 + its offset.
+        let mut w = Window::default().at(1005, 300, 10);
+        w.admit(1009, 1);
+        assert_eq!(w.used(), 1);
+        let w = w.at(1308, 300, 10);
+        assert_eq!(w.used(), 1, "1009 + 300 > 1308: still in the window");
+        assert_eq!(w.wait_ms(1308, 300, 1), 2);
+        let w = w.at(1310, 300, 10);
+        assert_eq!(w.used(), 0);
+        // Counts kept with longer slots move to the new slot holding their old slot's end.
+        let mut old = Window::default().at(0, 300, 100);
+        old.admit(50, 3);
+        let w = old.at(120, 300, 10);
+        assert_eq!(w.used(), 3);
+        assert_eq!(w.wait_ms(120, 300, 3), 280, "counted until 100 + 300");
     }
 }
