@@ -762,6 +762,45 @@ async fn a_scheduled_sweep_keeps_a_quiet_tenants_view_current() {
 }
 
 #[tokio::test]
+async fn tenants_are_swept_at_once_and_a_failing_tenant_stops_none_of_the_others() {
+    let s = start().await;
+    population(&s, 3, 3);
+    // Three pages of risky users a tenant, at Identity Protection's one request a second:
+    // each tenant's sweep takes over two seconds.
+    s.with(|d| d.page_size = 1);
+    let intake = Intake::in_process(Arc::new(MemoryQueue::default())).unwrap();
+    let graph = paged_client(
+        &s,
+        10,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    let tenants: Vec<String> = std::iter::once("not-a-tenant/x".to_owned())
+        .chain((1..=4).map(|i| format!("{TENANT}{i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    let outcomes = sweeper(&graph, &intake).run_all(&tenants, None).await;
+    let elapsed = started.elapsed();
+    let named: Vec<&String> = outcomes.iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        named,
+        tenants.iter().collect::<Vec<_>>(),
+        "in the order given"
+    );
+    assert!(outcomes[0].1.is_err(), "{:?}", outcomes[0].1);
+    for (tenant, outcome) in &outcomes[1..] {
+        let report = outcome.as_ref().unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        assert_eq!(report.users_at_risk, 3, "{tenant}");
+        let (state, _) = sweeper(&graph, &intake).state(tenant).await.unwrap();
+        assert!(
+            state.risk_watermark.is_some(),
+            "{tenant}: its watermarks moved"
+        );
+    }
+    // One after another, four tenants of over two seconds each would take over eight.
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+#[tokio::test]
 async fn a_sign_in_that_reaches_the_log_late_is_still_swept() {
     let s = start().await;
     population(&s, 3, 0);

@@ -373,8 +373,8 @@ async fn sweep(
         first_lookback: time::Duration::hours(i64::from(policy.lookback_hours)),
     };
     let mut failed = 0;
-    for tenant in &tenants {
-        match sweeper.run(tenant, since).await {
+    for (tenant, outcome) in sweeper.run_all(&tenants, since).await {
+        match outcome {
             Ok(report) => {
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
