@@ -502,14 +502,66 @@ async fn the_simulator_enforces_the_directory_write_quota_per_app_and_tenant() {
     assert!(write(CLIENT_ID, &format!("/users/{}", user_id(0))));
     // A write on no directory object (a subscription) is outside the write quota.
     assert!(s.other_app_request(TENANT, OTHER_APP, &Method::PATCH, "/subscriptions/s1"));
-    // The refused write spent none of the app's 3,500 resource units: 3,001 used, 499 left.
+    // The refused write spent none of the app's 3,500 resource units: 3,001 used, 499 left
+    // for reads of one user (one unit each).
+    let read = format!("/users/{}", user_id(0));
     for i in 0..499 {
         assert!(
-            s.other_app_request(TENANT, OTHER_APP, &Method::GET, "/users"),
+            s.other_app_request(TENANT, OTHER_APP, &Method::GET, &read),
             "read {i}"
         );
     }
-    assert!(!s.other_app_request(TENANT, OTHER_APP, &Method::GET, "/users"));
+    assert!(!s.other_app_request(TENANT, OTHER_APP, &Method::GET, &read));
+}
+
+#[test]
+fn the_simulator_counts_resource_units_as_published() {
+    let units = |method: Method, path: &str| {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        resource_units(&method, path, query)
+    };
+    assert_eq!(units(Method::GET, "/users"), 2);
+    assert_eq!(units(Method::GET, "/users?$select=id"), 1);
+    assert_eq!(
+        units(Method::GET, "/users?$select=id&$expand=manager($select=id)"),
+        2
+    );
+    assert_eq!(units(Method::GET, "/users/x"), 1);
+    assert_eq!(
+        units(
+            Method::GET,
+            "/groups/g/transitiveMembers/microsoft.graph.user?$select=id"
+        ),
+        4
+    );
+    assert_eq!(units(Method::GET, "/groups/g/members?$top=5"), 2);
+    assert_eq!(
+        units(
+            Method::GET,
+            "/users/x/transitiveMemberOf?$select=id&$top=999"
+        ),
+        1
+    );
+    assert_eq!(
+        units(
+            Method::GET,
+            "/roleManagement/directory/roleAssignments?$expand=principal"
+        ),
+        2
+    );
+    assert_eq!(
+        units(
+            Method::GET,
+            "/roleManagement/directory/roleAssignments?$select=principalId&$expand=principal($select=id)"
+        ),
+        1
+    );
+    assert_eq!(units(Method::POST, "/directoryObjects/getByIds"), 5);
+    assert_eq!(
+        units(Method::POST, "/directoryObjects/getByIds?$select=id"),
+        2
+    );
+    assert_eq!(units(Method::PATCH, "/users/x"), 1);
 }
 
 fn urlencode(text: &str) -> String {
@@ -1209,4 +1261,83 @@ async fn eligible_and_group_held_administrators_are_protected() {
         2,
         "two protected roles"
     );
+    // Only the principal's id and type are asked for: one resource unit a request.
+    let role_reads: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.contains("/roleManagement/directory/"))
+        .collect();
+    assert_eq!(role_reads.len(), 4, "{role_reads:?}");
+    for call in role_reads {
+        assert!(
+            call.ends_with("&$select=principalId&$expand=principal($select=id)"),
+            "{call}"
+        );
+        let (path, query) = call["GET /v1.0".len()..].split_once('?').unwrap();
+        assert_eq!(resource_units(&Method::GET, path, query), 1, "{call}");
+    }
+}
+
+#[tokio::test]
+async fn the_simulator_takes_exactly_the_documented_role_queries() {
+    let s = start().await;
+    population(&s, 2, 0);
+    s.with(|d| {
+        d.role_assignments.push((user_id(0), GLOBAL_ADMIN.into()));
+        d.role_eligibilities.push((user_id(1), GLOBAL_ADMIN.into()));
+    });
+    let token = raw_token(&s).await;
+    let http = reqwest::Client::new();
+    let get = |collection: &str, query: &str| {
+        let url = format!(
+            "{}/v1.0/roleManagement/directory/{collection}?$filter={}&{query}",
+            s.base,
+            urlencode(&format!("roleDefinitionId eq '{GLOBAL_ADMIN}'"))
+        );
+        http.get(url).bearer_auth(&token).send()
+    };
+    for collection in ["roleAssignments", "roleEligibilitySchedules"] {
+        // What the product asks: the principal's id and type, nothing else.
+        let answer: serde_json::Value = get(
+            collection,
+            "$select=principalId&$expand=principal($select=id)",
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let items = answer["value"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{answer}");
+        let mut keys: Vec<&String> = items[0].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["principal", "principalId"], "{answer}");
+        let principal = items[0]["principal"].as_object().unwrap();
+        assert_eq!(principal.len(), 2, "{answer}");
+        assert_eq!(principal["@odata.type"], "#microsoft.graph.user");
+        assert_eq!(principal["id"], items[0]["principalId"]);
+        // The whole principal without a $select of its own.
+        let whole: serde_json::Value = get(collection, "$expand=principal")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            whole["value"][0]["principal"]["userPrincipalName"].is_string(),
+            "{whole}"
+        );
+        assert!(whole["value"][0]["roleDefinitionId"].is_string());
+        // Anything else is refused as Graph refuses it.
+        for bad in [
+            "$select=principalId,nope",
+            "$expand=roleDefinition",
+            "$expand=principal($select=nope)",
+            "$expand=principal($filter=id eq 'x')",
+        ] {
+            let refused = get(collection, bad).await.unwrap();
+            assert_eq!(refused.status(), 400, "{collection} {bad}");
+            let envelope: serde_json::Value = refused.json().await.unwrap();
+            assert_eq!(envelope["error"]["code"], "BadRequest");
+        }
+    }
 }

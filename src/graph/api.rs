@@ -222,7 +222,9 @@ pub fn sign_in_brief(sign_in: &Value) -> SignInBrief {
 }
 
 impl GraphClient {
-    /// Identity Protection's record of `user_id`; `Ok(None)` if it has none.
+    /// Identity Protection's record of `user_id`; `Ok(None)` if it has none. Not on the work
+    /// path (workers answer from the tenant's view, [`crate::respond::view`]); kept for tools
+    /// and for testing Identity Protection's throttling.
     pub async fn risk_record(
         &self,
         tenant: &str,
@@ -384,7 +386,10 @@ impl GraphClient {
     /// The principals that hold (or, with [`RoleHolding::Eligible`], may activate) the
     /// directory role `role_definition_id` (a built-in role's template id), tenant-wide:
     /// `GET /roleManagement/directory/roleAssignments|roleEligibilitySchedules
-    /// ?$filter=roleDefinitionId eq '…'&$expand=principal`.
+    /// ?$filter=roleDefinitionId eq '…'&$select=principalId&$expand=principal($select=id)`.
+    /// Both list methods document `$filter`, `$select` and `$expand`; only the principal's id
+    /// and `@odata.type` (user or group) are read, and `$select` takes one resource unit off
+    /// the one `$expand` adds.
     pub async fn role_principals(
         &self,
         tenant: &str,
@@ -396,7 +401,7 @@ impl GraphClient {
             RoleHolding::Eligible => "roleEligibilitySchedules",
         };
         let path = format!(
-            "/roleManagement/directory/{collection}?$filter={}&$expand=principal",
+            "/roleManagement/directory/{collection}?$filter={}&$select=principalId&$expand=principal($select=id)",
             filter(&format!(
                 "roleDefinitionId eq '{}'",
                 object_id(role_definition_id)?

@@ -5,7 +5,8 @@
 //! queries, `$levels` only on one user, at most 100 users a page; `PATCH` of several properties
 //! at once, `manager`, `transitiveMemberOf`, `revokeSignInSessions`, `sendMail`),
 //! `/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user`,
-//! `/v1.0/roleManagement/directory/roleAssignments|roleEligibilitySchedules`,
+//! `/v1.0/roleManagement/directory/roleAssignments|roleEligibilitySchedules` (`$filter`,
+//! `$select`, `$expand=principal[($select=…)]`, nothing else),
 //! `/v1.0/directoryRoles(roleTemplateId='…')`, `/v1.0/identityProtection/riskyUsers` (`$filter`
 //! on `riskLastUpdatedDateTime` or `riskState`), `/v1.0/auditLogs/signIns` with the exact
 //! `$filter` grammar the product uses (and no `$select`, which the API does not support),
@@ -16,13 +17,14 @@
 //!
 //! The published throttle limits are enforced at their documented scope (Identity Protection
 //! per tenant for all apps; reports, directory and security per app and tenant; directory
-//! writes on directory objects 3,000 per 150 s per app and tenant, 35,000 per 5 min per app and
+//! reads in resource units as Microsoft costs them ([`resource_units`]); directory writes on
+//! directory objects 3,000 per 150 s per app and tenant, 35,000 per 5 min per app and
 //! 18,000 per 5 min per tenant for all apps; Outlook per app and mailbox, with 4 requests in
 //! flight across every request and batch), each `$batch` member counted, and a request refused
-//! by one limit spending nothing of the others. A 429 carries `Retry-After` only where Graph sends one: not for Identity Protection
-//! (documented) nor the reports (none documented). The tenant's other apps can spend its shared
-//! budget ([`GraphSimulator::other_app_request`]). Faults (429 with `Retry-After`, 503, 403,
-//! other refusals) can be injected.
+//! by one limit spending nothing of the others. A 429 carries `Retry-After` only where Graph
+//! sends one: not for Identity Protection (documented) nor the reports (none documented). The
+//! tenant's other apps can spend its shared budget ([`GraphSimulator::other_app_request`]).
+//! Faults (429 with `Retry-After`, 503, 403, other refusals) can be injected.
 //!
 //! Microsoft Sentinel incidents are there too (`sentinel`): Azure Resource Manager's incident
 //! comments (`/subscriptions/…`, with an ARM token for `https://management.azure.com/.default`
@@ -162,16 +164,17 @@ impl Windows {
     /// Admits a request under `key` if fewer than `limit` were admitted within `window`;
     /// otherwise returns how long until one leaves the window.
     fn admit(&mut self, key: String, limit: (usize, Duration)) -> Result<(), Duration> {
-        self.admit_all(&[(key, limit)])
+        self.admit_all(&[(key, limit, 1)])
     }
 
-    /// Admits a request counted under every key at once, or under none: a request refused by
-    /// one limit spends nothing of the others (Graph throttles only the requests that exceed a
-    /// limit). Refused: how long until every full window has a free slot.
-    fn admit_all(&mut self, limits: &[(String, (usize, Duration))]) -> Result<(), Duration> {
+    /// Admits a request costing `cost` under each key (a request, or its resource units) at
+    /// once, or under none: a request refused by one limit spends nothing of the others (Graph
+    /// throttles only the requests that exceed a limit). Refused: how long until every window
+    /// has room.
+    fn admit_all(&mut self, limits: &[(String, (usize, Duration), usize)]) -> Result<(), Duration> {
         let now = Instant::now();
         let mut wait = Duration::ZERO;
-        for (key, (limit, window)) in limits {
+        for (key, (limit, window), cost) in limits {
             let log = self.log.entry(key.clone()).or_default();
             while log
                 .front()
@@ -179,16 +182,20 @@ impl Windows {
             {
                 log.pop_front();
             }
-            if log.len() >= *limit {
-                let oldest = *log.front().unwrap_or(&now);
-                wait = wait.max(window.saturating_sub(now.duration_since(oldest)));
+            if log.len() + cost > *limit {
+                let freeing = (log.len() + cost - limit).clamp(1, log.len().max(1));
+                let until = log
+                    .get(freeing - 1)
+                    .map_or(*window, |t| window.saturating_sub(now.duration_since(*t)));
+                wait = wait.max(until.max(Duration::from_millis(1)));
             }
         }
         if !wait.is_zero() {
             return Err(wait);
         }
-        for (key, _) in limits {
-            self.log.entry(key.clone()).or_default().push_back(now);
+        for (key, _, cost) in limits {
+            let log = self.log.entry(key.clone()).or_default();
+            log.extend(std::iter::repeat_n(now, *cost));
         }
         Ok(())
     }
@@ -211,6 +218,55 @@ const DIRECTORY_OBJECTS: &[&str] = &[
     "organization",
     "groupsettings",
 ];
+
+/// The directory resource units a request costs, as Microsoft's identity and access service
+/// limits count them: its path's base cost (`GET users` 2, `groups/{id}/members` 3,
+/// `groups/{id}/transitiveMembers` 5, … any other 1), one less with `$select`, one more with
+/// `$expand`, one less with `$top` under 20, never under 1. What `me/` costs, `users/{id}/`
+/// costs too.
+pub fn resource_units(method: &Method, path: &str, query: &str) -> usize {
+    let lower = path.to_ascii_lowercase();
+    let mut segments: Vec<&str> = lower.trim_start_matches('/').split('/').collect();
+    if segments.first() == Some(&"users") && segments.len() > 2 {
+        segments.splice(0..2, ["me"]);
+    }
+    let get = *method == Method::GET;
+    let post = *method == Method::POST;
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let selected = params.contains_key("$select");
+    let base: i64 = match segments.as_slice() {
+        ["applications"] if get => 2,
+        ["applications", _, "extensionproperties"] if get => 2,
+        ["contracts"] if get => 3,
+        ["directoryobjects", "getbyids"] | ["getobjectsbyid"] if post => {
+            return if selected { 2 } else { 5 };
+        }
+        ["domains", _, "domainnamereferences"] if get => 4,
+        ["groups", _, "members", ..] if get => 3,
+        ["groups", _, "transitivemembers", ..] if get => 5,
+        ["ismemberof"] | ["me", "checkmembergroups"] | ["me", "checkmemberobjects"] if post => 4,
+        ["me", "getmembergroups"] | ["me", "getmemberobjects"] if post => 2,
+        [
+            "me",
+            "licensedetails" | "memberof" | "ownedobjects" | "transitivememberof",
+            ..,
+        ] if get => 2,
+        ["oauth2permissiongrants"] | ["oauth2permissiongrants", _] if get => 2,
+        ["serviceprincipals", _, "approleassignments"] if get => 2,
+        ["subscribedskus"] if get => 3,
+        ["users"] if get => 2,
+        _ => 1,
+    };
+    let top_under_20 = params
+        .get("$top")
+        .and_then(|t| t.parse::<u32>().ok())
+        .is_some_and(|t| t < 20);
+    let cost = base - i64::from(selected) + i64::from(params.contains_key("$expand"))
+        - i64::from(top_under_20);
+    cost.max(1) as usize
+}
 
 /// Whether `method path` is a write on a directory object (POST, PATCH, PUT, DELETE).
 fn directory_write(method: &Method, path: &str) -> bool {
@@ -288,6 +344,8 @@ pub struct Directory {
     pub throttled: HashMap<Budget, usize>,
     /// Requests admitted, per budget (members of a `$batch` count one each).
     pub admitted: HashMap<Budget, usize>,
+    /// Directory resource units admitted, of every application ([`resource_units`]).
+    pub resource_units: usize,
     /// HTTP requests received on `/v1.0` (a `$batch` counts once).
     pub http_requests: usize,
     /// sendMail requests being served per app and mailbox (`{app}|{mailbox}`), across every
@@ -435,7 +493,8 @@ impl GraphSimulator {
     /// spends the limits it shares with ours (Identity Protection: per tenant, all apps
     /// together) and its own. Returns whether Graph admitted it.
     pub fn other_app_request(&self, tenant: &str, app: &str, method: &Method, path: &str) -> bool {
-        self.with(|d| match limit(d, tenant, app, method, path) {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        self.with(|d| match limit(d, tenant, app, method, path, query) {
             Ok(mail) => {
                 if let Some(key) = mail {
                     release_mail(d, &key);
@@ -687,6 +746,7 @@ fn limit(
     app: &str,
     method: &Method,
     path: &str,
+    query: &str,
 ) -> Result<Option<String>, Duration> {
     if !dir.limits.enabled {
         return Ok(None);
@@ -705,35 +765,42 @@ fn limit(
             .admit(format!("{tenant}|{app}|reports"), limits.reports)
             .map(|()| None),
         Budget::Directory => {
+            let units = resource_units(method, path, query);
             let mut windows = vec![
-                (format!("{tenant}|{app}|directory"), limits.directory),
-                (format!("{app}|directory"), limits.directory_app),
+                (format!("{tenant}|{app}|directory"), limits.directory, units),
+                (format!("{app}|directory"), limits.directory_app, units),
             ];
             if directory_write(method, path) {
                 windows.extend([
                     (
                         format!("{tenant}|{app}|directory-writes"),
                         limits.directory_writes,
+                        1,
                     ),
                     (
                         format!("{app}|directory-writes"),
                         limits.directory_app_writes,
+                        1,
                     ),
                     (
                         format!("{tenant}|directory-writes"),
                         limits.directory_tenant_writes,
+                        1,
                     ),
                 ]);
             }
-            dir.windows.admit_all(&windows).map(|()| None)
+            dir.windows.admit_all(&windows)?;
+            dir.resource_units += units;
+            Ok(None)
         }
         Budget::Security => dir
             .windows
             .admit_all(&[
-                (format!("{tenant}|{app}|security"), limits.security),
+                (format!("{tenant}|{app}|security"), limits.security, 1),
                 (
                     format!("{tenant}|{app}|security-hourly"),
                     limits.security_hourly,
+                    1,
                 ),
             ])
             .map(|()| None),
@@ -766,9 +833,10 @@ fn throttle(
     app: &str,
     method: &Method,
     path: &str,
+    query: &str,
 ) -> Result<Option<String>, Box<Response>> {
     let budget = Budget::of(method, path);
-    match limit(dir, tenant, app, method, path) {
+    match limit(dir, tenant, app, method, path, query) {
         Ok(mail) => {
             *dir.admitted.entry(budget).or_default() += 1;
             Ok(mail)
@@ -862,7 +930,7 @@ fn gate(
     let mail = if path == "/$batch" {
         None
     } else {
-        throttle(dir, &tenant, &app, method, path)?
+        throttle(dir, &tenant, &app, method, path, uri.query().unwrap_or(""))?
     };
     // Past this point a refusal frees the mailbox slot at once.
     let refuse = |dir: &mut Directory, response: Response| {
@@ -2101,10 +2169,74 @@ fn group_user_members(
     )
 }
 
+/// Properties of a `unifiedRoleAssignment` (v1.0), what `$select` may name on
+/// `roleAssignments`.
+const ROLE_ASSIGNMENT_PROPERTIES: &[&str] = &[
+    "id",
+    "principalId",
+    "roleDefinitionId",
+    "directoryScopeId",
+    "appScopeId",
+    "condition",
+];
+/// Properties of a `unifiedRoleEligibilitySchedule` (v1.0), what `$select` may name on
+/// `roleEligibilitySchedules`.
+const ROLE_ELIGIBILITY_PROPERTIES: &[&str] = &[
+    "id",
+    "principalId",
+    "roleDefinitionId",
+    "directoryScopeId",
+    "appScopeId",
+    "createdUsing",
+    "createdDateTime",
+    "modifiedDateTime",
+    "status",
+    "memberType",
+    "scheduleInfo",
+];
+/// Properties of an expanded `principal` (a `directoryObject`: a user or a group) that
+/// `$expand=principal($select=…)` may name.
+const PRINCIPAL_PROPERTIES: &[&str] = &[
+    "id",
+    "deletedDateTime",
+    "displayName",
+    "userPrincipalName",
+    "mail",
+    "accountEnabled",
+    "userType",
+];
+
+/// A `$select` list, each name one of `known` (case-insensitive, as Graph reads property
+/// names), in their documented spelling; or the 400 Graph answers for the first unknown one.
+fn select_list(list: &str, known: &[&str], type_name: &str) -> Result<Vec<String>, Box<Response>> {
+    list.split(',')
+        .map(|name| {
+            known
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(name.trim()))
+                .map(|k| (*k).to_owned())
+                .ok_or_else(|| {
+                    Box::new(error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!(
+                            "Could not find a property named '{}' on type '{type_name}'.",
+                            name.trim()
+                        ),
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// `GET /roleManagement/directory/roleAssignments|roleEligibilitySchedules
-/// ?$filter=roleDefinitionId eq '{id}'[&$expand=principal]`. Active assignments are the
-/// members of the activated roles (`directory_roles`, `member_of`) and `role_assignments`;
-/// eligibilities are `role_eligibilities`. A built-in role's definition id is its template id.
+/// ?$filter=roleDefinitionId eq '{id}'[&$select=…][&$expand=principal[($select=…)]]`, the
+/// query options both list methods document (`$filter`, `$select`, `$expand`). `$select`
+/// names the type's properties; the only navigation expanded is `principal`, whole or with a
+/// `$select` of its own (the principal's `@odata.type` always comes, as Graph sends it for a
+/// derived type). Active assignments are the members of the activated roles
+/// (`directory_roles`, `member_of`) and `role_assignments`; eligibilities are
+/// `role_eligibilities`. A built-in role's definition id is its template id.
 fn role_principals(
     s: &GraphSimulator,
     dir: &Directory,
@@ -2124,15 +2256,51 @@ fn role_principals(
             }
         },
     };
-    let expand = match params.get("$expand").map(String::as_str) {
-        None => false,
-        Some("principal") => true,
+    let (properties, type_name) = if kind == "roleAssignments" {
+        (
+            ROLE_ASSIGNMENT_PROPERTIES,
+            "microsoft.graph.unifiedRoleAssignment",
+        )
+    } else {
+        (
+            ROLE_ELIGIBILITY_PROPERTIES,
+            "microsoft.graph.unifiedRoleEligibilitySchedule",
+        )
+    };
+    let selected = match params.get("$select") {
+        None => None,
+        Some(list) => match select_list(list, properties, type_name) {
+            Ok(names) => Some(names),
+            Err(response) => return *response,
+        },
+    };
+    // None: not expanded; Some(None): the whole principal; Some(Some(names)): those.
+    let expand: Option<Option<Vec<String>>> = match params.get("$expand").map(String::as_str) {
+        None => None,
+        Some("principal") => Some(None),
         Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("Could not find a property named '{other}' to expand."),
-            );
+            let inner = other
+                .strip_prefix("principal($select=")
+                .and_then(|rest| rest.strip_suffix(')'));
+            match inner {
+                Some(list) => {
+                    match select_list(
+                        list,
+                        PRINCIPAL_PROPERTIES,
+                        "microsoft.graph.directoryObject",
+                    ) {
+                        Ok(names) => Some(Some(names)),
+                        Err(response) => return *response,
+                    }
+                }
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("Could not find a property named '{other}' to expand."),
+                    );
+                }
+            }
         }
     };
     let mut pairs: Vec<(String, String)> = Vec::new();
@@ -2169,13 +2337,23 @@ fn role_principals(
                 item["status"] = "Provisioned".into();
                 item["scheduleInfo"] = json!({"startDateTime": "2026-01-01T00:00:00Z", "expiration": {"type": "noExpiration"}});
             }
-            if expand {
-                let kind = if find_user(dir, &principal).is_some() {
-                    "#microsoft.graph.user"
-                } else {
-                    "#microsoft.graph.group"
+            if let Some(names) = &selected {
+                item = select(item, Some(&names.join(",")));
+            }
+            if let Some(inner) = &expand {
+                let mut whole = match find_user(dir, &principal) {
+                    Some(mut user) => {
+                        user["@odata.type"] = "#microsoft.graph.user".into();
+                        user
+                    }
+                    None => json!({ "@odata.type": "#microsoft.graph.group", "id": principal }),
                 };
-                item["principal"] = json!({ "@odata.type": kind, "id": principal });
+                if let Some(names) = inner {
+                    let kind = whole["@odata.type"].clone();
+                    whole = select(whole, Some(&names.join(",")));
+                    whole["@odata.type"] = kind;
+                }
+                item["principal"] = whole;
             }
             item
         })
