@@ -20,7 +20,7 @@ use risk_responder::ledger::sqlite::SqliteStore;
 use risk_responder::queue::{MemoryQueue, WorkItem, WorkQueue};
 use risk_responder::respond::Worker;
 use risk_responder::secrets::SecretString;
-use risk_responder::simulator::{Budget, CLIENT_SECRET, GraphSimulator};
+use risk_responder::simulator::{Budget, CLIENT_SECRET, GraphSimulator, Latency};
 use serde_json::json;
 
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -42,7 +42,9 @@ fn iso(t: time::OffsetDateTime) -> String {
 async fn simulator() -> GraphSimulator {
     let s = risk_responder::simulator::start().await.expect("simulator");
     let now = time::OffsetDateTime::now_utc();
+    let latency = latency();
     s.with(|d| {
+        d.latency = latency;
         d.page_size = 1000;
         let manager = user(RISKY + UNRELATED + 1);
         d.users.push(json!({"id": manager, "userPrincipalName": "manager@contoso.onmicrosoft.com",
@@ -69,6 +71,31 @@ async fn simulator() -> GraphSimulator {
         }
     });
     s
+}
+
+/// The stand-in's latency: `RR_BURST_LATENCY` = `modelled` (the default), `none`, or
+/// `READ,WRITE,MAIL` in milliseconds.
+fn latency() -> Latency {
+    match std::env::var("RR_BURST_LATENCY").as_deref() {
+        Err(_) | Ok("modelled") => Latency::MODELLED,
+        Ok("none") => Latency::INSTANT,
+        Ok(ms) => {
+            let ms: Vec<u64> = ms
+                .split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .expect("RR_BURST_LATENCY: READ,WRITE,MAIL in ms")
+                })
+                .collect();
+            assert_eq!(ms.len(), 3, "RR_BURST_LATENCY: READ,WRITE,MAIL in ms");
+            Latency {
+                read: Duration::from_millis(ms[0]),
+                write: Duration::from_millis(ms[1]),
+                mail: Duration::from_millis(ms[2]),
+            }
+        }
+    }
 }
 
 fn policy() -> Policy {

@@ -21,10 +21,13 @@
 //! directory objects 3,000 per 150 s per app and tenant, 35,000 per 5 min per app and
 //! 18,000 per 5 min per tenant for all apps; Outlook per app and mailbox, with 4 requests in
 //! flight across every request and batch), each `$batch` member counted, and a request refused
-//! by one limit spending nothing of the others. A 429 carries `Retry-After` only where Graph
-//! sends one: not for Identity Protection (documented) nor the reports (none documented). The
-//! tenant's other apps can spend its shared budget ([`GraphSimulator::other_app_request`]).
-//! Faults (429 with `Retry-After`, 503, 403, other refusals) can be injected.
+//! by one limit spending nothing of the others. A batch's members run at once, Outlook ones at
+//! most four at a time (the rest wait); every request takes the time [`Latency`] says (none by
+//! default, [`Latency::MODELLED`] for the burst benchmark). A 429 carries `Retry-After` only
+//! where Graph sends one: not for Identity Protection (documented) nor the reports (none
+//! documented). The tenant's other apps can spend its shared budget
+//! ([`GraphSimulator::other_app_request`]). Faults (429 with `Retry-After`, 503, 403, other
+//! refusals) can be injected.
 //!
 //! Microsoft Sentinel incidents are there too (`sentinel`): Azure Resource Manager's incident
 //! comments (`/subscriptions/…`, with an ARM token for `https://management.azure.com/.default`
@@ -118,6 +121,62 @@ impl Default for Limits {
             security: (50, Duration::from_secs(60)),
             security_hourly: (1500, Duration::from_secs(3600)),
         }
+    }
+}
+
+/// How long the stand-in takes to answer a request, or a `$batch` member, once admitted: the
+/// time Graph spends on it as the client sees it. A `sendMail` holds its mailbox's concurrency
+/// slot for this long.
+///
+/// [`Latency::INSTANT`] (the default, what the tests use) answers at once but holds a sendMail
+/// 2 ms, so Outlook's concurrency limit stays observable. [`Latency::MODELLED`] is what the
+/// burst benchmark runs against. Microsoft publishes no latency figures for these APIs (no SLA
+/// on response time, no percentiles in the throttling or batching documentation), so its values
+/// are stated assumptions, conservative for a Graph front end in the same geography: 150 ms for
+/// a directory, Identity Protection, reports or security read or write, 600 ms for Outlook to
+/// accept a `sendMail` (the message is saved, then handed to transport; reported sends take
+/// from about half a second to a second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    /// Any GET.
+    pub read: Duration,
+    /// Any other write (PATCH, POST, PUT, DELETE), `sendMail` excepted.
+    pub write: Duration,
+    /// `POST /users/{id}/sendMail`.
+    pub mail: Duration,
+}
+
+impl Latency {
+    /// Answers at once; a sendMail holds its mailbox 2 ms.
+    pub const INSTANT: Latency = Latency {
+        read: Duration::ZERO,
+        write: Duration::ZERO,
+        mail: Duration::from_millis(2),
+    };
+
+    /// The modelled latency (assumptions, see the type's documentation): 150 ms reads and
+    /// writes, 600 ms sendMail.
+    pub const MODELLED: Latency = Latency {
+        read: Duration::from_millis(150),
+        write: Duration::from_millis(150),
+        mail: Duration::from_millis(600),
+    };
+
+    /// How long `method path` (under `/v1.0`) takes.
+    pub fn of(&self, method: &Method, path: &str) -> Duration {
+        if Budget::of(method, path) == Budget::Mail {
+            self.mail
+        } else if *method == Method::GET {
+            self.read
+        } else {
+            self.write
+        }
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency::INSTANT
     }
 }
 
@@ -318,9 +377,9 @@ pub struct Directory {
     pub revoked: Vec<String>,
     /// Every `$batch` that passed validation, as its members ("METHOD url"), in order.
     pub batches: Vec<Vec<String>>,
-    /// How long Outlook takes to accept a message (a sendMail holds its mailbox's concurrency
-    /// slot this long; 2 ms when unset).
-    pub mail_hold: Option<Duration>,
+    /// How long each request takes (a sendMail holds its mailbox's concurrency slot this
+    /// long); [`Latency::INSTANT`] unless set.
+    pub latency: Latency,
     /// Requests of the tenant's other applications that Graph admitted (see
     /// [`GraphSimulator::other_app_request`]).
     pub other_apps_admitted: usize,
@@ -1000,23 +1059,28 @@ async fn graph(
     if uri.path() == "/v1.0/$batch" {
         return batch(&s, &method, &uri, &headers, &body).await;
     }
-    let (response, mail, hold) = {
+    let (response, mail, latency) = {
         let mut dir = lock(&s.dir);
         dir.http_requests += 1;
         let (response, mail) = dispatch(&s, &mut dir, &method, &uri, &headers, &body);
-        (
-            response,
-            mail,
-            dir.mail_hold.unwrap_or(Duration::from_millis(2)),
-        )
+        let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
+        (response, mail, dir.latency.of(&method, path))
     };
+    // Graph takes a moment to answer; a sendMail holds its mailbox's slot meanwhile.
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     if let Some(key) = mail {
-        // Outlook takes a moment to accept a message: concurrency is observable.
-        tokio::time::sleep(hold).await;
         release_mail(&mut lock(&s.dir), &key);
     }
     response
 }
+
+/// Outlook members of one `$batch` that Graph runs at a time, whatever their mailboxes (the rest
+/// wait their turn, they are not refused): "Microsoft Graph sends the Outlook service up to four
+/// individual requests from the batch at a time, regardless of the target mailboxes" (Microsoft
+/// Graph service-specific throttling limits, *Outlook service limits for JSON batching*).
+pub const OUTLOOK_BATCH_PARALLELISM: usize = 4;
 
 /// Most requests in one `$batch` (Graph's limit).
 pub const BATCH_MAX: usize = 20;
@@ -1080,11 +1144,14 @@ fn check_batch(body: &Bytes) -> Result<Vec<Value>, Box<Response>> {
     Ok(requests)
 }
 
-/// `POST /$batch`: JSON batching. The batch is validated first (see [`check_batch`]); then each
-/// member counts against its own limit. Graph runs members in parallel: a batch's sendMail
-/// members hold their mailbox's concurrency slots until the whole batch is answered, so more
-/// than four to one mailbox (counting every other request in flight) are throttled as Outlook
-/// does.
+/// `POST /$batch`: JSON batching. The batch is validated first (see [`check_batch`]); then its
+/// members run at once, as Graph runs them, each counted against its own limit, and the batch
+/// is answered when the last one is done. Outlook members run at most
+/// [`OUTLOOK_BATCH_PARALLELISM`] at a time, the others queued behind them; each holds its
+/// mailbox's concurrency slot while it runs, so a batch alone never exceeds a mailbox's four,
+/// while other requests and batches in flight to the same mailbox (from any worker) count too:
+/// past four, a member is answered 429 as Outlook does. `dependsOn` is not modelled (the
+/// product does not use it).
 async fn batch(
     s: &GraphSimulator,
     method: &Method,
@@ -1104,9 +1171,7 @@ async fn batch(
         }
     };
     let authorization = headers.get("authorization").cloned();
-    let mut responses = Vec::with_capacity(requests.len());
-    let mut held_mail = Vec::new();
-    let hold = {
+    {
         let mut dir = lock(&s.dir);
         dir.batches.push(
             requests
@@ -1123,83 +1188,102 @@ async fn batch(
                 })
                 .collect(),
         );
-        dir.mail_hold.unwrap_or(Duration::from_millis(2))
-    };
-    for request in requests {
-        let id = request["id"].as_str().unwrap_or_default().to_owned();
-        let method = Method::from_bytes(
-            request["method"]
-                .as_str()
-                .unwrap_or_default()
-                .to_ascii_uppercase()
-                .as_bytes(),
-        )
-        .unwrap_or(Method::GET);
-        let url = request["url"].as_str().unwrap_or_default();
-        let Ok(member_uri) = format!(
-            "/v1.0{}",
-            if url.starts_with('/') {
-                url.to_owned()
-            } else {
-                format!("/{url}")
-            }
-        )
-        .parse::<Uri>() else {
-            responses.push(json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid url."}}}));
-            continue;
-        };
-        let body = match request.get("body") {
-            Some(Value::Null) | None => Bytes::new(),
-            Some(b) => Bytes::from(b.to_string()),
-        };
-        let mut member_headers = HeaderMap::new();
-        // The member's own headers (e.g. `ConsistencyLevel`); not its authorization or length.
-        for (name, value) in request["headers"].as_object().into_iter().flatten() {
-            if let (Ok(name), Some(Ok(value))) = (
-                axum::http::HeaderName::from_bytes(name.as_bytes()),
-                value.as_str().map(axum::http::HeaderValue::from_str),
-            ) {
-                member_headers.insert(name, value);
-            }
-        }
-        if let Some(auth) = &authorization {
-            member_headers.insert("authorization", auth.clone());
-        }
-        // Validated above: a write member has a body, whose length the JSON gives.
-        member_headers.insert("content-length", axum::http::HeaderValue::from(body.len()));
-        let response = {
-            let mut dir = lock(&s.dir);
-            let (response, mail) =
-                dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body);
-            held_mail.extend(mail);
-            response
-        };
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .unwrap_or_default();
-        let mut member = json!({"id": id, "status": parts.status.as_u16()});
-        let mut member_headers = serde_json::Map::new();
-        for (name, value) in &parts.headers {
-            if let Ok(v) = value.to_str() {
-                member_headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
-            }
-        }
-        member["headers"] = Value::Object(member_headers);
-        if !bytes.is_empty() {
-            member["body"] = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        responses.push(member);
     }
-    if !held_mail.is_empty() {
-        tokio::time::sleep(hold).await;
-        let mut dir = lock(&s.dir);
-        for key in &held_mail {
-            release_mail(&mut dir, key);
-        }
-    }
+    let outlook = Arc::new(tokio::sync::Semaphore::new(OUTLOOK_BATCH_PARALLELISM));
+    let members = requests
+        .into_iter()
+        .map(|request| batch_member(s, request, authorization.clone(), outlook.clone()));
+    let responses = futures_util::future::join_all(members).await;
     axum::Json(json!({ "responses": responses })).into_response()
+}
+
+/// Runs one `$batch` member: waits for its turn if it is an Outlook request, is admitted or
+/// refused, takes its time, and gives its answer as the batch carries it.
+async fn batch_member(
+    s: &GraphSimulator,
+    request: Value,
+    authorization: Option<axum::http::HeaderValue>,
+    outlook: Arc<tokio::sync::Semaphore>,
+) -> Value {
+    let id = request["id"].as_str().unwrap_or_default().to_owned();
+    let method = Method::from_bytes(
+        request["method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .as_bytes(),
+    )
+    .unwrap_or(Method::GET);
+    let url = request["url"].as_str().unwrap_or_default();
+    let Ok(member_uri) = format!(
+        "/v1.0{}",
+        if url.starts_with('/') {
+            url.to_owned()
+        } else {
+            format!("/{url}")
+        }
+    )
+    .parse::<Uri>() else {
+        return json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Invalid url."}}});
+    };
+    let body = match request.get("body") {
+        Some(Value::Null) | None => Bytes::new(),
+        Some(b) => Bytes::from(b.to_string()),
+    };
+    let mut member_headers = HeaderMap::new();
+    // The member's own headers (e.g. `ConsistencyLevel`); not its authorization or length.
+    for (name, value) in request["headers"].as_object().into_iter().flatten() {
+        if let (Ok(name), Some(Ok(value))) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            value.as_str().map(axum::http::HeaderValue::from_str),
+        ) {
+            member_headers.insert(name, value);
+        }
+    }
+    if let Some(auth) = authorization {
+        member_headers.insert("authorization", auth);
+    }
+    // Validated above: a write member has a body, whose length the JSON gives.
+    member_headers.insert("content-length", axum::http::HeaderValue::from(body.len()));
+    let path = member_uri
+        .path()
+        .strip_prefix("/v1.0")
+        .unwrap_or("")
+        .to_owned();
+    // Graph hands Outlook a batch's requests four at a time: the rest wait, they are not refused.
+    let _turn = if Budget::of(&method, &path) == Budget::Mail {
+        outlook.acquire_owned().await.ok()
+    } else {
+        None
+    };
+    let (response, mail, latency) = {
+        let mut dir = lock(&s.dir);
+        let (response, mail) = dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body);
+        (response, mail, dir.latency.of(&method, &path))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(key) = mail {
+        release_mail(&mut lock(&s.dir), &key);
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut member = json!({"id": id, "status": parts.status.as_u16()});
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            headers.insert(name.as_str().to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    member["headers"] = Value::Object(headers);
+    if !bytes.is_empty() {
+        member["body"] = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    member
 }
 
 /// Serves one Graph request (or one `$batch` member) against the directory.
