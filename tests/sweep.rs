@@ -432,7 +432,8 @@ async fn the_simulator_enforces_the_published_limits() {
     assert!(sixth.headers().get("retry-after").is_none());
     let envelope: serde_json::Value = sixth.json().await.unwrap();
     assert_eq!(envelope["error"]["code"], "TooManyRequests");
-    // A batch of more than 20 is refused; 5 mails to one mailbox in one batch: one throttled.
+    // A batch of more than 20 is refused; 5 mails to one mailbox in one batch are all sent:
+    // Graph hands Outlook four of a batch's members at a time and queues the fifth.
     let requests: Vec<_> = (0..21).map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{}", user_id(0))})).collect();
     let refused = http
         .post(format!("{}/v1.0/$batch", s.base))
@@ -461,8 +462,7 @@ async fn the_simulator_enforces_the_published_limits() {
         .iter()
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 4);
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
+    assert_eq!(statuses, vec![202; 5]);
     let _ = Method::GET;
 }
 
