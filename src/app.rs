@@ -256,7 +256,8 @@ pub fn graph_client(
 }
 
 /// As [`graph_client`], with every budget but directory reads (Identity Protection, reports,
-/// directory writes, mail, security) shared through `ledger` with every other process of this
+/// directory writes, mail, security) and each mailbox's four concurrent requests shared through
+/// `ledger` with every other process of this
 /// deployment.
 pub fn shared_graph_client(
     config: &Config,
@@ -272,7 +273,11 @@ pub fn shared_graph_client(
         ledger.clone(),
         limits,
     ));
-    Ok(Arc::new(client.with_limiter(limiter)))
+    Ok(Arc::new(
+        client
+            .with_limiter(limiter)
+            .with_shared_mail_slots(ledger.clone()),
+    ))
 }
 
 /// The worker over `ledger` with the configured policy (its mode replaced by `mode` if given).

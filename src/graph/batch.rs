@@ -17,8 +17,14 @@ use super::{GraphClient, GraphError};
 /// Most requests in one `$batch` (Graph's limit).
 pub const BATCH_MAX: usize = 20;
 /// Most `sendMail` requests to one mailbox in one batch (Outlook allows 4 concurrent requests
-/// per app and mailbox, and a batch runs its members in parallel).
+/// per app and mailbox, and Graph hands Outlook up to 4 of a batch's members at a time).
 pub const MAIL_BATCH_MAX: usize = 4;
+/// Most `$batch` requests one client has in flight at once (every call together). Graph
+/// documents no concurrency limit for the directory, reports or Identity Protection (their
+/// limits are rates, kept by the limiter); Outlook's 4 per mailbox are kept by the mail slots.
+/// This bound keeps a burst from opening hundreds of connections: 8 batches are up to 160
+/// requests in flight.
+pub const BATCHES_IN_FLIGHT: usize = 8;
 
 /// One request of a batch. Its `Debug` leaves the body out: a body may hold a temporary
 /// password (the reset PATCH, the password mail).
@@ -127,7 +133,10 @@ impl GraphClient {
         self.batch_sized(tenant, items, BATCH_MAX).await
     }
 
-    /// As [`GraphClient::batch`], with at most `size` requests per `$batch`.
+    /// As [`GraphClient::batch`], with at most `size` requests per `$batch`. The batches go at
+    /// once, each holding one of the client's [`BATCHES_IN_FLIGHT`] places while it is sent
+    /// (shared with every other call of the client), so a call's many batches cost about one
+    /// round trip per [`BATCHES_IN_FLIGHT`], not one each.
     pub async fn batch_sized(
         &self,
         tenant: &str,
@@ -142,37 +151,17 @@ impl GraphClient {
             attempt += 1;
             let mut again = Vec::new();
             let mut wait = Duration::ZERO;
-            for chunk in self.chunks(items, &pending, size) {
-                if let Err(e) = self.acquire_members(tenant, items, &chunk).await {
-                    for &i in &chunk {
-                        results[i] = Some(Err(e.clone()));
-                    }
-                    continue;
-                }
-                // Its mails hold this process's slots of their mailboxes while it is in flight.
-                let mut mails: BTreeMap<String, usize> = BTreeMap::new();
-                for &i in &chunk {
-                    let (budget, mailbox) = member_key(&items[i]);
-                    if budget == Budget::Mail {
-                        *mails.entry(mailbox).or_default() += 1;
-                    }
-                }
-                let mut held = Vec::with_capacity(mails.len());
-                for (mailbox, count) in &mails {
-                    held.push(self.mail_slots().take(mailbox, *count).await);
-                }
-                let requests: Vec<Value> =
-                    chunk.iter().map(|&i| member_json(i, &items[i])).collect();
-                let answer = self
-                    .send(
-                        tenant,
-                        Method::POST,
-                        "/$batch",
-                        Some(&json!({ "requests": requests })),
-                    )
-                    .await;
+            let sent =
+                futures_util::future::join_all(self.chunks(items, &pending, size).into_iter().map(
+                    |chunk| async move {
+                        let answer = self.send_chunk(tenant, items, &chunk).await;
+                        (chunk, answer)
+                    },
+                ))
+                .await;
+            for (chunk, answer) in sent {
                 let responses = match answer {
-                    Ok(value) => value["responses"].as_array().cloned().unwrap_or_default(),
+                    Ok(responses) => responses,
                     Err(e) => {
                         for &i in &chunk {
                             results[i] = Some(Err(e.clone()));
@@ -238,6 +227,7 @@ impl GraphClient {
             if again.is_empty() {
                 break;
             }
+            again.sort_unstable();
             tokio::time::sleep(wait).await;
             pending = again;
         }
@@ -245,6 +235,48 @@ impl GraphClient {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(GraphError::Decode("no answer".into()))))
             .collect()
+    }
+
+    /// Sends one `$batch` of `chunk` and returns its answers. First the slots of its mails'
+    /// mailboxes (held until it is answered), then a place among the client's batches in
+    /// flight, then the limiter's admission of its members, right before it goes: a member is
+    /// counted when Graph sees it, never earlier. Always in this order, so a batch holding
+    /// a place never waits for a mailbox (no batch waits for another in a circle).
+    async fn send_chunk(
+        &self,
+        tenant: &str,
+        items: &[BatchItem],
+        chunk: &[usize],
+    ) -> Result<Vec<Value>, GraphError> {
+        // Its mails hold this process's slots of their mailboxes while it is in flight.
+        let mut mails: BTreeMap<String, usize> = BTreeMap::new();
+        for &i in chunk {
+            let (budget, mailbox) = member_key(&items[i]);
+            if budget == Budget::Mail {
+                *mails.entry(mailbox).or_default() += 1;
+            }
+        }
+        let mut held = Vec::with_capacity(mails.len());
+        for (mailbox, count) in &mails {
+            held.push(self.mail_slots().take(tenant, mailbox, *count).await?);
+        }
+        let answer = async {
+            let _place = self.batch_place().await;
+            self.acquire_members(tenant, items, chunk).await?;
+            let requests: Vec<Value> = chunk.iter().map(|&i| member_json(i, &items[i])).collect();
+            self.send(
+                tenant,
+                Method::POST,
+                "/$batch",
+                Some(&json!({ "requests": requests })),
+            )
+            .await
+        }
+        .await;
+        for slots in held {
+            slots.release().await;
+        }
+        Ok(answer?["responses"].as_array().cloned().unwrap_or_default())
     }
 
     /// Splits `pending` into batches of at most `size` members in which no limit gets more

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod batch;
 pub mod limiter;
+pub mod mailbox;
 pub mod token;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use mailbox::{MAILBOX_CONCURRENCY, MailPermit, MailSlots};
 pub use token::{ClientCredential, TokenProvider};
 
 /// Errors from Graph or its token endpoint. Messages never include tokens or passwords.
@@ -161,51 +163,10 @@ pub struct GraphClient {
     credits: std::sync::Mutex<
         std::collections::HashMap<(String, limiter::Budget), Vec<std::time::Instant>>,
     >,
-    /// This process's share of Outlook's concurrent requests per mailbox.
+    /// This process's part of Outlook's concurrent requests per mailbox.
     mail: MailSlots,
-}
-
-/// Outlook's concurrent requests per app and mailbox (Microsoft Graph service limits).
-pub const MAILBOX_CONCURRENCY: usize = 4;
-
-/// This process's share of each mailbox's concurrent requests: Outlook allows
-/// [`MAILBOX_CONCURRENCY`] per app and mailbox, shared by every worker running at once, so
-/// each of `workers` processes keeps to `4 / workers` (at least one). A `$batch` holding mails
-/// takes a slot per mail for as long as it is in flight.
-pub struct MailSlots {
-    per_mailbox: usize,
-    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
-}
-
-impl MailSlots {
-    fn new(workers: usize) -> Self {
-        Self {
-            per_mailbox: (MAILBOX_CONCURRENCY / workers.max(1)).max(1),
-            slots: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Concurrent requests this process sends to one mailbox at most.
-    pub fn per_mailbox(&self) -> usize {
-        self.per_mailbox
-    }
-
-    /// Waits for `count` slots of `mailbox` (at most its share), held until dropped.
-    pub async fn take(&self, mailbox: &str, count: usize) -> tokio::sync::OwnedSemaphorePermit {
-        let semaphore = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(mailbox.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_mailbox)))
-            .clone();
-        let count = count.clamp(1, self.per_mailbox) as u32;
-        match semaphore.acquire_many_owned(count).await {
-            Ok(permit) => permit,
-            // The semaphore is never closed.
-            Err(_) => unreachable!("mail slots are never closed"),
-        }
-    }
+    /// Places for `$batch` requests in flight ([`batch::BATCHES_IN_FLIGHT`]).
+    batches: tokio::sync::Semaphore,
 }
 
 impl GraphClient {
@@ -225,6 +186,15 @@ impl GraphClient {
             requests: std::sync::atomic::AtomicUsize::new(0),
             credits: std::sync::Mutex::new(std::collections::HashMap::new()),
             mail: MailSlots::new(1),
+            batches: tokio::sync::Semaphore::new(batch::BATCHES_IN_FLIGHT),
+        }
+    }
+
+    /// Waits for a place among the client's `$batch` requests in flight, held until dropped.
+    async fn batch_place(&self) -> tokio::sync::SemaphorePermit<'_> {
+        match self.batches.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("batch places are never closed"),
         }
     }
 
@@ -284,11 +254,19 @@ impl GraphClient {
     /// Keeps to this process's share of each mailbox's concurrent requests when `workers`
     /// processes send mail at once (the worker's `MaximumConcurrency`).
     pub fn with_concurrent_workers(mut self, workers: usize) -> Self {
-        self.mail = MailSlots::new(workers);
+        self.mail = self.mail.for_workers(workers);
         self
     }
 
-    /// This process's share of each mailbox's concurrent requests.
+    /// Keeps each mailbox's requests in flight in `ledger`, for every process of the
+    /// deployment: never more than Outlook's four in all, and a process may use the slots of
+    /// workers that are not sending (see [`mailbox`]).
+    pub fn with_shared_mail_slots(mut self, ledger: crate::ledger::Ledger) -> Self {
+        self.mail = self.mail.shared(ledger);
+        self
+    }
+
+    /// This process's part of each mailbox's concurrent requests.
     pub fn mail_slots(&self) -> &MailSlots {
         &self.mail
     }
@@ -359,10 +337,10 @@ impl GraphClient {
             if relative != "/$batch" && !self.take_credit(tenant, budget) {
                 self.limiter.acquire(tenant, budget, &mailbox, 1).await?;
             }
-            // A mail on its own holds one of this process's slots of its mailbox while it
-            // is in flight (a $batch takes them for its mails before it is sent).
+            // A mail on its own holds one slot of its mailbox while it is in flight (a $batch
+            // takes them for its mails before it is sent); dropped, it is given back.
             let _slot = if budget == limiter::Budget::Mail && relative != "/$batch" {
-                Some(self.mail.take(&mailbox, 1).await)
+                Some(self.mail.take(tenant, &mailbox, 1).await?)
             } else {
                 None
             };

@@ -517,6 +517,39 @@ impl GraphSimulator {
         )
     }
 
+    /// A client as a deployed worker has it (`app::shared_graph_client`): one of `workers`
+    /// processes sharing `ledger`, whose Identity Protection and reports windows and whose
+    /// mailboxes' concurrent requests it keeps there, using `identity_protection_share` of the
+    /// tenant's Identity Protection budget.
+    pub fn shared_client(
+        &self,
+        credential: crate::graph::ClientCredential,
+        max_attempts: u32,
+        ledger: &crate::ledger::Ledger,
+        identity_protection_share: f64,
+        workers: usize,
+    ) -> Arc<crate::graph::GraphClient> {
+        use crate::graph::{GraphClient, TokenProvider};
+        let http = reqwest::Client::new();
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            self.authority(),
+            CLIENT_ID,
+            credential,
+            "https://graph.microsoft.com/.default",
+        ));
+        let limiter = Arc::new(crate::graph::limiter::SharedLimiter::new(
+            ledger.clone(),
+            crate::graph::limiter::Limits::published(identity_protection_share),
+        ));
+        Arc::new(
+            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
+                .with_limiter(limiter)
+                .with_concurrent_workers(workers)
+                .with_shared_mail_slots(ledger.clone()),
+        )
+    }
+
     /// A client of application `app_id` (registered in [`Directory::apps`] with `secret`),
     /// with an in-process limiter.
     pub fn app_client(
