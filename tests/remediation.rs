@@ -1440,3 +1440,56 @@ async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
         "8 concurrent mails to one mailbox are refused"
     );
 }
+
+/// With the ledger (as deployed: `app::shared_graph_client`), a worker sending alone borrows
+/// the idle worker's share and mails four at a time; two sending at once share the four, and
+/// Outlook never sees more.
+#[tokio::test]
+async fn workers_sharing_a_ledger_use_all_four_of_a_mailbox_and_never_more() {
+    use risk_responder::graph::batch::BatchItem;
+    let s = start().await;
+    s.with(|d| d.latency.mail = Duration::from_millis(300));
+    let mails = |n: usize| -> Vec<BatchItem> {
+        (0..n)
+            .map(|i| {
+                BatchItem::new(
+                    Method::POST,
+                    "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
+                    Some(json!({
+                        "message": {"subject": format!("m{i}"), "body": {"contentType": "Text", "content": "x"},
+                            "toRecipients": [{"emailAddress": {"address": "soc@contoso.com"}}]},
+                        "saveToSentItems": false,
+                    })),
+                )
+            })
+            .collect()
+    };
+    let ledger = memory_ledger();
+    let workers: Vec<_> = (0..2)
+        .map(|_| s.shared_client(secret(), 1, &ledger, 1.0, 2))
+        .collect();
+    assert_eq!(workers[0].mail_slots().per_mailbox(), 2);
+    // Alone: eight mails in two turns of four (its own two and the idle worker's two).
+    let started = std::time::Instant::now();
+    let alone = workers[0].batch(TENANT, &mails(8)).await;
+    let took = started.elapsed();
+    assert!(alone.iter().all(Result::is_ok), "{alone:?}");
+    assert!(
+        took < Duration::from_millis(1100),
+        "four at a time, not two: {took:?}"
+    );
+    // Together: sixteen mails, four at a time, none refused (one attempt: a 429 is an error).
+    let (first, second) = (mails(8), mails(8));
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        workers[0].batch(TENANT, &first),
+        workers[1].batch(TENANT, &second)
+    );
+    let took = started.elapsed();
+    assert!(a.iter().chain(&b).all(Result::is_ok), "{a:?} {b:?}");
+    assert_eq!(s.with(|d| d.throttled.values().sum::<usize>()), 0, "no 429");
+    assert!(
+        took >= Duration::from_millis(1200),
+        "never more than four in flight: {took:?}"
+    );
+}
