@@ -28,6 +28,11 @@ fn upn(i: usize) -> String {
 
 /// `CASES` users at high risk with two 53011 sign-ins each, all with the same manager.
 fn seed_many(s: &StandIn) {
+    seed_n(s, CASES);
+}
+
+/// `n` users at high risk with two 53011 sign-ins each, all with the same manager.
+fn seed_n(s: &StandIn, n: usize) {
     let now = time::OffsetDateTime::now_utc();
     let iso = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
@@ -36,7 +41,7 @@ fn seed_many(s: &StandIn) {
     s.with(|d| {
         d.users.push(json!({"id": MANAGER, "userPrincipalName": "miriam.graham@contoso.onmicrosoft.com",
             "mail": "miriam.graham@contoso.onmicrosoft.com", "accountEnabled": true}));
-        for i in 0..CASES {
+        for i in 0..n {
             let (id, upn) = (user(i), upn(i));
             d.users.push(json!({"id": id, "userPrincipalName": upn, "mail": upn, "accountEnabled": true}));
             d.managers.insert(id.clone(), MANAGER.into());
@@ -477,4 +482,49 @@ async fn a_worker_stopped_before_the_digest_went_out_leaves_it_to_the_next() {
         assert!(matches!(notify_of(case).state, ActionState::Done { .. }));
         assert_eq!(notify_of(case).mail_id.as_deref(), Some(mail_id.as_str()));
     }
+}
+
+/// A spray larger than a wave (`remediate::WAVE` cases): every case is contained and mailed,
+/// the waves mail their passwords in turn, and each wave has its own confirm request and its
+/// own SOC digest; every case is in exactly one SOC mail.
+#[tokio::test]
+async fn a_spray_larger_than_a_wave_is_remediated_wave_by_wave() {
+    use risk_responder::respond::remediate::WAVE;
+    let n = WAVE + 5;
+    let s = start().await;
+    // Listings in pages of Graph's usual size, not the stand-in's default of two.
+    s.with(|d| d.page_size = 1000);
+    seed_n(&s, n);
+    let ledger = memory_ledger();
+    let mut policy = enforcing();
+    // A spray is what the blast-radius rail holds; here the rail is above it.
+    policy.safety.max_enforced_cases_per_hour = 1_000;
+    let worker = worker_with(&s, ledger.clone(), policy, 2);
+    let items: Vec<WorkItem> = (0..n).map(alert).collect();
+    let dispositions = worker.handle_batch(&items).await;
+    assert!(
+        dispositions.iter().all(|d| !d.is_retry()),
+        "{dispositions:?}"
+    );
+    let mut all = Vec::new();
+    for i in 0..n {
+        let (case, _) = ledger
+            .find_case(&format!("spray-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(case.status, CaseStatus::Completed, "{case:#?}");
+        all.push(case);
+    }
+    assert_eq!(s.with(|d| d.password_resets), n, "one reset per user");
+    assert_eq!(passwords(&s).len(), n);
+    let confirms = s.with(|d| {
+        d.calls
+            .iter()
+            .filter(|(c, _)| c.contains("confirmCompromised"))
+            .count()
+    });
+    assert_eq!(confirms, 2, "one confirm request per wave");
+    assert_eq!(soc_mails(&s).len(), 2, "one digest per wave");
+    assert_one_mail_per_case(&s, &all);
 }

@@ -29,6 +29,54 @@ use crate::secrets::SecretString;
 /// Users per dismiss/confirmCompromised request (Graph's documented maximum is 60).
 pub const RISK_ACTION_BATCH: usize = 60;
 
+/// Cases in one wave. A tenant's cases are remediated in waves that run at once (each its own
+/// rounds, so every case is contained at once), the waves delivering their passwords one after
+/// another ([`MailTurns`]): a wave's confirm or dismiss (one request for the whole wave: the
+/// size of [`RISK_ACTION_BATCH`]) and its SOC digest go while the next wave's password mails
+/// are sent, instead of every case's mail waiting for the slowest step of the round.
+pub const WAVE: usize = RISK_ACTION_BATCH;
+
+/// The order in which waves send their password mails: wave `n` waits until waves `0..n` have
+/// sent theirs (or have none to send), so each wave's mails get a mailbox's slots before the
+/// next one's, and the earlier waves go on to their next actions while the later ones mail.
+pub struct MailTurns {
+    /// The first wave that has not passed its turn, and the later waves that have.
+    passed: std::sync::Mutex<(usize, std::collections::BTreeSet<usize>)>,
+    next: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for MailTurns {
+    fn default() -> Self {
+        Self {
+            passed: std::sync::Mutex::new((0, std::collections::BTreeSet::new())),
+            next: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl MailTurns {
+    /// Waits until every wave before `wave` has passed its turn.
+    pub async fn wait(&self, wave: usize) {
+        let mut next = self.next.subscribe();
+        // The sender lives as long as `self`: the wait ends when the turn comes.
+        let _ = next.wait_for(|n| *n >= wave).await;
+    }
+
+    /// `wave` is done with its password mails (or has none); passing twice changes nothing.
+    pub fn pass(&self, wave: usize) {
+        let mut passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        passed.1.insert(wave);
+        loop {
+            let first = passed.0;
+            if !passed.1.remove(&first) {
+                break;
+            }
+            passed.0 += 1;
+        }
+        self.next.send_replace(passed.0);
+    }
+}
+
 /// One case being worked on, with what is known about its user now.
 pub struct Job {
     pub case: Case,
@@ -130,6 +178,9 @@ pub struct Remediator<'a> {
     pub ledger: &'a Ledger,
     pub vault: Option<&'a dyn PasswordVault>,
     pub templates: &'a Templates,
+    /// The wave these jobs are, and the turns of its tenant's waves: its password mails wait
+    /// for the earlier waves' (none: they go at once).
+    pub turn: Option<(&'a MailTurns, usize)>,
 }
 
 impl Remediator<'_> {
@@ -137,6 +188,13 @@ impl Remediator<'_> {
     /// stopped by a failure.
     pub async fn run(&self, tenant: &str, jobs: &mut [Job], checkpoints: &dyn Checkpoints) {
         while !self.run_round(tenant, jobs, checkpoints).await.is_empty() {}
+    }
+
+    /// Passes this wave's mail turn (see [`MailTurns`]).
+    pub fn pass_turn(&self) {
+        if let Some((turns, wave)) = self.turn {
+            turns.pass(wave);
+        }
     }
 
     /// One round: each case's next runnable action, each kind for all cases together. Returns
@@ -941,7 +999,12 @@ impl Remediator<'_> {
                 }
             }
         }
+        // The earlier waves' password mails first (every password here is set already).
+        if let Some((turns, wave)) = self.turn {
+            turns.wait(wave).await;
+        }
         let answers = self.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
+        self.pass_turn();
         drop(mails);
         for ((k, n), answer) in mailed.into_iter().zip(answers) {
             results[k] = Some(match answer {
@@ -1144,6 +1207,23 @@ fn mail_item(sender: &str, to: &[String], subject: &str, text: &str) -> BatchIte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waves_mail_in_turn_whatever_order_they_pass_in() {
+        let turns = MailTurns::default();
+        turns.wait(0).await;
+        // Wave 2 had nothing to mail; wave 3 still waits for waves 0 and 1.
+        turns.pass(2);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), turns.wait(3));
+        assert!(early.await.is_err(), "wave 3 waits for waves 0 and 1");
+        turns.pass(0);
+        turns.wait(1).await;
+        turns.pass(0);
+        turns.pass(1);
+        tokio::time::timeout(std::time::Duration::from_millis(50), turns.wait(3))
+            .await
+            .expect("waves 0 to 2 passed");
+    }
 
     #[test]
     fn temporary_passwords_meet_entra_complexity_and_differ() {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::investigate::{self, Resolved, RoleCache};
 use super::notify;
-use super::remediate::{Checkpoints, Job, Remediator};
+use super::remediate::{Checkpoints, Job, MailTurns, Remediator, WAVE};
 use super::vault::PasswordVault;
 use super::view::{RiskView, ViewError};
 use crate::cases::case::{ActionState, Lease, SignalRef};
@@ -727,33 +727,20 @@ impl Worker {
         }
         let now = OffsetDateTime::now_utc();
         self.prepare_all(tenant, &mut jobs, risks, now).await;
-        let remediator = Remediator {
-            graph: &self.graph,
-            policy: &self.policy,
-            ledger: &self.ledger,
-            vault: self.vault.as_deref(),
-            templates: &self.templates,
-        };
-        loop {
-            let ran = remediator.run_round(tenant, &mut jobs, self).await;
-            if ran.is_empty() {
-                break;
-            }
-            // What cannot be repeated safely (a new password, a mail) is recorded before the
-            // next round: a worker that stops after it leaves a case that says it was done.
-            let record: std::collections::HashSet<usize> = ran
-                .into_iter()
-                .filter(|(_, action)| !action.idempotent())
-                .map(|(j, _)| j)
-                .collect();
-            let mut saves = Vec::new();
-            for (j, job) in jobs.iter_mut().enumerate() {
-                if record.contains(&j) {
-                    saves.push(self.checkpoint(job));
-                }
-            }
-            at_once(saves).await;
-        }
+        // In waves of WAVE cases, all at once: their passwords are mailed wave after wave.
+        let turns = MailTurns::default();
+        let waves = jobs.chunks_mut(WAVE).enumerate().map(|(wave, jobs)| {
+            let remediator = Remediator {
+                graph: &self.graph,
+                policy: &self.policy,
+                ledger: &self.ledger,
+                vault: self.vault.as_deref(),
+                templates: &self.templates,
+                turn: Some((&turns, wave)),
+            };
+            async move { self.remediate_wave(tenant, &remediator, jobs).await }
+        });
+        futures_util::future::join_all(waves).await;
         let mut again = Vec::new();
         let finished: Vec<(String, Result<Case, LedgerError>)> = at_once(
             jobs.into_iter()
@@ -781,6 +768,41 @@ impl Worker {
             }
         }
         again
+    }
+
+    /// Carries out one wave's actions round after round, recording after each what cannot
+    /// be repeated; passes the wave's mail turn once no password of it is left to deliver.
+    async fn remediate_wave(&self, tenant: &str, remediator: &Remediator<'_>, jobs: &mut [Job]) {
+        loop {
+            let resets_left = jobs.iter().any(|job| {
+                !job.stopped
+                    && job.case.actions.iter().any(|a| {
+                        a.action == crate::cases::Action::ResetPassword && a.state.runnable()
+                    })
+            });
+            if !resets_left {
+                remediator.pass_turn();
+            }
+            let ran = remediator.run_round(tenant, jobs, self).await;
+            if ran.is_empty() {
+                break;
+            }
+            // What cannot be repeated safely (a new password, a mail) is recorded before the
+            // next round: a worker that stops after it leaves a case that says it was done.
+            let record: std::collections::HashSet<usize> = ran
+                .into_iter()
+                .filter(|(_, action)| !action.idempotent())
+                .map(|(j, _)| j)
+                .collect();
+            let mut saves = Vec::new();
+            for (j, job) in jobs.iter_mut().enumerate() {
+                if record.contains(&j) {
+                    saves.push(self.checkpoint(job));
+                }
+            }
+            at_once(saves).await;
+        }
+        remediator.pass_turn();
     }
 
     /// Investigates and plans the new cases (in bulk), and reads what the resumed cases'
