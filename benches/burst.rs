@@ -697,7 +697,10 @@ async fn main() {
         sample.seconds,
         match (sample.handed_back, sample.failed) {
             (0, 0) => String::new(),
-            (back, 0) => format!(", {back} times an event waited past 30 s and was redelivered"),
+            (back, 0) => format!(
+                ", {back} redeliver{} of an event that waited past 30 s",
+                if back == 1 { "y" } else { "ies" }
+            ),
             (back, failed) => format!(", {back} redeliveries, {failed} events failed"),
         },
         verdict(goals[0].1)
