@@ -1493,3 +1493,35 @@ async fn workers_sharing_a_ledger_use_all_four_of_a_mailbox_and_never_more() {
         "never more than four in flight: {took:?}"
     );
 }
+
+/// A slot reserved ahead (`GraphClient::reserve`, as the risk view waits for its turn) is
+/// counted when it is taken, but Graph counts the request when it arrives: used late, it would
+/// land next to the slot another worker takes after it. So it serves a request only within our
+/// window's margin over Graph's (1.2 s at a share of 0.5), and a later request takes a new slot:
+/// Identity Protection never sees two requests within a second.
+#[tokio::test]
+async fn a_slot_reserved_ahead_never_crowds_another_workers_next_slot() {
+    use risk_responder::graph::limiter::Budget;
+    let s = start().await;
+    seed(&s, "high", "atRisk", 0);
+    let ledger = memory_ledger();
+    let a = s.shared_client(secret(), 1, &ledger, 0.5, 2);
+    let b = s.shared_client(secret(), 1, &ledger, 0.5, 2);
+    a.reserve(TENANT, Budget::IdentityProtection).await.unwrap();
+    a.risk_record(TENANT, ADELE).await.unwrap();
+    // b waits for the next slot (2.2 s later) and, as when another worker listed meanwhile,
+    // does not use it at once.
+    b.reserve(TENANT, Budget::IdentityProtection).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Now both read: a takes the slot after b's; b's reserved one is 2.1 s old.
+    let (x, y) = tokio::join!(a.risk_record(TENANT, ADELE), b.risk_record(TENANT, ADELE));
+    assert!(x.is_ok() && y.is_ok(), "{x:?} {y:?}");
+    assert_eq!(
+        s.with(|d| d
+            .throttled
+            .get(&risk_responder::simulator::Budget::IdentityProtection)
+            .copied()),
+        None,
+        "no 429"
+    );
+}

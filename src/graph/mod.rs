@@ -201,8 +201,11 @@ impl GraphClient {
     /// Waits for one slot of `budget` in `tenant` and keeps it for the next request of that
     /// budget. Lets a caller wait for its turn, then decide whether the request is still needed
     /// (another worker may have done the work meanwhile); an unused slot serves a later request
-    /// within the budget's window, and is dropped after it (the window it was counted in has
-    /// passed: using it later would exceed the limit).
+    /// only within [`GraphClient::credit_life`] (our window's margin over Graph's), and is
+    /// dropped after it: the slot was counted when it was taken, but Graph counts the request
+    /// when it arrives, and a request sent later than that margin could arrive within Graph's
+    /// window of the next slot another process takes (two Identity Protection requests 0.1 s
+    /// apart: a 429).
     pub async fn reserve(&self, tenant: &str, budget: limiter::Budget) -> Result<(), GraphError> {
         self.limiter.acquire(tenant, budget, "", 1).await?;
         self.credits
@@ -214,13 +217,28 @@ impl GraphClient {
         Ok(())
     }
 
+    /// How long a reserved slot of `budget` may wait for its request: our window less Graph's
+    /// published one (1 request/s for Identity Protection, 5 per 10 s for the reports, per
+    /// 10 s for the directory, 10 min for Outlook, a minute for security). Requests admitted a
+    /// window `W` apart stay at least Graph's interval apart however late each goes within
+    /// `W - Graph's`; 1.2 s for Identity Protection at a share of 0.5, none at a share of 1.
+    pub fn credit_life(&self, budget: limiter::Budget) -> Duration {
+        let graphs = match budget {
+            limiter::Budget::IdentityProtection => Duration::from_secs(1),
+            limiter::Budget::Reports | limiter::Budget::Directory => Duration::from_secs(10),
+            limiter::Budget::Mail => Duration::from_secs(600),
+            limiter::Budget::Security => Duration::from_secs(60),
+        };
+        self.limiter.limit(budget).1.saturating_sub(graphs)
+    }
+
     fn take_credit(&self, tenant: &str, budget: limiter::Budget) -> bool {
-        let (_, window) = self.limiter.limit(budget);
+        let life = self.credit_life(budget);
         let mut credits = self.credits.lock().unwrap_or_else(|e| e.into_inner());
         let Some(slots) = credits.get_mut(&(tenant.to_owned(), budget)) else {
             return false;
         };
-        slots.retain(|taken| taken.elapsed() < window);
+        slots.retain(|taken| taken.elapsed() < life);
         let fresh = slots.pop().is_some();
         if slots.is_empty() {
             credits.remove(&(tenant.to_owned(), budget));
@@ -545,12 +563,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reserved_slot_lapses_with_its_window() {
+    async fn a_reserved_slot_lapses_once_its_request_could_crowd_the_next() {
         let budget = limiter::Budget::IdentityProtection;
+        // Our window 1.15 s, Graph's 1 s: a reserved slot may wait 150 ms for its request.
         let graph = client(limiter::Limits {
-            identity_protection: (1, Duration::from_millis(150)),
+            identity_protection: (1, Duration::from_millis(1150)),
             ..limiter::Limits::published(1.0)
         });
+        assert_eq!(graph.credit_life(budget), Duration::from_millis(150));
         graph.reserve("t", budget).await.unwrap();
         assert!(
             graph.take_credit("t", budget),
@@ -562,9 +582,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !graph.take_credit("t", budget),
-            "a slot whose window passed is not used: the request takes a new one"
+            "a slot older than its life is not used: the request takes a new one"
         );
         assert_eq!(graph.reserved("t", budget), 0, "and the old one is dropped");
+        // At a share of 0.5 (1 per 2.2 s), 1.2 s; at the whole budget, the 10% margin only.
+        let half = client(limiter::Limits::published(0.5));
+        assert_eq!(half.credit_life(budget), Duration::from_millis(1200));
+        let whole = client(limiter::Limits::published(1.0));
+        assert_eq!(whole.credit_life(budget), Duration::from_millis(100));
     }
 
     #[test]
