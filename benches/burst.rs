@@ -180,6 +180,8 @@ struct Figures {
     http: usize,
     operations: usize,
     throttled: usize,
+    /// 429 answers by budget, e.g. "identity_protection 1".
+    throttled_by: String,
     ip: usize,
     reports: usize,
     /// Graph operations (every `$batch` member one) by kind, e.g. "POST …/revokeSignInSessions".
@@ -384,6 +386,27 @@ async fn burst(latency: Latency) -> Figures {
                 .collect();
             eprintln!("TRACE confirmCompromised at: {}", marks.join(" "));
             eprintln!("TRACE throttled: {:?}", d.throttled);
+            // Identity Protection requests less than a second apart (Graph's limit: 1/s).
+            let ip: Vec<(String, f64)> = d
+                .calls
+                .iter()
+                .filter(|(c, _)| {
+                    c.contains("/identityProtection/") || c.contains("/identity/conditionalAccess/")
+                })
+                .map(|(c, at)| (kind(c), at.duration_since(started).as_secs_f64()))
+                .collect();
+            for pair in ip.windows(2) {
+                if pair[1].1 - pair[0].1 < 1.0 {
+                    eprintln!(
+                        "TRACE IP requests {:.3} s apart: {} at {:.3} s, {} at {:.3} s",
+                        pair[1].1 - pair[0].1,
+                        pair[0].0,
+                        pair[0].1,
+                        pair[1].0,
+                        pair[1].1
+                    );
+                }
+            }
         });
     }
     let figures = s.with(|d| {
@@ -398,6 +421,12 @@ async fn burst(latency: Latency) -> Figures {
             http: d.http_requests,
             operations: d.admitted.values().sum(),
             throttled: d.throttled.values().sum(),
+            throttled_by: d
+                .throttled
+                .iter()
+                .map(|(budget, n)| format!("{budget:?} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             ip: d
                 .admitted
                 .get(&Budget::IdentityProtection)
@@ -728,8 +757,13 @@ async fn main() {
     );
     let _ = writeln!(
         out,
-        "| 429 answers | {} | {} | 0 | {} |",
+        "| 429 answers | {}{} | {} | 0 | {} |",
         figures.throttled,
+        if figures.throttled > 0 {
+            format!(" ({})", figures.throttled_by)
+        } else {
+            String::new()
+        },
         sample.throttled,
         verdict(goals[2].1)
     );
