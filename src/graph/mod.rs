@@ -219,13 +219,15 @@ impl GraphClient {
 
     /// How long a reserved slot of `budget` may wait for its request: our window less Graph's
     /// published one (1 request/s for Identity Protection, 5 per 10 s for the reports, per
-    /// 10 s for the directory, 10 min for Outlook, a minute for security). Requests admitted a
+    /// 10 s for directory reads, 150 s for directory writes, 10 min for Outlook, a minute for
+    /// security). Requests admitted a
     /// window `W` apart stay at least Graph's interval apart however late each goes within
     /// `W - Graph's`; 1.2 s for Identity Protection at a share of 0.5, none at a share of 1.
     pub fn credit_life(&self, budget: limiter::Budget) -> Duration {
         let graphs = match budget {
             limiter::Budget::IdentityProtection => Duration::from_secs(1),
             limiter::Budget::Reports | limiter::Budget::Directory => Duration::from_secs(10),
+            limiter::Budget::DirectoryWrites => Duration::from_secs(150),
             limiter::Budget::Mail => Duration::from_secs(600),
             limiter::Budget::Security => Duration::from_secs(60),
         };
