@@ -49,7 +49,7 @@ pub enum Budget {
 
 /// The first path segments of the directory objects whose writes count against Graph's
 /// directory write quota (the resources listed with the identity and access service limits).
-const DIRECTORY_OBJECTS: &[&str] = &[
+pub const DIRECTORY_OBJECTS: &[&str] = &[
     "users",
     "groups",
     "applications",

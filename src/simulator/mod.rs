@@ -260,23 +260,10 @@ impl Windows {
     }
 }
 
-/// The first path segments of the directory objects whose writes count against the directory
-/// write quota (the resources Microsoft lists with the identity and access service limits).
-const DIRECTORY_OBJECTS: &[&str] = &[
-    "users",
-    "groups",
-    "applications",
-    "serviceprincipals",
-    "devices",
-    "directoryobjects",
-    "directoryroles",
-    "contacts",
-    "contracts",
-    "domains",
-    "oauth2permissiongrants",
-    "organization",
-    "groupsettings",
-];
+/// The directory objects whose writes count against the directory write quota: the same list
+/// the client's limiter classifies by (both from Microsoft's identity and access service
+/// limits).
+use crate::graph::limiter::DIRECTORY_OBJECTS;
 
 /// The directory resource units a request costs, as Microsoft's identity and access service
 /// limits count them: its path's base cost (`GET users` 2, `groups/{id}/members` 3,
