@@ -351,22 +351,12 @@ actions = ["reset_password"]"#
     let mut doomed = worker_with(&s, Ledger::new(crashing.clone()), policy.clone(), 2);
     doomed.vault = Some(vault.clone());
     let item = adele_item("alert-vault");
-    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
-    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
-    assert!(
-        crashing
-            .hooks
-            .crashed
-            .load(std::sync::atomic::Ordering::SeqCst)
-    );
-    drop(doomed);
+    run_until_crash(doomed, &item, &crashing.hooks.crashed).await;
     assert_eq!(resets(&s), 1);
     let first = s.with(|d| d.users[0]["passwordProfile"]["password"].clone());
     let ledger = Ledger::new(inner.clone());
     let (mut case, version) = ledger.find_case("alert-vault").await.unwrap().unwrap();
-    let lease = case.lease.as_mut().expect("the crashed worker's lease");
-    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    ledger.save_case(&case, version).await.unwrap().unwrap();
+    expire_lease(&ledger, &mut case, version).await;
     let mut worker = worker_with(&s, ledger.clone(), policy, 2);
     worker.vault = Some(vault);
     let done = worker.handle(&item).await;
@@ -1275,6 +1265,21 @@ async fn an_escalated_skipped_case_can_be_approved() {
     assert_eq!(s.with(|d| d.users[0]["accountEnabled"].clone()), false);
 }
 
+/// Runs `doomed` on `item` until its store stops answering (a crashed worker), and checks that
+/// the crash happened.
+async fn run_until_crash(doomed: Worker, item: &WorkItem, crashed: &std::sync::atomic::AtomicBool) {
+    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(item)).await;
+    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
+    assert!(crashed.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// The crashed worker's lease runs out, so SQS's redelivery reaches another worker.
+async fn expire_lease(ledger: &Ledger, case: &mut Case, version: u64) {
+    let lease = case.lease.as_mut().expect("the crashed worker's lease");
+    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    ledger.save_case(case, version).await.unwrap().unwrap();
+}
+
 /// A store that stops answering (a worker that crashed) when a case recording a done reset is
 /// about to be written: the password was set and delivered, the case does not know it.
 #[derive(Default)]
@@ -1345,15 +1350,7 @@ async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
     ));
     let doomed = enforcing_worker(&s, Ledger::new(crashing.clone()), 2);
     let item = adele_item("alert-crash");
-    let run = tokio::time::timeout(std::time::Duration::from_secs(5), doomed.handle(&item)).await;
-    assert!(run.is_err(), "the worker stopped mid-case: {run:?}");
-    assert!(
-        crashing
-            .hooks
-            .crashed
-            .load(std::sync::atomic::Ordering::SeqCst)
-    );
-    drop(doomed);
+    run_until_crash(doomed, &item, &crashing.hooks.crashed).await;
     assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 0));
 
     let ledger = Ledger::new(inner.clone());
@@ -1364,9 +1361,7 @@ async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
         ActionState::Pending
     );
     // The crashed worker's lease runs out; SQS delivers the message again to another worker.
-    let lease = case.lease.as_mut().expect("the crashed worker's lease");
-    lease.until = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    ledger.save_case(&case, version).await.unwrap().unwrap();
+    expire_lease(&ledger, &mut case, version).await;
     let survivor = enforcing_worker(&s, ledger.clone(), 2);
     let d = survivor.handle(&item).await;
     assert!(!d.is_retry(), "{d:?}");
