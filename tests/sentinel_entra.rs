@@ -56,15 +56,21 @@ async fn a_managed_identity_token_for_the_app_id_uri_is_accepted() {
     assert_eq!(risk_events(&queue).len(), 2);
 }
 
-#[tokio::test]
-async fn a_v2_token_for_the_client_id_is_accepted() {
-    let (state, queue, _) = webhook(&entra_secrets()).await;
-    let mut claims = entra_claims();
+/// Turns v1 claims into the v2 token of the same app: the client id as audience, the v2
+/// issuer, and the application in `azp` instead of `appid`.
+fn as_v2(claims: &mut serde_json::Value) {
     claims["aud"] = CLIENT_ID.into();
     claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
     claims["ver"] = "2.0".into();
     let appid = claims.as_object_mut().unwrap().remove("appid").unwrap();
     claims["azp"] = appid;
+}
+
+#[tokio::test]
+async fn a_v2_token_for_the_client_id_is_accepted() {
+    let (state, queue, _) = webhook(&entra_secrets()).await;
+    let mut claims = entra_claims();
+    as_v2(&mut claims);
     let (status, body) = post(&state, &signed(&claims)).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(risk_events(&queue).len(), 2);
@@ -81,11 +87,7 @@ async fn an_application_may_be_allowed_by_its_app_id() {
     claims["oid"] = "00000000-1111-2222-3333-444444444444".into();
     assert_eq!(post(&state, &signed(&claims)).await.0, 202);
     // A v2 token names the application in `azp` (no `appid`).
-    claims["aud"] = CLIENT_ID.into();
-    claims["iss"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
-    claims["ver"] = "2.0".into();
-    let appid = claims.as_object_mut().unwrap().remove("appid").unwrap();
-    claims["azp"] = appid;
+    as_v2(&mut claims);
     let (status, body) = post(&state, &signed(&claims)).await;
     // Authenticated: the same incident again is answered as the duplicate it is.
     assert_eq!(status, 200, "{body}");
