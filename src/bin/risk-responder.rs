@@ -71,6 +71,10 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Sweep the built-in simulated tenant into the demo's ledger (no Microsoft tenant is
+        /// reached).
+        #[arg(long)]
+        demo: bool,
     },
     /// The user-risk Conditional Access policy: check what the tenant has, or create one in
     /// report-only mode (never enabled).
@@ -85,6 +89,10 @@ enum Command {
     Cases {
         #[command(subcommand)]
         action: CasesAction,
+        /// The demo's cases (`risk-responder-demo.sqlite`); approve and retry act on the
+        /// built-in simulated tenant.
+        #[arg(long, global = true)]
+        demo: bool,
     },
     /// The audit: every signal as received and what became of it, and every step of every case
     /// (newest first).
@@ -95,6 +103,9 @@ enum Command {
         /// Print JSON lines instead of text.
         #[arg(long)]
         json: bool,
+        /// The demo's audit (`risk-responder-demo.sqlite`).
+        #[arg(long)]
+        demo: bool,
     },
     /// Manage Graph change-notification subscriptions (needs RR_NOTIFICATION_URL).
     Subscriptions {
@@ -204,14 +215,15 @@ async fn main() -> ExitCode {
             ingress_only,
             demo,
         } => replay(&files, json, enforce, ingress_only, demo).await,
-        Command::Audit { limit, json } => audit(limit, json).await,
-        Command::Cases { action } => cases(action).await,
+        Command::Audit { limit, json, demo } => audit(limit, json, demo).await,
+        Command::Cases { action, demo } => cases(action, demo).await,
         Command::CaPolicy { action, tenant } => ca_policy(action, tenant).await,
         Command::Sweep {
             tenant,
             since,
             json,
-        } => sweep(tenant, since, json).await,
+            demo,
+        } => sweep(tenant, since, json, demo).await,
         Command::Subscriptions { action, tenant } => subscriptions(action, tenant).await,
     };
     match result {
@@ -338,9 +350,15 @@ async fn sweep(
     tenant: Option<String>,
     since: Option<String>,
     json: bool,
+    demo_mode: bool,
 ) -> Result<(), StartError> {
     use risk_responder::respond::sweep::Sweeper;
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
+    let _simulator = if demo_mode {
+        Some(demo(&mut config, false).await?)
+    } else {
+        None
+    };
     let since = match since {
         Some(text) => Some(
             time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
@@ -561,8 +579,14 @@ async fn find(ledger: &Ledger, id: &str) -> Result<(Case, u64), StartError> {
     })
 }
 
-async fn cases(action: CasesAction) -> Result<(), StartError> {
-    let config = Config::from_env()?;
+async fn cases(action: CasesAction, demo_mode: bool) -> Result<(), StartError> {
+    let mut config = Config::from_env()?;
+    // Approve and retry carry the plan out, so the demo's need its simulated tenant.
+    let _simulator = if demo_mode {
+        Some(demo(&mut config, false).await?)
+    } else {
+        None
+    };
     let (ledger, _) = app::ledger(&config).await?;
     let now = time::OffsetDateTime::now_utc();
     let (id, decision, reason, by) = match action {
@@ -687,8 +711,12 @@ async fn cases(action: CasesAction) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn audit(limit: usize, json: bool) -> Result<(), StartError> {
-    let config = Config::from_env()?;
+async fn audit(limit: usize, json: bool, demo_mode: bool) -> Result<(), StartError> {
+    let mut config = Config::from_env()?;
+    if demo_mode {
+        config.ledger_path = PathBuf::from(DEMO_LEDGER);
+        config.ledger_table = None;
+    }
     let (ledger, _) = app::ledger(&config).await?;
     print_audit(&ledger, limit, json).await
 }
