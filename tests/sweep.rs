@@ -616,7 +616,7 @@ fn view<'a>(
 }
 
 #[tokio::test]
-async fn a_truncated_listing_keeps_what_it_read_and_moves_no_watermark() {
+async fn a_truncated_risk_listing_keeps_what_it_read_and_moves_no_risk_watermark() {
     use risk_responder::graph::GraphError;
     use risk_responder::respond::sweep::SweepError;
     use risk_responder::respond::view::ViewError;
@@ -637,8 +637,11 @@ async fn a_truncated_listing_keeps_what_it_read_and_moves_no_watermark() {
         .unwrap_err();
     assert!(matches!(err, SweepError::Truncated { .. }), "{err}");
     let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    // The risk listing's watermark stays; the sign-in log, read newest first, moves its own
+    // and keeps the two sign-ins it did not read as the tenant's gap.
+    assert!(state.risk_watermark.is_none(), "{state:?}");
     assert!(
-        state.risk_watermark.is_none() && state.sign_in_watermark.is_none(),
+        state.sign_in_watermark.is_some() && state.sign_in_gap.is_some(),
         "{state:?}"
     );
     assert!(
@@ -677,6 +680,7 @@ async fn a_truncated_listing_keeps_what_it_read_and_moves_no_watermark() {
     assert_eq!((report.users_at_risk, report.users_blocked), (12, 12));
     let (state, _) = sweeper(&whole, &intake).state(TENANT).await.unwrap();
     assert!(state.risk_watermark.is_some() && state.sign_in_watermark.is_some());
+    assert_eq!(state.sign_in_gap, None, "the gap was read");
 }
 
 #[tokio::test]
@@ -1340,4 +1344,101 @@ async fn the_simulator_takes_exactly_the_documented_role_queries() {
             assert_eq!(envelope["error"]["code"], "BadRequest");
         }
     }
+}
+
+#[tokio::test]
+async fn a_flood_of_sign_ins_moves_the_watermark_and_later_runs_read_the_gap() {
+    use risk_responder::respond::sweep::SweepError;
+    let s = start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    // 17 users blocked with 53011 two hours ago, a minute apart (user 0 the newest): older
+    // than any later run's own window, so only the gap reaches them.
+    s.with(|d| {
+        d.page_size = 5;
+        for i in 0..17 {
+            let id = user_id(i);
+            d.users.push(json!({"id": id, "userPrincipalName": format!("user{i}@contoso.onmicrosoft.com"), "accountEnabled": true}));
+            d.sign_ins.push(json!({"id": format!("si-{i}"),
+                "createdDateTime": iso(now - time::Duration::hours(2) - time::Duration::minutes(i as i64)),
+                "userId": id, "userPrincipalName": format!("user{i}@contoso.onmicrosoft.com"),
+                "appDisplayName": "Office 365 Exchange Online", "ipAddress": "203.0.113.77",
+                "status": {"errorCode": 53011, "failureReason": "User blocked due to risk on home tenant."}}));
+        }
+    });
+    let queue = Arc::new(MemoryQueue::default());
+    let intake = Intake::in_process(queue.clone()).unwrap();
+    // Two pages of five a run.
+    let graph = paged_client(
+        &s,
+        2,
+        risk_responder::graph::limiter::Limits::published(1.0),
+    );
+    // The users signalled since the last look, with their signals' ids.
+    let signalled = |queue: &MemoryQueue| -> std::collections::BTreeMap<String, String> {
+        common::risk_events(queue)
+            .into_iter()
+            .filter_map(|e| match e.subject {
+                Subject::User { id, .. } => id.map(|id| (id, e.event_id)),
+                _ => None,
+            })
+            .collect()
+    };
+    let users = |signals: &std::collections::BTreeMap<String, String>| {
+        signals
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+
+    // Run 1: the newest ten are read and kept; the watermark moves; the rest is the gap, and
+    // the run fails so that the alarm tells a person.
+    let err = sweeper(&graph, &intake)
+        .run(TENANT, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SweepError::SignInsLeft { .. }), "{err}");
+    let first = signalled(&queue);
+    assert_eq!(
+        users(&first),
+        (0..10).map(user_id).collect(),
+        "the newest ten"
+    );
+    let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    let watermark = state.sign_in_watermark.expect("the watermark moved");
+    let gap = state.sign_in_gap.expect("the unread window is kept");
+    assert_eq!(
+        gap.until.unix_timestamp(),
+        (now - time::Duration::hours(2) - time::Duration::minutes(9)).unix_timestamp(),
+        "the gap ends at the oldest sign-in read: {gap:?}"
+    );
+
+    // Run 2: its own window holds nothing; the page it has left reads the gap's newest five.
+    let report = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    let second = signalled(&queue);
+    assert_eq!(
+        users(&second),
+        (9..14).map(user_id).collect(),
+        "users 10 to 13, and user 9 again (the gap includes its end)"
+    );
+    assert_eq!(
+        second[&user_id(9)],
+        first[&user_id(9)],
+        "user 9's signal is the same one: merged once"
+    );
+    let gap = report.sign_in_gap.expect("still more to read");
+    assert!(gap.until < state.sign_in_gap.unwrap().until, "{gap:?}");
+    let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    assert!(state.sign_in_watermark.unwrap() > watermark);
+    assert_eq!(state.sign_in_gap, Some(gap));
+
+    // Run 3 reads the rest: no gap is left, and every one of the 17 users became a signal.
+    let report = sweeper(&graph, &intake).run(TENANT, None).await.unwrap();
+    assert_eq!(users(&signalled(&queue)), (13..17).map(user_id).collect());
+    assert_eq!(report.sign_in_gap, None);
+    let (state, _) = sweeper(&graph, &intake).state(TENANT).await.unwrap();
+    assert_eq!(state.sign_in_gap, None);
 }

@@ -407,6 +407,12 @@ async fn sweep(
                         report.users_blocked,
                         report.signals.len()
                     );
+                    if let Some(gap) = report.sign_in_gap {
+                        println!(
+                            "{tenant}: sign-ins from {} to {} are still to be read (more than one run reads); the next runs read them",
+                            gap.since, gap.until
+                        );
+                    }
                 }
             }
             Err(e) => {

@@ -277,15 +277,38 @@ impl GraphClient {
         since: OffsetDateTime,
         visit: impl FnMut(Value) -> Result<(), GraphError>,
     ) -> Result<Paging, GraphError> {
-        let expression = format!(
+        self.blocked_sign_ins_within(tenant, since, None, self.max_pages(), visit)
+            .await
+            .map(|(paging, _)| paging)
+    }
+
+    /// As [`GraphClient::blocked_sign_ins_since`], up to `until` when given (`createdDateTime
+    /// le`, rounded up to the second, so the window holds every sign-in of `until`), reading at
+    /// most `max_pages` pages; also says how many pages were read.
+    pub async fn blocked_sign_ins_within(
+        &self,
+        tenant: &str,
+        since: OffsetDateTime,
+        until: Option<OffsetDateTime>,
+        max_pages: usize,
+        visit: impl FnMut(Value) -> Result<(), GraphError>,
+    ) -> Result<(Paging, usize), GraphError> {
+        let mut expression = format!(
             "status/errorCode eq {ERROR_BLOCKED_DUE_TO_RISK} and createdDateTime ge {}",
             odata_time(since)?
         );
+        if let Some(until) = until {
+            expression.push_str(&format!(
+                " and createdDateTime le {}",
+                odata_time(until + time::Duration::SECOND)?
+            ));
+        }
         let path = format!(
             "/auditLogs/signIns?$filter={}&$top=1000",
             filter(&expression)
         );
-        self.for_each_item(tenant, &path, visit).await
+        self.for_each_item_up_to(tenant, &path, max_pages, visit)
+            .await
     }
 
     /// The tenant's Conditional Access policies (Identity Protection and CA budget).

@@ -492,17 +492,31 @@ impl GraphClient {
         &self,
         tenant: &str,
         path: &str,
-        mut visit: impl FnMut(Value) -> Result<(), GraphError>,
+        visit: impl FnMut(Value) -> Result<(), GraphError>,
     ) -> Result<Paging, GraphError> {
+        self.for_each_item_up_to(tenant, path, self.retry.max_pages, visit)
+            .await
+            .map(|(paging, _)| paging)
+    }
+
+    /// As [`GraphClient::for_each_item`], following at most `max_pages` pages (a caller
+    /// sharing one page budget between listings); also says how many pages were read.
+    pub async fn for_each_item_up_to(
+        &self,
+        tenant: &str,
+        path: &str,
+        max_pages: usize,
+        mut visit: impl FnMut(Value) -> Result<(), GraphError>,
+    ) -> Result<(Paging, usize), GraphError> {
         let mut next = Some(path.to_owned());
         let mut pages = 0;
         while let Some(link) = next.take() {
-            if pages == self.retry.max_pages {
+            if pages == max_pages {
                 tracing::error!(
                     pages,
                     "stopped paging at the page limit: the listing is incomplete"
                 );
-                return Ok(Paging::Truncated { pages });
+                return Ok((Paging::Truncated { pages }, pages));
             }
             pages += 1;
             let mut page = self.send(tenant, Method::GET, &link, None).await?;
@@ -523,7 +537,7 @@ impl GraphClient {
                 }
             }
         }
-        Ok(Paging::Complete)
+        Ok((Paging::Complete, pages))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -3,9 +3,11 @@
 //! the sign-ins that failed with AADSTS53011 since then; every user found becomes a signal,
 //! kept through the same intake (ledger, then queue) as webhook signals, so the product works
 //! with no webhook at all and catches what a lost delivery missed. Watermarks move only after
-//! the signals are kept, only as far as was read (a truncated listing moves nothing), and every
-//! listing reaches back ([`OVERLAP`] for risk records, [`SIGN_IN_OVERLAP`] for sign-ins, which
-//! reach the log late) so nothing falls between two runs.
+//! the signals are kept, only as far as was read (a truncated risk listing moves nothing; a
+//! truncated sign-in listing, newest first, moves its watermark and keeps the unread window as
+//! the tenant's [`SignInGap`], read by later runs), and every listing reaches back ([`OVERLAP`]
+//! for risk records, [`SIGN_IN_OVERLAP`] for sign-ins, which reach the log late) so nothing
+//! falls between two runs.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,33 @@ pub struct SweepState {
     pub sign_in_watermark: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_run: Option<OffsetDateTime>,
+    /// 53011 sign-ins left unread behind the sign-in watermark: a listing stopped at the page
+    /// limit (newest first, so it read the newest and left the oldest). Later runs read it
+    /// with the pages their own listing leaves over, oldest part last.
+    #[serde(default)]
+    pub sign_in_gap: Option<SignInGap>,
+}
+
+/// A window of the sign-in log not read yet: `since` to `until`, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInGap {
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+impl SignInGap {
+    /// One window holding both (what lies between is read again: never a hole).
+    fn union(self, other: Option<SignInGap>) -> SignInGap {
+        match other {
+            None => self,
+            Some(o) => SignInGap {
+                since: self.since.min(o.since),
+                until: self.until.max(o.until),
+            },
+        }
+    }
 }
 
 /// What one tenant's sweep found.
@@ -50,6 +79,9 @@ pub struct SweepReport {
     pub users_blocked: usize,
     /// The signals kept (ledger and queue).
     pub signals: Vec<RiskEvent>,
+    /// Sign-ins still unread after this run (a listing stopped at the page limit): later runs
+    /// read them.
+    pub sign_in_gap: Option<SignInGap>,
 }
 
 /// How far back each sign-in listing reaches behind the sign-in watermark. Entries reach the
@@ -73,6 +105,17 @@ pub enum SweepError {
         "the {listing} listing stopped at the page limit: {kept} signal(s) from what was read were kept, and its watermark did not move"
     )]
     Truncated { listing: &'static str, kept: usize },
+    /// More 53011 sign-ins than one run reads: the newest were read and kept, the rest is the
+    /// tenant's gap, read by the next runs. An error so that the alarm tells a person.
+    #[error(
+        "more 53011 sign-ins than {pages} pages: {kept} signal(s) from the newest were kept and the watermark moved; {since} to {until} is left for the next runs"
+    )]
+    SignInsLeft {
+        kept: usize,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+        pages: usize,
+    },
 }
 
 impl From<ViewError> for SweepError {
@@ -108,6 +151,49 @@ struct Blocked {
     newest_id: String,
     newest_at: String,
     upn: Option<String>,
+}
+
+/// The 53011 sign-ins read by one run, per user.
+#[derive(Default)]
+struct BlockedTally {
+    users: BTreeMap<String, Blocked>,
+    sign_ins: usize,
+    seen: std::collections::HashSet<String>,
+    /// The oldest sign-in time of the current listing (where a truncated one stopped).
+    oldest: Option<OffsetDateTime>,
+}
+
+impl BlockedTally {
+    fn add(&mut self, sign_in: &serde_json::Value) {
+        let at = sign_in["createdDateTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Ok(t) = OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339) {
+            self.oldest = Some(self.oldest.map_or(t, |o| o.min(t)));
+        }
+        let Some(user) = sign_in["userId"].as_str().map(str::to_ascii_lowercase) else {
+            return;
+        };
+        let id = sign_in["id"].as_str().unwrap_or_default().to_owned();
+        // A sign-in listed twice (pages shifting under new entries, or two windows) counts once.
+        if !id.is_empty() && !self.seen.insert(id.clone()) {
+            return;
+        }
+        self.sign_ins += 1;
+        let upn = sign_in["userPrincipalName"].as_str().map(str::to_owned);
+        let entry = self.users.entry(user).or_insert_with(|| Blocked {
+            count: 0,
+            newest_id: id.clone(),
+            newest_at: at.clone(),
+            upn,
+        });
+        entry.count += 1;
+        if at > entry.newest_at {
+            entry.newest_at = at;
+            entry.newest_id = id;
+        }
+    }
 }
 
 impl Sweeper<'_> {
@@ -187,41 +273,64 @@ impl Sweeper<'_> {
             .into_iter()
             .filter(|e| e.record.last_updated.is_none_or(|t| t >= risk_since))
             .collect();
-        // The sign-in log, filtered as an administrator filters it: error 53011, a date window.
-        let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
-        let mut blocked_sign_ins = 0;
-        let mut seen = std::collections::HashSet::new();
-        let sign_in_paging = self
+        // The sign-in log, filtered as an administrator filters it: error 53011, a date window,
+        // newest first. A listing that stops at the page limit read the newest sign-ins and
+        // left the oldest: the watermark still moves (what is new was read), and the unread
+        // window is kept as the tenant's gap, which runs read with the pages they have left,
+        // so a flood of sign-ins never stalls the sweep and nothing unread is forgotten.
+        let mut tally = BlockedTally::default();
+        let budget = self.graph.max_pages();
+        let (paging, pages) = self
             .graph
-            .blocked_sign_ins_since(tenant, sign_ins_since, |sign_in| {
-                let Some(user) = sign_in["userId"].as_str().map(str::to_ascii_lowercase) else {
-                    return Ok(());
-                };
-                let id = sign_in["id"].as_str().unwrap_or_default().to_owned();
-                // A sign-in listed twice (pages shifting under new entries) counts once.
-                if !id.is_empty() && !seen.insert(id.clone()) {
-                    return Ok(());
-                }
-                blocked_sign_ins += 1;
-                let at = sign_in["createdDateTime"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let upn = sign_in["userPrincipalName"].as_str().map(str::to_owned);
-                let entry = blocked.entry(user).or_insert_with(|| Blocked {
-                    count: 0,
-                    newest_id: id.clone(),
-                    newest_at: at.clone(),
-                    upn: upn.clone(),
-                });
-                entry.count += 1;
-                if at > entry.newest_at {
-                    entry.newest_at = at;
-                    entry.newest_id = id;
-                }
+            .blocked_sign_ins_within(tenant, sign_ins_since, None, budget, |sign_in| {
+                tally.add(&sign_in);
                 Ok(())
             })
             .await?;
+        let mut gap = state.sign_in_gap;
+        let mut listing_truncated = None;
+        if !paging.is_complete() {
+            let left = SignInGap {
+                since: sign_ins_since,
+                until: tally.oldest.unwrap_or(started),
+            };
+            listing_truncated = Some(left);
+            if may_advance_sign_ins {
+                gap = Some(left.union(gap));
+            }
+        } else if let Some(window) = gap.filter(|_| since.is_none() && pages < budget) {
+            tally.oldest = None;
+            let (paging, _) = self
+                .graph
+                .blocked_sign_ins_within(
+                    tenant,
+                    window.since,
+                    Some(window.until),
+                    budget - pages,
+                    |sign_in| {
+                        tally.add(&sign_in);
+                        Ok(())
+                    },
+                )
+                .await?;
+            gap = if paging.is_complete() {
+                None
+            } else {
+                // Read from `until` back to here: what is left is older.
+                Some(SignInGap {
+                    since: window.since,
+                    until: tally.oldest.unwrap_or(window.until).min(window.until),
+                })
+            };
+        }
+        // No look-back reaches what is older than the first sweep's: that part of a gap goes.
+        let horizon = started - self.first_lookback;
+        gap = gap.filter(|g| g.until >= horizon).map(|g| SignInGap {
+            since: g.since.max(horizon),
+            until: g.until,
+        });
+        let blocked = tally.users;
+        let blocked_sign_ins = tally.sign_ins;
 
         let mut signals = Vec::new();
         let mut newest_risk = None;
@@ -281,7 +390,8 @@ impl Sweeper<'_> {
                 .map_err(|e| SweepError::Intake(e.to_string()))?;
         }
         let advance_risk = may_advance_risk && absorbed.complete;
-        let advance_sign_ins = may_advance_sign_ins && sign_in_paging.is_complete();
+        // Newest first: even a truncated listing read everything new (its gap is kept).
+        let advance_sign_ins = may_advance_sign_ins;
         for _ in 0..16 {
             let (mut current, version) = self.state(tenant).await?;
             if advance_risk {
@@ -292,6 +402,12 @@ impl Sweeper<'_> {
             }
             if advance_sign_ins {
                 current.sign_in_watermark = current.sign_in_watermark.max(Some(started));
+                // Another run changed the gap meanwhile: keep both (never a hole).
+                current.sign_in_gap = if current.sign_in_gap == state.sign_in_gap {
+                    gap
+                } else {
+                    current.sign_in_gap.map(|theirs| theirs.union(gap))
+                };
             }
             current.last_run = Some(started);
             let doc = serde_json::to_string(&current).unwrap_or_default();
@@ -313,16 +429,21 @@ impl Sweeper<'_> {
             signals = signals.len(),
             advance_risk,
             advance_sign_ins,
+            sign_in_gap = ?gap,
             "sweep kept its signals"
         );
-        if !absorbed.complete || !sign_in_paging.is_complete() {
+        if !absorbed.complete {
             return Err(SweepError::Truncated {
-                listing: if absorbed.complete {
-                    "53011 sign-in"
-                } else {
-                    "risky user"
-                },
+                listing: "risky user",
                 kept: signals.len(),
+            });
+        }
+        if let Some(left) = listing_truncated {
+            return Err(SweepError::SignInsLeft {
+                kept: signals.len(),
+                since: left.since,
+                until: left.until,
+                pages,
             });
         }
         Ok(SweepReport {
@@ -334,6 +455,7 @@ impl Sweeper<'_> {
             blocked_sign_ins,
             users_blocked: blocked.len(),
             signals,
+            sign_in_gap: gap,
         })
     }
 }

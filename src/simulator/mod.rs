@@ -1832,8 +1832,9 @@ fn risky_users(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, Str
     axum::Json(out).into_response()
 }
 
-/// `$filter=userId eq '{guid}' and status/errorCode eq {n} and createdDateTime ge {iso}`,
-/// exactly; anything else is refused as Graph refuses unsupported queries.
+/// `$filter=[userId eq '{guid}' and ]status/errorCode eq {n} and createdDateTime ge {iso}[ and
+/// createdDateTime le {iso}]`, exactly; anything else is refused as Graph refuses unsupported
+/// queries.
 fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String>) -> Response {
     if params.contains_key("$select") {
         return error(
@@ -1864,14 +1865,18 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
             None => (None, filter.as_str()),
         };
         let rest = rest.strip_prefix("status/errorCode eq ")?;
-        let (code, since) = rest.split_once(" and createdDateTime ge ")?;
+        let (code, window) = rest.split_once(" and createdDateTime ge ")?;
         let code: i64 = code.parse().ok()?;
-        let since =
-            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
-                .ok()?;
-        Some((user, code, since))
+        let rfc3339 = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let (since, until) = match window.split_once(" and createdDateTime le ") {
+            Some((since, until)) => (rfc3339(since)?, Some(rfc3339(until)?)),
+            None => (rfc3339(window)?, None),
+        };
+        Some((user, code, since, until))
     })();
-    let Some((user, code, since)) = parsed else {
+    let Some((user, code, since, until)) = parsed else {
         return error(
             StatusCode::BAD_REQUEST,
             "Request_UnsupportedQuery",
@@ -1910,7 +1915,7 @@ fn sign_ins(s: &GraphSimulator, dir: &Directory, params: &HashMap<String, String
                         )
                         .ok()
                     })
-                    .is_some_and(|t| t >= since)
+                    .is_some_and(|t| t >= since && until.is_none_or(|until| t <= until))
         })
         .collect();
     let mut matching = matching;
