@@ -17,6 +17,12 @@ use risk_responder::queue::{MemoryQueue, WorkItem};
 use risk_responder::respond::sweep::Sweeper;
 use serde_json::json;
 
+/// `t` as Graph writes times (RFC 3339).
+fn iso(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
 fn user_id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
@@ -24,10 +30,6 @@ fn user_id(i: usize) -> String {
 /// `n` users; the first `at_risk` of them at risk (medium), each with one 53011 sign-in.
 fn population(s: &StandIn, n: usize, at_risk: usize) {
     let now = time::OffsetDateTime::now_utc();
-    let iso = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     s.with(|d| {
         d.page_size = 1000;
         for i in 0..n {
@@ -742,10 +744,6 @@ async fn a_sweep_that_leaves_a_gap_does_not_make_the_view_current() {
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     // User 2's risk changes after the seed, before the `--since` of an operator's sweep.
     let now = time::OffsetDateTime::now_utc();
-    let iso = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     s.with(|d| {
         d.risky_users.insert(
             user_id(2),
@@ -1351,10 +1349,6 @@ async fn a_flood_of_sign_ins_moves_the_watermark_and_later_runs_read_the_gap() {
     use risk_responder::respond::sweep::SweepError;
     let s = start().await;
     let now = time::OffsetDateTime::now_utc();
-    let iso = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     // 17 users blocked with 53011 two hours ago, a minute apart (user 0 the newest): older
     // than any later run's own window, so only the gap reaches them.
     s.with(|d| {
