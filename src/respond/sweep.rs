@@ -59,6 +59,21 @@ impl SignInGap {
             },
         }
     }
+
+    /// The gap to store after a run that started with `started_with`, found `stored` now and
+    /// leaves `ours`: ours, unless another run changed the gap meanwhile; then both (never a
+    /// hole; at worst a window is read twice).
+    fn after_run(
+        started_with: Option<SignInGap>,
+        stored: Option<SignInGap>,
+        ours: Option<SignInGap>,
+    ) -> Option<SignInGap> {
+        match stored {
+            theirs if theirs == started_with => ours,
+            Some(theirs) => Some(theirs.union(ours)),
+            None => ours,
+        }
+    }
 }
 
 /// What one tenant's sweep found.
@@ -402,12 +417,8 @@ impl Sweeper<'_> {
             }
             if advance_sign_ins {
                 current.sign_in_watermark = current.sign_in_watermark.max(Some(started));
-                // Another run changed the gap meanwhile: keep both (never a hole).
-                current.sign_in_gap = if current.sign_in_gap == state.sign_in_gap {
-                    gap
-                } else {
-                    current.sign_in_gap.map(|theirs| theirs.union(gap))
-                };
+                current.sign_in_gap =
+                    SignInGap::after_run(state.sign_in_gap, current.sign_in_gap, gap);
             }
             current.last_run = Some(started);
             let doc = serde_json::to_string(&current).unwrap_or_default();
@@ -457,5 +468,41 @@ impl Sweeper<'_> {
             signals,
             sign_in_gap: gap,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SignInGap;
+    use time::macros::datetime;
+
+    fn gap(since_hour: u8, until_hour: u8) -> Option<SignInGap> {
+        Some(SignInGap {
+            since: datetime!(2026-12-01 00:00 UTC)
+                .replace_hour(since_hour)
+                .unwrap(),
+            until: datetime!(2026-12-01 00:00 UTC)
+                .replace_hour(until_hour)
+                .unwrap(),
+        })
+    }
+
+    #[test]
+    fn a_gap_another_run_changed_meanwhile_is_kept_beside_ours() {
+        // Nobody else touched it: ours, whether it shrank, grew or was read.
+        assert_eq!(
+            SignInGap::after_run(gap(1, 5), gap(1, 5), gap(1, 3)),
+            gap(1, 3)
+        );
+        assert_eq!(SignInGap::after_run(gap(1, 5), gap(1, 5), None), None);
+        // Another run read the gap we started with, while ours found a new one: ours stays.
+        assert_eq!(SignInGap::after_run(gap(1, 5), None, gap(6, 7)), gap(6, 7));
+        // Another run found a new one while we read ours: theirs stays.
+        assert_eq!(SignInGap::after_run(None, gap(6, 7), None), gap(6, 7));
+        // Both changed it: one window over both.
+        assert_eq!(
+            SignInGap::after_run(gap(1, 5), gap(1, 2), gap(6, 7)),
+            gap(1, 7)
+        );
     }
 }
