@@ -1386,29 +1386,30 @@ async fn the_worker_resolves_a_batch_of_upn_only_signals_fifteen_to_a_request() 
     );
 }
 
+/// `n` sendMail requests from the product's mailbox, for `$batch`.
+fn mails(n: usize) -> Vec<risk_responder::graph::batch::BatchItem> {
+    (0..n)
+        .map(|i| {
+            risk_responder::graph::batch::BatchItem::new(
+                Method::POST,
+                "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
+                Some(json!({
+                    "message": {"subject": format!("m{i}"), "body": {"contentType": "Text", "content": "x"},
+                        "toRecipients": [{"emailAddress": {"address": "soc@contoso.com"}}]},
+                    "saveToSentItems": false,
+                })),
+            )
+        })
+        .collect()
+}
+
 /// Outlook allows 4 concurrent requests per app and mailbox, whichever worker sends them: two
 /// workers (MaximumConcurrency 2) each keep to 2, so their mail batches sent at once are never
 /// refused. Each worker on its own may use all 4 when it runs alone.
 #[tokio::test]
 async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
-    use risk_responder::graph::batch::BatchItem;
     let s = start().await;
     s.with(|d| d.latency.mail = Duration::from_millis(150));
-    let mails = |n: usize| -> Vec<BatchItem> {
-        (0..n)
-            .map(|i| {
-                BatchItem::new(
-                    Method::POST,
-                    "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
-                    Some(json!({
-                        "message": {"subject": format!("m{i}"), "body": {"contentType": "Text", "content": "x"},
-                            "toRecipients": [{"emailAddress": {"address": "soc@contoso.com"}}]},
-                        "saveToSentItems": false,
-                    })),
-                )
-            })
-            .collect()
-    };
     let limiter = || {
         Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
             risk_responder::graph::limiter::Limits::published(1.0),
@@ -1446,24 +1447,8 @@ async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
 /// Outlook never sees more.
 #[tokio::test]
 async fn workers_sharing_a_ledger_use_all_four_of_a_mailbox_and_never_more() {
-    use risk_responder::graph::batch::BatchItem;
     let s = start().await;
     s.with(|d| d.latency.mail = Duration::from_millis(300));
-    let mails = |n: usize| -> Vec<BatchItem> {
-        (0..n)
-            .map(|i| {
-                BatchItem::new(
-                    Method::POST,
-                    "/users/risk-responder@contoso.onmicrosoft.com/sendMail",
-                    Some(json!({
-                        "message": {"subject": format!("m{i}"), "body": {"contentType": "Text", "content": "x"},
-                            "toRecipients": [{"emailAddress": {"address": "soc@contoso.com"}}]},
-                        "saveToSentItems": false,
-                    })),
-                )
-            })
-            .collect()
-    };
     let ledger = memory_ledger();
     let workers: Vec<_> = (0..2)
         .map(|_| s.shared_client(secret(), 1, &ledger, 1.0, 2))

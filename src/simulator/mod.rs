@@ -488,20 +488,31 @@ impl GraphSimulator {
         limiter: Arc<dyn crate::graph::limiter::RateLimiter>,
         workers: usize,
     ) -> Arc<crate::graph::GraphClient> {
+        Arc::new(
+            self.bare_client(CLIENT_ID, credential, max_attempts)
+                .with_limiter(limiter)
+                .with_concurrent_workers(workers),
+        )
+    }
+
+    /// A Graph client of application `app_id` for this simulator, with its own token provider
+    /// and millisecond backoff, before any limiter is set.
+    fn bare_client(
+        &self,
+        app_id: &str,
+        credential: crate::graph::ClientCredential,
+        max_attempts: u32,
+    ) -> crate::graph::GraphClient {
         use crate::graph::{GraphClient, TokenProvider};
         let http = reqwest::Client::new();
         let tokens = Arc::new(TokenProvider::new(
             http.clone(),
             self.authority(),
-            CLIENT_ID,
+            app_id,
             credential,
             "https://graph.microsoft.com/.default",
         ));
-        Arc::new(
-            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
-                .with_limiter(limiter)
-                .with_concurrent_workers(workers),
-        )
+        GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
     }
 
     /// A client as a deployed worker has it (`app::shared_graph_client`): one of `workers`
@@ -516,21 +527,12 @@ impl GraphSimulator {
         identity_protection_share: f64,
         workers: usize,
     ) -> Arc<crate::graph::GraphClient> {
-        use crate::graph::{GraphClient, TokenProvider};
-        let http = reqwest::Client::new();
-        let tokens = Arc::new(TokenProvider::new(
-            http.clone(),
-            self.authority(),
-            CLIENT_ID,
-            credential,
-            "https://graph.microsoft.com/.default",
-        ));
         let limiter = Arc::new(crate::graph::limiter::SharedLimiter::new(
             ledger.clone(),
             crate::graph::limiter::Limits::published(identity_protection_share),
         ));
         Arc::new(
-            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
+            self.bare_client(CLIENT_ID, credential, max_attempts)
                 .with_limiter(limiter)
                 .with_concurrent_workers(workers)
                 .with_shared_mail_slots(ledger.clone()),
@@ -545,20 +547,16 @@ impl GraphSimulator {
         secret: &str,
         max_attempts: u32,
     ) -> Arc<crate::graph::GraphClient> {
-        use crate::graph::{GraphClient, TokenProvider};
-        let http = reqwest::Client::new();
-        let tokens = Arc::new(TokenProvider::new(
-            http.clone(),
-            self.authority(),
-            app_id,
-            crate::graph::ClientCredential::Secret(crate::secrets::SecretString::new(secret)),
-            "https://graph.microsoft.com/.default",
-        ));
+        let secret = crate::secrets::SecretString::new(secret);
         Arc::new(
-            GraphClient::new(http, self.graph_url(), tokens, test_retry(max_attempts))
-                .with_limiter(Arc::new(crate::graph::limiter::LocalLimiter::new(
-                    crate::graph::limiter::Limits::published(1.0),
-                ))),
+            self.bare_client(
+                app_id,
+                crate::graph::ClientCredential::Secret(secret),
+                max_attempts,
+            )
+            .with_limiter(Arc::new(crate::graph::limiter::LocalLimiter::new(
+                crate::graph::limiter::Limits::published(1.0),
+            ))),
         )
     }
 
