@@ -41,11 +41,11 @@ $(SAM_VENV)/ready: requirements-sam.txt
 
 # The project's tests (what CI runs).
 test: $(VENV)/ready
-	RR_TEST_PYTHON=$(PYTHON) cargo test --locked --all-targets
+	RR_TEST_PYTHON=$(PYTHON) cargo test --workspace --locked --all-targets
 
 lint: $(VENV)/ready $(SAM_VENV)/ready
-	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --locked --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint infra/template.yaml
 	cd infra && SAM_CLI_TELEMETRY=0 $(CURDIR)/$(SAM_VENV)/bin/sam validate --lint \
 	  --template-file template.yaml --region us-east-1
@@ -88,7 +88,7 @@ bench: wrk-tool
 # Lambda artifacts: target/lambda/{webhook,worker,renewer,sweep}/bootstrap (arm64, release profile),
 # then their sizes against the 12 MB budget, recorded in BENCHMARKS.md.
 build: $(VENV)/build-tools
-	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 $(addprefix --bin ,$(LAMBDA_BINS))
+	PATH=$(TOOLS_PATH) cargo lambda build --locked --release --arm64 --no-default-features $(addprefix --bin ,$(LAMBDA_BINS))
 	PATH=$(TOOLS_PATH) $(PYTHON) scripts/lambda_sizes.py $(LAMBDA_BINS)
 
 # The Lambda binaries under cargo-lambda's runtime emulator against moto, for every saved event

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use risk_responder::cases::policy::PasswordDelivery;
 use risk_responder::cases::{CaseStatus, Mode, Policy};
+use risk_responder::demo::SimulatedClients;
+use risk_responder::demo::simulator::{Budget, CLIENT_SECRET, GraphSimulator, Latency};
 use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
 use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
 use risk_responder::http::Intake;
@@ -29,7 +31,6 @@ use risk_responder::ledger::sqlite::SqliteStore;
 use risk_responder::queue::{MemoryQueue, WorkItem, WorkQueue};
 use risk_responder::respond::Worker;
 use risk_responder::secrets::SecretString;
-use risk_responder::simulator::{Budget, CLIENT_SECRET, GraphSimulator, Latency};
 use serde_json::json;
 
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -56,7 +57,9 @@ fn iso(t: time::OffsetDateTime) -> String {
 }
 
 async fn simulator(latency: Latency) -> GraphSimulator {
-    let s = risk_responder::simulator::start().await.expect("simulator");
+    let s = risk_responder::demo::simulator::start()
+        .await
+        .expect("simulator");
     let now = time::OffsetDateTime::now_utc();
     s.with(|d| {
         d.latency = latency;
@@ -705,7 +708,7 @@ async fn main() {
         "answering at once (a sendMail holds its mailbox 2 ms)".to_owned()
     } else {
         format!(
-            "answering reads in {} ms, writes in {} ms and sendMail in {} ms (`Latency::MODELLED` unless `RR_BURST_LATENCY` says otherwise: stated assumptions, Microsoft publishes no latency figures; see `src/simulator/mod.rs`)",
+            "answering reads in {} ms, writes in {} ms and sendMail in {} ms (`Latency::MODELLED` unless `RR_BURST_LATENCY` says otherwise: stated assumptions, Microsoft publishes no latency figures; see `crates/graph-simulator/src/throttling.rs`)",
             ms(latency.read),
             ms(latency.write),
             ms(latency.mail)

@@ -99,7 +99,7 @@ fn main() {
         .unwrap();
     let (jwks_url, simulator) = runtime.block_on(async {
         let jwks_url = common::serve_jwks().await;
-        let simulator = risk_responder::simulator::start_with(Default::default())
+        let simulator = risk_responder::demo::simulator::start_with(Default::default())
             .await
             .unwrap();
         (jwks_url, simulator)

@@ -177,7 +177,7 @@ def main() -> int:
                    RR_IDENTITY_PROTECTION_SHARE="0.5", RR_INCIDENT_COMMENTS="arm", RR_SECRETS_TTL_SECONDS="1",
                    RR_GRAPH_BASE_URL=f"http://127.0.0.1:{free_port()}/v1.0",
                    RR_LOGIN_AUTHORITY=f"http://127.0.0.1:{free_port()}", RUST_LOG="info")
-        watch = start(["cargo", "lambda", "watch", "--ignore-changes",
+        watch = start(["cargo", "lambda", "watch", "--ignore-changes", "--no-default-features",
                        "--invoke-port", str(watch_port)], env=env, log=logs)
         wait_for_port(watch_port, 600)
 

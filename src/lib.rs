@@ -5,6 +5,8 @@ pub mod app;
 pub mod cache;
 pub mod cases;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod event;
 pub mod graph;
 pub mod http;
@@ -14,6 +16,5 @@ pub mod queue;
 pub mod replay;
 pub mod respond;
 pub mod secrets;
-pub mod simulator;
 pub mod subscriptions;
 pub mod telemetry;

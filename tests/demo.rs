@@ -177,7 +177,7 @@ fn case_of(listed: &str, user_id: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_operator_commands_work_on_the_demo_ledger_after_a_replay() {
-    use risk_responder::simulator::demo::{ADELE, BREAK_GLASS};
+    use risk_responder::demo::tenant::{ADELE, BREAK_GLASS};
     let dir = scratch();
     let mut replay = vec!["replay", "--demo"];
     let events = demo_events();

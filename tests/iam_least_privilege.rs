@@ -1,7 +1,7 @@
 //! The template grants what the code calls, and nothing more: each function's code runs against
 //! moto with IAM enforcement, as an IAM user holding exactly the policy statements that
 //! `infra/template.yaml` gives the function's role (`!Ref`/`!GetAtt`/`!Sub` resolved to the moto
-//! resources), with Microsoft Graph played by the in-process simulator (`src/simulator`):
+//! resources), with Microsoft Graph played by the in-process simulator (`crates/graph-simulator`):
 //!
 //! - webhook: every saved Lambda HTTP event through the router, a signed Sentinel alert and its
 //!   replay, a delivery that cannot be queued (503, replay guard forgotten);

@@ -1504,7 +1504,7 @@ async fn a_slot_reserved_ahead_never_crowds_another_workers_next_slot() {
     assert_eq!(
         s.with(|d| d
             .throttled
-            .get(&risk_responder::simulator::Budget::IdentityProtection)
+            .get(&risk_responder::demo::simulator::Budget::IdentityProtection)
             .copied()),
         None,
         "no 429"

@@ -908,7 +908,7 @@ async fn an_older_listing_never_overwrites_a_newer_view_entry() {
         let r = d.risky_users.get_mut(&user_id(0)).unwrap();
         r["riskState"] = "dismissed".into();
         r["riskLevel"] = "none".into();
-        r["riskLastUpdatedDateTime"] = risk_responder::simulator::now_iso().into();
+        r["riskLastUpdatedDateTime"] = risk_responder::demo::simulator::now_iso().into();
     });
     view(&graph, &ledger)
         .absorb_listing(TENANT, Some(since))

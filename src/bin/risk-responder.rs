@@ -16,8 +16,6 @@ use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, SqsQueue, WorkItem, WorkQueue};
 use risk_responder::replay::{ReplayContext, replay_file};
 use risk_responder::respond::Worker;
-use risk_responder::simulator::GraphSimulator;
-use risk_responder::simulator::demo as demo_tenant;
 
 #[derive(Parser)]
 #[command(version, about = "Automated response to Entra ID risky users")]
@@ -238,12 +236,20 @@ async fn main() -> ExitCode {
 /// The demo's own ledger file (in the working directory).
 const DEMO_LEDGER: &str = "risk-responder-demo.sqlite";
 
+/// The simulated tenant a `--demo` command runs against (kept alive while it runs).
+#[cfg(feature = "demo")]
+type DemoTenant = risk_responder::demo::GraphSimulator;
+#[cfg(not(feature = "demo"))]
+type DemoTenant = ();
+
 /// The demo: the simulated tenant started in this process and the configuration pointed at
 /// it (Graph, the token endpoint, the signing keys, the embedded development secrets, the
 /// demo policy, a ledger of its own), so nothing can reach a real tenant.
-async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator, StartError> {
+#[cfg(feature = "demo")]
+async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<DemoTenant, StartError> {
     use risk_responder::config::SecretsSource;
-    let simulator = risk_responder::simulator::start_with(demo_tenant::directory()).await?;
+    use risk_responder::demo::{simulator, tenant as demo_tenant};
+    let simulator = simulator::start_with(demo_tenant::directory()).await?;
     // Every outbound URL of the configuration points at the simulator, whatever the
     // environment says: Graph, the token endpoint, the signing keys, Azure Resource Manager
     // (incident comments); subscriptions are not managed.
@@ -262,7 +268,7 @@ async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator,
         "risk-responder-demo-policy-{}.toml",
         std::process::id()
     ));
-    std::fs::write(&policy, demo_tenant::POLICY)?;
+    std::fs::write(&policy, risk_responder::demo::POLICY)?;
     config.policy_file = Some(policy);
     // A ledger of its own, whatever RR_LEDGER_PATH says: the demo starts it afresh and must
     // never touch (or delete) the operator's ledger.
@@ -281,6 +287,12 @@ async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<GraphSimulator,
         config.ledger_path.display()
     );
     Ok(simulator)
+}
+
+/// Without the `demo` feature there is no simulated tenant to run against.
+#[cfg(not(feature = "demo"))]
+async fn demo(_config: &mut Config, _fresh_ledger: bool) -> Result<DemoTenant, StartError> {
+    Err("this build has no demo tenant (it was built without the `demo` feature): build with default features".into())
 }
 
 async fn replay(

@@ -1,10 +1,11 @@
-//! The Graph simulator (`risk_responder::simulator`) as the tests use it: started on a free
+//! The Graph simulator (`crates/graph-simulator`) as the tests use it: started on a free
 //! port, with fixtures (Adele at risk, her manager, 53011 sign-ins) and worker builders.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
-pub use risk_responder::simulator::*;
+pub use risk_responder::demo::SimulatedClients;
+pub use risk_responder::demo::simulator::*;
 use serde_json::{Value, json};
 
 /// The simulator under the name the tests use.
@@ -12,7 +13,7 @@ pub type StandIn = GraphSimulator;
 
 /// Starts a simulator with an empty directory.
 pub async fn start() -> StandIn {
-    risk_responder::simulator::start()
+    risk_responder::demo::simulator::start()
         .await
         .expect("start the Graph simulator")
 }

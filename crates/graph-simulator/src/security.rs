@@ -29,7 +29,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{CLIENT_ID, GraphSimulator, error as graph_error, lock, now_iso};
+use crate::odata::{error as graph_error, lock, now_iso};
+use crate::{CLIENT_ID, Directory, GraphSimulator};
 
 /// The only api-version the stand-in serves (what the product sends).
 pub const API_VERSION: &str = "2025-09-01";
@@ -409,6 +410,17 @@ fn serve(
             &format!("The requested method '{method}' is not allowed for this resource."),
         ),
     }
+}
+
+/// Graph's `security/incidents` paths.
+pub(crate) fn route(r: &crate::Request<'_>, dir: &mut Directory) -> Option<Response> {
+    Some(match (r.method.clone(), r.segments.as_slice()) {
+        (Method::GET, ["security", "incidents", id]) => defender_get(&dir.sentinel, id),
+        (Method::POST, ["security", "incidents", id, "comments"]) => {
+            defender_comment(&mut dir.sentinel, id, &r.body)
+        }
+        _ => return None,
+    })
 }
 
 /// `GET /security/incidents/{id}`.

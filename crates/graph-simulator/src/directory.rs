@@ -1,0 +1,90 @@
+//! The simulated tenant's state: users, risk records, sign-ins, groups and roles, mailboxes,
+//! subscriptions and incidents, the throttle windows, and the record of every call.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::faults::Faults;
+use crate::throttling::{Budget, Latency, Limits, Windows};
+
+/// A certificate credential the token endpoint accepts.
+pub struct CertificateCredential {
+    pub public_key_pem: Vec<u8>,
+    /// Base64url SHA-256 thumbprint of the certificate's DER (`x5t#S256`).
+    pub thumbprint_sha256_b64url: String,
+}
+
+/// The simulated tenant: what it holds, and what was done to it (for tests to check).
+#[derive(Default)]
+pub struct Directory {
+    pub users: Vec<Value>,
+    pub managers: HashMap<String, String>,
+    pub risky_users: HashMap<String, Value>,
+    pub sign_ins: Vec<Value>,
+    /// userId -> ids of the groups and directory roles it is a (transitive) member of.
+    pub member_of: HashMap<String, Vec<String>>,
+    /// userId -> `userRegistrationDetails` (authentication-method registration).
+    pub registrations: HashMap<String, Value>,
+    /// Conditional Access policies.
+    pub ca_policies: Vec<Value>,
+    /// roleTemplateId -> id of the tenant's activated directory role.
+    pub directory_roles: HashMap<String, String>,
+    pub mails: Vec<(String, Value)>,
+    /// Every Graph call as "METHOD /path?query", with when it arrived.
+    pub calls: Vec<(String, Instant)>,
+    pub token_requests: usize,
+    /// Passwords set through `PATCH /users/{id}` (a `passwordProfile`).
+    pub password_resets: usize,
+    /// Each `PATCH /users/{id}` Graph accepted: the user and the properties its body set
+    /// (names only, never values: no password is kept here).
+    pub user_patches: Vec<(String, Vec<String>)>,
+    /// Access tokens issued, and the tenant each is for.
+    pub issued: HashMap<String, String>,
+    /// Access tokens issued, and the application (client id) each is for: Graph's limits are
+    /// kept per app and tenant, per tenant for all apps, or per app and mailbox.
+    pub token_apps: HashMap<String, String>,
+    /// Other applications the token endpoint knows (client id -> client secret), besides
+    /// [`CLIENT_ID`]: the tenant's other apps, which share its Identity Protection budget.
+    pub apps: HashMap<String, String>,
+    /// Users whose sessions were revoked (`revokeSignInSessions` answered 200).
+    pub revoked: Vec<String>,
+    /// Every `$batch` that passed validation, as its members ("METHOD url"), in order.
+    pub batches: Vec<Vec<String>>,
+    /// How long each request takes (a sendMail holds its mailbox's concurrency slot this
+    /// long); [`Latency::INSTANT`] unless set.
+    pub latency: Latency,
+    /// Requests of the tenant's other applications that Graph admitted (see
+    /// [`GraphSimulator::other_app_request`]).
+    pub other_apps_admitted: usize,
+    /// Groups of the tenant (ids); any id in `member_of` that is not a directory role is a
+    /// group too.
+    pub groups: Vec<String>,
+    /// PIM: (principalId, roleDefinitionId) of role eligibilities (`roleEligibilitySchedules`).
+    pub role_eligibilities: Vec<(String, String)>,
+    /// (principalId, roleDefinitionId) of active role assignments besides the members of the
+    /// activated roles in `directory_roles` (e.g. a role-assignable group holding a role).
+    pub role_assignments: Vec<(String, String)>,
+    pub faults: Faults,
+    pub certificate: Option<CertificateCredential>,
+    pub page_size: usize,
+    pub subscriptions: Vec<Value>,
+    pub reauthorized: Vec<String>,
+    /// The throttle limits enforced.
+    pub limits: Limits,
+    pub windows: Windows,
+    /// Requests answered 429, per budget.
+    pub throttled: HashMap<Budget, usize>,
+    /// Requests admitted, per budget (members of a `$batch` count one each).
+    pub admitted: HashMap<Budget, usize>,
+    /// Directory resource units admitted, of every application ([`resource_units`]).
+    pub resource_units: usize,
+    /// HTTP requests received on `/v1.0` (a `$batch` counts once).
+    pub http_requests: usize,
+    /// sendMail requests being served per app and mailbox (`{app}|{mailbox}`), across every
+    /// request and `$batch` (Outlook's concurrency limit).
+    pub mail_in_flight: HashMap<String, usize>,
+    /// Microsoft Sentinel: incidents and their comments (ARM), Defender incidents (Graph).
+    pub sentinel: crate::security::Sentinel,
+}
