@@ -30,7 +30,7 @@ use risk_responder::ledger::Ledger;
 use risk_responder::ledger::sqlite::SqliteStore;
 use risk_responder::queue::{MemoryQueue, WorkItem, WorkQueue};
 use risk_responder::respond::Worker;
-use risk_responder::secrets::SecretString;
+use risk_responder::support::secret::SecretString;
 use serde_json::json;
 
 const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
@@ -522,7 +522,7 @@ async fn per_event_one(
     graph.revoke_sign_in_sessions(TENANT, user).await?;
     graph.set_account_enabled(TENANT, user, false).await?;
     let manager = graph.manager_mail(TENANT, user).await?;
-    let password = risk_responder::respond::remediate::generate_temporary_password();
+    let password = risk_responder::actions::password::generate_temporary_password();
     graph.reset_password(TENANT, user, &password).await?;
     let Some(PasswordDelivery::Mail { sender, to, .. }) = &policy.password_delivery else {
         panic!("the embedded policy mails passwords");

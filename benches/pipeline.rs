@@ -15,10 +15,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use risk_responder::config::Config;
+use risk_responder::graph::credential::GraphSecrets;
 use risk_responder::ingress::graph::GraphIngress;
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ingress::validation_tokens::{JwksCache, JwksPolicy, TokenVerifier};
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument};
 
 use common::{APP_ID, CLIENT_STATE, ROOT, TENANT, read};
 
@@ -62,7 +63,7 @@ fn rich_batch(n: usize) -> Vec<u8> {
 fn ingress(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = Config::default();
-    let secrets = IngressSecrets::embedded_dev().unwrap();
+    let secrets = risk_responder::vault::local::embedded_dev::<IngressSecrets>().unwrap();
     let url = rt.block_on(common::serve_jwks());
     let verifier = TokenVerifier::new(
         JwksCache::new(url, reqwest::Client::new(), JwksPolicy::default()),
@@ -135,9 +136,9 @@ fn replay(c: &mut Criterion) {
         login_authority: standin.authority(),
         ..Config::default()
     };
-    let secrets = GraphSecrets::embedded_dev().unwrap();
-    let store = std::sync::Arc::new(risk_responder::secrets::StaticSecretStore::new(
-        GraphSecrets::embedded_dev().unwrap(),
+    let secrets = risk_responder::vault::local::embedded_dev::<GraphSecrets>().unwrap();
+    let store = std::sync::Arc::new(risk_responder::vault::StaticSecretStore::new(
+        risk_responder::vault::local::embedded_dev::<GraphSecrets>().unwrap(),
     ));
     let graph = risk_responder::app::graph_client(&config, &secrets, store, reqwest::Client::new())
         .unwrap();
@@ -166,7 +167,7 @@ fn replay(c: &mut Criterion) {
             ));
         }
     }
-    let ingress = IngressSecrets::embedded_dev().unwrap();
+    let ingress = risk_responder::vault::local::embedded_dev::<IngressSecrets>().unwrap();
     let ctx = risk_responder::replay::ReplayContext {
         config: &config,
         secrets: &ingress,
@@ -190,7 +191,7 @@ fn replay(c: &mut Criterion) {
 }
 
 fn crypto_floor(c: &mut Criterion) {
-    let secrets = IngressSecrets::embedded_dev().unwrap();
+    let secrets = risk_responder::vault::local::embedded_dev::<IngressSecrets>().unwrap();
     let key = secrets.decryption_key("custom-id-for-testing").unwrap();
     let content: serde_json::Value = serde_json::from_str(&read(
         "tests/vectors/graph-rich-notification/encrypted-content.json",

@@ -4,20 +4,20 @@ use std::sync::Arc;
 
 use crate::cases::policy::{Mode, Policy, PolicyError};
 use crate::config::{Config, ConfigError, SecretsSource};
+use crate::graph::credential::GraphSecrets;
 use crate::graph::{GraphClient, RetryPolicy, TokenProvider};
 use crate::http::{Intake, IntakeActivity};
+use crate::ingress::secrets::IngressSecrets;
 use crate::ingress::signature::{MemoryReplayGuard, ReplayGuard};
 use crate::ledger::Ledger;
 use crate::ledger::dynamodb::DynamoStore;
 use crate::ledger::sqlite::SqliteStore;
 use crate::queue::{MemoryQueue, SqsQueue, WorkQueue};
 use crate::respond::Worker;
-use crate::respond::vault::{PasswordVault, SecretsManagerPasswordVault};
-use crate::secrets::{
-    GraphSecrets, IngressSecrets, SecretDocument, SecretStore, SecretsError, SecretsManagerStore,
-    StaticSecretStore,
-};
-use crate::subscriptions::{ResourceSpec, SubscriptionManager};
+use crate::respond::subscriptions::{ResourceSpec, SubscriptionManager};
+use crate::support::secret::{SecretDocument, SecretsError};
+use crate::vault::{PasswordVault, SecretsManagerPasswordVault};
+use crate::vault::{SecretStore, SecretsManagerStore, StaticSecretStore};
 
 /// Any start-up failure.
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -304,7 +304,7 @@ pub async fn worker(
     worker.view_max_age = time::Duration::try_from(config.view_max_age)
         .unwrap_or(crate::respond::worker::VIEW_MAX_AGE);
     if let Some(dir) = &config.templates_dir {
-        worker.templates = crate::respond::templates::Templates::from_dir(dir)?;
+        worker.templates = crate::actions::notify_user::templates::Templates::from_dir(dir)?;
     }
     // A run forced to report-only (replay without --enforce, benches) writes nothing anywhere,
     // incident comments included.

@@ -23,6 +23,44 @@ pub const DEFAULT_SENTINEL_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// an SQS batch before the answer, which must come within Graph's 3 s.
 pub const DEFAULT_MAX_NOTIFICATIONS_PER_BATCH: usize = 1000;
 
+/// Items a local queue holds by default before intake answers 503 (about 10 MB of signals).
+pub const DEFAULT_LOCAL_QUEUE_CAPACITY: usize = 20_000;
+
+/// How long the last good secret value is still served, after its TTL ran out, while Secrets
+/// Manager cannot be read (hard limit: TTL + grace after the last successful read).
+pub const DEFAULT_SECRETS_GRACE: Duration = Duration::from_secs(3600);
+
+/// How the key set is cached and fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksPolicy {
+    /// Keys older than this are refetched in the background while still in use (Microsoft: 1 h).
+    pub refresh_after: Duration,
+    /// Hard limit: keys are not used longer than this after the last successful fetch
+    /// (Microsoft: 24 h).
+    pub max_age: Duration,
+    /// Least time between fetches caused by a key id the set does not hold (Microsoft: 5 min).
+    pub unknown_kid_interval: Duration,
+    /// After a failed fetch, no fetch for this long.
+    pub retry_after_failure: Duration,
+    /// Longest a request waits for keys; then the keys count as unavailable (503).
+    pub wait: Duration,
+    /// One fetch of the key set; longer counts as a failure.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for JwksPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_after: Duration::from_secs(3600),
+            max_age: Duration::from_secs(24 * 3600),
+            unknown_kid_interval: Duration::from_secs(300),
+            retry_after_failure: Duration::from_secs(30),
+            wait: Duration::from_millis(2500),
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Errors in configuration values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -85,7 +123,7 @@ pub struct Config {
     pub token_leeway: Duration,
     /// How the signing-key set is cached and fetched (refresh, hard limit, unknown-kid and
     /// failure back-off, how long a request waits for keys).
-    pub jwks: crate::ingress::jwks::JwksPolicy,
+    pub jwks: JwksPolicy,
     /// Accepted age (either way) of a Standard Webhooks `webhook-timestamp`.
     pub webhook_tolerance: Duration,
     /// Microsoft Graph base URL.
@@ -118,7 +156,7 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// How case outcomes reach the Sentinel incidents they came from (`RR_INCIDENT_COMMENTS`:
     /// `arm`, the default; `graph` for workspaces in the Defender portal; `off`: `None`).
-    pub incident_comments: Option<crate::cases::writeback::CommentPath>,
+    pub incident_comments: Option<crate::cases::incident::CommentPath>,
     /// Azure Resource Manager base URL (`RR_ARM_BASE_URL`).
     pub arm_base_url: String,
     /// Name prefix of the temporary-password secrets the deployment grants access to
@@ -135,7 +173,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             sentinel_max_body_bytes: DEFAULT_SENTINEL_MAX_BODY_BYTES,
             max_notifications_per_batch: DEFAULT_MAX_NOTIFICATIONS_PER_BATCH,
-            local_queue_capacity: crate::queue::DEFAULT_LOCAL_QUEUE_CAPACITY,
+            local_queue_capacity: DEFAULT_LOCAL_QUEUE_CAPACITY,
             worker_concurrency: 1,
             bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             ingress_secrets: SecretsSource::EmbeddedDev,
@@ -143,13 +181,13 @@ impl Default for Config {
             graph_client_id: None,
             sentinel_audiences: Vec::new(),
             token_leeway: Duration::from_secs(60),
-            jwks: crate::ingress::jwks::JwksPolicy::default(),
+            jwks: JwksPolicy::default(),
             webhook_tolerance: Duration::from_secs(5 * 60),
             graph_base_url: "https://graph.microsoft.com/v1.0".to_owned(),
             login_authority: "https://login.microsoftonline.com".to_owned(),
             policy_file: None,
             secrets_ttl: Duration::from_secs(300),
-            secrets_grace: crate::secrets::DEFAULT_SECRETS_GRACE,
+            secrets_grace: DEFAULT_SECRETS_GRACE,
             queue_url: None,
             ledger_table: None,
             ledger_path: PathBuf::from("risk-responder.sqlite"),
@@ -158,7 +196,7 @@ impl Default for Config {
             identity_protection_share: 0.5,
             view_max_age: Duration::from_secs(600),
             templates_dir: None,
-            incident_comments: Some(crate::cases::writeback::CommentPath::Arm),
+            incident_comments: Some(crate::cases::incident::CommentPath::Arm),
             arm_base_url: "https://management.azure.com".to_owned(),
             temporary_password_prefix: None,
         }
@@ -282,7 +320,7 @@ impl Config {
             config.view_max_age = Duration::from_secs(secs);
         }
         if let Some(path) = get("RR_INCIDENT_COMMENTS") {
-            use crate::cases::writeback::CommentPath;
+            use crate::cases::incident::CommentPath;
             config.incident_comments = match path.trim().to_ascii_lowercase().as_str() {
                 "arm" => Some(CommentPath::Arm),
                 "graph" => Some(CommentPath::Graph),
@@ -325,22 +363,6 @@ impl Config {
                 .collect();
         }
         Ok(config)
-    }
-
-    /// The audience of Graph validation tokens: `RR_GRAPH_CLIENT_ID`, else the `client_id` of
-    /// the local secrets file (or, outside Lambda, of the embedded development document).
-    pub fn validation_token_audience(&self) -> Option<String> {
-        if let Some(id) = &self.graph_client_id {
-            return Some(id.clone());
-        }
-        let json = match &self.graph_secrets {
-            SecretsSource::File(path) => std::fs::read_to_string(path).ok()?,
-            SecretsSource::EmbeddedDev if !self.in_lambda => {
-                crate::secrets::EMBEDDED_DEV_SECRETS.to_owned()
-            }
-            _ => return None,
-        };
-        crate::secrets::local_graph_client_id(&json)
     }
 
     /// Whether notifications from this tenant are accepted.
@@ -394,7 +416,7 @@ mod tests {
 
     #[test]
     fn incident_comments_take_arm_by_default_and_refuse_unknown_paths() {
-        use crate::cases::writeback::CommentPath;
+        use crate::cases::incident::CommentPath;
         let default = Config::from_lookup(lookup(&[])).unwrap();
         assert_eq!(default.incident_comments, Some(CommentPath::Arm));
         assert_eq!(default.arm_base_url, "https://management.azure.com");
@@ -427,10 +449,6 @@ mod tests {
         );
         // The webhook has no Graph credential source, and does not need one.
         assert_eq!(config.graph_secrets, SecretsSource::EmbeddedDev);
-        assert_eq!(
-            config.validation_token_audience().as_deref(),
-            Some("11111111-2222-3333-4444-555555555555")
-        );
         let worker = Config::from_lookup(lookup(&[
             ("AWS_LAMBDA_FUNCTION_NAME", "worker"),
             ("RR_INGRESS_SECRET_ID", "risk-responder/ingress"),
@@ -440,17 +458,6 @@ mod tests {
         assert_eq!(
             worker.graph_secrets,
             SecretsSource::SecretsManager("risk-responder/graph".into())
-        );
-        // Inside Lambda the embedded development document is never an audience source.
-        assert_eq!(worker.validation_token_audience(), None);
-    }
-
-    #[test]
-    fn the_audience_falls_back_to_the_local_document() {
-        let config = Config::from_lookup(lookup(&[])).unwrap();
-        assert_eq!(
-            config.validation_token_audience().as_deref(),
-            Some("11111111-2222-3333-4444-555555555555")
         );
     }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 pub use graph_simulator::demo as tenant;
 pub use graph_simulator::{self as simulator, GraphSimulator};
 
-use crate::cases::writeback::CommentPath;
+use crate::cases::incident::CommentPath;
 use crate::graph::limiter::{Limits, LocalLimiter, RateLimiter, SharedLimiter};
 use crate::graph::{ClientCredential, GraphClient, RetryPolicy, TokenProvider};
 use crate::ledger::Ledger;
 use crate::respond::writeback::{ARM_SCOPE, ArmClient, IncidentCommenter};
-use crate::secrets::SecretString;
+use crate::support::secret::SecretString;
 
 /// The demo policy: the embedded policy's rules, report-only, the break-glass account
 /// protected, users told what to do, self-remediation for registered users.

@@ -1,8 +1,8 @@
 //! risk-responder: receives Entra ID Protection risk signals (Graph change notifications,
 //! Sentinel alerts), and investigates and remediates risky users.
 
+pub mod actions;
 pub mod app;
-pub mod cache;
 pub mod cases;
 pub mod config;
 #[cfg(feature = "demo")]
@@ -15,6 +15,5 @@ pub mod ledger;
 pub mod queue;
 pub mod replay;
 pub mod respond;
-pub mod secrets;
-pub mod subscriptions;
-pub mod telemetry;
+pub mod support;
+pub mod vault;

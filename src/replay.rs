@@ -13,11 +13,11 @@ use crate::cases::Case;
 use crate::config::Config;
 use crate::event::RiskEvent;
 use crate::ingress::graph::{GraphIngress, LifecycleNotice, handshake_token};
+use crate::ingress::secrets::IngressSecrets;
 use crate::ingress::sentinel;
 use crate::ingress::validation_tokens::TokenVerifier;
 use crate::queue::WorkItem;
 use crate::respond::{Disposition, Worker};
-use crate::secrets::IngressSecrets;
 
 /// Which ingress a saved event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -269,7 +269,7 @@ impl fmt::Display for ReplaySummary {
             )?;
         }
         for case in &self.cases {
-            write!(f, "{}", crate::cases::case::CaseReport(case))?;
+            write!(f, "{}", crate::respond::report::CaseReport(case))?;
         }
         if self.kind == Some(SavedKind::GraphHandshake) {
             writeln!(f, "  handshake: nothing to replay")?;

@@ -317,7 +317,7 @@ async fn five_thousand_blocked_sign_ins_complete_in_one_pass() {
 /// the case's secret (PutSecretValue) instead of failing on the existing name.
 #[tokio::test]
 async fn vault_delivery_is_idempotent_per_case() {
-    use risk_responder::respond::vault::{PasswordVault, SecretsManagerPasswordVault};
+    use risk_responder::vault::{PasswordVault, SecretsManagerPasswordVault};
     let s = start().await;
     seed(&s, "medium", "atRisk", 0);
     let prefix = format!(

@@ -16,13 +16,15 @@ use risk_responder::config::Config;
 use risk_responder::graph::GraphClient;
 use risk_responder::http::{AppState, Intake, router};
 use risk_responder::ingress::graph::{LifecycleKind, LifecycleNotice};
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ingress::signature::ReplayGuard;
 use risk_responder::ledger::Ledger;
 use risk_responder::ledger::dynamodb::DynamoStore;
 use risk_responder::queue::{SqsQueue, WorkItem};
+use risk_responder::respond::subscriptions::{ResourceSpec, SubscriptionManager};
 use risk_responder::respond::{Disposition, Worker};
-use risk_responder::secrets::{IngressSecrets, SecretString, StaticSecretStore};
-use risk_responder::subscriptions::{ResourceSpec, SubscriptionManager};
+use risk_responder::support::secret::SecretString;
+use risk_responder::vault::StaticSecretStore;
 
 fn unique(name: &str) -> String {
     format!(

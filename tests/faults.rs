@@ -11,10 +11,11 @@ use graph_standin::*;
 use risk_responder::cases::CaseStatus;
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake};
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, WorkItem};
 use risk_responder::respond::{Disposition, Worker};
-use risk_responder::secrets::{IngressSecrets, SecretsManagerStore};
+use risk_responder::vault::SecretsManagerStore;
 
 fn worker(s: &StandIn, ledger: Ledger) -> Worker {
     enforcing_worker(s, ledger, 3)

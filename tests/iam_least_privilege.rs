@@ -49,16 +49,18 @@ use risk_responder::cases::policy::PasswordDelivery;
 use risk_responder::cases::{Action, CaseStatus, Mode, Policy};
 use risk_responder::config::Config;
 use risk_responder::event::{RiskLevel, Subject};
+use risk_responder::graph::credential::GraphSecrets;
 use risk_responder::http::{AppState, Intake};
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ledger::dynamodb::DynamoStore;
 use risk_responder::ledger::{Ledger, NewItem, SignalRecord, Store};
 use risk_responder::queue::{SqsQueue, WorkItem};
 use risk_responder::respond::Worker;
 use risk_responder::respond::sweep::Sweeper;
-use risk_responder::respond::vault::{EXPIRES_AT_TAG, PasswordVault, SecretsManagerPasswordVault};
-use risk_responder::secrets::{
-    GraphSecrets, IngressSecrets, SecretStore, SecretString, SecretsManagerStore,
-};
+use risk_responder::support::secret::SecretString;
+use risk_responder::vault::secrets_manager::EXPIRES_AT_TAG;
+use risk_responder::vault::{PasswordVault, SecretsManagerPasswordVault};
+use risk_responder::vault::{SecretStore, SecretsManagerStore};
 use serde_json::{Value as Json, json};
 use serde_norway::Value as Yaml;
 

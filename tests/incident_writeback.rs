@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use graph_standin::*;
 use reqwest::Method;
-use risk_responder::cases::writeback::{CommentPath, CommentState, comment_id};
+use risk_responder::cases::incident::{CommentPath, CommentState, comment_id};
 use risk_responder::cases::{Case, CaseStatus, Mode, Policy};
 use risk_responder::event::{RiskEvent, Subject};
 use risk_responder::ledger::Ledger;
@@ -171,7 +171,7 @@ async fn an_incident_case_comments_its_outcome_through_arm() {
     let counts = worker.incident_comments.as_ref().unwrap().counts();
     assert_eq!((counts.written, counts.failed), (1, 0));
     // `cases show` tells it.
-    let report = risk_responder::cases::case::CaseReport(&case).to_string();
+    let report = risk_responder::respond::report::CaseReport(&case).to_string();
     assert!(
         report.contains("incident #4711: comment written via arm"),
         "{report}"
@@ -437,7 +437,7 @@ async fn a_refused_graph_comment_is_visible_and_retried_without_repeating_remedi
         comment.last_error.as_deref().unwrap().contains("403"),
         "{comment:?}"
     );
-    let report = risk_responder::cases::case::CaseReport(&case).to_string();
+    let report = risk_responder::respond::report::CaseReport(&case).to_string();
     assert!(report.contains("comment failed"), "{report}");
     let remediated = (resets(&s), revokes(&s));
 
@@ -911,9 +911,9 @@ async fn a_long_comment_is_shortened_to_30000_utf16_units() {
     assert!((29_000..=30_000).contains(&units), "{units}");
     assert!(text.contains("(shortened;"), "shortened visibly");
     assert!(
-        text.ends_with(&risk_responder::cases::writeback::marker(
+        text.ends_with(&risk_responder::cases::comment::marker(
             &case,
-            &risk_responder::cases::writeback::outcome_key(&case)
+            &risk_responder::cases::comment::outcome_key(&case)
         )),
         "the marker line ends it"
     );

@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use common::{CLIENT_STATE, TENANT, app_with, call, post_json};
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake};
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ingress::signature::MemoryReplayGuard;
 use risk_responder::ledger::Ledger;
 use risk_responder::ledger::sqlite::SqliteStore;
 use risk_responder::queue::MemoryQueue;
-use risk_responder::secrets::{IngressSecrets, StaticSecretStore};
+use risk_responder::vault::StaticSecretStore;
 
 /// A batch of `n` basic `users` notifications with ids starting at `first`.
 fn batch(first: usize, n: usize) -> String {
@@ -119,10 +120,12 @@ async fn a_ledger_that_cannot_keep_in_time_is_503_within_the_answer_budget() {
 struct SlowSecrets;
 
 #[async_trait]
-impl risk_responder::secrets::SecretStore<IngressSecrets> for SlowSecrets {
-    async fn load(&self) -> Result<Arc<IngressSecrets>, risk_responder::secrets::SecretsError> {
+impl risk_responder::vault::SecretStore<IngressSecrets> for SlowSecrets {
+    async fn load(
+        &self,
+    ) -> Result<Arc<IngressSecrets>, risk_responder::support::secret::SecretsError> {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        Err(risk_responder::secrets::SecretsError::Invalid(
+        Err(risk_responder::support::secret::SecretsError::Invalid(
             "never".into(),
         ))
     }

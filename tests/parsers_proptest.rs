@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use risk_responder::config::Config;
+use risk_responder::graph::credential::GraphSecrets;
 use risk_responder::ingress::decrypt::{EncryptedContent, decrypt_content};
 use risk_responder::ingress::graph::{GraphIngress, MAX_VALIDATION_TOKEN_LEN, handshake_token};
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::ingress::{sentinel, signature};
-use risk_responder::secrets::{GraphSecrets, IngressSecrets, SecretDocument};
+use risk_responder::support::secret::SecretDocument;
 
 /// Parsed once: the embedded secrets hold a 4096-bit key.
-static SECRETS: std::sync::LazyLock<IngressSecrets> =
-    std::sync::LazyLock::new(|| IngressSecrets::embedded_dev().unwrap());
+static SECRETS: std::sync::LazyLock<IngressSecrets> = std::sync::LazyLock::new(|| {
+    risk_responder::vault::local::embedded_dev::<IngressSecrets>().unwrap()
+});
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -15,7 +15,7 @@ use risk_responder::event::{EventSource, RiskEvent, RiskLevel, Subject};
 use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
 use risk_responder::queue::WorkItem;
 use risk_responder::respond::Disposition;
-use risk_responder::secrets::SecretString;
+use risk_responder::support::secret::SecretString;
 use serde_json::json;
 
 fn graph_client(s: &StandIn, credential: ClientCredential) -> Arc<GraphClient> {
@@ -344,8 +344,9 @@ async fn certificate_credential_signs_a_ps256_assertion_with_the_sha256_thumbpri
         "certificate_private_key": read("jwt-test-key-2.pem"),
         "certificate": read("graph-app-cert.pem"),
     });
-    use risk_responder::secrets::SecretDocument;
-    let secrets = risk_responder::secrets::GraphSecrets::from_json(&document.to_string()).unwrap();
+    use risk_responder::support::secret::SecretDocument;
+    let secrets =
+        risk_responder::graph::credential::GraphSecrets::from_json(&document.to_string()).unwrap();
     let credential = secrets.credential().unwrap();
     let graph = graph_client(&s, credential);
     let user = graph.user_facts(TENANT, ADELE).await.unwrap();
@@ -377,7 +378,8 @@ async fn certificate_credential_signs_a_ps256_assertion_with_the_sha256_thumbpri
 
     // A private key without its certificate is refused when the secrets load.
     let missing = serde_json::json!({ "client_id": CLIENT_ID, "certificate_private_key": read("jwt-test-key-2.pem") });
-    let err = risk_responder::secrets::GraphSecrets::from_json(&missing.to_string()).unwrap_err();
+    let err = risk_responder::graph::credential::GraphSecrets::from_json(&missing.to_string())
+        .unwrap_err();
     assert!(err.to_string().contains("x5t#S256"), "{err}");
 }
 
@@ -746,7 +748,8 @@ actions = ["dismiss_risk", "unblock_sign_in"]"#,
 
 #[tokio::test]
 async fn a_rotated_client_secret_is_used_without_a_restart() {
-    use risk_responder::secrets::{GraphSecrets, SecretStore, SecretsManagerStore};
+    use risk_responder::graph::credential::GraphSecrets;
+    use risk_responder::vault::{SecretStore, SecretsManagerStore};
     let s = start().await;
     seed(&s, "high", "atRisk", 1);
     let sm = aws_sdk_secretsmanager::Client::new(&common::moto::sdk_config().await);

@@ -330,7 +330,8 @@ helpdesk = "x1234"
     std::fs::write(dir.join("user-advisory.txt"), "Subject: Contoso security: {{user}}\nRegister MFA, then call {{helpdesk}} (case {{case_id}}).\n").unwrap();
     let ledger = memory_ledger();
     let mut worker = worker_with(&s, ledger.clone(), policy, 3);
-    worker.templates = risk_responder::respond::templates::Templates::from_dir(&dir).unwrap();
+    worker.templates =
+        risk_responder::actions::notify_user::templates::Templates::from_dir(&dir).unwrap();
     worker.handle(&adele_item("a-6")).await;
     let case = ledger.find_case("a-6").await.unwrap().unwrap().0;
     assert_eq!(

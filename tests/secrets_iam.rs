@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use common::moto;
-use risk_responder::secrets::{IngressSecrets, SecretStore, SecretsManagerStore};
+use risk_responder::ingress::secrets::IngressSecrets;
+use risk_responder::vault::{SecretStore, SecretsManagerStore};
 
 /// Runs a boto3 script against moto with the given credentials; returns its stdout.
 fn boto3(script: &str, key: &str, secret: &str) -> String {

@@ -10,10 +10,12 @@ use aws_sdk_secretsmanager::config::interceptors::BeforeTransmitInterceptorConte
 use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_secretsmanager::error::BoxError;
 use common::moto;
-use risk_responder::respond::vault::{EXPIRES_AT_TAG, PasswordVault, SecretsManagerPasswordVault};
-use risk_responder::secrets::{
-    GraphSecrets, IngressSecrets, SecretStore, SecretString, SecretsManagerStore,
-};
+use risk_responder::graph::credential::GraphSecrets;
+use risk_responder::ingress::secrets::IngressSecrets;
+use risk_responder::support::secret::SecretString;
+use risk_responder::vault::secrets_manager::EXPIRES_AT_TAG;
+use risk_responder::vault::{PasswordVault, SecretsManagerPasswordVault};
+use risk_responder::vault::{SecretStore, SecretsManagerStore};
 
 async fn client() -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&moto::sdk_config().await)

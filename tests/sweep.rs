@@ -374,7 +374,7 @@ async fn identity_protection_answers_429_without_retry_after_and_the_call_still_
     ));
     let graph = s.client_with(
         risk_responder::graph::ClientCredential::Secret(
-            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+            risk_responder::support::secret::SecretString::new(CLIENT_SECRET),
         ),
         8,
         unlimited,
@@ -1171,7 +1171,7 @@ async fn a_refused_registration_read_leaves_registration_unknown_and_the_case_go
         "{:#?}",
         refused.history
     );
-    let shown = risk_responder::cases::case::CaseReport(&refused).to_string();
+    let shown = risk_responder::respond::report::CaseReport(&refused).to_string();
     assert!(shown.contains("account: registration unknown"), "{shown}");
     let capable = case_of(1).await.findings.unwrap().registration.unwrap();
     assert_eq!(

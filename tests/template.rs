@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use risk_responder::app;
 use risk_responder::config::Config;
-use risk_responder::secrets::{GraphSecrets, SecretDocument, StaticSecretStore};
+use risk_responder::graph::credential::GraphSecrets;
+use risk_responder::support::secret::SecretDocument;
+use risk_responder::vault::StaticSecretStore;
 use serde_norway::Value as Yaml;
 
 fn template() -> Yaml {

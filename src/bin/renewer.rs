@@ -13,7 +13,7 @@ const RENEW_WITHIN: Duration = Duration::from_secs(3 * 24 * 3600);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    risk_responder::telemetry::init();
+    risk_responder::support::telemetry::init();
     let config = Config::from_env()?;
     let store = app::graph_secret_store(&config).await?;
     let secrets = store.load().await?;
@@ -31,11 +31,9 @@ async fn main() -> Result<(), Error> {
         _ => None,
     };
     let sweeper = match vault_prefix {
-        Some(_) => Some(
-            risk_responder::respond::vault::SecretsManagerPasswordVault::new(
-                aws_sdk_secretsmanager::Client::new(&app::aws_config().await),
-            ),
-        ),
+        Some(_) => Some(risk_responder::vault::SecretsManagerPasswordVault::new(
+            aws_sdk_secretsmanager::Client::new(&app::aws_config().await),
+        )),
         None => None,
     };
     let (config, manager, sweeper, vault_prefix) = (&config, &manager, &sweeper, &vault_prefix);

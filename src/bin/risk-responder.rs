@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use risk_responder::app::{self, StartError};
-use risk_responder::cases::case::CaseReport;
 use risk_responder::cases::{Case, CaseStatus, Mode};
 use risk_responder::config::Config;
 use risk_responder::http::{AppState, Intake, router};
@@ -16,6 +15,7 @@ use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, SqsQueue, WorkItem, WorkQueue};
 use risk_responder::replay::{ReplayContext, replay_file};
 use risk_responder::respond::Worker;
+use risk_responder::respond::report::CaseReport;
 
 #[derive(Parser)]
 #[command(version, about = "Automated response to Entra ID risky users")]
@@ -203,7 +203,7 @@ enum SubscriptionAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    risk_responder::telemetry::init();
+    risk_responder::support::telemetry::init();
     let result = match Cli::parse().command {
         Command::Serve { bind, demo } => serve(bind, demo).await,
         Command::Replay {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    risk_responder::telemetry::init();
+    risk_responder::support::telemetry::init();
     let config = Config::from_env()?;
     let store = app::graph_secret_store(&config).await?;
     let secrets = store.load().await?;

@@ -8,7 +8,7 @@ use risk_responder::http::{AppState, router};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    risk_responder::telemetry::init();
+    risk_responder::support::telemetry::init();
     let config = Config::from_env()?;
     // Only the ingress secrets: the webhook never reads the Graph credential.
     let secrets = app::ingress_secret_store(&config).await?;

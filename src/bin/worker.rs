@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    risk_responder::telemetry::init();
+    risk_responder::support::telemetry::init();
     let config = Config::from_env()?;
     let store = app::graph_secret_store(&config).await?;
     let secrets = store.load().await?;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::findings::Findings;
+pub use super::lease::Lease;
 use super::policy::{Action, Mode, Rule};
 use crate::event::{EventSource, RiskLevel, derive_event_id};
 
@@ -247,14 +248,6 @@ pub struct HistoryEntry {
     pub what: String,
 }
 
-/// A worker's exclusive hold on a case while it works on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub holder: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub until: OffsetDateTime,
-}
-
 /// One user's risk episode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Case {
@@ -316,8 +309,8 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The Sentinel incidents the case reports its outcome to, and where each comment stands.
-    #[serde(default, skip_serializing_if = "super::writeback::WriteBack::is_empty")]
-    pub write_back: super::writeback::WriteBack,
+    #[serde(default, skip_serializing_if = "super::incident::WriteBack::is_empty")]
+    pub write_back: super::incident::WriteBack,
 }
 
 /// Who or what must act next on a case.
@@ -569,6 +562,13 @@ impl Case {
         end..self.actions.len()
     }
 
+    /// Names `rail` among the rails that applied (once).
+    pub fn add_rail(&mut self, rail: String) {
+        if !self.rails.contains(&rail) {
+            self.rails.push(rail);
+        }
+    }
+
     /// Holds every not-yet-done action behind `rail` (e.g. the blast-radius limit).
     pub fn hold(&mut self, rail: &str, only_account_changes: bool, now: OffsetDateTime) {
         self.hold_range(0..self.actions.len(), rail, only_account_changes, now);
@@ -675,245 +675,6 @@ impl Case {
             )),
             CaseStatus::Completed | CaseStatus::Skipped => NextActor::Nobody,
         }
-    }
-
-    /// A person approves: held and (report-only) planned actions are carried out as planned,
-    /// past the rail that held them. The approval covers these actions only: a later
-    /// escalation passes through the rails and the policy's mode again.
-    pub fn approve(
-        &mut self,
-        by: &str,
-        reason: &str,
-        now: OffsetDateTime,
-    ) -> Result<usize, String> {
-        let mut released = 0;
-        for action in &mut self.actions {
-            let release = matches!(
-                action.state,
-                ActionState::Held { .. } | ActionState::Planned
-            );
-            if release {
-                action.state = ActionState::Pending;
-                action.approved_by = Some(by.to_owned());
-                released += 1;
-            }
-        }
-        if released == 0 {
-            return Err(format!(
-                "case {} has nothing held or planned to approve (status {})",
-                self.case_id,
-                self.status.as_str()
-            ));
-        }
-        let notified = self
-            .actions
-            .iter()
-            .any(|a| a.action == Action::Notify && matches!(a.state, ActionState::Done { .. }));
-        if notified {
-            let mut notify = CaseAction::pending(Action::Notify, &format!("approved by {by}"));
-            notify.approved_by = Some(by.to_owned());
-            self.actions.push(notify);
-        }
-        // What was approved runs (the mode tells readers of the case that it did); the person
-        // is the rail, so the blast-radius count does not hold it again.
-        self.mode = Mode::Enforce;
-        self.admission_due = false;
-        self.record(by, "approve", reason, now);
-        self.status = CaseStatus::Open;
-        self.closed_at = None;
-        Ok(released)
-    }
-
-    /// A person skips what is left: no further action, the case closes.
-    pub fn skip(&mut self, by: &str, reason: &str, now: OffsetDateTime) -> Result<usize, String> {
-        if self.is_terminal() {
-            return Err(format!(
-                "case {} is {}: nothing left to skip",
-                self.case_id,
-                self.status.as_str()
-            ));
-        }
-        let mut skipped = 0;
-        for action in &mut self.actions {
-            let open = matches!(
-                action.state,
-                ActionState::Pending
-                    | ActionState::Held { .. }
-                    | ActionState::Failed { .. }
-                    | ActionState::Planned
-            );
-            if open {
-                action.state = ActionState::Skipped {
-                    at: now,
-                    reason: format!("skipped by {by}: {reason}"),
-                };
-                skipped += 1;
-            }
-        }
-        self.record(by, "skip", reason, now);
-        self.status = CaseStatus::Skipped;
-        self.closed_at = Some(now);
-        Ok(skipped)
-    }
-
-    /// A person asks the worker to try again (after fixing a permission, say).
-    pub fn retry(&mut self, by: &str, reason: &str, now: OffsetDateTime) -> Result<(), String> {
-        if !matches!(
-            self.status,
-            CaseStatus::NeedsOperator | CaseStatus::Retry | CaseStatus::Open | CaseStatus::New
-        ) {
-            return Err(format!(
-                "case {} is {}: nothing to retry",
-                self.case_id,
-                self.status.as_str()
-            ));
-        }
-        for action in &mut self.actions {
-            if matches!(action.state, ActionState::Failed { .. }) {
-                action.state = ActionState::Pending;
-            }
-        }
-        self.record(by, "retry", reason, now);
-        // A person's retry starts the local retries' count over.
-        self.attempts = 0;
-        if self.status != CaseStatus::New {
-            self.status = CaseStatus::Open;
-        }
-        self.lease = None;
-        Ok(())
-    }
-
-    fn record(&mut self, by: &str, decision: &str, reason: &str, now: OffsetDateTime) {
-        self.decisions.push(Decision {
-            at: now,
-            by: by.to_owned(),
-            decision: decision.to_owned(),
-            reason: reason.to_owned(),
-        });
-        if self.decisions.len() > DECISIONS_KEPT {
-            self.decisions.remove(0);
-        }
-        self.note(now, format!("{decision} by {by}: {reason}"));
-    }
-}
-
-/// A case as text, for the CLI and replay (indented two spaces).
-pub struct CaseReport<'a>(pub &'a Case);
-
-impl std::fmt::Display for CaseReport<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = self.0;
-        writeln!(
-            f,
-            "  case {}  {}  {:?}  user {}  tenant {}  risk {:?}",
-            c.case_id,
-            c.status.as_str(),
-            c.mode,
-            c.user_principal_name.as_deref().unwrap_or(&c.user_id),
-            c.tenant_id,
-            c.risk_level
-        )?;
-        match &c.episode {
-            Episode::IdentityProtection {
-                risk_last_updated,
-                risk_state,
-            } => writeln!(
-                f,
-                "    episode: Identity Protection, riskState {risk_state}, riskLastUpdatedDateTime {}",
-                risk_last_updated.map_or("-".to_owned(), |t| t.to_string())
-            )?,
-            Episode::Source { source, source_id } => {
-                writeln!(f, "    episode: {} detection {source_id}", source.as_str())?
-            }
-        }
-        let sources: Vec<String> = c
-            .signals
-            .recent
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} ({}, {:?})",
-                    s.signal_id,
-                    s.source.as_str(),
-                    s.risk_level
-                )
-            })
-            .collect();
-        writeln!(
-            f,
-            "    signals: {} merged; newest: {}",
-            c.signals.count,
-            sources.join(", ")
-        )?;
-        if let Some(findings) = &c.findings {
-            let risk = findings
-                .risk
-                .as_ref()
-                .map_or("no Identity Protection record".to_owned(), |r| {
-                    format!("riskLevel {} riskState {}", r.risk_level, r.risk_state)
-                });
-            writeln!(
-                f,
-                "    findings: {risk}; {} sign-in(s) blocked with 53011 since {}",
-                findings.blocked_sign_ins.count, findings.blocked_sign_ins.since
-            )?;
-            for line in findings.account_lines() {
-                writeln!(f, "    account: {line}")?;
-            }
-            for s in &findings.blocked_sign_ins.newest {
-                writeln!(
-                    f,
-                    "      {}  {}  {}  {}  {}  {}",
-                    s.at,
-                    s.app.as_deref().unwrap_or("-"),
-                    s.ip_address.as_deref().unwrap_or("-"),
-                    s.location.as_deref().unwrap_or("-"),
-                    s.client_app.as_deref().unwrap_or("-"),
-                    s.device.as_deref().unwrap_or("-")
-                )?;
-            }
-        }
-        if !c.rules.is_empty() {
-            writeln!(f, "    plan: rule(s) {}", c.rules.join("; "))?;
-        }
-        if let Some(note) = &c.plan_note {
-            writeln!(f, "    plan: {note}")?;
-        }
-        for a in &c.actions {
-            let detail = match &a.state {
-                ActionState::Done { detail, at } => {
-                    format!(
-                        "{at}{}",
-                        detail
-                            .as_deref()
-                            .map(|d| format!(": {d}"))
-                            .unwrap_or_default()
-                    )
-                }
-                ActionState::Skipped { reason, .. } => reason.clone(),
-                ActionState::Held { rail } => rail.clone(),
-                ActionState::Failed { error, .. } => error.clone(),
-                ActionState::Pending | ActionState::Planned => String::new(),
-            };
-            writeln!(
-                f,
-                "    - {:<20} {:<8} {detail}",
-                a.action.as_str(),
-                a.state.word()
-            )?;
-        }
-        if !c.rails.is_empty() {
-            writeln!(f, "    rails: {}", c.rails.join("; "))?;
-        }
-        for d in &c.decisions {
-            writeln!(
-                f,
-                "    decision: {} by {} at {}: {}",
-                d.decision, d.by, d.at, d.reason
-            )?;
-        }
-        write!(f, "{}", super::writeback::WriteBackReport(&c.write_back))?;
-        writeln!(f, "    next: {}", c.next_actor())
     }
 }
 

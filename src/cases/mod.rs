@@ -3,11 +3,14 @@
 //! and every person's decision is recorded on it.
 
 pub mod case;
+pub mod comment;
+pub mod decision;
 pub mod episode;
 pub mod findings;
+pub mod incident;
+pub mod lease;
 pub mod plan;
 pub mod policy;
-pub mod writeback;
 
 pub use case::{ActionState, Case, CaseAction, CaseStatus, Episode, NextActor, SignalRef};
 pub use episode::{Placement, place};

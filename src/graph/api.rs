@@ -553,7 +553,7 @@ impl GraphClient {
         &self,
         tenant: &str,
         user_id: &str,
-        password: &crate::secrets::SecretString,
+        password: &crate::support::secret::SecretString,
     ) -> Result<(), GraphError> {
         let path = format!("/users/{}", segment(user_id));
         let body = json!({

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod credential;
 pub mod limiter;
 pub mod mailbox;
 pub mod token;
@@ -566,7 +567,7 @@ mod tests {
             http.clone(),
             "http://127.0.0.1:9",
             "11111111-2222-3333-4444-555555555555",
-            ClientCredential::Secret(crate::secrets::SecretString::new("unused")),
+            ClientCredential::Secret(crate::support::secret::SecretString::new("unused")),
             "https://graph.microsoft.com/.default",
         ));
         GraphClient::new(

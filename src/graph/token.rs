@@ -13,7 +13,9 @@ use tokio::sync::Mutex;
 use std::sync::Arc;
 
 use super::GraphError;
-use crate::secrets::{GraphSecrets, SecretStore, SecretString};
+use crate::graph::credential::GraphSecrets;
+use crate::support::secret::SecretString;
+use crate::vault::SecretStore;
 
 /// Tokens are renewed this long before `expires_in` runs out.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(300);

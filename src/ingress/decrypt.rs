@@ -83,7 +83,8 @@ pub fn decrypt_content(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::{IngressSecrets, SecretDocument};
+    use crate::ingress::secrets::IngressSecrets;
+    use crate::support::secret::SecretDocument;
 
     const VECTOR: &str =
         include_str!("../../tests/vectors/graph-rich-notification/encrypted-content.json");

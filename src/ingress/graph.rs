@@ -15,7 +15,8 @@ use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
 use super::validation_tokens::{TokenError, TokenVerifier};
 use crate::config::Config;
 use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
-use crate::secrets::{IngressSecrets, SecretString};
+use crate::ingress::secrets::IngressSecrets;
+use crate::support::secret::SecretString;
 
 /// Longest validation token echoed back (Graph's are well under this).
 pub const MAX_VALIDATION_TOKEN_LEN: usize = 1024;
@@ -699,7 +700,7 @@ mod tests {
         include_str!("../../tests/vectors/graph-rich-notification/encrypted-content.json");
 
     fn sealed(n: usize) -> Vec<(usize, Box<Sealed>)> {
-        use crate::secrets::SecretDocument;
+        use crate::support::secret::SecretDocument;
         let secrets = IngressSecrets::from_json(
             &serde_json::json!({ "decryption_keys": { "custom-id-for-testing": VECTOR_KEY } })
                 .to_string(),

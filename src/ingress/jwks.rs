@@ -21,38 +21,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::cache::{CacheError, CachePolicy, Fetch, Refresh, RefreshCache};
-
-/// How the key set is cached and fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JwksPolicy {
-    /// Keys older than this are refetched in the background while still in use (Microsoft: 1 h).
-    pub refresh_after: Duration,
-    /// Hard limit: keys are not used longer than this after the last successful fetch
-    /// (Microsoft: 24 h).
-    pub max_age: Duration,
-    /// Least time between fetches caused by a key id the set does not hold (Microsoft: 5 min).
-    pub unknown_kid_interval: Duration,
-    /// After a failed fetch, no fetch for this long.
-    pub retry_after_failure: Duration,
-    /// Longest a request waits for keys; then the keys count as unavailable (503).
-    pub wait: Duration,
-    /// One fetch of the key set; longer counts as a failure.
-    pub fetch_timeout: Duration,
-}
-
-impl Default for JwksPolicy {
-    fn default() -> Self {
-        Self {
-            refresh_after: Duration::from_secs(3600),
-            max_age: Duration::from_secs(24 * 3600),
-            unknown_kid_interval: Duration::from_secs(300),
-            retry_after_failure: Duration::from_secs(30),
-            wait: Duration::from_millis(2500),
-            fetch_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use crate::config::JwksPolicy;
+use crate::support::cache::{CacheError, CachePolicy, Fetch, Refresh, RefreshCache};
 
 /// Why a token was refused, or could not be checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,6 +4,7 @@ pub mod decrypt;
 pub mod entra;
 pub mod graph;
 pub mod jwks;
+pub mod secrets;
 pub mod sentinel;
 pub mod sentinel_auth;
 pub mod signature;

@@ -23,14 +23,13 @@ use super::entra::{EntraError, EntraVerifier};
 use super::jwks::TokenError;
 use super::signature;
 use crate::config::Config;
-use crate::secrets::{IngressSecrets, SecretString};
+use crate::ingress::secrets::IngressSecrets;
+use crate::support::secret::SecretString;
 
 /// Header carrying a static API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Longest bearer token looked at (Entra access tokens are a few kilobytes).
 const MAX_BEARER_LEN: usize = 16 * 1024;
-/// Shortest API key accepted in the secrets.
-pub const MIN_API_KEY_LEN: usize = 32;
 /// Longest a delivery is remembered against replay: beyond the longest-lived Entra access
 /// tokens (managed identity tokens are used for up to 24 hours, tokens of clients capable of
 /// continuous access evaluation live up to 28 hours).

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::{LedgerError, NewItem, Store, Stored};
 use crate::ingress::signature::{ReplayGuard, ReplayStoreError};
-use crate::secrets::aws_error;
+use crate::support::aws::aws_error;
 
 /// Items in one TransactWriteItems call (DynamoDB's limit).
 const TRANSACTION_ITEMS: usize = 100;

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::intake::Intake;
 use super::view::{OVERLAP, RiskView, ViewError};
 use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
 use crate::graph::{GraphClient, GraphError};
-use crate::http::Intake;
 use crate::ledger::{Ledger, LedgerError};
 use crate::queue::WorkItem;
 

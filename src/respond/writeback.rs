@@ -28,17 +28,19 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::worker::{Disposition, Worker};
+use super::disposition::Disposition;
 use crate::cases::Case;
 use crate::cases::case::Lease;
-use crate::cases::writeback::{
-    CommentPath, CommentState, IncidentRef, comment_id, comment_text, marker, outcome_key, settled,
-    unresolved_comment_key, unresolved_comment_text, unresolved_marker,
+use crate::cases::comment::{comment_text, marker, outcome_key, settled};
+use crate::cases::incident::{
+    CommentPath, CommentState, IncidentRef, comment_id, unresolved_comment_key,
+    unresolved_comment_text, unresolved_marker,
 };
 use crate::config::Config;
 use crate::event::{EventSource, RiskEvent};
 use crate::graph::api::segment;
 use crate::graph::{GraphClient, GraphError, RetryPolicy, TokenProvider};
+use crate::ledger::Ledger;
 
 /// The Microsoft.SecurityInsights api-version the comments are written with.
 pub const ARM_API_VERSION: &str = "2025-09-01";
@@ -339,7 +341,7 @@ impl IncidentCommenter {
 
     /// Tells `incident` that its account `account` (signal `signal_id`) could not be acted on,
     /// and why: the same comment on every attempt. See
-    /// [`crate::cases::writeback::unresolved_comment_text`].
+    /// [`crate::cases::incident::unresolved_comment_text`].
     pub async fn write_unresolved(
         &self,
         tenant: &str,
@@ -506,23 +508,28 @@ fn incidents_by_case(
     out
 }
 
+/// What a worker writes incident comments with: the commenter, the ledger its cases are in,
+/// and its lease-holder id (the claim on a case's comments).
+pub struct Writer<'a> {
+    pub commenter: &'a IncidentCommenter,
+    pub ledger: &'a Ledger,
+    pub holder: &'a str,
+}
+
 /// After the worker saved its cases: registers the incidents this batch's signals came from on
 /// their cases, writes the comments that are due, and keeps for retry the messages of cases
 /// whose comment failed. Does nothing when write-back is off.
 pub async fn write_back(
-    worker: &Worker,
+    writer: &Writer<'_>,
     signals: &[(usize, RiskEvent)],
     case_of_signal: &[(usize, String)],
     cases: &[String],
     outcomes: &mut HashMap<String, Disposition>,
 ) {
-    let Some(commenter) = worker.incident_comments.clone() else {
-        return;
-    };
     let incidents = incidents_by_case(signals, case_of_signal);
     for case_id in cases {
         let found = incidents.get(case_id).map(Vec::as_slice).unwrap_or(&[]);
-        let pending = write_case(worker, &commenter, case_id, found).await;
+        let pending = write_case(writer, case_id, found).await;
         if let Some(reason) = pending
             && matches!(outcomes.get(case_id), Some(Disposition::Done(_)) | None)
         {
@@ -534,13 +541,12 @@ pub async fn write_back(
 /// One case: register, claim, write, record. Returns why the message must be kept, if a
 /// comment waits for a retry.
 async fn write_case(
-    worker: &Worker,
-    commenter: &IncidentCommenter,
+    writer: &Writer<'_>,
     case_id: &str,
     incidents: &[IncidentRef],
 ) -> Option<String> {
+    let (commenter, ledger, holder) = (writer.commenter, writer.ledger, writer.holder);
     let path = commenter.path();
-    let ledger = &worker.ledger;
     let keep = |what: String| {
         tracing::error!(%case_id, error = %what, "incident write-back left for retry");
         Some(format!("case {case_id}: incident write-back {what}"))
@@ -570,7 +576,7 @@ async fn write_case(
         let busy = |lease: &Option<Lease>| {
             lease
                 .as_ref()
-                .is_some_and(|l| l.holder != worker.holder && l.until > now)
+                .is_some_and(|l| l.holder != holder && l.until > now)
         };
         let writable = settled(&case)
             && !due.is_empty()
@@ -578,7 +584,7 @@ async fn write_case(
             && !busy(&case.write_back.claim);
         if writable {
             case.write_back.claim = Some(Lease {
-                holder: worker.holder.clone(),
+                holder: holder.to_owned(),
                 until: now + CLAIM,
             });
         } else if !changed {
@@ -643,7 +649,7 @@ async fn write_case(
             .write_back
             .claim
             .as_ref()
-            .is_some_and(|c| c.holder == worker.holder)
+            .is_some_and(|c| c.holder == holder)
         {
             case.write_back.claim = None;
         }

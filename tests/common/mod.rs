@@ -15,8 +15,9 @@ use axum::routing::get;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use risk_responder::config::Config;
 use risk_responder::http::AppState;
+use risk_responder::ingress::secrets::IngressSecrets;
 use risk_responder::queue::{MemoryQueue, QueueError, WorkItem, WorkQueue};
-use risk_responder::secrets::{IngressSecrets, StaticSecretStore};
+use risk_responder::vault::StaticSecretStore;
 
 pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -262,7 +263,7 @@ pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
 
 /// Application state over the given ingress secrets document and an in-memory queue.
 pub fn app_with_secrets(config: Config, secrets_json: &str, queue: Arc<dyn WorkQueue>) -> AppState {
-    use risk_responder::secrets::SecretDocument;
+    use risk_responder::support::secret::SecretDocument;
     let secrets = IngressSecrets::from_json(secrets_json).unwrap();
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
     AppState::new(

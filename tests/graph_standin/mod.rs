@@ -39,7 +39,7 @@ pub fn worker_with(
     ));
     let graph = s.client_with(
         risk_responder::graph::ClientCredential::Secret(
-            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+            risk_responder::support::secret::SecretString::new(CLIENT_SECRET),
         ),
         max_attempts,
         limiter,
@@ -69,7 +69,7 @@ pub fn worker_sharing(
     ));
     let graph = s.client_with(
         risk_responder::graph::ClientCredential::Secret(
-            risk_responder::secrets::SecretString::new(CLIENT_SECRET),
+            risk_responder::support::secret::SecretString::new(CLIENT_SECRET),
         ),
         max_attempts,
         limiter,
@@ -97,7 +97,9 @@ pub fn paged_client(
         http.clone(),
         s.authority(),
         CLIENT_ID,
-        ClientCredential::Secret(risk_responder::secrets::SecretString::new(CLIENT_SECRET)),
+        ClientCredential::Secret(risk_responder::support::secret::SecretString::new(
+            CLIENT_SECRET,
+        )),
         "https://graph.microsoft.com/.default",
     ));
     let retry = RetryPolicy {

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::graph::{GraphClient, GraphError};
-use crate::secrets::SecretString;
+use crate::support::secret::SecretString;
 
 /// Most minutes a `users` subscription may last.
 pub const USERS_MAX_MINUTES: u32 = 41_760;

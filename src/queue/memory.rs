@@ -1,52 +1,14 @@
-//! Port for handing accepted work to the worker, and its in-memory adapter.
+//! The local server's queue: bounded and in memory. The worker waits on it; replay drains it
+//! inline; when full, intake answers 503 at once and never waits for the worker.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::event::RiskEvent;
-use crate::ingress::graph::LifecycleNotice;
-
-/// A unit of work for the worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "body", rename_all = "snake_case")]
-pub enum WorkItem {
-    /// Investigate and remediate a risk signal.
-    Risk(RiskEvent),
-    /// Act on a subscription lifecycle notification (reauthorize, recreate).
-    Lifecycle(LifecycleNotice),
-    /// Work a case again (a person approved it or asked for a retry).
-    Resume { tenant_id: String, case_id: String },
-}
-
-/// Why items could not be handed to the queue; the delivery must be retried by its sender.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The queue refused or could not be reached.
-    #[error("work queue unavailable: {0}")]
-    Unavailable(String),
-    /// A bounded queue has no room for the items (back-pressure).
-    #[error("work queue full: {items} items, room for {free}")]
-    Full { items: usize, free: usize },
-}
-
-/// Port: durable hand-off of work items.
-#[async_trait]
-pub trait WorkQueue: Send + Sync {
-    /// Sends all items, or fails as a whole so the caller can answer 5xx.
-    async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError>;
-
-    /// How many more items a bounded queue takes now; `None` when unbounded (SQS).
-    fn room(&self) -> Option<usize> {
-        None
-    }
-}
-
-/// Items a local queue holds by default before intake answers 503 (about 10 MB of signals).
-pub const DEFAULT_LOCAL_QUEUE_CAPACITY: usize = 20_000;
+use super::{QueueError, WorkItem, WorkQueue};
+use crate::config::DEFAULT_LOCAL_QUEUE_CAPACITY;
 
 /// A bounded in-memory queue: the local server's worker waits on it; replay drains it inline.
 /// When full, [`WorkQueue::send`] refuses the whole delivery, so intake answers 503 at once
@@ -128,60 +90,6 @@ impl WorkQueue for MemoryQueue {
 
     fn room(&self) -> Option<usize> {
         Some(self.capacity.saturating_sub(self.len()))
-    }
-}
-
-/// Amazon SQS adapter: one message per work item, sent in batches of ten.
-pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-}
-
-impl SqsQueue {
-    /// A queue adapter over `queue_url`.
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
-        Self {
-            client,
-            queue_url: queue_url.into(),
-        }
-    }
-}
-
-#[async_trait]
-impl WorkQueue for SqsQueue {
-    async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError> {
-        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-        for chunk in items.chunks(10) {
-            let mut entries = Vec::with_capacity(chunk.len());
-            for (i, item) in chunk.iter().enumerate() {
-                let body = serde_json::to_string(item)
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-                entries.push(
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(body)
-                        .build()
-                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
-                );
-            }
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| QueueError::Unavailable(crate::secrets::aws_error(&e)))?;
-            if let Some(failed) = out.failed().first() {
-                return Err(QueueError::Unavailable(format!(
-                    "{} of {} messages refused: {}",
-                    out.failed().len(),
-                    chunk.len(),
-                    failed.message().unwrap_or(failed.code())
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

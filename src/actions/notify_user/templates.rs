@@ -42,10 +42,12 @@ impl UserMail {
 
     fn embedded(self) -> &'static str {
         match self {
-            UserMail::Reset => include_str!("../../config/templates/user-reset.txt"),
-            UserMail::SelfService => include_str!("../../config/templates/user-self-service.txt"),
-            UserMail::Blocked => include_str!("../../config/templates/user-blocked.txt"),
-            UserMail::Advisory => include_str!("../../config/templates/user-advisory.txt"),
+            UserMail::Reset => include_str!("../../../config/templates/user-reset.txt"),
+            UserMail::SelfService => {
+                include_str!("../../../config/templates/user-self-service.txt")
+            }
+            UserMail::Blocked => include_str!("../../../config/templates/user-blocked.txt"),
+            UserMail::Advisory => include_str!("../../../config/templates/user-advisory.txt"),
         }
     }
 }

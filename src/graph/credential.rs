@@ -1,0 +1,115 @@
+//! The Graph part of the secrets: the application's identity and credential (client secret,
+//! or a certificate's private key with its SHA-256 thumbprint). Only the worker, the renewer
+//! and CLI commands that call Graph read it.
+
+use std::fmt;
+
+use rustls_pki_types::pem::PemObject;
+
+use crate::support::secret::{
+    GRAPH_FIELDS, INGRESS_FIELDS, SecretDocument, SecretString, SecretsError, hex_decode,
+    own_fields, take,
+};
+
+/// The Graph part: the application's identity and credential. Only the worker, the renewer and
+/// CLI commands that call Graph read it.
+pub struct GraphSecrets {
+    /// Home tenant of the Graph application.
+    pub tenant_id: Option<String>,
+    /// Graph application (client) id.
+    pub client_id: Option<String>,
+    /// Graph application client secret.
+    pub client_secret: Option<SecretString>,
+    /// PEM private key of the application's certificate (preferred over the secret).
+    pub certificate_private_key: Option<SecretString>,
+    /// SHA-256 thumbprint of that certificate's DER encoding (`x5t#S256` of the assertion),
+    /// from `certificate` (the PEM certificate) or `certificate_thumbprint_sha256` (hex).
+    pub certificate_thumbprint_sha256: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for GraphSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphSecrets")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("certificate_private_key", &self.certificate_private_key)
+            .field(
+                "certificate_thumbprint_sha256",
+                &self.certificate_thumbprint_sha256.as_ref().map(|t| t.len()),
+            )
+            .finish()
+    }
+}
+
+impl SecretDocument for GraphSecrets {
+    const PART: &'static str = "Graph credential";
+
+    fn from_json(json: &str) -> Result<Self, SecretsError> {
+        let mut fields = own_fields(json, GRAPH_FIELDS, INGRESS_FIELDS)?;
+        let tenant_id = take(&mut fields, "tenant_id", "a string")?;
+        let client_id = take(&mut fields, "client_id", "a string")?;
+        let client_secret = take(&mut fields, "client_secret", "a string")?;
+        let certificate_private_key: Option<SecretString> =
+            take(&mut fields, "certificate_private_key", "a PEM string")?;
+        let certificate: Option<String> = take(&mut fields, "certificate", "a PEM string")?;
+        let hex: Option<String> =
+            take(&mut fields, "certificate_thumbprint_sha256", "a hex string")?;
+        let from_certificate = match certificate {
+            Some(pem) => Some(certificate_sha256(&pem).ok_or_else(|| {
+                SecretsError::Invalid("`certificate` is not a PEM X.509 certificate".into())
+            })?),
+            None => None,
+        };
+        let from_hex = match hex {
+            Some(hex) => Some(hex_decode(&hex).filter(|t| t.len() == 32).ok_or_else(|| {
+                SecretsError::Invalid("`certificate_thumbprint_sha256` is not 64 hex digits".into())
+            })?),
+            None => None,
+        };
+        let certificate_thumbprint_sha256 = from_certificate.or(from_hex);
+        if certificate_private_key.is_some() && certificate_thumbprint_sha256.is_none() {
+            return Err(SecretsError::Invalid(
+                "`certificate_private_key` needs `certificate` (the PEM certificate) or \
+                 `certificate_thumbprint_sha256`: client assertions carry the certificate's \
+                 SHA-256 thumbprint (x5t#S256)"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            tenant_id,
+            client_id,
+            client_secret,
+            certificate_private_key,
+            certificate_thumbprint_sha256,
+        })
+    }
+}
+
+/// SHA-256 over the DER encoding of a PEM certificate.
+fn certificate_sha256(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref())
+            .as_ref()
+            .to_vec(),
+    )
+}
+
+impl GraphSecrets {
+    /// The Graph credential: the certificate if one is configured, else the client secret.
+    pub fn credential(&self) -> Option<crate::graph::ClientCredential> {
+        use super::ClientCredential;
+        match (
+            &self.certificate_private_key,
+            &self.certificate_thumbprint_sha256,
+        ) {
+            (Some(key), Some(thumbprint)) => Some(ClientCredential::Certificate {
+                private_key_pem: key.clone(),
+                thumbprint_sha256: thumbprint.clone(),
+            }),
+            _ => self.client_secret.clone().map(ClientCredential::Secret),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Amazon SQS: one message per work item, sent in batches of ten.
+
+use async_trait::async_trait;
+
+use super::{QueueError, WorkItem, WorkQueue};
+use crate::support::aws::aws_error;
+
+/// Amazon SQS adapter: one message per work item, sent in batches of ten.
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsQueue {
+    /// A queue adapter over `queue_url`.
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SqsQueue {
+    async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        for chunk in items.chunks(10) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (i, item) in chunk.iter().enumerate() {
+                let body = serde_json::to_string(item)
+                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                entries.push(
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
+                );
+            }
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| QueueError::Unavailable(aws_error(&e)))?;
+            if let Some(failed) = out.failed().first() {
+                return Err(QueueError::Unavailable(format!(
+                    "{} of {} messages refused: {}",
+                    out.failed().len(),
+                    chunk.len(),
+                    failed.message().unwrap_or(failed.code())
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! Merging a signal into its user's case: the open case of the episode, or a new one claimed
+//! on the user's record with a conditional write (so a user never has two open cases); the
+//! signal raises what the case has been seen at, and the worker escalates the plan.
+
+use time::OffsetDateTime;
+
+use super::worker::{Merged, Worker, signal_ref};
+use crate::cases::findings::RiskRecord;
+use crate::cases::{Case, Placement, place};
+use crate::event::RiskEvent;
+use crate::ledger::LedgerError;
+
+/// Optimistic-concurrency rounds before a merge is left for retry.
+const MAX_CONFLICTS: usize = 32;
+
+impl Worker {
+    /// Places `signal` in its user's case (opening one if its episode is new), escalating the
+    /// case when the signal's level calls for more.
+    pub(super) async fn merge(
+        &self,
+        tenant: &str,
+        signal: &RiskEvent,
+        user_id: &str,
+        upn: Option<String>,
+        risk: Option<&RiskRecord>,
+    ) -> Result<Merged, LedgerError> {
+        let now = OffsetDateTime::now_utc();
+        let reference = signal_ref(signal);
+        let window = time::Duration::hours(i64::from(self.policy.safety.source_episode_hours));
+        let level = match risk.filter(|r| r.at_risk()) {
+            Some(risk) => signal.risk_level.max(risk.level()),
+            None => signal.risk_level,
+        };
+        // A redelivered signal that was merged already (its case may keep only the newest few).
+        if let Some(case_id) = self
+            .ledger
+            .signal(&signal.event_id)
+            .await?
+            .and_then(|r| r.case_id)
+            && self.ledger.case(&case_id).await?.is_some()
+        {
+            return Ok(Merged::Case {
+                note: format!("merged into case {case_id} before (redelivery)"),
+                case_id,
+            });
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let (mut user, user_version) = self.ledger.user(tenant, user_id).await?;
+            let current = match &user.current_case {
+                Some(id) => self.ledger.case(id).await?,
+                None => None,
+            };
+            match place(
+                &reference,
+                risk,
+                current.as_ref().map(|(c, _)| c),
+                window,
+                now,
+            ) {
+                Placement::Merge(case_id) => {
+                    let Some((mut case, version)) = current.filter(|(c, _)| c.case_id == case_id)
+                    else {
+                        continue;
+                    };
+                    if case.has_signal(&signal.event_id) {
+                        return Ok(Merged::Case {
+                            case_id,
+                            note: "merged before (redelivery)".into(),
+                        });
+                    }
+                    case.merge(reference.clone(), now);
+                    let mut note = format!("merged into case {case_id}");
+                    // The signal raises what the case has been seen at; the worker that works
+                    // it next escalates the plan, through every rail (see `escalate`).
+                    case.risk_level = case.risk_level.max(level);
+                    if let Some(planned) = case.plan_level().filter(|p| level > *p) {
+                        note = format!(
+                            "merged into case {case_id}, which it raises from {planned:?} to {level:?}: the case is escalated"
+                        );
+                    }
+                    if self.ledger.save_case(&case, version).await?.is_some() {
+                        return Ok(Merged::Case { case_id, note });
+                    }
+                }
+                Placement::Open(episode) => {
+                    let case = Case::open(
+                        tenant,
+                        user_id,
+                        upn.clone(),
+                        episode,
+                        reference.clone(),
+                        level,
+                        self.policy.mode,
+                        now,
+                    );
+                    let case_id = case.case_id.clone();
+                    let created = self.ledger.save_case(&case, 0).await?;
+                    user.current_case = Some(case_id.clone());
+                    if self.ledger.save_user(&user, user_version).await?.is_none() {
+                        // Another signal got to the user first: merge into its case instead.
+                        if created.is_some() {
+                            self.ledger.discard_case(&case_id, 1).await?;
+                        }
+                        continue;
+                    }
+                    if created.is_some() {
+                        return Ok(Merged::Case {
+                            case_id: case_id.clone(),
+                            note: format!("opened case {case_id}"),
+                        });
+                    }
+                    // The episode's case exists already: the next round merges into it.
+                }
+                Placement::NoCase(reason) => return Ok(Merged::NoCase(reason)),
+            }
+        }
+        Err(LedgerError(format!(
+            "user {user_id}'s case kept changing; left for retry"
+        )))
+    }
+}
