@@ -159,6 +159,7 @@ fn alert(i: usize) -> WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: format!("alert-{i}"),
         resource_data: None,
+        origin: None,
     })
 }
 
@@ -175,6 +176,7 @@ fn notification(i: usize) -> WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: "subscription:Users".into(),
         resource_data: None,
+        origin: None,
     })
 }
 

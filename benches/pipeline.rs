@@ -121,7 +121,7 @@ fn ingress(c: &mut Criterion) {
                 signature::DEFAULT_TOLERANCE,
             )
             .unwrap();
-            black_box(sentinel::parse(alert.as_bytes(), &config).unwrap())
+            black_box(sentinel::parse(alert.as_bytes(), &config, None).unwrap())
         })
     });
     group.finish();
@@ -149,6 +149,7 @@ fn replay(c: &mut Criterion) {
         .block_on(risk_responder::app::worker(
             &config,
             graph,
+            &secrets,
             ledger,
             None,
             Some(risk_responder::cases::Mode::ReportOnly),

@@ -98,6 +98,14 @@ fn main() {
         .build()
         .unwrap();
     let (jwks_url, simulator) = runtime.block_on(async {
+        // The notifications' subscription, recorded in its tenant as `subscriptions create`
+        // records it: the webhook keeps notifications only from recorded subscriptions.
+        risk_responder::ledger::Ledger::new(std::sync::Arc::new(
+            risk_responder::ledger::sqlite::SqliteStore::open(&ledger).unwrap(),
+        ))
+        .record_subscriptions(TENANT, &[SUBSCRIPTION])
+        .await
+        .unwrap();
         let jwks_url = common::serve_jwks().await;
         let simulator = risk_responder::demo::simulator::start_with(Default::default())
             .await

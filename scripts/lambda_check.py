@@ -48,8 +48,11 @@ EVENTS = ROOT / "events"
 VENV_BIN = Path(sys.executable).parent
 TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"  # tenant of the saved events
 APP_ID = "11111111-2222-3333-4444-555555555555"
+FIXTURE_SUBSCRIPTIONS = ("7f105c7d-2dc5-4530-97cd-4e7ae6534c07", "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+                         "0b7b5a3c-1d0e-4b0a-9f43-2a6f1c3e8d11")
 INGRESS_FIELDS = ("client_states", "webhook_hmac_keys", "decryption_keys")
-GRAPH_FIELDS = ("tenant_id", "client_id", "client_secret", "certificate_private_key", "certificate_thumbprint")
+GRAPH_FIELDS = ("tenant_id", "client_id", "client_secret", "certificate_private_key", "certificate_thumbprint",
+                "intent_sealing_key")
 FIRST_INVOKE_TIMEOUT = 1500  # the emulator compiles a function on its first invocation
 
 results: list[tuple[bool, str]] = []
@@ -159,6 +162,14 @@ def main() -> int:
         ddb.create_table(TableName="rr-ledger", BillingMode="PAY_PER_REQUEST",
                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        # The subscriptions of the saved Graph events, recorded in their tenant as the renewer
+        # records what it creates: the webhook keeps notifications only from those.
+        for subscription in FIXTURE_SUBSCRIPTIONS:
+            doc = json.dumps({"tenant_id": TENANT, "subscription_id": subscription,
+                              "recorded_at": "2026-12-01T00:00:00Z"})
+            ddb.put_item(TableName="rr-ledger", Item={
+                "pk": {"S": f"subscription#{TENANT}#{subscription}"}, "doc": {"S": doc},
+                "version": {"N": "1"}, "updated_at": {"N": str(int(time.time()))}})
         dlq = sqs.create_queue(QueueName="rr-dead-letters")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         queue = sqs.create_queue(QueueName="rr-work", Attributes={

@@ -280,10 +280,12 @@ pub fn shared_graph_client(
     ))
 }
 
-/// The worker over `ledger` with the configured policy (its mode replaced by `mode` if given).
+/// The worker over `ledger` with the configured policy (its mode replaced by `mode` if given),
+/// sealing temporary passwords with the Graph secrets' `intent_sealing_key`.
 pub async fn worker(
     config: &Config,
     graph: Arc<GraphClient>,
+    graph_secrets: &GraphSecrets,
     ledger: Ledger,
     subscriptions: Option<Arc<SubscriptionManager>>,
     mode: Option<Mode>,
@@ -301,6 +303,7 @@ pub async fn worker(
         subscriptions,
         config.allowed_tenants.clone(),
     );
+    worker.sealer = graph_secrets.intent_sealer.clone();
     worker.view_max_age = time::Duration::try_from(config.view_max_age)
         .unwrap_or(crate::respond::worker::VIEW_MAX_AGE);
     if let Some(dir) = &config.templates_dir {
@@ -317,11 +320,13 @@ pub async fn worker(
 }
 
 /// The subscription manager, when `RR_NOTIFICATION_URL` is set; new subscriptions carry the
-/// first `clientState` of the ingress secrets.
+/// first `clientState` of the ingress secrets, and each is recorded in `ledger` with its tenant
+/// (the webhook accepts a notification only for a subscription recorded in its tenant).
 pub fn subscriptions(
     config: &Config,
     secrets: &IngressSecrets,
     graph: Arc<GraphClient>,
+    ledger: Option<Ledger>,
 ) -> Option<Arc<SubscriptionManager>> {
     let notification_url = config.notification_url.clone()?;
     let base = notification_url
@@ -336,5 +341,6 @@ pub fn subscriptions(
         lifecycle_url: format!("{base}/graph/lifecycle"),
         client_state,
         resources,
+        ledger,
     }))
 }

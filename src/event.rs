@@ -85,6 +85,47 @@ pub struct RiskEvent {
     /// Decrypted rich-notification content, when the subscription included resource data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_data: Option<serde_json::Value>,
+    /// Who vouched for the signal and the tenants it may speak for (absent on signals kept
+    /// before it was recorded): the worker acts only within them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// How a signal was vouched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginKind {
+    /// A Graph subscription this deployment created in the tenant.
+    GraphSubscription,
+    /// An Entra ID token of an allowed caller (a playbook's managed identity).
+    EntraId,
+    /// A Standard Webhooks signature with one of the configured keys.
+    StandardWebhooks,
+    /// A configured API key.
+    ApiKey,
+    /// The scheduled sweep, reading the tenant with our own credential.
+    Sweep,
+    /// An operator's replay of a saved event.
+    Replay,
+}
+
+/// Who vouched for a signal: the caller, key or subscription (ids only, never a credential),
+/// and the tenants it may speak for. Ingress refuses an account of another tenant; the worker
+/// checks again on the queue message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub via: OriginKind,
+    /// The caller (`oid`/`appid`), the key (`webhook_hmac_keys[0]`), or the subscription id.
+    pub by: String,
+    /// Tenants it may name (lower-case GUIDs).
+    pub tenants: Vec<String>,
+}
+
+impl Origin {
+    /// Whether `tenant` is one the origin may name.
+    pub fn covers(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))
+    }
 }
 
 /// Derives a deterministic event id from its parts (SHA-256, hex, first 32 chars), so that

@@ -35,6 +35,9 @@ pub struct AppState {
     pub intake: Intake,
     /// Requests in flight, which the local worker's connections yield to.
     pub activity: IntakeActivity,
+    /// (tenant, subscription) pairs read from the ledger as recorded: a subscription's tenant
+    /// never changes, so a pair found once is not read again.
+    pub recorded_subscriptions: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 /// How many requests the server is answering right now. The local server's background work
@@ -112,6 +115,7 @@ impl AppState {
             entra,
             intake,
             activity: IntakeActivity::default(),
+            recorded_subscriptions: Arc::default(),
         }
     }
 }
@@ -271,6 +275,19 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
             return busy();
         }
     };
+    // A notification is kept only for a subscription this deployment recorded in the tenant it
+    // names: a sender holding our clientState cannot speak for another tenant.
+    let mut outcome = outcome;
+    match recorded_subscriptions(&state, &outcome.subscriptions()).await {
+        Ok(recorded) => outcome.keep_recorded(&recorded),
+        Err(e) => {
+            tracing::error!(error = %e, "subscriptions could not be checked: batch not kept");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events could not be kept; retry",
+            );
+        }
+    }
     let items: Vec<WorkItem> = outcome
         .events
         .iter()
@@ -296,6 +313,41 @@ pub async fn graph_notifications(State(state): State<AppState>, uri: Uri, body: 
     // No counts, no reasons: what failed a check is in the log, never in the answer, so a
     // sender cannot use the answer to probe (clientState, tenants, tokens).
     StatusCode::ACCEPTED.into_response()
+}
+
+/// Of `pairs` (tenant, subscription), those recorded as created in that tenant: from the
+/// in-process memory of pairs found before, else one ledger read for the rest.
+async fn recorded_subscriptions(
+    state: &AppState,
+    pairs: &[(String, String)],
+) -> Result<std::collections::HashSet<(String, String)>, crate::ledger::LedgerError> {
+    let (mut found, unknown): (std::collections::HashSet<_>, Vec<_>) = {
+        let seen = state
+            .recorded_subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let known = pairs
+            .iter()
+            .filter(|p| seen.contains(*p))
+            .cloned()
+            .collect();
+        let unknown = pairs
+            .iter()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        (known, unknown)
+    };
+    if !unknown.is_empty() {
+        let read = state.intake.ledger.recorded_subscriptions(&unknown).await?;
+        state
+            .recorded_subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(read.iter().cloned());
+        found.extend(read);
+    }
+    Ok(found)
 }
 
 /// One log line per batch, however many notifications it holds: counts, dropped notifications
@@ -377,7 +429,7 @@ pub async fn sentinel_alerts(
         }
     };
     let delivery = &webhook;
-    let outcome = match sentinel::parse(&body, &state.config) {
+    let outcome = match sentinel::parse(&body, &state.config, Some(&delivery.origin)) {
         Ok(outcome) => outcome,
         Err(e @ SentinelError::NotJson(_)) => {
             log_delivery(delivery, "not_json", &[], &[]);
@@ -389,6 +441,38 @@ pub async fn sentinel_alerts(
             return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
         }
     };
+    if !outcome.foreign.is_empty() {
+        // A caller naming a tenant its credential is not bound to: a security event, whatever
+        // else the payload holds.
+        let claimed: Vec<String> = outcome
+            .foreign
+            .iter()
+            .map(|(account, tenant)| format!("{account} in {tenant}"))
+            .collect();
+        tracing::warn!(
+            security_event = "foreign_tenant",
+            method = ?delivery.method,
+            caller = %delivery.caller,
+            bound_to = %json!(delivery.origin.tenants),
+            claimed = %json!(claimed),
+            "sentinel delivery named accounts of a tenant its caller may not name: refused"
+        );
+    }
+    // Every account of another tenant than the caller's: the run must fail visibly (Logic
+    // Apps marks it failed on a 4xx and does not retry it).
+    if outcome.events.is_empty() && !outcome.foreign.is_empty() {
+        log_delivery(delivery, "forbidden_tenant", &[], &outcome.dropped);
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({
+                "status": "forbidden_tenant",
+                "detail": "every account in this payload belongs to a tenant this caller's credential is not bound to; nothing was kept",
+                "signals": [],
+                "dropped": outcome.dropped,
+            })),
+        )
+            .into_response();
+    }
     // Logic Apps marks a run failed on any 4xx and retries only 408, 429 and 5xx: a payload
     // with nothing to act on is a success that says so, not an error to retry or alarm on.
     if outcome.events.is_empty() {

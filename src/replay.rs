@@ -199,9 +199,23 @@ async fn ingest(file: &str, text: &str, ctx: &ReplayContext<'_>) -> ReplaySummar
                 Err(e) => summary.error = Some(e.to_string()),
             }
         }
-        SavedKind::Sentinel => match sentinel::parse(&saved.body, config) {
+        SavedKind::Sentinel => match sentinel::parse(&saved.body, config, None) {
             Ok(outcome) => {
-                summary.events = outcome.events;
+                // The operator replaying a saved alert vouches for it, within the allowed
+                // tenants (a saved payload carries no caller).
+                let origin = crate::event::Origin {
+                    via: crate::event::OriginKind::Replay,
+                    by: "an operator's replay".into(),
+                    tenants: config.allowed_tenants.clone(),
+                };
+                summary.events = outcome
+                    .events
+                    .into_iter()
+                    .map(|mut e| {
+                        e.origin = Some(origin.clone());
+                        e
+                    })
+                    .collect();
                 summary.dropped = outcome.dropped.iter().map(ToString::to_string).collect();
             }
             Err(e) => summary.error = Some(e.to_string()),

@@ -41,6 +41,7 @@ fn signal_for(
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: source_id.into(),
         resource_data: None,
+        origin: None,
     })
 }
 
@@ -226,7 +227,8 @@ fn sentinel_alert(severity: &str) -> RiskEvent {
     body["AlertSeverity"] = severity.into();
     let config = risk_responder::config::Config::default();
     let mut outcome =
-        risk_responder::ingress::sentinel::parse(body.to_string().as_bytes(), &config).unwrap();
+        risk_responder::ingress::sentinel::parse(body.to_string().as_bytes(), &config, None)
+            .unwrap();
     outcome.events.remove(0)
 }
 
@@ -643,6 +645,7 @@ async fn a_break_glass_account_waits_for_a_person_who_approves() {
     case.approve(
         "alice",
         "verified with the user by phone",
+        case.plan_version,
         time::OffsetDateTime::now_utc(),
     )
     .unwrap();
@@ -776,6 +779,7 @@ async fn a_second_episode_within_the_cooldown_waits_for_a_person_who_can_approve
         .approve(
             "alice",
             "user called, verified",
+            approved.plan_version,
             time::OffsetDateTime::now_utc(),
         )
         .unwrap();
@@ -963,12 +967,16 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
     assert!(out.contains("next: person"), "{out}");
     let case_id = case_of(&ledger, "alert-cli").await.case_id;
 
-    let (ok, out) = cli(&["cases", "approve", &case_id]).await;
+    let (ok, out) = cli(&["cases", "approve", &case_id, "--plan-version", "1"]).await;
     assert!(!ok, "a reason is required: {out}");
+    let (ok, out) = cli(&["cases", "approve", &case_id, "--reason", "x"]).await;
+    assert!(!ok, "the plan version the person saw is required: {out}");
     let (ok, out) = cli(&[
         "cases",
         "approve",
         &case_id,
+        "--plan-version",
+        "1",
         "--reason",
         "confirmed with the owner",
         "--by",
@@ -1181,8 +1189,13 @@ async fn escalating_a_protected_case_holds_the_new_actions_too() {
     worker.view_max_age = time::Duration::ZERO;
     assert!(!worker.handle(&medium("m-2")).await.is_retry());
     let (mut case, version) = ledger.find_case("m-2").await.unwrap().unwrap();
-    case.approve("alice", "verified", time::OffsetDateTime::now_utc())
-        .unwrap();
+    case.approve(
+        "alice",
+        "verified",
+        case.plan_version,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
     ledger.save_case(&case, version).await.unwrap().unwrap();
     let resume = WorkItem::Resume {
         tenant_id: TENANT.into(),
@@ -1250,6 +1263,7 @@ async fn an_escalated_skipped_case_can_be_approved() {
     case.approve(
         "bob",
         "confirmed compromise",
+        case.plan_version,
         time::OffsetDateTime::now_utc(),
     )
     .unwrap();

@@ -207,7 +207,16 @@ async fn the_operator_commands_work_on_the_demo_ledger_after_a_replay() {
     let shown = cli(
         &dir,
         &[
-            "cases", "approve", case_id, "--reason", "checked", "--by", "alice", "--demo",
+            "cases",
+            "approve",
+            case_id,
+            "--plan-version",
+            "1",
+            "--reason",
+            "checked",
+            "--by",
+            "alice",
+            "--demo",
         ],
     )
     .await;

@@ -70,7 +70,12 @@ fn worker(s: &StandIn, ledger: Ledger) -> Worker {
 
 async fn webhook(intake: Intake) -> AppState {
     let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
-    AppState::new(Config::default(), secrets, intake, reqwest::Client::new())
+    common::with_fixture_subscriptions(AppState::new(
+        Config::default(),
+        secrets,
+        intake,
+        reqwest::Client::new(),
+    ))
 }
 
 /// Receives everything on the queue as a Lambda SqsEvent (messages stay until deleted).
@@ -444,6 +449,7 @@ fn manager(s: &StandIn, base: &str) -> SubscriptionManager {
         lifecycle_url: format!("{base}/graph/lifecycle"),
         client_state: SecretString::new(common::CLIENT_STATE),
         resources: vec![ResourceSpec::users()],
+        ledger: None,
     }
 }
 

@@ -132,6 +132,7 @@ async fn secrets_manager_unreachable_is_503_but_the_handshake_still_answers() {
         entra: None,
         intake: Intake::in_process(queue.clone()).unwrap(),
         activity: Default::default(),
+        recorded_subscriptions: Default::default(),
     };
     let (status, _, _) = common::call(
         state.clone(),

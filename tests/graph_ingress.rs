@@ -551,3 +551,64 @@ async fn unreachable_jwks_is_503_so_graph_retries() {
     assert_eq!(status, 503, "{body}");
     assert!(queue.drain().is_empty());
 }
+
+/// A basic `users` notification of `subscription` claiming `tenant`.
+fn users_batch(subscription: &str, tenant: &str) -> String {
+    serde_json::json!({"value": [{
+        "subscriptionId": subscription,
+        "clientState": CLIENT_STATE,
+        "changeType": "updated",
+        "resource": "Users/6e7b768e-07e2-4810-8459-485f84f8f204",
+        "tenantId": tenant,
+    }]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_notification_is_kept_only_for_a_subscription_recorded_in_its_tenant() {
+    const TENANT_B: &str = "2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f";
+    let (logs, _guard) = Logs::capture();
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        allowed_tenants: vec![TENANT.to_owned(), TENANT_B.to_owned()],
+        jwks_url: UNREACHABLE_JWKS.into(),
+        ..Config::default()
+    };
+    // The fixture subscriptions are recorded in the ledger, in TENANT.
+    let state = app_with(config, queue.clone()).await;
+    let recorded = FIXTURE_SUBSCRIPTIONS[0];
+    // The recorded pair: kept, and remembered so the next batch costs no ledger read.
+    let (status, _, text) = call(
+        state.clone(),
+        post_json("/graph/notifications", users_batch(recorded, TENANT)),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(risk_events(&queue).len(), 1);
+    assert!(
+        state
+            .recorded_subscriptions
+            .lock()
+            .unwrap()
+            .contains(&(TENANT.to_owned(), recorded.to_owned()))
+    );
+    // The same subscription claiming the other tenant, and a subscription nobody recorded: a
+    // sender holding the clientState cannot speak for a tenant through them.
+    for (subscription, tenant) in [
+        (recorded, TENANT_B),
+        ("a8d1c4e2-0000-4000-8000-000000000009", TENANT),
+    ] {
+        let (status, _, text) = call(
+            state.clone(),
+            post_json("/graph/notifications", users_batch(subscription, tenant)),
+        )
+        .await;
+        assert_eq!(status, 202, "Graph hears the same answer: {text}");
+        assert!(queue.is_empty(), "{subscription} in {tenant} is not kept");
+    }
+    let logged = logs.text();
+    assert!(
+        logged.contains("subscription_not_recorded"),
+        "the drop is counted by reason: {logged}"
+    );
+}

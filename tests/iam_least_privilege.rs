@@ -133,7 +133,7 @@ import sys, json, boto3
 ep, secrets_file = sys.argv[1], sys.argv[2]
 dev = json.load(open(secrets_file))
 ingress = {k: dev[k] for k in ("client_states", "webhook_hmac_keys", "decryption_keys")}
-graph = {k: dev[k] for k in ("tenant_id", "client_id", "client_secret", "certificate_private_key", "certificate_thumbprint") if k in dev}
+graph = {k: dev[k] for k in ("tenant_id", "client_id", "client_secret", "certificate_private_key", "certificate_thumbprint", "intent_sealing_key") if k in dev}
 ddb = boto3.client("dynamodb", endpoint_url=ep)
 sqs = boto3.client("sqs", endpoint_url=ep)
 sm = boto3.client("secretsmanager", endpoint_url=ep)
@@ -638,7 +638,7 @@ async fn worker_for(aws: &SdkConfig, config: &Config, ids: &Names, prefix: &str)
         &ledger,
     )
     .unwrap();
-    let subscriptions = app::subscriptions(config, &ingress, graph.clone());
+    let subscriptions = app::subscriptions(config, &ingress, graph.clone(), Some(ledger.clone()));
     assert!(subscriptions.is_some());
     let mut policy = Policy::default_policy();
     policy.mode = Mode::Enforce;
@@ -647,14 +647,17 @@ async fn worker_for(aws: &SdkConfig, config: &Config, ids: &Names, prefix: &str)
         ttl_hours: 24,
     });
     let vault: Arc<dyn PasswordVault> = Arc::new(SecretsManagerPasswordVault::new(sm));
-    Worker::new(
+    let mut worker = Worker::new(
         ledger,
         graph,
         Arc::new(policy),
         Some(vault),
         subscriptions,
         config.allowed_tenants.clone(),
-    )
+    );
+    // As `app::worker` builds it: temporary passwords sealed until delivered (intent#).
+    worker.sealer = secrets.intent_sealer.clone();
+    worker
 }
 
 /// `n` users at risk (medium, updated a minute ago), each with a sign-in blocked by 53011.
@@ -840,6 +843,13 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         };
         AppState::new(config, store, intake, reqwest::Client::new())
     };
+    // The subscriptions of the saved Graph events, as the renewer records them when it creates
+    // or lists them: the webhook keeps a notification only for a subscription recorded in the
+    // tenant it names.
+    admin_ledger
+        .record_subscriptions(TENANT, common::FIXTURE_SUBSCRIPTIONS)
+        .await
+        .unwrap();
     let state = webhook_state(get("queue_url"));
     let expected = expected_statuses();
     assert!(expected.len() >= 10, "{expected:?}");
@@ -901,7 +911,7 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
             assert_eq!(record.signal.tenant_id, TENANT);
             assert!(record.case_id.is_none() && record.disposition.is_none());
             kept.push(record);
-        } else {
+        } else if !pk(item).starts_with("subscription#") {
             assert!(pk(item).starts_with("webhook#"), "{item:?}");
             assert_eq!(attributes, BTreeSet::from(["pk", "expires_at"]));
         }
@@ -1173,6 +1183,19 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         "the retry replaced the value"
     );
 
+    // Graph removed a subscription (subscriptionRemoved): the worker lists the tenant's
+    // subscriptions (recording each with its tenant) and recreates what is missing.
+    let removed = WorkItem::Lifecycle(risk_responder::ingress::graph::LifecycleNotice {
+        tenant_id: TENANT.into(),
+        subscription_id: SUBSCRIPTION_ID.into(),
+        kind: risk_responder::ingress::graph::LifecycleKind::SubscriptionRemoved,
+    });
+    assert!(
+        !first_worker.handle(&removed).await.is_retry(),
+        "denials {:?}",
+        denials().await
+    );
+
     // A temporary-password secret already past its expiry, for the renewer to delete.
     let vault = SecretsManagerPasswordVault::new(worker_sm.clone());
     let stale = SecretString::new("Tmp-Pass-1234!abcd");
@@ -1183,7 +1206,9 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
 
     assert_eq!(
         unused("rr-worker", &policies["WorkerFunction"]).await,
-        Vec::<Json>::new()
+        Vec::<Json>::new(),
+        "denials {:?}",
+        denials().await
     );
 
     // Denied: deleting signals (directly or in a batch), reading the replay guard, updates
@@ -1427,7 +1452,12 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
     let ingress = ingress_store.load().await.unwrap();
     let renewer_graph =
         app::graph_client(&config, &secrets, graph_store, reqwest::Client::new()).unwrap();
-    let manager = app::subscriptions(&config, &ingress, renewer_graph).unwrap();
+    let renewer_ledger = Ledger::new(Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&renewer),
+        get("table"),
+    )));
+    let manager =
+        app::subscriptions(&config, &ingress, renewer_graph, Some(renewer_ledger)).unwrap();
     assert!(
         manager.ensure(TENANT).await.unwrap().is_empty(),
         "the subscription exists"

@@ -21,7 +21,7 @@ use serde_json::Value;
 fn incident_signal(file: &str) -> RiskEvent {
     let body = common::event_body(&format!("sentinel/{file}"));
     let config = risk_responder::config::Config::default();
-    let outcome = risk_responder::ingress::sentinel::parse(body.as_bytes(), &config).unwrap();
+    let outcome = risk_responder::ingress::sentinel::parse(body.as_bytes(), &config, None).unwrap();
     outcome
         .events
         .into_iter()
@@ -312,6 +312,7 @@ async fn a_report_only_comment_gives_the_plan_and_the_approved_outcome_replaces_
         .approve(
             "alice",
             "verified with the user",
+            approved.plan_version,
             time::OffsetDateTime::now_utc(),
         )
         .unwrap();
@@ -391,7 +392,12 @@ async fn the_graph_path_posts_once_per_outcome_and_never_twice_on_redelivery() {
     let (case, version) = case_of(&ledger, &signal).await;
     let mut approved = case.clone();
     approved
-        .approve("bob", "verified by phone", time::OffsetDateTime::now_utc())
+        .approve(
+            "bob",
+            "verified by phone",
+            approved.plan_version,
+            time::OffsetDateTime::now_utc(),
+        )
         .unwrap();
     ledger.save_case(&approved, version).await.unwrap().unwrap();
     let resume = WorkItem::Resume {
@@ -1047,7 +1053,7 @@ async fn a_graph_comment_refused_for_want_of_readwrite_is_kept_and_posted_once_g
 fn unknown_account_signal() -> RiskEvent {
     let body = common::event_body("sentinel/incident-account-name-upnsuffix.json");
     let config = risk_responder::config::Config::default();
-    let outcome = risk_responder::ingress::sentinel::parse(body.as_bytes(), &config).unwrap();
+    let outcome = risk_responder::ingress::sentinel::parse(body.as_bytes(), &config, None).unwrap();
     outcome
         .events
         .into_iter()

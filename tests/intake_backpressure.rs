@@ -103,7 +103,12 @@ async fn a_ledger_that_cannot_keep_in_time_is_503_within_the_answer_budget() {
         replay_guard: Arc::new(MemoryReplayGuard::default()),
     };
     let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
-    let state = AppState::new(config, secrets, intake, reqwest::Client::new());
+    let state = common::with_fixture_subscriptions(AppState::new(
+        config,
+        secrets,
+        intake,
+        reqwest::Client::new(),
+    ));
     let started = Instant::now();
     let (status, _, body) = call(state, post_json("/graph/notifications", batch(0, 5))).await;
     let took = started.elapsed();
@@ -181,7 +186,12 @@ async fn a_request_in_flight_makes_the_server_busy_for_the_work_that_yields_to_i
         replay_guard: Arc::new(MemoryReplayGuard::default()),
     };
     let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
-    let mut state = AppState::new(Config::default(), secrets, intake, reqwest::Client::new());
+    let mut state = common::with_fixture_subscriptions(AppState::new(
+        Config::default(),
+        secrets,
+        intake,
+        reqwest::Client::new(),
+    ));
     state.activity = activity.clone();
     assert!(!activity.busy());
     let (status, _, body) = call(state, post_json("/graph/notifications", batch(0, 3))).await;

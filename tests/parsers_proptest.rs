@@ -137,7 +137,7 @@ proptest! {
 
     #[test]
     fn sentinel_payloads_never_panic(body in bytes()) {
-        let _ = sentinel::parse(&body, &Config::default());
+        let _ = sentinel::parse(&body, &Config::default(), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn event(level: RiskLevel) -> RiskEvent {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: "alert-1".into(),
         resource_data: None,
+        origin: None,
     }
 }
 

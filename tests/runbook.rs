@@ -592,6 +592,7 @@ fn stored_case(status: CaseStatus, attempts: u32, user: &str) -> Case {
             source_id: format!("alert-{user}"),
             risk_level: RiskLevel::High,
             detected_at: long_ago,
+            claimed_upn: None,
         },
         RiskLevel::High,
         Mode::Enforce,

@@ -329,7 +329,12 @@ async fn the_webhook_works_from_the_ingress_secret_alone() {
         Arc::new(SecretsManagerStore::new(sm, &id, Duration::from_secs(60)));
     let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
     let intake = risk_responder::http::Intake::in_process(queue.clone()).unwrap();
-    let state = risk_responder::http::AppState::new(config, store, intake, reqwest::Client::new());
+    let state = common::with_fixture_subscriptions(risk_responder::http::AppState::new(
+        config,
+        store,
+        intake,
+        reqwest::Client::new(),
+    ));
 
     let body = common::rich_batch_with("ingress-only-state", Some(vec![common::valid_token()]));
     let (status, _, text) = common::call(

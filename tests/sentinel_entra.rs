@@ -505,3 +505,131 @@ async fn how_long_a_delivery_is_remembered_is_bounded() {
     let windows: Vec<u64> = guard.seen.lock().unwrap().values().copied().collect();
     assert!(windows.contains(&600), "{windows:?}");
 }
+
+/// A second tenant this deployment serves.
+const TENANT_B: &str = "2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f";
+
+/// A Sentinel alert naming one account, in `tenant`.
+fn alert_for(user: &str, tenant: &str) -> String {
+    serde_json::json!({
+        "SystemAlertId": format!("alert-{user}-{tenant}"),
+        "AlertName": "Atypical travel",
+        "Severity": "High",
+        "Entities": [{
+            "$id": "2", "Type": "account", "AadUserId": user, "AadTenantId": tenant,
+            "Name": "someone", "UPNSuffix": "contoso.com"
+        }]
+    })
+    .to_string()
+}
+
+/// A deployment serving tenants A (the tokens' default) and B, with `secrets`.
+async fn two_tenants(secrets: &str) -> (AppState, Arc<MemoryQueue>, JwksServer) {
+    let jwks = jwks_server().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let config = Config {
+        allowed_tenants: vec![TENANT.to_owned(), TENANT_B.to_owned()],
+        ..config(&jwks)
+    };
+    let state = app_with_secrets(config, secrets, queue.clone());
+    (state, queue, jwks)
+}
+
+/// The caller's token, issued by tenant B.
+fn tenant_b_token() -> String {
+    let mut claims = entra_claims();
+    claims["tid"] = TENANT_B.into();
+    claims["iss"] = format!("https://sts.windows.net/{TENANT_B}/").into();
+    signed(&claims)
+}
+
+#[tokio::test]
+async fn a_caller_of_one_tenant_cannot_name_a_user_of_another() {
+    let (logs, _guard) = Logs::capture();
+    let (state, queue, _) = two_tenants(&entra_secrets()).await;
+    // Tenant B's playbook names a user of tenant A: refused, visibly (the run fails), nothing
+    // kept, and the security log names the caller and the claimed tenant.
+    let body = alert_for("6e7b768e-07e2-4810-8459-485f84f8f204", TENANT);
+    let (status, _, text) = call(state.clone(), with_bearer(&body, &tenant_b_token())).await;
+    assert_eq!(status, 403, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["status"], "forbidden_tenant");
+    assert!(
+        answer["dropped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is not one this caller may name"),
+        "{text}"
+    );
+    assert!(queue.is_empty(), "nothing is kept");
+    let logged = logs.text();
+    assert!(
+        logged.contains("\"security_event\":\"foreign_tenant\""),
+        "{logged}"
+    );
+    assert!(logged.contains(PLAYBOOK_OID), "{logged}");
+    assert!(logged.contains(TENANT), "{logged}");
+    // Its own tenant's user is kept, and carries its binding to the queue.
+    let body = alert_for("6e7b768e-07e2-4810-8459-485f84f8f204", TENANT_B);
+    let (status, _, text) = call(state.clone(), with_bearer(&body, &tenant_b_token())).await;
+    assert_eq!(status, 202, "{text}");
+    let kept = risk_events(&queue);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].tenant_id, TENANT_B);
+    let origin = kept[0]
+        .origin
+        .as_ref()
+        .expect("the caller's binding travels");
+    assert_eq!(origin.tenants, [TENANT_B]);
+}
+
+#[tokio::test]
+async fn a_payload_mixing_tenants_keeps_only_the_callers_own() {
+    let (state, queue, _) = two_tenants(&entra_secrets()).await;
+    let body = serde_json::json!({
+        "SystemAlertId": "alert-mixed",
+        "Severity": "High",
+        "Entities": [
+            {"$id": "2", "Type": "account", "AadUserId": "6e7b768e-07e2-4810-8459-485f84f8f204", "AadTenantId": TENANT},
+            {"$id": "3", "Type": "account", "AadUserId": "2a1f6c3e-5b4d-4e8f-9a0b-1c2d3e4f5a6b", "AadTenantId": TENANT_B}
+        ]
+    })
+    .to_string();
+    let (status, _, text) = call(state, with_bearer(&body, &tenant_b_token())).await;
+    assert_eq!(status, 202, "{text}");
+    let kept = risk_events(&queue);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].tenant_id, TENANT_B);
+    assert!(text.contains("is not one this caller may name"), "{text}");
+}
+
+#[tokio::test]
+async fn tenants_listed_for_a_caller_may_be_named_too() {
+    let mut secrets: serde_json::Value = serde_json::from_str(&entra_secrets()).unwrap();
+    secrets["sentinel_callers"]["tenants"] = serde_json::json!({ PLAYBOOK_OID: [TENANT] });
+    let (state, queue, _) = two_tenants(&secrets.to_string()).await;
+    let body = alert_for("6e7b768e-07e2-4810-8459-485f84f8f204", TENANT);
+    let (status, _, text) = call(state, with_bearer(&body, &tenant_b_token())).await;
+    assert_eq!(status, 202, "{text}");
+    let kept = risk_events(&queue);
+    assert_eq!(kept[0].tenant_id, TENANT);
+    assert_eq!(
+        kept[0].origin.as_ref().unwrap().tenants,
+        [TENANT_B, TENANT],
+        "its token's tenant, then the one listed for it"
+    );
+}
+
+#[tokio::test]
+async fn an_account_without_a_tenant_goes_to_the_callers_only_tenant() {
+    let (state, queue, _) = two_tenants(&entra_secrets()).await;
+    let body = serde_json::json!({
+        "SystemAlertId": "alert-no-tenant",
+        "Severity": "High",
+        "Entities": [{"$id": "2", "Type": "account", "AadUserId": "6e7b768e-07e2-4810-8459-485f84f8f204"}]
+    })
+    .to_string();
+    let (status, _, text) = call(state, with_bearer(&body, &tenant_b_token())).await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(risk_events(&queue)[0].tenant_id, TENANT_B);
+}

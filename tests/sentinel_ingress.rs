@@ -522,3 +522,78 @@ async fn large_incident_bodies_have_a_limit_of_their_own() {
     assert!(text.contains("larger than 65536 bytes"), "{text}");
     assert!(queue.drain().is_empty());
 }
+
+/// A second tenant this deployment serves.
+const TENANT_B: &str = "2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f";
+
+fn two_tenants(
+    secrets: serde_json::Value,
+) -> (
+    risk_responder::http::AppState,
+    Arc<risk_responder::queue::MemoryQueue>,
+) {
+    let queue = Arc::new(risk_responder::queue::MemoryQueue::default());
+    let config = Config {
+        allowed_tenants: vec![TENANT.to_owned(), TENANT_B.to_owned()],
+        jwks_url: JWKS.into(),
+        ..Config::default()
+    };
+    (
+        app_with_secrets(config, &secrets.to_string(), queue.clone()),
+        queue,
+    )
+}
+
+fn alert_in(tenant: &str, id: &str) -> String {
+    serde_json::json!({
+        "SystemAlertId": id,
+        "Severity": "High",
+        "Entities": [{"$id": "2", "Type": "account", "AadUserId": "6e7b768e-07e2-4810-8459-485f84f8f204", "AadTenantId": tenant}]
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_signing_key_names_only_the_tenants_listed_with_it() {
+    let (state, queue) = two_tenants(serde_json::json!({
+        "webhook_hmac_keys": [{ "key": WEBHOOK_KEY, "tenants": [TENANT_B] }]
+    }));
+    let body = alert_in(TENANT, "alert-a");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_bound_1", &body);
+    let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("forbidden_tenant"), "{text}");
+    assert!(queue.is_empty());
+    let body = alert_in(TENANT_B, "alert-b");
+    let headers = signed_headers(WEBHOOK_KEY, "msg_bound_2", &body);
+    let (status, _, text) = call(state, post_sentinel(&body, &headers)).await;
+    assert_eq!(status, 202, "{text}");
+    let kept = risk_events(&queue);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].origin.as_ref().unwrap().by, "webhook_hmac_keys[0]");
+}
+
+#[tokio::test]
+async fn a_key_that_lists_no_tenant_names_none_when_several_are_allowed() {
+    let (state, queue) = two_tenants(serde_json::json!({
+        "webhook_hmac_keys": [WEBHOOK_KEY],
+        "sentinel_api_keys": [{ "key": "k".repeat(40), "tenants": [TENANT] }]
+    }));
+    for tenant in [TENANT, TENANT_B] {
+        let body = alert_in(tenant, &format!("alert-{tenant}"));
+        let headers = signed_headers(WEBHOOK_KEY, &format!("msg_unbound_{tenant}"), &body);
+        let (status, _, text) = call(state.clone(), post_sentinel(&body, &headers)).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("bound to no tenant"), "{text}");
+    }
+    assert!(queue.is_empty());
+    // An API key listed with tenant A speaks for A.
+    let body = alert_in(TENANT, "alert-api-key");
+    let (status, _, text) = call(
+        state,
+        post_sentinel(&body, &[("x-api-key", "k".repeat(40))]),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(risk_events(&queue)[0].tenant_id, TENANT);
+}

@@ -74,6 +74,7 @@ fn alert(i: usize) -> WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: format!("alert-{i}"),
         resource_data: None,
+        origin: None,
     })
 }
 

@@ -65,6 +65,7 @@ fn alert(i: usize) -> WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: format!("alert-{i}"),
         resource_data: None,
+        origin: None,
     })
 }
 
@@ -81,6 +82,7 @@ fn users_notification(i: usize, n: usize) -> WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: "sub:Users".into(),
         resource_data: None,
+        origin: None,
     })
 }
 

@@ -25,6 +25,16 @@ impl Remediation for Block {
         }
     }
 
+    fn already_done(&self, action: Action, job: &Job) -> Option<String> {
+        let enable = action == Action::UnblockSignIn;
+        (job.facts.account_enabled == Some(enable)).then(|| {
+            format!(
+                "sign-in found {} by the worker that stopped before recording it",
+                if enable { "allowed" } else { "blocked" }
+            )
+        })
+    }
+
     async fn run(
         &self,
         ctx: &Context<'_>,

@@ -171,6 +171,11 @@ pub struct Context<'a> {
     /// for the earlier waves' (none: they go at once).
     pub turn: Option<(&'a MailTurns, usize)>,
     pub checkpoints: &'a dyn Checkpoints,
+    /// Seals a temporary password between its `PATCH` and its delivery (none configured: a
+    /// resumed case sets a new password instead of delivering the one it cannot recover).
+    pub sealer: Option<&'a crate::support::seal::Sealer>,
+    /// The worker running the actions (named on the intents it stores).
+    pub holder: &'a str,
 }
 
 impl Context<'_> {
@@ -285,6 +290,14 @@ pub trait Remediation: Sync {
     /// An action that rides along in the same request when it is this one's neighbour in a
     /// case's plan (block sign-in goes in the password reset's `PATCH /users/{id}`).
     fn companion(&self) -> Option<Action> {
+        None
+    }
+
+    /// For an action a worker stored its intent for and stopped before recording its outcome:
+    /// whether Graph, as read for this run, shows its effect already (then it is recorded done
+    /// with these words instead of being carried out again). `None`: carry it out (it is safe
+    /// to repeat, or the module reconciles it itself).
+    fn already_done(&self, _action: Action, _job: &Job) -> Option<String> {
         None
     }
 

@@ -82,6 +82,20 @@ impl Remediation for RiskFeedback {
         }
     }
 
+    fn already_done(&self, action: Action, job: &Job) -> Option<String> {
+        let state = job.risk.as_ref().map(|r| r.risk_state.as_str());
+        let done = match action {
+            Action::DismissRisk => state == Some("dismissed"),
+            _ => state == Some("confirmedCompromised"),
+        };
+        done.then(|| {
+            format!(
+                "riskState found {} by the worker that stopped before recording it",
+                state.unwrap_or_default()
+            )
+        })
+    }
+
     async fn run(
         &self,
         ctx: &Context<'_>,

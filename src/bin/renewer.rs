@@ -20,8 +20,10 @@ async fn main() -> Result<(), Error> {
     // The ingress part only for the clientState of the subscriptions it creates.
     let ingress = app::ingress_secret_store(&config).await?.load().await?;
     let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
-    let manager =
-        app::subscriptions(&config, &ingress, graph).ok_or("RR_NOTIFICATION_URL must be set")?;
+    // Each subscription is recorded with its tenant, for the webhook to check notifications.
+    let (ledger, _) = app::ledger(&config).await?;
+    let manager = app::subscriptions(&config, &ingress, graph, Some(ledger))
+        .ok_or("RR_NOTIFICATION_URL must be set")?;
     let policy = app::load_policy(&config)?;
     let vault_prefix = match &policy.password_delivery {
         Some(risk_responder::cases::policy::PasswordDelivery::SecretsManager {

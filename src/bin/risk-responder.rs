@@ -15,6 +15,7 @@ use risk_responder::ledger::Ledger;
 use risk_responder::queue::{MemoryQueue, SqsQueue, WorkItem, WorkQueue};
 use risk_responder::replay::{ReplayContext, replay_file};
 use risk_responder::respond::Worker;
+use risk_responder::respond::decide::{Choice, decide};
 use risk_responder::respond::report::CaseReport;
 
 #[derive(Parser)]
@@ -135,9 +136,13 @@ enum CasesAction {
         #[arg(long)]
         json: bool,
     },
-    /// Carry out the plan as planned, even past a rail that held it (or a report-only plan).
+    /// Carry out the plan version you read in `cases show`, even past a rail that held it (or a
+    /// report-only plan). Actions added after that version stay held for their own approval.
     Approve {
         id: String,
+        /// The plan version you approve (`cases show` prints it).
+        #[arg(long)]
+        plan_version: u32,
         /// Why (recorded with the decision).
         #[arg(long)]
         reason: String,
@@ -278,6 +283,13 @@ async fn demo(config: &mut Config, fresh_ledger: bool) -> Result<DemoTenant, Sta
             let _ = std::fs::remove_file(format!("{}{suffix}", config.ledger_path.display()));
         }
     }
+    // The simulated tenant's subscription, recorded with its tenant as `subscriptions create`
+    // records ours: the webhook keeps notifications only from subscriptions it knows.
+    risk_responder::ledger::Ledger::new(Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::open(&config.ledger_path)?,
+    ))
+    .record_subscriptions(demo_tenant::TENANT, &[demo_tenant::SUBSCRIPTION])
+    .await?;
     eprintln!(
         "DEMO MODE: a simulated Microsoft 365 tenant (Graph and the sign-in endpoint) runs in this process at {}; \
          no request can reach Microsoft. Users: Adele (high risk, blocked sign-ins), Alex (can self-remediate), \
@@ -329,7 +341,7 @@ async fn replay(
             (true, true) => Some(Mode::Enforce),
             (true, false) => None,
         };
-        Some(app::worker(&state.config, graph, ledger, None, mode).await?)
+        Some(app::worker(&state.config, graph, &graph_secrets, ledger, None, mode).await?)
     };
     let ctx = ReplayContext {
         config: &state.config,
@@ -437,8 +449,15 @@ async fn sweep(
         // No queue configured: work the signals here, as the local server would.
         let items = queue.drain();
         if !items.is_empty() {
-            let worker =
-                app::worker(&config, graph.clone(), intake.ledger.clone(), None, None).await?;
+            let worker = app::worker(
+                &config,
+                graph.clone(),
+                &secrets,
+                intake.ledger.clone(),
+                None,
+                None,
+            )
+            .await?;
             let dispositions = worker.handle_batch(&items).await;
             let mut shown = Vec::new();
             for (item, disposition) in items.iter().zip(dispositions) {
@@ -663,33 +682,26 @@ async fn cases(action: CasesAction, demo_mode: bool) -> Result<(), StartError> {
             }
             return Ok(());
         }
-        CasesAction::Approve { id, reason, by } => (id, "approve", reason, decider(by)),
-        CasesAction::Skip { id, reason, by } => (id, "skip", reason, decider(by)),
-        CasesAction::Retry { id, reason, by } => (id, "retry", reason, decider(by)),
+        CasesAction::Approve {
+            id,
+            plan_version,
+            reason,
+            by,
+        } => (id, Choice::Approve { plan_version }, reason, decider(by)),
+        CasesAction::Skip { id, reason, by } => (id, Choice::Skip, reason, decider(by)),
+        CasesAction::Retry { id, reason, by } => (id, Choice::Retry, reason, decider(by)),
     };
-    if reason.trim().is_empty() {
-        return Err("--reason must say why".into());
+    let decided = decide(&ledger, &id, decision, &by, &reason, now).await?;
+    let case = decided.case;
+    let decision = decision.word();
+    if let Some(approval) = decided.approval
+        && approval.still_held > 0
+    {
+        println!(
+            "{} action(s) were added after the version you approved and still wait for their own approval (plan version {}).",
+            approval.still_held, case.plan_version
+        );
     }
-    // Record the decision (optimistically: a worker may be writing the case too).
-    let case = loop {
-        let (mut case, version) = find(&ledger, &id).await?;
-        if decision != "skip" && case.lease.as_ref().is_some_and(|l| l.until > now) {
-            return Err(format!(
-                "case {} is being worked on right now; try again in a moment",
-                case.case_id
-            )
-            .into());
-        }
-        match decision {
-            "approve" => case.approve(&by, &reason, now).map(drop),
-            "skip" => case.skip(&by, &reason, now).map(drop),
-            _ => case.retry(&by, &reason, now),
-        }
-        .map_err(StartError::from)?;
-        if ledger.save_case(&case, version).await?.is_some() {
-            break case;
-        }
-    };
     println!("{decision} recorded by {by} on case {}", case.case_id);
     // A skipped case has nothing left to do, except telling its Sentinel incidents (the worker
     // writes the comment).
@@ -718,7 +730,7 @@ async fn cases(action: CasesAction, demo_mode: bool) -> Result<(), StartError> {
                 reqwest::Client::new(),
                 &ledger,
             )?;
-            let worker = app::worker(&config, graph, ledger.clone(), None, None).await?;
+            let worker = app::worker(&config, graph, &secrets, ledger.clone(), None, None).await?;
             let disposition = worker.handle(&item).await;
             println!("worked: {disposition:?}");
         }
@@ -786,7 +798,8 @@ async fn subscriptions(
     let secrets = store.load().await?;
     let ingress = app::ingress_secret_store(&config).await?.load().await?;
     let graph = app::graph_client(&config, &secrets, store, reqwest::Client::new())?;
-    let manager = app::subscriptions(&config, &ingress, graph)
+    let (ledger, _) = app::ledger(&config).await?;
+    let manager = app::subscriptions(&config, &ingress, graph, Some(ledger))
         .ok_or("set RR_NOTIFICATION_URL (public URL of /graph/notifications) and a clientState")?;
     let tenants = tenant.map_or_else(|| config.allowed_tenants.clone(), |t| vec![t]);
     for tenant in tenants {
@@ -846,8 +859,21 @@ async fn serve(bind: Option<std::net::SocketAddr>, demo_mode: bool) -> Result<()
         http.clone(),
         &worker_ledger,
     )?;
-    let subscriptions = app::subscriptions(&config, &ingress, graph.clone());
-    let worker: Worker = app::worker(&config, graph, worker_ledger, subscriptions, None).await?;
+    let subscriptions = app::subscriptions(
+        &config,
+        &ingress,
+        graph.clone(),
+        Some(worker_ledger.clone()),
+    );
+    let worker: Worker = app::worker(
+        &config,
+        graph,
+        &graph_secrets,
+        worker_ledger,
+        subscriptions,
+        None,
+    )
+    .await?;
     let mut state = AppState::new(config, ingress_store, intake, http);
     state.activity = activity.clone();
 

@@ -17,8 +17,8 @@ async fn main() -> Result<(), Error> {
     let (ledger, _) = app::ledger(&config).await?;
     let graph =
         app::shared_graph_client(&config, &secrets, store, reqwest::Client::new(), &ledger)?;
-    let subscriptions = app::subscriptions(&config, &ingress, graph.clone());
-    let worker = app::worker(&config, graph, ledger, subscriptions, None).await?;
+    let subscriptions = app::subscriptions(&config, &ingress, graph.clone(), Some(ledger.clone()));
+    let worker = app::worker(&config, graph, &secrets, ledger, subscriptions, None).await?;
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(worker.handle_sqs(event.payload).await)

@@ -181,6 +181,40 @@ pub struct CaseAction {
     /// ledger whether that mail was sent before it sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail_id: Option<String>,
+    /// What a worker was about to do, stored before the request that does it and cleared with
+    /// its outcome: a worker that resumes the case after another stopped finds it and
+    /// reconciles against Graph what was done, instead of doing it again or forgetting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+    /// The plan version that added the action (an approval covers the versions a person saw).
+    #[serde(default)]
+    pub planned_in: u32,
+}
+
+/// An action a worker is about to carry out, written ahead of its request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// When the worker stored it (bounded by Graph's clock).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The worker that stored it.
+    pub by: String,
+    /// For a password reset: the user's `lastPasswordChangeDateTime` before it (a later one
+    /// means the reset went through).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub password_changed_before: Option<OffsetDateTime>,
+    /// For a password reset: whether the new password was kept, sealed with the vault's key,
+    /// beside the case (`intent#…`), so a resumed case can deliver it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+    /// The request that cannot be repeated safely, when the action is about to send one (the
+    /// action's module announced it right before sending): a resumed case reconciles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl CaseAction {
@@ -193,6 +227,8 @@ impl CaseAction {
             attempts: 0,
             approved_by: None,
             mail_id: None,
+            intent: None,
+            planned_in: 0,
         }
     }
 }
@@ -206,6 +242,10 @@ pub struct SignalRef {
     pub risk_level: RiskLevel,
     #[serde(with = "time::serde::rfc3339")]
     pub detected_at: OffsetDateTime,
+    /// The account name the signal gave (a claim: the case names the user as the directory
+    /// does, and records a claim that disagrees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_upn: Option<String>,
 }
 
 /// The signals merged into a case: how many, by source, and the newest in detail.
@@ -238,6 +278,9 @@ pub struct Decision {
     /// approve, skip or retry.
     pub decision: String,
     pub reason: String,
+    /// The plan version an approval covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_version: Option<u32>,
 }
 
 /// One line of a case's audit trail.
@@ -268,6 +311,10 @@ pub struct Case {
     /// escalates the case. `None` until planned (and in cases stored before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_level: Option<RiskLevel>,
+    /// The plan's version: 1 when planned, one more with every escalation that appends
+    /// actions. A person's approval names the version they saw.
+    #[serde(default)]
+    pub plan_version: u32,
     /// Actions that change an account were planned or appended in enforce mode and the
     /// per-tenant blast-radius rail has not admitted them yet (the worker asks the ledger).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -356,6 +403,7 @@ impl Case {
             opened_by: signal.source,
             risk_level: level,
             planned_level: None,
+            plan_version: 0,
             admission_due: false,
             blast_alert_due: false,
             opened_at: now,
@@ -384,6 +432,34 @@ impl Case {
         case.signals.push(signal);
         case.note(now, what);
         case
+    }
+
+    /// Names the user as the directory does (`upn` read from Graph for the object id), and
+    /// records every signal whose claimed account name disagrees with it.
+    pub fn name_from_directory(&mut self, upn: Option<&str>, now: OffsetDateTime) {
+        let Some(upn) = upn else {
+            return;
+        };
+        self.user_principal_name = Some(upn.to_owned());
+        let disagreeing: Vec<(String, String)> = self
+            .signals
+            .recent
+            .iter()
+            .filter_map(|s| {
+                let claimed = s.claimed_upn.as_deref()?;
+                (!claimed.eq_ignore_ascii_case(upn))
+                    .then(|| (s.signal_id.clone(), claimed.to_owned()))
+            })
+            .collect();
+        for (signal, claimed) in disagreeing {
+            let line = format!(
+                "signal {signal} named the account {claimed:?}, but the directory names object id {} {upn:?}: the directory's name is used",
+                self.user_id
+            );
+            if !self.history.iter().any(|h| h.what == line) {
+                self.note(now, line);
+            }
+        }
     }
 
     /// Appends a line to the audit trail (bounded).
@@ -465,7 +541,10 @@ impl Case {
                 self.actions = rule
                     .actions
                     .iter()
-                    .map(|&action| CaseAction::pending(action, &rule.name))
+                    .map(|&action| CaseAction {
+                        planned_in: 1,
+                        ..CaseAction::pending(action, &rule.name)
+                    })
                     .collect();
                 let list: Vec<&str> = rule.actions.iter().map(|a| a.as_str()).collect();
                 self.note(
@@ -492,6 +571,7 @@ impl Case {
         }
         self.plan_note = note;
         self.planned_level = Some(self.risk_level);
+        self.plan_version = 1;
     }
 
     /// Raises the plan to `level` with `rule` (the rule for that level): the rule's actions
@@ -544,8 +624,12 @@ impl Case {
         if rule.actions.contains(&Action::Notify) {
             appended.push(Action::Notify);
         }
+        self.plan_version = self.plan_version.max(1) + 1;
         for action in &appended {
-            self.actions.push(CaseAction::pending(*action, &rule.name));
+            self.actions.push(CaseAction {
+                planned_in: self.plan_version,
+                ..CaseAction::pending(*action, &rule.name)
+            });
         }
         if !self.rules.contains(&rule.name) {
             self.rules.push(rule.name.clone());
@@ -693,6 +777,7 @@ mod tests {
             source_id: "alert-1".into(),
             risk_level: level,
             detected_at: at(0),
+            claimed_upn: None,
         }
     }
 
@@ -846,7 +931,12 @@ mod tests {
             rail: "reset cooldown until …".into(),
         };
         c.admission_due = true;
-        assert_eq!(c.approve("alice", "checked", at(1)).unwrap(), 2);
+        assert_eq!(
+            c.approve("alice", "checked", c.plan_version, at(1))
+                .unwrap()
+                .released,
+            2
+        );
         assert!(
             c.actions
                 .iter()
@@ -903,7 +993,12 @@ mod tests {
         };
         c.settle(at(3));
         assert_eq!(c.status, CaseStatus::AwaitingApproval);
-        assert_eq!(c.approve("bob", "verified by phone", at(4)).unwrap(), 1);
+        assert_eq!(
+            c.approve("bob", "verified by phone", c.plan_version, at(4))
+                .unwrap()
+                .released,
+            1
+        );
         // The SOC is told again what the approval carried out.
         assert_eq!(c.actions.last().unwrap().action, Action::Notify);
         assert_eq!(c.status, CaseStatus::Open);

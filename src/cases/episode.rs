@@ -115,6 +115,7 @@ mod tests {
             source_id: source_id.into(),
             risk_level: RiskLevel::High,
             detected_at: at(detected),
+            claimed_upn: None,
         }
     }
 
@@ -143,6 +144,8 @@ mod tests {
             .map(|&action| CaseAction {
                 approved_by: None,
                 mail_id: None,
+                intent: None,
+                planned_in: 1,
                 action,
                 rule: "r".into(),
                 state: ActionState::Done {

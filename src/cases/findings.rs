@@ -50,6 +50,14 @@ pub struct UserFacts {
     /// Synced from on-premises Active Directory (a reset needs password writeback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_premises_sync_enabled: Option<bool>,
+    /// `lastPasswordChangeDateTime`: when the password last changed, by anyone (what a resumed
+    /// reset is reconciled against).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub password_changed_at: Option<OffsetDateTime>,
     /// The user's manager, when it was read with the user (`$expand=manager`) in this run;
     /// `None` when it was not read. Never stored: it is read again with the user each run.
     #[serde(skip)]

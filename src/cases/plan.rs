@@ -289,6 +289,7 @@ pub(crate) mod tests {
                 source_id: source_id.into(),
                 risk_level: level,
                 detected_at: now(),
+                claimed_upn: None,
             },
             level,
             mode,

@@ -64,8 +64,7 @@ pub fn odata_time(at: OffsetDateTime) -> Result<String, GraphError> {
 /// Properties read from `riskyUser`.
 pub const RISKY_USER_SELECT: &str = "id,userPrincipalName,riskLevel,riskState,riskDetail,riskLastUpdatedDateTime,isDeleted,isProcessing";
 /// Properties read from `user`.
-pub const USER_SELECT: &str =
-    "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled";
+pub const USER_SELECT: &str = "id,userPrincipalName,displayName,mail,accountEnabled,onPremisesSyncEnabled,lastPasswordChangeDateTime";
 /// The user's manager, read with the user: `manager` is a relationship of `user` that supports
 /// `$expand` (one relationship per request, not with advanced queries), on the users list as on
 /// one user, with `$select` inside it (Microsoft Graph "List manager", "Use query parameters").
@@ -148,6 +147,8 @@ pub struct GraphUserDoc {
     account_enabled: Option<bool>,
     #[serde(default)]
     on_premises_sync_enabled: Option<bool>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    last_password_change_date_time: Option<OffsetDateTime>,
     /// Present when read with [`MANAGER_EXPAND`] and the user has a manager.
     #[serde(default)]
     manager: Option<Value>,
@@ -171,6 +172,7 @@ impl GraphUserDoc {
             mail: self.mail,
             account_enabled: self.account_enabled,
             on_premises_sync_enabled: self.on_premises_sync_enabled,
+            password_changed_at: self.last_password_change_date_time,
             manager,
         }
     }

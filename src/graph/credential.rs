@@ -25,6 +25,11 @@ pub struct GraphSecrets {
     /// SHA-256 thumbprint of that certificate's DER encoding (`x5t#S256` of the assertion),
     /// from `certificate` (the PEM certificate) or `certificate_thumbprint_sha256` (hex).
     pub certificate_thumbprint_sha256: Option<Vec<u8>>,
+    /// What seals a temporary password between its `PATCH` and its delivery
+    /// (`intent_sealing_key`: 32 random bytes, base64), so a worker that resumes a case after
+    /// another stopped can deliver the password that was set. Without it, such a case sets a
+    /// new password and delivers that one.
+    pub intent_sealer: Option<std::sync::Arc<crate::support::seal::Sealer>>,
 }
 
 impl fmt::Debug for GraphSecrets {
@@ -38,6 +43,7 @@ impl fmt::Debug for GraphSecrets {
                 "certificate_thumbprint_sha256",
                 &self.certificate_thumbprint_sha256.as_ref().map(|t| t.len()),
             )
+            .field("intent_sealer", &self.intent_sealer.is_some())
             .finish()
     }
 }
@@ -68,6 +74,19 @@ impl SecretDocument for GraphSecrets {
             None => None,
         };
         let certificate_thumbprint_sha256 = from_certificate.or(from_hex);
+        let sealing_key: Option<SecretString> =
+            take(&mut fields, "intent_sealing_key", "a base64 string")?;
+        let intent_sealer = match sealing_key {
+            Some(key) => Some(std::sync::Arc::new(
+                crate::support::seal::Sealer::from_base64(&key).map_err(|_| {
+                    SecretsError::Invalid(
+                        "`intent_sealing_key` must be 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"
+                            .into(),
+                    )
+                })?,
+            )),
+            None => None,
+        };
         if certificate_private_key.is_some() && certificate_thumbprint_sha256.is_none() {
             return Err(SecretsError::Invalid(
                 "`certificate_private_key` needs `certificate` (the PEM certificate) or \
@@ -82,6 +101,7 @@ impl SecretDocument for GraphSecrets {
             client_secret,
             certificate_private_key,
             certificate_thumbprint_sha256,
+            intent_sealer,
         })
     }
 }

@@ -29,6 +29,10 @@ pub struct CallerAllowList {
     /// Application ids (`appid`/`azp`) of applications allowed to call.
     #[serde(default)]
     pub app_ids: Vec<String>,
+    /// Tenants a caller may name besides its token's own (`tid`), by the caller's object id or
+    /// application id: a playbook of one tenant that responds for another.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl CallerAllowList {
@@ -45,7 +49,47 @@ impl CallerAllowList {
                 }
             }
         }
+        let mut tenants = std::collections::BTreeMap::new();
+        for (caller, list) in std::mem::take(&mut self.tenants) {
+            let caller = caller.trim().to_ascii_lowercase();
+            if uuid::Uuid::try_parse(&caller).is_err() {
+                return Err(
+                    "sentinel_callers.tenants has a key that is not a GUID (an object or application id)"
+                        .to_owned(),
+                );
+            }
+            let mut ids = Vec::with_capacity(list.len());
+            for (position, tenant) in list.into_iter().enumerate() {
+                let tenant = tenant.trim().to_ascii_lowercase();
+                if uuid::Uuid::try_parse(&tenant).is_err() {
+                    return Err(format!(
+                        "sentinel_callers.tenants[\"{caller}\"][{position}] is not a tenant id (GUID)"
+                    ));
+                }
+                ids.push(tenant);
+            }
+            tenants.insert(caller, ids);
+        }
+        self.tenants = tenants;
         Ok(self)
+    }
+
+    /// The tenants `caller` may name: its token's tenant, and any listed for it.
+    pub fn tenants_of(&self, caller: &Caller) -> Vec<String> {
+        let mut tenants = vec![caller.tenant_id.clone()];
+        for id in [&caller.object_id, &caller.app_id].into_iter().flatten() {
+            for tenant in self
+                .tenants
+                .get(&id.to_ascii_lowercase())
+                .into_iter()
+                .flatten()
+            {
+                if !tenants.contains(tenant) {
+                    tenants.push(tenant.clone());
+                }
+            }
+        }
+        tenants
     }
 
     /// Whether no caller is allowed at all.
@@ -276,6 +320,7 @@ mod tests {
         let list = CallerAllowList {
             object_ids: vec![" 6E7B768E-07E2-4810-8459-485F84F8F204".into()],
             app_ids: vec!["11111111-2222-3333-4444-555555555555".into()],
+            tenants: Default::default(),
         }
         .normalised()
         .unwrap();
@@ -295,9 +340,45 @@ mod tests {
         let err = CallerAllowList {
             object_ids: vec!["not-a-guid".into()],
             app_ids: vec![],
+            tenants: Default::default(),
         }
         .normalised()
         .unwrap_err();
         assert_eq!(err, "sentinel_callers.object_ids[0] is not a GUID");
+    }
+
+    #[test]
+    fn a_caller_names_its_own_tenant_and_those_listed_for_it() {
+        let list: CallerAllowList = serde_json::from_str(
+            r#"{"object_ids": ["6e7b768e-07e2-4810-8459-485f84f8f204"],
+                "tenants": {"6E7B768E-07E2-4810-8459-485F84F8F204": ["AAAAAAAA-0000-4000-8000-000000000001"]}}"#,
+        )
+        .unwrap();
+        let list = list.normalised().unwrap();
+        let caller = Caller {
+            valid_until: 0,
+            tenant_id: "bbbbbbbb-0000-4000-8000-000000000002".into(),
+            object_id: Some("6e7b768e-07e2-4810-8459-485f84f8f204".into()),
+            app_id: None,
+        };
+        assert_eq!(
+            list.tenants_of(&caller),
+            [
+                "bbbbbbbb-0000-4000-8000-000000000002",
+                "aaaaaaaa-0000-4000-8000-000000000001"
+            ]
+        );
+        let other = Caller {
+            object_id: Some("11111111-2222-3333-4444-555555555555".into()),
+            ..caller
+        };
+        assert_eq!(
+            list.tenants_of(&other),
+            ["bbbbbbbb-0000-4000-8000-000000000002"]
+        );
+        let bad: CallerAllowList =
+            serde_json::from_str(r#"{"tenants": {"6e7b768e-07e2-4810-8459-485f84f8f204": ["x"]}}"#)
+                .unwrap();
+        assert!(bad.normalised().unwrap_err().contains("is not a tenant id"));
     }
 }

@@ -14,7 +14,9 @@ use tokio::sync::Semaphore;
 use super::decrypt::{DecryptError, EncryptedContent, decrypt_content};
 use super::validation_tokens::{TokenError, TokenVerifier};
 use crate::config::Config;
-use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
+use crate::event::{
+    EventSource, Origin, OriginKind, RiskEvent, RiskLevel, Subject, derive_event_id,
+};
 use crate::ingress::secrets::IngressSecrets;
 use crate::support::secret::SecretString;
 
@@ -167,6 +169,10 @@ pub enum Rejection {
     DecryptedNotJson,
     #[error("user was deleted: nothing to remediate")]
     UserDeleted,
+    #[error(
+        "subscription {0} was not created in the tenant the notification names (or not by this deployment)"
+    )]
+    SubscriptionNotRecorded(String),
 }
 
 impl Rejection {
@@ -187,6 +193,7 @@ impl Rejection {
             Rejection::Decryption(_) => "decryption_failed",
             Rejection::DecryptedNotJson => "decrypted_not_json",
             Rejection::UserDeleted => "user_deleted",
+            Rejection::SubscriptionNotRecorded(_) => "subscription_not_recorded",
         }
     }
 }
@@ -214,6 +221,72 @@ fn clip(text: &str) -> String {
 }
 
 impl BatchOutcome {
+    /// The (tenant, subscription) pairs the kept notifications claim.
+    pub fn subscriptions(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .events
+            .iter()
+            .filter_map(|e| {
+                e.origin
+                    .as_ref()
+                    .map(|o| (e.tenant_id.clone(), o.by.clone()))
+            })
+            .chain(
+                self.lifecycle
+                    .iter()
+                    .map(|n| (n.tenant_id.clone(), n.subscription_id.clone())),
+            )
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+
+    /// Keeps only the notifications of subscriptions `recorded` as created in the tenant they
+    /// name; the others are dropped (a sender holding our clientState cannot speak for another
+    /// tenant than its subscription's).
+    pub fn keep_recorded(&mut self, recorded: &std::collections::HashSet<(String, String)>) {
+        let known = |tenant: &str, subscription: &str| {
+            recorded.contains(&(tenant.to_owned(), subscription.to_owned()))
+        };
+        let events = std::mem::take(&mut self.events);
+        let positions = std::mem::take(&mut self.event_positions);
+        for (event, index) in events.into_iter().zip(positions) {
+            let subscription = event
+                .origin
+                .as_ref()
+                .map(|o| o.by.clone())
+                .unwrap_or_default();
+            if known(&event.tenant_id, &subscription) {
+                self.events.push(event);
+                self.event_positions.push(index);
+            } else {
+                self.dropped.push(Dropped {
+                    index,
+                    subscription_id: Some(subscription.clone()),
+                    tenant_id: Some(event.tenant_id),
+                    reason: Rejection::SubscriptionNotRecorded(subscription),
+                });
+            }
+        }
+        let notices = std::mem::take(&mut self.lifecycle);
+        let positions = std::mem::take(&mut self.lifecycle_positions);
+        for (notice, index) in notices.into_iter().zip(positions) {
+            if known(&notice.tenant_id, &notice.subscription_id) {
+                self.lifecycle.push(notice);
+                self.lifecycle_positions.push(index);
+            } else {
+                self.dropped.push(Dropped {
+                    index,
+                    subscription_id: Some(notice.subscription_id.clone()),
+                    tenant_id: Some(notice.tenant_id),
+                    reason: Rejection::SubscriptionNotRecorded(notice.subscription_id),
+                });
+            }
+        }
+        self.dropped.sort_by_key(|d| d.index);
+    }
+
     /// Dropped notifications counted by reason.
     pub fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
         let mut counts = std::collections::BTreeMap::new();
@@ -246,6 +319,9 @@ pub struct BatchOutcome {
     pub events: Vec<RiskEvent>,
     pub lifecycle: Vec<LifecycleNotice>,
     pub dropped: Vec<Dropped>,
+    /// Position in the batch of each event and each lifecycle notice.
+    event_positions: Vec<usize>,
+    lifecycle_positions: Vec<usize>,
 }
 
 /// Context a batch is checked against.
@@ -318,8 +394,14 @@ impl GraphIngress<'_> {
         let mut outcome = BatchOutcome::default();
         for (index, result) in results {
             match result {
-                Ok(Item::Event(event)) => outcome.events.push(*event),
-                Ok(Item::Lifecycle(notice)) => outcome.lifecycle.push(notice),
+                Ok(Item::Event(event)) => {
+                    outcome.events.push(*event);
+                    outcome.event_positions.push(index);
+                }
+                Ok(Item::Lifecycle(notice)) => {
+                    outcome.lifecycle.push(notice);
+                    outcome.lifecycle_positions.push(index);
+                }
                 Err(reason) => {
                     let (subscription_id, tenant_id) = std::mem::take(&mut claimed[index]);
                     outcome.dropped.push(Dropped {
@@ -595,6 +677,11 @@ fn to_event(
         notification_id
     };
     Ok(RiskEvent {
+        origin: Some(Origin {
+            via: OriginKind::GraphSubscription,
+            by: n.subscription_id.clone(),
+            tenants: vec![tenant_id.clone()],
+        }),
         event_id,
         tenant_id,
         source,

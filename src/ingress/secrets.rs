@@ -10,6 +10,8 @@ use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 
+use serde_json::Value;
+
 use crate::support::secret::{
     GRAPH_FIELDS, INGRESS_FIELDS, SecretDocument, SecretString, SecretsError, own_fields, take,
 };
@@ -25,12 +27,16 @@ pub struct IngressSecrets {
     /// Standard Webhooks keys (`whsec_...`) accepted on the Sentinel endpoint, decoded when
     /// the secrets load.
     pub webhook_hmac_keys: Vec<super::signature::WebhookKey>,
+    /// The tenants each key (same position) may name; `None` where the key lists none.
+    pub webhook_key_tenants: Vec<Option<Vec<String>>>,
     /// Callers whose Entra ID tokens are accepted on the Sentinel endpoint (managed identities
     /// by object id, applications by application id).
     pub sentinel_callers: super::entra::CallerAllowList,
     /// Static API keys accepted in `x-api-key` on the Sentinel endpoint (several for
     /// rotation); none by default, which turns the method off.
     pub sentinel_api_keys: Vec<SecretString>,
+    /// The tenants each API key (same position) may name; `None` where the key lists none.
+    pub sentinel_api_key_tenants: Vec<Option<Vec<String>>>,
     decryption_keys: HashMap<String, Arc<OaepPrivateDecryptingKey>>,
 }
 
@@ -52,8 +58,7 @@ impl SecretDocument for IngressSecrets {
     fn from_json(json: &str) -> Result<Self, SecretsError> {
         let mut fields = own_fields(json, INGRESS_FIELDS, GRAPH_FIELDS)?;
         let client_states = take(&mut fields, "client_states", "a list of strings")?;
-        let hmac_keys: Vec<SecretString> =
-            take(&mut fields, "webhook_hmac_keys", "a list of strings")?.unwrap_or_default();
+        let (hmac_keys, webhook_key_tenants) = keys_with_tenants(&mut fields, "webhook_hmac_keys")?;
         let webhook_hmac_keys = hmac_keys
             .iter()
             .enumerate()
@@ -72,8 +77,8 @@ impl SecretDocument for IngressSecrets {
         let sentinel_callers = sentinel_callers
             .normalised()
             .map_err(SecretsError::Invalid)?;
-        let sentinel_api_keys: Vec<SecretString> =
-            take(&mut fields, "sentinel_api_keys", "a list of strings")?.unwrap_or_default();
+        let (sentinel_api_keys, sentinel_api_key_tenants) =
+            keys_with_tenants(&mut fields, "sentinel_api_keys")?;
         let min = MIN_API_KEY_LEN;
         if let Some(position) = sentinel_api_keys
             .iter()
@@ -98,8 +103,10 @@ impl SecretDocument for IngressSecrets {
         Ok(Self {
             client_states: client_states.unwrap_or_default(),
             webhook_hmac_keys,
+            webhook_key_tenants,
             sentinel_callers,
             sentinel_api_keys,
+            sentinel_api_key_tenants,
             decryption_keys,
         })
     }
@@ -118,6 +125,61 @@ impl IngressSecrets {
     ) -> Option<Arc<OaepPrivateDecryptingKey>> {
         self.decryption_keys.get(certificate_id).cloned()
     }
+}
+
+/// A list of keys, each a string or `{"key": "…", "tenants": ["<tenant id>", …]}` (the
+/// tenants a caller holding that key may name). Errors name the field and position, never a
+/// value.
+#[allow(clippy::type_complexity)]
+fn keys_with_tenants(
+    fields: &mut serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<(Vec<SecretString>, Vec<Option<Vec<String>>>), SecretsError> {
+    let entries: Vec<Value> = take(
+        fields,
+        name,
+        "a list of keys, each a string or {\"key\": \"...\", \"tenants\": [\"<tenant id>\"]}",
+    )?
+    .unwrap_or_default();
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut tenants = Vec::with_capacity(entries.len());
+    for (position, entry) in entries.into_iter().enumerate() {
+        let bad = |what: &str| SecretsError::Invalid(format!("{name}[{position}] {what}"));
+        match entry {
+            Value::String(key) => {
+                keys.push(SecretString::new(key));
+                tenants.push(None);
+            }
+            Value::Object(mut object) => {
+                let Some(Value::String(key)) = object.remove("key") else {
+                    return Err(bad("needs a \"key\" string"));
+                };
+                keys.push(SecretString::new(key));
+                let listed = match object.remove("tenants") {
+                    None => None,
+                    Some(Value::Array(list)) => Some(
+                        list.iter()
+                            .map(|t| {
+                                t.as_str()
+                                    .map(|t| t.trim().to_ascii_lowercase())
+                                    .filter(|t| uuid::Uuid::try_parse(t).is_ok())
+                                    .ok_or_else(|| bad("has a tenant that is not a GUID"))
+                            })
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    Some(_) => return Err(bad("\"tenants\" must be a list of tenant ids")),
+                };
+                if let Some(unknown) = object.keys().next() {
+                    return Err(bad(&format!(
+                        "has an unknown field `{unknown}`, expected key and tenants"
+                    )));
+                }
+                tenants.push(listed);
+            }
+            _ => return Err(bad("must be a string or an object with key and tenants")),
+        }
+    }
+    Ok((keys, tenants))
 }
 
 fn parse_decryption_key(pem: &str) -> Option<OaepPrivateDecryptingKey> {
@@ -202,5 +264,44 @@ mod tests {
             "secrets document is not valid: webhook_hmac_keys[1] is 23 bytes long; Standard Webhooks keys are at least 24 random bytes"
         );
         assert!(!err.contains("c2lnbmluZy1rZXktb2YtMjMtYnl0ZXM"), "{err}");
+    }
+
+    #[test]
+    fn keys_may_list_the_tenants_they_speak_for() {
+        let ok = IngressSecrets::from_json(
+            r#"{"webhook_hmac_keys": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                 {"key": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "tenants": ["2C1D8D6E-5A4B-4C3D-9E8F-7A6B5C4D3E2F"]}],
+                "sentinel_api_keys": [{"key": "0123456789abcdef0123456789abcdef"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.webhook_key_tenants,
+            [
+                None,
+                Some(vec!["2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f".to_owned()])
+            ]
+        );
+        assert_eq!(ok.sentinel_api_key_tenants, [None]);
+        for (json, expected) in [
+            (
+                r#"{"webhook_hmac_keys": [{"key": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "tenants": ["contoso"]}]}"#,
+                "webhook_hmac_keys[0] has a tenant that is not a GUID",
+            ),
+            (
+                r#"{"sentinel_api_keys": [{"secret": "hunter2hunter2hunter2hunter2hunter2"}]}"#,
+                "sentinel_api_keys[0] needs a \"key\" string",
+            ),
+            (
+                r#"{"sentinel_api_keys": [{"key": "hunter2hunter2hunter2hunter2hunter2", "tenant": []}]}"#,
+                "sentinel_api_keys[0] has an unknown field `tenant`",
+            ),
+        ] {
+            let err = IngressSecrets::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(
+                !err.contains("hunter2") && !err.contains("MfKQ9r8"),
+                "{err}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
-use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
+use crate::event::{EventSource, Origin, RiskEvent, RiskLevel, Subject, derive_event_id};
 
 /// Why a Sentinel payload cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,11 +46,15 @@ impl std::fmt::Display for DroppedAccount {
     }
 }
 
-/// Events from one payload, and the accounts dropped (unusable, tenant not allowed or unknown).
+/// Events from one payload, and the accounts dropped (unusable, tenant not allowed or unknown,
+/// or a tenant the caller may not name).
 #[derive(Debug, Default)]
 pub struct SentinelOutcome {
     pub events: Vec<RiskEvent>,
     pub dropped: Vec<DroppedAccount>,
+    /// The accounts dropped because they name a tenant the caller may not name: (account,
+    /// claimed tenant), for the security log.
+    pub foreign: Vec<(String, String)>,
 }
 
 /// One account named by the payload.
@@ -84,8 +88,15 @@ struct Payload {
     context: Option<Value>,
 }
 
-/// Parses a playbook payload into events for the allowed tenants.
-pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelError> {
+/// Parses a playbook payload into events for the allowed tenants that `origin` (the
+/// authenticated caller) may name; without an origin (an operator's replay), for every allowed
+/// tenant. An account whose tenant is neither named nor implied (the caller may name exactly
+/// one tenant) is dropped, and so is one of a tenant the caller may not name.
+pub fn parse(
+    body: &[u8],
+    config: &Config,
+    origin: Option<&Origin>,
+) -> Result<SentinelOutcome, SentinelError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| SentinelError::NotJson(e.to_string()))?;
     let is_incident = value
@@ -104,7 +115,17 @@ pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelEr
     if payload.accounts.is_empty() && payload.unusable.is_empty() {
         return Err(SentinelError::NoAccount);
     }
-    let default_tenant = match config.allowed_tenants.as_slice() {
+    // The tenants the caller may name, of those allowed here.
+    let scope: Vec<String> = match origin {
+        Some(origin) => config
+            .allowed_tenants
+            .iter()
+            .filter(|t| origin.covers(t))
+            .cloned()
+            .collect(),
+        None => config.allowed_tenants.clone(),
+    };
+    let default_tenant = match scope.as_slice() {
         [only] => Some(only.clone()),
         _ => None,
     };
@@ -126,7 +147,7 @@ pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelEr
         else {
             outcome.dropped.push(DroppedAccount {
                 account: named,
-                reason: "account has no AadTenantId and no single default tenant".into(),
+                reason: "account has no AadTenantId and the caller may name more than one tenant (or none)".into(),
             });
             continue;
         };
@@ -134,6 +155,21 @@ pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelEr
             outcome.dropped.push(DroppedAccount {
                 account: named,
                 reason: format!("tenant {tenant} is not allowed"),
+            });
+            continue;
+        }
+        if !scope.contains(&tenant) {
+            outcome.foreign.push((named.clone(), tenant.clone()));
+            outcome.dropped.push(DroppedAccount {
+                account: named,
+                reason: format!(
+                    "tenant {tenant} is not one this caller may name (its credential is bound to {})",
+                    if scope.is_empty() {
+                        "no tenant".to_owned()
+                    } else {
+                        scope.join(", ")
+                    }
+                ),
             });
             continue;
         }
@@ -167,6 +203,7 @@ pub fn parse(body: &[u8], config: &Config) -> Result<SentinelOutcome, SentinelEr
             detected_at: payload.detected_at.unwrap_or_else(OffsetDateTime::now_utc),
             source_id: payload.source_id.clone(),
             resource_data: payload.context.clone(),
+            origin: origin.cloned(),
         });
         seen.push((tenant, subject));
     }

@@ -23,6 +23,7 @@ use super::entra::{EntraError, EntraVerifier};
 use super::jwks::TokenError;
 use super::signature;
 use crate::config::Config;
+use crate::event::{Origin, OriginKind};
 use crate::ingress::secrets::IngressSecrets;
 use crate::support::secret::SecretString;
 
@@ -85,6 +86,10 @@ pub struct Authenticated {
     pub remember_for: Duration,
     /// Who sent it, for logs (ids only, never a credential).
     pub caller: String,
+    /// Who vouches for its signals, and the tenants it may name: an Entra caller its token's
+    /// tenant and those listed for it; a key the tenants listed with it (or, with one allowed
+    /// tenant, that one).
+    pub origin: Origin,
 }
 
 /// Why a delivery is not authenticated.
@@ -158,6 +163,23 @@ fn api_key_position(presented: &str, keys: &[SecretString]) -> Option<usize> {
 }
 
 impl SentinelAuth<'_> {
+    /// The allowed tenants a key may name: those listed with it; a key that lists none may
+    /// name the one allowed tenant, and no tenant when several are allowed (each key must then
+    /// say which).
+    fn key_scope(&self, listed: Option<&Option<Vec<String>>>) -> Vec<String> {
+        match listed.and_then(Option::as_ref) {
+            Some(tenants) => tenants
+                .iter()
+                .filter(|t| self.config.tenant_allowed(t))
+                .cloned()
+                .collect(),
+            None => match self.config.allowed_tenants.as_slice() {
+                [only] => vec![only.clone()],
+                _ => Vec::new(),
+            },
+        }
+    }
+
     /// The methods configured.
     pub fn accepted(&self) -> Vec<Method> {
         let mut methods = Vec::new();
@@ -221,11 +243,23 @@ impl SentinelAuth<'_> {
                                 .unwrap_or_default();
                             let left = caller.valid_until.saturating_sub(now.unix_timestamp());
                             let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+                            let tenants = self
+                                .secrets
+                                .sentinel_callers
+                                .tenants_of(&caller)
+                                .into_iter()
+                                .filter(|t| self.config.tenant_allowed(t))
+                                .collect();
                             return Ok(Authenticated {
                                 method: Method::EntraId,
                                 delivery_id: format!("entra:{who}:{}", body_hash(body)),
                                 remember_for: left.min(MAX_REPLAY_MEMORY).max(tolerance * 2),
                                 caller: caller.to_string(),
+                                origin: Origin {
+                                    via: OriginKind::EntraId,
+                                    by: who,
+                                    tenants,
+                                },
                             });
                         }
                         Err(EntraError::Token(TokenError::KeysUnavailable(reason))) => {
@@ -246,12 +280,19 @@ impl SentinelAuth<'_> {
                     tolerance,
                 ) {
                     Ok(webhook) => {
+                        let key = format!("webhook_hmac_keys[{}]", webhook.key);
                         return Ok(Authenticated {
                             method: Method::StandardWebhooks,
-                            caller: format!("webhook-id {}", webhook.id),
+                            caller: format!("{key} (webhook-id {})", webhook.id),
                             delivery_id: format!("swh:{}", webhook.id),
                             // The whole window in which its timestamp would still be accepted.
                             remember_for: tolerance * 2,
+                            origin: Origin {
+                                via: OriginKind::StandardWebhooks,
+                                tenants: self
+                                    .key_scope(self.secrets.webhook_key_tenants.get(webhook.key)),
+                                by: key,
+                            },
                         });
                     }
                     Err(e) => reasons.push(e.to_string()),
@@ -267,11 +308,18 @@ impl SentinelAuth<'_> {
             if accepted.contains(&Method::ApiKey) {
                 match api_key_position(key, &self.secrets.sentinel_api_keys) {
                     Some(position) => {
+                        let key = format!("sentinel_api_keys[{position}]");
                         return Ok(Authenticated {
                             method: Method::ApiKey,
                             delivery_id: format!("apikey:{position}:{}", body_hash(body)),
                             remember_for: API_KEY_REPLAY_MEMORY.max(tolerance * 2),
-                            caller: format!("sentinel_api_keys[{position}]"),
+                            caller: key.clone(),
+                            origin: Origin {
+                                via: OriginKind::ApiKey,
+                                tenants: self
+                                    .key_scope(self.secrets.sentinel_api_key_tenants.get(position)),
+                                by: key,
+                            },
                         });
                     }
                     None => reasons.push(format!(

@@ -46,6 +46,8 @@ pub enum SignatureError {
 pub struct VerifiedWebhook {
     pub id: String,
     pub timestamp: OffsetDateTime,
+    /// Position of the key that signed it (each key names the tenants it may speak for).
+    pub key: usize,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
@@ -148,13 +150,14 @@ pub fn verify(
         .take(MAX_SIGNATURES);
     for candidate in candidates {
         // hmac::verify compares in constant time.
-        if keys
+        if let Some(key) = keys
             .iter()
-            .any(|key| hmac::verify(&key.0, &signed, &candidate).is_ok())
+            .position(|key| hmac::verify(&key.0, &signed, &candidate).is_ok())
         {
             return Ok(VerifiedWebhook {
                 id: id.to_owned(),
                 timestamp: sent,
+                key,
             });
         }
     }

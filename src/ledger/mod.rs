@@ -4,7 +4,9 @@
 //! the version it replaces), with adapters beside it: [`sqlite`] (local server, replay, CLI) and
 //! [`dynamodb`] (Lambda). [`Ledger`] gives the domain's records typed access over any store.
 //!
-//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`, the
+//! Keys: `signal#{id}`, `case#{id}`, `user#{tenant}#{user}`, `tenant#{tenant}#{what}`,
+//! `subscription#{tenant}#{id}` (the Graph subscriptions created in each tenant),
+//! `intent#{case}#{action}` (a temporary password sealed until it is delivered), the
 //! Standard Webhooks replay guard's `webhook#{id}`, and (on a ledger with a work index: the
 //! local server's SQLite file) `pending#case#{id}` and `pending#signal#{id}`, which mark the
 //! cases and signals the local retries must look at, however old.
@@ -137,6 +139,48 @@ pub struct SocMailRecord {
 
 fn soc_mail_key(tenant_id: &str, mail_id: &str) -> String {
     format!("tenant#{tenant_id}#socmail#{mail_id}")
+}
+
+fn subscription_key(tenant_id: &str, subscription_id: &str) -> String {
+    format!(
+        "subscription#{}#{}",
+        tenant_id.to_ascii_lowercase(),
+        subscription_id.to_ascii_lowercase()
+    )
+}
+
+/// A Graph subscription this deployment created, and the tenant it was created in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub tenant_id: String,
+    pub subscription_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+/// What the cooldown rail answered a case about to reset a user's password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetClaim {
+    /// The reset may go; the user's record now names this case.
+    Granted,
+    /// Another case reset the user within the cooldown.
+    Held {
+        last_reset_at: OffsetDateTime,
+        by_case: String,
+    },
+}
+
+/// A temporary password sealed between its `PATCH` and its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SealedIntent {
+    sealed: String,
+}
+
+/// How long a sealed password is kept if nobody delivers it (its case is long settled by then).
+const SEALED_INTENT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+
+fn intent_key(case_id: &str, action: usize) -> String {
+    format!("intent#{case_id}#{action}")
 }
 
 /// A tenant's enforced cases within the last hour (the blast-radius rail).
@@ -506,6 +550,94 @@ impl Ledger {
             .await
     }
 
+    /// The cooldown rail as a claim: one conditional write on the user's record, so two cases
+    /// can never both reset the user within `cooldown` (no read-then-act). Granted when no
+    /// other case reset the user within `cooldown` (a case's own earlier reset does not count;
+    /// `forced`: a person approved this reset, which overrides the rail); the claim records
+    /// `case_id` as the user's last reset at `now`.
+    pub async fn claim_reset(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        case_id: &str,
+        cooldown: time::Duration,
+        forced: bool,
+        now: OffsetDateTime,
+    ) -> Result<ResetClaim, LedgerError> {
+        for _ in 0..MAX_CONFLICTS {
+            let (mut record, version) = self.user(tenant_id, user_id).await?;
+            if !forced
+                && let Some(at) = record
+                    .last_reset_by_another(case_id)
+                    .filter(|at| now - *at < cooldown && *at - now < cooldown)
+            {
+                return Ok(ResetClaim::Held {
+                    last_reset_at: at,
+                    by_case: record.last_reset_case.clone().unwrap_or_default(),
+                });
+            }
+            record.last_reset_at = Some(now);
+            record.last_reset_case = Some(case_id.to_owned());
+            if self.save_user(&record, version).await?.is_some() {
+                return Ok(ResetClaim::Granted);
+            }
+        }
+        Err(LedgerError(format!("user {user_id} kept changing")))
+    }
+
+    /// Keeps a temporary password sealed beside its case (`intent#{case}#{action}`) until it
+    /// is delivered, for a worker that resumes the case after another stopped between the
+    /// `PATCH` and the delivery. `sealed` is the sealed value (never the password itself).
+    pub async fn keep_sealed_intent(
+        &self,
+        case_id: &str,
+        action: usize,
+        sealed: &str,
+    ) -> Result<(), LedgerError> {
+        let key = intent_key(case_id, action);
+        let doc = Self::encode(&SealedIntent {
+            sealed: sealed.to_owned(),
+        })?;
+        for _ in 0..MAX_CONFLICTS {
+            // A retry of the same action (its delivery failed) replaces the earlier one.
+            let version = self.store.get(&key).await?.map_or(0, |s| s.version);
+            if self
+                .store
+                .put(&key, &doc, version, expiry(SEALED_INTENT_RETENTION))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(LedgerError(format!("{key} kept changing")))
+    }
+
+    /// The sealed value kept for `case_id`'s action `action`, if any.
+    pub async fn sealed_intent(
+        &self,
+        case_id: &str,
+        action: usize,
+    ) -> Result<Option<String>, LedgerError> {
+        match self.store.get(&intent_key(case_id, action)).await? {
+            Some(stored) => Ok(Some(Self::decode::<SealedIntent>(&stored)?.sealed)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets a delivered password's sealed copy.
+    pub async fn forget_sealed_intent(
+        &self,
+        case_id: &str,
+        action: usize,
+    ) -> Result<(), LedgerError> {
+        let key = intent_key(case_id, action);
+        if let Some(stored) = self.store.get(&key).await? {
+            self.store.delete(&key, stored.version).await?;
+        }
+        Ok(())
+    }
+
     /// Records a password reset of the user by `case_id` (for the cooldown rail).
     pub async fn record_reset(
         &self,
@@ -596,6 +728,54 @@ impl Ledger {
         Err(LedgerError(format!(
             "tenant {tenant_id} blast record kept changing"
         )))
+    }
+
+    /// Records that the subscriptions `ids` were created in `tenant_id` (one write; those
+    /// recorded already are kept as they are: a subscription's tenant never changes).
+    pub async fn record_subscriptions(
+        &self,
+        tenant_id: &str,
+        ids: &[&str],
+    ) -> Result<(), LedgerError> {
+        let now = OffsetDateTime::now_utc();
+        let items = ids
+            .iter()
+            .map(|id| {
+                Ok(NewItem {
+                    key: subscription_key(tenant_id, id),
+                    doc: Self::encode(&SubscriptionRecord {
+                        tenant_id: tenant_id.to_ascii_lowercase(),
+                        subscription_id: id.to_ascii_lowercase(),
+                        recorded_at: now,
+                    })?,
+                    expires_at: None,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        self.store.create_all(&items).await.map(drop)
+    }
+
+    /// Of the (tenant, subscription) pairs, those recorded as created in that tenant.
+    pub async fn recorded_subscriptions(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, LedgerError> {
+        if pairs.is_empty() {
+            return Ok(Default::default());
+        }
+        let keys: Vec<String> = pairs.iter().map(|(t, s)| subscription_key(t, s)).collect();
+        let found: std::collections::HashSet<String> = self
+            .store
+            .get_many(&keys)
+            .await?
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        Ok(pairs
+            .iter()
+            .filter(|(t, s)| found.contains(&subscription_key(t, s)))
+            .cloned()
+            .collect())
     }
 
     /// Records that Graph accepted SOC mail `mail_id`, covering `case_ids`.

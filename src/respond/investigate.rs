@@ -24,7 +24,9 @@ use crate::graph::{GraphClient, GraphError};
 /// Who a signal is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    /// A user, by object id (lower-case) and UPN when known.
+    /// A user, by object id (lower-case), and the UPN the directory gave when it was read
+    /// (never the one the signal claimed: the object id is the identity, names come from the
+    /// directory).
     User { id: String, upn: Option<String> },
     /// No user to act on, and why (deleted, unknown, a retired legacy alert).
     NoUser(String),
@@ -37,9 +39,9 @@ pub async fn resolve(
     subject: &Subject,
 ) -> Result<Resolved, GraphError> {
     match subject {
-        Subject::User { id: Some(id), upn } if is_object_id(id) => Ok(Resolved::User {
+        Subject::User { id: Some(id), .. } if is_object_id(id) => Ok(Resolved::User {
             id: id.to_ascii_lowercase(),
-            upn: upn.clone(),
+            upn: None,
         }),
         Subject::User { id, upn } => {
             let Some(lookup) = upn.as_deref().or(id.as_deref()) else {
@@ -48,7 +50,7 @@ pub async fn resolve(
             match graph.user_facts(tenant, lookup).await {
                 Ok(user) => Ok(Resolved::User {
                     id: user.user_id,
-                    upn: user.user_principal_name.or_else(|| upn.clone()),
+                    upn: user.user_principal_name,
                 }),
                 Err(GraphError::NotFound { .. }) => Ok(Resolved::NoUser(format!(
                     "no user {lookup} in the directory (deleted or mistyped)"
@@ -79,21 +81,21 @@ pub async fn resolve_bulk(
     subjects: &[Subject],
 ) -> Vec<Result<Resolved, GraphError>> {
     let mut out: Vec<Option<Result<Resolved, GraphError>>> = vec![None; subjects.len()];
-    // lower-cased lookup -> (subjects asking, the UPN the signal gave)
-    let mut lookups: BTreeMap<String, Vec<(usize, Option<String>)>> = BTreeMap::new();
+    // lower-cased lookup -> the subjects asking
+    let mut lookups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, subject) in subjects.iter().enumerate() {
         match subject {
-            Subject::User { id: Some(id), upn } if is_object_id(id) => {
+            Subject::User { id: Some(id), .. } if is_object_id(id) => {
                 out[i] = Some(Ok(Resolved::User {
                     id: id.to_ascii_lowercase(),
-                    upn: upn.clone(),
+                    upn: None,
                 }));
             }
             Subject::User { id, upn } => match upn.as_deref().or(id.as_deref()) {
                 Some(lookup) => lookups
                     .entry(lookup.to_ascii_lowercase())
                     .or_default()
-                    .push((i, upn.clone())),
+                    .push(i),
                 None => out[i] = Some(Ok(Resolved::NoUser("the signal names no user".into()))),
             },
             Subject::SecurityAlert { id } => out[i] = Some(Ok(Resolved::NoUser(legacy_alert(id)))),
@@ -124,7 +126,7 @@ pub async fn resolve_bulk(
                 .collect(),
             Err(e) => {
                 for lookup in chunk {
-                    for (i, _) in lookups.get(lookup).into_iter().flatten() {
+                    for i in lookups.get(lookup).into_iter().flatten() {
                         out[*i] = Some(Err(e.clone()));
                     }
                 }
@@ -132,11 +134,11 @@ pub async fn resolve_bulk(
             }
         };
         for lookup in chunk {
-            for (i, given) in lookups.get(lookup).into_iter().flatten() {
+            for i in lookups.get(lookup).into_iter().flatten() {
                 out[*i] = Some(Ok(match found.get(lookup) {
                     Some(user) => Resolved::User {
                         id: user.user_id.clone(),
-                        upn: user.user_principal_name.clone().or_else(|| given.clone()),
+                        upn: user.user_principal_name.clone(),
                     },
                     None => Resolved::NoUser(format!(
                         "no user {lookup} in the directory (deleted or mistyped)"

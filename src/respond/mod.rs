@@ -3,6 +3,7 @@
 
 pub mod blast_radius;
 pub mod ca_policy;
+pub mod decide;
 pub mod disposition;
 pub mod intake;
 pub mod investigate;

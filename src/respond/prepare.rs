@@ -12,7 +12,7 @@ use super::worker::{Worker, at_once};
 use crate::actions::{Job, Rules};
 use crate::cases::case::ActionState;
 use crate::cases::findings::{RiskRecord, SignInSummary, UserFacts};
-use crate::cases::plan::{escalate_case, plan_case};
+use crate::cases::plan::{RAIL_PROTECTED, escalate_case, plan_case};
 use crate::cases::{Case, CaseStatus};
 use crate::graph::GraphError;
 use crate::ledger::LedgerError;
@@ -60,6 +60,9 @@ impl Worker {
                 }
             }
         }
+        // Rails at run time: who is protected now (read at most PROTECTION_TTL ago), for every
+        // resumed case; before escalations, which pass through the same rail.
+        self.protect_resumed(tenant, jobs, now).await;
         // Resumed cases a signal raised above their plan: escalated first, so what the new
         // actions check is read below.
         let mut escalations = Vec::new();
@@ -127,9 +130,8 @@ impl Worker {
             if job.case.findings.is_none() {
                 match findings.remove(&user) {
                     Some(Ok(found)) => {
-                        if job.case.user_principal_name.is_none() {
-                            job.case.user_principal_name = found.user.user_principal_name.clone();
-                        }
+                        job.case
+                            .name_from_directory(found.user.user_principal_name.as_deref(), now);
                         let last_reset =
                             match last_resets.remove(&job.case.case_id).unwrap_or(Ok(None)) {
                                 Ok(last) => last,
@@ -167,6 +169,8 @@ impl Worker {
             } else if let Some(result) = facts.remove(&user) {
                 match result {
                     Ok(found) => {
+                        job.case
+                            .name_from_directory(found.user_principal_name.as_deref(), now);
                         job.facts = found;
                         job.risk = risk;
                     }
@@ -274,6 +278,57 @@ impl Worker {
                         needs_operator: e.needs_operator(),
                     };
                     break;
+                }
+            }
+        }
+    }
+
+    /// The protected-account rail again, for every resumed case: a user protected since the
+    /// plan was made (added to a protected group or role, listed as break-glass) has every
+    /// action that would change the account held for a person, unless a person approved it
+    /// already. Escalations then use this verdict, not the one of the plan.
+    async fn protect_resumed(&self, tenant: &str, jobs: &mut [Job], now: OffsetDateTime) {
+        let users: Vec<String> = jobs
+            .iter()
+            .filter(|j| !j.stopped && j.case.findings.is_some())
+            .map(|j| j.case.user_id.clone())
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let mut verdicts =
+            investigate::protection_bulk(&self.graph, &self.roles, &self.policy, tenant, &users)
+                .await;
+        for job in jobs
+            .iter_mut()
+            .filter(|j| !j.stopped && j.case.findings.is_some())
+        {
+            match verdicts.remove(&job.case.user_id).unwrap_or(Ok(None)) {
+                Err(e) => self.stop(job, &e, now),
+                Ok(verdict) => {
+                    if let Some(findings) = job.case.findings.as_mut() {
+                        findings.protected = verdict.clone();
+                    }
+                    let Some(reason) = verdict else { continue };
+                    let rail = format!("{RAIL_PROTECTED}: {reason}");
+                    let mut held = 0;
+                    for action in &mut job.case.actions {
+                        if action.action.changes_account()
+                            && action.state.runnable()
+                            && action.approved_by.is_none()
+                        {
+                            action.state = ActionState::Held { rail: rail.clone() };
+                            action.intent = None;
+                            held += 1;
+                        }
+                    }
+                    if held > 0 {
+                        job.case.add_rail(rail.clone());
+                        job.case.note(
+                            now,
+                            format!("{held} action(s) held when they were to run: {rail}"),
+                        );
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::actions::risk_feedback::RISK_ACTION_BATCH;
 use crate::actions::{self, Context, Failure, Job, Step};
-use crate::cases::case::ActionState;
+use crate::cases::case::{ActionState, Intent};
 use crate::cases::policy::Action;
 
 /// Cases in one wave. A tenant's cases are remediated in waves that run at once (each its own
@@ -29,34 +29,78 @@ pub async fn run(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) {
 
 /// One round: each case's next runnable action, each kind for all cases together. Returns what
 /// ran, as (job index, action); empty when nothing is left to run.
+///
+/// Write-ahead: before anything runs, every action of the round that changes an account is
+/// marked with its intent and each case is saved, conditional on the version last stored. A
+/// case a person decided on meanwhile (skipped it) stops there, nothing of it runs. An action
+/// found with the intent of a worker that stopped before recording its outcome is reconciled
+/// first: if Graph shows its effect, it is recorded done, not carried out again.
 pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec<(usize, Action)> {
     let mut ran = Vec::new();
-    let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
-    // Per action, job index -> the index of its companion that goes in the same request.
-    let mut along: HashMap<Action, HashMap<usize, usize>> = HashMap::new();
-    for (j, job) in jobs.iter().enumerate() {
-        if job.stopped {
-            continue;
+    let picked = pick(jobs);
+    if picked.is_empty() {
+        return ran;
+    }
+    let now = OffsetDateTime::now_utc();
+    // Resumed intents whose effect Graph shows: done, not repeated.
+    let mut to_run = Vec::with_capacity(picked.len());
+    for item in picked {
+        let (j, i) = (item.job, item.action);
+        let action = jobs[j].case.actions[i].action;
+        let reconciled = jobs[j].case.actions[i]
+            .intent
+            .is_some()
+            .then(|| actions::of(action).already_done(action, &jobs[j]))
+            .flatten();
+        match reconciled {
+            Some(detail) => {
+                record(
+                    tenant,
+                    &mut jobs[j],
+                    i,
+                    action,
+                    Ok(Step::Done(Some(detail))),
+                    now,
+                );
+                ran.push((j, action));
+            }
+            None => to_run.push(item),
         }
-        let mut runnable = job
-            .case
-            .actions
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.state.runnable());
-        let Some((i, first)) = runnable.next() else {
-            continue;
-        };
-        let second = runnable.next().map(|(k, a)| (k, a.action));
-        let pairs = |leader: Action, other: Action| actions::of(leader).companion() == Some(other);
-        let (leader, at, companion) = match second {
-            Some((k, next)) if pairs(first.action, next) => (first.action, i, Some(k)),
-            Some((k, next)) if pairs(next, first.action) => (next, k, Some(i)),
-            _ => (first.action, i, None),
-        };
-        groups.entry(leader).or_default().push((j, at));
-        if let Some(c) = companion {
-            along.entry(leader).or_default().insert(j, c);
+    }
+    // Intents, then one conditional save of every case of the round before anything runs.
+    for item in &to_run {
+        for i in std::iter::once(item.action).chain(item.companion) {
+            let entry = &mut jobs[item.job].case.actions[i];
+            if entry.action.changes_account() && entry.intent.is_none() {
+                entry.intent = Some(Intent {
+                    at: now,
+                    by: ctx.holder.to_owned(),
+                    password_changed_before: None,
+                    sealed: false,
+                    request: None,
+                });
+            }
+        }
+    }
+    let mut saving: Vec<usize> = to_run.iter().map(|item| item.job).collect();
+    saving.dedup();
+    ctx.checkpoints.record(jobs, &saving).await;
+    // What a person's decision (or another worker) changed meanwhile does not run.
+    to_run.retain(|item| {
+        let job = &jobs[item.job];
+        !job.stopped && job.case.actions[item.action].state.runnable()
+    });
+    let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut along: HashMap<Action, HashMap<usize, usize>> = HashMap::new();
+    for item in to_run {
+        groups
+            .entry(item.leader)
+            .or_default()
+            .push((item.job, item.action));
+        if let Some(c) = item.companion
+            && jobs[item.job].case.actions[c].state.runnable()
+        {
+            along.entry(item.leader).or_default().insert(item.job, c);
         }
     }
     for (action, items) in groups {
@@ -76,6 +120,49 @@ pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec
         }
     }
     ran
+}
+
+/// One case's part of a round: its next runnable action and, when the action after it is that
+/// action's companion (or the other way round), both, in one request.
+struct Picked {
+    job: usize,
+    /// The action that leads (its module runs both).
+    leader: Action,
+    action: usize,
+    companion: Option<usize>,
+}
+
+/// Each case's next runnable action (with its companion when they are neighbours).
+fn pick(jobs: &[Job]) -> Vec<Picked> {
+    let mut picked = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        if job.stopped {
+            continue;
+        }
+        let mut runnable = job
+            .case
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.state.runnable());
+        let Some((i, first)) = runnable.next() else {
+            continue;
+        };
+        let second = runnable.next().map(|(k, a)| (k, a.action));
+        let pairs = |leader: Action, other: Action| actions::of(leader).companion() == Some(other);
+        let (leader, action, companion) = match second {
+            Some((k, next)) if pairs(first.action, next) => (first.action, i, Some(k)),
+            Some((k, next)) if pairs(next, first.action) => (next, k, Some(i)),
+            _ => (first.action, i, None),
+        };
+        picked.push(Picked {
+            job: j,
+            leader,
+            action,
+            companion,
+        });
+    }
+    picked
 }
 
 /// Records what one action of a job did.
@@ -126,5 +213,7 @@ fn record(
     };
     tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
     entry.state = state;
+    // The outcome is what the case says now; the intent has served.
+    entry.intent = None;
     job.case.note(now, what);
 }

@@ -47,11 +47,21 @@ pub(super) fn disposition_of(case: &Case) -> Disposition {
     }
 }
 
+/// Whether someone else decided on the case since `base` was read: a person's decision, or a
+/// plan version that is not ours.
+fn decided_meanwhile(base: &Case, fresh: &Case) -> bool {
+    fresh.decisions != base.decisions || fresh.plan_version != base.plan_version
+}
+
 /// `fresh` (the stored case, changed meanwhile) with what this worker did to `ours` since
 /// `base` (the case as leased or last checkpointed): our actions' outcomes win for the actions
 /// we ran, our plan (if the stored case had none) and what we appended, rails, history lines,
-/// the rail flags; everything else (signals merged, a person's decision) is kept.
+/// the rail flags; everything else (signals merged, a person's decision) is kept, and after a
+/// person's decision what we only intended gives way to it.
 fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
+    // A person's decision (or another plan) since `base` wins over what we only intended:
+    // only the outcomes of what we already ran are kept then.
+    let decided = decided_meanwhile(base, &fresh);
     let added_history = (ours.history_dropped as usize + ours.history.len())
         .saturating_sub(base.history_dropped as usize + base.history.len());
     if fresh.findings.is_none() && ours.findings.is_some() {
@@ -66,8 +76,14 @@ fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
     } else {
         let known = base.actions.len();
         for (i, action) in ours.actions.iter().enumerate().take(known) {
-            let changed = base.actions.get(i) != Some(action);
-            if changed && let Some(slot) = fresh.actions.get_mut(i) {
+            let Some(before) = base.actions.get(i) else {
+                continue;
+            };
+            let ran = before.state != action.state;
+            if before != action
+                && (ran || !decided)
+                && let Some(slot) = fresh.actions.get_mut(i)
+            {
                 *slot = action.clone();
             }
         }
@@ -226,6 +242,8 @@ impl Worker {
                 templates: &self.templates,
                 turn: Some((&turns, wave)),
                 checkpoints: self,
+                sealer: self.sealer.as_deref(),
+                holder: &self.holder,
             };
             async move { self.remediate_wave(tenant, &ctx, jobs).await }
         });
@@ -299,6 +317,13 @@ impl Worker {
     /// it did is reconciled when it finishes, and nothing more runs here.
     pub(super) async fn checkpoint(&self, job: &mut Job) {
         let now = OffsetDateTime::now_utc();
+        // Nothing runs on what the ledger does not hold: a checkpoint that cannot be stored stops
+        // the job (its intents were not written ahead), and the case is retried.
+        let unstored = |job: &mut Job, why: String| {
+            tracing::warn!(case_id = %job.case.case_id, error = %why, "checkpoint not stored: the case stops here and is retried");
+            job.stopped = true;
+            job.case.last_error = Some(format!("progress could not be recorded: {why}"));
+        };
         // The lease is renewed with the progress (a long run keeps it).
         if let Some(lease) = job.case.lease.as_mut().filter(|l| l.holder == self.holder) {
             lease.until = now + CASE_LEASE;
@@ -310,14 +335,13 @@ impl Worker {
                 return;
             }
             Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
-                return;
-            }
+            Err(e) => return unstored(job, e.to_string()),
         }
         for _ in 0..MAX_CONFLICTS {
-            let Ok(Some((fresh, version))) = self.ledger.case(&job.case.case_id).await else {
-                return;
+            let (fresh, version) = match self.ledger.case(&job.case.case_id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return unstored(job, "the case is gone".into()),
+                Err(e) => return unstored(job, e.to_string()),
             };
             if fresh
                 .lease
@@ -334,25 +358,35 @@ impl Worker {
             }
             // Ours is adopted only once it is stored: until then `base` stays what the store
             // last had from us, so a later reconcile still sees every outcome of this run.
+            let decided = decided_meanwhile(&job.base, &fresh);
             let mut merged = reconcile(&job.case, &job.base, fresh);
             merged.lease = Some(Lease {
                 holder: self.holder.clone(),
                 until: now + CASE_LEASE,
             });
+            if decided {
+                // A person decided while this worker held the case: what they decided stands,
+                // and nothing more of this run goes ahead.
+                merged.note(
+                    now,
+                    "a person's decision arrived while a worker held the case: the worker stops before its next step",
+                );
+            }
             match self.ledger.save_case(&merged, version).await {
                 Ok(Some(saved)) => {
                     job.base = merged.clone();
                     job.case = merged;
                     job.version = saved;
+                    if decided {
+                        job.stopped = true;
+                    }
                     return;
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(case_id = %job.case.case_id, error = %e, "checkpoint failed; the case is saved when the run ends");
-                    return;
-                }
+                Err(e) => return unstored(job, e.to_string()),
             }
         }
+        unstored(job, "the case kept changing".into());
     }
 
     /// Saves the worked case, releasing the lease; reconciles with changes made meanwhile (a

@@ -60,6 +60,9 @@ pub struct SubscriptionManager {
     pub lifecycle_url: String,
     pub client_state: SecretString,
     pub resources: Vec<ResourceSpec>,
+    /// Where each subscription's tenant is recorded (`subscription#{tenant}#{id}`): the webhook
+    /// accepts a notification only for a subscription recorded in the tenant it names.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 fn expiry(minutes: u32) -> Result<String, GraphError> {
@@ -75,11 +78,26 @@ impl SubscriptionManager {
     /// Our subscriptions in `tenant` (those pointing at our notification URL).
     pub async fn list(&self, tenant: &str) -> Result<Vec<Subscription>, GraphError> {
         let all = self.graph.get_all(tenant, "/subscriptions").await?;
-        Ok(all
+        let ours: Vec<Subscription> = all
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Subscription>(v).ok())
             .filter(|s| s.notification_url == self.notification_url)
-            .collect())
+            .collect();
+        // Listed with the tenant's own token: these are the tenant's subscriptions.
+        self.record(tenant, &ours).await?;
+        Ok(ours)
+    }
+
+    /// Records that `subscriptions` were created in `tenant` (kept if recorded already).
+    async fn record(&self, tenant: &str, subscriptions: &[Subscription]) -> Result<(), GraphError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = subscriptions.iter().map(|s| s.id.as_str()).collect();
+        ledger
+            .record_subscriptions(tenant, &ids)
+            .await
+            .map_err(|e| GraphError::RateLimiter(format!("subscription not recorded: {e}")))
     }
 
     /// Creates the subscriptions that are missing; returns those created.
@@ -109,6 +127,8 @@ impl SubscriptionManager {
             let subscription: Subscription =
                 serde_json::from_value(value).map_err(|e| GraphError::Decode(e.to_string()))?;
             tracing::info!(tenant_id = tenant, subscription_id = %subscription.id, resource = %subscription.resource, "subscription created");
+            self.record(tenant, std::slice::from_ref(&subscription))
+                .await?;
             created.push(subscription);
         }
         Ok(created)

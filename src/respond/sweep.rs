@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 
 use super::intake::Intake;
 use super::view::{OVERLAP, RiskView, ViewError};
-use crate::event::{EventSource, RiskEvent, RiskLevel, Subject, derive_event_id};
+use crate::event::{
+    EventSource, Origin, OriginKind, RiskEvent, RiskLevel, Subject, derive_event_id,
+};
 use crate::graph::{GraphClient, GraphError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::queue::WorkItem;
@@ -368,6 +370,7 @@ impl Sweeper<'_> {
                 detected_at: updated,
                 source_id: format!("riskyUser {} {}", entry.record.risk_state, updated),
                 resource_data: None,
+                origin: Some(sweep_origin(tenant)),
             });
         }
         let users_at_risk = signals.len();
@@ -392,6 +395,7 @@ impl Sweeper<'_> {
                     seen.count, seen.newest_id
                 ),
                 resource_data: None,
+                origin: Some(sweep_origin(tenant)),
             });
         }
 
@@ -468,6 +472,15 @@ impl Sweeper<'_> {
             signals,
             sign_in_gap: gap,
         })
+    }
+}
+
+/// What vouches for a sweep's signals: our own credential, reading the tenant itself.
+fn sweep_origin(tenant: &str) -> Origin {
+    Origin {
+        via: OriginKind::Sweep,
+        by: "scheduled sweep".into(),
+        tenants: vec![tenant.to_owned()],
     }
 }
 

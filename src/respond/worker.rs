@@ -65,6 +65,9 @@ pub struct Worker {
     pub view_max_age: time::Duration,
     /// Writes case outcomes onto the Sentinel incidents they came from (off when `None`).
     pub incident_comments: Option<Arc<super::writeback::IncidentCommenter>>,
+    /// Seals a temporary password between its `PATCH` and its delivery (the Graph secret's
+    /// `intent_sealing_key`).
+    pub sealer: Option<Arc<crate::support::seal::Sealer>>,
 }
 
 /// Default for [`Worker::view_max_age`]: two sweep periods.
@@ -97,6 +100,10 @@ pub(super) fn signal_ref(signal: &RiskEvent) -> SignalRef {
         source_id: signal.source_id.clone(),
         risk_level: signal.risk_level,
         detected_at: signal.detected_at,
+        claimed_upn: match &signal.subject {
+            Subject::User { upn, .. } => upn.clone(),
+            Subject::SecurityAlert { .. } => None,
+        },
     }
 }
 
@@ -123,6 +130,7 @@ impl Worker {
             templates: crate::actions::notify_user::templates::Templates::embedded(),
             view_max_age: VIEW_MAX_AGE,
             incident_comments: None,
+            sealer: None,
         }
     }
 
@@ -159,6 +167,26 @@ impl Worker {
                 tracing::error!(tenant_id = %tenant, "work item for a tenant that is not allowed: dropped");
                 out[index] = Some(Disposition::Done(format!(
                     "tenant {tenant} is not allowed: dropped"
+                )));
+                continue;
+            }
+            // The binding of the signal's caller, checked again: a queue message is not trusted.
+            if let WorkItem::Risk(signal) = item
+                && let Some(origin) = &signal.origin
+                && !origin.covers(tenant)
+            {
+                tracing::error!(
+                    security_event = "foreign_tenant",
+                    signal_id = %signal.event_id,
+                    tenant_id = %tenant,
+                    via = ?origin.via,
+                    by = %origin.by,
+                    bound_to = %serde_json::json!(origin.tenants),
+                    "signal names a tenant its caller may not name: dropped"
+                );
+                out[index] = Some(Disposition::Done(format!(
+                    "signal {} names tenant {tenant}, which {} may not name: dropped",
+                    signal.event_id, origin.by
                 )));
                 continue;
             }

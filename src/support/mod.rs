@@ -3,5 +3,6 @@
 
 pub mod aws;
 pub mod cache;
+pub mod seal;
 pub mod secret;
 pub mod telemetry;

@@ -80,6 +80,7 @@ pub const INGRESS_FIELDS: &[&str] = &[
 ];
 /// Fields of the Graph part.
 pub const GRAPH_FIELDS: &[&str] = &[
+    "intent_sealing_key",
     "tenant_id",
     "client_id",
     "client_secret",

@@ -23,6 +23,23 @@ pub const TENANT: &str = "84bd8158-6d4d-4958-8b9f-9d6445542f95";
 pub const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_STATE: &str = "local-dev-client-state-change-me";
 pub const GRAPH_PUBLISHER: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
+/// The Graph subscriptions of the saved events and test batches, all in [`TENANT`].
+pub const FIXTURE_SUBSCRIPTIONS: &[&str] = &[
+    "7f105c7d-2dc5-4530-97cd-4e7ae6534c07",
+    "9a1c7b0e-5c8e-4f7e-8a52-6a1f0d9c3b21",
+    "0b7b5a3c-1d0e-4b0a-9f43-2a6f1c3e8d11",
+];
+
+/// Remembers the fixture subscriptions as recorded in [`TENANT`] (what the renewer records when
+/// it creates them), so the webhook keeps their notifications.
+pub fn with_fixture_subscriptions(state: AppState) -> AppState {
+    state.recorded_subscriptions.lock().unwrap().extend(
+        FIXTURE_SUBSCRIPTIONS
+            .iter()
+            .map(|s| (TENANT.to_owned(), (*s).to_owned())),
+    );
+    state
+}
 
 /// Reads a saved Lambda HTTP event from `events/` as a lambda_http request.
 pub fn lambda_event(path: &str) -> lambda_http::Request {
@@ -258,6 +275,11 @@ impl WorkQueue for FailingQueue {
 pub async fn app_with(config: Config, queue: Arc<dyn WorkQueue>) -> AppState {
     let secrets = Arc::new(StaticSecretStore::<IngressSecrets>::embedded_dev().unwrap());
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
+    intake
+        .ledger
+        .record_subscriptions(TENANT, FIXTURE_SUBSCRIPTIONS)
+        .await
+        .unwrap();
     AppState::new(config, secrets, intake, reqwest::Client::new())
 }
 
@@ -266,12 +288,12 @@ pub fn app_with_secrets(config: Config, secrets_json: &str, queue: Arc<dyn WorkQ
     use risk_responder::support::secret::SecretDocument;
     let secrets = IngressSecrets::from_json(secrets_json).unwrap();
     let intake = risk_responder::http::Intake::in_process(queue).unwrap();
-    AppState::new(
+    with_fixture_subscriptions(AppState::new(
         config,
         Arc::new(StaticSecretStore::new(secrets)),
         intake,
         reqwest::Client::new(),
-    )
+    ))
 }
 
 pub async fn app(jwks_url: &str) -> (AppState, Arc<MemoryQueue>) {

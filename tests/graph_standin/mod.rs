@@ -44,14 +44,21 @@ pub fn worker_with(
         max_attempts,
         limiter,
     );
-    risk_responder::respond::Worker::new(
+    let mut worker = risk_responder::respond::Worker::new(
         ledger,
         graph,
         Arc::new(policy),
         None,
         None,
         vec![TENANT.to_owned()],
-    )
+    );
+    // Sealing temporary passwords until they are delivered, as a deployed worker does.
+    worker.sealer = risk_responder::vault::local::embedded_dev::<
+        risk_responder::graph::credential::GraphSecrets,
+    >()
+    .unwrap()
+    .intent_sealer;
+    worker
 }
 
 /// A worker over this simulator and `ledger` with `policy`, using `share` of the tenant's
@@ -182,6 +189,25 @@ pub fn mail_subjects(s: &StandIn) -> Vec<String> {
     })
 }
 
+/// The password a user holds now, as Graph last set it.
+pub fn current_password(s: &StandIn, user: &str) -> Option<String> {
+    s.with(|d| {
+        d.users
+            .iter()
+            .find(|u| u["id"] == user)
+            .and_then(|u| u["passwordProfile"]["password"].as_str().map(str::to_owned))
+    })
+}
+
+/// The temporary password a password mail carries.
+pub fn mailed_password(body: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix("Temporary password (must be changed at next sign-in): "))
+        .expect("the mail carries a password")
+        .trim()
+        .to_owned()
+}
+
 /// Bodies of the temporary-password mails sent, in the order sent.
 pub fn password_mail_bodies(s: &StandIn) -> Vec<String> {
     s.with(|d| {
@@ -246,6 +272,7 @@ pub fn adele_item(event_id: &str) -> risk_responder::queue::WorkItem {
         detected_at: time::OffsetDateTime::now_utc(),
         source_id: "alert-1".into(),
         resource_data: None,
+        origin: None,
     })
 }
 

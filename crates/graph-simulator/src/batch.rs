@@ -188,6 +188,9 @@ pub(crate) async fn batch_member(
         .strip_prefix("/v1.0")
         .unwrap_or("")
         .to_owned();
+    if crate::stalled(s, &method, &path) {
+        return std::future::pending().await;
+    }
     // Graph hands Outlook a batch's requests four at a time: the rest wait, they are not refused.
     let _turn = if Budget::of(&method, &path) == Budget::Mail {
         outlook.acquire_owned().await.ok()

@@ -170,8 +170,23 @@ pub fn directory() -> Directory {
     // The Sentinel incident of events/demo/03 (the demo application holds the Responder role
     // on its workspace), so outcomes are commented on the simulated incident.
     d.sentinel.add_incident(DEMO_INCIDENT);
+    // The `users` subscription the demo events come from (a local server's, on its default
+    // address), as Graph would list it for the demo application.
+    d.subscriptions.push(json!({
+        "id": SUBSCRIPTION,
+        "resource": "users",
+        "changeType": "updated",
+        "notificationUrl": "http://127.0.0.1:3000/graph/notifications",
+        "lifecycleNotificationUrl": "http://127.0.0.1:3000/graph/lifecycle",
+        "expirationDateTime": iso(time::OffsetDateTime::now_utc() + time::Duration::days(28)),
+        "applicationId": crate::CLIENT_ID,
+        "creatorId": crate::CLIENT_ID,
+    }));
     d
 }
+
+/// The demo tenant's `users` subscription (`events/demo/02` and `05` come from it).
+pub const SUBSCRIPTION: &str = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07";
 
 /// ARM id of the Sentinel incident in `events/demo/03-sentinel-incident-grady-isaiah.json`.
 pub const DEMO_INCIDENT: &str = "/subscriptions/d0cfe6b2-9ac0-4464-9919-dccaee2e48c0/resourceGroups/rg-sentinel/providers/Microsoft.OperationalInsights/workspaces/law-sentinel/providers/Microsoft.SecurityInsights/Incidents/7e6d5c4b-0003-4000-8000-000000000003";

@@ -24,4 +24,7 @@ pub struct Faults {
     pub refused_paths: Vec<(Method, String, u16)>,
     /// `sendMail` answers 503 for messages whose subject contains one of these.
     pub unavailable_mail_subjects: Vec<String>,
+    /// Every `sendMail` from now on waits without ever reaching Outlook or being answered: the
+    /// moment a worker's process dies with its mails unsent (the test then drops the worker).
+    pub stall_mail: bool,
 }

@@ -203,6 +203,10 @@ async fn graph(
     if uri.path() == "/v1.0/$batch" {
         return batch::batch(&s, &method, &uri, &headers, &body).await;
     }
+    let path = uri.path().strip_prefix("/v1.0").unwrap_or("").to_owned();
+    if stalled(&s, &method, &path) {
+        return std::future::pending().await;
+    }
     let (response, mail, latency) = {
         let mut dir = lock(&s.dir);
         dir.http_requests += 1;
@@ -218,6 +222,11 @@ async fn graph(
         release_mail(&mut lock(&s.dir), &key);
     }
     response
+}
+
+/// Whether `method path` is a `sendMail` the [`Faults::stall_mail`] fault holds forever.
+pub(crate) fn stalled(s: &GraphSimulator, method: &Method, path: &str) -> bool {
+    lock(&s.dir).faults.stall_mail && Budget::of(method, path) == Budget::Mail
 }
 
 /// Serves one Graph request (or one `$batch` member) against the directory: the gate, then

@@ -149,6 +149,7 @@ pub(crate) fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response
             );
         }
         dir.users[index]["passwordProfile"] = profile.clone();
+        dir.users[index]["lastPasswordChangeDateTime"] = now_iso().into();
         dir.password_resets += 1;
         // An admin-generated temporary password remediates the user's risk.
         let uid = dir.users[index]["id"]
