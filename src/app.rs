@@ -269,10 +269,10 @@ pub fn shared_graph_client(
     let client = graph_client(config, secrets, store, http)?;
     let client = Arc::try_unwrap(client).map_err(|_| "Graph client is shared already")?;
     let limits = crate::graph::limiter::Limits::published(config.identity_protection_share);
-    let limiter = Arc::new(crate::graph::limiter::SharedLimiter::new(
-        ledger.clone(),
-        limits,
-    ));
+    let limiter = Arc::new(
+        crate::graph::limiter::SharedLimiter::new(ledger.clone(), limits)
+            .with_clock(client.clock().clone()),
+    );
     Ok(Arc::new(
         client
             .with_limiter(limiter)

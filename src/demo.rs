@@ -141,12 +141,13 @@ impl SimulatedClients for GraphSimulator {
         identity_protection_share: f64,
         workers: usize,
     ) -> Arc<GraphClient> {
-        let limiter = Arc::new(SharedLimiter::new(
-            ledger.clone(),
-            Limits::published(identity_protection_share),
-        ));
+        let client = bare_client(self, simulator::CLIENT_ID, credential, max_attempts);
+        let limiter = Arc::new(
+            SharedLimiter::new(ledger.clone(), Limits::published(identity_protection_share))
+                .with_clock(client.clock().clone()),
+        );
         Arc::new(
-            bare_client(self, simulator::CLIENT_ID, credential, max_attempts)
+            client
                 .with_limiter(limiter)
                 .with_concurrent_workers(workers)
                 .with_shared_mail_slots(ledger.clone()),

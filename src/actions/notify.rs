@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 
 use super::words::{action_detail, findings_and_plan, who};
 use super::{Context, Failure, Job, Ran, Remediation, Step, finish, mail_item, operator};
@@ -185,7 +184,7 @@ impl Notify {
             sent.push((g, members));
         }
         let answers = ctx.graph.batch_sized(tenant, &mails, MAIL_BATCH_MAX).await;
-        let now = OffsetDateTime::now_utc();
+        let now = ctx.graph.now();
         for ((g, members), answer) in sent.into_iter().zip(answers) {
             let id = &mail_ids[g];
             match answer {

@@ -88,14 +88,6 @@ fn plain_segment(segment: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
 }
 
-pub(crate) fn is_guid(value: &str) -> bool {
-    value.len() == 36
-        && value.chars().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
 impl IncidentRef {
     /// The incident a signal's context names (what `ingress::sentinel` keeps in
     /// `resource_data` for incident triggers); `None` for anything else.
@@ -146,7 +138,7 @@ impl IncidentRef {
         let shape = parts.len() == 13
             && parts[0].is_empty()
             && parts[1].eq_ignore_ascii_case("subscriptions")
-            && is_guid(parts[2])
+            && crate::support::is_guid(parts[2])
             && parts[3].eq_ignore_ascii_case("resourceGroups")
             && parts[5].eq_ignore_ascii_case("providers")
             && parts[6].eq_ignore_ascii_case("Microsoft.OperationalInsights")
@@ -440,7 +432,7 @@ mod tests {
         let a = comment_id("c-1");
         assert_eq!(a, comment_id("c-1"));
         assert_ne!(a, comment_id("c-2"));
-        assert!(is_guid(&a), "{a}");
+        assert!(crate::support::is_guid(&a), "{a}");
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
     }
 

@@ -22,7 +22,7 @@
 //! 18,000 shared by all its apps.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GraphError;
 use crate::ledger::{Ledger, Store};
+use crate::support::clock::{SKEW_ALLOWANCE, ServiceClock};
 
 /// Which published limit a request counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -326,7 +327,12 @@ impl Window {
                 add((slot + 1) * self.slot_ms - 1, count);
             }
         }
-        slots.retain(|(slot, _)| (slot + 1) * slot_ms + window_ms > now);
+        // A slot still in the window is counted; one further ahead than any host in step with
+        // Graph's clock could have written (a host with a fast clock) has expired: counting it
+        // would throttle every other process until the host's clock came round.
+        let future = now + SKEW_ALLOWANCE.whole_milliseconds() as i64;
+        slots
+            .retain(|(slot, _)| (slot + 1) * slot_ms + window_ms > now && slot * slot_ms <= future);
         slots.sort_unstable();
         Self {
             slot_ms,
@@ -369,6 +375,8 @@ pub struct SharedLimiter {
     ledger: Ledger,
     limits: Limits,
     local: LocalLimiter,
+    /// Graph's clock: slots are counted in its time, not the host's.
+    clock: Option<Arc<ServiceClock>>,
 }
 
 impl SharedLimiter {
@@ -378,16 +386,28 @@ impl SharedLimiter {
             ledger,
             limits,
             local: LocalLimiter::new(limits),
+            clock: None,
         }
+    }
+
+    /// Counts slots in Graph's time as `clock` measures it (the client's own clock), so a
+    /// host whose clock is off writes slots where every other process counts them.
+    pub fn with_clock(mut self, clock: Arc<ServiceClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn now_ms(&self) -> i64 {
+        let now = match &self.clock {
+            Some(clock) => clock.now(),
+            None => time::OffsetDateTime::now_utc(),
+        };
+        (now.unix_timestamp_nanos() / 1_000_000) as i64
     }
 
     fn store(&self) -> &std::sync::Arc<dyn Store> {
         self.ledger.store()
     }
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// The ledger key of a shared window.
@@ -430,7 +450,7 @@ impl RateLimiter for SharedLimiter {
                 ),
                 None => (Window::default(), 0),
             };
-            let now = now_ms();
+            let now = self.now_ms();
             let mut state = state.at(now, window_ms, slot_ms);
             let used = state.used();
             if used + count <= limit {
@@ -755,7 +775,7 @@ mod tests {
     #[tokio::test]
     async fn a_window_written_as_timestamps_still_counts() {
         let ledger = memory_ledger();
-        let now = now_ms();
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         ledger
             .store()
             .put(
@@ -800,5 +820,66 @@ mod tests {
         let w = old.at(120, 300, 10);
         assert_eq!(w.used(), 3);
         assert_eq!(w.wait_ms(120, 300, 3), 280, "counted until 100 + 300");
+    }
+
+    #[test]
+    fn a_slot_written_by_a_fast_clock_expires() {
+        let hour = 3_600_000;
+        // A host two hours fast admitted 40 requests "at" now + 2 h.
+        let mut fast = Window::default().at(0, 300, 10);
+        fast.admit(2 * hour, 40);
+        let w = fast.at(1_000, 300, 10);
+        assert_eq!(
+            w.used(),
+            0,
+            "no host in step with Graph could have written it"
+        );
+        // A host a second ahead is within the allowance: its slot counts.
+        let mut near = Window::default().at(0, 300, 10);
+        near.admit(2_000, 1);
+        assert_eq!(near.at(1_000, 300, 10).used(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fast_host_counts_its_slots_in_graphs_time() {
+        let ledger = memory_ledger();
+        // This host reads two hours more than Graph's Date header.
+        let graphs = || {
+            let clock = Arc::new(ServiceClock::default());
+            let host = time::OffsetDateTime::now_utc();
+            clock.observe_at(host - time::Duration::hours(2), host);
+            clock
+        };
+        let fast = SharedLimiter::new(ledger.clone(), Limits::published(1.0)).with_clock(graphs());
+        fast.acquire("t", Budget::Reports, "", 5).await.unwrap();
+        let stored = ledger
+            .store()
+            .get("tenant#t#rate#reports")
+            .await
+            .unwrap()
+            .unwrap();
+        let window: Window = serde_json::from_str(&stored.doc).unwrap();
+        let graph_now =
+            (time::OffsetDateTime::now_utc() - time::Duration::hours(2)).unix_timestamp() * 1000;
+        let slot = window.slots[0].0 * window.slot_ms;
+        assert!(
+            (slot - graph_now).abs() < 60_000,
+            "slot {slot} vs Graph's now {graph_now}"
+        );
+        // A process counting in Graph's time sees the five requests in its window.
+        let in_step = SharedLimiter::new(
+            ledger.clone(),
+            Limits {
+                reports: (5, Duration::from_millis(300)),
+                ..Limits::published(1.0)
+            },
+        )
+        .with_clock(graphs());
+        let started = Instant::now();
+        in_step.acquire("t", Budget::Reports, "", 1).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "the window was full"
+        );
     }
 }

@@ -109,6 +109,17 @@ impl Paging {
     }
 }
 
+/// How far a paged listing got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub paging: Paging,
+    /// Pages read.
+    pub pages: usize,
+    /// Where a truncated listing stopped: Graph's `@odata.nextLink` for the first page not
+    /// read, so a later run can continue from there.
+    pub next_link: Option<String>,
+}
+
 /// Retry settings.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -168,6 +179,8 @@ pub struct GraphClient {
     mail: MailSlots,
     /// Places for `$batch` requests in flight ([`batch::BATCHES_IN_FLIGHT`]).
     batches: tokio::sync::Semaphore,
+    /// Graph's clock, from the `Date` header of every response.
+    clock: Arc<crate::support::clock::ServiceClock>,
 }
 
 impl GraphClient {
@@ -188,7 +201,18 @@ impl GraphClient {
             credits: std::sync::Mutex::new(std::collections::HashMap::new()),
             mail: MailSlots::new(1),
             batches: tokio::sync::Semaphore::new(batch::BATCHES_IN_FLIGHT),
+            clock: Arc::default(),
         }
+    }
+
+    /// Graph's clock as measured from its responses (see [`crate::support::clock`]).
+    pub fn clock(&self) -> &Arc<crate::support::clock::ServiceClock> {
+        &self.clock
+    }
+
+    /// Graph's time now: the time to write into shared state.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
     }
 
     /// Waits for a place among the client's `$batch` requests in flight, held until dropped.
@@ -314,6 +338,11 @@ impl GraphClient {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The base URL (e.g. `https://graph.microsoft.com/v1.0`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// The request's path relative to the base URL (`/users/...`).
     fn relative<'a>(&self, url: &'a str) -> &'a str {
         url.strip_prefix(&self.base_url).unwrap_or(url)
@@ -392,6 +421,13 @@ impl GraphClient {
                     return Err(GraphError::Transport(e.without_url().to_string()));
                 }
             };
+            if let Some(date) = response
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+            {
+                self.clock.observe(date);
+            }
             let status = response.status();
             if status.is_success() {
                 let bytes = response
@@ -507,17 +543,36 @@ impl GraphClient {
         tenant: &str,
         path: &str,
         max_pages: usize,
-        mut visit: impl FnMut(Value) -> Result<(), GraphError>,
+        visit: impl FnMut(Value) -> Result<(), GraphError>,
     ) -> Result<(Paging, usize), GraphError> {
+        self.list_pages(tenant, path, max_pages, visit)
+            .await
+            .map(|listed| (listed.paging, listed.pages))
+    }
+
+    /// GETs a collection from `path` (a first request, or the `@odata.nextLink` a truncated
+    /// listing stopped at), following at most `max_pages` pages and handing each item to
+    /// `visit`; says where a truncated listing stopped.
+    pub async fn list_pages(
+        &self,
+        tenant: &str,
+        path: &str,
+        max_pages: usize,
+        mut visit: impl FnMut(Value) -> Result<(), GraphError>,
+    ) -> Result<Listed, GraphError> {
         let mut next = Some(path.to_owned());
         let mut pages = 0;
         while let Some(link) = next.take() {
             if pages == max_pages {
-                tracing::error!(
+                tracing::warn!(
                     pages,
-                    "stopped paging at the page limit: the listing is incomplete"
+                    "stopped paging at the page limit: the listing continues from its next link"
                 );
-                return Ok((Paging::Truncated { pages }, pages));
+                return Ok(Listed {
+                    paging: Paging::Truncated { pages },
+                    pages,
+                    next_link: Some(link),
+                });
             }
             pages += 1;
             let mut page = self.send(tenant, Method::GET, &link, None).await?;
@@ -538,7 +593,11 @@ impl GraphClient {
                 }
             }
         }
-        Ok((Paging::Complete, pages))
+        Ok(Listed {
+            paging: Paging::Complete,
+            pages,
+            next_link: None,
+        })
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -106,7 +106,7 @@ pub async fn decide(
         // A skip is taken while a worker holds the case (it stops at its next step); an
         // approval or a retry would be overwritten by the worker's own save.
         if choice != Choice::Skip
-            && let Some(lease) = case.lease.as_ref().filter(|l| l.until > now)
+            && let Some(lease) = case.lease.as_ref().filter(|l| l.is_held(now))
         {
             return Err(DecideError::Busy {
                 case_id,

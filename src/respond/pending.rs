@@ -88,7 +88,7 @@ async fn due_case(
         }
         return Ok(None);
     }
-    if case.lease.as_ref().is_some_and(|l| l.until > now) {
+    if case.lease.as_ref().is_some_and(|l| l.is_held(now)) {
         return Ok(None);
     }
     if case.status == CaseStatus::Retry && case.attempts >= MAX_LOCAL_ATTEMPTS {

@@ -41,7 +41,7 @@ pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec
     if picked.is_empty() {
         return ran;
     }
-    let now = OffsetDateTime::now_utc();
+    let now = ctx.graph.now();
     // Resumed intents whose effect Graph shows: done, not repeated.
     let mut to_run = Vec::with_capacity(picked.len());
     for item in picked {
@@ -109,7 +109,7 @@ pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec
         let outcome = actions::of(action)
             .run(ctx, action, tenant, jobs, &items, &along)
             .await;
-        let now = OffsetDateTime::now_utc();
+        let now = ctx.graph.now();
         for (&(j, i), result) in items.iter().zip(outcome.results) {
             record(tenant, &mut jobs[j], i, action, result, now);
         }

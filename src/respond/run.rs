@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use time::OffsetDateTime;
-
 use super::disposition::Disposition;
 use super::remediate::WAVE;
 use super::worker::{CASE_LEASE, Worker, at_once, ledger_retry};
@@ -140,11 +138,11 @@ impl Worker {
             if !case.needs_worker() {
                 return Ok(Some(Leased::Idle(Box::new(case))));
             }
-            let now = OffsetDateTime::now_utc();
+            let now = self.graph.now();
             if case
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.holder != self.holder && l.until > now)
+                .is_some_and(|l| l.holder != self.holder && l.is_held(now))
             {
                 return Ok(Some(Leased::Busy));
             }
@@ -152,7 +150,6 @@ impl Worker {
                 holder: self.holder.clone(),
                 until: now + CASE_LEASE,
             });
-            case.attempts += 1;
             if let Some(version) = self.ledger.save_case(&case, version).await? {
                 return Ok(Some(Leased::Mine(Box::new(case), version)));
             }
@@ -229,7 +226,7 @@ impl Worker {
                 }
             }
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.graph.now();
         self.prepare_all(tenant, &mut jobs, risks, now).await;
         // In waves of WAVE cases, all at once: their passwords are mailed wave after wave.
         let turns = MailTurns::default();
@@ -316,7 +313,7 @@ impl Worker {
     /// merged) is reconciled; a case another worker leased (ours ran out) stops this job: what
     /// it did is reconciled when it finishes, and nothing more runs here.
     pub(super) async fn checkpoint(&self, job: &mut Job) {
-        let now = OffsetDateTime::now_utc();
+        let now = self.graph.now();
         // Nothing runs on what the ledger does not hold: a checkpoint that cannot be stored stops
         // the job (its intents were not written ahead), and the case is retried.
         let unstored = |job: &mut Job, why: String| {
@@ -346,7 +343,7 @@ impl Worker {
             if fresh
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.holder != self.holder && l.until > now)
+                .is_some_and(|l| l.holder != self.holder && l.is_held(now))
             {
                 tracing::error!(case_id = %job.case.case_id, "lease ran out and another worker holds the case: stopping");
                 job.stopped = true;
@@ -393,7 +390,7 @@ impl Worker {
     /// signal merged, an escalation, a person's decision): our actions' outcomes win for the
     /// actions we ran, everything else is kept.
     pub(super) async fn finish(&self, job: Job) -> Result<Case, LedgerError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.graph.now();
         let Job {
             case: mut ours,
             version,
@@ -410,6 +407,7 @@ impl Worker {
         if ours.findings.is_some() {
             ours.settle(now);
         }
+        ours.count_attempt();
         if self.ledger.save_case(&ours, version).await?.is_some() {
             return Ok(ours);
         }
@@ -440,6 +438,7 @@ impl Worker {
                     fresh.status = ours.status;
                 }
             }
+            fresh.count_attempt();
             if self
                 .ledger
                 .save_case(&fresh, fresh_version)

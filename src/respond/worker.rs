@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures_util::stream::{self, StreamExt};
-use time::OffsetDateTime;
 use tracing::Instrument;
 
 pub use super::disposition::Disposition;
@@ -28,7 +27,7 @@ use crate::respond::subscriptions::SubscriptionManager;
 use crate::vault::PasswordVault;
 
 /// How long a worker holds a case; longer than the worker's Lambda timeout.
-pub const CASE_LEASE: time::Duration = time::Duration::minutes(15);
+pub const CASE_LEASE: time::Duration = crate::cases::lease::LONGEST_LEASE;
 /// Tenants worked on at once.
 const TENANTS_AT_ONCE: usize = 4;
 /// A tenant's records (signals resolved, users merged, cases leased, recorded and saved)
@@ -270,7 +269,7 @@ impl Worker {
         // 2. What Identity Protection says about each user, from the tenant's view: a `users`
         //    notification accepts a view of up to `view_max_age`, anything that carries a
         //    detection wants one listing at least as new as this batch.
-        let started = OffsetDateTime::now_utc();
+        let started = self.graph.now();
         let mut users: Vec<String> = resolved.iter().map(|(_, _, u, _)| u.clone()).collect();
         users.sort();
         users.dedup();

@@ -576,7 +576,7 @@ async fn write_case(
         let busy = |lease: &Option<Lease>| {
             lease
                 .as_ref()
-                .is_some_and(|l| l.holder != holder && l.until > now)
+                .is_some_and(|l| l.holder != holder && l.is_held(now))
         };
         let writable = settled(&case)
             && !due.is_empty()

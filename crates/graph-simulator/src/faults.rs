@@ -27,4 +27,7 @@ pub struct Faults {
     /// Every `sendMail` from now on waits without ever reaching Outlook or being answered: the
     /// moment a worker's process dies with its mails unsent (the test then drops the worker).
     pub stall_mail: bool,
+    /// Graph's clock (its `Date` header) runs this far behind the host's: the moment of a
+    /// host whose clock is that much fast.
+    pub clock_behind: std::time::Duration,
 }

@@ -200,17 +200,40 @@ async fn graph(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if uri.path() == "/v1.0/$batch" {
-        return batch::batch(&s, &method, &uri, &headers, &body).await;
+    let mut response = if uri.path() == "/v1.0/$batch" {
+        batch::batch(&s, &method, &uri, &headers, &body).await
+    } else {
+        one(&s, method, uri, headers, body).await
+    };
+    // Graph's clock, as its `Date` header tells it (hyper adds the host's otherwise).
+    let behind = lock(&s.dir).faults.clock_behind;
+    if !behind.is_zero() {
+        let at = std::time::SystemTime::now() - behind;
+        if let Ok(value) = axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::DATE, value);
+        }
     }
+    response
+}
+
+/// One request (not a `$batch`): the gate, its area, Graph's latency.
+async fn one(
+    s: &GraphSimulator,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().strip_prefix("/v1.0").unwrap_or("").to_owned();
-    if stalled(&s, &method, &path) {
+    if stalled(s, &method, &path) {
         return std::future::pending().await;
     }
     let (response, mail, latency) = {
         let mut dir = lock(&s.dir);
         dir.http_requests += 1;
-        let (response, mail) = dispatch(&s, &mut dir, &method, &uri, &headers, &body);
+        let (response, mail) = dispatch(s, &mut dir, &method, &uri, &headers, &body);
         let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
         (response, mail, dir.latency.of(&method, path))
     };

@@ -266,7 +266,7 @@ impl Password {
                 }
             }
         }
-        let now = OffsetDateTime::now_utc();
+        let now = ctx.graph.now();
         let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
         // 1. What a stopped worker set.
         let (recovered, fresh) = self.recover(ctx, jobs, items).await;
@@ -411,7 +411,7 @@ impl Password {
                 fresh.push(k);
                 continue;
             };
-            let now = OffsetDateTime::now_utc();
+            let now = ctx.graph.now();
             let changed = job.facts.password_changed_at.filter(|at| {
                 *at >= intent.at - CHANGE_SKEW
                     && intent
