@@ -648,10 +648,18 @@ async fn a_truncated_risk_listing_keeps_what_it_read_and_moves_no_risk_watermark
         state.sign_in_watermark.is_some() && state.sign_in_gap.is_some(),
         "{state:?}"
     );
-    assert!(
-        !common::risk_events(&queue).is_empty(),
-        "what was read is kept"
-    );
+    let at_risk_signals = |events: Vec<RiskEvent>| -> std::collections::BTreeSet<String> {
+        events
+            .into_iter()
+            .filter(|e| e.source_id.starts_with("riskyUser"))
+            .filter_map(|e| match e.subject {
+                Subject::User { id, .. } => id,
+                _ => None,
+            })
+            .collect()
+    };
+    let first_read = at_risk_signals(common::risk_events(&queue));
+    assert_eq!(first_read.len(), 10, "what was read is kept");
     let (seen, _) = view(&graph, &intake.ledger).state(TENANT).await.unwrap();
     assert!(
         seen.refreshed_at.is_none() && !seen.complete,
@@ -674,14 +682,18 @@ async fn a_truncated_risk_listing_keeps_what_it_read_and_moves_no_risk_watermark
             .0
             .complete
     );
-    // With room for every page, the same sweep moves both watermarks.
+    // With room for every page, the next sweep continues the listing where the first stopped
+    // (the first ten were kept already) and moves both watermarks.
     let whole = paged_client(
         &s,
         10,
         risk_responder::graph::limiter::Limits::published(1.0),
     );
     let report = sweeper(&whole, &intake).run(TENANT, None).await.unwrap();
-    assert_eq!((report.users_at_risk, report.users_blocked), (12, 12));
+    assert_eq!((report.users_at_risk, report.users_blocked), (2, 12));
+    let mut every = first_read;
+    every.extend(at_risk_signals(common::risk_events(&queue)));
+    assert_eq!(every.len(), 12, "every user at risk became a signal");
     let (state, _) = sweeper(&whole, &intake).state(TENANT).await.unwrap();
     assert!(state.risk_watermark.is_some() && state.sign_in_watermark.is_some());
     assert_eq!(state.sign_in_gap, None, "the gap was read");

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{GraphClient, GraphError, Paging};
+use super::{GraphClient, GraphError, Listed, Paging};
 use crate::cases::findings::{RiskRecord, SignInBrief, SignInSummary, UserFacts};
 
 /// Characters escaped in one URL path segment (a UPN may hold `#`, e.g. `#EXT#`).
@@ -38,10 +38,7 @@ pub fn filter(expression: &str) -> String {
 
 /// Whether `value` is an Entra object id (a GUID).
 pub fn is_object_id(value: &str) -> bool {
-    value.len() == 36
-        && value.char_indices().all(|(i, c)| {
-            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
-        })
+    crate::support::is_guid(value)
 }
 
 /// An Entra object id: the only thing interpolated into an OData filter.
@@ -243,31 +240,41 @@ impl GraphClient {
         }
     }
 
-    /// Identity Protection's records changed since `since` (any state), or, when `None`, the
-    /// records of every user at risk now (`riskState` atRisk or confirmedCompromised), 500 a
-    /// page: one request per page on the tenant's Identity Protection budget. Says whether
-    /// every page was read.
-    pub async fn risky_users_since(
-        &self,
-        tenant: &str,
-        since: Option<OffsetDateTime>,
-    ) -> Result<(Vec<RiskyUser>, Paging), GraphError> {
+    /// The first request of a listing of the risky users whose record changed since `since`
+    /// (when `None`: every user at risk now), 500 a page.
+    pub fn risky_users_path(since: Option<OffsetDateTime>) -> Result<String, GraphError> {
         let expression = match since {
             Some(since) => format!("riskLastUpdatedDateTime ge {}", odata_time(since)?),
             None => AT_RISK_FILTER.to_owned(),
         };
-        let path = format!(
+        Ok(format!(
             "/identityProtection/riskyUsers?$select={RISKY_USER_SELECT}&$top=500&$filter={}",
             filter(&expression)
-        );
+        ))
+    }
+
+    /// Whether `link` continues a risky users listing on this client's Graph (a link kept in
+    /// shared state is followed only then).
+    pub fn is_risky_users_link(&self, link: &str) -> bool {
+        link.strip_prefix(self.base_url())
+            .is_some_and(|rest| rest.starts_with("/identityProtection/riskyUsers?"))
+    }
+
+    /// Risky users from `path` ([`GraphClient::risky_users_path`], or the next link a
+    /// truncated listing stopped at), at most `max_pages` pages.
+    pub async fn risky_users_from(
+        &self,
+        tenant: &str,
+        path: &str,
+    ) -> Result<(Vec<RiskyUser>, Listed), GraphError> {
         let mut out = Vec::new();
-        let paging = self
-            .for_each_item(tenant, &path, |item| {
+        let listed = self
+            .list_pages(tenant, path, self.max_pages(), |item| {
                 out.push(decode::<RiskyUser>(item)?);
                 Ok(())
             })
             .await?;
-        Ok((out, paging))
+        Ok((out, listed))
     }
 
     /// Every sign-in of the tenant that failed with 53011 since `since`, handed to `visit`
@@ -463,6 +470,36 @@ impl GraphClient {
             Err(GraphError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The principals eligible through PIM for Groups for membership or ownership of group
+    /// `group_id` (`GET /identityGovernance/privilegedAccess/group/eligibilitySchedules
+    /// ?$filter=groupId eq '…'`, PrivilegedEligibilitySchedule.Read.AzureADGroup): each can
+    /// activate it at any time, so they are protected as its members are. A group principal
+    /// is marked so its users can be read.
+    pub async fn group_eligible_principals(
+        &self,
+        tenant: &str,
+        group_id: &str,
+    ) -> Result<Vec<RolePrincipal>, GraphError> {
+        let path = format!(
+            "/identityGovernance/privilegedAccess/group/eligibilitySchedules?$filter={}&$select=principalId,accessId&$expand=principal($select=id)",
+            filter(&format!("groupId eq '{}'", object_id(group_id)?))
+        );
+        let mut out = Vec::new();
+        self.for_each_item(tenant, &path, |item| {
+            if let Some(id) = item["principalId"].as_str() {
+                let kind = item["principal"]["@odata.type"].as_str().unwrap_or("");
+                out.push(RolePrincipal {
+                    id: id.to_ascii_lowercase(),
+                    is_group: kind.eq_ignore_ascii_case("#microsoft.graph.group"),
+                });
+            }
+            Ok(())
+        })
+        .await?
+        .complete()?;
+        Ok(out)
     }
 
     /// Ids of every group and directory role `user_id` is a member of, directly or not.

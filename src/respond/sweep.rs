@@ -22,6 +22,7 @@ use crate::event::{
 use crate::graph::{GraphClient, GraphError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::queue::WorkItem;
+use crate::support::clock::ServiceClock;
 
 /// A tenant's sweep watermarks (`tenant#{tenant}#sweep`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -39,6 +40,31 @@ pub struct SweepState {
     /// with the pages their own listing leaves over, oldest part last.
     #[serde(default)]
     pub sign_in_gap: Option<SignInGap>,
+}
+
+impl SweepState {
+    /// Refuses times later than Graph's clock allows (written by a host whose clock was
+    /// ahead): each is logged with how far ahead it is and dropped, so the sweep lists from its
+    /// first look-back again instead of from a watermark in the future.
+    fn refuse_future(&mut self, clock: &ServiceClock, tenant: &str) {
+        let refuse = |what: &str, at: &mut Option<OffsetDateTime>| {
+            if let Some(Err(refused)) = at.map(|t| clock.not_future(what, t)) {
+                tracing::error!(tenant_id = %tenant, error = %refused, "refused a time in the future: the sweep lists from its look-back");
+                *at = None;
+            }
+        };
+        refuse("the sweep's risk watermark", &mut self.risk_watermark);
+        refuse("the sweep's sign-in watermark", &mut self.sign_in_watermark);
+        refuse("the sweep's last run", &mut self.last_run);
+        // A gap reaching into the future is read up to now (reading more is harmless).
+        if let Some(gap) = self.sign_in_gap.as_mut()
+            && let Err(refused) = clock.not_future("the end of the sweep's sign-in gap", gap.until)
+        {
+            tracing::error!(tenant_id = %tenant, error = %refused, "refused a time in the future: the gap is read up to now");
+            gap.until = clock.now();
+            gap.since = gap.since.min(gap.until);
+        }
+    }
 }
 
 /// A window of the sign-in log not read yet: `since` to `until`, both included.
@@ -119,7 +145,7 @@ pub enum SweepError {
     #[error("signals could not be kept: {0}")]
     Intake(String),
     #[error(
-        "the {listing} listing stopped at the page limit: {kept} signal(s) from what was read were kept, and its watermark did not move"
+        "the {listing} listing stopped at the page limit: {kept} signal(s) from what was read were kept, its watermark did not move, and the next run continues the listing where it stopped"
     )]
     Truncated { listing: &'static str, kept: usize },
     /// More 53011 sign-ins than one run reads: the newest were read and kept, the rest is the
@@ -214,13 +240,15 @@ impl BlockedTally {
 }
 
 impl Sweeper<'_> {
-    /// The tenant's watermarks and their version.
+    /// The tenant's watermarks and their version; a time in them later than Graph's clock
+    /// allows is refused ([`SweepState::refuse_future`]).
     pub async fn state(&self, tenant: &str) -> Result<(SweepState, u64), LedgerError> {
         match self.ledger.store().get(&key(tenant)).await? {
-            Some(stored) => Ok((
-                serde_json::from_str(&stored.doc).unwrap_or_default(),
-                stored.version,
-            )),
+            Some(stored) => {
+                let mut state: SweepState = serde_json::from_str(&stored.doc).unwrap_or_default();
+                state.refuse_future(self.graph.clock(), tenant);
+                Ok((state, stored.version))
+            }
             None => Ok((SweepState::default(), 0)),
         }
     }
@@ -257,7 +285,10 @@ impl Sweeper<'_> {
         tenant: &str,
         since: Option<OffsetDateTime>,
     ) -> Result<SweepReport, SweepError> {
-        let started = OffsetDateTime::now_utc();
+        // Graph's clock: the host's, corrected by what earlier responses told (and again below,
+        // once this run's own responses did).
+        let started_here = OffsetDateTime::now_utc();
+        let started = self.graph.clock().to_service(started_here);
         let (state, _) = self.state(tenant).await?;
         let first = started - self.first_lookback;
         let usual_risk_since = state.risk_watermark.map_or(first, |w| w - OVERLAP);
@@ -348,6 +379,7 @@ impl Sweeper<'_> {
         });
         let blocked = tally.users;
         let blocked_sign_ins = tally.sign_ins;
+        let started = self.graph.clock().to_service(started_here);
 
         let mut signals = Vec::new();
         let mut newest_risk = None;
@@ -408,16 +440,22 @@ impl Sweeper<'_> {
                 .await
                 .map_err(|e| SweepError::Intake(e.to_string()))?;
         }
-        let advance_risk = may_advance_risk && absorbed.complete;
+        // A listing continued from an earlier run covers only what had changed when it started.
+        let advance_risk = may_advance_risk
+            && absorbed.complete
+            && absorbed.since.is_none_or(|s| s <= usual_risk_since);
+        let risk_listed_at = absorbed.started.min(started);
         // Newest first: even a truncated listing read everything new (its gap is kept).
         let advance_sign_ins = may_advance_sign_ins;
         for _ in 0..16 {
             let (mut current, version) = self.state(tenant).await?;
             if advance_risk {
+                // Every record changed before the listing started was listed (the next
+                // listing reaches back OVERLAP for records stamped late).
                 current.risk_watermark = current
                     .risk_watermark
-                    .max(Some(newest_risk.unwrap_or(started).min(started)))
-                    .max(Some(started - OVERLAP));
+                    .max(newest_risk.map(|n| n.min(risk_listed_at)))
+                    .max(Some(risk_listed_at));
             }
             if advance_sign_ins {
                 current.sign_in_watermark = current.sign_in_watermark.max(Some(started));

@@ -12,12 +12,16 @@ use time::OffsetDateTime;
 use crate::cases::findings::RiskRecord;
 use crate::graph::{GraphClient, GraphError};
 use crate::ledger::{Ledger, LedgerError};
+use crate::support::clock::ServiceClock;
 
 /// Listings reach this far behind the watermark, so a record updated while a listing ran is
 /// not missed (Identity Protection may set `riskLastUpdatedDateTime` slightly in the past).
 pub const OVERLAP: time::Duration = time::Duration::minutes(5);
 /// How long risk records are kept in the view (refreshed whenever they change).
 const ENTRY_RETENTION_SECONDS: i64 = 400 * 24 * 3600;
+/// How far back a view lists again when its own times cannot be trusted (written by a host
+/// whose clock was ahead): every record it could still hold.
+const RECOVERY_LOOKBACK: time::Duration = time::Duration::seconds(ENTRY_RETENTION_SECONDS);
 
 /// The view's bookkeeping (`tenant#{tenant}#view`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -32,6 +36,43 @@ pub struct ViewState {
     /// proves nothing; after it, a user the view does not hold is not at risk).
     #[serde(default)]
     pub complete: bool,
+    /// A listing stopped at the page limit: the next listing continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<Continuation>,
+}
+
+/// Where a listing cut short at the page limit stopped, so the next one continues from there
+/// instead of listing the same window from the same start again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuation {
+    /// Graph's `@odata.nextLink` for the first page not read.
+    pub next_link: String,
+    /// Where the listing started (`None`: the full listing of users at risk that seeds the
+    /// view).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub since: Option<OffsetDateTime>,
+    /// When its first page was asked for (Graph's clock).
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// The newest `riskLastUpdatedDateTime` read so far.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub newest: Option<OffsetDateTime>,
+    /// Pages read so far, and records.
+    pub pages: usize,
+    pub records: usize,
+}
+
+impl Continuation {
+    /// Whether continuing this listing serves a listing asked for from `since`: a full
+    /// listing serves any (it holds every user at risk), a listing of changes one that starts
+    /// no earlier.
+    fn serves(&self, since: Option<OffsetDateTime>) -> bool {
+        match (self.since, since) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(ours), Some(asked)) => ours <= asked,
+        }
+    }
 }
 
 /// One user's record in the view (`tenant#{tenant}#risk#{user}`).
@@ -63,6 +104,12 @@ pub struct Absorbed {
     /// Whether the listing moved the view's watermark and freshness: a complete full listing,
     /// or a complete listing of changes that reached back to [`ViewState::next_since`].
     pub advanced: bool,
+    /// Where the listing started (`None`: a full listing) and when (Graph's clock): a
+    /// continued listing started in an earlier run.
+    pub since: Option<OffsetDateTime>,
+    pub started: OffsetDateTime,
+    /// Pages read by this call.
+    pub pages: usize,
 }
 
 impl ViewState {
@@ -73,7 +120,31 @@ impl ViewState {
         if !self.complete {
             return None;
         }
-        self.watermark.or(self.refreshed_at).map(|w| w - OVERLAP)
+        self.watermark.max(self.refreshed_at).map(|w| w - OVERLAP)
+    }
+
+    /// Refuses times later than Graph's clock allows (written by a host whose clock was
+    /// ahead): logged with how far ahead, and the view lists again every record it could
+    /// hold, continuing past page limits, instead of waiting for a future watermark.
+    fn refuse_future(&mut self, clock: &ServiceClock, tenant: &str) {
+        let times = [
+            ("the risk view's watermark", self.watermark),
+            ("the risk view's last refresh", self.refreshed_at),
+            (
+                "the risk view's continued listing",
+                self.continuation.as_ref().map(|c| c.started),
+            ),
+        ];
+        for (what, at) in times {
+            if let Some(Err(refused)) = at.map(|at| clock.not_future(what, at)) {
+                tracing::error!(tenant_id = %tenant, error = %refused, "refused a time in the future: the view lists every record it could hold again");
+                let from = clock.now() - RECOVERY_LOOKBACK;
+                self.watermark = Some(from + OVERLAP);
+                self.refreshed_at = None;
+                self.continuation = None;
+                return;
+            }
+        }
     }
 
     /// Whether a complete listing from `since` (`None`: a full listing) leaves no gap between
@@ -107,13 +178,15 @@ fn entry_key(tenant: &str, user: &str) -> String {
 }
 
 impl RiskView<'_> {
-    /// The view's bookkeeping and its version.
+    /// The view's bookkeeping and its version; a time in it later than Graph's clock allows is
+    /// refused ([`ViewState::refuse_future`]).
     pub async fn state(&self, tenant: &str) -> Result<(ViewState, u64), LedgerError> {
         match self.ledger.store().get(&state_key(tenant)).await? {
-            Some(stored) => Ok((
-                serde_json::from_str(&stored.doc).unwrap_or_default(),
-                stored.version,
-            )),
+            Some(stored) => {
+                let mut state: ViewState = serde_json::from_str(&stored.doc).unwrap_or_default();
+                state.refuse_future(self.graph.clock(), tenant);
+                Ok((state, stored.version))
+            }
             None => Ok((ViewState::default(), 0)),
         }
     }
@@ -124,16 +197,45 @@ impl RiskView<'_> {
     /// A listing of changes into a view no full listing has seeded yet writes nothing: the
     /// seed lists only users at risk, so a record it did not list (a user dismissed meanwhile)
     /// would stay in the view at risk, with no later listing reaching back to correct it.
+    ///
+    /// A listing stopped at the page limit keeps where it stopped
+    /// ([`ViewState::continuation`]); the next call whose listing it serves continues it, so
+    /// however many records changed, the view moves forward by a page budget a call.
     pub async fn absorb_listing(
         &self,
         tenant: &str,
         since: Option<OffsetDateTime>,
     ) -> Result<Absorbed, ViewError> {
-        let started = OffsetDateTime::now_utc();
+        let started_here = OffsetDateTime::now_utc();
         // Read before listing: a seed that finishes while this listing runs may not have
         // listed a record this listing read earlier and is about to write.
-        let seeded = self.state(tenant).await?.0.complete;
-        let (listed, paging) = self.graph.risky_users_since(tenant, since).await?;
+        let (before, _) = self.state(tenant).await?;
+        let seeded = before.complete;
+        let resumed = before
+            .continuation
+            .clone()
+            .filter(|c| c.serves(since) && self.graph.is_risky_users_link(&c.next_link));
+        let (listed, listing) = match &resumed {
+            Some(c) => match self.graph.risky_users_from(tenant, &c.next_link).await {
+                Ok(read) => read,
+                // A link Graph no longer takes: the listing starts again where it started.
+                Err(e @ (GraphError::Api { .. } | GraphError::NotFound { .. })) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "the continued risk listing's next link was refused: listing again from its start");
+                    return self.restart(tenant, since).await;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let path = GraphClient::risky_users_path(since)?;
+                self.graph.risky_users_from(tenant, &path).await?
+            }
+        };
+        // Graph's clock, now that a response told it.
+        let started = self.graph.clock().to_service(started_here);
+        let (listing_since, listing_started) = match &resumed {
+            Some(c) => (c.since, c.started),
+            None => (since, started),
+        };
         let entries: Vec<ViewEntry> = listed
             .iter()
             .map(|r| ViewEntry {
@@ -142,33 +244,49 @@ impl RiskView<'_> {
                 record: r.record(),
             })
             .collect();
-        let writes = seeded || since.is_none();
+        let writes = seeded || listing_since.is_none();
         let written = if writes {
             self.write_entries(tenant, &entries, started).await?
         } else {
             0
         };
-        let complete = paging.is_complete();
-        if !complete {
-            tracing::error!(tenant_id = %tenant, listed = entries.len(), full = since.is_none(), ?paging,
-                "risk listing truncated: the view keeps what was read, but neither its watermark nor its freshness moves");
-            return Ok(Absorbed {
-                entries,
-                complete,
-                advanced: false,
-            });
-        }
-        let newest = entries.iter().filter_map(|e| e.record.last_updated).max();
+        let newest = entries
+            .iter()
+            .filter_map(|e| e.record.last_updated)
+            .max()
+            .max(resumed.as_ref().and_then(|c| c.newest));
+        let complete = listing.paging.is_complete();
+        let continuation = listing.next_link.clone().map(|next_link| Continuation {
+            next_link,
+            since: listing_since,
+            started: listing_started,
+            newest,
+            pages: resumed.as_ref().map_or(0, |c| c.pages) + listing.pages,
+            records: resumed.as_ref().map_or(0, |c| c.records) + entries.len(),
+        });
         let mut advanced = false;
         if writes {
             for _ in 0..16 {
                 let (mut state, version) = self.state(tenant).await?;
-                if !state.covered_by(since) {
-                    break;
+                // Another run moved the listing on (or finished it) meanwhile: its state stands.
+                let ours = state.continuation == before.continuation
+                    || (resumed.is_none() && state.continuation.is_none());
+                match &continuation {
+                    Some(next) if ours => state.continuation = Some(next.clone()),
+                    Some(_) => {}
+                    None => {
+                        if ours && resumed.is_some() {
+                            state.continuation = None;
+                        }
+                        if !state.covered_by(listing_since) {
+                            break;
+                        }
+                        state.watermark = state.watermark.max(newest.map(|n| n.min(started)));
+                        state.refreshed_at = state.refreshed_at.max(Some(listing_started));
+                        state.complete |= listing_since.is_none();
+                        advanced = true;
+                    }
                 }
-                state.watermark = state.watermark.max(newest);
-                state.refreshed_at = state.refreshed_at.max(Some(started));
-                state.complete |= since.is_none();
                 let doc = serde_json::to_string(&state).unwrap_or_default();
                 if self
                     .ledger
@@ -177,22 +295,54 @@ impl RiskView<'_> {
                     .await?
                     .is_some()
                 {
-                    advanced = true;
                     break;
                 }
+                advanced = false;
             }
         }
-        if advanced {
-            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, full = since.is_none(), "risk view refreshed");
+        if let Some(next) = &continuation {
+            tracing::warn!(tenant_id = %tenant, listed = entries.len(), written, full = listing_since.is_none(),
+                pages = next.pages, records = next.records,
+                "risk listing stopped at the page limit: what was read is in the view, and the next listing continues where it stopped");
+        } else if advanced {
+            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, full = listing_since.is_none(), "risk view refreshed");
         } else {
-            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, since = ?since, seeded,
+            tracing::info!(tenant_id = %tenant, listed = entries.len(), written, since = ?listing_since, seeded,
                 "risk listing did not reach back to the view's watermark: records added, the view's watermark and freshness not moved");
         }
         Ok(Absorbed {
             entries,
             complete,
             advanced,
+            since: listing_since,
+            started: listing_started,
+            pages: listing.pages,
         })
+    }
+
+    /// Drops a continuation Graph refused and lists from `since` afresh.
+    async fn restart(
+        &self,
+        tenant: &str,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Absorbed, ViewError> {
+        for _ in 0..16 {
+            let (mut state, version) = self.state(tenant).await?;
+            if state.continuation.take().is_none() {
+                break;
+            }
+            let doc = serde_json::to_string(&state).unwrap_or_default();
+            if self
+                .ledger
+                .store()
+                .put(&state_key(tenant), &doc, version, None)
+                .await?
+                .is_some()
+            {
+                break;
+            }
+        }
+        Box::pin(self.absorb_listing(tenant, since)).await
     }
 
     /// Writes each entry unless the view holds a newer record of the user

@@ -142,56 +142,85 @@ pub(crate) fn risky_users(
             "The maximum page size with $top is 500.",
         );
     }
-    let skip: usize = params
-        .get("$skiptoken")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
-    let parse = |v: &Value| {
-        v["riskLastUpdatedDateTime"].as_str().and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        })
+    // The skiptoken is opaque to the client: here, the (time, id) of the last record served,
+    // so a page continues after it however the collection changed meanwhile.
+    let after: Option<(i128, String)> = match params.get("$skiptoken") {
+        None => None,
+        Some(token) => match token
+            .split_once('.')
+            .and_then(|(at, id)| Some((at.parse::<i128>().ok()?, id.to_owned())))
+        {
+            Some(cursor) => Some(cursor),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "The $skiptoken is not valid.",
+                );
+            }
+        },
     };
-    let mut matching: Vec<&Value> = dir
+    // Records changed together (a bulk dismissal) share their timestamp: parse each once.
+    let mut parsed: HashMap<String, Option<i128>> = HashMap::new();
+    let mut parse = |v: &Value| {
+        let text = v["riskLastUpdatedDateTime"].as_str()?;
+        if let Some(at) = parsed.get(text) {
+            return *at;
+        }
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(time::OffsetDateTime::unix_timestamp_nanos);
+        parsed.insert(text.to_owned(), at);
+        at
+    };
+    let since = since.map(|(t, inclusive)| (t.unix_timestamp_nanos(), inclusive));
+    let mut matching: Vec<((i128, &str), &Value)> = dir
         .risky_users
-        .values()
-        .filter(|r| match (since, parse(r)) {
+        .iter()
+        .map(|(id, r)| (parse(r), id.as_str(), r))
+        .filter(|(at, _, _)| match (since, at) {
             (None, _) => true,
-            (Some((t, true)), Some(at)) => at >= t,
-            (Some((t, false)), Some(at)) => at > t,
+            (Some((t, true)), Some(at)) => *at >= t,
+            (Some((t, false)), Some(at)) => *at > t,
             (Some(_), None) => false,
         })
-        .filter(|r| {
+        .filter(|(_, _, r)| {
             states.as_ref().is_none_or(|wanted| {
                 r["riskState"]
                     .as_str()
                     .is_some_and(|state| wanted.iter().any(|w| w == state))
             })
         })
+        .map(|(at, id, r)| ((at.unwrap_or(i128::MIN), id), r))
+        .filter(|(key, _)| {
+            after
+                .as_ref()
+                .is_none_or(|(at, id)| *key > (*at, id.as_str()))
+        })
         .collect();
-    matching.sort_by(|a, b| {
-        parse(a)
-            .cmp(&parse(b))
-            .then(a["id"].as_str().cmp(&b["id"].as_str()))
-    });
     let page = top.min(dir.page_size.max(1));
+    let more = matching.len() > page;
+    if more {
+        matching.select_nth_unstable_by(page, |a, b| a.0.cmp(&b.0));
+        matching.truncate(page);
+    }
+    matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let items: Vec<Value> = matching
         .iter()
-        .skip(skip)
-        .take(page)
-        .map(|v| select((*v).clone(), params.get("$select")))
+        .map(|(_, v)| select((*v).clone(), params.get("$select")))
         .collect();
     let mut out = json!({
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identityProtection/riskyUsers",
         "value": items,
     });
-    if skip + page < matching.len() {
+    if let Some(((at, id), _)) = matching.last().filter(|_| more) {
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (k, v) in params {
             if k != "$skiptoken" {
                 query.append_pair(k, v);
             }
         }
-        query.append_pair("$skiptoken", &(skip + page).to_string());
+        query.append_pair("$skiptoken", &format!("{at}.{id}"));
         out["@odata.nextLink"] = format!(
             "{}/v1.0/identityProtection/riskyUsers?{}",
             s.base,
