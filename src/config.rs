@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::is_guid;
+
 /// Microsoft identity platform JWKS used to verify Graph `validationTokens`.
 pub const MICROSOFT_JWKS_URL: &str = "https://login.microsoftonline.com/common/discovery/v2.0/keys";
 
@@ -209,7 +211,9 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// As [`Config::from_env`], from any variable lookup (for tests).
+    /// As [`Config::from_env`], from any variable lookup (for tests). Every value is checked
+    /// when loaded: numbers within their range, tenant and application ids as GUIDs, URLs as
+    /// https (http only for loopback); an error names the variable and what it must be.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Self::default();
         if let Some(tenants) = get("RR_ALLOWED_TENANTS") {
@@ -218,75 +222,65 @@ impl Config {
                 .map(|t| t.trim().to_ascii_lowercase())
                 .filter(|t| !t.is_empty())
                 .collect();
+            if let Some(bad) = config.allowed_tenants.iter().find(|t| !is_guid(t)) {
+                return Err(ConfigError::Invalid {
+                    name: "RR_ALLOWED_TENANTS",
+                    reason: format!(
+                        "{bad:?} is not a tenant id: list tenant ids (GUIDs such as {DEV_TENANT_ID}), separated by commas"
+                    ),
+                });
+            }
+            if config.allowed_tenants.is_empty() {
+                return Err(ConfigError::Invalid {
+                    name: "RR_ALLOWED_TENANTS",
+                    reason: "lists no tenant: name at least one tenant id".into(),
+                });
+            }
         }
         if let Some(url) = get("RR_JWKS_URL") {
-            config.jwks_url = url;
+            config.jwks_url = checked_url("RR_JWKS_URL", &url)?;
         }
-        if let Some(bytes) = get("RR_MAX_BODY_BYTES") {
-            config.max_body_bytes = bytes.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_MAX_BODY_BYTES",
-                reason: format!("{e}"),
-            })?;
+        let max_body = 1024..=DEFAULT_SENTINEL_MAX_BODY_BYTES;
+        if let Some(n) = bounded(&get, "RR_MAX_BODY_BYTES", max_body.clone(), "bytes")? {
+            config.max_body_bytes = n;
         }
-        if let Some(bytes) = get("RR_SENTINEL_MAX_BODY_BYTES") {
-            config.sentinel_max_body_bytes = bytes.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_SENTINEL_MAX_BODY_BYTES",
-                reason: format!("{e}"),
-            })?;
+        if let Some(n) = bounded(&get, "RR_SENTINEL_MAX_BODY_BYTES", max_body, "bytes")? {
+            config.sentinel_max_body_bytes = n;
         }
-        if let Some(cap) = get("RR_MAX_NOTIFICATIONS_PER_BATCH") {
-            config.max_notifications_per_batch = cap.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_MAX_NOTIFICATIONS_PER_BATCH",
-                reason: format!("{e}"),
-            })?;
+        if let Some(n) = bounded(
+            &get,
+            "RR_MAX_NOTIFICATIONS_PER_BATCH",
+            1..=10_000,
+            "notifications",
+        )? {
+            config.max_notifications_per_batch = n;
         }
-        if let Some(capacity) = get("RR_LOCAL_QUEUE_CAPACITY") {
-            config.local_queue_capacity = capacity
-                .parse()
-                .ok()
-                .filter(|&n: &usize| n > 0)
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: "RR_LOCAL_QUEUE_CAPACITY",
-                    reason: "a positive number of work items".into(),
-                })?;
+        if let Some(n) = bounded(&get, "RR_LOCAL_QUEUE_CAPACITY", 1..=1_000_000, "work items")? {
+            config.local_queue_capacity = n;
         }
-        if let Some(workers) = get("RR_WORKER_CONCURRENCY") {
-            config.worker_concurrency = workers
-                .parse()
-                .ok()
-                .filter(|&n: &usize| n > 0)
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: "RR_WORKER_CONCURRENCY",
-                    reason: "a positive number of workers".into(),
-                })?;
+        // Lambda's maximum concurrency for an SQS event source is 1,000.
+        if let Some(n) = bounded(&get, "RR_WORKER_CONCURRENCY", 1..=1_000, "workers")? {
+            config.worker_concurrency = n;
         }
         if let Some(bind) = get("RR_BIND") {
             config.bind = bind.parse().map_err(|e| ConfigError::Invalid {
                 name: "RR_BIND",
-                reason: format!("{e}"),
+                reason: format!("{bind:?} is not an address and port such as 127.0.0.1:3000 ({e})"),
             })?;
         }
         if let Some(url) = get("RR_GRAPH_BASE_URL") {
-            config.graph_base_url = url;
+            config.graph_base_url = checked_url("RR_GRAPH_BASE_URL", &url)?;
         }
         if let Some(url) = get("RR_LOGIN_AUTHORITY") {
-            config.login_authority = url;
+            config.login_authority = checked_url("RR_LOGIN_AUTHORITY", &url)?;
         }
         if let Some(path) = get("RR_POLICY_FILE") {
             config.policy_file = Some(PathBuf::from(path));
         }
-        if let Some(secs) = get("RR_SECRETS_TTL_SECONDS") {
-            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_SECRETS_TTL_SECONDS",
-                reason: format!("{e}"),
-            })?;
+        if let Some(secs) = bounded(&get, "RR_SECRETS_TTL_SECONDS", 1..=86_400, "seconds")? {
             config.secrets_ttl = Duration::from_secs(secs);
         }
-        if let Some(secs) = get("RR_SECRETS_GRACE_SECONDS") {
-            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_SECRETS_GRACE_SECONDS",
-                reason: format!("{e}"),
-            })?;
+        if let Some(secs) = bounded(&get, "RR_SECRETS_GRACE_SECONDS", 0..=7 * 86_400, "seconds")? {
             config.secrets_grace = Duration::from_secs(secs);
         }
         config.queue_url = get("RR_QUEUE_URL").filter(|v| !v.is_empty());
@@ -294,29 +288,28 @@ impl Config {
         if let Some(path) = get("RR_LEDGER_PATH") {
             config.ledger_path = PathBuf::from(path);
         }
-        config.notification_url = get("RR_NOTIFICATION_URL").filter(|v| !v.is_empty());
+        config.notification_url = match get("RR_NOTIFICATION_URL").filter(|v| !v.is_empty()) {
+            Some(url) => Some(checked_url("RR_NOTIFICATION_URL", &url)?),
+            None => None,
+        };
         config.in_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
         if let Some(share) = get("RR_IDENTITY_PROTECTION_SHARE") {
-            let share: f64 = share.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_IDENTITY_PROTECTION_SHARE",
-                reason: format!("{e}"),
-            })?;
-            if !(share > 0.0 && share <= 1.0) {
-                return Err(ConfigError::Invalid {
+            // Below 5% one Identity Protection request would wait 22 s: longer than a worker
+            // waits for a slot.
+            config.identity_protection_share = share
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|share| (0.05..=1.0).contains(share))
+                .ok_or_else(|| ConfigError::Invalid {
                     name: "RR_IDENTITY_PROTECTION_SHARE",
-                    reason: "must be more than 0 and at most 1".into(),
-                });
-            }
-            config.identity_protection_share = share;
+                    reason: format!("{share:?} is not a fraction from 0.05 to 1"),
+                })?;
         }
         config.templates_dir = get("RR_TEMPLATES_DIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        if let Some(secs) = get("RR_VIEW_MAX_AGE_SECONDS") {
-            let secs: u64 = secs.parse().map_err(|e| ConfigError::Invalid {
-                name: "RR_VIEW_MAX_AGE_SECONDS",
-                reason: format!("{e}"),
-            })?;
+        if let Some(secs) = bounded(&get, "RR_VIEW_MAX_AGE_SECONDS", 0..=86_400, "seconds")? {
             config.view_max_age = Duration::from_secs(secs);
         }
         if let Some(path) = get("RR_INCIDENT_COMMENTS") {
@@ -334,7 +327,7 @@ impl Config {
             };
         }
         if let Some(url) = get("RR_ARM_BASE_URL").filter(|v| !v.trim().is_empty()) {
-            config.arm_base_url = url.trim().to_owned();
+            config.arm_base_url = checked_url("RR_ARM_BASE_URL", &url)?;
         }
         config.temporary_password_prefix =
             get("RR_TEMPORARY_PASSWORD_PREFIX").filter(|v| !v.trim().is_empty());
@@ -355,6 +348,14 @@ impl Config {
         config.ingress_secrets = ingress.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_secrets = graph.unwrap_or(SecretsSource::EmbeddedDev);
         config.graph_client_id = nonempty("RR_GRAPH_CLIENT_ID").map(|v| v.trim().to_owned());
+        if let Some(bad) = config.graph_client_id.as_ref().filter(|id| !is_guid(id)) {
+            return Err(ConfigError::Invalid {
+                name: "RR_GRAPH_CLIENT_ID",
+                reason: format!(
+                    "{bad:?} is not an application (client) id: copy the GUID from the app registration's overview"
+                ),
+            });
+        }
         if let Some(audiences) = get("RR_SENTINEL_AUDIENCE") {
             config.sentinel_audiences = audiences
                 .split(',')
@@ -370,6 +371,59 @@ impl Config {
         self.allowed_tenants
             .iter()
             .any(|t| t.eq_ignore_ascii_case(tenant_id))
+    }
+}
+
+/// A whole number from the environment variable `name`, within `range`.
+fn bounded<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<Option<T>, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(text) = get(name) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "{text:?} is not a whole number of {unit} from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        }),
+    }
+}
+
+/// `value` if it parses as an https URL (http only for a loopback host, as a local stand-in
+/// is), without its trailing slash.
+fn checked_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    let invalid = |reason: String| ConfigError::Invalid { name, reason };
+    let url = reqwest::Url::parse(value).map_err(|e| {
+        invalid(format!(
+            "{value:?} is not a URL ({e}): give an https:// URL"
+        ))
+    })?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" if url.host_str().is_some() => Ok(value.trim_end_matches('/').to_owned()),
+        "http" if loopback => Ok(value.trim_end_matches('/').to_owned()),
+        _ => Err(invalid(format!(
+            "{value:?} must be an https:// URL (http:// only for a loopback address such as http://127.0.0.1:3000)"
+        ))),
     }
 }
 
@@ -389,7 +443,10 @@ mod tests {
     #[test]
     fn env_overrides_defaults() {
         let config = Config::from_lookup(lookup(&[
-            ("RR_ALLOWED_TENANTS", " AAAA-1 , bbbb-2,"),
+            (
+                "RR_ALLOWED_TENANTS",
+                " AAAAAAAA-0000-4000-8000-000000000001 , bbbbbbbb-0000-4000-8000-000000000002,",
+            ),
             ("RR_MAX_BODY_BYTES", "2048"),
             ("RR_SENTINEL_MAX_BODY_BYTES", "4096"),
             ("RR_MAX_NOTIFICATIONS_PER_BATCH", "50"),
@@ -397,13 +454,19 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.max_notifications_per_batch, 50);
-        assert_eq!(config.allowed_tenants, vec!["aaaa-1", "bbbb-2"]);
+        assert_eq!(
+            config.allowed_tenants,
+            vec![
+                "aaaaaaaa-0000-4000-8000-000000000001",
+                "bbbbbbbb-0000-4000-8000-000000000002"
+            ]
+        );
         assert_eq!(config.max_body_bytes, 2048);
         assert_eq!(config.sentinel_max_body_bytes, 4096);
         let default = Config::from_lookup(lookup(&[])).unwrap();
         assert_eq!(default.sentinel_max_body_bytes, 6 * 1024 * 1024);
-        assert!(config.tenant_allowed("BBBB-2"));
-        assert!(!config.tenant_allowed("cccc-3"));
+        assert!(config.tenant_allowed("BBBBBBBB-0000-4000-8000-000000000002"));
+        assert!(!config.tenant_allowed("cccccccc-0000-4000-8000-000000000003"));
         assert_eq!(
             config.ingress_secrets,
             SecretsSource::File("/tmp/s.json".into())
@@ -478,5 +541,44 @@ mod tests {
     fn bad_number_is_named() {
         let err = Config::from_lookup(lookup(&[("RR_MAX_BODY_BYTES", "lots")])).unwrap_err();
         assert!(err.to_string().contains("RR_MAX_BODY_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn every_value_is_checked_and_the_error_names_the_variable_and_the_range() {
+        let err =
+            |vars: &[(&str, &str)]| Config::from_lookup(lookup(vars)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("RR_WORKER_CONCURRENCY", "4294967296")]),
+            "environment variable RR_WORKER_CONCURRENCY is not valid: \"4294967296\" is not a whole number of workers from 1 to 1000"
+        );
+        assert!(err(&[("RR_MAX_BODY_BYTES", "10")]).contains("from 1024 to 6291456"));
+        assert!(err(&[("RR_SECRETS_TTL_SECONDS", "-1")]).contains("RR_SECRETS_TTL_SECONDS"));
+        assert!(err(&[("RR_VIEW_MAX_AGE_SECONDS", "99999999999")]).contains("0 to 86400"));
+        assert!(err(&[("RR_IDENTITY_PROTECTION_SHARE", "NaN")]).contains("0.05 to 1"));
+        assert!(err(&[("RR_ALLOWED_TENANTS", "contoso.com")]).contains("is not a tenant id"));
+        assert!(err(&[("RR_ALLOWED_TENANTS", " , ")]).contains("lists no tenant"));
+        assert!(err(&[("RR_GRAPH_CLIENT_ID", "my-app")]).contains("RR_GRAPH_CLIENT_ID"));
+        for name in [
+            "RR_GRAPH_BASE_URL",
+            "RR_LOGIN_AUTHORITY",
+            "RR_JWKS_URL",
+            "RR_ARM_BASE_URL",
+            "RR_NOTIFICATION_URL",
+        ] {
+            let text = err(&[(name, "http://graph.example.com/v1.0")]);
+            assert!(text.contains(name) && text.contains("https://"), "{text}");
+            assert!(err(&[(name, "graph.microsoft.com")]).contains("not a URL"));
+        }
+        // http is for a local stand-in only.
+        let local = Config::from_lookup(lookup(&[
+            ("RR_GRAPH_BASE_URL", "http://127.0.0.1:9/v1.0/"),
+            ("RR_LOGIN_AUTHORITY", "http://localhost:9"),
+            (
+                "RR_NOTIFICATION_URL",
+                "http://[::1]:3000/graph/notifications",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(local.graph_base_url, "http://127.0.0.1:9/v1.0");
     }
 }

@@ -10,10 +10,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Addresses the environment names: a dead TEST-NET host, never contacted by the demo.
 const ELSEWHERE: [(&str, &str); 4] = [
-    ("RR_GRAPH_BASE_URL", "http://graph-elsewhere.invalid:9/v1.0"),
-    ("RR_LOGIN_AUTHORITY", "http://graph-elsewhere.invalid:9"),
-    ("RR_ARM_BASE_URL", "http://graph-elsewhere.invalid:9"),
-    ("RR_JWKS_URL", "http://graph-elsewhere.invalid:9/keys"),
+    (
+        "RR_GRAPH_BASE_URL",
+        "https://graph-elsewhere.invalid:9/v1.0",
+    ),
+    ("RR_LOGIN_AUTHORITY", "https://graph-elsewhere.invalid:9"),
+    ("RR_ARM_BASE_URL", "https://graph-elsewhere.invalid:9"),
+    ("RR_JWKS_URL", "https://graph-elsewhere.invalid:9/keys"),
 ];
 
 fn scratch() -> PathBuf {

@@ -470,8 +470,8 @@ async fn the_demo_shows_the_whole_path_with_no_tenant() {
         .args(&files)
         .current_dir(&dir)
         // Whatever the environment says, the demo reaches no real tenant.
-        .env("RR_GRAPH_BASE_URL", "http://192.0.2.1:9/v1.0")
-        .env("RR_LOGIN_AUTHORITY", "http://192.0.2.1:9")
+        .env("RR_GRAPH_BASE_URL", "https://192.0.2.1:9/v1.0")
+        .env("RR_LOGIN_AUTHORITY", "https://192.0.2.1:9")
         .env("RUST_LOG", "warn")
         .output()
         .await

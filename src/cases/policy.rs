@@ -279,14 +279,91 @@ pub enum PolicyError {
     Syntax(String),
     #[error("rule {rule:?}: {problem}")]
     Rule { rule: String, problem: &'static str },
-    #[error("lookback_hours must be between 1 and 720 (30 days of sign-in logs)")]
-    Lookback,
+    #[error("{key} = {value} is out of range: it must be from {min} to {max} {unit}")]
+    Range {
+        key: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
     #[error("[safety] {0}")]
     Safety(&'static str),
+    #[error("{key} = {value:?}: {problem}")]
+    Value {
+        key: &'static str,
+        value: String,
+        problem: &'static str,
+    },
 }
 
-fn is_object_id(value: &str) -> bool {
-    value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+/// Every number of the policy, with its key and allowed range: values outside are refused
+/// when the policy is loaded (an hour count near `u32::MAX` would overflow time arithmetic).
+fn numbers(policy: &Policy) -> Vec<(&'static str, u64, u64, u64, &'static str)> {
+    let safety = &policy.safety;
+    let mut out = vec![
+        // Entra keeps 30 days of sign-in logs.
+        (
+            "lookback_hours",
+            u64::from(policy.lookback_hours),
+            1,
+            720,
+            "hours",
+        ),
+        (
+            "safety.reset_cooldown_hours",
+            u64::from(safety.reset_cooldown_hours),
+            0,
+            8_760,
+            "hours",
+        ),
+        (
+            "safety.max_enforced_cases_per_hour",
+            u64::from(safety.max_enforced_cases_per_hour),
+            1,
+            10_000,
+            "cases",
+        ),
+        (
+            "safety.source_episode_hours",
+            u64::from(safety.source_episode_hours),
+            1,
+            720,
+            "hours",
+        ),
+    ];
+    if let Some(PasswordDelivery::SecretsManager { ttl_hours, .. }) = &policy.password_delivery {
+        out.push((
+            "password_delivery.ttl_hours",
+            u64::from(*ttl_hours),
+            1,
+            720,
+            "hours",
+        ));
+    }
+    for rule in &policy.rules {
+        out.push((
+            "rules.min_blocked_sign_ins",
+            rule.min_blocked_sign_ins as u64,
+            0,
+            100_000,
+            "sign-ins",
+        ));
+    }
+    out
+}
+
+/// Whether `value` reads as one mail address (`local@domain`).
+fn is_address(value: &str) -> bool {
+    value.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !value
+                .chars()
+                .any(|c| c.is_whitespace() || c == ',' || c == ';')
+    })
 }
 
 impl Policy {
@@ -313,8 +390,53 @@ impl Policy {
     }
 
     fn validate(&self) -> Result<(), PolicyError> {
-        if !(1..=720).contains(&self.lookback_hours) {
-            return Err(PolicyError::Lookback);
+        for (key, value, min, max, unit) in numbers(self) {
+            if !(min..=max).contains(&value) {
+                return Err(PolicyError::Range {
+                    key,
+                    value,
+                    min,
+                    max,
+                    unit,
+                });
+            }
+        }
+        let mut addresses: Vec<(&'static str, &String)> = Vec::new();
+        if let Some(PasswordDelivery::Mail { sender, to, .. }) = &self.password_delivery {
+            addresses.push(("password_delivery.sender", sender));
+            addresses.extend(to.iter().map(|a| ("password_delivery.to", a)));
+        }
+        if let Some(notify) = &self.notify {
+            addresses.push(("notify.sender", &notify.sender));
+            addresses.extend(notify.to.iter().map(|a| ("notify.to", a)));
+        }
+        if let Some(user) = &self.notify_user {
+            addresses.push(("notify_user.sender", &user.sender));
+            addresses.extend(
+                user.when_no_manager
+                    .iter()
+                    .map(|a| ("notify_user.when_no_manager", a)),
+            );
+            if user.when_mailbox_at_risk != "manager" {
+                addresses.push((
+                    "notify_user.when_mailbox_at_risk",
+                    &user.when_mailbox_at_risk,
+                ));
+            }
+            if !user.sspr_url.starts_with("https://") || user.sspr_url.len() <= "https://".len() {
+                return Err(PolicyError::Value {
+                    key: "notify_user.sspr_url",
+                    value: user.sspr_url.clone(),
+                    problem: "must be an https:// address",
+                });
+            }
+        }
+        if let Some((key, value)) = addresses.into_iter().find(|(_, a)| !is_address(a)) {
+            return Err(PolicyError::Value {
+                key,
+                value: value.clone(),
+                problem: "must be one mail address (name@domain)",
+            });
         }
         let safety = &self.safety;
         let ids = safety
@@ -322,24 +444,14 @@ impl Policy {
             .iter()
             .chain(&safety.protected_group_ids)
             .chain(&safety.protected_role_template_ids);
-        if ids.clone().any(|id| !is_object_id(id)) {
+        if ids.clone().any(|id| !crate::support::is_guid(id)) {
             return Err(PolicyError::Safety(
                 "protected ids must be object ids (GUIDs)",
-            ));
-        }
-        if safety.max_enforced_cases_per_hour == 0 {
-            return Err(PolicyError::Safety(
-                "max_enforced_cases_per_hour must be at least 1",
             ));
         }
         if self.self_remediation.enabled && self.notify_user.is_none() {
             return Err(PolicyError::Safety(
                 "self-remediation tells users what to do: configure [notify_user]",
-            ));
-        }
-        if safety.source_episode_hours == 0 {
-            return Err(PolicyError::Safety(
-                "source_episode_hours must be at least 1",
             ));
         }
         for rule in &self.rules {
@@ -487,7 +599,22 @@ actions = ["revoke_sessions", "notify_user", "dismiss_risk"]"#),
         assert!(err("lookback_hours = 0").contains("lookback_hours"));
         assert!(err("unknown = 1").contains("unknown"));
         assert!(err("[safety]\nprotected_user_ids = [\"alice\"]").contains("GUIDs"));
-        assert!(err("[safety]\nmax_enforced_cases_per_hour = 0").contains("at least 1"));
+        assert!(err("[safety]\nmax_enforced_cases_per_hour = 0").contains("from 1 to 10000 cases"));
+        // Hours near u32::MAX would overflow time arithmetic: refused, naming key and range.
+        assert_eq!(
+            err("[safety]\nreset_cooldown_hours = 4294967295"),
+            "safety.reset_cooldown_hours = 4294967295 is out of range: it must be from 0 to 8760 hours"
+        );
+        assert!(err("lookback_hours = 721").contains("from 1 to 720 hours"));
+        assert!(
+            err("[safety]\nsource_episode_hours = 4294967295")
+                .contains("safety.source_episode_hours")
+        );
+        assert!(err("[notify]\nsender = \"soc\"\nto = []").contains("notify.sender"));
+        assert!(
+            err("[notify_user]\nsender = \"a@b.c\"\nhelpdesk = \"x\"\nsspr_url = \"http://evil.example\"")
+                .contains("notify_user.sspr_url")
+        );
     }
 
     #[test]
