@@ -332,7 +332,10 @@ async fn transient_failure_is_retried_without_repeating_completed_actions() {
     );
     let case = &ledger.cases(10).await.unwrap()[0];
     assert_eq!(case.status, CaseStatus::Completed);
-    assert_eq!(case.attempts, 2);
+    assert_eq!(
+        case.attempts, 0,
+        "only failed runs in a row count, and the last one succeeded"
+    );
 }
 
 #[tokio::test]
@@ -624,4 +627,79 @@ async fn missing_permission_keeps_the_event_for_retry_and_then_finishes_the_plan
         ledger.cases(10).await.unwrap()[0].status,
         CaseStatus::Completed
     );
+}
+
+/// The write-ahead claims on DynamoDB: the reset cooldown, a sealed password beside its case
+/// and the subscriptions' tenants are conditional writes there too.
+#[tokio::test]
+async fn dynamodb_keeps_the_new_claims_conditional() {
+    use risk_responder::ledger::ResetClaim;
+    const USER: &str = "6e7b768e-07e2-4810-8459-485f84f8f204";
+    let ledger = ddb_ledger().await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::hours(24);
+    // Two cases of one user claim the reset at once: exactly one is granted.
+    let (a, b) = tokio::join!(
+        ledger.claim_reset(TENANT, USER, "c-a", day, false, now),
+        ledger.claim_reset(TENANT, USER, "c-b", day, false, now),
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let granted: Vec<usize> = (0..2)
+        .filter(|&i| outcomes[i] == ResetClaim::Granted)
+        .collect();
+    assert_eq!(granted.len(), 1, "{outcomes:?}");
+    let (winner, loser) = if granted[0] == 0 {
+        ("c-a", &outcomes[1])
+    } else {
+        ("c-b", &outcomes[0])
+    };
+    assert!(
+        matches!(loser, ResetClaim::Held { by_case, .. } if by_case == winner),
+        "{loser:?}"
+    );
+    // The winner's own retry is not held by its own reset; a person's approval overrides.
+    assert_eq!(
+        ledger
+            .claim_reset(TENANT, USER, winner, day, false, now)
+            .await
+            .unwrap(),
+        ResetClaim::Granted
+    );
+    assert_eq!(
+        ledger
+            .claim_reset(TENANT, USER, "c-later", day, true, now)
+            .await
+            .unwrap(),
+        ResetClaim::Granted
+    );
+
+    // A sealed password beside its case: kept, replaced by a retry, forgotten once delivered.
+    assert_eq!(ledger.sealed_intent("c-a", 2).await.unwrap(), None);
+    ledger
+        .keep_sealed_intent("c-a", 2, "sealed-1")
+        .await
+        .unwrap();
+    ledger
+        .keep_sealed_intent("c-a", 2, "sealed-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.sealed_intent("c-a", 2).await.unwrap().as_deref(),
+        Some("sealed-2")
+    );
+    ledger.forget_sealed_intent("c-a", 2).await.unwrap();
+    assert_eq!(ledger.sealed_intent("c-a", 2).await.unwrap(), None);
+
+    // A subscription is recorded in the tenant it was created in, and only there.
+    const OTHER: &str = "2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f";
+    let sub = "7f105c7d-2dc5-4e8a-9c2b-1f7a0e8f4b11";
+    ledger.record_subscriptions(TENANT, &[sub]).await.unwrap();
+    ledger.record_subscriptions(TENANT, &[sub]).await.unwrap();
+    let asked = [
+        (TENANT.to_owned(), sub.to_owned()),
+        (OTHER.to_owned(), sub.to_owned()),
+    ];
+    let recorded = ledger.recorded_subscriptions(&asked).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded.contains(&asked[0]));
 }

@@ -559,3 +559,174 @@ async fn the_directory_names_the_user_not_the_signal() {
         case.history
     );
 }
+
+/// A signal about Adele at `level`, from Sentinel.
+fn signal_at(id: &str, level: RiskLevel) -> WorkItem {
+    let mut item = sentinel_signal(id, None);
+    if let WorkItem::Risk(e) = &mut item {
+        e.risk_level = level;
+        e.source_id = format!("alert-{id}");
+    }
+    item
+}
+
+/// 9a. A closed case is reopened by an escalation only while it is its user's current case:
+///     here a merge raised closed case 1 (as one racing with a new episode's signal would) while
+///     case 2 of a newer episode runs; working case 1 leaves it closed and changes nothing.
+#[tokio::test]
+async fn a_closed_case_is_not_reopened_beside_a_newer_case_of_its_user() {
+    use risk_responder::cases::CaseStatus;
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 2);
+    let ledger = memory_ledger();
+    let mut worker = enforcing_worker(&s, ledger.clone(), 1);
+    // Every signal looks at Identity Protection afresh (the view serves no older answer).
+    worker.view_max_age = time::Duration::ZERO;
+    worker
+        .handle(&signal_at("sig-first", RiskLevel::Medium))
+        .await;
+    let (first, _) = ledger.find_case("sig-first").await.unwrap().unwrap();
+    assert_eq!(first.status, CaseStatus::Completed, "{first:#?}");
+    // A new detection: Identity Protection reports Adele at high risk again; case 2 opens and
+    // waits on a Graph outage.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    s.with(|d| {
+        let record = d.risky_users.get_mut(ADELE).unwrap();
+        record["riskLevel"] = "high".into();
+        record["riskState"] = "atRisk".into();
+        record["riskLastUpdatedDateTime"] = later
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .into();
+        d.faults.unavailable_paths.push((
+            reqwest::Method::POST,
+            format!("/users/{ADELE}/revokeSignInSessions"),
+        ));
+    });
+    worker
+        .handle(&signal_at("sig-second", RiskLevel::High))
+        .await;
+    let (second, _) = ledger.find_case("sig-second").await.unwrap().unwrap();
+    assert_ne!(second.case_id, first.case_id, "{second:#?}");
+    assert_eq!(second.status, CaseStatus::Retry);
+    // The racing merge's outcome: case 1 raised to High after case 2 was placed.
+    let (mut raised, version) = ledger.case(&first.case_id).await.unwrap().unwrap();
+    raised.risk_level = RiskLevel::High;
+    ledger.save_case(&raised, version).await.unwrap().unwrap();
+    let writes = s.writes().len();
+    worker
+        .handle(&WorkItem::Resume {
+            tenant_id: TENANT.into(),
+            case_id: first.case_id.clone(),
+        })
+        .await;
+    let (first, _) = ledger.case(&first.case_id).await.unwrap().unwrap();
+    assert_eq!(first.status, CaseStatus::Completed, "{first:#?}");
+    assert!(!first.needs_escalation());
+    assert!(
+        first.history.iter().any(|h| h
+            .what
+            .contains(&format!("not escalated: a newer case {}", second.case_id))),
+        "{:#?}",
+        first.history
+    );
+    assert_eq!(s.writes().len(), writes, "{:?}", s.writes());
+}
+
+/// 9b. Protection holds those eligible through PIM for Groups: Adele may activate membership
+///     of a role-assignable group that holds Global Administrator at any time.
+#[tokio::test]
+async fn an_eligible_member_of_a_group_holding_a_protected_role_is_protected() {
+    use risk_responder::cases::CaseStatus;
+    const GLOBAL_ADMIN: &str = "62e90394-69f5-4237-9190-012177145e10";
+    const ADMINS: &str = "7a0e2f5a-3333-4c8d-9000-00000000dddd";
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    s.with(|d| {
+        d.groups.push(ADMINS.into());
+        d.role_assignments
+            .push((ADMINS.into(), GLOBAL_ADMIN.into()));
+        d.group_eligibilities
+            .push((ADMINS.into(), ADELE.into(), "member".into()));
+    });
+    let ledger = memory_ledger();
+    enforcing_worker(&s, ledger.clone(), 2)
+        .handle(&sentinel_signal("sig-pim-groups", None))
+        .await;
+    let (case, _) = ledger.find_case("sig-pim-groups").await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::AwaitingApproval, "{case:#?}");
+    assert!(
+        case.rails
+            .iter()
+            .any(|r| r.contains("eligible through PIM for Groups") && r.contains(ADMINS)),
+        "{:?}",
+        case.rails
+    );
+    assert_eq!((resets(&s), revokes(&s)), (0, 0));
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    assert!(
+        calls.iter().any(|c| c.starts_with(
+            "GET /v1.0/identityGovernance/privilegedAccess/group/eligibilitySchedules?$filter=groupId"
+        )),
+        "{calls:?}"
+    );
+}
+
+/// 9c. Only failed runs count towards the local retries' limit: a case that failed seven
+///     times, then completed, then failed once more on an escalation is retried again, not
+///     handed to a person as "gave up after 9 attempts".
+#[tokio::test]
+async fn only_failed_runs_count_towards_the_local_retries_limit() {
+    use risk_responder::cases::CaseStatus;
+    use risk_responder::respond::pending::pending_work;
+    let s = start().await;
+    seed(&s, "medium", "atRisk", 2);
+    let ledger = memory_ledger().with_work_index();
+    let worker = enforcing_worker(&s, ledger.clone(), 1);
+    let revoke_down = || {
+        s.with(|d| {
+            d.faults.unavailable_paths.push((
+                reqwest::Method::POST,
+                format!("/users/{ADELE}/revokeSignInSessions"),
+            ))
+        })
+    };
+    revoke_down();
+    let item = signal_at("sig-flaky", RiskLevel::Medium);
+    for _ in 0..7 {
+        worker.handle(&item).await;
+    }
+    let (case, _) = ledger.find_case("sig-flaky").await.unwrap().unwrap();
+    assert_eq!((case.status, case.attempts), (CaseStatus::Retry, 7));
+    s.with(|d| d.faults.unavailable_paths.clear());
+    worker.handle(&item).await;
+    let (case, _) = ledger.find_case("sig-flaky").await.unwrap().unwrap();
+    assert_eq!((case.status, case.attempts), (CaseStatus::Completed, 0));
+    // A high alert escalates the case; blocking sign-in fails for now.
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((reqwest::Method::PATCH, format!("/users/{ADELE}")))
+    });
+    worker.handle(&signal_at("sig-high", RiskLevel::High)).await;
+    let (case, _) = ledger.find_case("sig-flaky").await.unwrap().unwrap();
+    assert_eq!(
+        (case.status, case.attempts),
+        (CaseStatus::Retry, 1),
+        "{case:#?}"
+    );
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let due = pending_work(&ledger, later, 100).await.unwrap();
+    assert!(
+        due.iter()
+            .any(|w| matches!(w, WorkItem::Resume { case_id, .. } if *case_id == case.case_id)),
+        "{due:?}"
+    );
+    let (case, _) = ledger.find_case("sig-flaky").await.unwrap().unwrap();
+    assert_eq!(
+        case.status,
+        CaseStatus::Retry,
+        "not given up: {:?}",
+        case.last_error
+    );
+}

@@ -512,6 +512,20 @@ impl Case {
             .is_some_and(|planned| self.risk_level > planned)
     }
 
+    /// Leaves a closed case closed when a newer case of its user runs: the level a signal
+    /// raised it to goes back to what its plan covered (no escalation), and the case says why.
+    pub fn decline_escalation(&mut self, newer_case: &str, now: OffsetDateTime) {
+        if let Some(planned) = self.plan_level() {
+            self.risk_level = planned;
+        }
+        self.note(
+            now,
+            format!(
+                "not escalated: a newer case {newer_case} of this user runs, and a closed case is never reopened beside it"
+            ),
+        );
+    }
+
     /// Whether `signal_id` was merged already (redelivery).
     pub fn has_signal(&self, signal_id: &str) -> bool {
         self.signals.contains(signal_id)
@@ -736,6 +750,17 @@ impl Case {
         } else {
             self.closed_at = None;
         }
+    }
+
+    /// Counts the run that just ended: one more failed attempt if it leaves the case in
+    /// `retry`, none left if it moved on. Only failed runs count towards the local retries'
+    /// limit; runs that did their work (escalations, waves, decisions carried out) do not.
+    pub fn count_attempt(&mut self) {
+        self.attempts = if self.status == CaseStatus::Retry {
+            self.attempts.saturating_add(1)
+        } else {
+            0
+        };
     }
 
     /// Who or what must act next.

@@ -39,7 +39,9 @@ pub fn place(
     source_window: time::Duration,
     now: OffsetDateTime,
 ) -> Placement {
-    if let Some(case) = current.filter(|c| !c.is_terminal()) {
+    // An open case, or a closed one a signal has raised and the worker is about to escalate
+    // (it opens again): a new case beside it would run twice for one user.
+    if let Some(case) = current.filter(|c| !c.is_terminal() || c.needs_escalation()) {
         return Placement::Merge(case.case_id.clone());
     }
     let closed_at = current.and_then(|c| c.closed_at.or(Some(c.updated_at)));
@@ -333,5 +335,34 @@ mod tests {
             at(400),
         );
         assert_eq!(p, Placement::Merge(case.case_id));
+    }
+
+    #[test]
+    fn a_closed_case_about_to_be_escalated_takes_the_next_signal() {
+        // Closed at minute 10, planned for Medium, raised to High by a signal: the worker is
+        // about to reopen it. A newer detection now merges into it instead of opening a second
+        // case beside it.
+        let mut case = closed_case(ip(-3), &[Action::RevokeSessions], 10);
+        case.planned_level = Some(RiskLevel::Medium);
+        case.risk_level = RiskLevel::High;
+        assert!(case.needs_escalation());
+        let p = place(
+            &signal(EventSource::GraphUser, "n", 20),
+            Some(&risk("atRisk", 15)),
+            Some(&case),
+            DAY,
+            at(20),
+        );
+        assert_eq!(p, Placement::Merge(case.case_id.clone()));
+        // Settled at its plan's level, the same detection opens a new episode.
+        case.risk_level = RiskLevel::Medium;
+        let p = place(
+            &signal(EventSource::GraphUser, "n", 20),
+            Some(&risk("atRisk", 15)),
+            Some(&case),
+            DAY,
+            at(20),
+        );
+        assert_eq!(p, Placement::Open(ip(15)));
     }
 }

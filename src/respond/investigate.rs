@@ -261,9 +261,10 @@ async fn read_protected(
     let safety = &policy.safety;
     let mut protected = Protected::default();
     for group in &safety.protected_group_ids {
-        for user in graph.group_user_ids(tenant, group).await? {
-            protected.add(&user, || format!("member of protected group {group}"));
-        }
+        protect_group(graph, tenant, group, &mut protected, &|| {
+            format!("member of protected group {group}")
+        })
+        .await?;
     }
     for (holding, how) in [
         (RoleHolding::Assigned, "holds"),
@@ -272,14 +273,13 @@ async fn read_protected(
         for template in &safety.protected_role_template_ids {
             for principal in graph.role_principals(tenant, template, holding).await? {
                 if principal.is_group {
-                    for user in graph.group_user_ids(tenant, &principal.id).await? {
-                        protected.add(&user, || {
-                            format!(
-                                "{how} protected directory role {template} through group {}",
-                                principal.id
-                            )
-                        });
-                    }
+                    let why = || {
+                        format!(
+                            "{how} protected directory role {template} through group {}",
+                            principal.id
+                        )
+                    };
+                    protect_group(graph, tenant, &principal.id, &mut protected, &why).await?;
                 } else {
                     protected.add(&principal.id, || {
                         format!("{how} protected directory role {template}")
@@ -289,6 +289,32 @@ async fn read_protected(
         }
     }
     Ok(protected)
+}
+
+/// Protects the users of `group`: its (transitive) members, and those eligible through PIM
+/// for Groups to become a member or owner (they can activate it at any time), directly or
+/// through an eligible group.
+async fn protect_group(
+    graph: &GraphClient,
+    tenant: &str,
+    group: &str,
+    protected: &mut Protected,
+    why: &(dyn Fn() -> String + Sync),
+) -> Result<(), GraphError> {
+    for user in graph.group_user_ids(tenant, group).await? {
+        protected.add(&user, why);
+    }
+    for principal in graph.group_eligible_principals(tenant, group).await? {
+        let eligible = || format!("{} (eligible through PIM for Groups)", why());
+        if principal.is_group {
+            for user in graph.group_user_ids(tenant, &principal.id).await? {
+                protected.add(&user, eligible);
+            }
+        } else {
+            protected.add(&principal.id, eligible);
+        }
+    }
+    Ok(())
 }
 
 /// Why `user_id` is protected from automatic action, if it is: a listed break-glass account,
@@ -314,7 +340,7 @@ pub async fn investigate(
     user_id: &str,
     risk: Option<RiskRecord>,
 ) -> Result<Findings, GraphError> {
-    let now = OffsetDateTime::now_utc();
+    let now = graph.now();
     let since = now - time::Duration::hours(i64::from(policy.lookback_hours));
     let user: UserFacts = graph.user_facts(tenant, user_id).await?;
     let blocked_sign_ins = graph.blocked_sign_ins(tenant, user_id, since).await?;
@@ -499,7 +525,7 @@ pub async fn sign_ins_bulk(
         }
         _ => {}
     }
-    let now = OffsetDateTime::now_utc();
+    let now = graph.now();
     // Take the tenant's listing out while it is extended (no lock across the request).
     let taken = cache
         .tenants
@@ -634,7 +660,7 @@ pub async fn investigate_bulk(
     tenant: &str,
     users: &[(String, Option<RiskRecord>)],
 ) -> HashMap<String, Result<Findings, GraphError>> {
-    let now = OffsetDateTime::now_utc();
+    let now = graph.now();
     let since = now - time::Duration::hours(i64::from(policy.lookback_hours));
     let ids: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
     let mut facts = user_facts_bulk(graph, tenant, &ids, policy.mails_managers()).await;

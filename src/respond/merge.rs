@@ -2,8 +2,6 @@
 //! on the user's record with a conditional write (so a user never has two open cases); the
 //! signal raises what the case has been seen at, and the worker escalates the plan.
 
-use time::OffsetDateTime;
-
 use super::worker::{Merged, Worker, signal_ref};
 use crate::cases::findings::RiskRecord;
 use crate::cases::{Case, Placement, place};
@@ -24,7 +22,7 @@ impl Worker {
         upn: Option<String>,
         risk: Option<&RiskRecord>,
     ) -> Result<Merged, LedgerError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.graph.now();
         let reference = signal_ref(signal);
         let window = time::Duration::hours(i64::from(self.policy.safety.source_episode_hours));
         let level = match risk.filter(|r| r.at_risk()) {
@@ -78,9 +76,20 @@ impl Worker {
                             "merged into case {case_id}, which it raises from {planned:?} to {level:?}: the case is escalated"
                         );
                     }
-                    if self.ledger.save_case(&case, version).await?.is_some() {
-                        return Ok(Merged::Case { case_id, note });
+                    let reopens = case.is_terminal() && case.needs_escalation();
+                    let Some(saved) = self.ledger.save_case(&case, version).await? else {
+                        continue;
+                    };
+                    // A closed case this signal reopens is tied to the user record: the write
+                    // below fails if a newer case was placed on the user since it was read
+                    // (then this merge is taken back and the signal goes to that case), and
+                    // once it succeeds, a signal placed after it sees the case reopening.
+                    if reopens && self.ledger.save_user(&user, user_version).await?.is_none() {
+                        self.take_back(&case_id, saved, &signal.event_id, now)
+                            .await?;
+                        continue;
                     }
+                    return Ok(Merged::Case { case_id, note });
                 }
                 Placement::Open(episode) => {
                     let case = Case::open(
@@ -116,6 +125,42 @@ impl Worker {
         }
         Err(LedgerError(format!(
             "user {user_id}'s case kept changing; left for retry"
+        )))
+    }
+
+    /// Takes back the escalation a merge into closed case `case_id` asked for, when a newer
+    /// case of the user was placed meanwhile: the case stays closed and says so (the signal is
+    /// placed again, into the newer case).
+    async fn take_back(
+        &self,
+        case_id: &str,
+        saved: u64,
+        signal_id: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        let mut version = saved;
+        for _ in 0..MAX_CONFLICTS {
+            let Some((mut case, current)) = self.ledger.case(case_id).await? else {
+                return Ok(());
+            };
+            if current != version && !case.needs_escalation() {
+                return Ok(());
+            }
+            let (user, _) = self.ledger.user(&case.tenant_id, &case.user_id).await?;
+            let newer = user.current_case.unwrap_or_default();
+            if newer == case_id {
+                // The user record changed for another reason: the escalation stands.
+                return Ok(());
+            }
+            case.decline_escalation(&newer, now);
+            case.note(now, format!("signal {signal_id} is placed in case {newer}"));
+            match self.ledger.save_case(&case, current).await? {
+                Some(_) => return Ok(()),
+                None => version = current,
+            }
+        }
+        Err(LedgerError(format!(
+            "case {case_id} kept changing while its escalation was taken back; left for retry"
         )))
     }
 }

@@ -235,7 +235,18 @@ impl Worker {
         case: &mut Case,
         now: OffsetDateTime,
     ) -> Result<usize, LedgerError> {
-        let last_reset = self.last_reset(tenant, case).await?;
+        let (record, _) = self.ledger.user(tenant, &case.user_id).await?;
+        // A closed case reopens only while it is still its user's current case.
+        if case.is_terminal()
+            && let Some(newer) = record
+                .current_case
+                .as_deref()
+                .filter(|current| *current != case.case_id)
+        {
+            case.decline_escalation(newer, now);
+            return Ok(0);
+        }
+        let last_reset = record.last_reset_by_another(&case.case_id);
         let level = case.risk_level;
         // The newest signal at that level (rules may be limited to sources).
         let source = case

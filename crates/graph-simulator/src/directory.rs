@@ -66,6 +66,9 @@ pub struct Directory {
     /// (principalId, roleDefinitionId) of active role assignments besides the members of the
     /// activated roles in `directory_roles` (e.g. a role-assignable group holding a role).
     pub role_assignments: Vec<(String, String)>,
+    /// PIM for Groups: (groupId, principalId, accessId `member` or `owner`) of eligibilities
+    /// (`privilegedAccess/group/eligibilitySchedules`).
+    pub group_eligibilities: Vec<(String, String, String)>,
     pub faults: Faults,
     pub certificate: Option<CertificateCredential>,
     pub page_size: usize,

@@ -1,7 +1,9 @@
 //! Groups and directory roles ("List group transitive members", "List unifiedRoleAssignments",
-//! "List roleEligibilitySchedules", "Get directoryRole"): a group's users through nested groups,
-//! active role assignments and PIM eligibilities by `roleDefinitionId` with the documented
-//! `$select` and `$expand=principal`, a role activated from its template.
+//! "List roleEligibilitySchedules", "Get directoryRole", "List eligibilitySchedules" of PIM for
+//! Groups): a group's users through nested groups, active role assignments and PIM
+//! eligibilities by `roleDefinitionId` with the documented `$select` and `$expand=principal`,
+//! a role activated from its template, and who is eligible for a group's membership or
+//! ownership (the documented filter on `groupId` or `principalId` required).
 
 use std::collections::HashMap;
 
@@ -27,6 +29,15 @@ pub(crate) fn route(r: &crate::Request<'_>, dir: &mut Directory) -> Option<Respo
                 kind @ ("roleAssignments" | "roleEligibilitySchedules"),
             ],
         ) => role_principals(r.s, dir, kind, &r.params),
+        (
+            Method::GET,
+            [
+                "identityGovernance",
+                "privilegedAccess",
+                "group",
+                "eligibilitySchedules",
+            ],
+        ) => group_eligibilities(r.s, dir, &r.params),
         (Method::GET, [role]) if role.starts_with("directoryRoles(roleTemplateId='") => {
             let template = role
                 .trim_start_matches("directoryRoles(roleTemplateId='")
@@ -304,6 +315,129 @@ pub(crate) fn role_principals(
         s,
         &format!("/roleManagement/directory/{kind}"),
         &format!("roleManagement/directory/{kind}"),
+        params,
+        items,
+        dir.page_size.max(1),
+    )
+}
+
+/// Properties of a `privilegedAccessGroupEligibilitySchedule` (v1.0).
+const GROUP_ELIGIBILITY_PROPERTIES: &[&str] = &[
+    "id",
+    "accessId",
+    "groupId",
+    "principalId",
+    "memberType",
+    "status",
+    "createdDateTime",
+    "createdUsing",
+    "modifiedDateTime",
+    "scheduleInfo",
+];
+
+/// `GET /identityGovernance/privilegedAccess/group/eligibilitySchedules?$filter=groupId eq
+/// '{id}'` (or `principalId eq '{id}'`: one of the two is required), with `$select` and
+/// `$expand=principal[($select=…)]`.
+pub(crate) fn group_eligibilities(
+    s: &GraphSimulator,
+    dir: &Directory,
+    params: &HashMap<String, String>,
+) -> Response {
+    let filter = params.get("$filter").map(String::as_str).unwrap_or("");
+    let by_group = filter_values(filter, "groupId").filter(|v| v.len() == 1);
+    let by_principal = filter_values(filter, "principalId").filter(|v| v.len() == 1);
+    let (field, wanted) = match (by_group, by_principal) {
+        (Some(v), None) => ("group", v[0].clone()),
+        (None, Some(v)) => ("principal", v[0].clone()),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Filter on groupId or principalId is required: $filter=groupId eq '{id}'.",
+            );
+        }
+    };
+    let selected = match params.get("$select") {
+        None => None,
+        Some(list) => match select_list(
+            list,
+            GROUP_ELIGIBILITY_PROPERTIES,
+            "microsoft.graph.privilegedAccessGroupEligibilitySchedule",
+        ) {
+            Ok(names) => Some(names),
+            Err(response) => return *response,
+        },
+    };
+    let expand_names = match params.get("$expand").map(String::as_str) {
+        None => None,
+        Some("principal") => Some(None),
+        Some(other) => match other
+            .strip_prefix("principal($select=")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .map(|list| {
+                select_list(
+                    list,
+                    PRINCIPAL_PROPERTIES,
+                    "microsoft.graph.directoryObject",
+                )
+            }) {
+            Some(Ok(names)) => Some(Some(names)),
+            Some(Err(response)) => return *response,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("Could not find a property named '{other}' to expand."),
+                );
+            }
+        },
+    };
+    let mut rows: Vec<&(String, String, String)> = dir
+        .group_eligibilities
+        .iter()
+        .filter(|(group, principal, _)| {
+            let value = if field == "group" { group } else { principal };
+            value.eq_ignore_ascii_case(&wanted)
+        })
+        .collect();
+    rows.sort();
+    let items = rows
+        .into_iter()
+        .map(|(group, principal, access)| {
+            let mut item = json!({
+                "id": format!("{group}_{access}_{principal}"),
+                "accessId": access,
+                "groupId": group,
+                "principalId": principal,
+                "memberType": "direct",
+                "status": "Provisioned",
+                "scheduleInfo": {"startDateTime": "2026-01-01T00:00:00Z", "expiration": {"type": "noExpiration"}},
+            });
+            if let Some(names) = &selected {
+                item = select(item, Some(&names.join(",")));
+            }
+            if let Some(inner) = &expand_names {
+                let mut whole = match find_user(dir, principal) {
+                    Some(mut user) => {
+                        user["@odata.type"] = "#microsoft.graph.user".into();
+                        user
+                    }
+                    None => json!({ "@odata.type": "#microsoft.graph.group", "id": principal }),
+                };
+                if let Some(names) = inner {
+                    let kind = whole["@odata.type"].clone();
+                    whole = select(whole, Some(&names.join(",")));
+                    whole["@odata.type"] = kind;
+                }
+                item["principal"] = whole;
+            }
+            item
+        })
+        .collect();
+    page_of(
+        s,
+        "/identityGovernance/privilegedAccess/group/eligibilitySchedules",
+        "identityGovernance/privilegedAccess/group/eligibilitySchedules",
         params,
         items,
         dir.page_size.max(1),
