@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::gate::gate;
 use crate::odata::{error, lock};
-use crate::throttling::{Budget, release_mail};
+use crate::throttling::Budget;
 use crate::{GraphSimulator, dispatch};
 
 /// Outlook members of one `$batch` that Graph runs at a time, whatever their mailboxes (the rest
@@ -202,12 +202,11 @@ pub(crate) async fn batch_member(
         let (response, mail) = dispatch(s, &mut dir, &method, &member_uri, &member_headers, &body);
         (response, mail, dir.latency.of(&method, &path))
     };
+    let slot = crate::throttling::MailSlot::new(s.dir.clone(), mail);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Some(key) = mail {
-        release_mail(&mut lock(&s.dir), &key);
-    }
+    drop(slot);
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await

@@ -237,13 +237,13 @@ async fn one(
         let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
         (response, mail, dir.latency.of(&method, path))
     };
-    // Graph takes a moment to answer; a sendMail holds its mailbox's slot meanwhile.
+    // Graph takes a moment to answer; a sendMail holds its mailbox's slot meanwhile (freed
+    // when the request ends, even if the caller went away).
+    let slot = throttling::MailSlot::new(s.dir.clone(), mail);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Some(key) = mail {
-        release_mail(&mut lock(&s.dir), &key);
-    }
+    drop(slot);
     response
 }
 

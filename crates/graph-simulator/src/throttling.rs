@@ -372,6 +372,32 @@ pub(crate) fn release_mail(dir: &mut Directory, key: &str) {
     }
 }
 
+/// A sendMail's mailbox slot, held while Graph works on it and freed when the request ends,
+/// however it ends: a client that drops its connection mid-request (a process killed) does not
+/// hold the slot for ever, as Exchange's concurrency counts requests being processed.
+pub(crate) struct MailSlot {
+    dir: std::sync::Arc<std::sync::Mutex<Directory>>,
+    key: Option<String>,
+}
+
+impl MailSlot {
+    pub(crate) fn new(
+        dir: std::sync::Arc<std::sync::Mutex<Directory>>,
+        key: Option<String>,
+    ) -> Self {
+        Self { dir, key }
+    }
+}
+
+impl Drop for MailSlot {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut dir = self.dir.lock().unwrap_or_else(|e| e.into_inner());
+            release_mail(&mut dir, &key);
+        }
+    }
+}
+
 /// Applies the published throttle limits to one request (or one member of a `$batch`) of our
 /// application, counting it; a 429 carries `Retry-After` only where Graph sends one.
 pub(crate) fn throttle(
