@@ -1,5 +1,5 @@
 # risk-responder: the README's commands, and what CI runs.
-.PHONY: run test lint ci build deploy bench wrk-tool audit advisory-db-archive lambda-check
+.PHONY: run test lint ci build deploy bench crash wrk-tool audit advisory-db-archive lambda-check
 
 VENV := .venv
 SAM_VENV := .venv-sam
@@ -42,6 +42,12 @@ $(SAM_VENV)/ready: requirements-sam.txt
 # The project's tests (what CI runs).
 test: $(VENV)/ready
 	RR_TEST_PYTHON=$(PYTHON) cargo test --workspace --locked --all-targets
+
+# The crash test's long form: the burst with `serve` killed by SIGKILL at seeded random moments
+# (CI runs the short form; RR_CRASH_SEED=N replays a run).
+crash: $(VENV)/ready
+	RR_CRASH_USERS=500 RR_CRASH_KILLS=6 RR_CRASH_WINDOW_SECS=90 RR_CRASH_SETTLE_SECS=900 \
+	  RR_TEST_PYTHON=$(PYTHON) cargo test --locked --test crash -- --nocapture
 
 lint: $(VENV)/ready $(SAM_VENV)/ready
 	cargo fmt --all --check

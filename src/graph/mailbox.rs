@@ -32,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::GraphError;
 use super::limiter::MAX_WAIT;
 use crate::ledger::{Ledger, Store};
+use crate::support::process::{holder_id, holder_is_gone};
 
 /// Outlook's concurrent requests per app and mailbox (Microsoft Graph service limits).
 pub const MAILBOX_CONCURRENCY: usize = 4;
@@ -63,8 +64,11 @@ struct Held {
 
 impl Slots {
     fn drop_lapsed(&mut self, now: i64) {
-        self.held.retain(|_, h| h.until > now);
-        self.waiting.retain(|_, until| *until > now);
+        // An entry of a process that is gone (killed) frees its slots at once.
+        self.held
+            .retain(|_, h| h.until > now && !holder_is_gone(&h.holder));
+        self.waiting
+            .retain(|holder, until| *until > now && !holder_is_gone(holder));
     }
 
     /// Whether `holder` may take `count` more: never past [`MAILBOX_CONCURRENCY`] in all, and
@@ -312,8 +316,8 @@ impl MailSlots {
     /// may then use a mailbox's four while no other process waits.
     pub fn shared(mut self, ledger: Ledger) -> Self {
         self.shared = Some(Shared {
+            holder: holder_id(ledger.keeps_work_index()),
             ledger,
-            holder: format!("mail-{}", uuid::Uuid::new_v4().simple()),
         });
         self
     }

@@ -1,7 +1,7 @@
 //! The local server's queue: bounded and in memory. The worker waits on it; replay drains it
 //! inline; when full, intake answers 503 at once and never waits for the worker.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -17,6 +17,9 @@ pub struct MemoryQueue {
     items: Mutex<VecDeque<WorkItem>>,
     capacity: usize,
     ready: Notify,
+    /// Ids of the signals sent and not yet reported [`MemoryQueue::done`]: waiting, or being
+    /// worked. The local retries leave them alone (they are not lost, only not settled yet).
+    held: Mutex<HashSet<String>>,
 }
 
 impl Default for MemoryQueue {
@@ -32,6 +35,26 @@ impl MemoryQueue {
             items: Mutex::new(VecDeque::new()),
             capacity,
             ready: Notify::new(),
+            held: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the signal `signal_id` waits in this queue or is being worked from it.
+    pub fn holds(&self, signal_id: &str) -> bool {
+        self.held().contains(signal_id)
+    }
+
+    /// Reports `items` (taken by [`MemoryQueue::next_batch`]) handled.
+    pub fn done(&self, items: &[WorkItem]) {
+        let mut held = self.held();
+        for item in items {
+            if let WorkItem::Risk(signal) = item {
+                held.remove(&signal.event_id);
+            }
         }
     }
 
@@ -41,7 +64,9 @@ impl MemoryQueue {
 
     /// Removes and returns everything sent so far.
     pub fn drain(&self) -> Vec<WorkItem> {
-        self.lock().drain(..).collect()
+        let items: Vec<WorkItem> = self.lock().drain(..).collect();
+        self.done(&items);
+        items
     }
 
     /// Items waiting.
@@ -83,6 +108,12 @@ impl WorkQueue for MemoryQueue {
                 });
             }
             queue.extend(items.iter().cloned());
+            let mut held = self.held();
+            for item in items {
+                if let WorkItem::Risk(signal) = item {
+                    held.insert(signal.event_id.clone());
+                }
+            }
         }
         self.ready.notify_one();
         Ok(())
@@ -102,6 +133,40 @@ mod tests {
             tenant_id: "t".into(),
             case_id: format!("c-{n}"),
         }
+    }
+
+    fn signal(id: &str) -> WorkItem {
+        use crate::event::{EventSource, RiskEvent, RiskLevel, Subject};
+        WorkItem::Risk(RiskEvent {
+            event_id: id.into(),
+            tenant_id: "t".into(),
+            source: EventSource::Sentinel,
+            subject: Subject::User {
+                id: Some("u".into()),
+                upn: None,
+            },
+            risk_level: RiskLevel::High,
+            detected_at: time::OffsetDateTime::UNIX_EPOCH,
+            source_id: id.into(),
+            resource_data: None,
+            origin: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_signal_is_held_from_its_sending_until_it_is_handled() {
+        let queue = MemoryQueue::with_capacity(10);
+        assert!(!queue.holds("s-1"));
+        queue.send(&[signal("s-1"), signal("s-2")]).await.unwrap();
+        let taken = queue.next_batch(1).await;
+        assert!(queue.holds("s-1"), "being worked");
+        assert!(queue.holds("s-2"), "waiting");
+        queue.done(&taken);
+        assert!(!queue.holds("s-1"));
+        assert!(queue.holds("s-2"));
+        let rest = queue.next_batch(10).await;
+        queue.done(&rest);
+        assert!(!queue.holds("s-2"));
     }
 
     #[tokio::test]

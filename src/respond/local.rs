@@ -55,7 +55,7 @@ pub fn spawn_local_worker(
                 if let Some(store) = maintenance {
                     store.spawn_maintenance(CHECKPOINT_EVERY, EXPIRE_EVERY);
                 }
-                spawn_local_retries(worker.clone(), RETRY_EVERY);
+                spawn_local_retries(worker.clone(), queue.clone(), RETRY_EVERY);
                 let Some(queue) = queue else {
                     std::future::pending::<()>().await;
                     return;
@@ -65,6 +65,7 @@ pub fn spawn_local_worker(
                     for disposition in worker.handle_batch(&items).await {
                         tracing::debug!(?disposition, "inline work item handled");
                     }
+                    queue.done(&items);
                 }
             });
         })

@@ -48,6 +48,29 @@ pub async fn pending_work(
     now: OffsetDateTime,
     limit: usize,
 ) -> Result<Vec<WorkItem>, LedgerError> {
+    pending_work_of(ledger, now, limit, None).await
+}
+
+/// What the local server's process knows of the work in the ledger.
+pub struct ThisProcess<'a> {
+    /// Whether a signal waits in this process's queue or is being worked from it: it is not
+    /// lost, only not settled yet, and working it twice at once would only race the first.
+    pub queued: &'a (dyn Fn(&str) -> bool + Sync),
+    /// When this process started: work last touched before it was left by a process that
+    /// stopped (a signal this process never queued, a case whose lease holder is gone), and
+    /// is due at once instead of after [`UNSETTLED_AFTER`].
+    pub started: OffsetDateTime,
+}
+
+/// [`pending_work`], as the local server's process sees it (see [`ThisProcess`]).
+pub async fn pending_work_of(
+    ledger: &Ledger,
+    now: OffsetDateTime,
+    limit: usize,
+    this: Option<&ThisProcess<'_>>,
+) -> Result<Vec<WorkItem>, LedgerError> {
+    let queued = |id: &str| this.is_some_and(|p| (p.queued)(id));
+    let started = this.map(|p| p.started);
     if !ledger.keeps_work_index() {
         return Err(LedgerError(
             "local retries need a ledger that keeps the work index".into(),
@@ -59,8 +82,9 @@ pub async fn pending_work(
             break;
         }
         let item = match &entry.marked {
-            Marked::Case(id) => due_case(ledger, &entry, id, now).await?,
-            Marked::Signal(id) => due_signal(ledger, &entry, id, now).await?,
+            Marked::Case(id) => due_case(ledger, &entry, id, now, started).await?,
+            Marked::Signal(id) if queued(id) => None,
+            Marked::Signal(id) => due_signal(ledger, &entry, id, now, started).await?,
         };
         items.extend(item);
     }
@@ -72,6 +96,7 @@ async fn due_case(
     entry: &PendingEntry,
     case_id: &str,
     now: OffsetDateTime,
+    started: Option<OffsetDateTime>,
 ) -> Result<Option<WorkItem>, LedgerError> {
     let Some((mut case, version)) = ledger.case(case_id).await? else {
         ledger.unmark(entry).await?;
@@ -105,8 +130,12 @@ async fn due_case(
         ledger.save_case(&case, version).await?;
         return Ok(None);
     }
+    let left_by_a_stopped_process = started.is_some_and(|s| case.updated_at < s);
     let wait = match case.status {
         CaseStatus::Retry => backoff(case.attempts),
+        // New or open without a lease, last touched before this process started: the
+        // process that worked it stopped.
+        _ if left_by_a_stopped_process => time::Duration::ZERO,
         // New or open without a lease (a worker stopped before it finished), or a case a
         // signal raised above its plan.
         _ => UNSETTLED_AFTER,
@@ -122,6 +151,7 @@ async fn due_signal(
     entry: &PendingEntry,
     signal_id: &str,
     now: OffsetDateTime,
+    started: Option<OffsetDateTime>,
 ) -> Result<Option<WorkItem>, LedgerError> {
     let Some(record) = ledger.signal(signal_id).await? else {
         if now.unix_timestamp() - entry.written_at > ORPHAN_MARK_AFTER {
@@ -135,6 +165,8 @@ async fn due_signal(
     }
     let since = entry.mark.last_at.unwrap_or(record.received_at);
     let wait = match entry.mark.attempts {
+        // Kept by a process that stopped before working it: this one never queued it.
+        0 if started.is_some_and(|s| record.received_at < s) => time::Duration::ZERO,
         0 => UNSETTLED_AFTER,
         n => signal_backoff(n),
     };
@@ -149,12 +181,24 @@ async fn due_signal(
 }
 
 /// Works the pending work every `every`, in the background (the local server's redelivery).
-pub fn spawn_local_retries(worker: Arc<Worker>, every: Duration) -> tokio::task::JoinHandle<()> {
+/// The first round runs at once: a restart resumes what the stopped process left.
+pub fn spawn_local_retries(
+    worker: Arc<Worker>,
+    queue: Option<Arc<crate::queue::MemoryQueue>>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let queued = move |signal_id: &str| queue.as_ref().is_some_and(|q| q.holds(signal_id));
+        let this = ThisProcess {
+            queued: &queued,
+            started: OffsetDateTime::now_utc(),
+        };
         loop {
             tick.tick().await;
-            match pending_work(&worker.ledger, OffsetDateTime::now_utc(), 1000).await {
+            match pending_work_of(&worker.ledger, OffsetDateTime::now_utc(), 1000, Some(&this))
+                .await
+            {
                 Ok(items) if !items.is_empty() => {
                     tracing::info!(items = items.len(), "resuming pending work from the ledger");
                     for chunk in items.chunks(100) {
