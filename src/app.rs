@@ -186,6 +186,13 @@ pub async fn local_worker_ledger(
     }
 }
 
+/// The queue the worker sends each leased case's watchdog to (`RR_QUEUE_URL`, SQS), if set.
+pub async fn watchdog_queue(config: &Config) -> Option<Arc<dyn WorkQueue>> {
+    let url = config.queue_url.as_ref()?;
+    let client = aws_sdk_sqs::Client::new(&aws_config().await);
+    Some(Arc::new(SqsQueue::new(client, url.clone())))
+}
+
 /// The webhook's intake: ledger, then SQS (or an in-process queue, returned for draining).
 pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>), StartError> {
     let (ledger, replay_guard) = match &config.ledger_table {

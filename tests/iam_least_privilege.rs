@@ -515,6 +515,21 @@ impl SqsEventSource {
         }
     }
 
+    /// Messages sent to be delivered later (the cases' watchdogs).
+    async fn delayed(&self) -> usize {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .expect("the worker may read its queue's attributes");
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+            .map_or(0, |v| v.parse::<usize>().unwrap())
+    }
+
     /// Messages waiting or in flight.
     async fn depth(&self) -> usize {
         let out = self
@@ -655,8 +670,14 @@ async fn worker_for(aws: &SdkConfig, config: &Config, ids: &Names, prefix: &str)
         subscriptions,
         config.allowed_tenants.clone(),
     );
-    // As `app::worker` builds it: temporary passwords sealed until delivered (intent#).
+    // As `app::worker` builds it: temporary passwords sealed until delivered (intent#), and
+    // each leased case's watchdog sent to the work queue, delivered after the lease.
     worker.sealer = secrets.intent_sealer.clone();
+    // (`app::watchdog_queue`, with this function's credentials)
+    worker.watchdog = Some(Arc::new(SqsQueue::new(
+        aws_sdk_sqs::Client::new(aws),
+        config.queue_url.clone().expect("the worker's RR_QUEUE_URL"),
+    )));
     worker
 }
 
@@ -1045,6 +1066,12 @@ async fn each_function_works_with_exactly_its_template_policy_and_no_more() {
         denials().await
     );
     source.settle(&receipts, &failed).await;
+    // Each case the worker leased sent its watchdog with the worker's own grant: delivered
+    // once the lease ran out, it resumes a case whose worker died.
+    assert!(
+        source.delayed().await >= 1,
+        "the case's watchdog is in the queue, delayed"
+    );
     let (adele, _) = admin_ledger.user(TENANT, ADELE).await.unwrap();
     let case_id = adele.current_case.expect("a case for Adele");
     let (case, _) = admin_ledger.case(&case_id).await.unwrap().unwrap();

@@ -18,7 +18,10 @@ async fn main() -> Result<(), Error> {
     let graph =
         app::shared_graph_client(&config, &secrets, store, reqwest::Client::new(), &ledger)?;
     let subscriptions = app::subscriptions(&config, &ingress, graph.clone(), Some(ledger.clone()));
-    let worker = app::worker(&config, graph, &secrets, ledger, subscriptions, None).await?;
+    let mut worker = app::worker(&config, graph, &secrets, ledger, subscriptions, None).await?;
+    // Each leased case sends a Resume of itself, delivered after its lease: a case whose
+    // worker dies (timeout, out of memory, a deploy) is resumed then.
+    worker.watchdog = app::watchdog_queue(&config).await;
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(worker.handle_sqs(event.payload).await)

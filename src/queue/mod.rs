@@ -44,7 +44,28 @@ pub trait WorkQueue: Send + Sync {
     fn room(&self) -> Option<usize> {
         None
     }
+
+    /// Whether [`WorkQueue::send_later`] delivers (SQS); the local queue does not, and its
+    /// server's retries find stranded cases in the ledger instead.
+    fn delivers_later(&self) -> bool {
+        false
+    }
+
+    /// Sends `items` to be delivered only after `delay` (at most [`LONGEST_DELAY`]).
+    async fn send_later(
+        &self,
+        items: &[WorkItem],
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let _ = (items, delay);
+        Err(QueueError::Unavailable(
+            "this queue does not deliver later".into(),
+        ))
+    }
 }
+
+/// The longest delay SQS takes (`DelaySeconds`, 15 minutes).
+pub const LONGEST_DELAY: std::time::Duration = std::time::Duration::from_secs(900);
 
 pub use memory::MemoryQueue;
 pub use sqs::SqsQueue;

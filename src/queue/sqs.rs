@@ -24,6 +24,26 @@ impl SqsQueue {
 #[async_trait]
 impl WorkQueue for SqsQueue {
     async fn send(&self, items: &[WorkItem]) -> Result<(), QueueError> {
+        self.send_delayed(items, 0).await
+    }
+
+    fn delivers_later(&self) -> bool {
+        true
+    }
+
+    async fn send_later(
+        &self,
+        items: &[WorkItem],
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let seconds = delay.min(super::LONGEST_DELAY).as_secs() as i32;
+        self.send_delayed(items, seconds).await
+    }
+}
+
+impl SqsQueue {
+    /// Sends `items` in batches of ten, each delivered after `delay_seconds` (0 to 900).
+    async fn send_delayed(&self, items: &[WorkItem], delay_seconds: i32) -> Result<(), QueueError> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         for chunk in items.chunks(10) {
             let mut entries = Vec::with_capacity(chunk.len());
@@ -34,6 +54,7 @@ impl WorkQueue for SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        .set_delay_seconds((delay_seconds > 0).then_some(delay_seconds))
                         .build()
                         .map_err(|e| QueueError::Unavailable(e.to_string()))?,
                 );

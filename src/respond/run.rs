@@ -6,12 +6,13 @@ use std::collections::HashMap;
 
 use super::disposition::Disposition;
 use super::remediate::WAVE;
-use super::worker::{CASE_LEASE, Worker, at_once, ledger_retry};
+use super::worker::{CASE_LEASE, WATCHDOG_DELAY, Worker, at_once, ledger_retry};
 use crate::actions::{Checkpoints, Context, Job, MailTurns};
 use crate::cases::case::{ActionState, Lease};
 use crate::cases::findings::{RiskRecord, UserFacts};
 use crate::cases::{Case, CaseStatus};
 use crate::ledger::LedgerError;
+use crate::queue::WorkItem;
 
 /// Optimistic-concurrency rounds before a save is left for retry.
 const MAX_CONFLICTS: usize = 32;
@@ -146,15 +147,34 @@ impl Worker {
             {
                 return Ok(Some(Leased::Busy));
             }
+            let taken_over = case.lease.as_ref().is_none_or(|l| l.holder != self.holder);
             case.lease = Some(Lease {
                 holder: self.holder.clone(),
                 until: now + CASE_LEASE,
             });
             if let Some(version) = self.ledger.save_case(&case, version).await? {
+                if taken_over {
+                    self.arm_watchdog(&case).await;
+                }
                 return Ok(Some(Leased::Mine(Box::new(case), version)));
             }
         }
         Ok(Some(Leased::Busy))
+    }
+
+    /// Sends the case's watchdog (see [`Worker::watchdog`]). A watchdog that cannot be sent is
+    /// logged: the case's own message still comes back after the queue's visibility timeout.
+    async fn arm_watchdog(&self, case: &crate::cases::Case) {
+        let Some(queue) = &self.watchdog else {
+            return;
+        };
+        let resume = WorkItem::Resume {
+            tenant_id: case.tenant_id.clone(),
+            case_id: case.case_id.clone(),
+        };
+        if let Err(e) = queue.send_later(&[resume], WATCHDOG_DELAY).await {
+            tracing::warn!(case_id = %case.case_id, error = %e, "case watchdog not sent: a stopped worker's case waits for its message's redelivery");
+        }
     }
 
     /// Works the cases `ids` of `tenant`; returns each case's disposition.

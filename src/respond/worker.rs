@@ -26,8 +26,16 @@ use crate::queue::WorkItem;
 use crate::respond::subscriptions::SubscriptionManager;
 use crate::vault::PasswordVault;
 
-/// How long a worker holds a case; longer than the worker's Lambda timeout.
-pub const CASE_LEASE: time::Duration = crate::cases::lease::LONGEST_LEASE;
+/// How long a worker holds a case without recording progress: twice the worker's Lambda
+/// timeout (300 s), so a live worker never loses it, and short enough that a case whose worker
+/// died is resumed by the watchdog (see [`Worker::watchdog`]) within SQS's longest delay.
+pub const CASE_LEASE: time::Duration = time::Duration::minutes(10);
+/// When a case's watchdog message arrives: its lease has run out by then.
+pub const WATCHDOG_DELAY: std::time::Duration = std::time::Duration::from_secs(11 * 60);
+const _: () =
+    assert!(CASE_LEASE.whole_seconds() <= crate::cases::lease::LONGEST_LEASE.whole_seconds());
+const _: () = assert!(WATCHDOG_DELAY.as_secs() <= crate::queue::LONGEST_DELAY.as_secs());
+const _: () = assert!(WATCHDOG_DELAY.as_secs() as i64 > CASE_LEASE.whole_seconds());
 /// Tenants worked on at once.
 const TENANTS_AT_ONCE: usize = 4;
 /// A tenant's records (signals resolved, users merged, cases leased, recorded and saved)
@@ -67,6 +75,11 @@ pub struct Worker {
     /// Seals a temporary password between its `PATCH` and its delivery (the Graph secret's
     /// `intent_sealing_key`).
     pub sealer: Option<Arc<crate::support::seal::Sealer>>,
+    /// The work queue, when it delivers later (SQS): each case this worker leases sends a
+    /// `Resume` of itself delivered after [`WATCHDOG_DELAY`]. If the worker dies (timeout, out
+    /// of memory, a deploy), that message resumes the case once the lease ran out; if the case
+    /// settled, it finds nothing to do.
+    pub watchdog: Option<Arc<dyn crate::queue::WorkQueue>>,
 }
 
 /// Default for [`Worker::view_max_age`]: two sweep periods.
@@ -116,6 +129,9 @@ impl Worker {
         subscriptions: Option<Arc<SubscriptionManager>>,
         allowed_tenants: Vec<String>,
     ) -> Self {
+        // A ledger with a work index is a local file: its workers are processes of this host,
+        // whose leases end when the process is gone.
+        let holder = crate::cases::lease::holder_id(ledger.keeps_work_index());
         Self {
             ledger,
             graph,
@@ -123,13 +139,14 @@ impl Worker {
             vault,
             subscriptions,
             allowed_tenants,
-            holder: format!("worker-{}", uuid::Uuid::new_v4()),
+            holder,
             roles: RoleCache::default(),
             sign_ins: investigate::SignInCache::default(),
             templates: crate::actions::notify_user::templates::Templates::embedded(),
             view_max_age: VIEW_MAX_AGE,
             incident_comments: None,
             sealer: None,
+            watchdog: None,
         }
     }
 
