@@ -703,3 +703,81 @@ async fn dynamodb_keeps_the_new_claims_conditional() {
     assert_eq!(recorded.len(), 1);
     assert!(recorded.contains(&asked[0]));
 }
+
+/// Fair queues: every message names its group (the tenant, or the tenant's `/directory`
+/// group for `users` notifications), and a watchdog is delivered only after its delay.
+#[tokio::test]
+async fn sqs_messages_carry_their_group_and_a_watchdog_waits_its_delay() {
+    use risk_responder::event::EventSource;
+    use risk_responder::queue::WorkQueue;
+    let client = sqs().await;
+    let url = queue(&client).await;
+    let queue = SqsQueue::new(client.clone(), url.clone());
+    let alert = risk_item("grouped-alert");
+    let WorkItem::Risk(mut event) = risk_item("grouped-user") else {
+        unreachable!()
+    };
+    event.source = EventSource::GraphUser;
+    let directory = WorkItem::Risk(event);
+    queue.send(&[alert, directory]).await.unwrap();
+    let resume = WorkItem::Resume {
+        tenant_id: TENANT.into(),
+        case_id: "c-watched".into(),
+    };
+    queue
+        .send_later(&[resume], Duration::from_secs(660))
+        .await
+        .unwrap();
+    let out = client
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut groups: Vec<(String, String)> = out
+        .messages()
+        .iter()
+        .map(|m| {
+            let item: WorkItem = serde_json::from_str(m.body().unwrap()).unwrap();
+            let id = match item {
+                WorkItem::Risk(e) => e.event_id,
+                other => panic!("the watchdog came before its delay: {other:?}"),
+            };
+            let group = m
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                })
+                .cloned()
+                .unwrap_or_default();
+            (id, group)
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            ("grouped-alert".to_owned(), TENANT.to_owned()),
+            ("grouped-user".to_owned(), format!("{TENANT}/directory")),
+        ]
+    );
+    let delayed = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        delayed
+            .attributes()
+            .and_then(|a| a
+                .get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+            .map(String::as_str),
+        Some("1")
+    );
+}

@@ -1,5 +1,10 @@
 //! The local server's queue: bounded and in memory. The worker waits on it; replay drains it
 //! inline; when full, intake answers 503 at once and never waits for the worker.
+//!
+//! Risk first, and fair across tenants: what carries risk (alerts, the sweep, Identity
+//! Protection, resumes, lifecycle notices) is taken before `users` change notifications that
+//! may concern nobody at risk, and within each lane the tenants take turns, one item each, so
+//! one tenant's flood never holds back another tenant's risky user.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -14,7 +19,7 @@ use crate::config::DEFAULT_LOCAL_QUEUE_CAPACITY;
 /// When full, [`WorkQueue::send`] refuses the whole delivery, so intake answers 503 at once
 /// and never waits for the worker.
 pub struct MemoryQueue {
-    items: Mutex<VecDeque<WorkItem>>,
+    items: Mutex<Lanes>,
     capacity: usize,
     ready: Notify,
     /// Ids of the signals sent and not yet reported [`MemoryQueue::done`]: waiting, or being
@@ -32,7 +37,7 @@ impl MemoryQueue {
     /// A queue that holds at most `capacity` items.
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::new(Lanes::default()),
             capacity,
             ready: Notify::new(),
             held: Mutex::new(HashSet::new()),
@@ -58,13 +63,13 @@ impl MemoryQueue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<WorkItem>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes and returns everything sent so far.
     pub fn drain(&self) -> Vec<WorkItem> {
-        let items: Vec<WorkItem> = self.lock().drain(..).collect();
+        let items: Vec<WorkItem> = self.lock().take(usize::MAX);
         self.done(&items);
         items
     }
@@ -85,13 +90,78 @@ impl MemoryQueue {
             let notified = self.ready.notified();
             {
                 let mut items = self.lock();
-                if !items.is_empty() {
-                    let take = max.max(1).min(items.len());
-                    return items.drain(..take).collect();
+                if items.len() != 0 {
+                    return items.take(max.max(1));
                 }
             }
             notified.await;
         }
+    }
+}
+
+/// The items waiting: two lanes (risk first), each a turn per tenant.
+#[derive(Default)]
+struct Lanes {
+    risk: Lane,
+    directory: Lane,
+}
+
+/// One lane: each tenant's items in order, and the tenants in turn.
+#[derive(Default)]
+struct Lane {
+    tenants: VecDeque<(String, VecDeque<WorkItem>)>,
+    len: usize,
+}
+
+impl Lane {
+    fn push(&mut self, tenant: &str, item: WorkItem) {
+        match self.tenants.iter_mut().find(|(t, _)| t == tenant) {
+            Some((_, items)) => items.push_back(item),
+            None => self
+                .tenants
+                .push_back((tenant.to_owned(), VecDeque::from([item]))),
+        }
+        self.len += 1;
+    }
+
+    /// Up to `max` items, one per tenant per turn; a tenant served goes to the back.
+    fn take(&mut self, max: usize, out: &mut Vec<WorkItem>) {
+        while out.len() < max {
+            let Some((tenant, mut items)) = self.tenants.pop_front() else {
+                return;
+            };
+            if let Some(item) = items.pop_front() {
+                out.push(item);
+                self.len -= 1;
+            }
+            if !items.is_empty() {
+                self.tenants.push_back((tenant, items));
+            }
+        }
+    }
+}
+
+impl Lanes {
+    fn len(&self) -> usize {
+        self.risk.len + self.directory.len
+    }
+
+    fn push(&mut self, item: WorkItem) {
+        let tenant = item.tenant().to_owned();
+        let lane = if item.carries_risk() {
+            &mut self.risk
+        } else {
+            &mut self.directory
+        };
+        lane.push(&tenant, item);
+    }
+
+    /// Up to `max` items: the risk lane first, then the directory lane.
+    fn take(&mut self, max: usize) -> Vec<WorkItem> {
+        let mut out = Vec::new();
+        self.risk.take(max, &mut out);
+        self.directory.take(max, &mut out);
+        out
     }
 }
 
@@ -107,7 +177,9 @@ impl WorkQueue for MemoryQueue {
                     free,
                 });
             }
-            queue.extend(items.iter().cloned());
+            for item in items {
+                queue.push(item.clone());
+            }
             let mut held = self.held();
             for item in items {
                 if let WorkItem::Risk(signal) = item {
@@ -167,6 +239,58 @@ mod tests {
         let rest = queue.next_batch(10).await;
         queue.done(&rest);
         assert!(!queue.holds("s-2"));
+    }
+
+    fn signal_of(id: &str, tenant: &str, source: crate::event::EventSource) -> WorkItem {
+        let WorkItem::Risk(mut event) = signal(id) else {
+            unreachable!()
+        };
+        event.tenant_id = tenant.into();
+        event.source = source;
+        WorkItem::Risk(event)
+    }
+
+    fn ids(items: &[WorkItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                WorkItem::Risk(e) => e.event_id.clone(),
+                WorkItem::Resume { case_id, .. } => case_id.clone(),
+                WorkItem::Lifecycle(_) => "lifecycle".into(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn risk_goes_before_directory_changes_and_tenants_take_turns() {
+        use crate::event::EventSource::{GraphUser, Sentinel, Sweep};
+        let queue = MemoryQueue::with_capacity(100);
+        // Tenant A floods: users notifications, then alerts; tenant B has one risky user.
+        let mut flood: Vec<WorkItem> = (0..5)
+            .map(|i| signal_of(&format!("a-user-{i}"), "A", GraphUser))
+            .collect();
+        flood.extend((0..3).map(|i| signal_of(&format!("a-alert-{i}"), "A", Sentinel)));
+        queue.send(&flood).await.unwrap();
+        queue
+            .send(&[signal_of("b-sweep", "B", Sweep)])
+            .await
+            .unwrap();
+        assert_eq!(queue.len(), 9);
+        let first = queue.next_batch(3).await;
+        assert_eq!(ids(&first), ["a-alert-0", "b-sweep", "a-alert-1"]);
+        let rest = queue.next_batch(100).await;
+        assert_eq!(
+            ids(&rest),
+            [
+                "a-alert-2",
+                "a-user-0",
+                "a-user-1",
+                "a-user-2",
+                "a-user-3",
+                "a-user-4"
+            ]
+        );
+        assert!(queue.is_empty());
     }
 
     #[tokio::test]

@@ -23,6 +23,39 @@ pub enum WorkItem {
     Resume { tenant_id: String, case_id: String },
 }
 
+impl WorkItem {
+    /// The tenant the item is about.
+    pub fn tenant(&self) -> &str {
+        match self {
+            WorkItem::Risk(signal) => &signal.tenant_id,
+            WorkItem::Lifecycle(notice) => &notice.tenant_id,
+            WorkItem::Resume { tenant_id, .. } => tenant_id,
+        }
+    }
+
+    /// Whether the item carries risk (an alert, the sweep, Identity Protection, a case to
+    /// resume, a subscription to keep), rather than a `users` change notification that may
+    /// concern nobody at risk: the queues take it first.
+    pub fn carries_risk(&self) -> bool {
+        match self {
+            WorkItem::Risk(signal) => signal.source != crate::event::EventSource::GraphUser,
+            WorkItem::Lifecycle(_) | WorkItem::Resume { .. } => true,
+        }
+    }
+
+    /// The SQS message group (fair queues): the tenant for what carries risk, and the
+    /// tenant's `/directory` group for `users` notifications, so a flood of either is a noisy
+    /// neighbour SQS serves after the quiet groups (one tenant's risky users before another's
+    /// flood, and before its own).
+    pub fn message_group(&self) -> String {
+        if self.carries_risk() {
+            self.tenant().to_owned()
+        } else {
+            format!("{}/directory", self.tenant())
+        }
+    }
+}
+
 /// Why items could not be handed to the queue; the delivery must be retried by its sender.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -1,4 +1,6 @@
-//! Amazon SQS: one message per work item, sent in batches of ten.
+//! Amazon SQS: one message per work item, sent in batches of ten, each with its message group
+//! (the tenant, or the tenant's `/directory` group for `users` notifications): on a standard
+//! queue that makes it an SQS fair queue, where one group's backlog does not delay the others.
 
 use async_trait::async_trait;
 
@@ -54,6 +56,8 @@ impl SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        // Fair queues: SQS serves quiet groups first when one floods.
+                        .message_group_id(item.message_group())
                         .set_delay_seconds((delay_seconds > 0).then_some(delay_seconds))
                         .build()
                         .map_err(|e| QueueError::Unavailable(e.to_string()))?,
