@@ -714,3 +714,64 @@ async fn local_retries_find_old_work_and_back_off_unsettled_signals() {
     // The settled ones left the index.
     assert!(ledger.pending_marks().await.unwrap().len() <= 2);
 }
+
+/// A restarted server takes up at once what the stopped process left (a signal it kept, or
+/// took up and never settled), and never what still waits in its own queue.
+#[tokio::test]
+async fn a_restarted_server_takes_up_what_the_stopped_one_left_at_once() {
+    use risk_responder::respond::pending::{ThisProcess, pending_work, pending_work_of};
+    let path = std::env::temp_dir().join(format!("restart-{}.sqlite", uuid::Uuid::new_v4()));
+    let ledger = Ledger::new(Arc::new(
+        risk_responder::ledger::sqlite::SqliteStore::open(&path).unwrap(),
+    ))
+    .with_work_index();
+    let signal = |id: &str| {
+        let WorkItem::Risk(kept) = adele_item(id) else {
+            unreachable!()
+        };
+        kept
+    };
+    ledger
+        .keep_signals(&[
+            signal("left-behind"),
+            signal("taken-up"),
+            signal("queued-here"),
+        ])
+        .await
+        .unwrap();
+    // The stopped process took up "taken-up" (its attempt counted) 31 s later, then died.
+    let kept_at = time::OffsetDateTime::now_utc();
+    let first_round = pending_work(&ledger, kept_at + time::Duration::seconds(31), 100)
+        .await
+        .unwrap();
+    assert_eq!(first_round.len(), 3, "{first_round:?}");
+    let after_stop = kept_at + time::Duration::seconds(35);
+    assert!(
+        pending_work(&ledger, after_stop, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "in backoff for a process that keeps running"
+    );
+    // The restarted process: started after all that; "queued-here" is in its own queue.
+    let queued = |id: &str| id == "queued-here";
+    let this = ThisProcess {
+        queued: &queued,
+        started: after_stop,
+    };
+    let due = pending_work_of(&ledger, after_stop, 100, Some(&this))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = due
+        .iter()
+        .map(|item| match item {
+            WorkItem::Risk(r) => r.event_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    ids.sort();
+    let mut expected = vec![signal("left-behind").event_id, signal("taken-up").event_id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    std::fs::remove_file(&path).ok();
+}

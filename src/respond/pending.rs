@@ -165,8 +165,9 @@ async fn due_signal(
     }
     let since = entry.mark.last_at.unwrap_or(record.received_at);
     let wait = match entry.mark.attempts {
-        // Kept by a process that stopped before working it: this one never queued it.
-        0 if started.is_some_and(|s| record.received_at < s) => time::Duration::ZERO,
+        // Kept, or taken up, by a process that stopped before settling it: this one never
+        // queued it, and nobody works it now.
+        _ if started.is_some_and(|s| since < s) => time::Duration::ZERO,
         0 => UNSETTLED_AFTER,
         n => signal_backoff(n),
     };
