@@ -9,6 +9,7 @@
 //! printed).
 
 mod common;
+mod graph_standin;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -481,4 +482,83 @@ async fn killed_at_random_it_loses_nothing_repeats_nothing_and_strands_no_case()
     } else {
         eprintln!("crash test: kept {}", dir.display());
     }
+}
+
+/// What a queue was asked to deliver later.
+#[derive(Default)]
+struct Watchdogs(std::sync::Mutex<Vec<(WorkItemSummary, Duration)>>);
+
+type WorkItemSummary = String;
+
+#[async_trait::async_trait]
+impl risk_responder::queue::WorkQueue for Watchdogs {
+    async fn send(
+        &self,
+        _: &[risk_responder::queue::WorkItem],
+    ) -> Result<(), risk_responder::queue::QueueError> {
+        Ok(())
+    }
+
+    fn delivers_later(&self) -> bool {
+        true
+    }
+
+    async fn send_later(
+        &self,
+        items: &[risk_responder::queue::WorkItem],
+        delay: Duration,
+    ) -> Result<(), risk_responder::queue::QueueError> {
+        let mut sent = self.0.lock().unwrap();
+        for item in items {
+            let summary = match item {
+                risk_responder::queue::WorkItem::Resume { case_id, .. } => {
+                    format!("resume {case_id}")
+                }
+                other => format!("{other:?}"),
+            };
+            sent.push((summary, delay));
+        }
+        Ok(())
+    }
+}
+
+/// In Lambda a killed worker's case is resumed by its watchdog: a case taken up while new or
+/// open sends a Resume of itself delivered after the lease ran out; a case that is failing
+/// (`retry`) keeps its own message and sends none, so no case is retried for ever.
+#[tokio::test]
+async fn a_case_taken_up_sends_its_watchdog_and_a_failing_one_does_not() {
+    use graph_standin::*;
+    use risk_responder::respond::worker::{CASE_LEASE, WATCHDOG_DELAY};
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    let ledger = memory_ledger();
+    let mut worker = enforcing_worker(&s, ledger.clone(), 2);
+    let watchdogs = Arc::new(Watchdogs::default());
+    worker.watchdog = Some(watchdogs.clone());
+    assert!(WATCHDOG_DELAY > Duration::try_from(CASE_LEASE).unwrap());
+
+    // Graph refuses the reset for now: the case is taken up (new), then left in retry.
+    s.with(|d| {
+        d.faults
+            .unavailable_paths
+            .push((reqwest::Method::PATCH, "/users/".into()))
+    });
+    let first = worker.handle(&adele_item("watched-1")).await;
+    assert!(first.is_retry(), "{first:?}");
+    let cases = ledger.cases(10).await.unwrap();
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].status, CaseStatus::Retry);
+    let sent = watchdogs.0.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        vec![(format!("resume {}", cases[0].case_id), WATCHDOG_DELAY)]
+    );
+
+    // Its retry (the message redelivered) takes up a failing case: no second watchdog.
+    let again = worker.handle(&adele_item("watched-1")).await;
+    assert!(again.is_retry(), "{again:?}");
+    assert_eq!(watchdogs.0.lock().unwrap().len(), 1);
+    s.with(|d| d.faults.unavailable_paths.clear());
+    assert!(!worker.handle(&adele_item("watched-1")).await.is_retry());
+    assert_eq!(watchdogs.0.lock().unwrap().len(), 1);
 }

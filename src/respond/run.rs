@@ -147,13 +147,17 @@ impl Worker {
             {
                 return Ok(Some(Leased::Busy));
             }
-            let taken_over = case.lease.as_ref().is_none_or(|l| l.holder != self.holder);
+            // A case in `retry` or waiting for an operator keeps its own message for
+            // redelivery (and SQS's receive count): only work in progress needs a watchdog, so
+            // a case that keeps failing is not retried for ever by watchdogs.
+            let arm_watchdog = case.lease.as_ref().is_none_or(|l| l.holder != self.holder)
+                && matches!(case.status, CaseStatus::New | CaseStatus::Open);
             case.lease = Some(Lease {
                 holder: self.holder.clone(),
                 until: now + CASE_LEASE,
             });
             if let Some(version) = self.ledger.save_case(&case, version).await? {
-                if taken_over {
+                if arm_watchdog {
                     self.arm_watchdog(&case).await;
                 }
                 return Ok(Some(Leased::Mine(Box::new(case), version)));

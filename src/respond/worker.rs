@@ -75,8 +75,8 @@ pub struct Worker {
     /// Seals a temporary password between its `PATCH` and its delivery (the Graph secret's
     /// `intent_sealing_key`).
     pub sealer: Option<Arc<crate::support::seal::Sealer>>,
-    /// The work queue, when it delivers later (SQS): each case this worker leases sends a
-    /// `Resume` of itself delivered after [`WATCHDOG_DELAY`]. If the worker dies (timeout, out
+    /// The work queue, when it delivers later (SQS): each case this worker takes up while it
+    /// is new or open sends a `Resume` of itself delivered after [`WATCHDOG_DELAY`]. If the worker dies (timeout, out
     /// of memory, a deploy), that message resumes the case once the lease ran out; if the case
     /// settled, it finds nothing to do.
     pub watchdog: Option<Arc<dyn crate::queue::WorkQueue>>,
