@@ -147,6 +147,17 @@ impl Worker {
             {
                 return Ok(Some(Leased::Busy));
             }
+            // A lease of another worker that does not hold (checked above): that worker
+            // stopped, or its lease ran out while the case was in progress.
+            let stranded = case
+                .lease
+                .as_ref()
+                .filter(|l| {
+                    l.holder != self.holder
+                        && (l.until > now
+                            || matches!(case.status, CaseStatus::New | CaseStatus::Open))
+                })
+                .map(|l| (l.holder.clone(), l.until > now));
             // A case in `retry` or waiting for an operator keeps its own message for
             // redelivery (and SQS's receive count): only work in progress needs a watchdog, so
             // a case that keeps failing is not retried for ever by watchdogs.
@@ -157,6 +168,14 @@ impl Worker {
                 until: now + CASE_LEASE,
             });
             if let Some(version) = self.ledger.save_case(&case, version).await? {
+                if let Some((holder, before_its_end)) = stranded {
+                    let why = if before_its_end {
+                        "its lease holds nothing (the process that held it is gone, or its clock ran ahead)"
+                    } else {
+                        "its worker stopped before finishing it"
+                    };
+                    tracing::error!(case_id = %case.case_id, was_held_by = %holder, status = case.status.as_str(), "stranded case taken over: {why}");
+                }
                 if arm_watchdog {
                     self.arm_watchdog(&case).await;
                 }
