@@ -329,6 +329,14 @@ pub struct Case {
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub closed_at: Option<OffsetDateTime>,
+    /// When the last of its containing actions (revoke, block, reset, confirm) was done, the
+    /// rest skipped: time-to-contain is this less `opened_at`.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub contained_at: Option<OffsetDateTime>,
     pub signals: SignalLog,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<Findings>,
@@ -409,6 +417,7 @@ impl Case {
             opened_at: now,
             updated_at: now,
             closed_at: None,
+            contained_at: None,
             signals: SignalLog::default(),
             findings: None,
             rules: Vec::new(),
@@ -744,12 +753,52 @@ impl Case {
             self.note(now, format!("status {}", status.as_str()));
         }
         self.status = status;
+        self.note_containment(now);
         if matches!(status, CaseStatus::Completed | CaseStatus::Skipped) {
             self.closed_at.get_or_insert(now);
             self.last_error = None;
         } else {
             self.closed_at = None;
         }
+    }
+
+    /// Records when the case was contained: every containing action done or skipped, at least
+    /// one done. Once only (an escalation's later actions do not move it).
+    fn note_containment(&mut self, now: OffsetDateTime) {
+        if self.contained_at.is_some() {
+            return;
+        }
+        let containing: Vec<&ActionState> = self
+            .actions
+            .iter()
+            .filter(|a| a.action.contains())
+            .map(|a| &a.state)
+            .collect();
+        let done = |s: &&ActionState| matches!(s, ActionState::Done { .. });
+        if containing.iter().any(done)
+            && containing
+                .iter()
+                .all(|s| matches!(s, ActionState::Done { .. } | ActionState::Skipped { .. }))
+        {
+            self.contained_at = Some(now);
+            self.note(
+                now,
+                format!(
+                    "contained {} after the case opened",
+                    crate::support::clock::plain(now - self.opened_at)
+                ),
+            );
+        }
+    }
+
+    /// Time from the case's opening to its containment, once contained.
+    pub fn time_to_contain(&self) -> Option<time::Duration> {
+        self.contained_at.map(|t| t - self.opened_at)
+    }
+
+    /// Time from the case's opening to its closing (completed or skipped), once closed.
+    pub fn time_to_close(&self) -> Option<time::Duration> {
+        self.closed_at.map(|t| t - self.opened_at)
     }
 
     /// Counts the run that just ended: one more failed attempt if it leaves the case in

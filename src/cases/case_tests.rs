@@ -269,3 +269,52 @@ fn history_is_bounded() {
     assert_eq!(c.history.len(), HISTORY_KEPT);
     assert_eq!(c.history_dropped, 401);
 }
+
+#[test]
+fn time_to_contain_is_recorded_once_when_the_containing_actions_are_through() {
+    let mut c = case();
+    c.set_plan(
+        Some(&rule(
+            "r",
+            &[
+                Action::RevokeSessions,
+                Action::ResetPassword,
+                Action::Notify,
+            ],
+        )),
+        None,
+        at(0),
+    );
+    let done = |minute| ActionState::Done {
+        at: at(minute),
+        detail: None,
+    };
+    c.actions[0].state = done(1);
+    c.settle(at(1));
+    assert_eq!(c.contained_at, None, "the reset is still pending");
+    c.actions[1].state = ActionState::Skipped {
+        at: at(2),
+        reason: "held back".into(),
+    };
+    c.settle(at(2));
+    assert_eq!(c.contained_at, Some(at(2)), "revoked, the reset skipped");
+    assert_eq!(c.time_to_contain(), Some(time::Duration::minutes(2)));
+    assert_eq!(c.time_to_close(), None, "the SOC is not told yet");
+    c.actions[2].state = done(3);
+    c.settle(at(3));
+    assert_eq!(c.contained_at, Some(at(2)), "recorded once");
+    assert_eq!(c.time_to_close(), Some(time::Duration::minutes(3)));
+    assert!(
+        c.history
+            .iter()
+            .any(|h| h.what == "contained 2 min 0 s after the case opened"),
+        "{:?}",
+        c.history
+    );
+    // A case whose plan contains nothing is never "contained".
+    let mut told = case();
+    told.set_plan(Some(&rule("r", &[Action::Notify])), None, at(0));
+    told.actions[0].state = done(1);
+    told.settle(at(1));
+    assert_eq!(told.contained_at, None);
+}

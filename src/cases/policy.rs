@@ -49,6 +49,18 @@ impl Action {
         !matches!(self, Action::Notify | Action::NotifyUser)
     }
 
+    /// Whether it contains the account (what time-to-contain waits for): sessions revoked,
+    /// sign-in blocked, password reset, compromise confirmed (Conditional Access then blocks).
+    pub fn contains(self) -> bool {
+        matches!(
+            self,
+            Action::RevokeSessions
+                | Action::BlockSignIn
+                | Action::ResetPassword
+                | Action::ConfirmCompromised
+        )
+    }
+
     /// Whether doing it twice does no harm (the same request, the same end state). A new
     /// password or a mail is not: the worker records those before it goes on.
     pub fn idempotent(self) -> bool {

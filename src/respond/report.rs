@@ -55,6 +55,26 @@ impl std::fmt::Display for CaseReport<'_> {
             c.signals.count,
             sources.join(", ")
         )?;
+        let plain = crate::support::clock::plain;
+        match (c.time_to_contain(), c.time_to_close()) {
+            (Some(contain), Some(close)) => writeln!(
+                f,
+                "    time to contain: {}; to close: {} (from the case's opening)",
+                plain(contain),
+                plain(close)
+            )?,
+            (Some(contain), None) => writeln!(
+                f,
+                "    time to contain: {} (from the case's opening); not closed yet",
+                plain(contain)
+            )?,
+            (None, Some(close)) => writeln!(
+                f,
+                "    not contained (nothing that contains the account was done); closed after {}",
+                plain(close)
+            )?,
+            (None, None) => {}
+        }
         if let Some(findings) = &c.findings {
             let risk = findings
                 .risk

@@ -270,6 +270,7 @@ impl Worker {
             }
         }
         let now = self.graph.now();
+        let pass_started = now;
         self.prepare_all(tenant, &mut jobs, risks, now).await;
         // In waves of WAVE cases, all at once: their passwords are mailed wave after wave.
         let turns = MailTurns::default();
@@ -307,6 +308,14 @@ impl Worker {
                         again.push(id.clone());
                     }
                     tracing::info!(case_id = %id, status = case.status.as_str(), next = %case.next_actor(), "case worked");
+                    if let Some(seconds) = case
+                        .time_to_contain()
+                        .filter(|_| case.contained_at >= Some(pass_started))
+                    {
+                        // Once per case (the run that contained it): CloudWatch's metric
+                        // filter reads `seconds` as TimeToContain.
+                        tracing::info!(case_id = %id, seconds = seconds.as_seconds_f64(), "case contained");
+                    }
                     out.insert(id, disposition_of(&case));
                 }
                 Err(e) => {
