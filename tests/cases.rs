@@ -996,7 +996,9 @@ async fn a_person_acts_on_waiting_cases_from_the_cli() {
     assert_eq!(case.decisions[0].by, "alice");
     assert_eq!(case.decisions[0].reason, "confirmed with the owner");
     // The case says how long containment took (here: the person's approval, then the run).
-    let contained = case.time_to_contain().expect("the approved case was contained");
+    let contained = case
+        .time_to_contain()
+        .expect("the approved case was contained");
     assert!(contained >= time::Duration::ZERO, "{contained}");
     let (ok, out) = cli(&["cases", "show", &case_id]).await;
     assert!(ok, "{out}");

@@ -1073,7 +1073,11 @@ async fn the_product_completes_while_another_app_spends_the_tenants_identity_pro
         )
     });
     assert!(theirs >= 2, "the other app was served too: {theirs}");
-    eprintln!("other app: {theirs} requests; ours answered 429: {throttled}");
+    // The premise: the shared budget was tight enough that Graph refused some of ours.
+    assert!(
+        throttled > 0,
+        "our Identity Protection requests met the shared budget's 429s: {throttled}"
+    );
 }
 
 // ---- registration and protection, read in bulk ----
