@@ -203,6 +203,7 @@ pub(crate) async fn batch_member(
         (response, mail, dir.latency.of(&method, &path))
     };
     let slot = crate::throttling::MailSlot::new(s.dir.clone(), mail);
+    let _answering = crate::throttling::InFlight::new(s.dir.clone());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

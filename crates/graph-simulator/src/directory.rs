@@ -32,6 +32,14 @@ pub struct Directory {
     /// roleTemplateId -> id of the tenant's activated directory role.
     pub directory_roles: HashMap<String, String>,
     pub mails: Vec<(String, Value)>,
+    /// Requests (and `$batch` members) being answered now, and the most at once so far:
+    /// tests prove concurrency by this overlap, never by elapsed time.
+    pub in_flight: usize,
+    pub peak_in_flight: usize,
+    /// The most sendMail requests in flight at once, per app and mailbox ("app|mailbox").
+    pub mail_peak: HashMap<String, usize>,
+    /// The tenant of every authenticated Graph call (its token's), with when it arrived.
+    pub tenant_calls: Vec<(String, Instant)>,
     /// Every Graph call as "METHOD /path?query", with when it arrived.
     pub calls: Vec<(String, Instant)>,
     pub token_requests: usize,

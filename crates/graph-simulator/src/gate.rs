@@ -70,6 +70,7 @@ pub(crate) fn gate(
         .and_then(|t| dir.token_apps.get(t))
         .cloned()
         .unwrap_or_default();
+    dir.tenant_calls.push((tenant.clone(), Instant::now()));
     let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
     // The `$batch` envelope counts nothing: each member counts against its own limit.
     let mail = if path == "/$batch" {

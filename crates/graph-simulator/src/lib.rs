@@ -240,6 +240,7 @@ async fn one(
     // Graph takes a moment to answer; a sendMail holds its mailbox's slot meanwhile (freed
     // when the request ends, even if the caller went away).
     let slot = throttling::MailSlot::new(s.dir.clone(), mail);
+    let _answering = throttling::InFlight::new(s.dir.clone());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -359,7 +359,13 @@ pub(crate) fn limit(
                 return Err(Duration::from_secs(1));
             }
             dir.windows.admit(format!("{key}|window"), limits.mail)?;
-            *dir.mail_in_flight.entry(key.clone()).or_default() += 1;
+            let now_in_flight = {
+                let n = dir.mail_in_flight.entry(key.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let peak = dir.mail_peak.entry(key.clone()).or_default();
+            *peak = (*peak).max(now_in_flight);
             Ok(Some(key))
         }
     }
@@ -369,6 +375,30 @@ pub(crate) fn limit(
 pub(crate) fn release_mail(dir: &mut Directory, key: &str) {
     if let Some(n) = dir.mail_in_flight.get_mut(key) {
         *n = n.saturating_sub(1);
+    }
+}
+
+/// A request being answered (counted in [`Directory::in_flight`] and its peak) until it ends,
+/// however it ends.
+pub(crate) struct InFlight {
+    dir: std::sync::Arc<std::sync::Mutex<Directory>>,
+}
+
+impl InFlight {
+    pub(crate) fn new(dir: std::sync::Arc<std::sync::Mutex<Directory>>) -> Self {
+        {
+            let mut d = dir.lock().unwrap_or_else(|e| e.into_inner());
+            d.in_flight += 1;
+            d.peak_in_flight = d.peak_in_flight.max(d.in_flight);
+        }
+        Self { dir }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut d = self.dir.lock().unwrap_or_else(|e| e.into_inner());
+        d.in_flight = d.in_flight.saturating_sub(1);
     }
 }
 
