@@ -131,7 +131,11 @@ pub(crate) async fn batch(
     let members = requests
         .into_iter()
         .map(|request| batch_member(s, request, authorization.clone(), outlook.clone()));
-    let responses = futures_util::future::join_all(members).await;
+    let mut responses = futures_util::future::join_all(members).await;
+    // "Responses in a batch might not be in the same order as the requests; use the id to
+    // match them" (JSON batching): here always in reverse, so a caller that relies on the
+    // order fails every time, not now and then.
+    responses.reverse();
     axum::Json(json!({ "responses": responses })).into_response()
 }
 
