@@ -30,9 +30,88 @@ pub(crate) fn route(r: &crate::Request<'_>, dir: &mut Directory) -> Option<Respo
     })
 }
 
-/// `$filter=[userId eq '{guid}' and ]status/errorCode eq {n} and createdDateTime ge {iso}[ and
-/// createdDateTime le {iso}]`, exactly; anything else is refused as Graph refuses unsupported
-/// queries.
+/// A `$filter` on signIns as the API documents it: clauses joined by `and` (any order, any case
+/// of `and`, each optionally in parentheses) on the properties this stand-in filters:
+/// `userId eq '{guid}'`, `status/errorCode eq {n}`, `createdDateTime` with `ge`, `gt`, `le`,
+/// `lt` and an unquoted ISO 8601 time. Anything else is refused as Graph refuses an
+/// unsupported query (400 `Request_UnsupportedQuery`, "Invalid filter clause").
+#[derive(Default)]
+struct SignInFilter {
+    user: Option<String>,
+    code: Option<i64>,
+    /// (time, inclusive)
+    after: Option<(time::OffsetDateTime, bool)>,
+    before: Option<(time::OffsetDateTime, bool)>,
+}
+
+impl SignInFilter {
+    fn parse(filter: &str) -> Option<Self> {
+        let mut parsed = SignInFilter::default();
+        let lower = filter.to_ascii_lowercase();
+        // Split on " and " whatever its case, keeping the original text of each clause.
+        let mut clauses = Vec::new();
+        let mut from = 0;
+        while let Some(at) = lower[from..].find(" and ") {
+            clauses.push(&filter[from..from + at]);
+            from += at + 5;
+        }
+        clauses.push(&filter[from..]);
+        for clause in clauses {
+            let clause = clause.trim();
+            let clause = clause
+                .strip_prefix('(')
+                .and_then(|c| c.strip_suffix(')'))
+                .unwrap_or(clause)
+                .trim();
+            let mut words = clause.splitn(3, ' ');
+            let (property, op, value) = (words.next()?, words.next()?, words.next()?.trim());
+            let rfc3339 = |t: &str| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            };
+            match (property, op.to_ascii_lowercase().as_str()) {
+                ("userId", "eq") if parsed.user.is_none() => {
+                    let user = value.strip_prefix('\'')?.strip_suffix('\'')?;
+                    let guid =
+                        user.len() == 36 && user.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+                    if !guid {
+                        return None;
+                    }
+                    parsed.user = Some(user.to_owned());
+                }
+                ("status/errorCode", "eq") if parsed.code.is_none() => {
+                    parsed.code = Some(value.parse().ok()?);
+                }
+                ("createdDateTime", "ge" | "gt") if parsed.after.is_none() => {
+                    parsed.after = Some((rfc3339(value)?, op.eq_ignore_ascii_case("ge")));
+                }
+                ("createdDateTime", "le" | "lt") if parsed.before.is_none() => {
+                    parsed.before = Some((rfc3339(value)?, op.eq_ignore_ascii_case("le")));
+                }
+                _ => return None,
+            }
+        }
+        Some(parsed)
+    }
+
+    fn matches(&self, sign_in: &Value) -> bool {
+        let created = sign_in["createdDateTime"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        });
+        self.user
+            .as_deref()
+            .is_none_or(|u| sign_in["userId"].as_str() == Some(u))
+            && self
+                .code
+                .is_none_or(|code| sign_in["status"]["errorCode"].as_i64() == Some(code))
+            && self.after.is_none_or(|(t, inclusive)| {
+                created.is_some_and(|c| if inclusive { c >= t } else { c > t })
+            })
+            && self.before.is_none_or(|(t, inclusive)| {
+                created.is_some_and(|c| if inclusive { c <= t } else { c < t })
+            })
+    }
+}
+
 pub(crate) fn sign_ins(
     s: &GraphSimulator,
     dir: &Directory,
@@ -52,33 +131,7 @@ pub(crate) fn sign_ins(
             "This standin needs a $filter.",
         );
     };
-    // `[userId eq '{guid}' and ]status/errorCode eq {n} and createdDateTime ge {iso}`
-    let parsed = (|| {
-        let (user, rest) = match filter.strip_prefix("userId eq '") {
-            Some(rest) => {
-                let (user, rest) = rest.split_once("' and ")?;
-                let guid =
-                    user.len() == 36 && user.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-                if !guid {
-                    return None;
-                }
-                (Some(user.to_owned()), rest)
-            }
-            None => (None, filter.as_str()),
-        };
-        let rest = rest.strip_prefix("status/errorCode eq ")?;
-        let (code, window) = rest.split_once(" and createdDateTime ge ")?;
-        let code: i64 = code.parse().ok()?;
-        let rfc3339 = |t: &str| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        };
-        let (since, until) = match window.split_once(" and createdDateTime le ") {
-            Some((since, until)) => (rfc3339(since)?, Some(rfc3339(until)?)),
-            None => (rfc3339(window)?, None),
-        };
-        Some((user, code, since, until))
-    })();
-    let Some((user, code, since, until)) = parsed else {
+    let Some(parsed) = SignInFilter::parse(filter) else {
         return error(
             StatusCode::BAD_REQUEST,
             "Request_UnsupportedQuery",
@@ -104,21 +157,7 @@ pub(crate) fn sign_ins(
     let matching: Vec<&Value> = dir
         .sign_ins
         .iter()
-        .filter(|si| {
-            user.as_deref()
-                .is_none_or(|u| si["userId"].as_str() == Some(u))
-                && si["status"]["errorCode"].as_i64() == Some(code)
-                && si["createdDateTime"]
-                    .as_str()
-                    .and_then(|t| {
-                        time::OffsetDateTime::parse(
-                            t,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .is_some_and(|t| t >= since && until.is_none_or(|until| t <= until))
-        })
+        .filter(|si| parsed.matches(si))
         .collect();
     let mut matching = matching;
     // Newest first, as the API returns them.
@@ -190,4 +229,39 @@ pub(crate) fn registration_details(
         "value": record,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER: &str = "6e7b768e-07e2-4810-8459-485f84f8f204";
+
+    #[test]
+    fn the_filter_follows_the_grammar_not_one_spelling() {
+        let parsed = SignInFilter::parse(&format!(
+            "createdDateTime gt 2026-12-01T00:00:00Z AND (status/errorCode eq 53011) and userId eq '{USER}' and createdDateTime lt 2026-12-02T00:00:00Z"
+        ))
+        .expect("clauses in any order, any case of and, in parentheses");
+        let sign_in = |at: &str, code: i64| json!({"userId": USER, "createdDateTime": at, "status": {"errorCode": code}});
+        assert!(parsed.matches(&sign_in("2026-12-01T10:00:00Z", 53011)));
+        assert!(
+            !parsed.matches(&sign_in("2026-12-01T00:00:00Z", 53011)),
+            "gt is strict"
+        );
+        assert!(!parsed.matches(&sign_in("2026-12-01T10:00:00Z", 50126)));
+        assert!(
+            !parsed.matches(&sign_in("2026-12-02T00:00:00Z", 53011)),
+            "lt is strict"
+        );
+        for refused in [
+            "status/errorCode eq 53011 or userId eq 'x'",
+            "appDisplayName eq 'Outlook'",
+            "status/errorCode eq 53011 and status/errorCode eq 50126",
+            "userId eq 'not-a-guid'",
+            "createdDateTime ge yesterday",
+        ] {
+            assert!(SignInFilter::parse(refused).is_none(), "{refused}");
+        }
+    }
 }
