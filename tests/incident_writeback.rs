@@ -588,7 +588,7 @@ async fn a_skipped_case_tells_its_incident() {
     assert!(text.contains("Decision: skip by carol"), "{text}");
 }
 
-/// The ARM stand-in is as strict as ARM: exact api-version, ARM's error envelope, an ARM token,
+/// The ARM stand-in is as strict as ARM: a documented api-version, ARM's error envelope, an ARM token,
 /// the Responder role, the documented limits.
 #[tokio::test]
 async fn the_arm_stand_in_refuses_what_arm_refuses() {
@@ -650,7 +650,7 @@ async fn the_arm_stand_in_refuses_what_arm_refuses() {
         (status, code(&v).as_str()),
         (400, "MissingApiVersionParameter")
     );
-    let (status, v) = put(url(Some("2019-01-01-preview")), arm.clone(), body.clone()).await;
+    let (status, v) = put(url(Some("2018-06-01")), arm.clone(), body.clone()).await;
     assert_eq!(
         (status, code(&v).as_str()),
         (400, "NoRegisteredProviderFound")
@@ -679,6 +679,9 @@ async fn the_arm_stand_in_refuses_what_arm_refuses() {
     assert_eq!(v["properties"]["message"], "Some message");
     let (status, _) = put(url(Some("2025-09-01")), arm.clone(), body.clone()).await;
     assert_eq!(status, 200);
+    // An older documented api-version of the type is served as well.
+    let (status, v) = put(url(Some("2022-11-01")), arm.clone(), body.clone()).await;
+    assert_eq!(status, 200, "{v}");
     // Not JSON.
     let r = http
         .put(url(Some("2025-09-01")))

@@ -32,8 +32,35 @@ use serde_json::{Value, json};
 use crate::odata::{error as graph_error, lock, now_iso};
 use crate::{CLIENT_ID, Directory, GraphSimulator};
 
-/// The only api-version the stand-in serves (what the product sends).
+/// The api-version the product sends.
 pub const API_VERSION: &str = "2025-09-01";
+/// The api-versions ARM serves for `Microsoft.SecurityInsights/incidents/comments`: the
+/// versions Microsoft's template reference lists for the type (stable and preview, up to
+/// 2023-02-01-preview in the snapshot read) and the product's own, later one. Any other is
+/// refused as ARM refuses it.
+pub const API_VERSIONS: &[&str] = &[
+    "2019-01-01-preview",
+    "2020-01-01",
+    "2021-03-01-preview",
+    "2021-04-01",
+    "2021-09-01-preview",
+    "2021-10-01",
+    "2021-10-01-preview",
+    "2022-01-01-preview",
+    "2022-04-01-preview",
+    "2022-05-01-preview",
+    "2022-06-01-preview",
+    "2022-07-01-preview",
+    "2022-08-01",
+    "2022-08-01-preview",
+    "2022-09-01-preview",
+    "2022-10-01-preview",
+    "2022-11-01",
+    "2022-11-01-preview",
+    "2022-12-01-preview",
+    "2023-02-01-preview",
+    API_VERSION,
+];
 /// Characters per comment, in UTF-16 code units as .NET and JavaScript count them (Microsoft
 /// Sentinel, "Investigate incidents": "A single comment can contain up to 30,000 characters";
 /// the REST API's `properties.message` has no `maxLength` of its own).
@@ -246,13 +273,14 @@ fn serve(
                 "The api-version query parameter (?api-version=) is required for all requests.",
             );
         }
-        Some(API_VERSION) => {}
+        Some(version) if API_VERSIONS.contains(&version) => {}
         Some(other) => {
             return arm_error(
                 StatusCode::BAD_REQUEST,
                 "NoRegisteredProviderFound",
                 &format!(
-                    "No registered resource provider found for location 'westeurope' and API version '{other}' for type 'incidents/comments'. The supported api-versions are '{API_VERSION}'. The supported locations are 'westeurope'."
+                    "No registered resource provider found for location 'westeurope' and API version '{other}' for type 'incidents/comments'. The supported api-versions are '{}'. The supported locations are 'westeurope'.",
+                    API_VERSIONS.join(", ")
                 ),
             );
         }
