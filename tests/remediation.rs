@@ -1507,3 +1507,65 @@ async fn a_slot_reserved_ahead_never_crowds_another_workers_next_slot() {
         "no 429"
     );
 }
+
+/// Graph refuses to change the password or sign-in of a user who holds an admin role unless
+/// the application holds Privileged Authentication Administrator (a User Administrator may
+/// not): the case waits for a person, saying which role is missing; with the role, it goes.
+#[tokio::test]
+async fn an_administrators_reset_needs_the_privileged_role_and_the_case_names_it() {
+    const EXCHANGE_ADMIN: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+    let s = start().await;
+    seed(&s, "high", "atRisk", 1);
+    s.with(|d| {
+        d.directory_roles
+            .insert(EXCHANGE_ADMIN.into(), "role-exchange-admin".into());
+        d.member_of
+            .insert(ADELE.into(), vec!["role-exchange-admin".into()]);
+    });
+    let ledger = memory_ledger();
+    let worker = enforcing_worker(&s, ledger.clone(), 2);
+    let first = worker.handle(&adele_item("admin-1")).await;
+    assert!(first.is_retry(), "{first:?}");
+    let case = ledger.cases(1).await.unwrap().remove(0);
+    assert_eq!(case.status, CaseStatus::NeedsOperator, "{case:?}");
+    let refused = case
+        .actions
+        .iter()
+        .find_map(|a| match &a.state {
+            ActionState::Failed { error, .. } if a.action == Action::ResetPassword => {
+                Some(error.clone())
+            }
+            _ => None,
+        })
+        .expect("the reset failed");
+    assert!(
+        refused.contains("403 Authorization_RequestDenied"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("Privileged Authentication Administrator"),
+        "{refused}"
+    );
+    assert_eq!(resets(&s), 0);
+
+    // The role granted and the retry asked for: the reset goes.
+    s.with(|d| d.app_is_privileged_auth_admin = true);
+    let mut retried = case.clone();
+    retried
+        .retry(
+            "alice",
+            "granted Privileged Authentication Administrator",
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let (_, version) = ledger.case(&case.case_id).await.unwrap().unwrap();
+    ledger.save_case(&retried, version).await.unwrap().unwrap();
+    let again = worker
+        .handle(&WorkItem::Resume {
+            tenant_id: TENANT.into(),
+            case_id: case.case_id.clone(),
+        })
+        .await;
+    assert!(!again.is_retry(), "{again:?}");
+    assert_eq!(resets(&s), 1);
+}

@@ -66,10 +66,18 @@ pub struct Failure {
 
 impl From<GraphError> for Failure {
     fn from(e: GraphError) -> Self {
+        let mut error = e.to_string();
+        if matches!(&e, GraphError::Forbidden { code, .. } if code == "Authorization_RequestDenied")
+        {
+            // The usual cause when the permissions are granted: the target is an administrator.
+            error.push_str(
+                ". For a user who holds an administrator role, Graph lets the application change the password or sign-in only if its service principal holds the Privileged Authentication Administrator role (User Administrator covers users without admin roles): a person must do it, or grant that role",
+            );
+        }
         Failure {
             transient: e.is_transient(),
             needs_operator: e.needs_operator() || !e.is_transient(),
-            error: e.to_string(),
+            error,
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct Directory {
     /// PIM for Groups: (groupId, principalId, accessId `member` or `owner`) of eligibilities
     /// (`privilegedAccess/group/eligibilitySchedules`).
     pub group_eligibilities: Vec<(String, String, String)>,
+    /// Whether our application's service principal holds Privileged Authentication
+    /// Administrator (or Global Administrator). Without it (the setup's User Administrator
+    /// only), Graph refuses to change the password or sign-in of a user who holds any
+    /// directory role: 403 `Authorization_RequestDenied`.
+    pub app_is_privileged_auth_admin: bool,
     pub faults: Faults,
     pub certificate: Option<CertificateCredential>,
     pub page_size: usize,

@@ -114,12 +114,34 @@ pub(crate) fn find_user(dir: &Directory, id_or_upn: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Whether `user` holds a directory role (a member of an activated role, or assigned one).
+fn holds_directory_role(dir: &Directory, user: &str) -> bool {
+    let roles: Vec<&String> = dir.directory_roles.values().collect();
+    dir.member_of
+        .get(user)
+        .is_some_and(|ids| ids.iter().any(|id| roles.contains(&id)))
+        || dir
+            .role_assignments
+            .iter()
+            .any(|(principal, _)| principal == user)
+}
+
 /// `PATCH /users/{id}`: several properties at once, as Graph's Update user takes them (the
 /// body is checked whole before anything changes). Records which properties each PATCH set.
 pub(crate) fn patch_user(dir: &mut Directory, id: &str, body: Value) -> Response {
     let Some(index) = dir.users.iter().position(|u| u["id"].as_str() == Some(id)) else {
         return user_not_found(id);
     };
+    // "Who can reset passwords" / sensitive actions: a User Administrator may change the
+    // password and sign-in of users without admin roles only.
+    let sensitive = body.get("passwordProfile").is_some() || body.get("accountEnabled").is_some();
+    if sensitive && !dir.app_is_privileged_auth_admin && holds_directory_role(dir, id) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        );
+    }
     let enabled = match body.get("accountEnabled") {
         None => None,
         Some(v) => match v.as_bool() {
