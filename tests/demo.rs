@@ -75,44 +75,61 @@ async fn an_enforced_demo_comments_on_the_simulated_incident_and_leaves_the_oper
 #[tokio::test]
 async fn serve_demo_takes_a_notification_and_works_it_on_the_simulated_tenant() {
     let dir = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
-        .args(["serve", "--demo", "--bind", &format!("127.0.0.1:{port}")])
-        .current_dir(&dir)
-        .envs(ELSEWHERE)
-        .env("RR_LEDGER_PATH", dir.join("operator.sqlite"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap()).lines();
-    let banner = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+    // A free port can be taken again before `serve` binds it (by the simulator `serve --demo`
+    // starts first, among others): the server is up when it logs that it listens on our port;
+    // if it stops instead, another port is tried.
+    let mut started = None;
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_risk-responder"))
+            .args(["serve", "--demo", "--bind", &format!("127.0.0.1:{port}")])
+            .current_dir(&dir)
+            .envs(ELSEWHERE)
+            .env("RR_LEDGER_PATH", dir.join("operator.sqlite"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(server.stderr.take().unwrap()).lines();
+        let banner = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_default();
+        assert!(
+            banner.contains("DEMO MODE") && banner.contains("no request can reach Microsoft"),
+            "{banner}"
+        );
+        // The server's log (JSON lines on its standard output) says where it listens.
+        let mut stdout = BufReader::new(server.stdout.take().unwrap()).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if line.contains("listening") && line.contains(&format!("127.0.0.1:{port}")) {
+                    return true;
+                }
+            }
+            false
+        })
         .await
-        .unwrap()
-        .unwrap()
-        .unwrap_or_default();
-    assert!(
-        banner.contains("DEMO MODE") && banner.contains("no request can reach Microsoft"),
-        "{banner}"
-    );
-
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(format!("{base}/health")).send().await.is_ok() {
-            up = true;
+        .unwrap_or(false);
+        if listening {
+            // Keep reading what it writes, so a full pipe never stalls it.
+            tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+            tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+            started = Some((server, port));
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.kill().await.ok();
     }
-    assert!(up, "serve --demo did not come up");
+    let (mut server, port) = started.expect("serve --demo did not come up");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
     let body = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("events/demo/02-graph-users-alex.json"),
     )
