@@ -3,15 +3,17 @@
 //! the interleaving, the case is remediated once: one revoke, one block, one password, one
 //! confirm, one SOC mail, and no action repeated from a stale copy.
 
+mod common;
 mod graph_standin;
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use common::hooked_store::{HookedStore, StoreHooks};
 use graph_standin::*;
 use risk_responder::cases::CaseStatus;
 use risk_responder::ledger::sqlite::SqliteStore;
-use risk_responder::ledger::{Ledger, LedgerError, NewItem, Store, Stored};
+use risk_responder::ledger::{Ledger, Store};
 
 /// Whose save goes next.
 struct Baton {
@@ -70,9 +72,8 @@ impl Baton {
     }
 }
 
-/// A store whose case and user saves wait for their turn.
-struct Gated {
-    inner: Arc<SqliteStore>,
+/// Hooks that make each worker's case and user saves wait for their turn.
+struct Turns {
     me: usize,
     baton: Arc<Baton>,
 }
@@ -82,45 +83,17 @@ fn gated(key: &str) -> bool {
 }
 
 #[async_trait]
-impl Store for Gated {
-    async fn get(&self, key: &str) -> Result<Option<Stored>, LedgerError> {
-        self.inner.get(key).await
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Stored>, LedgerError> {
-        self.inner.get_many(keys).await
-    }
-
-    async fn create_all(&self, items: &[NewItem]) -> Result<usize, LedgerError> {
-        self.inner.create_all(items).await
-    }
-
-    async fn put_all(&self, items: &[NewItem]) -> Result<(), LedgerError> {
-        self.inner.put_all(items).await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        doc: &str,
-        expected: u64,
-        expires_at: Option<i64>,
-    ) -> Result<Option<u64>, LedgerError> {
-        if !gated(key) {
-            return self.inner.put(key, doc, expected, expires_at).await;
+impl StoreHooks for Turns {
+    async fn before_put(&self, key: &str, _: &str) {
+        if gated(key) {
+            self.baton.wait_for(self.me).await;
         }
-        self.baton.wait_for(self.me).await;
-        let saved = self.inner.put(key, doc, expected, expires_at).await;
-        self.baton.saved(self.me);
-        saved
     }
 
-    async fn delete(&self, key: &str, expected: u64) -> Result<bool, LedgerError> {
-        self.inner.delete(key, expected).await
-    }
-
-    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<Stored>, LedgerError> {
-        self.inner.list(prefix, limit).await
+    async fn after_put(&self, key: &str, _: &str, _: Option<u64>) {
+        if gated(key) {
+            self.baton.saved(self.me);
+        }
     }
 }
 
@@ -138,11 +111,13 @@ async fn two_workers_remediate_a_case_once_whatever_the_order_of_their_saves() {
         let worker = |me: usize| {
             enforcing_worker(
                 &s,
-                Ledger::new(Arc::new(Gated {
-                    inner: store.clone(),
-                    me,
-                    baton: baton.clone(),
-                })),
+                Ledger::new(Arc::new(HookedStore::new(
+                    store.clone() as Arc<dyn Store>,
+                    Turns {
+                        me,
+                        baton: baton.clone(),
+                    },
+                ))),
                 2,
             )
         };
