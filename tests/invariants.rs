@@ -8,7 +8,7 @@ mod common;
 mod graph_standin;
 
 use graph_standin::*;
-use risk_responder::event::{EventSource, Origin, OriginKind, RiskEvent, RiskLevel, Subject};
+use risk_responder::event::{Origin, OriginKind, RiskLevel, Subject};
 use risk_responder::queue::WorkItem;
 use risk_responder::respond::Disposition;
 
@@ -16,20 +16,11 @@ use risk_responder::respond::Disposition;
 const TENANT_B: &str = "2c1d8d6e-5a4b-4c3d-9e8f-7a6b5c4d3e2f";
 
 fn sentinel_signal(id: &str, origin: Option<Origin>) -> WorkItem {
-    WorkItem::Risk(RiskEvent {
-        event_id: id.into(),
-        tenant_id: TENANT.into(),
-        source: EventSource::Sentinel,
-        subject: Subject::User {
-            id: Some(ADELE.into()),
-            upn: None,
-        },
-        risk_level: RiskLevel::High,
-        detected_at: time::OffsetDateTime::now_utc(),
-        source_id: "alert-1".into(),
-        resource_data: None,
-        origin,
-    })
+    let WorkItem::Risk(mut signal) = adele_item(id) else {
+        unreachable!("adele_item is a risk signal")
+    };
+    signal.origin = origin;
+    WorkItem::Risk(signal)
 }
 
 /// 1. Tenant isolation, checked again by the worker: a queue message whose caller is bound to

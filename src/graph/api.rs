@@ -439,8 +439,14 @@ impl GraphClient {
                 object_id(role_definition_id)?
             ))
         );
+        self.principals(tenant, &path).await
+    }
+
+    /// The `principalId`s of a listing whose items `$expand` their principal (role
+    /// assignments and eligibilities, PIM-for-Groups eligibilities), each marked a group or not.
+    async fn principals(&self, tenant: &str, path: &str) -> Result<Vec<RolePrincipal>, GraphError> {
         let mut out = Vec::new();
-        self.for_each_item(tenant, &path, |item| {
+        self.for_each_item(tenant, path, |item| {
             if let Some(id) = item["principalId"].as_str() {
                 let kind = item["principal"]["@odata.type"].as_str().unwrap_or("");
                 out.push(RolePrincipal {
@@ -486,20 +492,7 @@ impl GraphClient {
             "/identityGovernance/privilegedAccess/group/eligibilitySchedules?$filter={}&$select=principalId,accessId&$expand=principal($select=id)",
             filter(&format!("groupId eq '{}'", object_id(group_id)?))
         );
-        let mut out = Vec::new();
-        self.for_each_item(tenant, &path, |item| {
-            if let Some(id) = item["principalId"].as_str() {
-                let kind = item["principal"]["@odata.type"].as_str().unwrap_or("");
-                out.push(RolePrincipal {
-                    id: id.to_ascii_lowercase(),
-                    is_group: kind.eq_ignore_ascii_case("#microsoft.graph.group"),
-                });
-            }
-            Ok(())
-        })
-        .await?
-        .complete()?;
-        Ok(out)
+        self.principals(tenant, &path).await
     }
 
     /// Ids of every group and directory role `user_id` is a member of, directly or not.

@@ -191,6 +191,22 @@ impl RiskView<'_> {
         }
     }
 
+    /// Writes the view's bookkeeping over `version`; `false` if another writer changed it.
+    async fn save_state(
+        &self,
+        tenant: &str,
+        state: &ViewState,
+        version: u64,
+    ) -> Result<bool, LedgerError> {
+        let doc = serde_json::to_string(state).unwrap_or_default();
+        Ok(self
+            .ledger
+            .store()
+            .put(&state_key(tenant), &doc, version, None)
+            .await?
+            .is_some())
+    }
+
     /// Lists what changed since `since` (when `None`: every user at risk now, which seeds the
     /// view and marks it complete) and writes it into the view. The watermark and
     /// `refreshed_at` move only when the listing covers the view ([`ViewState::covered_by`]).
@@ -287,14 +303,7 @@ impl RiskView<'_> {
                         advanced = true;
                     }
                 }
-                let doc = serde_json::to_string(&state).unwrap_or_default();
-                if self
-                    .ledger
-                    .store()
-                    .put(&state_key(tenant), &doc, version, None)
-                    .await?
-                    .is_some()
-                {
+                if self.save_state(tenant, &state, version).await? {
                     break;
                 }
                 advanced = false;
@@ -331,14 +340,7 @@ impl RiskView<'_> {
             if state.continuation.take().is_none() {
                 break;
             }
-            let doc = serde_json::to_string(&state).unwrap_or_default();
-            if self
-                .ledger
-                .store()
-                .put(&state_key(tenant), &doc, version, None)
-                .await?
-                .is_some()
-            {
+            if self.save_state(tenant, &state, version).await? {
                 break;
             }
         }

@@ -294,19 +294,7 @@ pub(crate) fn role_principals(
                 item = select(item, Some(&names.join(",")));
             }
             if let Some(inner) = &expand {
-                let mut whole = match find_user(dir, &principal) {
-                    Some(mut user) => {
-                        user["@odata.type"] = "#microsoft.graph.user".into();
-                        user
-                    }
-                    None => json!({ "@odata.type": "#microsoft.graph.group", "id": principal }),
-                };
-                if let Some(names) = inner {
-                    let kind = whole["@odata.type"].clone();
-                    whole = select(whole, Some(&names.join(",")));
-                    whole["@odata.type"] = kind;
-                }
-                item["principal"] = whole;
+                item["principal"] = expanded_principal(dir, &principal, inner.as_deref());
             }
             item
         })
@@ -417,19 +405,7 @@ pub(crate) fn group_eligibilities(
                 item = select(item, Some(&names.join(",")));
             }
             if let Some(inner) = &expand_names {
-                let mut whole = match find_user(dir, principal) {
-                    Some(mut user) => {
-                        user["@odata.type"] = "#microsoft.graph.user".into();
-                        user
-                    }
-                    None => json!({ "@odata.type": "#microsoft.graph.group", "id": principal }),
-                };
-                if let Some(names) = inner {
-                    let kind = whole["@odata.type"].clone();
-                    whole = select(whole, Some(&names.join(",")));
-                    whole["@odata.type"] = kind;
-                }
-                item["principal"] = whole;
+                item["principal"] = expanded_principal(dir, principal, inner.as_deref());
             }
             item
         })
@@ -442,4 +418,26 @@ pub(crate) fn group_eligibilities(
         items,
         dir.page_size.max(1),
     )
+}
+
+/// A principal as `$expand=principal[($select=…)]` gives it: the user, or a group (any id that
+/// is not a user's), with its `@odata.type` kept through `$select`.
+fn expanded_principal(
+    dir: &Directory,
+    principal: &str,
+    selected: Option<&[String]>,
+) -> serde_json::Value {
+    let mut whole = match find_user(dir, principal) {
+        Some(mut user) => {
+            user["@odata.type"] = "#microsoft.graph.user".into();
+            user
+        }
+        None => json!({ "@odata.type": "#microsoft.graph.group", "id": principal }),
+    };
+    if let Some(names) = selected {
+        let kind = whole["@odata.type"].clone();
+        whole = select(whole, Some(&names.join(",")));
+        whole["@odata.type"] = kind;
+    }
+    whole
 }
