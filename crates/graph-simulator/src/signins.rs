@@ -32,16 +32,17 @@ pub(crate) fn route(r: &crate::Request<'_>, dir: &mut Directory) -> Option<Respo
 
 /// A `$filter` on signIns as the API documents it: clauses joined by `and` (any order, any case
 /// of `and`, each optionally in parentheses) on the properties this stand-in filters:
-/// `userId eq '{guid}'`, `status/errorCode eq {n}`, `createdDateTime` with `ge`, `gt`, `le`,
-/// `lt` and an unquoted ISO 8601 time. Anything else is refused as Graph refuses an
+/// `userId eq '{guid}'`, `status/errorCode eq {n}`, `createdDateTime` with `ge` or `le` and
+/// an unquoted ISO 8601 time (the signIn resource documents `eq`, `le` and `ge` on it; `gt`
+/// and `lt` are refused). Anything else is refused as Graph refuses an
 /// unsupported query (400 `Request_UnsupportedQuery`, "Invalid filter clause").
 #[derive(Default)]
 struct SignInFilter {
     user: Option<String>,
     code: Option<i64>,
-    /// (time, inclusive)
-    after: Option<(time::OffsetDateTime, bool)>,
-    before: Option<(time::OffsetDateTime, bool)>,
+    /// `createdDateTime ge` and `le` (both inclusive).
+    after: Option<time::OffsetDateTime>,
+    before: Option<time::OffsetDateTime>,
 }
 
 impl SignInFilter {
@@ -81,11 +82,11 @@ impl SignInFilter {
                 ("status/errorCode", "eq") if parsed.code.is_none() => {
                     parsed.code = Some(value.parse().ok()?);
                 }
-                ("createdDateTime", "ge" | "gt") if parsed.after.is_none() => {
-                    parsed.after = Some((rfc3339(value)?, op.eq_ignore_ascii_case("ge")));
+                ("createdDateTime", "ge") if parsed.after.is_none() => {
+                    parsed.after = Some(rfc3339(value)?);
                 }
-                ("createdDateTime", "le" | "lt") if parsed.before.is_none() => {
-                    parsed.before = Some((rfc3339(value)?, op.eq_ignore_ascii_case("le")));
+                ("createdDateTime", "le") if parsed.before.is_none() => {
+                    parsed.before = Some(rfc3339(value)?);
                 }
                 _ => return None,
             }
@@ -103,12 +104,8 @@ impl SignInFilter {
             && self
                 .code
                 .is_none_or(|code| sign_in["status"]["errorCode"].as_i64() == Some(code))
-            && self.after.is_none_or(|(t, inclusive)| {
-                created.is_some_and(|c| if inclusive { c >= t } else { c > t })
-            })
-            && self.before.is_none_or(|(t, inclusive)| {
-                created.is_some_and(|c| if inclusive { c <= t } else { c < t })
-            })
+            && self.after.is_none_or(|t| created.is_some_and(|c| c >= t))
+            && self.before.is_none_or(|t| created.is_some_and(|c| c <= t))
     }
 }
 
@@ -240,26 +237,30 @@ mod tests {
     #[test]
     fn the_filter_follows_the_grammar_not_one_spelling() {
         let parsed = SignInFilter::parse(&format!(
-            "createdDateTime gt 2026-12-01T00:00:00Z AND (status/errorCode eq 53011) and userId eq '{USER}' and createdDateTime lt 2026-12-02T00:00:00Z"
+            "createdDateTime ge 2026-12-01T00:00:00Z AND (status/errorCode eq 53011) and userId eq '{USER}' and createdDateTime le 2026-12-02T00:00:00Z"
         ))
         .expect("clauses in any order, any case of and, in parentheses");
         let sign_in = |at: &str, code: i64| json!({"userId": USER, "createdDateTime": at, "status": {"errorCode": code}});
         assert!(parsed.matches(&sign_in("2026-12-01T10:00:00Z", 53011)));
         assert!(
-            !parsed.matches(&sign_in("2026-12-01T00:00:00Z", 53011)),
-            "gt is strict"
+            parsed.matches(&sign_in("2026-12-01T00:00:00Z", 53011)),
+            "ge takes its bound"
         );
+        assert!(!parsed.matches(&sign_in("2026-11-30T23:59:59Z", 53011)));
         assert!(!parsed.matches(&sign_in("2026-12-01T10:00:00Z", 50126)));
         assert!(
-            !parsed.matches(&sign_in("2026-12-02T00:00:00Z", 53011)),
-            "lt is strict"
+            parsed.matches(&sign_in("2026-12-02T00:00:00Z", 53011)),
+            "le takes its bound"
         );
+        assert!(!parsed.matches(&sign_in("2026-12-02T00:00:01Z", 53011)));
         for refused in [
             "status/errorCode eq 53011 or userId eq 'x'",
             "appDisplayName eq 'Outlook'",
             "status/errorCode eq 53011 and status/errorCode eq 50126",
             "userId eq 'not-a-guid'",
             "createdDateTime ge yesterday",
+            "createdDateTime gt 2026-12-01T00:00:00Z",
+            "createdDateTime lt 2026-12-01T00:00:00Z",
         ] {
             assert!(SignInFilter::parse(refused).is_none(), "{refused}");
         }
