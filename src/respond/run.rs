@@ -21,7 +21,8 @@ const MAX_PASSES: usize = 3;
 
 /// A case as the lease found it.
 enum Leased {
-    Mine(Box<Case>, u64),
+    /// Ours now, at this version; `true` if it needs a watchdog (see [`Worker::watchdog`]).
+    Mine(Box<Case>, u64, bool),
     Busy,
     Idle(Box<Case>),
 }
@@ -176,27 +177,21 @@ impl Worker {
                     };
                     tracing::error!(case_id = %case.case_id, was_held_by = %holder, status = case.status.as_str(), "stranded case taken over: {why}");
                 }
-                if arm_watchdog {
-                    self.arm_watchdog(&case).await;
-                }
-                return Ok(Some(Leased::Mine(Box::new(case), version)));
+                return Ok(Some(Leased::Mine(Box::new(case), version, arm_watchdog)));
             }
         }
         Ok(Some(Leased::Busy))
     }
 
-    /// Sends the case's watchdog (see [`Worker::watchdog`]). A watchdog that cannot be sent is
-    /// logged: the case's own message still comes back after the queue's visibility timeout.
-    async fn arm_watchdog(&self, case: &crate::cases::Case) {
-        let Some(queue) = &self.watchdog else {
+    /// Sends the watchdogs of the cases just leased (see [`Worker::watchdog`]), in as few
+    /// requests as the queue takes. A watchdog that cannot be sent is logged: the case's own
+    /// message still comes back after the queue's visibility timeout.
+    async fn arm_watchdogs(&self, resumes: &[WorkItem]) {
+        let Some(queue) = self.watchdog.as_ref().filter(|_| !resumes.is_empty()) else {
             return;
         };
-        let resume = WorkItem::Resume {
-            tenant_id: case.tenant_id.clone(),
-            case_id: case.case_id.clone(),
-        };
-        if let Err(e) = queue.send_later(&[resume], WATCHDOG_DELAY).await {
-            tracing::warn!(case_id = %case.case_id, error = %e, "case watchdog not sent: a stopped worker's case waits for its message's redelivery");
+        if let Err(e) = queue.send_later(resumes, WATCHDOG_DELAY).await {
+            tracing::warn!(cases = resumes.len(), error = %e, "case watchdogs not sent: a stopped worker's cases wait for their messages' redelivery");
         }
     }
 
@@ -233,9 +228,20 @@ impl Worker {
                 .collect(),
         )
         .await;
+        let watched: Vec<WorkItem> = leased
+            .iter()
+            .filter_map(|(_, lease)| match lease {
+                Ok(Some(Leased::Mine(case, _, true))) => Some(WorkItem::Resume {
+                    tenant_id: case.tenant_id.clone(),
+                    case_id: case.case_id.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.arm_watchdogs(&watched).await;
         for (id, lease) in leased {
             match lease {
-                Ok(Some(Leased::Mine(case, version))) => {
+                Ok(Some(Leased::Mine(case, version, _))) => {
                     let base = (*case).clone();
                     jobs.push(Job {
                         facts: UserFacts {

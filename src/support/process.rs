@@ -29,16 +29,26 @@ fn this_process() -> Option<String> {
     ))
 }
 
-fn host() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = name.trim().replace(':', "_");
-    (!name.is_empty()).then_some(name)
+/// This host's name, read once (as `:`-free text).
+fn host() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+        let name = name.trim().replace(':', "_");
+        (!name.is_empty()).then_some(name)
+    })
+    .as_deref()
 }
 
-fn boot() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let id: String = id.trim().chars().filter(|c| *c != '-').take(12).collect();
-    (!id.is_empty()).then_some(id)
+/// This boot's id (its first 12 hex digits), read once.
+fn boot() -> Option<&'static str> {
+    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id: String = id.trim().chars().filter(|c| *c != '-').take(12).collect();
+        (!id.is_empty()).then_some(id)
+    })
+    .as_deref()
 }
 
 /// A process's start time (clock ticks after boot, field 22 of `/proc/{pid}/stat`).
@@ -59,7 +69,7 @@ pub fn holder_is_gone(holder: &str) -> bool {
     let [held_host, held_boot, pid, start, _id] = parts.as_slice() else {
         return false;
     };
-    if host().as_deref() != Some(*held_host) {
+    if host() != Some(*held_host) {
         return false;
     }
     let Some(this_boot) = boot() else {
