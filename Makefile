@@ -87,6 +87,7 @@ wrk-tool:
 bench: wrk-tool
 	cargo bench --locked --bench pipeline
 	cargo bench --locked --bench burst
+	cargo bench --locked --bench tenants
 	cargo bench --locked --bench served
 	cargo build --locked --release --bins
 	python3 scripts/bench_report.py

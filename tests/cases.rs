@@ -174,7 +174,15 @@ async fn a_transient_failure_mid_plan_resumes_the_stored_plan() {
     assert!(worker.handle(&item).await.is_retry());
     let case = case_of(&ledger, "alert-flaky").await;
     assert_eq!(case.status, CaseStatus::Retry);
-    assert!(is_done(state(&case, Action::ResetPassword)));
+    assert!(
+        is_done(state(&case, Action::ResetPassword)),
+        "delivered all the same"
+    );
+    assert_eq!(password_mails(&s), 1);
+    assert!(
+        case.contained_at.is_none(),
+        "not contained without the confirm"
+    );
     // Our reset remediated the user: the per-event design saw "no longer at risk" here.
     assert_eq!(
         s.with(|d| d.risky_users[ADELE]["riskState"].clone()),
@@ -1328,7 +1336,7 @@ impl common::hooked_store::StoreHooks for CrashBeforeResetRecorded {
 }
 
 /// A store that stops answering (a worker that crashed) at the first request for the Identity
-/// Protection budget after a case with a done reset was written.
+/// Protection budget after a case with a password set (delivered or not) was written.
 #[derive(Default)]
 struct CrashAfterReset {
     armed: std::sync::atomic::AtomicBool,
@@ -1348,19 +1356,19 @@ impl common::hooked_store::StoreHooks for CrashAfterReset {
         if written.is_some()
             && key.starts_with("case#")
             && let Ok(case) = serde_json::from_str::<Case>(doc)
-            && case
-                .actions
-                .iter()
-                .any(|a| a.action == Action::ResetPassword && is_done(&a.state))
+            && case.actions.iter().any(|a| {
+                a.action == Action::ResetPassword && (is_done(&a.state) || a.awaits_delivery())
+            })
         {
             self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
 
-/// A worker that crashes after the reset and its mail, before confirming: once its lease runs
-/// out another resumes the case from what was recorded. Still one reset, one password mail,
-/// one SOC mail.
+/// A worker that crashes after setting the password, before confirming (contain first: the
+/// password's mail waits for the confirm): once its lease runs out another resumes the case
+/// from what was recorded, confirms and delivers the sealed password. Still one reset, one
+/// password mail, one SOC mail.
 #[tokio::test]
 async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
     let s = start().await;
@@ -1374,11 +1382,17 @@ async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
     let doomed = enforcing_worker(&s, Ledger::new(crashing.clone()), 2);
     let item = adele_item("alert-crash");
     run_until_crash(doomed, &item, &crashing.hooks.crashed).await;
-    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 0));
+    assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 0, 0));
 
     let ledger = Ledger::new(inner.clone());
     let (mut case, version) = ledger.find_case("alert-crash").await.unwrap().unwrap();
-    assert!(is_done(state(&case, Action::ResetPassword)), "{case:#?}");
+    let reset = case
+        .actions
+        .iter()
+        .find(|a| a.action == Action::ResetPassword)
+        .unwrap();
+    assert!(reset.awaits_delivery(), "set, not delivered yet: {case:#?}");
+    assert!(case.contained_at.is_none(), "confirm is still to come");
     assert_eq!(
         *state(&case, Action::ConfirmCompromised),
         ActionState::Pending
@@ -1392,7 +1406,48 @@ async fn a_crashed_workers_case_is_resumed_without_repeating_the_reset() {
     assert_eq!(case.status, CaseStatus::Completed);
     assert!(is_done(state(&case, Action::ConfirmCompromised)));
     assert_eq!((resets(&s), password_mails(&s), soc_mails(&s)), (1, 1, 1));
+    assert!(is_done(state(&case, Action::ResetPassword)));
+    assert!(case.contained_at.is_some());
     assert_eq!(revokes(&s), 1, "recorded with the reset");
+}
+
+/// Contain first, tell after: every containing request (revoke, the block and reset PATCH,
+/// confirm compromised) reaches Graph before any mail, and the case records when it was
+/// contained. (A confirm that fails does not keep back the password already set:
+/// `a_transient_failure_mid_plan_resumes_the_stored_plan`.)
+#[tokio::test]
+async fn every_containing_request_goes_before_any_mail() {
+    let s = start().await;
+    seed(&s, "high", "atRisk", 2);
+    let ledger = memory_ledger();
+    let worker = enforcing_worker(&s, ledger.clone(), 3);
+    assert!(!worker.handle(&adele_item("alert-clean")).await.is_retry());
+    let calls: Vec<String> = s.with(|d| d.calls.iter().map(|(c, _)| c.clone()).collect());
+    let position = |needle: &str| {
+        calls
+            .iter()
+            .position(|c| c.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in {calls:?}"))
+    };
+    let first_mail = position("/sendMail");
+    for containing in [
+        "revokeSignInSessions",
+        "PATCH /v1.0/users/",
+        "confirmCompromised",
+    ] {
+        assert!(
+            position(containing) < first_mail,
+            "{containing} before any mail: {calls:?}"
+        );
+    }
+    let case = case_of(&ledger, "alert-clean").await;
+    assert!(case.contained_at.is_some() && case.contained_at <= case.closed_at);
+    assert!(
+        case.history.iter().any(|h| h.what.starts_with("contained ")
+            && h.what.ends_with("after its first signal arrived")),
+        "{:#?}",
+        case.history
+    );
 }
 
 /// The blast-radius alert is marked sent only once it was: a 503 on its mail keeps the held

@@ -68,9 +68,9 @@ async fn tenant(risky: usize) -> GraphSimulator {
         page_size: 999,
         // Enough latency that the kills land inside the work, not between cases.
         latency: Latency {
-            read: Duration::from_millis(80),
-            write: Duration::from_millis(120),
-            mail: Duration::from_millis(300),
+            read: Duration::from_millis(80).into(),
+            write: Duration::from_millis(120).into(),
+            mail: Duration::from_millis(300).into(),
         },
         ..Directory::default()
     })

@@ -146,10 +146,11 @@ async fn enforce_carries_out_the_plan_in_order_and_keeps_the_password_out_of_log
         [
             format!("POST /v1.0/users/{ADELE}/revokeSignInSessions"),
             // block and password in one PATCH: set first, then delivered (never a mail of a
-            // password not set)
+            // password not set); contain first: the confirm before the password's mail, then
+            // the SOC mail
             format!("PATCH /v1.0/users/{ADELE}"),
-            "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
             "POST /v1.0/identityProtection/riskyUsers/confirmCompromised".to_owned(),
+            "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
             "POST /v1.0/users/risk-responder@contoso.onmicrosoft.com/sendMail".to_owned(),
         ]
     );
@@ -1119,7 +1120,7 @@ async fn a_429_without_retry_after_waits_out_the_budget_window() {
 async fn mailbox_concurrency_counts_every_batch_in_flight() {
     let s = start().await;
     seed(&s, "high", "atRisk", 0);
-    s.with(|d| d.latency.mail = Duration::from_millis(400));
+    s.with(|d| d.latency.mail = Duration::from_millis(400).into());
     let token = raw_token(&s).await;
     let mails = |from: usize| -> serde_json::Value {
         (from..from + 3)
@@ -1168,8 +1169,8 @@ async fn a_batch_runs_its_members_at_once_and_its_mails_four_at_a_time() {
     let s = start().await;
     seed(&s, "high", "atRisk", 0);
     s.with(|d| {
-        d.latency.mail = Duration::from_millis(300);
-        d.latency.read = Duration::from_millis(300);
+        d.latency.mail = Duration::from_millis(300).into();
+        d.latency.read = Duration::from_millis(300).into();
     });
     let token = raw_token(&s).await;
     let mails: Vec<serde_json::Value> = (0..8)
@@ -1409,7 +1410,7 @@ fn mails(n: usize) -> Vec<risk_responder::graph::batch::BatchItem> {
 #[tokio::test]
 async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
     let s = start().await;
-    s.with(|d| d.latency.mail = Duration::from_millis(150));
+    s.with(|d| d.latency.mail = Duration::from_millis(150).into());
     let limiter = || {
         Arc::new(risk_responder::graph::limiter::LocalLimiter::new(
             risk_responder::graph::limiter::Limits::published(1.0),
@@ -1448,7 +1449,7 @@ async fn concurrent_workers_share_a_mailboxs_four_concurrent_requests() {
 #[tokio::test]
 async fn workers_sharing_a_ledger_use_all_four_of_a_mailbox_and_never_more() {
     let s = start().await;
-    s.with(|d| d.latency.mail = Duration::from_millis(300));
+    s.with(|d| d.latency.mail = Duration::from_millis(300).into());
     let ledger = memory_ledger();
     let workers: Vec<_> = (0..2)
         .map(|_| s.shared_client(secret(), 1, &ledger, 1.0, 2))

@@ -44,6 +44,9 @@ pub struct Job {
     pub risk: Option<RiskRecord>,
     /// An action failed in this run: the case waits for its retry.
     pub stopped: bool,
+    /// Temporary passwords this worker set and has not delivered yet, by action index (held in
+    /// memory only; a resumed case recovers them from their sealed copies).
+    pub undelivered: HashMap<usize, password::Unsent>,
 }
 
 /// What one action did.
@@ -51,6 +54,9 @@ pub struct Job {
 pub enum Step {
     Done(Option<String>),
     Skipped(String),
+    /// The action's containing part is done (a password set); the rest (its delivery) runs in
+    /// a later round. The words say what was done.
+    Contained(String),
     /// Nothing: the case is another worker's now (this worker's lease ran out), left as it
     /// was stored.
     Untouched,

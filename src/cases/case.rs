@@ -215,9 +215,23 @@ pub struct Intent {
     /// action's module announced it right before sending): a resumed case reconciles it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// For a password reset: when Graph accepted the new password. The account is contained;
+    /// the password's delivery follows once the case's other containing actions are done.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub set_at: Option<OffsetDateTime>,
 }
 
 impl CaseAction {
+    /// A reset whose password Graph accepted and that is not delivered yet: it contains the
+    /// account already; its delivery waits for the case's other containing actions.
+    pub fn awaits_delivery(&self) -> bool {
+        self.state.runnable() && self.intent.as_ref().is_some_and(|i| i.set_at.is_some())
+    }
+
     /// A pending action of `rule`.
     pub fn pending(action: Action, rule: &str) -> Self {
         CaseAction {
@@ -325,12 +339,21 @@ pub struct Case {
     pub blast_alert_due: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub opened_at: OffsetDateTime,
+    /// When the signal that opened the case arrived (before it waited in the queue): where
+    /// time-to-contain and time-to-remediate start. Cases stored before it was kept start at
+    /// `opened_at`.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_signal_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub closed_at: Option<OffsetDateTime>,
     /// When the last of its containing actions (revoke, block, reset, confirm) was done, the
-    /// rest skipped: time-to-contain is this less `opened_at`.
+    /// rest skipped: time-to-contain is this less [`Case::started_at`].
     #[serde(
         with = "time::serde::rfc3339::option",
         default,
@@ -415,6 +438,7 @@ impl Case {
             admission_due: false,
             blast_alert_due: false,
             opened_at: now,
+            first_signal_at: None,
             updated_at: now,
             closed_at: None,
             contained_at: None,
@@ -755,6 +779,15 @@ impl Case {
         self.status = status;
         self.note_containment(now);
         if matches!(status, CaseStatus::Completed | CaseStatus::Skipped) {
+            if self.closed_at.is_none() {
+                self.note(
+                    now,
+                    format!(
+                        "closed {} after its first signal arrived",
+                        crate::support::clock::plain(now - self.started_at())
+                    ),
+                );
+            }
             self.closed_at.get_or_insert(now);
             self.last_error = None;
         } else {
@@ -762,43 +795,51 @@ impl Case {
         }
     }
 
-    /// Records when the case was contained: every containing action done or skipped, at least
-    /// one done. Once only (an escalation's later actions do not move it).
-    fn note_containment(&mut self, now: OffsetDateTime) {
+    /// Records when the case was contained: every containing action done or skipped (a reset
+    /// counts once its password is set, before it is delivered), at least one done. Once only
+    /// (an escalation's later actions do not move it).
+    pub fn note_containment(&mut self, now: OffsetDateTime) {
         if self.contained_at.is_some() {
             return;
         }
-        let containing: Vec<&ActionState> = self
+        let containing: Vec<(bool, bool)> = self
             .actions
             .iter()
             .filter(|a| a.action.contains())
-            .map(|a| &a.state)
+            .map(|a| {
+                let done = matches!(a.state, ActionState::Done { .. }) || a.awaits_delivery();
+                (done, done || matches!(a.state, ActionState::Skipped { .. }))
+            })
             .collect();
-        let done = |s: &&ActionState| matches!(s, ActionState::Done { .. });
-        if containing.iter().any(done)
-            && containing
-                .iter()
-                .all(|s| matches!(s, ActionState::Done { .. } | ActionState::Skipped { .. }))
-        {
+        if containing.iter().any(|(done, _)| *done) && containing.iter().all(|(_, over)| *over) {
             self.contained_at = Some(now);
             self.note(
                 now,
                 format!(
-                    "contained {} after the case opened",
-                    crate::support::clock::plain(now - self.opened_at)
+                    "contained {} after its first signal arrived",
+                    crate::support::clock::plain(now - self.started_at())
                 ),
             );
         }
     }
 
-    /// Time from the case's opening to its containment, once contained.
-    pub fn time_to_contain(&self) -> Option<time::Duration> {
-        self.contained_at.map(|t| t - self.opened_at)
+    /// Where the case's clocks start: its first signal's arrival (or its opening, for a case
+    /// stored before arrivals were kept, or opened without a stored signal).
+    pub fn started_at(&self) -> OffsetDateTime {
+        self.first_signal_at
+            .filter(|at| *at <= self.opened_at)
+            .unwrap_or(self.opened_at)
     }
 
-    /// Time from the case's opening to its closing (completed or skipped), once closed.
+    /// Time from the first signal's arrival to the case's containment, once contained.
+    pub fn time_to_contain(&self) -> Option<time::Duration> {
+        self.contained_at.map(|t| t - self.started_at())
+    }
+
+    /// Time from the first signal's arrival to the case's closing (completed or skipped: what
+    /// the SOC calls time-to-remediate), once closed.
     pub fn time_to_close(&self) -> Option<time::Duration> {
-        self.closed_at.map(|t| t - self.opened_at)
+        self.closed_at.map(|t| t - self.started_at())
     }
 
     /// Counts the run that just ended: one more failed attempt if it leaves the case in

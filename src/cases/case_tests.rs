@@ -307,7 +307,7 @@ fn time_to_contain_is_recorded_once_when_the_containing_actions_are_through() {
     assert!(
         c.history
             .iter()
-            .any(|h| h.what == "contained 2 min 0 s after the case opened"),
+            .any(|h| h.what == "contained 2 min 0 s after its first signal arrived"),
         "{:?}",
         c.history
     );
@@ -317,4 +317,58 @@ fn time_to_contain_is_recorded_once_when_the_containing_actions_are_through() {
     told.actions[0].state = done(1);
     told.settle(at(1));
     assert_eq!(told.contained_at, None);
+}
+
+#[test]
+fn a_password_set_contains_the_account_before_its_delivery_and_a_skip_keeps_its_delivery() {
+    let mut c = case();
+    c.set_plan(
+        Some(&rule(
+            "r",
+            &[
+                Action::ResetPassword,
+                Action::ConfirmCompromised,
+                Action::Notify,
+            ],
+        )),
+        None,
+        at(0),
+    );
+    // The first signal arrived a minute before the worker opened the case: the clocks start
+    // there.
+    c.first_signal_at = Some(c.opened_at - time::Duration::minutes(1));
+    c.actions[0].intent = Some(Intent {
+        at: at(1),
+        by: "worker".into(),
+        password_changed_before: None,
+        sealed: true,
+        request: Some("PATCH".into()),
+        set_at: Some(at(1)),
+    });
+    assert!(c.actions[0].awaits_delivery());
+    c.actions[1].state = ActionState::Done {
+        at: at(2),
+        detail: None,
+    };
+    c.note_containment(at(2));
+    assert_eq!(c.contained_at, Some(at(2)), "set and confirmed: contained");
+    assert_eq!(
+        c.time_to_contain(),
+        Some(time::Duration::minutes(3)),
+        "from the first signal's arrival"
+    );
+    // A person skips what is left: the password already set is still delivered.
+    c.skip("soc@contoso.com", "false positive", at(3)).unwrap();
+    assert!(c.actions[0].awaits_delivery(), "{:?}", c.actions[0]);
+    assert!(matches!(c.actions[2].state, ActionState::Skipped { .. }));
+    assert_ne!(
+        c.status,
+        CaseStatus::Skipped,
+        "open until the password is delivered"
+    );
+    assert!(
+        c.history
+            .iter()
+            .any(|h| h.what.contains("already set is still delivered"))
+    );
 }

@@ -137,7 +137,9 @@ impl Case {
                     | ActionState::Failed { .. }
                     | ActionState::Planned
             );
-            if open {
+            // A password Graph already accepted is delivered still: skipping it would leave the
+            // user with a password nobody knows.
+            if open && !action.awaits_delivery() {
                 action.state = ActionState::Skipped {
                     at: now,
                     reason: format!("skipped by {by}: {reason}"),
@@ -146,8 +148,15 @@ impl Case {
             }
         }
         self.record(by, "skip", reason, None, now);
-        self.status = CaseStatus::Skipped;
-        self.closed_at = Some(now);
+        if self.actions.iter().any(|a| a.awaits_delivery()) {
+            self.note(
+                now,
+                "the temporary password already set is still delivered; the case closes after it",
+            );
+        } else {
+            self.status = CaseStatus::Skipped;
+            self.closed_at = Some(now);
+        }
         Ok(skipped)
     }
 

@@ -26,6 +26,16 @@ pub enum Mode {
     Enforce,
 }
 
+impl Mode {
+    /// The configured spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReportOnly => "report-only",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
 /// One remediation step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

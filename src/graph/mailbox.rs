@@ -361,7 +361,12 @@ impl MailSlots {
             .local
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(mailbox.to_owned())
+            // A mailbox is an object of its tenant: one address in two tenants is two mailboxes.
+            .entry(format!(
+                "{}|{}",
+                tenant.to_ascii_lowercase(),
+                mailbox.to_ascii_lowercase()
+            ))
             .or_insert_with(|| Arc::new(Semaphore::new(in_process)))
             .clone();
         let local = match semaphore.acquire_many_owned(count as u32).await {

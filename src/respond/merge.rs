@@ -30,11 +30,9 @@ impl Worker {
             None => signal.risk_level,
         };
         // A redelivered signal that was merged already (its case may keep only the newest few).
-        if let Some(case_id) = self
-            .ledger
-            .signal(&signal.event_id)
-            .await?
-            .and_then(|r| r.case_id)
+        let record = self.ledger.signal(&signal.event_id).await?;
+        let arrived = record.as_ref().map(|r| r.received_at);
+        if let Some(case_id) = record.and_then(|r| r.case_id)
             && self.ledger.case(&case_id).await?.is_some()
         {
             return Ok(Merged::Case {
@@ -92,7 +90,7 @@ impl Worker {
                     return Ok(Merged::Case { case_id, note });
                 }
                 Placement::Open(episode) => {
-                    let case = Case::open(
+                    let mut case = Case::open(
                         tenant,
                         user_id,
                         upn.clone(),
@@ -102,6 +100,7 @@ impl Worker {
                         self.policy.mode,
                         now,
                     );
+                    case.first_signal_at = arrived;
                     let case_id = case.case_id.clone();
                     let created = self.ledger.save_case(&case, 0).await?;
                     user.current_case = Some(case_id.clone());

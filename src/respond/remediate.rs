@@ -78,6 +78,7 @@ pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec
                     password_changed_before: None,
                     sealed: false,
                     request: None,
+                    set_at: None,
                 });
             }
         }
@@ -86,9 +87,11 @@ pub async fn run_round(ctx: &Context<'_>, tenant: &str, jobs: &mut [Job]) -> Vec
     saving.dedup();
     ctx.checkpoints.record(jobs, &saving).await;
     // What a person's decision (or another worker) changed meanwhile does not run.
+    // A stopped case still delivers a password this worker set.
     to_run.retain(|item| {
         let job = &jobs[item.job];
-        !job.stopped && job.case.actions[item.action].state.runnable()
+        (!job.stopped || job.undelivered.contains_key(&item.action))
+            && job.case.actions[item.action].state.runnable()
     });
     let mut groups: BTreeMap<Action, Vec<(usize, usize)>> = BTreeMap::new();
     let mut along: HashMap<Action, HashMap<usize, usize>> = HashMap::new();
@@ -137,6 +140,22 @@ fn pick(jobs: &[Job]) -> Vec<Picked> {
     let mut picked = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         if job.stopped {
+            // Stopped by a failure or a person's decision: a password this worker set is
+            // delivered all the same (a case another worker took over has none left here).
+            if let Some(i) = job
+                .undelivered
+                .keys()
+                .copied()
+                .filter(|&i| job.case.actions[i].awaits_delivery())
+                .min()
+            {
+                picked.push(Picked {
+                    job: j,
+                    leader: job.case.actions[i].action,
+                    action: i,
+                    companion: None,
+                });
+            }
             continue;
         }
         let mut runnable = job
@@ -144,7 +163,27 @@ fn pick(jobs: &[Job]) -> Vec<Picked> {
             .actions
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.state.runnable());
+            .filter(|(_, a)| a.state.runnable())
+            .peekable();
+        // A password set waits for its delivery until the case's other containing actions
+        // are done: containing comes before telling.
+        let deferred = runnable
+            .peek()
+            .filter(|(_, a)| a.awaits_delivery())
+            .and_then(|_| {
+                job.case.actions.iter().enumerate().find(|(_, a)| {
+                    a.state.runnable() && a.action.contains() && !a.awaits_delivery()
+                })
+            });
+        if let Some((i, action)) = deferred {
+            picked.push(Picked {
+                job: j,
+                leader: action.action,
+                action: i,
+                companion: None,
+            });
+            continue;
+        }
         let Some((i, first)) = runnable.next() else {
             continue;
         };
@@ -177,10 +216,16 @@ fn record(
     if matches!(result, Ok(Step::Untouched)) {
         return;
     }
+    if let Ok(Step::Contained(what)) = result {
+        tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), "remediation action contained the account");
+        job.case.note(now, format!("{}: {what}", action.as_str()));
+        job.case.note_containment(now);
+        return;
+    }
     let entry = &mut job.case.actions[i];
     entry.attempts += 1;
     let (state, what) = match result {
-        Ok(Step::Untouched) => return,
+        Ok(Step::Untouched | Step::Contained(_)) => return,
         Ok(Step::Done(detail)) => {
             let what = format!(
                 "{} done{}",
@@ -216,4 +261,5 @@ fn record(
     // The outcome is what the case says now; the intent has served.
     entry.intent = None;
     job.case.note(now, what);
+    job.case.note_containment(now);
 }

@@ -59,13 +59,13 @@ impl std::fmt::Display for CaseReport<'_> {
         match (c.time_to_contain(), c.time_to_close()) {
             (Some(contain), Some(close)) => writeln!(
                 f,
-                "    time to contain: {}; to close: {} (from the case's opening)",
+                "    time to contain: {}; to remediate: {} (from its first signal's arrival)",
                 plain(contain),
                 plain(close)
             )?,
             (Some(contain), None) => writeln!(
                 f,
-                "    time to contain: {} (from the case's opening); not closed yet",
+                "    time to contain: {} (from its first signal's arrival); not closed yet",
                 plain(contain)
             )?,
             (None, Some(close)) => writeln!(

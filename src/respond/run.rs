@@ -79,7 +79,9 @@ fn reconcile(ours: &Case, base: &Case, mut fresh: Case) -> Case {
             let Some(before) = base.actions.get(i) else {
                 continue;
             };
-            let ran = before.state != action.state;
+            // A password set (its delivery still to come) ran, as much as a finished action.
+            let ran = before.state != action.state
+                || (action.awaits_delivery() && !before.awaits_delivery());
             if before != action
                 && (ran || !decided)
                 && let Some(slot) = fresh.actions.get_mut(i)
@@ -253,6 +255,7 @@ impl Worker {
                         version,
                         base,
                         stopped: false,
+                        undelivered: Default::default(),
                     });
                 }
                 Ok(Some(Leased::Busy)) => {
@@ -314,13 +317,25 @@ impl Worker {
                         again.push(id.clone());
                     }
                     tracing::info!(case_id = %id, status = case.status.as_str(), next = %case.next_actor(), "case worked");
-                    if let Some(seconds) = case
+                    // Once per case (the run that contained it, the run that closed it):
+                    // embedded-metric figures in Lambda, log lines elsewhere.
+                    let mut figures = Vec::new();
+                    if let Some(contain) = case
                         .time_to_contain()
                         .filter(|_| case.contained_at >= Some(pass_started))
                     {
-                        // Once per case (the run that contained it): CloudWatch's metric
-                        // filter reads `seconds` as TimeToContain.
-                        tracing::info!(case_id = %id, seconds = seconds.as_seconds_f64(), "case contained");
+                        tracing::info!(case_id = %id, seconds = contain.as_seconds_f64(), "case contained");
+                        figures.push(("TimeToContain", contain.as_seconds_f64()));
+                    }
+                    if let Some(close) = case
+                        .time_to_close()
+                        .filter(|_| case.closed_at >= Some(pass_started))
+                        .filter(|_| case.contained_at.is_some())
+                    {
+                        figures.push(("TimeToRemediate", close.as_seconds_f64()));
+                    }
+                    if !figures.is_empty() {
+                        crate::support::metrics::seconds(&figures, ("Mode", case.mode.as_str()));
                     }
                     out.insert(id, disposition_of(&case));
                 }
@@ -337,7 +352,7 @@ impl Worker {
     pub(super) async fn remediate_wave(&self, tenant: &str, ctx: &Context<'_>, jobs: &mut [Job]) {
         loop {
             let resets_left = jobs.iter().any(|job| {
-                !job.stopped
+                (!job.stopped || !job.undelivered.is_empty())
                     && job.case.actions.iter().any(|a| {
                         a.action == crate::cases::Action::ResetPassword && a.state.runnable()
                     })
@@ -405,6 +420,8 @@ impl Worker {
             {
                 tracing::error!(case_id = %job.case.case_id, "lease ran out and another worker holds the case: stopping");
                 job.stopped = true;
+                // The worker that holds it now delivers any password set here (sealed copy).
+                job.undelivered.clear();
                 job.case.note(
                     now,
                     "this worker's lease ran out: another worker resumes the case",

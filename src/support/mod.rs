@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod cache;
 pub mod clock;
+pub mod metrics;
 pub mod process;
 pub mod seal;
 pub mod secret;

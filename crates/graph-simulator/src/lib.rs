@@ -59,7 +59,7 @@ use serde_json::Value;
 pub use directory::{CertificateCredential, Directory};
 pub use faults::Faults;
 pub use odata::now_iso;
-pub use throttling::{Budget, Latency, Limits, resource_units, sends_retry_after};
+pub use throttling::{Budget, Latency, Limits, Span, resource_units, sends_retry_after};
 
 use gate::gate;
 use odata::{error, lock, query_params};

@@ -60,51 +60,111 @@ impl Default for Limits {
 }
 
 /// How long the stand-in takes to answer a request, or a `$batch` member, once admitted: the
-/// time Graph spends on it as the client sees it. A `sendMail` holds its mailbox's concurrency
-/// slot for this long.
+/// time Graph spends on it as the client sees it, drawn evenly from a [`Span`] per kind of
+/// request. A `sendMail` holds its mailbox's concurrency slot for this long.
 ///
 /// [`Latency::INSTANT`] (the default, what the tests use) answers at once but holds a sendMail
 /// 2 ms, so Outlook's concurrency limit stays observable. [`Latency::MODELLED`] is what the
 /// burst benchmark runs against. Microsoft publishes no latency figures for these APIs (no SLA
 /// on response time, no percentiles in the throttling or batching documentation), so its values
-/// are stated assumptions, conservative for a Graph front end in the same geography: 150 ms for
-/// a directory, Identity Protection, reports or security read or write, 600 ms for Outlook to
-/// accept a `sendMail` (the message is saved, then handed to transport; reported sends take
-/// from about half a second to a second).
+/// are stated assumptions for a Graph front end in the same geography, the ones an independent
+/// load test of this product used: 20-80 ms for a directory, Identity Protection, reports or
+/// security read, 40-120 ms for a write (it is replicated before Graph answers), 100-240 ms for
+/// Outlook to accept a `sendMail` (the message is saved, then handed to transport; reported
+/// sends range up to about a second, which [`Latency::SLOW_MAIL`] models).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
     /// Any GET.
-    pub read: Duration,
+    pub read: Span,
     /// Any other write (PATCH, POST, PUT, DELETE), `sendMail` excepted.
-    pub write: Duration,
+    pub write: Span,
     /// `POST /users/{id}/sendMail`.
-    pub mail: Duration,
+    pub mail: Span,
+}
+
+/// A range of latencies, drawn evenly (a fixed one when both ends are equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Span {
+    /// Always `d`.
+    pub const fn fixed(d: Duration) -> Span {
+        Span { min: d, max: d }
+    }
+
+    /// From `min` to `max` milliseconds.
+    pub const fn millis(min: u64, max: u64) -> Span {
+        Span {
+            min: Duration::from_millis(min),
+            max: Duration::from_millis(max),
+        }
+    }
+
+    /// One latency from the span: a fixed, seeded sequence (runs are comparable).
+    pub fn draw(&self) -> Duration {
+        if self.max <= self.min {
+            return self.min;
+        }
+        let width = (self.max - self.min).as_micros() as u64 + 1;
+        self.min + Duration::from_micros(next_random() % width)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.max.is_zero()
+    }
+}
+
+impl From<Duration> for Span {
+    fn from(d: Duration) -> Span {
+        Span::fixed(d)
+    }
+}
+
+/// splitmix64 over a process-wide counter: uniform enough for latencies, seeded the same way
+/// every run.
+fn next_random() -> u64 {
+    static STATE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x5eed);
+    let mut z = STATE
+        .fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Latency {
     /// Answers at once; a sendMail holds its mailbox 2 ms.
     pub const INSTANT: Latency = Latency {
-        read: Duration::ZERO,
-        write: Duration::ZERO,
-        mail: Duration::from_millis(2),
+        read: Span::millis(0, 0),
+        write: Span::millis(0, 0),
+        mail: Span::millis(2, 2),
     };
 
-    /// The modelled latency (assumptions, see the type's documentation): 150 ms reads and
-    /// writes, 600 ms sendMail.
+    /// The modelled latency (assumptions, see the type's documentation): reads 20-80 ms,
+    /// writes 40-120 ms, sendMail 100-240 ms.
     pub const MODELLED: Latency = Latency {
-        read: Duration::from_millis(150),
-        write: Duration::from_millis(150),
-        mail: Duration::from_millis(600),
+        read: Span::millis(20, 80),
+        write: Span::millis(40, 120),
+        mail: Span::millis(100, 240),
     };
 
-    /// How long `method path` (under `/v1.0`) takes.
+    /// The modelled latency with Outlook at its slowest reported: sendMail 100-1,000 ms.
+    pub const SLOW_MAIL: Latency = Latency {
+        mail: Span::millis(100, 1_000),
+        ..Latency::MODELLED
+    };
+
+    /// How long `method path` (under `/v1.0`) takes this time.
     pub fn of(&self, method: &Method, path: &str) -> Duration {
         if Budget::of(method, path) == Budget::Mail {
-            self.mail
+            self.mail.draw()
         } else if *method == Method::GET {
-            self.read
+            self.read.draw()
         } else {
-            self.write
+            self.write.draw()
         }
     }
 }
@@ -353,7 +413,8 @@ pub(crate) fn limit(
             .map(|()| None),
         Budget::Mail => {
             let mailbox = path.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
-            let key = format!("{app}|{mailbox}");
+            // Per app and mailbox; a mailbox is an object of its tenant.
+            let key = format!("{tenant}|{app}|{mailbox}");
             let in_flight = dir.mail_in_flight.get(&key).copied().unwrap_or(0);
             if in_flight >= limits.mail_concurrency {
                 return Err(Duration::from_secs(1));

@@ -205,8 +205,9 @@ const CHANGE_SKEW: time::Duration = time::Duration::minutes(5);
 /// The non-repeatable request a reset's intent announces.
 const PATCH_REQUEST: &str = "PATCH /users/{id} passwordProfile";
 
-/// A password set and about to be delivered.
-struct Set {
+/// A password set and about to be delivered (kept on its job between the round that sets it
+/// and the one that delivers it).
+pub struct Unsent {
     item: usize,
     delivery: Delivery,
     password: SecretString,
@@ -237,9 +238,11 @@ impl Password {
     /// 5. Set (`$batch` of PATCH, `forceChangePasswordNextSignIn`), a `block_sign_in` due in the
     ///    same round in the same PATCH (Graph's Update user takes several properties at once);
     ///    a block whose reset does not go is a PATCH of its own.
-    /// 6. Delivered (mail, four to a `$batch`, or the case's vault secret), then the sealed copy
-    ///    forgotten. A delivery that fails leaves the action failed, saying so: its retry sets
-    ///    and delivers a new password, so no delivered password is ever stale.
+    /// 6. Kept on the job (the account is contained: [`Step::Contained`]), and delivered in a
+    ///    later round, once the case's other containing actions are done (mail, four to a
+    ///    `$batch`, or the case's vault secret), then the sealed copy forgotten. A delivery that
+    ///    fails leaves the action failed, saying so: its retry sets and delivers a new
+    ///    password, so no delivered password is ever stale.
     ///
     /// Returns the resets' results, and each block's as (job, action index, result).
     #[allow(clippy::type_complexity)]
@@ -254,10 +257,28 @@ impl Password {
         Vec<Result<Step, Failure>>,
         Vec<(usize, usize, Result<Step, Failure>)>,
     ) {
+        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
+        // 0. Passwords this worker set in an earlier round: delivered now.
+        let mut held = Vec::new();
+        let mut rest = Vec::new();
+        for (k, &(j, i)) in items.iter().enumerate() {
+            match jobs[j].undelivered.remove(&i) {
+                Some(mut entry) => {
+                    entry.item = k;
+                    held.push(entry);
+                }
+                None => rest.push(k),
+            }
+        }
+        if !held.is_empty() {
+            self.deliver(ctx, tenant, jobs, items, held, &mut results)
+                .await;
+        }
         // Each reset's block_sign_in, if one is due with it and the account is not blocked yet.
         let mut block_due: Vec<Option<usize>> = vec![None; items.len()];
         let mut companions: Vec<(usize, usize, Result<Step, Failure>)> = Vec::new();
-        for (k, &(j, _)) in items.iter().enumerate() {
+        for &k in &rest {
+            let j = items[k].0;
             if let Some(&b) = blocks.get(&j) {
                 if jobs[j].facts.account_enabled == Some(false) {
                     companions.push((j, b, Ok(Step::Skipped("sign-in is already blocked".into()))));
@@ -267,9 +288,8 @@ impl Password {
             }
         }
         let now = ctx.graph.now();
-        let mut results: Vec<Option<Result<Step, Failure>>> = vec![None; items.len()];
         // 1. What a stopped worker set.
-        let (recovered, fresh) = self.recover(ctx, jobs, items).await;
+        let (recovered, fresh) = self.recover(ctx, jobs, items, &rest).await;
         // 2. The cooldown, as a claim.
         let todo = self
             .claim_cooldown(ctx, tenant, jobs, items, fresh, &mut results, now)
@@ -278,7 +298,7 @@ impl Password {
         let mut ready = self
             .deliveries(ctx, tenant, jobs, items, todo, &mut results)
             .await;
-        let recovered: Vec<Set> = {
+        let recovered: Vec<Unsent> = {
             let mut kept = Vec::new();
             let routes = self
                 .deliveries(
@@ -291,7 +311,7 @@ impl Password {
                 )
                 .await;
             for ((k, password, set_at), (_, delivery)) in recovered.into_iter().zip(routes) {
-                kept.push(Set {
+                kept.push(Unsent {
                     item: k,
                     delivery,
                     password,
@@ -350,7 +370,7 @@ impl Password {
             ));
         }
         let set_at = now.replace_nanosecond(0).unwrap_or(now);
-        let mut set: Vec<Set> = recovered;
+        let mut set: Vec<Unsent> = recovered;
         for (((k, delivery), password), answer) in ready.into_iter().zip(passwords).zip(answers) {
             let (j, _) = items[k];
             if let Some(b) = block_due[k] {
@@ -372,7 +392,7 @@ impl Password {
                     if let Some(risk) = job.risk.as_mut().filter(|r| r.at_risk()) {
                         risk.risk_state = "remediated".into();
                     }
-                    set.push(Set {
+                    set.push(Unsent {
                         item: k,
                         delivery,
                         password,
@@ -384,9 +404,28 @@ impl Password {
                 Err(e) => results[k] = Some(Err(Failure::from(e))),
             }
         }
-        // 6. Then deliver what was set.
-        self.deliver(ctx, tenant, jobs, items, set, &mut results)
-            .await;
+        // 6. The accounts are contained: each password waits on its job for its delivery, in a
+        //    later round, once the case's other containing actions are done.
+        for entry in set {
+            let (j, i) = items[entry.item];
+            let job = &mut jobs[j];
+            if let Some(intent) = job.case.actions[i].intent.as_mut() {
+                intent.set_at = Some(entry.set_at);
+            }
+            let words = if entry.recovered {
+                format!(
+                    "temporary password set at {} by a worker that stopped before delivering it; delivery follows",
+                    entry.set_at
+                )
+            } else {
+                format!(
+                    "temporary password set at {} (must be changed at next sign-in); delivery follows",
+                    entry.set_at
+                )
+            };
+            results[entry.item] = Some(Ok(Step::Contained(words)));
+            job.undelivered.insert(i, entry);
+        }
         (finish(results), companions)
     }
 
@@ -398,10 +437,12 @@ impl Password {
         ctx: &Context<'_>,
         jobs: &mut [Job],
         items: &[(usize, usize)],
+        todo: &[usize],
     ) -> (Vec<(usize, SecretString, OffsetDateTime)>, Vec<usize>) {
         let mut recovered = Vec::new();
         let mut fresh = Vec::new();
-        for (k, &(j, i)) in items.iter().enumerate() {
+        for &k in todo {
+            let (j, i) = items[k];
             let job = &mut jobs[j];
             let Some(intent) = job.case.actions[i]
                 .intent
@@ -626,6 +667,7 @@ impl Password {
                 password_changed_before: job.facts.password_changed_at,
                 sealed,
                 request: Some(PATCH_REQUEST.to_owned()),
+                set_at: None,
             });
             passwords.push(password);
         }
@@ -659,7 +701,7 @@ impl Password {
         tenant: &str,
         jobs: &mut [Job],
         items: &[(usize, usize)],
-        set: Vec<Set>,
+        set: Vec<Unsent>,
         results: &mut [Option<Result<Step, Failure>>],
     ) {
         let undelivered = |set_at: OffsetDateTime, what: &str, e: &dyn std::fmt::Display| {
@@ -668,7 +710,7 @@ impl Password {
                  failed: {e}; the retry sets a new password and delivers that one"
             )
         };
-        let how = |set: &Set| {
+        let how = |set: &Unsent| {
             if set.recovered {
                 format!(
                     "temporary password set at {} by a worker that stopped before delivering it (must be changed at next sign-in)",
