@@ -17,8 +17,12 @@ use crate::queue::MemoryQueue;
 /// the worker gets about a tenth of a core's share (CFS weights 1024 against 110).
 pub const WORKER_NICE: i32 = 10;
 
-/// Items the worker takes from the queue at once.
+/// Items a consumer takes from the queue at once (the Lambda event source's `BatchSize`).
 pub const BATCH: usize = 100;
+
+/// Consumers of the queue, each a worker with its own lease-holder id (the template's
+/// `WorkerMaxConcurrency`): while one batch's mails go out, the next batch is contained.
+pub const CONSUMERS: usize = 2;
 
 /// How often the ledger is searched for work to resume.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -60,12 +64,24 @@ pub fn spawn_local_worker(
                     std::future::pending::<()>().await;
                     return;
                 };
-                loop {
-                    let items = queue.next_batch(BATCH).await;
-                    for disposition in worker.handle_batch(&items).await {
-                        tracing::debug!(?disposition, "inline work item handled");
+                let consume = |worker: Arc<Worker>| {
+                    let queue = queue.clone();
+                    async move {
+                        loop {
+                            let items = queue.next_batch(BATCH).await;
+                            for disposition in worker.handle_batch(&items).await {
+                                tracing::debug!(?disposition, "inline work item handled");
+                            }
+                            queue.done(&items);
+                        }
                     }
-                    queue.done(&items);
+                };
+                let mut consumers = vec![tokio::spawn(consume(worker.clone()))];
+                for _ in 1..CONSUMERS {
+                    consumers.push(tokio::spawn(consume(Arc::new(worker.sibling()))));
+                }
+                for consumer in consumers {
+                    let _ = consumer.await;
                 }
             });
         })

@@ -150,6 +150,27 @@ impl Worker {
         }
     }
 
+    /// Another worker of this process with the same clients and settings and a lease-holder
+    /// id of its own (two consumers never both hold one case), its caches its own.
+    pub fn sibling(&self) -> Worker {
+        Worker {
+            ledger: self.ledger.clone(),
+            graph: self.graph.clone(),
+            policy: self.policy.clone(),
+            vault: self.vault.clone(),
+            subscriptions: self.subscriptions.clone(),
+            allowed_tenants: self.allowed_tenants.clone(),
+            holder: crate::cases::lease::holder_id(self.ledger.keeps_work_index()),
+            roles: RoleCache::default(),
+            sign_ins: investigate::SignInCache::default(),
+            templates: self.templates.clone(),
+            view_max_age: self.view_max_age,
+            incident_comments: self.incident_comments.clone(),
+            sealer: self.sealer.clone(),
+            watchdog: self.watchdog.clone(),
+        }
+    }
+
     pub(super) fn tenant_allowed(&self, tenant: &str) -> bool {
         self.allowed_tenants
             .iter()
