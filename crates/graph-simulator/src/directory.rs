@@ -98,9 +98,43 @@ pub struct Directory {
     pub resource_units: usize,
     /// HTTP requests received on `/v1.0` (a `$batch` counts once).
     pub http_requests: usize,
-    /// sendMail requests being served per app and mailbox (`{app}|{mailbox}`), across every
+    /// sendMail requests being served per app and mailbox (`{tenant}|{app}|{mailbox}`), across every
     /// request and `$batch` (Outlook's concurrency limit).
     pub mail_in_flight: HashMap<String, usize>,
     /// Microsoft Sentinel: incidents and their comments (ARM), Defender incidents (Graph).
     pub sentinel: crate::security::Sentinel,
+    /// Several tenants in one stand-in: the tenant each user belongs to (by object id). A
+    /// listing of users, risky users or sign-ins answers only the caller's tenant's (the
+    /// token's), as each tenant is its own directory in Graph. Empty: one tenant.
+    pub tenant_of: HashMap<String, String>,
+    /// The tenant of the request being served (set by the gate from its token).
+    pub caller_tenant: String,
+}
+
+impl Directory {
+    /// Whether the object `id` is in the caller's tenant (always, with one tenant).
+    pub fn in_caller_tenant(&self, id: &str) -> bool {
+        self.tenant_of
+            .get(id)
+            .is_none_or(|tenant| *tenant == self.caller_tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_several_tenants_a_caller_sees_only_its_own_tenants_objects() {
+        let mut dir = Directory::default();
+        assert!(
+            dir.in_caller_tenant("u-1"),
+            "one tenant: everything is the caller's"
+        );
+        dir.tenant_of.insert("u-a".into(), "tenant-a".into());
+        dir.tenant_of.insert("u-b".into(), "tenant-b".into());
+        dir.caller_tenant = "tenant-a".into();
+        assert!(dir.in_caller_tenant("u-a"));
+        assert!(!dir.in_caller_tenant("u-b"));
+    }
 }

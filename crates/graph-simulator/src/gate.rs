@@ -71,6 +71,7 @@ pub(crate) fn gate(
         .cloned()
         .unwrap_or_default();
     dir.tenant_calls.push((tenant.clone(), Instant::now()));
+    dir.caller_tenant = tenant.clone();
     let path = uri.path().strip_prefix("/v1.0").unwrap_or("");
     // The `$batch` envelope counts nothing: each member counts against its own limit.
     let mail = if path == "/$batch" {

@@ -177,6 +177,7 @@ pub(crate) fn risky_users(
     let mut matching: Vec<((i128, &str), &Value)> = dir
         .risky_users
         .iter()
+        .filter(|(id, _)| dir.in_caller_tenant(id))
         .map(|(id, r)| (parse(r), id.as_str(), r))
         .filter(|(at, _, _)| match (since, at) {
             (None, _) => true,

@@ -154,6 +154,7 @@ pub(crate) fn sign_ins(
     let matching: Vec<&Value> = dir
         .sign_ins
         .iter()
+        .filter(|si| dir.in_caller_tenant(si["userId"].as_str().unwrap_or("")))
         .filter(|si| parsed.matches(si))
         .collect();
     let mut matching = matching;

@@ -330,7 +330,12 @@ pub(crate) fn list_users(
     } else {
         top.min(100)
     };
-    let mut users: Vec<Value> = dir.users.clone();
+    let mut users: Vec<Value> = dir
+        .users
+        .iter()
+        .filter(|u| dir.in_caller_tenant(u["id"].as_str().unwrap_or("")))
+        .cloned()
+        .collect();
     if let Some(filter) = params.get("$filter") {
         let (by_id, values) = match (
             filter_values(filter, "id"),
