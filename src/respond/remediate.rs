@@ -258,8 +258,18 @@ fn record(
     };
     tracing::info!(case_id = %job.case.case_id, tenant_id = %tenant, action = action.as_str(), state = state.word(), "remediation action");
     entry.state = state;
-    // The outcome is what the case says now; the intent has served.
-    entry.intent = None;
+    // The outcome is what the case says now; the intent has served. Except for a password
+    // that Graph accepted and that is kept sealed but was not delivered: its retry delivers
+    // that same password (from the sealed copy) instead of setting another.
+    let undelivered_sealed = action == crate::cases::policy::Action::ResetPassword
+        && matches!(entry.state, ActionState::Failed { .. })
+        && entry
+            .intent
+            .as_ref()
+            .is_some_and(|i| i.set_at.is_some() && i.sealed);
+    if !undelivered_sealed {
+        entry.intent = None;
+    }
     job.case.note(now, what);
     job.case.note_containment(now);
 }

@@ -704,10 +704,25 @@ impl Password {
         set: Vec<Unsent>,
         results: &mut [Option<Result<Step, Failure>>],
     ) {
-        let undelivered = |set_at: OffsetDateTime, what: &str, e: &dyn std::fmt::Display| {
+        let sealed = |jobs: &[Job], k: usize| {
+            let (j, i) = items[k];
+            jobs[j].case.actions[i]
+                .intent
+                .as_ref()
+                .is_some_and(|intent| intent.sealed)
+        };
+        let undelivered = |sealed: bool,
+                           set_at: OffsetDateTime,
+                           what: &str,
+                           e: &dyn std::fmt::Display| {
+            let retry = if sealed {
+                "the retry delivers it from its sealed copy"
+            } else {
+                "the retry sets a new password and delivers that one"
+            };
             format!(
                 "temporary password set at {set_at} (must be changed at next sign-in), but {what} \
-                 failed: {e}; the retry sets a new password and delivers that one"
+                 failed: {e}; {retry}"
             )
         };
         let how = |set: &Unsent| {
@@ -755,7 +770,12 @@ impl Password {
                             ))))
                         }
                         Err(error) => Err(Failure {
-                            error: undelivered(entry.set_at, "storing it in the vault", &error),
+                            error: undelivered(
+                                sealed(jobs, k),
+                                entry.set_at,
+                                "storing it in the vault",
+                                &error,
+                            ),
                             transient: true,
                             needs_operator: false,
                         }),
@@ -779,7 +799,7 @@ impl Password {
                     ))))
                 }
                 Err(e) => Err(Failure {
-                    error: undelivered(set_at, "its mail", &e),
+                    error: undelivered(sealed(jobs, k), set_at, "its mail", &e),
                     transient: e.is_transient(),
                     needs_operator: e.needs_operator() || !e.is_transient(),
                 }),
