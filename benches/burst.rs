@@ -2,9 +2,9 @@
 //! alerts within 10 s, mixed with 5,000 unrelated `users` notifications, against the Graph
 //! simulator enforcing Microsoft's published throttle limits and answering with modelled
 //! latency ([`Latency::MODELLED`]: reads 20-80 ms, writes 40-120 ms, sendMail 100-240 ms;
-//! `$batch` members at once, Outlook ones four at a time). Two workers (the worker's maximum
-//! concurrency in the template) take batches of up to 100 (the event source's batch size)
-//! from the in-memory queue (risk first, a turn per tenant),
+//! `$batch` members at once, Outlook ones four at a time). The local server's consumers
+//! (`respond::local::CONSUMERS`, one tenant holding all but one) take batches of up to 100 (the
+//! event source's batch size) from the in-memory queue (risk first, a turn per tenant),
 //! sharing the ledger, its rate-limit windows and the mailboxes' concurrent requests. Reports
 //! the time until all 500 cases are remediated, each case's time to contain, containing writes
 //! repeated (and the same burst against a stand-in that answers at once), Graph requests per
@@ -12,7 +12,7 @@
 //! requests the 5,000 unrelated notifications cost; and, beside them, the per-event design this
 //! replaced, run on a sample against the same stand-in and extrapolated.
 //!
-//! `RR_BURST_LATENCY` = `modelled` (default), `none` or `READ,WRITE,MAIL` (ms) changes the
+//! `RR_BURST_LATENCY` = `modelled` (default), `slow-mail`, `none` or `READ,WRITE,MAIL` (ms) changes the
 //! latency; `RR_BURST_TRACE=1` prints when each worker batch ran and when each kind of request
 //! was sent.
 
@@ -58,7 +58,8 @@ fn size() -> &'static Size {
     })
 }
 const BATCH: usize = 100;
-const WORKERS: usize = 2;
+/// As the local server's consumers (`respond::local::CONSUMERS`).
+const WORKERS: usize = risk_responder::respond::local::CONSUMERS;
 /// The per-event design's sample: alerts and unrelated notifications in the burst's ratio; its
 /// figures are scaled by RISKY / SAMPLE_ALERTS.
 const SAMPLE_ALERTS: usize = 2;
@@ -168,16 +169,27 @@ fn worker(s: &GraphSimulator, path: &std::path::Path) -> Worker {
         5,
         &ledger,
         0.5,
-        WORKERS,
+        // Mail shares as for the workers one tenant may hold at once (all but one).
+        WORKERS - 1,
     );
-    Worker::new(
+    let mut worker = Worker::new(
         ledger,
         graph,
         Arc::new(policy()),
         None,
         None,
         vec![TENANT.into()],
-    )
+    );
+    // Temporary passwords sealed until delivered, as a deployed worker keeps them.
+    worker.sealer = sealer();
+    worker
+}
+
+/// The development secrets' intent sealing key.
+fn sealer() -> Option<Arc<risk_responder::support::seal::Sealer>> {
+    risk_responder::vault::local::embedded_dev::<risk_responder::graph::credential::GraphSecrets>()
+        .ok()
+        .and_then(|secrets| secrets.intent_sealer)
 }
 
 fn alert(i: usize) -> WorkItem {
@@ -225,6 +237,9 @@ struct Figures {
     to_remediate: Vec<f64>,
     /// Containing writes sent more than once for one user (revoke or PATCH).
     repeated: usize,
+    /// Password deliveries that failed (a mailbox slot not had in time) and were retried with
+    /// the same, sealed password.
+    delivery_retries: usize,
     http: usize,
     operations: usize,
     throttled: usize,
@@ -302,13 +317,17 @@ fn kind(call: &str) -> String {
 async fn burst(latency: Latency) -> Figures {
     let s = simulator(latency).await;
     let path = std::env::temp_dir().join(format!("burst-{}.sqlite", uuid::Uuid::new_v4()));
-    let queue = Arc::new(MemoryQueue::default());
+    let queue = Arc::new(MemoryQueue::default().with_consumers(WORKERS));
     let intake = Intake {
         ledger: Ledger::new(Arc::new(SqliteStore::open(&path).unwrap())),
         queue: queue.clone(),
         replay_guard: Arc::new(risk_responder::ingress::signature::MemoryReplayGuard::default()),
     };
-    let workers: Vec<Arc<Worker>> = (0..WORKERS).map(|_| Arc::new(worker(&s, &path))).collect();
+    // The local server's consumers: one worker and its siblings (one Graph client, one
+    // process's caches, a lease holder each).
+    let first = worker(&s, &path);
+    let mut workers: Vec<Arc<Worker>> = (1..WORKERS).map(|_| Arc::new(first.sibling())).collect();
+    workers.push(Arc::new(first));
     let started = Instant::now();
     let started_wall = time::OffsetDateTime::now_utc();
     // Arrivals: every 11th item an alert, spread evenly over 10 s, each kept by the intake as
@@ -524,6 +543,15 @@ async fn burst(latency: Latency) -> Figures {
             to_contain: times.to_contain.clone(),
             to_remediate: times.to_remediate.clone(),
             repeated,
+            delivery_retries: all_cases
+                .iter()
+                .filter(|c| {
+                    c.history.iter().any(|h| {
+                        h.what
+                            .contains("the retry delivers it from its sealed copy")
+                    })
+                })
+                .count(),
             http: d.http_requests,
             operations: d.admitted.values().sum(),
             throttled: d.throttled.values().sum(),
@@ -904,6 +932,11 @@ async fn main() {
         "| containing writes repeated for a user (revoke, PATCH, password set) | {} | | 0 | {} |",
         figures.repeated,
         verdict(goals[5].1)
+    );
+    let _ = writeln!(
+        out,
+        "| password deliveries retried with the same sealed password (a mailbox slot not had within the wait) | {} | | | |",
+        figures.delivery_retries
     );
     if let Some(instant) = &instant {
         let _ = writeln!(

@@ -217,7 +217,10 @@ pub async fn intake(config: &Config) -> Result<(Intake, Option<Arc<MemoryQueue>>
             return Err(ConfigError::RequiredInLambda("RR_QUEUE_URL").into());
         }
         None => {
-            let memory = Arc::new(MemoryQueue::with_capacity(config.local_queue_capacity));
+            let memory = Arc::new(
+                MemoryQueue::with_capacity(config.local_queue_capacity)
+                    .with_consumers(crate::respond::local::CONSUMERS),
+            );
             (memory.clone(), Some(memory))
         }
     };

@@ -3,8 +3,12 @@
 //!
 //! Risk first, and fair across tenants: what carries risk (alerts, the sweep, Identity
 //! Protection, resumes, lifecycle notices) is taken before `users` change notifications that
-//! may concern nobody at risk, and within each lane the tenants take turns, one item each, so
-//! one tenant's flood never holds back another tenant's risky user.
+//! may concern nobody at risk, and within each lane the tenants take turns (a quarter of a
+//! batch each, so a tenant's cases in a batch still share one investigation), so one tenant's
+//! flood never holds back another tenant's risky user. With several consumers, one tenant's
+//! items are worked by all but one of them at most ([`MemoryQueue::with_consumers`]): a
+//! tenant's Graph budgets pace its work anyway, and the consumer left over takes up the other
+//! tenants' signals at once; `users` change notifications are worked one batch at a time.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -25,6 +29,14 @@ pub struct MemoryQueue {
     /// Ids of the signals sent and not yet reported [`MemoryQueue::done`]: waiting, or being
     /// worked. The local retries leave them alone (they are not lost, only not settled yet).
     held: Mutex<HashSet<String>>,
+    /// Consumers working each tenant's items now (taken, not yet reported done).
+    working: Mutex<std::collections::HashMap<String, usize>>,
+    /// The most consumers one tenant's items may hold at once.
+    tenant_cap: usize,
+    /// Batches holding `users` change notifications being worked: one at a time when several
+    /// consumers run, so that bulk, which may concern nobody at risk, never takes every
+    /// consumer (and the machine's cores) from intake and from risk.
+    directory_working: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for MemoryQueue {
@@ -41,7 +53,22 @@ impl MemoryQueue {
             capacity,
             ready: Notify::new(),
             held: Mutex::new(HashSet::new()),
+            working: Mutex::new(Default::default()),
+            tenant_cap: usize::MAX,
+            directory_working: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The queue of `consumers` consumers: one tenant's items are taken by at most
+    /// `consumers - 1` of them at once (all of them when there is one), so one is always free
+    /// for another tenant. Every batch taken must be reported [`MemoryQueue::done`].
+    pub fn with_consumers(mut self, consumers: usize) -> Self {
+        self.tenant_cap = consumers.saturating_sub(1).max(1);
+        self
+    }
+
+    fn working(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.working.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -55,6 +82,24 @@ impl MemoryQueue {
 
     /// Reports `items` (taken by [`MemoryQueue::next_batch`]) handled.
     pub fn done(&self, items: &[WorkItem]) {
+        if self.tenant_cap != usize::MAX {
+            if items.iter().any(|i| !i.carries_risk()) {
+                self.directory_working
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let mut working = self.working();
+            for tenant in tenants_of(items) {
+                if let Some(n) = working.get_mut(&tenant) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        working.remove(&tenant);
+                    }
+                }
+            }
+            drop(working);
+            // A consumer may wait for a tenant this batch held.
+            self.ready.notify_waiters();
+        }
         let mut held = self.held();
         for item in items {
             if let WorkItem::Risk(signal) = item {
@@ -69,8 +114,13 @@ impl MemoryQueue {
 
     /// Removes and returns everything sent so far.
     pub fn drain(&self) -> Vec<WorkItem> {
-        let items: Vec<WorkItem> = self.lock().take(usize::MAX);
-        self.done(&items);
+        let items: Vec<WorkItem> = self.lock().take(usize::MAX, &|_| false, true);
+        let mut held = self.held();
+        for item in &items {
+            if let WorkItem::Risk(signal) = item {
+                held.remove(&signal.event_id);
+            }
+        }
         items
     }
 
@@ -84,19 +134,48 @@ impl MemoryQueue {
         self.len() == 0
     }
 
-    /// Waits until items are there, then removes and returns up to `max` of them.
+    /// Waits until items are there (of a tenant not held by as many consumers as it may be),
+    /// then removes and returns up to `max` of them.
     pub async fn next_batch(&self, max: usize) -> Vec<WorkItem> {
         loop {
             let notified = self.ready.notified();
             {
                 let mut items = self.lock();
                 if items.len() != 0 {
-                    return items.take(max.max(1));
+                    let mut working = self.working();
+                    let cap = self.tenant_cap;
+                    let directory_free = cap == usize::MAX
+                        || self
+                            .directory_working
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                            == 0;
+                    let taken = items.take(
+                        max.max(1),
+                        &|tenant: &str| working.get(tenant).is_some_and(|n| *n >= cap),
+                        directory_free,
+                    );
+                    if !taken.is_empty() {
+                        if cap != usize::MAX {
+                            for tenant in tenants_of(&taken) {
+                                *working.entry(tenant).or_default() += 1;
+                            }
+                            if taken.iter().any(|i| !i.carries_risk()) {
+                                self.directory_working
+                                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        return taken;
+                    }
                 }
             }
             notified.await;
         }
     }
+}
+
+/// The tenants of `items`, each once.
+fn tenants_of(items: &[WorkItem]) -> HashSet<String> {
+    items.iter().map(|i| i.tenant().to_owned()).collect()
 }
 
 /// The items waiting: two lanes (risk first), each a turn per tenant.
@@ -124,15 +203,34 @@ impl Lane {
         self.len += 1;
     }
 
-    /// Up to `max` items, one per tenant per turn; a tenant served goes to the back.
-    fn take(&mut self, max: usize, out: &mut Vec<WorkItem>) {
-        while out.len() < max {
+    /// Up to `max` items, up to `chunk` per tenant per turn; a tenant served goes to the
+    /// back; a tenant `busy` says is held enough is passed over.
+    fn take(
+        &mut self,
+        max: usize,
+        chunk: usize,
+        busy: &dyn Fn(&str) -> bool,
+        out: &mut Vec<WorkItem>,
+    ) {
+        let mut passed = 0;
+        while out.len() < max && passed < self.tenants.len() {
             let Some((tenant, mut items)) = self.tenants.pop_front() else {
                 return;
             };
-            if let Some(item) = items.pop_front() {
+            if busy(&tenant) {
+                self.tenants.push_back((tenant, items));
+                passed += 1;
+                continue;
+            }
+            passed = 0;
+            let mut turn = 0;
+            while turn < chunk && out.len() < max {
+                let Some(item) = items.pop_front() else {
+                    break;
+                };
                 out.push(item);
                 self.len -= 1;
+                turn += 1;
             }
             if !items.is_empty() {
                 self.tenants.push_back((tenant, items));
@@ -156,11 +254,20 @@ impl Lanes {
         lane.push(&tenant, item);
     }
 
-    /// Up to `max` items: the risk lane first, then the directory lane.
-    fn take(&mut self, max: usize) -> Vec<WorkItem> {
+    /// Up to `max` items: the risk lane first, then the directory lane; a tenant's turn is a
+    /// quarter of `max` (one item at least).
+    fn take(
+        &mut self,
+        max: usize,
+        busy: &dyn Fn(&str) -> bool,
+        directory_free: bool,
+    ) -> Vec<WorkItem> {
+        let chunk = (max / 4).max(1);
         let mut out = Vec::new();
-        self.risk.take(max, &mut out);
-        self.directory.take(max, &mut out);
+        self.risk.take(max, chunk, busy, &mut out);
+        if directory_free {
+            self.directory.take(max, chunk, busy, &mut out);
+        }
         out
     }
 }
@@ -291,6 +398,82 @@ mod tests {
             ]
         );
         assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tenants_turn_is_a_quarter_batch_and_one_consumer_stays_free_for_the_others() {
+        use crate::event::EventSource::Sentinel;
+        let queue = std::sync::Arc::new(MemoryQueue::with_capacity(1000).with_consumers(3));
+        let flood: Vec<WorkItem> = (0..100)
+            .map(|i| signal_of(&format!("a-{i}"), "A", Sentinel))
+            .collect();
+        queue.send(&flood).await.unwrap();
+        queue
+            .send(&[signal_of("b-0", "B", Sentinel)])
+            .await
+            .unwrap();
+        // Turns of a quarter batch: A's 2, then B's one, then A's next 2.
+        let first = queue.next_batch(8).await;
+        assert_eq!(
+            ids(&first),
+            ["a-0", "a-1", "b-0", "a-2", "a-3", "a-4", "a-5", "a-6"]
+        );
+        // A is held by one consumer; a second may take A too, a third may not.
+        let second = queue.next_batch(8).await;
+        assert_eq!(second.len(), 8);
+        let third = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next_batch(8).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "A holds two of three consumers");
+        // Another tenant's signal is taken by the third consumer at once.
+        queue
+            .send(&[signal_of("c-0", "C", Sentinel)])
+            .await
+            .unwrap();
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&taken), ["c-0"]);
+        // Once a batch of A is done, A may be taken again.
+        queue.done(&first);
+        let again = queue.next_batch(8).await;
+        assert_eq!(ids(&again)[0], "a-15");
+    }
+
+    #[tokio::test]
+    async fn directory_changes_are_worked_one_batch_at_a_time_and_risk_goes_past_them() {
+        use crate::event::EventSource::{GraphUser, Sentinel};
+        let queue = std::sync::Arc::new(MemoryQueue::with_capacity(100).with_consumers(6));
+        let users: Vec<WorkItem> = (0..8)
+            .map(|i| signal_of(&format!("u-{i}"), &format!("T{i}"), GraphUser))
+            .collect();
+        queue.send(&users).await.unwrap();
+        let first = queue.next_batch(2).await;
+        assert_eq!(ids(&first), ["u-0", "u-1"]);
+        let second = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next_batch(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !second.is_finished(),
+            "one batch of directory changes at a time"
+        );
+        queue
+            .send(&[signal_of("alert", "T9", Sentinel)])
+            .await
+            .unwrap();
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&taken), ["alert"], "risk is taken past them");
+        queue.done(&taken);
+        queue.done(&first);
+        assert_eq!(ids(&queue.next_batch(2).await), ["u-2", "u-3"]);
     }
 
     #[tokio::test]

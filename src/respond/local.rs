@@ -20,9 +20,15 @@ pub const WORKER_NICE: i32 = 10;
 /// Items a consumer takes from the queue at once (the Lambda event source's `BatchSize`).
 pub const BATCH: usize = 100;
 
-/// Consumers of the queue, each a worker with its own lease-holder id (the template's
-/// `WorkerMaxConcurrency`): while one batch's mails go out, the next batch is contained.
-pub const CONSUMERS: usize = 2;
+/// Consumers of the queue, each a worker with its own lease-holder id: while earlier batches'
+/// mails wait for their mailbox (four at a time), later batches are contained, and one tenant
+/// holds at most all but one of them, so the last takes up another tenant's signal at once
+/// (`MemoryQueue::with_consumers`). Graph's per-tenant budgets, shared by all, pace the work.
+pub const CONSUMERS: usize = 6;
+
+/// A consumer's pause after a batch of which nothing settled, doubling up to the ceiling.
+pub const PAUSE_MIN: Duration = Duration::from_secs(1);
+pub const PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// How often the ledger is searched for work to resume.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -67,12 +73,28 @@ pub fn spawn_local_worker(
                 let consume = |worker: Arc<Worker>| {
                     let queue = queue.clone();
                     async move {
+                        let mut pause = Duration::ZERO;
                         loop {
                             let items = queue.next_batch(BATCH).await;
-                            for disposition in worker.handle_batch(&items).await {
-                                tracing::debug!(?disposition, "inline work item handled");
-                            }
+                            let dispositions = worker.handle_batch(&items).await;
                             queue.done(&items);
+                            // Nothing of the batch settled (Graph or its token endpoint down,
+                            // say): back off, doubling up to a ceiling, instead of spinning
+                            // through the queue; what waits stays queued (a full queue is
+                            // answered 503 with Retry-After), what failed is retried from the
+                            // ledger.
+                            if !dispositions.is_empty() && dispositions.iter().all(|d| d.is_retry())
+                            {
+                                pause = (pause * 2).clamp(PAUSE_MIN, PAUSE_MAX);
+                                tracing::warn!(
+                                    items = items.len(),
+                                    pause_s = pause.as_secs(),
+                                    "no work item of the batch settled: the consumer backs off"
+                                );
+                                tokio::time::sleep(pause).await;
+                            } else {
+                                pause = Duration::ZERO;
+                            }
                         }
                     }
                 };

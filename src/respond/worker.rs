@@ -63,11 +63,12 @@ pub struct Worker {
     pub allowed_tenants: Vec<String>,
     /// This worker's lease-holder id.
     pub holder: String,
-    pub roles: RoleCache,
+    /// Protected accounts as last read (shared by the workers of one process).
+    pub roles: Arc<RoleCache>,
     /// The texts users receive.
     pub templates: crate::actions::notify_user::templates::Templates,
     /// The tenants' 53011 sign-ins as last listed (shared by groups within a minute).
-    pub sign_ins: investigate::SignInCache,
+    pub sign_ins: Arc<investigate::SignInCache>,
     /// How old a view of Identity Protection a `users` notification accepts.
     pub view_max_age: time::Duration,
     /// Writes case outcomes onto the Sentinel incidents they came from (off when `None`).
@@ -140,8 +141,8 @@ impl Worker {
             subscriptions,
             allowed_tenants,
             holder,
-            roles: RoleCache::default(),
-            sign_ins: investigate::SignInCache::default(),
+            roles: Arc::default(),
+            sign_ins: Arc::default(),
             templates: crate::actions::notify_user::templates::Templates::embedded(),
             view_max_age: VIEW_MAX_AGE,
             incident_comments: None,
@@ -150,8 +151,8 @@ impl Worker {
         }
     }
 
-    /// Another worker of this process with the same clients and settings and a lease-holder
-    /// id of its own (two consumers never both hold one case), its caches its own.
+    /// Another worker of this process with the same clients, settings and caches, and a
+    /// lease-holder id of its own (two consumers never both hold one case).
     pub fn sibling(&self) -> Worker {
         Worker {
             ledger: self.ledger.clone(),
@@ -161,8 +162,8 @@ impl Worker {
             subscriptions: self.subscriptions.clone(),
             allowed_tenants: self.allowed_tenants.clone(),
             holder: crate::cases::lease::holder_id(self.ledger.keeps_work_index()),
-            roles: RoleCache::default(),
-            sign_ins: investigate::SignInCache::default(),
+            roles: self.roles.clone(),
+            sign_ins: self.sign_ins.clone(),
             templates: self.templates.clone(),
             view_max_age: self.view_max_age,
             incident_comments: self.incident_comments.clone(),
