@@ -16,7 +16,11 @@
 //! latency; `RR_BURST_TRACE=1` prints when each worker batch ran and when each kind of request
 //! was sent.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::{call_kind, percentile, requeue_retries};
 
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ use risk_responder::graph::{ClientCredential, GraphClient, GraphError};
 use risk_responder::http::Intake;
 use risk_responder::ledger::Ledger;
 use risk_responder::ledger::sqlite::SqliteStore;
-use risk_responder::queue::{MemoryQueue, WorkItem, WorkQueue};
+use risk_responder::queue::{MemoryQueue, WorkItem};
 use risk_responder::respond::Worker;
 use risk_responder::support::secret::SecretString;
 use serde_json::json;
@@ -288,32 +292,6 @@ impl Times {
     }
 }
 
-/// The `p`th percentile (0-100) of sorted `values` (nearest rank).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
-/// A call's kind: method and path with ids and mailboxes generalised.
-fn kind(call: &str) -> String {
-    let (method, path) = call.split_once(' ').unwrap_or(("", call));
-    let path = path.split('?').next().unwrap_or(path);
-    let parts: Vec<&str> = path
-        .split('/')
-        .map(|p| {
-            if p.len() == 36 || p.contains('@') {
-                "{id}"
-            } else {
-                p
-            }
-        })
-        .collect();
-    format!("{method} {}", parts.join("/"))
-}
-
 async fn burst(latency: Latency) -> Figures {
     let s = simulator(latency).await;
     let path = std::env::temp_dir().join(format!("burst-{}.sqlite", uuid::Uuid::new_v4()));
@@ -379,19 +357,7 @@ async fn burst(latency: Latency) -> Figures {
                         started.elapsed().as_secs_f64()
                     );
                 }
-                let retry: Vec<WorkItem> = items
-                    .into_iter()
-                    .zip(dispositions)
-                    .filter(|(_, d)| d.is_retry())
-                    .map(|(i, _)| i)
-                    .collect();
-                if !retry.is_empty() {
-                    let queue = queue.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        queue.send(&retry).await.unwrap();
-                    });
-                }
+                requeue_retries(&queue, items, dispositions);
             }
         }));
     }
@@ -461,18 +427,7 @@ async fn burst(latency: Latency) -> Figures {
         .unwrap_or(0);
     if std::env::var("RR_BURST_TRACE").is_ok() {
         s.with(|d| {
-            let mut spans: std::collections::BTreeMap<String, (f64, f64, usize)> =
-                Default::default();
-            for (call, at) in &d.calls {
-                let t = at.duration_since(started).as_secs_f64();
-                let e = spans.entry(kind(call)).or_insert((t, t, 0));
-                e.0 = e.0.min(t);
-                e.1 = e.1.max(t);
-                e.2 += 1;
-            }
-            for (k, (a, b, n)) in spans {
-                eprintln!("TRACE {k}: {n} from {a:.1} s to {b:.1} s");
-            }
+            common::trace_call_spans(&d.calls, started);
             let mut per10 = [0usize; 40];
             for (call, at) in &d.calls {
                 if call.ends_with("/sendMail") {
@@ -504,7 +459,7 @@ async fn burst(latency: Latency) -> Figures {
                 .filter(|(c, _)| {
                     c.contains("/identityProtection/") || c.contains("/identity/conditionalAccess/")
                 })
-                .map(|(c, at)| (kind(c), at.duration_since(started).as_secs_f64()))
+                .map(|(c, at)| (call_kind(c), at.duration_since(started).as_secs_f64()))
                 .collect();
             for pair in ip.windows(2) {
                 if pair[1].1 - pair[0].1 < 1.0 {
@@ -524,13 +479,13 @@ async fn burst(latency: Latency) -> Figures {
         let mut kinds = std::collections::BTreeMap::new();
         for (call, _) in &d.calls {
             if !call.starts_with("POST /v1.0/$batch") {
-                *kinds.entry(kind(call)).or_default() += 1;
+                *kinds.entry(call_kind(call)).or_default() += 1;
             }
         }
         // Each user's containing writes: exactly one revoke and one PATCH each.
         let mut per_user: std::collections::HashMap<&str, usize> = Default::default();
         for (call, _) in &d.calls {
-            let k = kind(call);
+            let k = call_kind(call);
             if k == "PATCH /v1.0/users/{id}" || k == "POST /v1.0/users/{id}/revokeSignInSessions" {
                 *per_user.entry(call.as_str()).or_default() += 1;
             }

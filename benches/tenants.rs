@@ -14,7 +14,11 @@
 //! - **Noisy neighbour**: 5,000 risky users of one tenant arriving over 10 s, and at 5 s one
 //!   risky user of another tenant: that user's time to contain (goal: 10 s).
 
+mod common;
+
 use std::sync::Arc;
+
+use common::{percentile, requeue_retries};
 use std::time::{Duration, Instant};
 
 use risk_responder::cases::{Case, Mode, Policy};
@@ -25,7 +29,7 @@ use risk_responder::graph::ClientCredential;
 use risk_responder::http::Intake;
 use risk_responder::ledger::Ledger;
 use risk_responder::ledger::sqlite::SqliteStore;
-use risk_responder::queue::{MemoryQueue, WorkItem, WorkQueue};
+use risk_responder::queue::{MemoryQueue, WorkItem};
 use risk_responder::respond::Worker;
 use risk_responder::support::secret::SecretString;
 use serde_json::json;
@@ -214,19 +218,7 @@ async fn run(
                         started.elapsed().as_secs_f64()
                     );
                 }
-                let retry: Vec<WorkItem> = items
-                    .into_iter()
-                    .zip(dispositions)
-                    .filter(|(_, d)| d.is_retry())
-                    .map(|(i, _)| i)
-                    .collect();
-                if !retry.is_empty() {
-                    let queue = queue.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let _ = queue.send(&retry).await;
-                    });
-                }
+                requeue_retries(&queue, items, dispositions);
             }
         }));
     }
@@ -241,32 +233,7 @@ async fn run(
     let seconds = started.elapsed().as_secs_f64();
     if std::env::var("RR_TENANTS_TRACE").is_ok() {
         s.with(|d| {
-            let mut spans: std::collections::BTreeMap<String, (f64, f64, usize)> =
-                Default::default();
-            for (call, at) in &d.calls {
-                let t = at.duration_since(started).as_secs_f64();
-                let (method, path) = call.split_once(' ').unwrap_or(("", call));
-                let path = path.split('?').next().unwrap_or(path);
-                let kind: Vec<&str> = path
-                    .split('/')
-                    .map(|p| {
-                        if p.len() == 36 || p.contains('@') {
-                            "{id}"
-                        } else {
-                            p
-                        }
-                    })
-                    .collect();
-                let e = spans
-                    .entry(format!("{method} {}", kind.join("/")))
-                    .or_insert((t, t, 0));
-                e.0 = e.0.min(t);
-                e.1 = e.1.max(t);
-                e.2 += 1;
-            }
-            for (k, (a, b, n)) in spans {
-                eprintln!("TRACE {k}: {n} from {a:.1} s to {b:.1} s");
-            }
+            common::trace_call_spans(&d.calls, started);
         });
     }
     producer.abort();
@@ -282,15 +249,6 @@ async fn run(
         seconds,
         throttled: s.with(|d| d.throttled.values().sum()),
     }
-}
-
-/// The `p`th percentile (0-100) of sorted `values` (nearest rank).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
 }
 
 fn contain_times(cases: &[&Case]) -> Vec<f64> {

@@ -39,3 +39,68 @@ pub async fn serve_jwks() -> String {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}/keys")
 }
+
+/// The `p`th percentile (0-100) of sorted `values` (nearest rank); NaN when there are none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// A Graph call's kind: method and path with ids and mailboxes generalised.
+pub fn call_kind(call: &str) -> String {
+    let (method, path) = call.split_once(' ').unwrap_or(("", call));
+    let path = path.split('?').next().unwrap_or(path);
+    let parts: Vec<&str> = path
+        .split('/')
+        .map(|p| {
+            if p.len() == 36 || p.contains('@') {
+                "{id}"
+            } else {
+                p
+            }
+        })
+        .collect();
+    format!("{method} {}", parts.join("/"))
+}
+
+/// Sends back, after 2 s, the items of a batch whose disposition is a retry (as SQS would
+/// redeliver them after their visibility timeout).
+pub fn requeue_retries(
+    queue: &std::sync::Arc<risk_responder::queue::MemoryQueue>,
+    items: Vec<risk_responder::queue::WorkItem>,
+    dispositions: Vec<risk_responder::respond::Disposition>,
+) {
+    use risk_responder::queue::WorkQueue;
+    let retry: Vec<_> = items
+        .into_iter()
+        .zip(dispositions)
+        .filter(|(_, d)| d.is_retry())
+        .map(|(i, _)| i)
+        .collect();
+    if !retry.is_empty() {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let _ = queue.send(&retry).await;
+        });
+    }
+}
+
+/// Prints, on stderr, each kind of Graph call the stand-in received: how many, and from when
+/// to when after `started`.
+pub fn trace_call_spans(calls: &[(String, std::time::Instant)], started: std::time::Instant) {
+    let mut spans: std::collections::BTreeMap<String, (f64, f64, usize)> = Default::default();
+    for (call, at) in calls {
+        let t = at.duration_since(started).as_secs_f64();
+        let e = spans.entry(call_kind(call)).or_insert((t, t, 0));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+        e.2 += 1;
+    }
+    for (k, (a, b, n)) in spans {
+        eprintln!("TRACE {k}: {n} from {a:.1} s to {b:.1} s");
+    }
+}
