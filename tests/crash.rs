@@ -410,6 +410,24 @@ async fn killed_at_random_it_loses_nothing_repeats_nothing_and_strands_no_case()
         );
     }
 
+    // RR_CRASH_DEBUG=1: the first user's case history and Graph calls, to read a failing seed.
+    if std::env::var("RR_CRASH_DEBUG").is_ok() {
+        for case in &cases {
+            if case.user_id == user(0) {
+                for h in &case.history {
+                    eprintln!("DEBUG {} {}", h.at, h.what);
+                }
+            }
+        }
+        eprintln!("DEBUG log {}", served.log.display());
+        s.with(|d| {
+            for (call, at) in &d.calls {
+                if call.contains(&user(0)) {
+                    eprintln!("DEBUG call {call} at {:?}", at.elapsed());
+                }
+            }
+        });
+    }
     s.with(|d| {
         // Nothing repeated: one password and one block per user.
         let mut passwords: HashMap<&str, usize> = HashMap::new();

@@ -47,6 +47,22 @@ pub struct Job {
     /// Temporary passwords this worker set and has not delivered yet, by action index (held in
     /// memory only; a resumed case recovers them from their sealed copies).
     pub undelivered: HashMap<usize, password::Unsent>,
+    /// Resets whose password was delivered in this run: their sealed copies are forgotten
+    /// once the case is stored saying so.
+    pub delivered_sealed: Vec<usize>,
+}
+
+impl Job {
+    /// Forgets the sealed copies of the passwords this run delivered, once the case that says
+    /// so is stored (call after a checkpoint that did not stop the job). A copy not deleted
+    /// expires on its own.
+    pub async fn forget_delivered(&mut self, ledger: &Ledger) {
+        for i in std::mem::take(&mut self.delivered_sealed) {
+            if let Err(e) = ledger.forget_sealed_intent(&self.case.case_id, i).await {
+                tracing::warn!(case_id = %self.case.case_id, error = %e, "sealed password of a delivered reset not deleted");
+            }
+        }
+    }
 }
 
 /// What one action did.

@@ -256,6 +256,7 @@ impl Worker {
                         base,
                         stopped: false,
                         undelivered: Default::default(),
+                        delivered_sealed: Vec::new(),
                     });
                 }
                 Ok(Some(Leased::Busy)) => {
@@ -374,7 +375,14 @@ impl Worker {
             let mut saves = Vec::new();
             for (j, job) in jobs.iter_mut().enumerate() {
                 if record.contains(&j) {
-                    saves.push(self.checkpoint(job));
+                    saves.push(async move {
+                        let before = job.version;
+                        self.checkpoint(job).await;
+                        // Stored (a new version): the case says the password was delivered.
+                        if job.version != before {
+                            job.forget_delivered(&self.ledger).await;
+                        }
+                    });
                 }
             }
             at_once(saves).await;

@@ -805,16 +805,12 @@ impl Password {
                 }),
             });
         }
+        // The sealed copies are forgotten once the case has recorded the delivery (a worker
+        // stopped in between resumes by delivering the same password again, not by setting
+        // another): see `Job::delivered_sealed`.
         for k in delivered {
             let (j, i) = items[k];
-            if let Err(e) = ctx
-                .ledger
-                .forget_sealed_intent(&jobs[j].case.case_id, i)
-                .await
-            {
-                // It expires on its own; nothing reads it once the case records the delivery.
-                tracing::warn!(case_id = %jobs[j].case.case_id, error = %e, "sealed password of a delivered reset not deleted");
-            }
+            jobs[j].delivered_sealed.push(i);
         }
     }
 }
