@@ -84,8 +84,12 @@ impl MemoryQueue {
     pub fn done(&self, items: &[WorkItem]) {
         if self.tenant_cap != usize::MAX {
             if items.iter().any(|i| !i.carries_risk()) {
-                self.directory_working
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                // Never below zero, whatever a caller reports.
+                let _ = self.directory_working.fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| Some(n.saturating_sub(1)),
+                );
             }
             let mut working = self.working();
             for tenant in tenants_of(items) {
@@ -100,6 +104,11 @@ impl MemoryQueue {
             // A consumer may wait for a tenant this batch held.
             self.ready.notify_waiters();
         }
+        self.release_held(items);
+    }
+
+    /// The signals of `items` are no longer held (handled, or drained).
+    fn release_held(&self, items: &[WorkItem]) {
         let mut held = self.held();
         for item in items {
             if let WorkItem::Risk(signal) = item {
@@ -115,12 +124,7 @@ impl MemoryQueue {
     /// Removes and returns everything sent so far.
     pub fn drain(&self) -> Vec<WorkItem> {
         let items: Vec<WorkItem> = self.lock().take(usize::MAX, &|_| false, true);
-        let mut held = self.held();
-        for item in &items {
-            if let WorkItem::Risk(signal) = item {
-                held.remove(&signal.event_id);
-            }
-        }
+        self.release_held(&items);
         items
     }
 
