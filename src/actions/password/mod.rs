@@ -240,9 +240,10 @@ impl Password {
     ///    a block whose reset does not go is a PATCH of its own.
     /// 6. Kept on the job (the account is contained: [`Step::Contained`]), and delivered in a
     ///    later round, once the case's other containing actions are done (mail, four to a
-    ///    `$batch`, or the case's vault secret), then the sealed copy forgotten. A delivery that
-    ///    fails leaves the action failed, saying so: its retry sets and delivers a new
-    ///    password, so no delivered password is ever stale.
+    ///    `$batch`, or the case's vault secret); the sealed copy is forgotten once the case
+    ///    records the delivery. A delivery that fails leaves the action failed, saying so: its
+    ///    retry delivers the same password from its sealed copy (with none, it sets and
+    ///    delivers a new one), so no delivered password is ever stale.
     ///
     /// Returns the resets' results, and each block's as (job, action index, result).
     #[allow(clippy::type_complexity)]
